@@ -21,10 +21,13 @@ impl<'a> Reader<'a> {
             needed: usize::MAX,
             got: self.bytes.len(),
         })?;
-        let slice = self.bytes.get(self.pos..end).ok_or(DecodeError::Truncated {
-            needed: end,
-            got: self.bytes.len(),
-        })?;
+        let slice = self
+            .bytes
+            .get(self.pos..end)
+            .ok_or(DecodeError::Truncated {
+                needed: end,
+                got: self.bytes.len(),
+            })?;
         self.pos = end;
         Ok(slice)
     }

@@ -1,0 +1,317 @@
+//! Ingest and authoring requests, their results, and the ingest actor.
+//!
+//! Message flow: [`Log`](crate::Log) handles decode, size-check, store-check and batch-verify
+//! signatures of incoming intentions on the *caller's* thread, then send [`Command`]s to the
+//! [`IngestActor`] over a bounded channel. The actor owns all writes to `log.db`: it blocks
+//! for one command, drains whatever else is queued (up to the batch limits), processes the
+//! whole group in one write transaction, attests the new witness head, commits with one fsync
+//! and only then answers every caller. It re-checks floating intentions whose awaited hash
+//! arrived, a bounded number per commit. It stops when every handle is dropped, after
+//! finishing the batch in hand.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::task::{Context, Poll};
+
+use lattice_model::{Hash, Hlc, IntentionFlags, NodeKey, SignedIntention, StoreId};
+use redb::{Database, Durability};
+use tracing::{debug, error};
+
+use crate::config::LogConfig;
+use crate::error::{AuthorError, Error, IngestError};
+use crate::writer::{Batch, LogState, Tables, stranded_floating};
+
+/// An intention received from elsewhere, as bytes.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// The encoded [`SignedIntention`].
+    pub bytes: Vec<u8>,
+    /// The hash the sender says it has (e.g. the hash that was requested); checked when given.
+    pub claimed: Option<Hash>,
+}
+
+impl Incoming {
+    /// Wraps bytes with no claimed hash.
+    pub fn new(bytes: Vec<u8>) -> Incoming {
+        Incoming {
+            bytes,
+            claimed: None,
+        }
+    }
+}
+
+/// What happened to one accepted incoming intention.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ingested {
+    /// Witnessed now, at this sequence number.
+    Witnessed {
+        /// Its witness sequence number.
+        seq: u64,
+    },
+    /// Stored as floating until this hash (its predecessor or a dep) is witnessed.
+    Floating {
+        /// The first missing hash it waits for.
+        missing: Hash,
+    },
+    /// Already witnessed or floating here; nothing changed.
+    Duplicate,
+}
+
+/// A local write to author: the payload and what it cites.
+#[derive(Debug, Clone, Default)]
+pub struct Draft {
+    /// The ops payload.
+    pub ops: Vec<u8>,
+    /// Causal deps (witnessed hashes); sorted and deduplicated by the log.
+    pub deps: Vec<Hash>,
+    /// Pruning hints.
+    pub flags: IntentionFlags,
+}
+
+/// A locally authored, witnessed and durable intention.
+#[derive(Debug, Clone)]
+pub struct Authored {
+    /// Its hash.
+    pub hash: Hash,
+    /// Its witness sequence number.
+    pub seq: u64,
+    /// Its HLC.
+    pub hlc: Hlc,
+    /// The signed intention (for gossip).
+    pub intention: SignedIntention,
+}
+
+/// An intention whose bytes, store and signature were checked. Only this crate builds one.
+#[derive(Debug, Clone)]
+pub(crate) struct Verified(pub(crate) SignedIntention);
+
+/// One slot of an ingest request: already refused, or verified and bound for the actor.
+pub(crate) type Slot = Result<Verified, IngestError>;
+
+/// Results of one ingest request, in request order.
+pub type IngestResults = Vec<Result<Ingested, IngestError>>;
+
+pub(crate) enum Command {
+    Ingest {
+        slots: Vec<Slot>,
+        reply: oneshot::Sender<Result<IngestResults, Error>>,
+    },
+    Author {
+        draft: Draft,
+        reply: oneshot::Sender<Result<Authored, AuthorError>>,
+    },
+}
+
+impl Command {
+    fn weight(&self) -> (usize, usize) {
+        match self {
+            Command::Ingest { slots, .. } => (
+                slots.len(),
+                slots
+                    .iter()
+                    .map(|s| s.as_ref().map_or(0, |v| v.0.as_bytes().len()))
+                    .sum(),
+            ),
+            Command::Author { draft, .. } => (1, draft.ops.len()),
+        }
+    }
+}
+
+/// A reply that has not arrived yet: [`Pending::wait`] blocks, or `.await` it.
+#[derive(Debug)]
+pub struct Pending<T>(pub(crate) oneshot::Receiver<T>);
+
+impl<T> Pending<T> {
+    /// Blocks until the reply arrives.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the actor stopped before answering.
+    pub fn wait(self) -> Result<T, Error> {
+        self.0.recv().map_err(|_| Error::Closed)
+    }
+}
+
+impl<T> Future for Pending<T> {
+    type Output = Result<T, Error>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0)
+            .poll(cx)
+            .map(|r| r.map_err(|_| Error::Closed))
+    }
+}
+
+/// The ingest actor: sole writer of one store's `log.db`.
+pub(crate) struct IngestActor {
+    pub(crate) db: Arc<Database>,
+    pub(crate) key: NodeKey,
+    pub(crate) store_id: StoreId,
+    pub(crate) config: LogConfig,
+    pub(crate) state: LogState,
+    pub(crate) queue: VecDeque<Hash>,
+    pub(crate) inbox: Receiver<Command>,
+}
+
+enum Reply {
+    Ingest(oneshot::Sender<Result<IngestResults, Error>>, IngestResults),
+    Author(
+        oneshot::Sender<Result<Authored, AuthorError>>,
+        Result<Authored, AuthorError>,
+    ),
+}
+
+impl IngestActor {
+    pub(crate) fn run(mut self) {
+        let _span = tracing::info_span!("log", store = %self.store_id.short()).entered();
+        loop {
+            let first = if self.queue.is_empty() {
+                match self.inbox.recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(_) => break,
+                }
+            } else {
+                match self.inbox.try_recv() {
+                    Ok(cmd) => Some(cmd),
+                    Err(TryRecvError::Empty) => None,
+                    Err(TryRecvError::Disconnected) => break,
+                }
+            };
+            let mut commands = Vec::new();
+            let (mut count, mut bytes) = (0usize, 0usize);
+            if let Some(cmd) = first {
+                let (c, b) = cmd.weight();
+                count += c;
+                bytes += b;
+                commands.push(cmd);
+            }
+            while count < self.config.max_batch_intentions && bytes < self.config.max_batch_bytes {
+                match self.inbox.try_recv() {
+                    Ok(cmd) => {
+                        let (c, b) = cmd.weight();
+                        count += c;
+                        bytes += b;
+                        commands.push(cmd);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.run_batch(commands);
+        }
+        debug!("ingest actor stopped");
+    }
+
+    fn run_batch(&mut self, commands: Vec<Command>) {
+        let mut replies = Vec::with_capacity(commands.len());
+        match self.process(commands, &mut replies) {
+            Ok(state) => {
+                self.state = state;
+                for reply in replies {
+                    match reply {
+                        Reply::Ingest(tx, results) => {
+                            let _ = tx.send(Ok(results));
+                        }
+                        Reply::Author(tx, result) => {
+                            let _ = tx.send(result);
+                        }
+                    }
+                }
+            }
+            Err((err, unanswered)) => {
+                error!(%err, "group commit failed; nothing of the batch was kept");
+                for reply in replies.into_iter().chain(unanswered) {
+                    match reply {
+                        Reply::Ingest(tx, _) => {
+                            let _ = tx.send(Err(err.clone()));
+                        }
+                        Reply::Author(tx, _) => {
+                            let _ = tx.send(Err(AuthorError::Log(err.clone())));
+                        }
+                    }
+                }
+                self.recover_queue();
+            }
+        }
+    }
+
+    fn recover_queue(&mut self) {
+        let found = (|| -> Result<VecDeque<Hash>, Error> {
+            let txn = self.db.begin_write()?;
+            let tables = Tables::open(&txn)?;
+            let out = stranded_floating(&tables)?;
+            drop(tables);
+            txn.abort()?;
+            Ok(out)
+        })();
+        match found {
+            Ok(queue) => self.queue = queue,
+            Err(err) => error!(%err, "could not rebuild the floating queue"),
+        }
+    }
+
+    /// Runs the batch; on failure returns the error and the replies not yet produced.
+    fn process(
+        &mut self,
+        commands: Vec<Command>,
+        replies: &mut Vec<Reply>,
+    ) -> Result<LogState, (Error, Vec<Reply>)> {
+        let now_ms = (self.config.now_ms)();
+        let mut commands = commands.into_iter();
+        let result = (|| -> Result<LogState, Error> {
+            let mut txn = self.db.begin_write()?;
+            txn.set_durability(Durability::Immediate)?;
+            let tables = Tables::open(&txn)?;
+            let mut batch = Batch::new(
+                tables,
+                self.state.clone(),
+                &self.config,
+                self.store_id,
+                &mut self.queue,
+                now_ms,
+            );
+            for cmd in commands.by_ref() {
+                match cmd {
+                    Command::Ingest { slots, reply } => {
+                        let mut results = Vec::with_capacity(slots.len());
+                        for slot in slots {
+                            results.push(match slot {
+                                Ok(verified) => match batch.ingest(verified) {
+                                    Ok(r) => r,
+                                    Err(e) => {
+                                        replies.push(Reply::Ingest(reply, Vec::new()));
+                                        return Err(e);
+                                    }
+                                },
+                                Err(refused) => Err(refused),
+                            });
+                        }
+                        replies.push(Reply::Ingest(reply, results));
+                    }
+                    Command::Author { draft, reply } => match batch.author(&self.key, draft) {
+                        Ok(result) => replies.push(Reply::Author(reply, result)),
+                        Err(e) => {
+                            replies.push(Reply::Author(reply, Err(AuthorError::Log(e.clone()))));
+                            return Err(e);
+                        }
+                    },
+                }
+            }
+            batch.resolve(self.config.max_resolve_per_batch)?;
+            let state = batch.finish(&self.key)?;
+            txn.commit()?;
+            Ok(state)
+        })();
+        result.map_err(|e| {
+            let rest = commands
+                .map(|cmd| match cmd {
+                    Command::Ingest { reply, .. } => Reply::Ingest(reply, Vec::new()),
+                    Command::Author { reply, .. } => {
+                        Reply::Author(reply, Err(AuthorError::Log(e.clone())))
+                    }
+                })
+                .collect();
+            (e, rest)
+        })
+    }
+}

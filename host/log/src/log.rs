@@ -1,0 +1,426 @@
+//! [`Log`]: opening `log.db`, checking it, and the handle to its ingest actor.
+
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::mpsc::{SyncSender, sync_channel};
+use std::thread::JoinHandle;
+
+use lattice_model::{
+    Hash, HlcClock, Intention, IntentionFlags, NodeKey, PubKey, SignedIntention, StoreId,
+    WitnessAttestation, WitnessRecord, verify_batch,
+};
+use redb::{Database, ReadableTable};
+use tracing::{info, warn};
+
+use crate::config::LogConfig;
+use crate::error::{
+    AuthorError, CorruptError, Error, IngestError, OpenError, StorageError, storage,
+};
+use crate::ingest::{
+    Authored, Command, Draft, Incoming, IngestActor, IngestResults, Pending, Slot, Verified,
+};
+use crate::reader::LogReader;
+use crate::tables::{
+    FORMAT_VERSION, FloatingCounters, META_CLOCK, META_FLOATING, META_FORMAT, META_STORE,
+    META_WITNESS_KEY, decode_hlc,
+};
+use crate::writer::{LogState, Tables, stranded_floating};
+
+/// One store's log: a handle to its ingest actor plus a [`LogReader`].
+///
+/// Dropping the handle stops the actor and waits for it; [`Log::close`] does the same and
+/// reports a panic of the actor thread.
+#[derive(Debug)]
+pub struct Log {
+    inbox: Option<SyncSender<Command>>,
+    reader: LogReader,
+    store_id: StoreId,
+    config: LogConfig,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Log {
+    /// Opens (or creates) the log of `store_id` at `path`, witnessed with `key`.
+    ///
+    /// Checks the format, the store id, the witness key and the tail of the witness chain
+    /// (the last record's link and attestation) without reading the whole log, then starts
+    /// the ingest actor and resumes floating intentions whose wait is over.
+    ///
+    /// # Errors
+    /// [`OpenError`] naming what is wrong: already open, another store or node key, an
+    /// unsupported format, a corrupt tail, or a storage failure.
+    pub fn open(
+        path: &Path,
+        store_id: StoreId,
+        key: NodeKey,
+        config: LogConfig,
+    ) -> Result<Log, OpenError> {
+        let db = match Database::create(path) {
+            Ok(db) => db,
+            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                return Err(OpenError::AlreadyOpen {
+                    path: path.display().to_string(),
+                });
+            }
+            Err(e) => return Err(OpenError::Storage(storage(e))),
+        };
+        let db = Arc::new(db);
+        let (state, queue) = prepare(&db, store_id, &key)?;
+        info!(store = %store_id.short(), head = state.head_seq, floating = state.floating.count, "log opened");
+        let (tx, rx) = sync_channel(config.inbox.max(1));
+        let actor = IngestActor {
+            db: db.clone(),
+            key,
+            store_id,
+            config: config.clone(),
+            state,
+            queue,
+            inbox: rx,
+        };
+        let thread = std::thread::Builder::new()
+            .name(format!("log-{}", store_id.short()))
+            .spawn(move || actor.run())
+            .map_err(OpenError::Thread)?;
+        Ok(Log {
+            inbox: Some(tx),
+            reader: LogReader::new(db, store_id, config.query_visit_cap),
+            store_id,
+            config,
+            thread: Some(thread),
+        })
+    }
+
+    /// The store this log belongs to.
+    pub fn store_id(&self) -> StoreId {
+        self.store_id
+    }
+
+    /// Read access (cheap to clone, usable from any thread).
+    pub fn reader(&self) -> &LogReader {
+        &self.reader
+    }
+
+    fn send(&self, cmd: Command) -> Result<(), Error> {
+        self.inbox
+            .as_ref()
+            .ok_or(Error::Closed)?
+            .send(cmd)
+            .map_err(|_| Error::Closed)
+    }
+
+    /// Checks incoming intentions on this thread (size, decoding, claimed hash, store, clock
+    /// drift, signatures with batch verification) and queues the rest for the actor.
+    pub fn submit_ingest(&self, items: Vec<Incoming>) -> Pending<Result<IngestResults, Error>> {
+        let slots = precheck(items, self.store_id, (self.config.now_ms)());
+        let (tx, rx) = oneshot::channel();
+        if let Err(err) = self.send(Command::Ingest { slots, reply: tx }) {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(err));
+            return Pending(rx);
+        }
+        Pending(rx)
+    }
+
+    /// Ingests intentions and waits until the accepted ones are durable.
+    ///
+    /// Returns one result per item, in order. A refused item changed nothing on disk.
+    ///
+    /// # Errors
+    /// [`Error`] when the log failed (nothing of the batch was kept) or is closed.
+    pub fn ingest(&self, items: Vec<Incoming>) -> Result<IngestResults, Error> {
+        self.submit_ingest(items).wait()?
+    }
+
+    /// Queues a local intention for authoring; the reply arrives once it is durable.
+    pub fn submit_author(&self, draft: Draft) -> Pending<Result<Authored, AuthorError>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(err) = self.send(Command::Author { draft, reply: tx }) {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(AuthorError::Log(err)));
+            return Pending(rx);
+        }
+        Pending(rx)
+    }
+
+    /// Authors a local intention (next in this node's chain, HLC after its deps), witnesses it
+    /// and waits until it is durable.
+    ///
+    /// # Errors
+    /// [`AuthorError`] when a dep is not witnessed, a limit is exceeded or the log failed.
+    pub fn author(&self, draft: Draft) -> Result<Authored, AuthorError> {
+        self.submit_author(draft).wait().map_err(AuthorError::Log)?
+    }
+
+    /// Stops the actor and waits for it.
+    ///
+    /// # Errors
+    /// [`Error::Internal`] when the actor thread panicked.
+    pub fn close(mut self) -> Result<(), Error> {
+        self.shutdown()
+    }
+
+    fn shutdown(&mut self) -> Result<(), Error> {
+        self.inbox.take();
+        if let Some(thread) = self.thread.take() {
+            thread.join().map_err(|_| Error::Internal {
+                what: "the ingest actor panicked",
+            })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Log {
+    fn drop(&mut self) {
+        if let Err(err) = self.shutdown() {
+            warn!(%err, "log shutdown");
+        }
+    }
+}
+
+/// Builds and signs the genesis intention of a new store. The store id is its hash.
+///
+/// # Errors
+/// [`AuthorError`] when `ops` exceeds the payload limit.
+pub fn build_genesis(
+    key: &NodeKey,
+    ops: Vec<u8>,
+    now_ms: u64,
+) -> Result<SignedIntention, AuthorError> {
+    let hlc = HlcClock::default().tick(now_ms, lattice_model::Hlc::ZERO);
+    let intention = Intention::new(
+        StoreId::GENESIS,
+        key.public(),
+        hlc,
+        Hash::ZERO,
+        vec![],
+        ops,
+        IntentionFlags::default(),
+    )?;
+    Ok(SignedIntention::sign(intention, key)?)
+}
+
+fn precheck(items: Vec<Incoming>, store_id: StoreId, now_ms: u64) -> Vec<Slot> {
+    let mut slots: Vec<Slot> = items
+        .into_iter()
+        .map(|item| {
+            let signed = SignedIntention::decode(&item.bytes)?;
+            let hash = signed.hash();
+            if let Some(claimed) = item.claimed
+                && claimed != hash
+            {
+                return Err(IngestError::HashMismatch {
+                    claimed: claimed.short(),
+                    actual: hash.short(),
+                });
+            }
+            let intention = signed.intention();
+            let own_genesis = intention.is_genesis() && StoreId::from(hash) == store_id;
+            if intention.store_id() != store_id && !own_genesis {
+                return Err(IngestError::WrongStore {
+                    hash: hash.short(),
+                    expected: store_id.short(),
+                    found: intention.store_id().short(),
+                });
+            }
+            if intention.hlc().is_too_far_ahead(now_ms) {
+                return Err(IngestError::TooFarInFuture {
+                    hash: hash.short(),
+                    hlc: intention.hlc(),
+                    now_ms,
+                });
+            }
+            Ok(Verified(signed))
+        })
+        .collect();
+    let batch: Vec<_> = slots
+        .iter()
+        .filter_map(|s| s.as_ref().ok())
+        .map(|v| (v.0.intention().author(), v.0.hash(), v.0.signature()))
+        .collect();
+    if verify_batch(&batch).is_err() {
+        for slot in &mut slots {
+            if let Ok(v) = slot
+                && v.0.verify().is_err()
+            {
+                *slot = Err(IngestError::BadSignature {
+                    hash: v.0.hash().short(),
+                });
+            }
+        }
+    }
+    slots
+}
+
+/// Creates tables, checks identity and the chain tail, and loads the actor's state.
+fn prepare(
+    db: &Database,
+    store_id: StoreId,
+    key: &NodeKey,
+) -> Result<(LogState, VecDeque<Hash>), OpenError> {
+    let txn = db.begin_write().map_err(storage)?;
+    let tables = Tables::open(&txn).map_err(storage_of)?;
+    let mut tables = tables;
+    check_identity(&mut tables, store_id, key.public())?;
+    let (head_seq, head_hash) = check_tail(&tables, store_id, key.public())?;
+    let clock = match tables.meta.get(META_CLOCK).map_err(storage)? {
+        Some(v) => HlcClock::new(decode_hlc(v.value())?),
+        None => HlcClock::default(),
+    };
+    let floating = match tables.meta.get(META_FLOATING).map_err(storage)? {
+        Some(v) => FloatingCounters::decode(v.value())?,
+        None => FloatingCounters::default(),
+    };
+    let queue = stranded_floating(&tables).map_err(storage_of)?;
+    drop(tables);
+    txn.commit().map_err(storage)?;
+    Ok((
+        LogState {
+            head_seq,
+            head_hash,
+            clock,
+            floating,
+        },
+        queue,
+    ))
+}
+
+fn storage_of(err: Error) -> OpenError {
+    match err {
+        Error::Storage(s) => OpenError::Storage(s),
+        Error::Corrupt(c) => OpenError::Corrupt(c),
+        other => OpenError::Storage(StorageError(Arc::new(redb::Error::Io(
+            std::io::Error::other(other.to_string()),
+        )))),
+    }
+}
+
+fn check_identity(
+    tables: &mut Tables<'_>,
+    store_id: StoreId,
+    witness: PubKey,
+) -> Result<(), OpenError> {
+    let format = tables
+        .meta
+        .get(META_FORMAT)
+        .map_err(storage)?
+        .map(|v| v.value().to_vec());
+    match format {
+        None => {
+            tables
+                .meta
+                .insert(META_FORMAT, FORMAT_VERSION.to_le_bytes().as_slice())
+                .map_err(storage)?;
+            tables
+                .meta
+                .insert(META_STORE, store_id.as_bytes().as_slice())
+                .map_err(storage)?;
+            tables
+                .meta
+                .insert(META_WITNESS_KEY, witness.as_bytes().as_slice())
+                .map_err(storage)?;
+            return Ok(());
+        }
+        Some(raw) => {
+            let version = <[u8; 4]>::try_from(raw.as_slice())
+                .map(u32::from_le_bytes)
+                .map_err(|_| CorruptError::Malformed { table: "meta" })?;
+            if version != FORMAT_VERSION {
+                return Err(OpenError::UnsupportedFormat(version));
+            }
+        }
+    }
+    let found = meta_array(tables, META_STORE)?;
+    if found != *store_id.as_bytes() {
+        return Err(OpenError::WrongStore {
+            expected: store_id.short(),
+            found: StoreId(found).short(),
+        });
+    }
+    let found = meta_array(tables, META_WITNESS_KEY)?;
+    if found != *witness.as_bytes() {
+        return Err(OpenError::WrongWitnessKey {
+            expected: witness.short(),
+            found: PubKey(found).short(),
+        });
+    }
+    Ok(())
+}
+
+fn meta_array(tables: &Tables<'_>, key: &str) -> Result<[u8; 32], OpenError> {
+    let raw = tables
+        .meta
+        .get(key)
+        .map_err(storage)?
+        .ok_or(CorruptError::Malformed { table: "meta" })?;
+    <[u8; 32]>::try_from(raw.value())
+        .map_err(|_| OpenError::Corrupt(CorruptError::Malformed { table: "meta" }))
+}
+
+/// Checks the newest witness record: decodes, links to its predecessor, is attested by this
+/// node, and names a stored intention. Reads a constant number of rows.
+fn check_tail(
+    tables: &Tables<'_>,
+    store_id: StoreId,
+    witness: PubKey,
+) -> Result<(u64, Hash), OpenError> {
+    let decode = |bytes: &[u8]| {
+        WitnessRecord::decode(bytes).map_err(|source| CorruptError::Decode {
+            what: "witness record",
+            source,
+        })
+    };
+    let Some((seq, raw)) = tables.witness.last().map_err(storage)? else {
+        return Ok((0, Hash::ZERO));
+    };
+    let seq = seq.value();
+    let last = decode(raw.value())?;
+    drop(raw);
+    let mut chain = if seq > 1 {
+        let raw = tables
+            .witness
+            .get(seq - 1)
+            .map_err(storage)?
+            .ok_or(CorruptError::Chain(lattice_model::ChainError::SeqGap {
+                prev_seq: seq - 2,
+                expected: seq - 1,
+                found: seq,
+            }))?;
+        let before = decode(raw.value())?;
+        lattice_model::ChainVerifier::resume(store_id, before.seq, before.hash())
+    } else {
+        lattice_model::ChainVerifier::new(store_id)
+    };
+    let head_hash = chain.push(&last).map_err(CorruptError::from)?;
+    let signature = tables
+        .attestations
+        .get(seq)
+        .map_err(storage)?
+        .map(|v| *v.value())
+        .ok_or(CorruptError::Unattested { seq })?;
+    WitnessAttestation {
+        seq,
+        signature: lattice_model::Signature(signature),
+    }
+    .verify(&last, &witness)
+    .map_err(|_| CorruptError::Unattested { seq })?;
+    if tables
+        .dag
+        .get(last.intention.as_bytes())
+        .map_err(storage)?
+        .is_none()
+        || tables
+            .intentions
+            .get(last.intention.as_bytes())
+            .map_err(storage)?
+            .is_none()
+    {
+        return Err(CorruptError::MissingIntention {
+            seq,
+            hash: last.intention.short(),
+        }
+        .into());
+    }
+    Ok((seq, head_hash))
+}

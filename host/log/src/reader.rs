@@ -1,0 +1,363 @@
+//! [`LogReader`]: read-only access to `log.db` from any thread, concurrent with the actor.
+
+use std::sync::Arc;
+
+use lattice_model::{
+    ChainVerifier, Hash, PubKey, Signature, SignedIntention, StoreId, WitnessAttestation,
+    WitnessRecord, verify_batch,
+};
+use redb::{
+    Database, ReadOnlyTable, ReadableDatabase as _, ReadableTable, ReadableTableMetadata as _,
+};
+
+use crate::dag::{self, DagRead};
+use crate::error::{CorruptError, Error, QueryError};
+use crate::tables::{
+    ATTESTATIONS, CHECKPOINTS, DAG, DagEntry, FLOATING, FloatingCounters, INTENTIONS, META,
+    META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_checkpoint,
+};
+
+/// Read access to one store's log. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct LogReader {
+    db: Arc<Database>,
+    store_id: StoreId,
+    visit_cap: usize,
+}
+
+/// Summary of a log, from a constant number of reads.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogStatus {
+    /// Sequence number of the newest witness record (0 when empty).
+    pub head_seq: u64,
+    /// Hash of the newest witness record.
+    pub head_hash: Hash,
+    /// Floating intentions held.
+    pub floating: u64,
+    /// Bytes of floating intentions held.
+    pub floating_bytes: u64,
+}
+
+/// DAG facts about one witnessed intention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DagInfo {
+    /// Witness sequence number.
+    pub seq: u64,
+    /// 1 + the largest generation among its parents.
+    pub generation: u64,
+    /// Position in its author's chain, from 1.
+    pub author_seq: u64,
+    /// Its author.
+    pub author: PubKey,
+    /// `prev` (when not zero) followed by its deps.
+    pub parents: Vec<Hash>,
+}
+
+/// What [`LogReader::verify`] checked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// Witness records checked (chain links, store id, sequence).
+    pub records: u64,
+    /// Attestations whose signature verified.
+    pub attestations: u64,
+    /// Intentions whose hash and author signature verified.
+    pub intentions: u64,
+}
+
+struct ReadDag {
+    dag: ReadOnlyTable<&'static [u8; 32], &'static [u8]>,
+    checkpoints: ReadOnlyTable<&'static [u8; 32], &'static [u8]>,
+}
+
+impl DagRead for ReadDag {
+    fn entry(&self, hash: &Hash) -> Result<Option<DagEntry>, Error> {
+        match self.dag.get(hash.as_bytes())? {
+            Some(v) => Ok(Some(DagEntry::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+    fn checkpoint(&self, hash: &Hash) -> Result<Option<Vec<(PubKey, u64)>>, Error> {
+        match self.checkpoints.get(hash.as_bytes())? {
+            Some(v) => Ok(Some(decode_checkpoint(v.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn decode_record(bytes: &[u8]) -> Result<WitnessRecord, CorruptError> {
+    WitnessRecord::decode(bytes).map_err(|source| CorruptError::Decode {
+        what: "witness record",
+        source,
+    })
+}
+
+impl LogReader {
+    pub(crate) fn new(db: Arc<Database>, store_id: StoreId, visit_cap: usize) -> LogReader {
+        LogReader {
+            db,
+            store_id,
+            visit_cap,
+        }
+    }
+
+    fn dag(&self) -> Result<ReadDag, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(ReadDag {
+            dag: txn.open_table(DAG)?,
+            checkpoints: txn.open_table(CHECKPOINTS)?,
+        })
+    }
+
+    /// The store this log belongs to.
+    pub fn store_id(&self) -> StoreId {
+        self.store_id
+    }
+
+    /// Returns the head of the witness log and the floating counters.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a malformed record.
+    pub fn status(&self) -> Result<LogStatus, Error> {
+        let txn = self.db.begin_read()?;
+        let witness = txn.open_table(WITNESS)?;
+        let (head_seq, head_hash) = match witness.last()? {
+            Some((k, v)) => (k.value(), decode_record(v.value())?.hash()),
+            None => (0, Hash::ZERO),
+        };
+        let meta = txn.open_table(META)?;
+        let floating = match meta.get(META_FLOATING)? {
+            Some(v) => FloatingCounters::decode(v.value())?,
+            None => FloatingCounters::default(),
+        };
+        Ok(LogStatus {
+            head_seq,
+            head_hash,
+            floating: floating.count,
+            floating_bytes: floating.bytes,
+        })
+    }
+
+    /// Returns a witnessed intention.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a stored intention that does not decode.
+    pub fn get(&self, hash: &Hash) -> Result<Option<SignedIntention>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INTENTIONS)?;
+        match table.get(hash.as_bytes())? {
+            Some(v) => Ok(Some(SignedIntention::decode(v.value()).map_err(
+                |source| CorruptError::Decode {
+                    what: "intention",
+                    source,
+                },
+            )?)),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns true when `hash` is witnessed here.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure.
+    pub fn is_witnessed(&self, hash: &Hash) -> Result<bool, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DAG)?.get(hash.as_bytes())?.is_some())
+    }
+
+    /// Returns true when `hash` is held as floating.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure.
+    pub fn is_floating(&self, hash: &Hash) -> Result<bool, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(FLOATING)?.get(hash.as_bytes())?.is_some())
+    }
+
+    /// Returns the DAG facts of a witnessed intention.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a malformed entry.
+    pub fn dag_info(&self, hash: &Hash) -> Result<Option<DagInfo>, Error> {
+        Ok(self.dag()?.entry(hash)?.map(|e| DagInfo {
+            seq: e.seq,
+            generation: e.generation,
+            author_seq: e.author_seq,
+            author: e.author,
+            parents: e.parents,
+        }))
+    }
+
+    /// Returns every author's newest witnessed intention, ordered by author.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure.
+    pub fn tips(&self) -> Result<Vec<(PubKey, Hash)>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TIPS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            out.push((PubKey(*k.value()), Hash(*v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Returns one author's newest witnessed intention.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure.
+    pub fn tip(&self, author: &PubKey) -> Result<Option<Hash>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TIPS)?;
+        Ok(table.get(author.as_bytes())?.map(|v| Hash(*v.value())))
+    }
+
+    /// Returns up to `limit` witness records starting at `from_seq`.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a malformed record.
+    pub fn records(&self, from_seq: u64, limit: usize) -> Result<Vec<WitnessRecord>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(WITNESS)?;
+        let mut out = Vec::new();
+        for row in table.range(from_seq..)?.take(limit) {
+            let (_, v) = row?;
+            out.push(decode_record(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Returns the number of witnessed intentions.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure.
+    pub fn witnessed_count(&self) -> Result<u64, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(txn.open_table(DAG)?.len()?)
+    }
+
+    /// Returns true when `ancestor` is `descendant` or one of its ancestors.
+    ///
+    /// Cost grows with the part of the DAG between the two, not with the log below them.
+    ///
+    /// # Errors
+    /// [`QueryError::Unknown`] when either is not witnessed; [`QueryError::TooLarge`] past the
+    /// visit cap.
+    pub fn is_ancestor(&self, ancestor: &Hash, descendant: &Hash) -> Result<bool, QueryError> {
+        dag::is_ancestor(&self.dag()?, ancestor, descendant, self.visit_cap)
+    }
+
+    /// Returns a lowest common ancestor of `a` and `b` (largest generation among their common
+    /// ancestors), or `None` when they have none.
+    ///
+    /// # Errors
+    /// As [`LogReader::is_ancestor`].
+    pub fn lca(&self, a: &Hash, b: &Hash) -> Result<Option<Hash>, QueryError> {
+        dag::lca(&self.dag()?, a, b, self.visit_cap)
+    }
+
+    /// Returns the intentions that are ancestors-or-self of `to` but not of `from`, in a
+    /// topological order (oldest first): what to apply to go from `from`'s view to `to`'s.
+    ///
+    /// # Errors
+    /// As [`LogReader::is_ancestor`].
+    pub fn path(&self, from: &Hash, to: &Hash) -> Result<Vec<Hash>, QueryError> {
+        dag::path(&self.dag()?, from, to, self.visit_cap)
+    }
+
+    /// Verifies the whole log: every record's store id, sequence and hash link; every
+    /// attestation against the node key stored in the log; every witnessed intention's hash
+    /// and author signature; and that the newest record is attested. Reads everything once;
+    /// `progress(done, total)` is called every 10,000 records.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] naming the first problem found.
+    pub fn verify(&self, mut progress: impl FnMut(u64, u64)) -> Result<VerifyReport, Error> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        let witness_key = meta
+            .get(META_WITNESS_KEY)?
+            .and_then(|v| <[u8; 32]>::try_from(v.value()).ok())
+            .map(PubKey)
+            .ok_or(CorruptError::Malformed { table: "meta" })?;
+        let witness = txn.open_table(WITNESS)?;
+        let attestations = txn.open_table(ATTESTATIONS)?;
+        let intentions = txn.open_table(INTENTIONS)?;
+        let dag = txn.open_table(DAG)?;
+        let total = witness.len()?;
+        let mut chain = ChainVerifier::new(self.store_id);
+        let mut report = VerifyReport::default();
+        let mut pending: Vec<(PubKey, Hash, Signature)> = Vec::with_capacity(256);
+        let flush = |pending: &mut Vec<(PubKey, Hash, Signature)>| -> Result<(), CorruptError> {
+            if verify_batch(pending).is_err() {
+                for (key, hash, sig) in pending.iter() {
+                    if key.verify(hash, sig).is_err() {
+                        return Err(CorruptError::BadSignature { hash: hash.short() });
+                    }
+                }
+            }
+            pending.clear();
+            Ok(())
+        };
+        let mut last_attested = 0;
+        for row in witness.iter()? {
+            let (_, v) = row?;
+            let record = decode_record(v.value())?;
+            chain.push(&record).map_err(CorruptError::from)?;
+            report.records += 1;
+            let missing = || CorruptError::MissingIntention {
+                seq: record.seq,
+                hash: record.intention.short(),
+            };
+            let raw = intentions
+                .get(record.intention.as_bytes())?
+                .ok_or_else(missing)?;
+            let signed =
+                SignedIntention::decode(raw.value()).map_err(|source| CorruptError::Decode {
+                    what: "intention",
+                    source,
+                })?;
+            if signed.hash() != record.intention {
+                return Err(missing().into());
+            }
+            let entry = dag
+                .get(record.intention.as_bytes())?
+                .ok_or_else(missing)
+                .and_then(|v| DagEntry::decode(v.value()))?;
+            if entry.seq != record.seq {
+                return Err(missing().into());
+            }
+            pending.push((
+                signed.intention().author(),
+                signed.hash(),
+                signed.signature(),
+            ));
+            report.intentions += 1;
+            if pending.len() == 256 {
+                flush(&mut pending)?;
+            }
+            if let Some(sig) = attestations.get(record.seq)? {
+                WitnessAttestation {
+                    seq: record.seq,
+                    signature: Signature(*sig.value()),
+                }
+                .verify(&record, &witness_key)
+                .map_err(|_| CorruptError::Unattested { seq: record.seq })?;
+                report.attestations += 1;
+                last_attested = record.seq;
+            }
+            if report.records % 10_000 == 0 {
+                progress(report.records, total);
+            }
+        }
+        flush(&mut pending)?;
+        if last_attested != chain.last_seq() {
+            return Err(CorruptError::Unattested {
+                seq: chain.last_seq(),
+            }
+            .into());
+        }
+        progress(report.records, total);
+        Ok(report)
+    }
+}

@@ -1,0 +1,230 @@
+//! redb tables of `log.db` and the byte layout of their values.
+//!
+//! `docs/architecture.md` lists the same tables. All integers little-endian.
+
+use lattice_model::{Hash, Hlc, PubKey};
+use redb::{MultimapTableDefinition, TableDefinition};
+
+use crate::error::CorruptError;
+
+/// Format version of `log.db`, stored under [`META_FORMAT`].
+pub(crate) const FORMAT_VERSION: u32 = 1;
+
+/// `key → bytes`: format, store id, witness key, clock, floating counters.
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const META_FORMAT: &str = "format";
+pub(crate) const META_STORE: &str = "store_id";
+pub(crate) const META_WITNESS_KEY: &str = "witness_key";
+pub(crate) const META_CLOCK: &str = "clock";
+pub(crate) const META_FLOATING: &str = "floating";
+
+/// Witnessed intentions: `hash → signed intention bytes`.
+pub(crate) const INTENTIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("intentions");
+/// DAG index of witnessed intentions: `hash → DagEntry`.
+pub(crate) const DAG: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("dag");
+/// Reachability checkpoints: `hash → [(author, author seq)]` for every intention whose
+/// author seq is a multiple of [`CHECKPOINT_EVERY`].
+pub(crate) const CHECKPOINTS: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("checkpoints");
+/// The witness log: `seq → 116-byte record`.
+pub(crate) const WITNESS: TableDefinition<u64, &[u8]> = TableDefinition::new("witness");
+/// Attestations: `seq → 64-byte node signature over that record's hash`.
+pub(crate) const ATTESTATIONS: TableDefinition<u64, &[u8; 64]> =
+    TableDefinition::new("attestations");
+/// Author tips: `author → hash of the author's newest witnessed intention`.
+pub(crate) const TIPS: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("tips");
+/// Floating intentions: `hash → FloatingEntry`.
+pub(crate) const FLOATING: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("floating");
+/// What floating intentions wait for: `missing hash → floating hashes`.
+pub(crate) const WAITS: MultimapTableDefinition<&[u8; 32], &[u8; 32]> =
+    MultimapTableDefinition::new("floating_waits");
+/// Arrival order of floating intentions, for eviction: `arrival → hash`.
+pub(crate) const ARRIVALS: TableDefinition<u64, &[u8; 32]> =
+    TableDefinition::new("floating_arrivals");
+
+/// Every intention whose author seq is a multiple of this stores a reachability checkpoint.
+pub(crate) const CHECKPOINT_EVERY: u64 = 32;
+
+fn malformed(table: &'static str) -> CorruptError {
+    CorruptError::Malformed { table }
+}
+
+fn u64_at(bytes: &[u8], at: usize, table: &'static str) -> Result<u64, CorruptError> {
+    let slice = bytes.get(at..at + 8).ok_or(malformed(table))?;
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(slice);
+    Ok(u64::from_le_bytes(raw))
+}
+
+fn array_at<const N: usize>(
+    bytes: &[u8],
+    at: usize,
+    table: &'static str,
+) -> Result<[u8; N], CorruptError> {
+    let slice = bytes.get(at..at + N).ok_or(malformed(table))?;
+    let mut raw = [0u8; N];
+    raw.copy_from_slice(slice);
+    Ok(raw)
+}
+
+/// DAG facts about one witnessed intention.
+///
+/// Layout: `seq u64 | generation u64 | author_seq u64 | author [32] | hlc [12] | n u16 |
+/// parents [32·n]` where parents are `prev` (when not zero) followed by the deps.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DagEntry {
+    pub(crate) seq: u64,
+    /// 1 + the largest generation among parents (1 with no parents).
+    pub(crate) generation: u64,
+    /// Position in the author's chain, from 1.
+    pub(crate) author_seq: u64,
+    pub(crate) author: PubKey,
+    pub(crate) hlc: Hlc,
+    pub(crate) parents: Vec<Hash>,
+}
+
+impl DagEntry {
+    const FIXED: usize = 8 + 8 + 8 + 32 + 12 + 2;
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::FIXED + 32 * self.parents.len());
+        out.extend_from_slice(&self.seq.to_le_bytes());
+        out.extend_from_slice(&self.generation.to_le_bytes());
+        out.extend_from_slice(&self.author_seq.to_le_bytes());
+        out.extend_from_slice(self.author.as_bytes());
+        out.extend_from_slice(&self.hlc.to_bytes());
+        // parents ≤ 1 + MAX_CAUSAL_DEPS (257) always fits u16
+        out.extend_from_slice(&(self.parents.len() as u16).to_le_bytes());
+        for p in &self.parents {
+            out.extend_from_slice(p.as_bytes());
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<DagEntry, CorruptError> {
+        const T: &str = "dag";
+        let count = u16::from_le_bytes(array_at::<2>(bytes, Self::FIXED - 2, T)?) as usize;
+        if bytes.len() != Self::FIXED + 32 * count {
+            return Err(malformed(T));
+        }
+        let parents = (0..count)
+            .map(|i| array_at::<32>(bytes, Self::FIXED + 32 * i, T).map(Hash))
+            .collect::<Result<_, _>>()?;
+        Ok(DagEntry {
+            seq: u64_at(bytes, 0, T)?,
+            generation: u64_at(bytes, 8, T)?,
+            author_seq: u64_at(bytes, 16, T)?,
+            author: PubKey(array_at(bytes, 24, T)?),
+            hlc: Hlc::from_bytes(array_at(bytes, 56, T)?),
+            parents,
+        })
+    }
+}
+
+/// A floating intention: `arrival u64 | received_ms u64 | waiting_for [32] | signed bytes`.
+#[derive(Debug, Clone)]
+pub(crate) struct FloatingEntry {
+    pub(crate) arrival: u64,
+    pub(crate) received_ms: u64,
+    pub(crate) waiting_for: Hash,
+    pub(crate) bytes: Vec<u8>,
+}
+
+impl FloatingEntry {
+    const FIXED: usize = 8 + 8 + 32;
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(Self::FIXED + self.bytes.len());
+        out.extend_from_slice(&self.arrival.to_le_bytes());
+        out.extend_from_slice(&self.received_ms.to_le_bytes());
+        out.extend_from_slice(self.waiting_for.as_bytes());
+        out.extend_from_slice(&self.bytes);
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<FloatingEntry, CorruptError> {
+        const T: &str = "floating";
+        Ok(FloatingEntry {
+            arrival: u64_at(bytes, 0, T)?,
+            received_ms: u64_at(bytes, 8, T)?,
+            waiting_for: Hash(array_at(bytes, 16, T)?),
+            bytes: bytes.get(Self::FIXED..).ok_or(malformed(T))?.to_vec(),
+        })
+    }
+}
+
+/// Counters of the floating set, persisted under [`META_FLOATING`] as three u64.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct FloatingCounters {
+    pub(crate) count: u64,
+    pub(crate) bytes: u64,
+    pub(crate) next_arrival: u64,
+}
+
+impl FloatingCounters {
+    pub(crate) fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
+        out[..8].copy_from_slice(&self.count.to_le_bytes());
+        out[8..16].copy_from_slice(&self.bytes.to_le_bytes());
+        out[16..].copy_from_slice(&self.next_arrival.to_le_bytes());
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<FloatingCounters, CorruptError> {
+        const T: &str = "meta";
+        if bytes.len() != 24 {
+            return Err(malformed(T));
+        }
+        Ok(FloatingCounters {
+            count: u64_at(bytes, 0, T)?,
+            bytes: u64_at(bytes, 8, T)?,
+            next_arrival: u64_at(bytes, 16, T)?,
+        })
+    }
+}
+
+/// A reachability checkpoint: for each author, the highest author seq reachable.
+pub(crate) fn encode_checkpoint(frontier: &[(PubKey, u64)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(frontier.len() * 40);
+    for (author, seq) in frontier {
+        out.extend_from_slice(author.as_bytes());
+        out.extend_from_slice(&seq.to_le_bytes());
+    }
+    out
+}
+
+pub(crate) fn decode_checkpoint(bytes: &[u8]) -> Result<Vec<(PubKey, u64)>, CorruptError> {
+    const T: &str = "checkpoints";
+    if bytes.len() % 40 != 0 {
+        return Err(malformed(T));
+    }
+    bytes
+        .chunks_exact(40)
+        .map(|c| Ok((PubKey(array_at(c, 0, T)?), u64_at(c, 32, T)?)))
+        .collect()
+}
+
+pub(crate) fn decode_hlc(bytes: &[u8]) -> Result<Hlc, CorruptError> {
+    Ok(Hlc::from_bytes(array_at(bytes, 0, "meta")?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dag_entry_round_trips_and_rejects_bad_length() -> Result<(), CorruptError> {
+        let entry = DagEntry {
+            seq: 7,
+            generation: 3,
+            author_seq: 2,
+            author: PubKey([1; 32]),
+            hlc: Hlc::new(9, 1),
+            parents: vec![Hash([2; 32]), Hash([3; 32])],
+        };
+        let bytes = entry.encode();
+        assert_eq!(DagEntry::decode(&bytes)?, entry);
+        assert!(DagEntry::decode(&bytes[..bytes.len() - 1]).is_err());
+        Ok(())
+    }
+}

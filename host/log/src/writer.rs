@@ -1,0 +1,497 @@
+//! The write side of one group-commit batch: validation against the log, witnessing,
+//! floating intentions and their resolution. Everything here runs on the ingest actor's
+//! thread inside one redb write transaction.
+
+use std::collections::{HashSet, VecDeque};
+
+use lattice_model::{
+    Hash, Hlc, Intention, NodeKey, PubKey, SignedIntention, StoreId, WitnessAttestation,
+    WitnessRecord,
+};
+use redb::{MultimapTable, ReadableMultimapTable as _, ReadableTable, Table, WriteTransaction};
+use tracing::{debug, warn};
+
+use crate::config::LogConfig;
+use crate::dag::{self, DagRead};
+use crate::error::{AuthorError, CorruptError, Error, IngestError, bug};
+use crate::ingest::{Authored, Draft, Ingested, Verified};
+use crate::tables::{
+    ARRIVALS, ATTESTATIONS, CHECKPOINT_EVERY, CHECKPOINTS, DAG, DagEntry, FLOATING,
+    FloatingCounters, FloatingEntry, INTENTIONS, META, META_CLOCK, META_FLOATING, TIPS, WAITS,
+    WITNESS, encode_checkpoint,
+};
+
+/// In-memory summary of the log that the actor keeps between batches. A batch works on a copy
+/// and the copy replaces the original only after the commit succeeded.
+#[derive(Debug, Clone)]
+pub(crate) struct LogState {
+    pub(crate) head_seq: u64,
+    pub(crate) head_hash: Hash,
+    pub(crate) clock: lattice_model::HlcClock,
+    pub(crate) floating: FloatingCounters,
+}
+
+/// All tables of `log.db`, open for writing in one transaction.
+pub(crate) struct Tables<'t> {
+    pub(crate) meta: Table<'t, &'static str, &'static [u8]>,
+    pub(crate) intentions: Table<'t, &'static [u8; 32], &'static [u8]>,
+    pub(crate) dag: Table<'t, &'static [u8; 32], &'static [u8]>,
+    pub(crate) checkpoints: Table<'t, &'static [u8; 32], &'static [u8]>,
+    pub(crate) witness: Table<'t, u64, &'static [u8]>,
+    pub(crate) attestations: Table<'t, u64, &'static [u8; 64]>,
+    pub(crate) tips: Table<'t, &'static [u8; 32], &'static [u8; 32]>,
+    pub(crate) floating: Table<'t, &'static [u8; 32], &'static [u8]>,
+    pub(crate) waits: MultimapTable<'t, &'static [u8; 32], &'static [u8; 32]>,
+    pub(crate) arrivals: Table<'t, u64, &'static [u8; 32]>,
+}
+
+impl<'t> Tables<'t> {
+    pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, Error> {
+        Ok(Tables {
+            meta: txn.open_table(META)?,
+            intentions: txn.open_table(INTENTIONS)?,
+            dag: txn.open_table(DAG)?,
+            checkpoints: txn.open_table(CHECKPOINTS)?,
+            witness: txn.open_table(WITNESS)?,
+            attestations: txn.open_table(ATTESTATIONS)?,
+            tips: txn.open_table(TIPS)?,
+            floating: txn.open_table(FLOATING)?,
+            waits: txn.open_multimap_table(WAITS)?,
+            arrivals: txn.open_table(ARRIVALS)?,
+        })
+    }
+}
+
+impl DagRead for Tables<'_> {
+    fn entry(&self, hash: &Hash) -> Result<Option<DagEntry>, Error> {
+        match self.dag.get(hash.as_bytes())? {
+            Some(v) => Ok(Some(DagEntry::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+    fn checkpoint(&self, hash: &Hash) -> Result<Option<Vec<(PubKey, u64)>>, Error> {
+        match self.checkpoints.get(hash.as_bytes())? {
+            Some(v) => Ok(Some(crate::tables::decode_checkpoint(v.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Where an intention stands against the current log.
+enum Readiness {
+    /// Everything it needs is witnessed; these are its DAG facts.
+    Ready { generation: u64, author_seq: u64 },
+    /// It waits for this hash.
+    Missing(Hash),
+    /// It can never be witnessed here.
+    Invalid(IngestError),
+}
+
+/// One batch in progress.
+pub(crate) struct Batch<'a, 't> {
+    pub(crate) tables: Tables<'t>,
+    pub(crate) state: LogState,
+    pub(crate) config: &'a LogConfig,
+    pub(crate) store_id: StoreId,
+    /// Floating intentions whose awaited hash was witnessed, to re-check.
+    pub(crate) queue: &'a mut VecDeque<Hash>,
+    pub(crate) now_ms: u64,
+    start_seq: u64,
+}
+
+impl<'a, 't> Batch<'a, 't> {
+    pub(crate) fn new(
+        tables: Tables<'t>,
+        state: LogState,
+        config: &'a LogConfig,
+        store_id: StoreId,
+        queue: &'a mut VecDeque<Hash>,
+        now_ms: u64,
+    ) -> Batch<'a, 't> {
+        let start_seq = state.head_seq;
+        Batch {
+            tables,
+            state,
+            config,
+            store_id,
+            queue,
+            now_ms,
+            start_seq,
+        }
+    }
+
+    fn tip(&self, author: &PubKey) -> Result<Option<Hash>, Error> {
+        Ok(self
+            .tables
+            .tips
+            .get(author.as_bytes())?
+            .map(|v| Hash(*v.value())))
+    }
+
+    fn classify(&self, intention: &Intention, hash: Hash) -> Result<Readiness, Error> {
+        let author = intention.author();
+        let tip = self.tip(&author)?;
+        let prev = intention.prev();
+        let mut generation = 0u64;
+        let mut max_parent_hlc = Hlc::ZERO;
+        let author_seq;
+        if prev.is_zero() {
+            if tip.is_some() {
+                return Ok(Readiness::Invalid(IngestError::ForkedChain {
+                    hash: hash.short(),
+                    author: author.short(),
+                    prev: prev.short(),
+                }));
+            }
+            author_seq = 1;
+        } else {
+            match self.tables.entry(&prev)? {
+                None => return Ok(Readiness::Missing(prev)),
+                Some(p) if p.author != author => {
+                    return Ok(Readiness::Invalid(IngestError::ForeignPredecessor {
+                        hash: hash.short(),
+                        prev: prev.short(),
+                    }));
+                }
+                Some(p) => {
+                    if tip != Some(prev) {
+                        return Ok(Readiness::Invalid(IngestError::ForkedChain {
+                            hash: hash.short(),
+                            author: author.short(),
+                            prev: prev.short(),
+                        }));
+                    }
+                    generation = p.generation;
+                    max_parent_hlc = p.hlc;
+                    author_seq = p.author_seq + 1;
+                }
+            }
+        }
+        for dep in intention.deps() {
+            match self.tables.entry(dep)? {
+                None => return Ok(Readiness::Missing(*dep)),
+                Some(d) => {
+                    generation = generation.max(d.generation);
+                    max_parent_hlc = max_parent_hlc.max(d.hlc);
+                }
+            }
+        }
+        if intention.hlc() <= max_parent_hlc && (generation > 0) {
+            return Ok(Readiness::Invalid(IngestError::NotAfterParents {
+                hash: hash.short(),
+            }));
+        }
+        Ok(Readiness::Ready {
+            generation: generation + 1,
+            author_seq,
+        })
+    }
+
+    fn is_known(&self, hash: &Hash) -> Result<bool, Error> {
+        Ok(self.tables.dag.get(hash.as_bytes())?.is_some()
+            || self.tables.floating.get(hash.as_bytes())?.is_some())
+    }
+
+    /// Appends a ready intention to the witness log and every index.
+    fn witness(
+        &mut self,
+        signed: &SignedIntention,
+        generation: u64,
+        author_seq: u64,
+    ) -> Result<u64, Error> {
+        let intention = signed.intention();
+        let hash = signed.hash();
+        let seq = self.state.head_seq + 1;
+        let record = WitnessRecord {
+            store_id: self.store_id,
+            seq,
+            intention: hash,
+            prev: self.state.head_hash,
+            wall_ms: self.now_ms,
+        };
+        let entry = DagEntry {
+            seq,
+            generation,
+            author_seq,
+            author: intention.author(),
+            hlc: intention.hlc(),
+            parents: intention.parents().collect(),
+        };
+        self.tables
+            .intentions
+            .insert(hash.as_bytes(), signed.as_bytes())?;
+        self.tables
+            .dag
+            .insert(hash.as_bytes(), entry.encode().as_slice())?;
+        self.tables
+            .witness
+            .insert(seq, record.encode().as_slice())?;
+        self.tables
+            .tips
+            .insert(intention.author().as_bytes(), hash.as_bytes())?;
+        if author_seq % CHECKPOINT_EVERY == 0 {
+            let frontier = dag::frontier(&self.tables, &hash, &entry, self.config.query_visit_cap)?;
+            self.tables
+                .checkpoints
+                .insert(hash.as_bytes(), encode_checkpoint(&frontier).as_slice())?;
+        }
+        self.state.head_seq = seq;
+        self.state.head_hash = record.hash();
+        self.state.clock.observe(intention.hlc());
+        // Rows stay until the waiting intention is re-checked, so a crash before that leaves
+        // them for `stranded_floating` to find.
+        for waiting in self.tables.waits.get(hash.as_bytes())? {
+            self.queue.push_back(Hash(*waiting?.value()));
+        }
+        debug!(intention = %hash.short(), seq, "witnessed");
+        Ok(seq)
+    }
+
+    fn float(&mut self, signed: &SignedIntention, missing: Hash) -> Result<(), Error> {
+        let len = signed.as_bytes().len() as u64;
+        while self.state.floating.count > 0
+            && (self.state.floating.count + 1 > self.config.floating_max_count
+                || self.state.floating.bytes + len > self.config.floating_max_bytes)
+        {
+            self.evict_oldest()?;
+        }
+        let arrival = self.state.floating.next_arrival;
+        let entry = FloatingEntry {
+            arrival,
+            received_ms: self.now_ms,
+            waiting_for: missing,
+            bytes: signed.as_bytes().to_vec(),
+        };
+        let hash = signed.hash();
+        self.tables
+            .floating
+            .insert(hash.as_bytes(), entry.encode().as_slice())?;
+        self.tables.arrivals.insert(arrival, hash.as_bytes())?;
+        self.tables
+            .waits
+            .insert(missing.as_bytes(), hash.as_bytes())?;
+        self.state.floating.count += 1;
+        self.state.floating.bytes += len;
+        self.state.floating.next_arrival += 1;
+        debug!(intention = %hash.short(), missing = %missing.short(), "floating");
+        Ok(())
+    }
+
+    /// Removes a floating intention and its index rows; returns its entry.
+    fn unfloat(&mut self, hash: &Hash) -> Result<Option<FloatingEntry>, Error> {
+        let Some(raw) = self.tables.floating.remove(hash.as_bytes())? else {
+            return Ok(None);
+        };
+        let entry = FloatingEntry::decode(raw.value())?;
+        drop(raw);
+        self.tables.arrivals.remove(entry.arrival)?;
+        self.tables
+            .waits
+            .remove(entry.waiting_for.as_bytes(), hash.as_bytes())?;
+        self.state.floating.count = self.state.floating.count.saturating_sub(1);
+        self.state.floating.bytes = self
+            .state
+            .floating
+            .bytes
+            .saturating_sub(entry.bytes.len() as u64);
+        Ok(Some(entry))
+    }
+
+    fn evict_oldest(&mut self) -> Result<(), Error> {
+        let oldest = self.tables.arrivals.first()?.map(|(_, h)| Hash(*h.value()));
+        match oldest {
+            Some(hash) => {
+                warn!(intention = %hash.short(), "floating set full: evicting the oldest arrival");
+                self.unfloat(&hash)?;
+                Ok(())
+            }
+            None => {
+                // Counters say there is something but the arrival index is empty: repair.
+                self.state.floating = FloatingCounters {
+                    next_arrival: self.state.floating.next_arrival,
+                    ..FloatingCounters::default()
+                };
+                Err(bug!("floating counters disagree with the arrival index"))
+            }
+        }
+    }
+
+    /// Ingests one verified foreign intention.
+    pub(crate) fn ingest(
+        &mut self,
+        item: Verified,
+    ) -> Result<Result<Ingested, IngestError>, Error> {
+        let signed = item.0;
+        let hash = signed.hash();
+        if self.is_known(&hash)? {
+            return Ok(Ok(Ingested::Duplicate));
+        }
+        match self.classify(signed.intention(), hash)? {
+            Readiness::Ready {
+                generation,
+                author_seq,
+            } => {
+                let seq = self.witness(&signed, generation, author_seq)?;
+                Ok(Ok(Ingested::Witnessed { seq }))
+            }
+            Readiness::Missing(missing) => {
+                self.float(&signed, missing)?;
+                Ok(Ok(Ingested::Floating { missing }))
+            }
+            Readiness::Invalid(err) => Ok(Err(err)),
+        }
+    }
+
+    /// Re-checks floating intentions whose awaited hash arrived, up to `limit` of them.
+    pub(crate) fn resolve(&mut self, limit: usize) -> Result<usize, Error> {
+        let mut done = 0;
+        while done < limit {
+            let Some(hash) = self.queue.pop_front() else {
+                break;
+            };
+            done += 1;
+            let Some(raw) = self.tables.floating.get(hash.as_bytes())? else {
+                continue; // evicted or already handled
+            };
+            let mut entry = FloatingEntry::decode(raw.value())?;
+            drop(raw);
+            let signed =
+                SignedIntention::decode(&entry.bytes).map_err(|source| CorruptError::Decode {
+                    what: "floating intention",
+                    source,
+                })?;
+            match self.classify(signed.intention(), hash)? {
+                Readiness::Ready {
+                    generation,
+                    author_seq,
+                } => {
+                    self.unfloat(&hash)?;
+                    self.witness(&signed, generation, author_seq)?;
+                }
+                Readiness::Missing(missing) => {
+                    self.tables
+                        .waits
+                        .remove(entry.waiting_for.as_bytes(), hash.as_bytes())?;
+                    entry.waiting_for = missing;
+                    self.tables
+                        .floating
+                        .insert(hash.as_bytes(), entry.encode().as_slice())?;
+                    self.tables
+                        .waits
+                        .insert(missing.as_bytes(), hash.as_bytes())?;
+                }
+                Readiness::Invalid(err) => {
+                    warn!(intention = %hash.short(), %err, "dropping floating intention");
+                    self.unfloat(&hash)?;
+                }
+            }
+        }
+        Ok(done)
+    }
+
+    /// Builds, signs and witnesses a local intention.
+    pub(crate) fn author(
+        &mut self,
+        key: &NodeKey,
+        draft: Draft,
+    ) -> Result<Result<Authored, AuthorError>, Error> {
+        let me = key.public();
+        let prev = self.tip(&me)?.unwrap_or(Hash::ZERO);
+        let mut after = Hlc::ZERO;
+        if !prev.is_zero() {
+            let entry = self
+                .tables
+                .entry(&prev)?
+                .ok_or_else(|| bug!("author tip is not in the dag"))?;
+            after = entry.hlc;
+        }
+        for dep in &draft.deps {
+            match self.tables.entry(dep)? {
+                Some(entry) => after = after.max(entry.hlc),
+                None => return Ok(Err(AuthorError::UnknownDep(*dep))),
+            }
+        }
+        let hlc = self.state.clock.tick(self.now_ms, after);
+        let intention = match Intention::new(
+            self.store_id,
+            me,
+            hlc,
+            prev,
+            draft.deps,
+            draft.ops,
+            draft.flags,
+        ) {
+            Ok(i) => i,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let signed = match SignedIntention::sign(intention, key) {
+            Ok(s) => s,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        match self.classify(signed.intention(), signed.hash())? {
+            Readiness::Ready {
+                generation,
+                author_seq,
+            } => {
+                let seq = self.witness(&signed, generation, author_seq)?;
+                Ok(Ok(Authored {
+                    hash: signed.hash(),
+                    seq,
+                    hlc,
+                    intention: signed,
+                }))
+            }
+            Readiness::Missing(_) | Readiness::Invalid(_) => {
+                Err(bug!("a locally built intention was not ready"))
+            }
+        }
+    }
+
+    /// Attests the new head (when anything was witnessed) and persists counters.
+    pub(crate) fn finish(mut self, key: &NodeKey) -> Result<LogState, Error> {
+        if self.state.head_seq != self.start_seq {
+            let raw = self
+                .tables
+                .witness
+                .get(self.state.head_seq)?
+                .ok_or_else(|| bug!("head record missing"))?;
+            let record =
+                WitnessRecord::decode(raw.value()).map_err(|source| CorruptError::Decode {
+                    what: "witness record",
+                    source,
+                })?;
+            drop(raw);
+            let attestation = WitnessAttestation::sign(&record, key);
+            self.tables
+                .attestations
+                .insert(record.seq, attestation.signature.as_bytes())?;
+        }
+        self.tables
+            .meta
+            .insert(META_CLOCK, self.state.clock.last().to_bytes().as_slice())?;
+        self.tables
+            .meta
+            .insert(META_FLOATING, self.state.floating.encode().as_slice())?;
+        Ok(self.state)
+    }
+}
+
+/// Finds floating intentions whose awaited hash is already witnessed (after a crash or a failed
+/// batch). Cost is bounded by the floating set, not by the log.
+pub(crate) fn stranded_floating(tables: &Tables<'_>) -> Result<VecDeque<Hash>, Error> {
+    let mut out = VecDeque::new();
+    let mut seen = HashSet::new();
+    for row in tables.waits.iter()? {
+        let (missing, waiting) = row?;
+        let missing = Hash(*missing.value());
+        if tables.dag.get(missing.as_bytes())?.is_some() {
+            for w in waiting {
+                let h = Hash(*w?.value());
+                if seen.insert(h) {
+                    out.push_back(h);
+                }
+            }
+        }
+    }
+    Ok(out)
+}
