@@ -103,6 +103,8 @@ pub(crate) enum Command {
         draft: Draft,
         reply: oneshot::Sender<Result<Authored, AuthorError>>,
     },
+    /// Answered once no floating intention is left to re-check.
+    Settle { reply: oneshot::Sender<()> },
 }
 
 impl Command {
@@ -116,6 +118,7 @@ impl Command {
                     .sum(),
             ),
             Command::Author { draft, .. } => (1, draft.ops.len()),
+            Command::Settle { .. } => (0, 0),
         }
     }
 }
@@ -152,9 +155,11 @@ pub(crate) struct IngestActor {
     pub(crate) state: LogState,
     pub(crate) queue: VecDeque<Hash>,
     pub(crate) inbox: Receiver<Command>,
+    pub(crate) settling: Vec<oneshot::Sender<()>>,
 }
 
 enum Reply {
+    Settle(oneshot::Sender<()>),
     Ingest(oneshot::Sender<Result<IngestResults, Error>>, IngestResults),
     Author(
         oneshot::Sender<Result<Authored, AuthorError>>,
@@ -198,6 +203,11 @@ impl IngestActor {
                 }
             }
             self.run_batch(commands);
+            if self.queue.is_empty() {
+                for reply in self.settling.drain(..) {
+                    let _ = reply.send(());
+                }
+            }
         }
         debug!("ingest actor stopped");
     }
@@ -215,6 +225,7 @@ impl IngestActor {
                         Reply::Author(tx, result) => {
                             let _ = tx.send(result);
                         }
+                        Reply::Settle(_) => {}
                     }
                 }
             }
@@ -228,6 +239,7 @@ impl IngestActor {
                         Reply::Author(tx, _) => {
                             let _ = tx.send(Err(AuthorError::Log(err.clone())));
                         }
+                        Reply::Settle(tx) => self.settling.push(tx),
                     }
                 }
                 self.recover_queue();
@@ -288,6 +300,7 @@ impl IngestActor {
                         }
                         replies.push(Reply::Ingest(reply, results));
                     }
+                    Command::Settle { reply } => self.settling.push(reply),
                     Command::Author { draft, reply } => match batch.author(&self.key, draft) {
                         Ok(result) => replies.push(Reply::Author(reply, result)),
                         Err(e) => {
@@ -309,6 +322,7 @@ impl IngestActor {
                     Command::Author { reply, .. } => {
                         Reply::Author(reply, Err(AuthorError::Log(e.clone())))
                     }
+                    Command::Settle { reply } => Reply::Settle(reply),
                 })
                 .collect();
             (e, rest)

@@ -77,6 +77,7 @@ impl Log {
             state,
             queue,
             inbox: rx,
+            settling: Vec::new(),
         };
         let thread = std::thread::Builder::new()
             .name(format!("log-{}", store_id.short()))
@@ -150,6 +151,17 @@ impl Log {
     /// [`AuthorError`] when a dep is not witnessed, a limit is exceeded or the log failed.
     pub fn author(&self, draft: Draft) -> Result<Authored, AuthorError> {
         self.submit_author(draft).wait().map_err(AuthorError::Log)?
+    }
+
+    /// Waits until every floating intention whose wait is over has been re-checked (the
+    /// actor re-checks a bounded number per commit, so a long cascade spans several).
+    ///
+    /// # Errors
+    /// [`Error::Closed`] when the actor stopped.
+    pub fn settle(&self) -> Result<(), Error> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Settle { reply: tx })?;
+        rx.recv().map_err(|_| Error::Closed)
     }
 
     /// Stops the actor and waits for it.

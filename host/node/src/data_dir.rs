@@ -1,0 +1,59 @@
+//! The layout of a node's data directory.
+
+use std::path::{Path, PathBuf};
+
+use lattice_model::{NodeKey, StoreId};
+
+use crate::identity::{self, IdentityError};
+
+/// A node's data directory. Everything the node keeps lives under it:
+///
+/// ```text
+/// <root>/identity.key             node key (32-byte seed, mode 0600)
+/// <root>/stores/<store id>/log.db the store's log
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataDir {
+    root: PathBuf,
+}
+
+impl DataDir {
+    /// Names a data directory (nothing is created yet).
+    pub fn new(root: impl Into<PathBuf>) -> DataDir {
+        DataDir { root: root.into() }
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of the identity key file.
+    pub fn identity_path(&self) -> PathBuf {
+        self.root.join("identity.key")
+    }
+
+    /// Directory holding every store.
+    pub fn stores_dir(&self) -> PathBuf {
+        self.root.join("stores")
+    }
+
+    /// Directory of one store.
+    pub fn store_dir(&self, store: &StoreId) -> PathBuf {
+        self.stores_dir().join(store.to_string())
+    }
+
+    /// Path of one store's `log.db`.
+    pub fn log_path(&self, store: &StoreId) -> PathBuf {
+        self.store_dir(store).join("log.db")
+    }
+
+    /// Loads the node key, creating the directory and a fresh key on first use.
+    ///
+    /// # Errors
+    /// [`IdentityError`] when the file cannot be read or written, is malformed, or is readable
+    /// by other users.
+    pub fn load_or_create_identity(&self) -> Result<NodeKey, IdentityError> {
+        identity::load_or_create(&self.identity_path())
+    }
+}
