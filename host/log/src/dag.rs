@@ -10,6 +10,7 @@
 //! answers the question for everything below it without walking further.
 
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use lattice_model::{Hash, PubKey};
 
@@ -234,4 +235,102 @@ pub(crate) fn path<D: DagRead>(
             .map_or((0, 0), |e| (e.generation, e.seq))
     });
     Ok(out)
+}
+
+/// A reachability frontier: per author, the highest author seq reachable (sorted by author).
+pub(crate) type Frontier = Arc<Vec<(PubKey, u64)>>;
+
+/// Frontiers of recently witnessed intentions, so the frontier of a new intention is a merge
+/// of its parents' instead of a walk. Bounded; evicts in insertion order. Frontiers depend only
+/// on an intention's ancestry, so an entry can never be stale.
+#[derive(Debug, Default)]
+pub(crate) struct FrontierCache {
+    map: HashMap<Hash, Frontier>,
+    order: VecDeque<Hash>,
+    capacity: usize,
+}
+
+impl FrontierCache {
+    pub(crate) fn new(capacity: usize) -> FrontierCache {
+        FrontierCache {
+            map: HashMap::with_capacity(capacity),
+            order: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    fn insert(&mut self, hash: Hash, frontier: Frontier) {
+        if self.capacity == 0 {
+            return;
+        }
+        if self.map.insert(hash, frontier).is_none() {
+            self.order.push_back(hash);
+            while self.order.len() > self.capacity {
+                if let Some(old) = self.order.pop_front() {
+                    self.map.remove(&old);
+                }
+            }
+        }
+    }
+
+    fn of<D: DagRead>(&mut self, dag: &D, hash: &Hash, cap: usize) -> Result<Frontier, Error> {
+        if let Some(f) = self.map.get(hash) {
+            return Ok(f.clone());
+        }
+        let f: Frontier = match dag.checkpoint(hash)? {
+            Some(cp) => Arc::new(cp),
+            None => {
+                let entry = dag.entry(hash)?.ok_or(Error::Internal {
+                    what: "a witnessed intention has an unwitnessed parent",
+                })?;
+                Arc::new(frontier(dag, hash, &entry, cap)?)
+            }
+        };
+        self.insert(*hash, f.clone());
+        Ok(f)
+    }
+
+    /// Computes (and caches) the frontier of a newly witnessed intention.
+    pub(crate) fn compute<D: DagRead>(
+        &mut self,
+        dag: &D,
+        hash: &Hash,
+        entry: &DagEntry,
+        cap: usize,
+    ) -> Result<Frontier, Error> {
+        let mut merged: Vec<(PubKey, u64)> = vec![(entry.author, entry.author_seq)];
+        for p in &entry.parents {
+            let f = self.of(dag, p, cap)?;
+            merged = merge(&merged, &f);
+        }
+        let f = Arc::new(merged);
+        self.insert(*hash, f.clone());
+        Ok(f)
+    }
+}
+
+/// Merges two author-sorted frontiers, keeping the larger seq per author.
+fn merge(a: &[(PubKey, u64)], b: &[(PubKey, u64)]) -> Vec<(PubKey, u64)> {
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].0.cmp(&b[j].0) {
+            std::cmp::Ordering::Less => {
+                out.push(a[i]);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b[j]);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push((a[i].0, a[i].1.max(b[j].1)));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
 }

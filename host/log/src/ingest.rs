@@ -21,6 +21,7 @@ use redb::{Database, Durability};
 use tracing::{debug, error};
 
 use crate::config::LogConfig;
+use crate::dag::FrontierCache;
 use crate::error::{AuthorError, Error, IngestError};
 use crate::writer::{Batch, LogState, Tables, stranded_floating};
 
@@ -156,6 +157,7 @@ pub(crate) struct IngestActor {
     pub(crate) queue: VecDeque<Hash>,
     pub(crate) inbox: Receiver<Command>,
     pub(crate) settling: Vec<oneshot::Sender<()>>,
+    pub(crate) frontiers: FrontierCache,
 }
 
 enum Reply {
@@ -269,7 +271,7 @@ impl IngestActor {
         replies: &mut Vec<Reply>,
     ) -> Result<LogState, (Error, Vec<Reply>)> {
         let now_ms = (self.config.now_ms)();
-        let mut commands = commands.into_iter();
+        let mut commands: VecDeque<Command> = commands.into();
         let result = (|| -> Result<LogState, Error> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(Durability::Immediate)?;
@@ -280,9 +282,10 @@ impl IngestActor {
                 &self.config,
                 self.store_id,
                 &mut self.queue,
+                &mut self.frontiers,
                 now_ms,
             );
-            for cmd in commands.by_ref() {
+            while let Some(cmd) = commands.pop_front() {
                 match cmd {
                     Command::Ingest { slots, reply } => {
                         let mut results = Vec::with_capacity(slots.len());
@@ -301,13 +304,32 @@ impl IngestActor {
                         replies.push(Reply::Ingest(reply, results));
                     }
                     Command::Settle { reply } => self.settling.push(reply),
-                    Command::Author { draft, reply } => match batch.author(&self.key, draft) {
-                        Ok(result) => replies.push(Reply::Author(reply, result)),
-                        Err(e) => {
-                            replies.push(Reply::Author(reply, Err(AuthorError::Log(e.clone()))));
-                            return Err(e);
+                    Command::Author { draft, reply } => {
+                        // Consecutive local writes are built together so they can be signed
+                        // in parallel.
+                        let mut drafts = vec![draft];
+                        let mut txs = vec![reply];
+                        while matches!(commands.front(), Some(Command::Author { .. })) {
+                            if let Some(Command::Author { draft, reply }) = commands.pop_front() {
+                                drafts.push(draft);
+                                txs.push(reply);
+                            }
                         }
-                    },
+                        match batch.author_run(&self.key, drafts) {
+                            Ok(results) => {
+                                for (tx, result) in txs.into_iter().zip(results) {
+                                    replies.push(Reply::Author(tx, result));
+                                }
+                            }
+                            Err(e) => {
+                                for tx in txs {
+                                    replies
+                                        .push(Reply::Author(tx, Err(AuthorError::Log(e.clone()))));
+                                }
+                                return Err(e);
+                            }
+                        }
+                    }
                 }
             }
             batch.resolve(self.config.max_resolve_per_batch)?;
@@ -317,6 +339,7 @@ impl IngestActor {
         })();
         result.map_err(|e| {
             let rest = commands
+                .into_iter()
                 .map(|cmd| match cmd {
                     Command::Ingest { reply, .. } => Reply::Ingest(reply, Vec::new()),
                     Command::Author { reply, .. } => {

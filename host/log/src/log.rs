@@ -14,6 +14,10 @@ use redb::{Database, ReadableTable};
 use tracing::{info, warn};
 
 use crate::config::LogConfig;
+use crate::dag::FrontierCache;
+
+/// Frontiers kept in memory for recently witnessed intentions.
+const FRONTIER_CACHE: usize = 4096;
 use crate::error::{
     AuthorError, CorruptError, Error, IngestError, OpenError, StorageError, storage,
 };
@@ -78,6 +82,7 @@ impl Log {
             queue,
             inbox: rx,
             settling: Vec::new(),
+            frontiers: FrontierCache::new(FRONTIER_CACHE),
         };
         let thread = std::thread::Builder::new()
             .name(format!("log-{}", store_id.short()))

@@ -12,7 +12,7 @@ use redb::{MultimapTable, ReadableMultimapTable as _, ReadableTable, Table, Writ
 use tracing::{debug, warn};
 
 use crate::config::LogConfig;
-use crate::dag::{self, DagRead};
+use crate::dag::{DagRead, FrontierCache};
 use crate::error::{AuthorError, CorruptError, Error, IngestError, bug};
 use crate::ingest::{Authored, Draft, Ingested, Verified};
 use crate::tables::{
@@ -95,6 +95,7 @@ pub(crate) struct Batch<'a, 't> {
     pub(crate) store_id: StoreId,
     /// Floating intentions whose awaited hash was witnessed, to re-check.
     pub(crate) queue: &'a mut VecDeque<Hash>,
+    pub(crate) frontiers: &'a mut FrontierCache,
     pub(crate) now_ms: u64,
     start_seq: u64,
 }
@@ -106,6 +107,7 @@ impl<'a, 't> Batch<'a, 't> {
         config: &'a LogConfig,
         store_id: StoreId,
         queue: &'a mut VecDeque<Hash>,
+        frontiers: &'a mut FrontierCache,
         now_ms: u64,
     ) -> Batch<'a, 't> {
         let start_seq = state.head_seq;
@@ -115,6 +117,7 @@ impl<'a, 't> Batch<'a, 't> {
             config,
             store_id,
             queue,
+            frontiers,
             now_ms,
             start_seq,
         }
@@ -229,8 +232,10 @@ impl<'a, 't> Batch<'a, 't> {
         self.tables
             .tips
             .insert(intention.author().as_bytes(), hash.as_bytes())?;
+        let frontier =
+            self.frontiers
+                .compute(&self.tables, &hash, &entry, self.config.query_visit_cap)?;
         if author_seq % CHECKPOINT_EVERY == 0 {
-            let frontier = dag::frontier(&self.tables, &hash, &entry, self.config.query_visit_cap)?;
             self.tables
                 .checkpoints
                 .insert(hash.as_bytes(), encode_checkpoint(&frontier).as_slice())?;
@@ -389,62 +394,88 @@ impl<'a, 't> Batch<'a, 't> {
         Ok(done)
     }
 
-    /// Builds, signs and witnesses a local intention.
-    pub(crate) fn author(
+    /// Builds, signs and witnesses consecutive local intentions, in order. Building is
+    /// sequential (each continues the previous one's chain); signing runs on two threads when
+    /// the run is long enough to pay for it.
+    pub(crate) fn author_run(
         &mut self,
         key: &NodeKey,
-        draft: Draft,
-    ) -> Result<Result<Authored, AuthorError>, Error> {
+        drafts: Vec<Draft>,
+    ) -> Result<Vec<Result<Authored, AuthorError>>, Error> {
         let me = key.public();
-        let prev = self.tip(&me)?.unwrap_or(Hash::ZERO);
-        let mut after = Hlc::ZERO;
+        let mut prev = self.tip(&me)?.unwrap_or(Hash::ZERO);
+        let mut prev_hlc = Hlc::ZERO;
         if !prev.is_zero() {
-            let entry = self
+            prev_hlc = self
                 .tables
                 .entry(&prev)?
-                .ok_or_else(|| bug!("author tip is not in the dag"))?;
-            after = entry.hlc;
+                .ok_or_else(|| bug!("author tip is not in the dag"))?
+                .hlc;
         }
-        for dep in &draft.deps {
-            match self.tables.entry(dep)? {
-                Some(entry) => after = after.max(entry.hlc),
-                None => return Ok(Err(AuthorError::UnknownDep(*dep))),
+        let mut built: Vec<Result<Intention, AuthorError>> = Vec::with_capacity(drafts.len());
+        for draft in drafts {
+            let mut after = prev_hlc;
+            let mut unknown = None;
+            for dep in &draft.deps {
+                match self.tables.entry(dep)? {
+                    Some(entry) => after = after.max(entry.hlc),
+                    None => {
+                        unknown = Some(*dep);
+                        break;
+                    }
+                }
+            }
+            if let Some(dep) = unknown {
+                built.push(Err(AuthorError::UnknownDep(dep)));
+                continue;
+            }
+            let hlc = self.state.clock.tick(self.now_ms, after);
+            match Intention::new(
+                self.store_id,
+                me,
+                hlc,
+                prev,
+                draft.deps,
+                draft.ops,
+                draft.flags,
+            ) {
+                Ok(intention) => {
+                    prev = intention.hash();
+                    prev_hlc = hlc;
+                    built.push(Ok(intention));
+                }
+                Err(e) => built.push(Err(e.into())),
             }
         }
-        let hlc = self.state.clock.tick(self.now_ms, after);
-        let intention = match Intention::new(
-            self.store_id,
-            me,
-            hlc,
-            prev,
-            draft.deps,
-            draft.ops,
-            draft.flags,
-        ) {
-            Ok(i) => i,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        let signed = match SignedIntention::sign(intention, key) {
-            Ok(s) => s,
-            Err(e) => return Ok(Err(e.into())),
-        };
-        match self.classify(signed.intention(), signed.hash())? {
-            Readiness::Ready {
-                generation,
-                author_seq,
-            } => {
-                let seq = self.witness(&signed, generation, author_seq)?;
-                Ok(Ok(Authored {
-                    hash: signed.hash(),
-                    seq,
-                    hlc,
-                    intention: signed,
-                }))
-            }
-            Readiness::Missing(_) | Readiness::Invalid(_) => {
-                Err(bug!("a locally built intention was not ready"))
+        let signed = sign_all(key, built)?;
+        let mut out = Vec::with_capacity(signed.len());
+        for item in signed {
+            let signed = match item {
+                Ok(s) => s,
+                Err(e) => {
+                    out.push(Err(e));
+                    continue;
+                }
+            };
+            match self.classify(signed.intention(), signed.hash())? {
+                Readiness::Ready {
+                    generation,
+                    author_seq,
+                } => {
+                    let seq = self.witness(&signed, generation, author_seq)?;
+                    out.push(Ok(Authored {
+                        hash: signed.hash(),
+                        seq,
+                        hlc: signed.intention().hlc(),
+                        intention: signed,
+                    }));
+                }
+                Readiness::Missing(_) | Readiness::Invalid(_) => {
+                    return Err(bug!("a locally built intention was not ready"));
+                }
             }
         }
+        Ok(out)
     }
 
     /// Attests the new head (when anything was witnessed) and persists counters.
@@ -494,4 +525,42 @@ pub(crate) fn stranded_floating(tables: &Tables<'_>) -> Result<VecDeque<Hash>, E
         }
     }
     Ok(out)
+}
+
+/// Runs with fewer intentions than this are signed on the actor thread alone.
+const PARALLEL_SIGN_MIN: usize = 64;
+
+fn sign_all(
+    key: &NodeKey,
+    built: Vec<Result<Intention, AuthorError>>,
+) -> Result<Vec<Result<SignedIntention, AuthorError>>, Error> {
+    let sign = |item: Result<Intention, AuthorError>| {
+        item.and_then(|i| SignedIntention::sign(i, key).map_err(AuthorError::from))
+    };
+    if built.len() < PARALLEL_SIGN_MIN {
+        return Ok(built.into_iter().map(sign).collect());
+    }
+    let mut first = built;
+    let second = first.split_off(first.len() / 2);
+    std::thread::scope(|scope| {
+        let helper = std::thread::Builder::new()
+            .name("log-sign".into())
+            .spawn_scoped(scope, || second.into_iter().map(sign).collect::<Vec<_>>());
+        let mut out: Vec<_> = first.into_iter().map(sign).collect();
+        match helper {
+            Ok(handle) => out.extend(
+                handle
+                    .join()
+                    .map_err(|_| bug!("signing helper thread panicked"))?,
+            ),
+            Err(e) => {
+                // Out of threads: fail this group commit; its callers get the error.
+                warn!(%e, "could not start a signing thread");
+                return Err(Error::Internal {
+                    what: "could not start a signing thread",
+                });
+            }
+        }
+        Ok(out)
+    })
 }

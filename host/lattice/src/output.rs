@@ -1,0 +1,46 @@
+//! Human and JSON output: the only place that prints.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "the CLI's output module"
+)]
+
+use std::io::Write as _;
+
+/// Where results and progress go.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Output {
+    json: bool,
+}
+
+impl Output {
+    pub(crate) fn new(json: bool) -> Output {
+        Output { json }
+    }
+
+    /// Prints one result: the text for people, or the JSON object.
+    pub(crate) fn record(&self, text: &str, json: serde_json::Value) {
+        if self.json {
+            println!("{json}");
+        } else {
+            println!("{text}");
+        }
+    }
+
+    /// Prints a progress line to stderr (people only).
+    pub(crate) fn progress(&self, text: &str) {
+        if !self.json {
+            eprintln!("{text}");
+            let _ = std::io::stderr().flush();
+        }
+    }
+
+    /// Prints an error: one line on stderr (and a JSON object on stdout with `--json`).
+    pub(crate) fn error(&self, err: &anyhow::Error) {
+        let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+        if self.json {
+            println!("{}", serde_json::json!({ "error": chain.join(": ") }));
+        }
+        eprintln!("error: {}", chain.join(": "));
+    }
+}
