@@ -1,9 +1,10 @@
 //! DAG queries over witnessed intentions: ancestry, lowest common ancestor and paths.
 //!
-//! Every witnessed intention has a *generation* (1 + the largest generation of its parents)
-//! and an *author seq* (its position in the author's chain). Walks go from newer to older
-//! intentions and stop at the generation of the target, so they cost the part of the DAG
-//! between the two intentions, not the history below them. Each author's chain is linear,
+//! Walks run over witness seqs: each DAG entry lists its parents by seq, so a walk needs no
+//! hash lookups. Every witnessed intention has a *generation* (1 + the largest generation of
+//! its parents) and an *author seq* (its position in the author's chain). Walks go from newer
+//! to older intentions and stop at the generation of the target, so they cost the part of the
+//! DAG between the two intentions, not the history below them. Each author's chain is linear,
 //! so meeting any intention of the target's author answers an ancestry question at once.
 //! Every [`CHECKPOINT_EVERY`](crate::tables::CHECKPOINT_EVERY)-th intention of an author
 //! also stores a reachability checkpoint (per author, the highest author seq reachable), which
@@ -19,47 +20,59 @@ use crate::tables::DagEntry;
 
 /// Read access to the DAG index, from a read or a write transaction.
 pub(crate) trait DagRead {
-    fn entry(&self, hash: &Hash) -> Result<Option<DagEntry>, Error>;
-    fn checkpoint(&self, hash: &Hash) -> Result<Option<Vec<(PubKey, u64)>>, Error>;
+    /// The witness seq of a witnessed intention.
+    fn seq_of(&self, hash: &Hash) -> Result<Option<u64>, Error>;
+    /// The intention hash witnessed at `seq`.
+    fn hash_at(&self, seq: u64) -> Result<Option<Hash>, Error>;
+    fn entry(&self, seq: u64) -> Result<Option<DagEntry>, Error>;
+    fn checkpoint(&self, seq: u64) -> Result<Option<Vec<(PubKey, u64)>>, Error>;
 }
 
-fn need<D: DagRead>(dag: &D, hash: &Hash) -> Result<DagEntry, QueryError> {
-    dag.entry(hash)?.ok_or(QueryError::Unknown(*hash))
+fn seq_of<D: DagRead>(dag: &D, hash: &Hash) -> Result<u64, QueryError> {
+    dag.seq_of(hash)?.ok_or(QueryError::Unknown(*hash))
 }
 
-/// Computes the reachability frontier of `hash` (whose entry is `entry`): for each author, the
-/// highest author seq among the intention and its ancestors.
+fn need<D: DagRead>(dag: &D, seq: u64) -> Result<DagEntry, Error> {
+    dag.entry(seq)?.ok_or(Error::Internal {
+        what: "a witnessed intention has no dag entry",
+    })
+}
+
+fn hash_at<D: DagRead>(dag: &D, seq: u64) -> Result<Hash, Error> {
+    dag.hash_at(seq)?.ok_or(Error::Internal {
+        what: "a dag entry has no witness record",
+    })
+}
+
+/// Computes the reachability frontier of the intention at `seq` by walking down to
+/// checkpoints: for each author, the highest author seq among it and its ancestors.
 pub(crate) fn frontier<D: DagRead>(
     dag: &D,
-    hash: &Hash,
+    seq: u64,
     entry: &DagEntry,
     cap: usize,
 ) -> Result<Vec<(PubKey, u64)>, Error> {
     let mut best: HashMap<PubKey, u64> = HashMap::new();
     best.insert(entry.author, entry.author_seq);
-    let mut seen: HashSet<Hash> = HashSet::from([*hash]);
-    let mut queue: VecDeque<Hash> = entry.parents.iter().copied().collect();
-    while let Some(h) = queue.pop_front() {
-        if !seen.insert(h) {
+    let mut seen: HashSet<u64> = HashSet::from([seq]);
+    let mut queue: VecDeque<u64> = entry.parents.iter().copied().collect();
+    while let Some(s) = queue.pop_front() {
+        if !seen.insert(s) {
             continue;
         }
         if seen.len() > cap {
             return Err(Error::Internal {
-                what: "checkpoint walk exceeded the visit cap",
+                what: "frontier walk exceeded the visit cap",
             });
         }
-        if let Some(cp) = dag.checkpoint(&h)? {
-            for (author, seq) in cp {
+        if let Some(cp) = dag.checkpoint(s)? {
+            for (author, aseq) in cp {
                 let slot = best.entry(author).or_insert(0);
-                *slot = (*slot).max(seq);
+                *slot = (*slot).max(aseq);
             }
             continue;
         }
-        let Some(e) = dag.entry(&h)? else {
-            return Err(Error::Internal {
-                what: "a witnessed intention has an unwitnessed parent",
-            });
-        };
+        let e = need(dag, s)?;
         let slot = best.entry(e.author).or_insert(0);
         *slot = (*slot).max(e.author_seq);
         queue.extend(e.parents.iter().copied());
@@ -76,18 +89,24 @@ pub(crate) fn is_ancestor<D: DagRead>(
     descendant: &Hash,
     cap: usize,
 ) -> Result<bool, QueryError> {
-    let a = need(dag, ancestor)?;
-    if ancestor == descendant {
+    let a_seq = seq_of(dag, ancestor)?;
+    let d_seq = seq_of(dag, descendant)?;
+    if a_seq == d_seq {
         return Ok(true);
     }
-    let d = need(dag, descendant)?;
+    if a_seq > d_seq {
+        // Parents are always witnessed before their children.
+        return Ok(false);
+    }
+    let a = need(dag, a_seq)?;
+    let d = need(dag, d_seq)?;
     if a.generation >= d.generation {
         return Ok(false);
     }
-    let mut seen: HashSet<Hash> = HashSet::new();
-    let mut queue = VecDeque::from([(*descendant, d)]);
-    while let Some((h, e)) = queue.pop_front() {
-        if h == *ancestor {
+    let mut seen: HashSet<u64> = HashSet::new();
+    let mut queue = VecDeque::from([(d_seq, d)]);
+    while let Some((s, e)) = queue.pop_front() {
+        if s == a_seq {
             return Ok(true);
         }
         if e.author == a.author {
@@ -97,14 +116,14 @@ pub(crate) fn is_ancestor<D: DagRead>(
             }
             continue;
         }
-        if e.generation <= a.generation {
+        if e.generation <= a.generation || s < a_seq {
             continue;
         }
-        if let Some(cp) = dag.checkpoint(&h)? {
+        if let Some(cp) = dag.checkpoint(s)? {
             let reach = cp
                 .iter()
                 .find(|(author, _)| *author == a.author)
-                .map_or(0, |(_, s)| *s);
+                .map_or(0, |(_, aseq)| *aseq);
             if reach >= a.author_seq {
                 return Ok(true);
             }
@@ -115,7 +134,7 @@ pub(crate) fn is_ancestor<D: DagRead>(
                 if seen.len() > cap {
                     return Err(QueryError::TooLarge(cap));
                 }
-                queue.push_back((*p, need(dag, p)?));
+                queue.push_back((*p, need(dag, *p)?));
             }
         }
     }
@@ -129,9 +148,9 @@ const BOTH: u8 = FROM_A | FROM_B;
 /// Walks down from two intentions in descending generation order, painting what each reaches.
 struct Painter<'d, D> {
     dag: &'d D,
-    heap: BinaryHeap<(u64, u64, Hash)>,
-    paint: HashMap<Hash, u8>,
-    entries: HashMap<Hash, DagEntry>,
+    heap: BinaryHeap<(u64, u64)>,
+    paint: HashMap<u64, u8>,
+    parents: HashMap<u64, (u64, Vec<u64>)>,
     cap: usize,
 }
 
@@ -141,14 +160,14 @@ impl<'d, D: DagRead> Painter<'d, D> {
             dag,
             heap: BinaryHeap::new(),
             paint: HashMap::new(),
-            entries: HashMap::new(),
+            parents: HashMap::new(),
             cap,
         }
     }
 
-    /// Adds `color` to `hash`; returns the color before (0 when first seen).
-    fn add(&mut self, hash: Hash, color: u8) -> Result<u8, QueryError> {
-        if let Some(c) = self.paint.get_mut(&hash) {
+    /// Adds `color` to `seq`; returns the color before (0 when first seen).
+    fn add(&mut self, seq: u64, color: u8) -> Result<u8, QueryError> {
+        if let Some(c) = self.paint.get_mut(&seq) {
             let before = *c;
             *c |= color;
             return Ok(before);
@@ -156,22 +175,22 @@ impl<'d, D: DagRead> Painter<'d, D> {
         if self.paint.len() >= self.cap {
             return Err(QueryError::TooLarge(self.cap));
         }
-        let e = need(self.dag, &hash)?;
-        self.heap.push((e.generation, e.seq, hash));
-        self.entries.insert(hash, e);
-        self.paint.insert(hash, color);
+        let e = need(self.dag, seq)?;
+        self.heap.push((e.generation, seq));
+        self.parents.insert(seq, (e.generation, e.parents));
+        self.paint.insert(seq, color);
         Ok(0)
     }
 
-    fn pop(&mut self) -> Option<(Hash, u8, Vec<Hash>)> {
-        let (_, _, h) = self.heap.pop()?;
-        let color = self.paint.get(&h).copied().unwrap_or(0);
+    fn pop(&mut self) -> Option<(u64, u8, Vec<u64>)> {
+        let (_, s) = self.heap.pop()?;
+        let color = self.paint.get(&s).copied().unwrap_or(0);
         let parents = self
-            .entries
-            .get(&h)
-            .map(|e| e.parents.clone())
+            .parents
+            .get(&s)
+            .map(|(_, p)| p.clone())
             .unwrap_or_default();
-        Some((h, color, parents))
+        Some((s, color, parents))
     }
 }
 
@@ -184,11 +203,11 @@ pub(crate) fn lca<D: DagRead>(
     cap: usize,
 ) -> Result<Option<Hash>, QueryError> {
     let mut painter = Painter::new(dag, cap);
-    painter.add(*a, FROM_A)?;
-    painter.add(*b, FROM_B)?;
-    while let Some((h, color, parents)) = painter.pop() {
+    painter.add(seq_of(dag, a)?, FROM_A)?;
+    painter.add(seq_of(dag, b)?, FROM_B)?;
+    while let Some((s, color, parents)) = painter.pop() {
         if color == BOTH {
-            return Ok(Some(h));
+            return Ok(Some(hash_at(dag, s)?));
         }
         for p in parents {
             painter.add(p, color)?;
@@ -206,18 +225,19 @@ pub(crate) fn path<D: DagRead>(
     cap: usize,
 ) -> Result<Vec<Hash>, QueryError> {
     let mut painter = Painter::new(dag, cap);
-    painter.add(*from, FROM_A)?;
-    painter.add(*to, FROM_B)?;
-    // Number of heap entries painted only B: while any remain, the walk must go on.
-    let mut pending_b = usize::from(painter.paint.get(to) == Some(&FROM_B));
+    let to_seq = seq_of(dag, to)?;
+    painter.add(seq_of(dag, from)?, FROM_A)?;
+    painter.add(to_seq, FROM_B)?;
+    // Heap entries painted only B: while any remain, the walk must go on.
+    let mut pending_b = usize::from(painter.paint.get(&to_seq) == Some(&FROM_B));
     let mut out = Vec::new();
     while pending_b > 0 {
-        let Some((h, color, parents)) = painter.pop() else {
+        let Some((s, color, parents)) = painter.pop() else {
             break;
         };
         if color == FROM_B {
             pending_b -= 1;
-            out.push(h);
+            out.push(s);
         }
         for p in parents {
             let before = painter.add(p, color)?;
@@ -228,25 +248,23 @@ pub(crate) fn path<D: DagRead>(
             }
         }
     }
-    out.sort_by_key(|h| {
-        painter
-            .entries
-            .get(h)
-            .map_or((0, 0), |e| (e.generation, e.seq))
-    });
-    Ok(out)
+    out.sort_by_key(|s| (painter.parents.get(s).map_or(0, |(g, _)| *g), *s));
+    out.into_iter()
+        .map(|s| hash_at(dag, s).map_err(QueryError::from))
+        .collect()
 }
 
 /// A reachability frontier: per author, the highest author seq reachable (sorted by author).
 pub(crate) type Frontier = Arc<Vec<(PubKey, u64)>>;
 
 /// Frontiers of recently witnessed intentions, so the frontier of a new intention is a merge
-/// of its parents' instead of a walk. Bounded; evicts in insertion order. Frontiers depend only
-/// on an intention's ancestry, so an entry can never be stale.
+/// of its parents' instead of a walk. Bounded; evicts in insertion order. A frontier depends
+/// only on an intention's ancestry, so an entry is never stale (a rolled-back batch may leave
+/// entries for seqs that are reused, so a failed commit clears the cache).
 #[derive(Debug, Default)]
 pub(crate) struct FrontierCache {
-    map: HashMap<Hash, Frontier>,
-    order: VecDeque<Hash>,
+    map: HashMap<u64, Frontier>,
+    order: VecDeque<u64>,
     capacity: usize,
 }
 
@@ -259,12 +277,17 @@ impl FrontierCache {
         }
     }
 
-    fn insert(&mut self, hash: Hash, frontier: Frontier) {
+    pub(crate) fn clear(&mut self) {
+        self.map.clear();
+        self.order.clear();
+    }
+
+    fn insert(&mut self, seq: u64, frontier: Frontier) {
         if self.capacity == 0 {
             return;
         }
-        if self.map.insert(hash, frontier).is_none() {
-            self.order.push_back(hash);
+        if self.map.insert(seq, frontier).is_none() {
+            self.order.push_back(seq);
             while self.order.len() > self.capacity {
                 if let Some(old) = self.order.pop_front() {
                     self.map.remove(&old);
@@ -273,20 +296,15 @@ impl FrontierCache {
         }
     }
 
-    fn of<D: DagRead>(&mut self, dag: &D, hash: &Hash, cap: usize) -> Result<Frontier, Error> {
-        if let Some(f) = self.map.get(hash) {
+    fn of<D: DagRead>(&mut self, dag: &D, seq: u64, cap: usize) -> Result<Frontier, Error> {
+        if let Some(f) = self.map.get(&seq) {
             return Ok(f.clone());
         }
-        let f: Frontier = match dag.checkpoint(hash)? {
+        let f: Frontier = match dag.checkpoint(seq)? {
             Some(cp) => Arc::new(cp),
-            None => {
-                let entry = dag.entry(hash)?.ok_or(Error::Internal {
-                    what: "a witnessed intention has an unwitnessed parent",
-                })?;
-                Arc::new(frontier(dag, hash, &entry, cap)?)
-            }
+            None => Arc::new(frontier(dag, seq, &need(dag, seq)?, cap)?),
         };
-        self.insert(*hash, f.clone());
+        self.insert(seq, f.clone());
         Ok(f)
     }
 
@@ -294,17 +312,17 @@ impl FrontierCache {
     pub(crate) fn compute<D: DagRead>(
         &mut self,
         dag: &D,
-        hash: &Hash,
+        seq: u64,
         entry: &DagEntry,
         cap: usize,
     ) -> Result<Frontier, Error> {
         let mut merged: Vec<(PubKey, u64)> = vec![(entry.author, entry.author_seq)];
         for p in &entry.parents {
-            let f = self.of(dag, p, cap)?;
+            let f = self.of(dag, *p, cap)?;
             merged = merge(&merged, &f);
         }
         let f = Arc::new(merged);
-        self.insert(*hash, f.clone());
+        self.insert(seq, f.clone());
         Ok(f)
     }
 }

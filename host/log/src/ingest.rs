@@ -244,6 +244,7 @@ impl IngestActor {
                         Reply::Settle(tx) => self.settling.push(tx),
                     }
                 }
+                self.frontiers.clear();
                 self.recover_queue();
             }
         }

@@ -422,16 +422,14 @@ fn check_tail(
     }
     .verify(&last, &witness)
     .map_err(|_| CorruptError::Unattested { seq })?;
-    if tables
-        .dag
+    let indexed = tables
+        .index
         .get(last.intention.as_bytes())
         .map_err(storage)?
-        .is_none()
-        || tables
-            .intentions
-            .get(last.intention.as_bytes())
-            .map_err(storage)?
-            .is_none()
+        .map(|v| v.value());
+    if indexed != Some(seq)
+        || tables.dag.get(seq).map_err(storage)?.is_none()
+        || tables.intentions.get(seq).map_err(storage)?.is_none()
     {
         return Err(CorruptError::MissingIntention {
             seq,

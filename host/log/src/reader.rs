@@ -13,8 +13,8 @@ use redb::{
 use crate::dag::{self, DagRead};
 use crate::error::{CorruptError, Error, QueryError};
 use crate::tables::{
-    ATTESTATIONS, CHECKPOINTS, DAG, DagEntry, FLOATING, FloatingCounters, INTENTIONS, META,
-    META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_checkpoint,
+    ATTESTATIONS, CHECKPOINTS, DAG, DagEntry, FLOATING, FloatingCounters, INDEX, INTENTIONS, META,
+    META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_checkpoint, decode_tip,
 };
 
 /// Read access to one store's log. Cheap to clone.
@@ -65,31 +65,37 @@ pub struct VerifyReport {
 }
 
 struct ReadDag {
-    dag: ReadOnlyTable<&'static [u8; 32], &'static [u8]>,
-    checkpoints: ReadOnlyTable<&'static [u8; 32], &'static [u8]>,
+    witness: ReadOnlyTable<u64, &'static [u8]>,
+    dag: ReadOnlyTable<u64, &'static [u8]>,
+    index: ReadOnlyTable<&'static [u8; 32], u64>,
+    checkpoints: ReadOnlyTable<u64, &'static [u8]>,
 }
 
 impl DagRead for ReadDag {
-    fn entry(&self, hash: &Hash) -> Result<Option<DagEntry>, Error> {
-        match self.dag.get(hash.as_bytes())? {
+    fn seq_of(&self, hash: &Hash) -> Result<Option<u64>, Error> {
+        Ok(self.index.get(hash.as_bytes())?.map(|v| v.value()))
+    }
+    fn hash_at(&self, seq: u64) -> Result<Option<Hash>, Error> {
+        match self.witness.get(seq)? {
+            Some(v) => Ok(Some(decode_record(v.value())?.intention)),
+            None => Ok(None),
+        }
+    }
+    fn entry(&self, seq: u64) -> Result<Option<DagEntry>, Error> {
+        match self.dag.get(seq)? {
             Some(v) => Ok(Some(DagEntry::decode(v.value())?)),
             None => Ok(None),
         }
     }
-    fn checkpoint(&self, hash: &Hash) -> Result<Option<Vec<(PubKey, u64)>>, Error> {
-        match self.checkpoints.get(hash.as_bytes())? {
+    fn checkpoint(&self, seq: u64) -> Result<Option<Vec<(PubKey, u64)>>, Error> {
+        match self.checkpoints.get(seq)? {
             Some(v) => Ok(Some(decode_checkpoint(v.value())?)),
             None => Ok(None),
         }
     }
 }
 
-fn decode_record(bytes: &[u8]) -> Result<WitnessRecord, CorruptError> {
-    WitnessRecord::decode(bytes).map_err(|source| CorruptError::Decode {
-        what: "witness record",
-        source,
-    })
-}
+use crate::writer::decode_record;
 
 impl LogReader {
     pub(crate) fn new(db: Arc<Database>, store_id: StoreId, visit_cap: usize) -> LogReader {
@@ -103,7 +109,9 @@ impl LogReader {
     fn dag(&self) -> Result<ReadDag, Error> {
         let txn = self.db.begin_read()?;
         Ok(ReadDag {
+            witness: txn.open_table(WITNESS)?,
             dag: txn.open_table(DAG)?,
+            index: txn.open_table(INDEX)?,
             checkpoints: txn.open_table(CHECKPOINTS)?,
         })
     }
@@ -143,8 +151,15 @@ impl LogReader {
     /// [`Error`] on storage failure or a stored intention that does not decode.
     pub fn get(&self, hash: &Hash) -> Result<Option<SignedIntention>, Error> {
         let txn = self.db.begin_read()?;
+        let Some(seq) = txn
+            .open_table(INDEX)?
+            .get(hash.as_bytes())?
+            .map(|v| v.value())
+        else {
+            return Ok(None);
+        };
         let table = txn.open_table(INTENTIONS)?;
-        match table.get(hash.as_bytes())? {
+        match table.get(seq)? {
             Some(v) => Ok(Some(SignedIntention::decode(v.value()).map_err(
                 |source| CorruptError::Decode {
                     what: "intention",
@@ -161,7 +176,7 @@ impl LogReader {
     /// [`Error`] on storage failure.
     pub fn is_witnessed(&self, hash: &Hash) -> Result<bool, Error> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(DAG)?.get(hash.as_bytes())?.is_some())
+        Ok(txn.open_table(INDEX)?.get(hash.as_bytes())?.is_some())
     }
 
     /// Returns true when `hash` is held as floating.
@@ -178,12 +193,28 @@ impl LogReader {
     /// # Errors
     /// [`Error`] on storage failure or a malformed entry.
     pub fn dag_info(&self, hash: &Hash) -> Result<Option<DagInfo>, Error> {
-        Ok(self.dag()?.entry(hash)?.map(|e| DagInfo {
-            seq: e.seq,
+        let dag = self.dag()?;
+        let Some(seq) = dag.seq_of(hash)? else {
+            return Ok(None);
+        };
+        let Some(e) = dag.entry(seq)? else {
+            return Ok(None);
+        };
+        let parents = e
+            .parents
+            .iter()
+            .map(|p| {
+                dag.hash_at(*p)?.ok_or(Error::Internal {
+                    what: "a dag parent has no witness record",
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok(Some(DagInfo {
+            seq,
             generation: e.generation,
             author_seq: e.author_seq,
             author: e.author,
-            parents: e.parents,
+            parents,
         }))
     }
 
@@ -197,7 +228,7 @@ impl LogReader {
         let mut out = Vec::new();
         for row in table.iter()? {
             let (k, v) = row?;
-            out.push((PubKey(*k.value()), Hash(*v.value())));
+            out.push((PubKey(*k.value()), decode_tip(v.value()).1));
         }
         Ok(out)
     }
@@ -209,7 +240,9 @@ impl LogReader {
     pub fn tip(&self, author: &PubKey) -> Result<Option<Hash>, Error> {
         let txn = self.db.begin_read()?;
         let table = txn.open_table(TIPS)?;
-        Ok(table.get(author.as_bytes())?.map(|v| Hash(*v.value())))
+        Ok(table
+            .get(author.as_bytes())?
+            .map(|v| decode_tip(v.value()).1))
     }
 
     /// Returns up to `limit` witness records starting at `from_seq`.
@@ -233,7 +266,7 @@ impl LogReader {
     /// [`Error`] on storage failure.
     pub fn witnessed_count(&self) -> Result<u64, Error> {
         let txn = self.db.begin_read()?;
-        Ok(txn.open_table(DAG)?.len()?)
+        Ok(txn.open_table(INDEX)?.len()?)
     }
 
     /// Returns true when `ancestor` is `descendant` or one of its ancestors.
@@ -284,6 +317,7 @@ impl LogReader {
         let attestations = txn.open_table(ATTESTATIONS)?;
         let intentions = txn.open_table(INTENTIONS)?;
         let dag = txn.open_table(DAG)?;
+        let index = txn.open_table(INDEX)?;
         let total = witness.len()?;
         let mut chain = ChainVerifier::new(self.store_id);
         let mut report = VerifyReport::default();
@@ -309,9 +343,7 @@ impl LogReader {
                 seq: record.seq,
                 hash: record.intention.short(),
             };
-            let raw = intentions
-                .get(record.intention.as_bytes())?
-                .ok_or_else(missing)?;
+            let raw = intentions.get(record.seq)?.ok_or_else(missing)?;
             let signed =
                 SignedIntention::decode(raw.value()).map_err(|source| CorruptError::Decode {
                     what: "intention",
@@ -320,11 +352,10 @@ impl LogReader {
             if signed.hash() != record.intention {
                 return Err(missing().into());
             }
-            let entry = dag
-                .get(record.intention.as_bytes())?
+            dag.get(record.seq)?
                 .ok_or_else(missing)
                 .and_then(|v| DagEntry::decode(v.value()))?;
-            if entry.seq != record.seq {
+            if index.get(record.intention.as_bytes())?.map(|v| v.value()) != Some(record.seq) {
                 return Err(missing().into());
             }
             pending.push((

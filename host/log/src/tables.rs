@@ -18,21 +18,22 @@ pub(crate) const META_WITNESS_KEY: &str = "witness_key";
 pub(crate) const META_CLOCK: &str = "clock";
 pub(crate) const META_FLOATING: &str = "floating";
 
-/// Witnessed intentions: `hash → signed intention bytes`.
-pub(crate) const INTENTIONS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("intentions");
-/// DAG index of witnessed intentions: `hash → DagEntry`.
-pub(crate) const DAG: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("dag");
-/// Reachability checkpoints: `hash → [(author, author seq)]` for every intention whose
-/// author seq is a multiple of [`CHECKPOINT_EVERY`].
-pub(crate) const CHECKPOINTS: TableDefinition<&[u8; 32], &[u8]> =
-    TableDefinition::new("checkpoints");
-/// The witness log: `seq → 116-byte record`.
+/// The witness log: `seq → 116-byte record`. Appended in order.
 pub(crate) const WITNESS: TableDefinition<u64, &[u8]> = TableDefinition::new("witness");
+/// Witnessed intentions: `seq → signed intention bytes`. Appended in order.
+pub(crate) const INTENTIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("intentions");
+/// DAG index of witnessed intentions: `seq → DagEntry`. Appended in order.
+pub(crate) const DAG: TableDefinition<u64, &[u8]> = TableDefinition::new("dag");
+/// The one random-key index of witnessed intentions: `intention hash → seq`.
+pub(crate) const INDEX: TableDefinition<&[u8; 32], u64> = TableDefinition::new("hash_index");
+/// Reachability checkpoints: `seq → [(author, author seq)]` for every intention whose
+/// author seq is a multiple of [`CHECKPOINT_EVERY`].
+pub(crate) const CHECKPOINTS: TableDefinition<u64, &[u8]> = TableDefinition::new("checkpoints");
 /// Attestations: `seq → 64-byte node signature over that record's hash`.
 pub(crate) const ATTESTATIONS: TableDefinition<u64, &[u8; 64]> =
     TableDefinition::new("attestations");
-/// Author tips: `author → hash of the author's newest witnessed intention`.
-pub(crate) const TIPS: TableDefinition<&[u8; 32], &[u8; 32]> = TableDefinition::new("tips");
+/// Author tips: `author → seq u64 ‖ hash [32]` of the author's newest witnessed intention.
+pub(crate) const TIPS: TableDefinition<&[u8; 32], &[u8; 40]> = TableDefinition::new("tips");
 /// Floating intentions: `hash → FloatingEntry`.
 pub(crate) const FLOATING: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("floating");
 /// What floating intentions wait for: `missing hash → floating hashes`.
@@ -67,28 +68,26 @@ fn array_at<const N: usize>(
     Ok(raw)
 }
 
-/// DAG facts about one witnessed intention.
+/// DAG facts about one witnessed intention, stored under its witness seq.
 ///
-/// Layout: `seq u64 | generation u64 | author_seq u64 | author [32] | hlc [12] | n u16 |
-/// parents [32·n]` where parents are `prev` (when not zero) followed by the deps.
+/// Layout: `generation u64 | author_seq u64 | author [32] | hlc [12] | n u16 | parents
+/// [u64·n]` where parents are the witness seqs of `prev` (when not zero) and the deps.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DagEntry {
-    pub(crate) seq: u64,
     /// 1 + the largest generation among parents (1 with no parents).
     pub(crate) generation: u64,
     /// Position in the author's chain, from 1.
     pub(crate) author_seq: u64,
     pub(crate) author: PubKey,
     pub(crate) hlc: Hlc,
-    pub(crate) parents: Vec<Hash>,
+    pub(crate) parents: Vec<u64>,
 }
 
 impl DagEntry {
-    const FIXED: usize = 8 + 8 + 8 + 32 + 12 + 2;
+    const FIXED: usize = 8 + 8 + 32 + 12 + 2;
 
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::FIXED + 32 * self.parents.len());
-        out.extend_from_slice(&self.seq.to_le_bytes());
+        let mut out = Vec::with_capacity(Self::FIXED + 8 * self.parents.len());
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.author_seq.to_le_bytes());
         out.extend_from_slice(self.author.as_bytes());
@@ -96,7 +95,7 @@ impl DagEntry {
         // parents ≤ 1 + MAX_CAUSAL_DEPS (257) always fits u16
         out.extend_from_slice(&(self.parents.len() as u16).to_le_bytes());
         for p in &self.parents {
-            out.extend_from_slice(p.as_bytes());
+            out.extend_from_slice(&p.to_le_bytes());
         }
         out
     }
@@ -104,21 +103,36 @@ impl DagEntry {
     pub(crate) fn decode(bytes: &[u8]) -> Result<DagEntry, CorruptError> {
         const T: &str = "dag";
         let count = u16::from_le_bytes(array_at::<2>(bytes, Self::FIXED - 2, T)?) as usize;
-        if bytes.len() != Self::FIXED + 32 * count {
+        if bytes.len() != Self::FIXED + 8 * count {
             return Err(malformed(T));
         }
         let parents = (0..count)
-            .map(|i| array_at::<32>(bytes, Self::FIXED + 32 * i, T).map(Hash))
+            .map(|i| u64_at(bytes, Self::FIXED + 8 * i, T))
             .collect::<Result<_, _>>()?;
         Ok(DagEntry {
-            seq: u64_at(bytes, 0, T)?,
-            generation: u64_at(bytes, 8, T)?,
-            author_seq: u64_at(bytes, 16, T)?,
-            author: PubKey(array_at(bytes, 24, T)?),
-            hlc: Hlc::from_bytes(array_at(bytes, 56, T)?),
+            generation: u64_at(bytes, 0, T)?,
+            author_seq: u64_at(bytes, 8, T)?,
+            author: PubKey(array_at(bytes, 16, T)?),
+            hlc: Hlc::from_bytes(array_at(bytes, 48, T)?),
             parents,
         })
     }
+}
+
+/// An author's tip: the witness seq and hash of its newest witnessed intention.
+pub(crate) fn encode_tip(seq: u64, hash: &Hash) -> [u8; 40] {
+    let mut out = [0u8; 40];
+    out[..8].copy_from_slice(&seq.to_le_bytes());
+    out[8..].copy_from_slice(hash.as_bytes());
+    out
+}
+
+pub(crate) fn decode_tip(bytes: &[u8; 40]) -> (u64, Hash) {
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&bytes[..8]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&bytes[8..]);
+    (u64::from_le_bytes(seq), Hash(hash))
 }
 
 /// A floating intention: `arrival u64 | received_ms u64 | waiting_for [32] | signed bytes`.
@@ -215,12 +229,11 @@ mod tests {
     #[test]
     fn dag_entry_round_trips_and_rejects_bad_length() -> Result<(), CorruptError> {
         let entry = DagEntry {
-            seq: 7,
             generation: 3,
             author_seq: 2,
             author: PubKey([1; 32]),
             hlc: Hlc::new(9, 1),
-            parents: vec![Hash([2; 32]), Hash([3; 32])],
+            parents: vec![2, 3],
         };
         let bytes = entry.encode();
         assert_eq!(DagEntry::decode(&bytes)?, entry);

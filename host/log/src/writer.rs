@@ -17,8 +17,8 @@ use crate::error::{AuthorError, CorruptError, Error, IngestError, bug};
 use crate::ingest::{Authored, Draft, Ingested, Verified};
 use crate::tables::{
     ARRIVALS, ATTESTATIONS, CHECKPOINT_EVERY, CHECKPOINTS, DAG, DagEntry, FLOATING,
-    FloatingCounters, FloatingEntry, INTENTIONS, META, META_CLOCK, META_FLOATING, TIPS, WAITS,
-    WITNESS, encode_checkpoint,
+    FloatingCounters, FloatingEntry, INDEX, INTENTIONS, META, META_CLOCK, META_FLOATING, TIPS,
+    WAITS, WITNESS, decode_tip, encode_checkpoint, encode_tip,
 };
 
 /// In-memory summary of the log that the actor keeps between batches. A batch works on a copy
@@ -34,12 +34,13 @@ pub(crate) struct LogState {
 /// All tables of `log.db`, open for writing in one transaction.
 pub(crate) struct Tables<'t> {
     pub(crate) meta: Table<'t, &'static str, &'static [u8]>,
-    pub(crate) intentions: Table<'t, &'static [u8; 32], &'static [u8]>,
-    pub(crate) dag: Table<'t, &'static [u8; 32], &'static [u8]>,
-    pub(crate) checkpoints: Table<'t, &'static [u8; 32], &'static [u8]>,
     pub(crate) witness: Table<'t, u64, &'static [u8]>,
+    pub(crate) intentions: Table<'t, u64, &'static [u8]>,
+    pub(crate) dag: Table<'t, u64, &'static [u8]>,
+    pub(crate) index: Table<'t, &'static [u8; 32], u64>,
+    pub(crate) checkpoints: Table<'t, u64, &'static [u8]>,
     pub(crate) attestations: Table<'t, u64, &'static [u8; 64]>,
-    pub(crate) tips: Table<'t, &'static [u8; 32], &'static [u8; 32]>,
+    pub(crate) tips: Table<'t, &'static [u8; 32], &'static [u8; 40]>,
     pub(crate) floating: Table<'t, &'static [u8; 32], &'static [u8]>,
     pub(crate) waits: MultimapTable<'t, &'static [u8; 32], &'static [u8; 32]>,
     pub(crate) arrivals: Table<'t, u64, &'static [u8; 32]>,
@@ -49,10 +50,11 @@ impl<'t> Tables<'t> {
     pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, Error> {
         Ok(Tables {
             meta: txn.open_table(META)?,
+            witness: txn.open_table(WITNESS)?,
             intentions: txn.open_table(INTENTIONS)?,
             dag: txn.open_table(DAG)?,
+            index: txn.open_table(INDEX)?,
             checkpoints: txn.open_table(CHECKPOINTS)?,
-            witness: txn.open_table(WITNESS)?,
             attestations: txn.open_table(ATTESTATIONS)?,
             tips: txn.open_table(TIPS)?,
             floating: txn.open_table(FLOATING)?,
@@ -63,24 +65,40 @@ impl<'t> Tables<'t> {
 }
 
 impl DagRead for Tables<'_> {
-    fn entry(&self, hash: &Hash) -> Result<Option<DagEntry>, Error> {
-        match self.dag.get(hash.as_bytes())? {
+    fn seq_of(&self, hash: &Hash) -> Result<Option<u64>, Error> {
+        Ok(self.index.get(hash.as_bytes())?.map(|v| v.value()))
+    }
+    fn hash_at(&self, seq: u64) -> Result<Option<Hash>, Error> {
+        match self.witness.get(seq)? {
+            Some(v) => Ok(Some(decode_record(v.value())?.intention)),
+            None => Ok(None),
+        }
+    }
+    fn entry(&self, seq: u64) -> Result<Option<DagEntry>, Error> {
+        match self.dag.get(seq)? {
             Some(v) => Ok(Some(DagEntry::decode(v.value())?)),
             None => Ok(None),
         }
     }
-    fn checkpoint(&self, hash: &Hash) -> Result<Option<Vec<(PubKey, u64)>>, Error> {
-        match self.checkpoints.get(hash.as_bytes())? {
+    fn checkpoint(&self, seq: u64) -> Result<Option<Vec<(PubKey, u64)>>, Error> {
+        match self.checkpoints.get(seq)? {
             Some(v) => Ok(Some(crate::tables::decode_checkpoint(v.value())?)),
             None => Ok(None),
         }
     }
 }
 
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<WitnessRecord, CorruptError> {
+    WitnessRecord::decode(bytes).map_err(|source| CorruptError::Decode {
+        what: "witness record",
+        source,
+    })
+}
+
 /// Where an intention stands against the current log.
 enum Readiness {
     /// Everything it needs is witnessed; these are its DAG facts.
-    Ready { generation: u64, author_seq: u64 },
+    Ready(DagEntry),
     /// It waits for this hash.
     Missing(Hash),
     /// It can never be witnessed here.
@@ -123,12 +141,24 @@ impl<'a, 't> Batch<'a, 't> {
         }
     }
 
-    fn tip(&self, author: &PubKey) -> Result<Option<Hash>, Error> {
+    fn tip(&self, author: &PubKey) -> Result<Option<(u64, Hash)>, Error> {
         Ok(self
             .tables
             .tips
             .get(author.as_bytes())?
-            .map(|v| Hash(*v.value())))
+            .map(|v| decode_tip(v.value())))
+    }
+
+    /// The seq and DAG entry of a witnessed hash.
+    fn lookup(&self, hash: &Hash) -> Result<Option<(u64, DagEntry)>, Error> {
+        let Some(seq) = self.tables.seq_of(hash)? else {
+            return Ok(None);
+        };
+        let entry = self
+            .tables
+            .entry(seq)?
+            .ok_or_else(|| bug!("indexed intention has no dag entry"))?;
+        Ok(Some((seq, entry)))
     }
 
     fn classify(&self, intention: &Intention, hash: Hash) -> Result<Readiness, Error> {
@@ -137,6 +167,7 @@ impl<'a, 't> Batch<'a, 't> {
         let prev = intention.prev();
         let mut generation = 0u64;
         let mut max_parent_hlc = Hlc::ZERO;
+        let mut parents = Vec::with_capacity(1 + intention.deps().len());
         let author_seq;
         if prev.is_zero() {
             if tip.is_some() {
@@ -148,16 +179,16 @@ impl<'a, 't> Batch<'a, 't> {
             }
             author_seq = 1;
         } else {
-            match self.tables.entry(&prev)? {
+            match self.lookup(&prev)? {
                 None => return Ok(Readiness::Missing(prev)),
-                Some(p) if p.author != author => {
+                Some((_, p)) if p.author != author => {
                     return Ok(Readiness::Invalid(IngestError::ForeignPredecessor {
                         hash: hash.short(),
                         prev: prev.short(),
                     }));
                 }
-                Some(p) => {
-                    if tip != Some(prev) {
+                Some((seq, p)) => {
+                    if tip.map(|(_, h)| h) != Some(prev) {
                         return Ok(Readiness::Invalid(IngestError::ForkedChain {
                             hash: hash.short(),
                             author: author.short(),
@@ -167,42 +198,41 @@ impl<'a, 't> Batch<'a, 't> {
                     generation = p.generation;
                     max_parent_hlc = p.hlc;
                     author_seq = p.author_seq + 1;
+                    parents.push(seq);
                 }
             }
         }
         for dep in intention.deps() {
-            match self.tables.entry(dep)? {
+            match self.lookup(dep)? {
                 None => return Ok(Readiness::Missing(*dep)),
-                Some(d) => {
+                Some((seq, d)) => {
                     generation = generation.max(d.generation);
                     max_parent_hlc = max_parent_hlc.max(d.hlc);
+                    parents.push(seq);
                 }
             }
         }
-        if intention.hlc() <= max_parent_hlc && (generation > 0) {
+        if !parents.is_empty() && intention.hlc() <= max_parent_hlc {
             return Ok(Readiness::Invalid(IngestError::NotAfterParents {
                 hash: hash.short(),
             }));
         }
-        Ok(Readiness::Ready {
+        Ok(Readiness::Ready(DagEntry {
             generation: generation + 1,
             author_seq,
-        })
+            author,
+            hlc: intention.hlc(),
+            parents,
+        }))
     }
 
     fn is_known(&self, hash: &Hash) -> Result<bool, Error> {
-        Ok(self.tables.dag.get(hash.as_bytes())?.is_some()
+        Ok(self.tables.index.get(hash.as_bytes())?.is_some()
             || self.tables.floating.get(hash.as_bytes())?.is_some())
     }
 
     /// Appends a ready intention to the witness log and every index.
-    fn witness(
-        &mut self,
-        signed: &SignedIntention,
-        generation: u64,
-        author_seq: u64,
-    ) -> Result<u64, Error> {
-        let intention = signed.intention();
+    fn witness(&mut self, signed: &SignedIntention, entry: DagEntry) -> Result<u64, Error> {
         let hash = signed.hash();
         let seq = self.state.head_seq + 1;
         let record = WitnessRecord {
@@ -212,37 +242,26 @@ impl<'a, 't> Batch<'a, 't> {
             prev: self.state.head_hash,
             wall_ms: self.now_ms,
         };
-        let entry = DagEntry {
-            seq,
-            generation,
-            author_seq,
-            author: intention.author(),
-            hlc: intention.hlc(),
-            parents: intention.parents().collect(),
-        };
-        self.tables
-            .intentions
-            .insert(hash.as_bytes(), signed.as_bytes())?;
-        self.tables
-            .dag
-            .insert(hash.as_bytes(), entry.encode().as_slice())?;
         self.tables
             .witness
             .insert(seq, record.encode().as_slice())?;
+        self.tables.intentions.insert(seq, signed.as_bytes())?;
+        self.tables.dag.insert(seq, entry.encode().as_slice())?;
+        self.tables.index.insert(hash.as_bytes(), seq)?;
         self.tables
             .tips
-            .insert(intention.author().as_bytes(), hash.as_bytes())?;
+            .insert(entry.author.as_bytes(), &encode_tip(seq, &hash))?;
         let frontier =
             self.frontiers
-                .compute(&self.tables, &hash, &entry, self.config.query_visit_cap)?;
-        if author_seq % CHECKPOINT_EVERY == 0 {
+                .compute(&self.tables, seq, &entry, self.config.query_visit_cap)?;
+        if entry.author_seq % CHECKPOINT_EVERY == 0 {
             self.tables
                 .checkpoints
-                .insert(hash.as_bytes(), encode_checkpoint(&frontier).as_slice())?;
+                .insert(seq, encode_checkpoint(&frontier).as_slice())?;
         }
         self.state.head_seq = seq;
         self.state.head_hash = record.hash();
-        self.state.clock.observe(intention.hlc());
+        self.state.clock.observe(entry.hlc);
         // Rows stay until the waiting intention is re-checked, so a crash before that leaves
         // them for `stranded_floating` to find.
         for waiting in self.tables.waits.get(hash.as_bytes())? {
@@ -332,11 +351,8 @@ impl<'a, 't> Batch<'a, 't> {
             return Ok(Ok(Ingested::Duplicate));
         }
         match self.classify(signed.intention(), hash)? {
-            Readiness::Ready {
-                generation,
-                author_seq,
-            } => {
-                let seq = self.witness(&signed, generation, author_seq)?;
+            Readiness::Ready(entry) => {
+                let seq = self.witness(&signed, entry)?;
                 Ok(Ok(Ingested::Witnessed { seq }))
             }
             Readiness::Missing(missing) => {
@@ -366,12 +382,9 @@ impl<'a, 't> Batch<'a, 't> {
                     source,
                 })?;
             match self.classify(signed.intention(), hash)? {
-                Readiness::Ready {
-                    generation,
-                    author_seq,
-                } => {
+                Readiness::Ready(entry) => {
                     self.unfloat(&hash)?;
-                    self.witness(&signed, generation, author_seq)?;
+                    self.witness(&signed, entry)?;
                 }
                 Readiness::Missing(missing) => {
                     self.tables
@@ -403,22 +416,23 @@ impl<'a, 't> Batch<'a, 't> {
         drafts: Vec<Draft>,
     ) -> Result<Vec<Result<Authored, AuthorError>>, Error> {
         let me = key.public();
-        let mut prev = self.tip(&me)?.unwrap_or(Hash::ZERO);
-        let mut prev_hlc = Hlc::ZERO;
-        if !prev.is_zero() {
-            prev_hlc = self
-                .tables
-                .entry(&prev)?
-                .ok_or_else(|| bug!("author tip is not in the dag"))?
-                .hlc;
-        }
+        let (mut prev, mut prev_hlc) = match self.tip(&me)? {
+            Some((seq, hash)) => {
+                let entry = self
+                    .tables
+                    .entry(seq)?
+                    .ok_or_else(|| bug!("author tip is not in the dag"))?;
+                (hash, entry.hlc)
+            }
+            None => (Hash::ZERO, Hlc::ZERO),
+        };
         let mut built: Vec<Result<Intention, AuthorError>> = Vec::with_capacity(drafts.len());
         for draft in drafts {
             let mut after = prev_hlc;
             let mut unknown = None;
             for dep in &draft.deps {
-                match self.tables.entry(dep)? {
-                    Some(entry) => after = after.max(entry.hlc),
+                match self.lookup(dep)? {
+                    Some((_, entry)) => after = after.max(entry.hlc),
                     None => {
                         unknown = Some(*dep);
                         break;
@@ -458,11 +472,8 @@ impl<'a, 't> Batch<'a, 't> {
                 }
             };
             match self.classify(signed.intention(), signed.hash())? {
-                Readiness::Ready {
-                    generation,
-                    author_seq,
-                } => {
-                    let seq = self.witness(&signed, generation, author_seq)?;
+                Readiness::Ready(entry) => {
+                    let seq = self.witness(&signed, entry)?;
                     out.push(Ok(Authored {
                         hash: signed.hash(),
                         seq,
@@ -486,11 +497,7 @@ impl<'a, 't> Batch<'a, 't> {
                 .witness
                 .get(self.state.head_seq)?
                 .ok_or_else(|| bug!("head record missing"))?;
-            let record =
-                WitnessRecord::decode(raw.value()).map_err(|source| CorruptError::Decode {
-                    what: "witness record",
-                    source,
-                })?;
+            let record = decode_record(raw.value())?;
             drop(raw);
             let attestation = WitnessAttestation::sign(&record, key);
             self.tables
@@ -515,7 +522,7 @@ pub(crate) fn stranded_floating(tables: &Tables<'_>) -> Result<VecDeque<Hash>, E
     for row in tables.waits.iter()? {
         let (missing, waiting) = row?;
         let missing = Hash(*missing.value());
-        if tables.dag.get(missing.as_bytes())?.is_some() {
+        if tables.index.get(missing.as_bytes())?.is_some() {
             for w in waiting {
                 let h = Hash(*w?.value());
                 if seen.insert(h) {

@@ -1,0 +1,3 @@
+//! Lattice integration tests, one binary with a module per topic.
+
+mod crash;
