@@ -19,6 +19,9 @@ pub struct LogConfig {
     pub max_resolve_per_batch: usize,
     /// Most intentions one DAG query may visit (default 1,000,000).
     pub query_visit_cap: usize,
+    /// Memory redb may use to cache pages of this `log.db` (default 32 MiB). redb's own
+    /// default is 1 GiB per database, too much for a node with many stores.
+    pub cache_bytes: usize,
     /// Capacity of the ingest actor's inbox; senders block when it is full (default 1,024).
     pub inbox: usize,
     /// The wall clock in milliseconds since the Unix epoch (tests substitute their own).
@@ -34,6 +37,7 @@ impl Default for LogConfig {
             max_batch_bytes: 32 * 1024 * 1024,
             max_resolve_per_batch: 8192,
             query_visit_cap: 1_000_000,
+            cache_bytes: 32 * 1024 * 1024,
             inbox: 1024,
             now_ms: system_now_ms,
         }

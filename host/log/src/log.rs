@@ -60,7 +60,10 @@ impl Log {
         key: NodeKey,
         config: LogConfig,
     ) -> Result<Log, OpenError> {
-        let db = match Database::create(path) {
+        let db = match redb::Builder::new()
+            .set_cache_size(config.cache_bytes)
+            .create(path)
+        {
             Ok(db) => db,
             Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
                 return Err(OpenError::AlreadyOpen {
