@@ -8,7 +8,7 @@ use lattice_model::{ChainError, DecodeError, Hash, Hlc, IntentionError, SignErro
 ///
 /// The cause is shared so every caller of a failed group commit receives it.
 #[derive(Debug, Clone, thiserror::Error)]
-#[error("log storage: {0}")]
+#[error("log storage failed")]
 pub struct StorageError(#[source] pub Arc<redb::Error>);
 
 pub(crate) fn storage<E: Into<redb::Error>>(err: E) -> StorageError {

@@ -209,7 +209,7 @@ pub(crate) fn encode_checkpoint(frontier: &[(PubKey, u64)]) -> Vec<u8> {
 
 pub(crate) fn decode_checkpoint(bytes: &[u8]) -> Result<Vec<(PubKey, u64)>, CorruptError> {
     const T: &str = "checkpoints";
-    if bytes.len() % 40 != 0 {
+    if !bytes.len().is_multiple_of(40) {
         return Err(malformed(T));
     }
     bytes

@@ -254,7 +254,7 @@ impl<'a, 't> Batch<'a, 't> {
         let frontier =
             self.frontiers
                 .compute(&self.tables, seq, &entry, self.config.query_visit_cap)?;
-        if entry.author_seq % CHECKPOINT_EVERY == 0 {
+        if entry.author_seq.is_multiple_of(CHECKPOINT_EVERY) {
             self.tables
                 .checkpoints
                 .insert(seq, encode_checkpoint(&frontier).as_slice())?;

@@ -51,7 +51,7 @@ fn main() -> anyhow::Result<()> {
             writeln!(stdout, "A {}", written.hash)?;
             stdout.flush()?;
         }
-        if next < order.len() && i % 4 == 0 {
+        if next < order.len() && i.is_multiple_of(4) {
             let end = (next + 1 + (i as usize % 7)).min(order.len());
             let chunk: Vec<_> = order[next..end].iter().map(|&k| &all[k]).collect();
             next = end;

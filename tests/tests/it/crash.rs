@@ -13,7 +13,7 @@ use lattice_tests::{crash_node_key, crash_workload, test_seed};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
-const ROUNDS: u64 = 15;
+const ROUNDS: u64 = 30;
 
 #[test]
 fn acknowledged_writes_survive_sigkill_at_random_moments() -> TestResult {
@@ -88,6 +88,12 @@ fn acknowledged_writes_survive_sigkill_at_random_moments() -> TestResult {
         }
         let report = log.reader().verify(|_, _| {})?;
         assert!(report.records >= authored.len() as u64);
+        eprintln!(
+            "round {round}: killed after {} acknowledged lines; log has {} records, {} floating",
+            lines.len(),
+            report.records,
+            log.reader().status()?.floating
+        );
         log.close()?;
     }
     // Deliver the whole foreign workload: everything floating resolves.

@@ -1,3 +1,7 @@
 //! Lattice integration tests, one binary with a module per topic.
+#![allow(
+    clippy::print_stderr,
+    reason = "tests report seeds and progress on stderr"
+)]
 
 mod crash;
