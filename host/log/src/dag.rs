@@ -13,10 +13,11 @@
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use lattice_model::{Hash, PubKey};
+use lattice_model::{Hash, PubKey, WitnessRecord};
+use redb::ReadableTable;
 
-use crate::error::{Error, QueryError};
-use crate::tables::DagEntry;
+use crate::error::{CorruptError, Error, QueryError};
+use crate::tables::{DagEntry, decode_checkpoint};
 
 /// Read access to the DAG index, from a read or a write transaction.
 pub(crate) trait DagRead {
@@ -26,6 +27,56 @@ pub(crate) trait DagRead {
     fn hash_at(&self, seq: u64) -> Result<Option<Hash>, Error>;
     fn entry(&self, seq: u64) -> Result<Option<DagEntry>, Error>;
     fn checkpoint(&self, seq: u64) -> Result<Option<Vec<(PubKey, u64)>>, Error>;
+}
+
+/// The four tables DAG queries read, opened in a read or a write transaction.
+pub(crate) struct DagTables<W, D, I, C> {
+    /// `seq → witness record`.
+    pub(crate) witness: W,
+    /// `seq → DagEntry`.
+    pub(crate) dag: D,
+    /// `intention hash → seq`.
+    pub(crate) index: I,
+    /// `seq → checkpoint`.
+    pub(crate) checkpoints: C,
+}
+
+impl<W, D, I, C> DagRead for DagTables<W, D, I, C>
+where
+    W: ReadableTable<u64, &'static [u8]>,
+    D: ReadableTable<u64, &'static [u8]>,
+    I: ReadableTable<&'static [u8; 32], u64>,
+    C: ReadableTable<u64, &'static [u8]>,
+{
+    fn seq_of(&self, hash: &Hash) -> Result<Option<u64>, Error> {
+        Ok(self.index.get(hash.as_bytes())?.map(|v| v.value()))
+    }
+    fn hash_at(&self, seq: u64) -> Result<Option<Hash>, Error> {
+        match self.witness.get(seq)? {
+            Some(v) => Ok(Some(decode_record(v.value())?.intention)),
+            None => Ok(None),
+        }
+    }
+    fn entry(&self, seq: u64) -> Result<Option<DagEntry>, Error> {
+        match self.dag.get(seq)? {
+            Some(v) => Ok(Some(DagEntry::decode(v.value())?)),
+            None => Ok(None),
+        }
+    }
+    fn checkpoint(&self, seq: u64) -> Result<Option<Vec<(PubKey, u64)>>, Error> {
+        match self.checkpoints.get(seq)? {
+            Some(v) => Ok(Some(decode_checkpoint(v.value())?)),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Decodes a stored witness record.
+pub(crate) fn decode_record(bytes: &[u8]) -> Result<WitnessRecord, CorruptError> {
+    WitnessRecord::decode(bytes).map_err(|source| CorruptError::Decode {
+        what: "witness record",
+        source,
+    })
 }
 
 fn seq_of<D: DagRead>(dag: &D, hash: &Hash) -> Result<u64, QueryError> {

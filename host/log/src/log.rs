@@ -391,22 +391,24 @@ fn check_tail(
             source,
         })
     };
-    let Some((seq, raw)) = tables.witness.last().map_err(storage)? else {
+    let Some((seq, raw)) = tables.chain.witness.last().map_err(storage)? else {
         return Ok((0, Hash::ZERO));
     };
     let seq = seq.value();
     let last = decode(raw.value())?;
     drop(raw);
     let mut chain = if seq > 1 {
-        let raw = tables
-            .witness
-            .get(seq - 1)
-            .map_err(storage)?
-            .ok_or(CorruptError::Chain(lattice_model::ChainError::SeqGap {
-                prev_seq: seq - 2,
-                expected: seq - 1,
-                found: seq,
-            }))?;
+        let raw =
+            tables
+                .chain
+                .witness
+                .get(seq - 1)
+                .map_err(storage)?
+                .ok_or(CorruptError::Chain(lattice_model::ChainError::SeqGap {
+                    prev_seq: seq - 2,
+                    expected: seq - 1,
+                    found: seq,
+                }))?;
         let before = decode(raw.value())?;
         lattice_model::ChainVerifier::resume(store_id, before.seq, before.hash())
     } else {
@@ -426,12 +428,13 @@ fn check_tail(
     .verify(&last, &witness)
     .map_err(|_| CorruptError::Unattested { seq })?;
     let indexed = tables
+        .chain
         .index
         .get(last.intention.as_bytes())
         .map_err(storage)?
         .map(|v| v.value());
     if indexed != Some(seq)
-        || tables.dag.get(seq).map_err(storage)?.is_none()
+        || tables.chain.dag.get(seq).map_err(storage)?.is_none()
         || tables.intentions.get(seq).map_err(storage)?.is_none()
     {
         return Err(CorruptError::MissingIntention {

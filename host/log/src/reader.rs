@@ -10,11 +10,11 @@ use redb::{
     Database, ReadOnlyTable, ReadableDatabase as _, ReadableTable, ReadableTableMetadata as _,
 };
 
-use crate::dag::{self, DagRead};
+use crate::dag::{self, DagRead, DagTables};
 use crate::error::{CorruptError, Error, QueryError};
 use crate::tables::{
     ATTESTATIONS, CHECKPOINTS, DAG, DagEntry, FLOATING, FloatingCounters, INDEX, INTENTIONS, META,
-    META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_checkpoint, decode_tip,
+    META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_tip,
 };
 
 /// Read access to one store's log. Cheap to clone.
@@ -64,38 +64,14 @@ pub struct VerifyReport {
     pub intentions: u64,
 }
 
-struct ReadDag {
-    witness: ReadOnlyTable<u64, &'static [u8]>,
-    dag: ReadOnlyTable<u64, &'static [u8]>,
-    index: ReadOnlyTable<&'static [u8; 32], u64>,
-    checkpoints: ReadOnlyTable<u64, &'static [u8]>,
-}
+type ReadDag = DagTables<
+    ReadOnlyTable<u64, &'static [u8]>,
+    ReadOnlyTable<u64, &'static [u8]>,
+    ReadOnlyTable<&'static [u8; 32], u64>,
+    ReadOnlyTable<u64, &'static [u8]>,
+>;
 
-impl DagRead for ReadDag {
-    fn seq_of(&self, hash: &Hash) -> Result<Option<u64>, Error> {
-        Ok(self.index.get(hash.as_bytes())?.map(|v| v.value()))
-    }
-    fn hash_at(&self, seq: u64) -> Result<Option<Hash>, Error> {
-        match self.witness.get(seq)? {
-            Some(v) => Ok(Some(decode_record(v.value())?.intention)),
-            None => Ok(None),
-        }
-    }
-    fn entry(&self, seq: u64) -> Result<Option<DagEntry>, Error> {
-        match self.dag.get(seq)? {
-            Some(v) => Ok(Some(DagEntry::decode(v.value())?)),
-            None => Ok(None),
-        }
-    }
-    fn checkpoint(&self, seq: u64) -> Result<Option<Vec<(PubKey, u64)>>, Error> {
-        match self.checkpoints.get(seq)? {
-            Some(v) => Ok(Some(decode_checkpoint(v.value())?)),
-            None => Ok(None),
-        }
-    }
-}
-
-use crate::writer::decode_record;
+use crate::dag::decode_record;
 
 impl LogReader {
     pub(crate) fn new(db: Arc<Database>, store_id: StoreId, visit_cap: usize) -> LogReader {

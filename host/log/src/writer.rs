@@ -12,7 +12,7 @@ use redb::{MultimapTable, ReadableMultimapTable as _, ReadableTable, Table, Writ
 use tracing::{debug, warn};
 
 use crate::config::LogConfig;
-use crate::dag::{DagRead, FrontierCache};
+use crate::dag::{DagRead, DagTables, FrontierCache, decode_record};
 use crate::error::{AuthorError, CorruptError, Error, IngestError, bug};
 use crate::ingest::{Authored, Draft, Ingested, Verified};
 use crate::tables::{
@@ -31,14 +31,20 @@ pub(crate) struct LogState {
     pub(crate) floating: FloatingCounters,
 }
 
+/// The DAG query tables, open for writing.
+pub(crate) type WriteDag<'t> = DagTables<
+    Table<'t, u64, &'static [u8]>,
+    Table<'t, u64, &'static [u8]>,
+    Table<'t, &'static [u8; 32], u64>,
+    Table<'t, u64, &'static [u8]>,
+>;
+
 /// All tables of `log.db`, open for writing in one transaction.
 pub(crate) struct Tables<'t> {
     pub(crate) meta: Table<'t, &'static str, &'static [u8]>,
-    pub(crate) witness: Table<'t, u64, &'static [u8]>,
+    /// `witness`, `dag`, `hash_index` and `checkpoints`: what DAG queries read.
+    pub(crate) chain: WriteDag<'t>,
     pub(crate) intentions: Table<'t, u64, &'static [u8]>,
-    pub(crate) dag: Table<'t, u64, &'static [u8]>,
-    pub(crate) index: Table<'t, &'static [u8; 32], u64>,
-    pub(crate) checkpoints: Table<'t, u64, &'static [u8]>,
     pub(crate) attestations: Table<'t, u64, &'static [u8; 64]>,
     pub(crate) tips: Table<'t, &'static [u8; 32], &'static [u8; 40]>,
     pub(crate) floating: Table<'t, &'static [u8; 32], &'static [u8]>,
@@ -50,11 +56,13 @@ impl<'t> Tables<'t> {
     pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, Error> {
         Ok(Tables {
             meta: txn.open_table(META)?,
-            witness: txn.open_table(WITNESS)?,
+            chain: DagTables {
+                witness: txn.open_table(WITNESS)?,
+                dag: txn.open_table(DAG)?,
+                index: txn.open_table(INDEX)?,
+                checkpoints: txn.open_table(CHECKPOINTS)?,
+            },
             intentions: txn.open_table(INTENTIONS)?,
-            dag: txn.open_table(DAG)?,
-            index: txn.open_table(INDEX)?,
-            checkpoints: txn.open_table(CHECKPOINTS)?,
             attestations: txn.open_table(ATTESTATIONS)?,
             tips: txn.open_table(TIPS)?,
             floating: txn.open_table(FLOATING)?,
@@ -62,37 +70,6 @@ impl<'t> Tables<'t> {
             arrivals: txn.open_table(ARRIVALS)?,
         })
     }
-}
-
-impl DagRead for Tables<'_> {
-    fn seq_of(&self, hash: &Hash) -> Result<Option<u64>, Error> {
-        Ok(self.index.get(hash.as_bytes())?.map(|v| v.value()))
-    }
-    fn hash_at(&self, seq: u64) -> Result<Option<Hash>, Error> {
-        match self.witness.get(seq)? {
-            Some(v) => Ok(Some(decode_record(v.value())?.intention)),
-            None => Ok(None),
-        }
-    }
-    fn entry(&self, seq: u64) -> Result<Option<DagEntry>, Error> {
-        match self.dag.get(seq)? {
-            Some(v) => Ok(Some(DagEntry::decode(v.value())?)),
-            None => Ok(None),
-        }
-    }
-    fn checkpoint(&self, seq: u64) -> Result<Option<Vec<(PubKey, u64)>>, Error> {
-        match self.checkpoints.get(seq)? {
-            Some(v) => Ok(Some(crate::tables::decode_checkpoint(v.value())?)),
-            None => Ok(None),
-        }
-    }
-}
-
-pub(crate) fn decode_record(bytes: &[u8]) -> Result<WitnessRecord, CorruptError> {
-    WitnessRecord::decode(bytes).map_err(|source| CorruptError::Decode {
-        what: "witness record",
-        source,
-    })
 }
 
 /// Where an intention stands against the current log.
@@ -151,11 +128,12 @@ impl<'a, 't> Batch<'a, 't> {
 
     /// The seq and DAG entry of a witnessed hash.
     fn lookup(&self, hash: &Hash) -> Result<Option<(u64, DagEntry)>, Error> {
-        let Some(seq) = self.tables.seq_of(hash)? else {
+        let Some(seq) = self.tables.chain.seq_of(hash)? else {
             return Ok(None);
         };
         let entry = self
             .tables
+            .chain
             .entry(seq)?
             .ok_or_else(|| bug!("indexed intention has no dag entry"))?;
         Ok(Some((seq, entry)))
@@ -227,7 +205,7 @@ impl<'a, 't> Batch<'a, 't> {
     }
 
     fn is_known(&self, hash: &Hash) -> Result<bool, Error> {
-        Ok(self.tables.index.get(hash.as_bytes())?.is_some()
+        Ok(self.tables.chain.index.get(hash.as_bytes())?.is_some()
             || self.tables.floating.get(hash.as_bytes())?.is_some())
     }
 
@@ -243,19 +221,24 @@ impl<'a, 't> Batch<'a, 't> {
             wall_ms: self.now_ms,
         };
         self.tables
+            .chain
             .witness
             .insert(seq, record.encode().as_slice())?;
         self.tables.intentions.insert(seq, signed.as_bytes())?;
-        self.tables.dag.insert(seq, entry.encode().as_slice())?;
-        self.tables.index.insert(hash.as_bytes(), seq)?;
+        self.tables
+            .chain
+            .dag
+            .insert(seq, entry.encode().as_slice())?;
+        self.tables.chain.index.insert(hash.as_bytes(), seq)?;
         self.tables
             .tips
             .insert(entry.author.as_bytes(), &encode_tip(seq, &hash))?;
         let frontier =
             self.frontiers
-                .compute(&self.tables, seq, &entry, self.config.query_visit_cap)?;
+                .compute(&self.tables.chain, seq, &entry, self.config.query_visit_cap)?;
         if entry.author_seq.is_multiple_of(CHECKPOINT_EVERY) {
             self.tables
+                .chain
                 .checkpoints
                 .insert(seq, encode_checkpoint(&frontier).as_slice())?;
         }
@@ -420,6 +403,7 @@ impl<'a, 't> Batch<'a, 't> {
             Some((seq, hash)) => {
                 let entry = self
                     .tables
+                    .chain
                     .entry(seq)?
                     .ok_or_else(|| bug!("author tip is not in the dag"))?;
                 (hash, entry.hlc)
@@ -494,6 +478,7 @@ impl<'a, 't> Batch<'a, 't> {
         if self.state.head_seq != self.start_seq {
             let raw = self
                 .tables
+                .chain
                 .witness
                 .get(self.state.head_seq)?
                 .ok_or_else(|| bug!("head record missing"))?;
@@ -522,7 +507,7 @@ pub(crate) fn stranded_floating(tables: &Tables<'_>) -> Result<VecDeque<Hash>, E
     for row in tables.waits.iter()? {
         let (missing, waiting) = row?;
         let missing = Hash(*missing.value());
-        if tables.index.get(missing.as_bytes())?.is_some() {
+        if tables.chain.index.get(missing.as_bytes())?.is_some() {
             for w in waiting {
                 let h = Hash(*w?.value());
                 if seen.insert(h) {
