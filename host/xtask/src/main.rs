@@ -1,0 +1,254 @@
+//! `cargo xtask guests [--check]`: builds every built-in guest (`guests/*`) to a
+//! `wasm32-unknown-unknown` core module, turns it into a component with `wit-component`, and
+//! writes `guests/dist/<name>.wasm` plus `guests/dist/TOOLCHAIN` (the compiler that built them).
+//!
+//! Toolchain: rustup's `wasm32-unknown-unknown` target when installed; otherwise Debian's
+//! `rustc-web` with `-Zbuild-std` and `wasm-ld` from `lld-22`, installed with apt when missing.
+//! Builds are reproducible: source paths are remapped, no debug info, one codegen unit.
+//!
+//! `--check` rebuilds into a temporary folder and compares with the committed bytes. When the
+//! toolchain differs from the one recorded it says so instead of failing on the bytes.
+#![allow(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line tool"
+)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+
+/// (package, dist name) of every built-in guest.
+const GUESTS: &[(&str, &str)] = &[
+    ("lattice-guest-kvstore", "kvstore"),
+    ("lattice-guest-counter", "counter"),
+];
+
+const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
+const DEBIAN_CARGO: &str = "/usr/bin/cargo";
+const DEBIAN_WASM_LD: &str = "/usr/lib/llvm-22/bin/wasm-ld";
+const DEBIAN_PACKAGES: &[&str] = &["rustc-web", "cargo-web", "rust-web-src", "lld-22"];
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root()?;
+    match args
+        .iter()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .as_slice()
+    {
+        ["guests"] => build(&root, &root.join("guests/dist")).map(|_| ()),
+        ["guests", "--check"] => check(&root),
+        _ => {
+            eprintln!("usage: cargo xtask guests [--check]");
+            eprintln!("  guests           rebuild guests/dist/*.wasm from guests/*");
+            eprintln!("  guests --check   rebuild into a temp dir and compare with guests/dist");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> anyhow::Result<PathBuf> {
+    let here = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    Ok(here
+        .parent()
+        .and_then(Path::parent)
+        .context("xtask is not inside the workspace")?
+        .to_path_buf())
+}
+
+enum Toolchain {
+    Rustup,
+    Debian,
+}
+
+fn has_rustup_wasm_target() -> bool {
+    Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .lines()
+                .any(|l| l.trim() == "wasm32-unknown-unknown")
+        })
+        .unwrap_or(false)
+}
+
+fn ensure_debian_toolchain() -> anyhow::Result<()> {
+    let ready = Path::new(DEBIAN_RUSTC).exists()
+        && Path::new(DEBIAN_CARGO).exists()
+        && Path::new(DEBIAN_WASM_LD).exists()
+        && Path::new("/usr/lib/rustlib/src/rust/library").exists();
+    if ready {
+        return Ok(());
+    }
+    eprintln!(
+        "installing the Debian wasm toolchain: apt-get install {}",
+        DEBIAN_PACKAGES.join(" ")
+    );
+    let sudo = !is_root();
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let mut cmd = if sudo {
+            Command::new("sudo")
+        } else {
+            Command::new("apt-get")
+        };
+        if sudo {
+            cmd.arg("apt-get");
+        }
+        let status = cmd
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()?;
+        if !status.success() {
+            bail!("apt-get {} failed ({status})", args.join(" "));
+        }
+        Ok(())
+    };
+    run(&["update", "-q"])?;
+    let mut install = vec!["install", "-y", "-q"];
+    install.extend_from_slice(DEBIAN_PACKAGES);
+    run(&install)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn rustc_version(rustc: &str) -> anyhow::Result<String> {
+    let out = Command::new(rustc)
+        .arg("-V")
+        .output()
+        .with_context(|| format!("running {rustc} -V"))?;
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Builds every guest and writes components into `out`; returns the toolchain description.
+fn build(root: &Path, out: &Path) -> anyhow::Result<String> {
+    let toolchain = if has_rustup_wasm_target() {
+        Toolchain::Rustup
+    } else {
+        ensure_debian_toolchain()?;
+        Toolchain::Debian
+    };
+    let home = std::env::var("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|_| std::env::var("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .context("neither CARGO_HOME nor HOME is set")?;
+    let rustflags = format!(
+        "--remap-path-prefix={}=/src --remap-path-prefix={}=/cargo",
+        root.display(),
+        home.join("registry/src").display()
+    );
+    let target_dir = root.join("target/guests");
+    let mut cmd;
+    let description;
+    match toolchain {
+        Toolchain::Rustup => {
+            cmd = Command::new("cargo");
+            cmd.args([
+                "build",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--profile",
+                "guest",
+            ]);
+            description = format!(
+                "{} (rustup wasm32-unknown-unknown)",
+                rustc_version("rustc")?
+            );
+        }
+        Toolchain::Debian => {
+            cmd = Command::new(DEBIAN_CARGO);
+            cmd.args([
+                "build",
+                "--target",
+                "wasm32-unknown-unknown",
+                "--profile",
+                "guest",
+                "-Zbuild-std=std,panic_abort",
+            ])
+            .env("RUSTC_BOOTSTRAP", "1")
+            .env("RUSTC", DEBIAN_RUSTC)
+            .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_LINKER", DEBIAN_WASM_LD);
+            description = format!(
+                "{} (Debian rustc-web, build-std)",
+                rustc_version(DEBIAN_RUSTC)?
+            );
+        }
+    }
+    for (package, _) in GUESTS {
+        cmd.args(["-p", package]);
+    }
+    cmd.arg("--target-dir")
+        .arg(&target_dir)
+        .env("RUSTFLAGS", &rustflags)
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
+        .current_dir(root);
+    eprintln!("building guests with {description}");
+    let status = cmd.status().context("running cargo for the guests")?;
+    if !status.success() {
+        bail!("guest build failed ({status})");
+    }
+    std::fs::create_dir_all(out)?;
+    for (package, name) in GUESTS {
+        let core_path = target_dir
+            .join("wasm32-unknown-unknown/guest")
+            .join(format!("{}.wasm", package.replace('-', "_")));
+        let core = std::fs::read(&core_path)
+            .with_context(|| format!("reading {}", core_path.display()))?;
+        let component = wit_component::ComponentEncoder::default()
+            .module(&core)
+            .and_then(|e| e.validate(true).encode())
+            .with_context(|| format!("making a component of {name}"))?;
+        let path = out.join(format!("{name}.wasm"));
+        std::fs::write(&path, &component)?;
+        eprintln!(
+            "{name}: core {} B → component {} B, blake3 {}",
+            core.len(),
+            component.len(),
+            blake3::hash(&component).to_hex()
+        );
+    }
+    std::fs::write(out.join("TOOLCHAIN"), format!("{description}\n"))?;
+    Ok(description)
+}
+
+fn check(root: &Path) -> anyhow::Result<()> {
+    let dist = root.join("guests/dist");
+    let recorded = std::fs::read_to_string(dist.join("TOOLCHAIN")).unwrap_or_default();
+    let fresh = root.join("target/guests/check");
+    let _ = std::fs::remove_dir_all(&fresh);
+    let toolchain = build(root, &fresh)?;
+    let mut stale = Vec::new();
+    for (_, name) in GUESTS {
+        let committed = std::fs::read(dist.join(format!("{name}.wasm"))).unwrap_or_default();
+        let rebuilt = std::fs::read(fresh.join(format!("{name}.wasm")))?;
+        if committed != rebuilt {
+            stale.push(*name);
+        }
+    }
+    if stale.is_empty() {
+        println!("guests/dist is up to date ({toolchain})");
+        return Ok(());
+    }
+    if recorded.trim() != toolchain.trim() {
+        println!(
+            "guests/dist was built with `{}`, this machine has `{toolchain}`: bytes differ for {} \
+             (expected with another compiler); tests use the committed components",
+            recorded.trim(),
+            stale.join(", ")
+        );
+        return Ok(());
+    }
+    bail!(
+        "guests/dist is stale for {}: run `cargo xtask guests` and commit guests/dist",
+        stale.join(", ")
+    )
+}
