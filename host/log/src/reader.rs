@@ -236,6 +236,30 @@ impl LogReader {
         Ok(out)
     }
 
+    /// Returns up to `limit` witnessed intentions in witness order, starting at `from_seq`.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a stored intention that does not decode.
+    pub fn witnessed(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, SignedIntention)>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INTENTIONS)?;
+        let mut out = Vec::new();
+        for row in table.range(from_seq..)?.take(limit) {
+            let (k, v) = row?;
+            let signed =
+                SignedIntention::decode(v.value()).map_err(|source| CorruptError::Decode {
+                    what: "intention",
+                    source,
+                })?;
+            out.push((k.value(), signed));
+        }
+        Ok(out)
+    }
+
     /// Returns the number of witnessed intentions.
     ///
     /// # Errors

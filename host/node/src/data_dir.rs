@@ -11,6 +11,8 @@ use crate::identity::{self, IdentityError};
 /// ```text
 /// <root>/identity.key             node key (32-byte seed, mode 0600)
 /// <root>/stores/<store id>/log.db the store's log
+/// <root>/stores/<store id>/state.db the store's projected state
+/// <root>/modules/<hash>.wasm      installed store types (cache/ holds compiled code)
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataDir {
@@ -46,6 +48,16 @@ impl DataDir {
     /// Path of one store's `log.db`.
     pub fn log_path(&self, store: &StoreId) -> PathBuf {
         self.store_dir(store).join("log.db")
+    }
+
+    /// Path of one store's `state.db`.
+    pub fn state_path(&self, store: &StoreId) -> PathBuf {
+        self.store_dir(store).join("state.db")
+    }
+
+    /// Directory of installed modules (and their compiled cache).
+    pub fn modules_dir(&self) -> PathBuf {
+        self.root.join("modules")
     }
 
     /// Loads the node key, creating the directory and a fresh key on first use.

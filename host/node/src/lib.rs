@@ -1,14 +1,16 @@
 //! The Lattice node: its data directory and identity. (The store manager, peers and the
 //! hierarchy of stores arrive with later milestones.)
 //!
-//! **Owns:** the layout of a node's data directory ([`DataDir`]) and the identity key file
-//! `identity.key` (32-byte Ed25519 seed, mode 0600).
+//! **Owns:** the layout of a node's data directory ([`DataDir`]), the identity key file
+//! `identity.key` (32-byte Ed25519 seed, mode 0600), and the embedded-mode [`Node`]: creating
+//! stores (genesis records the module), opening them, and the [`Store`] call path that joins a
+//! store's log and its Wasm runtime.
 //!
 //! **Does not touch:** wire encodings, guest internals, log internals.
 //!
 //! **Blocking:** file I/O only; all calls are synchronous.
 //!
-//! **Errors:** [`IdentityError`].
+//! **Errors:** [`IdentityError`], [`NodeError`].
 //!
 //! **Features:** none.
 //!
@@ -24,7 +26,15 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod data_dir;
+mod error;
+mod genesis;
 mod identity;
+mod node;
+mod store;
 
 pub use data_dir::DataDir;
+pub use error::NodeError;
+pub use genesis::StoreGenesis;
 pub use identity::IdentityError;
+pub use node::{Node, StoreSummary};
+pub use store::{Store, StoreStatus};

@@ -1,0 +1,236 @@
+//! [`Node`]: a data directory opened with its identity and Wasm runtime; creates and opens
+//! stores.
+
+use std::path::Path;
+
+use lattice_log::{Incoming, Log, LogConfig, build_genesis, system_now_ms};
+use lattice_model::{Hash, NodeKey, StoreId};
+use lattice_runtime::{BUILTIN_MODULES, Limits, LoadedModule, ModuleHash, Runtime, StoreRuntime};
+
+use crate::data_dir::DataDir;
+use crate::error::NodeError;
+use crate::genesis::StoreGenesis;
+use crate::store::Store;
+
+/// An opened node (embedded mode: everything in this process).
+#[derive(Debug)]
+pub struct Node {
+    dir: DataDir,
+    key: NodeKey,
+    runtime: Runtime,
+}
+
+/// A store as listed by [`Node::list_stores`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSummary {
+    /// Its id.
+    pub id: StoreId,
+    /// From its genesis, when the genesis is here.
+    pub genesis: Option<StoreGenesis>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
+    move |source| NodeError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+impl Node {
+    /// Opens the data directory (creating it and the identity on first use).
+    ///
+    /// # Errors
+    /// [`NodeError`] when the identity or module directory cannot be set up.
+    pub fn open(dir: DataDir) -> Result<Node, NodeError> {
+        Node::open_with(dir, Limits::default())
+    }
+
+    /// Opens with explicit guest limits.
+    ///
+    /// # Errors
+    /// As [`Node::open`].
+    pub fn open_with(dir: DataDir, limits: Limits) -> Result<Node, NodeError> {
+        let key = dir.load_or_create_identity()?;
+        let runtime = Runtime::new(&dir.modules_dir(), limits)?;
+        Ok(Node { dir, key, runtime })
+    }
+
+    /// The node's key.
+    pub fn key(&self) -> &NodeKey {
+        &self.key
+    }
+
+    /// The data directory.
+    pub fn dir(&self) -> &DataDir {
+        &self.dir
+    }
+
+    /// The Wasm runtime (module store).
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    /// Installs module bytes (a component, or a core module made into one).
+    ///
+    /// # Errors
+    /// [`NodeError::Module`] naming why the bytes are refused.
+    pub fn install_module(&self, bytes: &[u8]) -> Result<LoadedModule, NodeError> {
+        Ok(self.runtime.install(bytes)?)
+    }
+
+    /// Resolves a `--type`: a path to a `.wasm` file (installed), a built-in type name
+    /// (`kvstore`/`kv`, `counter`, optionally with `.wasm`), or a module hash (which need not be
+    /// installed: the store is then headless until it is).
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownType`] when it is none of these; module errors for bad files.
+    pub fn resolve_type(&self, spec: &str) -> Result<ModuleHash, NodeError> {
+        let path = Path::new(spec);
+        if path.is_file() {
+            let bytes = std::fs::read(path).map_err(io(path))?;
+            return Ok(self.runtime.install(&bytes)?.hash());
+        }
+        let name = spec.strip_suffix(".wasm").unwrap_or(spec);
+        let name = if name == "kv" { "kvstore" } else { name };
+        if let Some((_, bytes)) = BUILTIN_MODULES.iter().find(|(n, _)| *n == name) {
+            return Ok(self.runtime.install(bytes)?.hash());
+        }
+        if let Some(hash) = ModuleHash::from_hex(spec) {
+            return Ok(hash);
+        }
+        let installed: Vec<ModuleHash> = self
+            .runtime
+            .list()?
+            .into_iter()
+            .map(|(h, _)| h)
+            .filter(|h| h.to_string().starts_with(&spec.to_ascii_lowercase()))
+            .collect();
+        match installed.as_slice() {
+            [one] if spec.len() >= 4 => Ok(*one),
+            _ => Err(NodeError::UnknownType(spec.to_string())),
+        }
+    }
+
+    /// Creates a store running `module`: authors its genesis (which records the module hash)
+    /// and opens it.
+    ///
+    /// # Errors
+    /// [`NodeError`] on storage or module failures.
+    pub fn create_store(&self, module: ModuleHash, name: &str) -> Result<Store, NodeError> {
+        let genesis = StoreGenesis {
+            module,
+            name: name.chars().take(256).collect(),
+        };
+        let signed = build_genesis(&self.key, genesis.encode(), system_now_ms())?;
+        let id = StoreId::from(signed.hash());
+        let dir = self.dir.store_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let log = Log::open(
+            &self.dir.log_path(&id),
+            id,
+            self.key.clone(),
+            LogConfig::default(),
+        )?;
+        for r in log.ingest(vec![Incoming::new(signed.as_bytes().to_vec())])? {
+            r.map_err(|_| NodeError::BadGenesis(id))?;
+        }
+        self.finish_open(id, log)
+    }
+
+    /// Finds a store by full id or unique prefix.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownStore`] or [`NodeError::Ambiguous`].
+    pub fn find_store(&self, text: &str) -> Result<StoreId, NodeError> {
+        let text = text.trim().to_ascii_lowercase();
+        let matches: Vec<StoreId> = self
+            .store_ids()?
+            .into_iter()
+            .filter(|id| !text.is_empty() && id.to_string().starts_with(&text))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(NodeError::UnknownStore(text)),
+            _ => Err(NodeError::Ambiguous(text)),
+        }
+    }
+
+    fn store_ids(&self) -> Result<Vec<StoreId>, NodeError> {
+        let dir = self.dir.stores_dir();
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io(&dir)(e)),
+        };
+        let mut out = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(io(&dir))?;
+            if let Ok(id) = StoreId::from_hex(&entry.file_name().to_string_lossy()) {
+                out.push(id);
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    /// Lists the stores in this data directory.
+    ///
+    /// # Errors
+    /// [`NodeError`] when a store's log cannot be read.
+    pub fn list_stores(&self) -> Result<Vec<StoreSummary>, NodeError> {
+        let mut out = Vec::new();
+        for id in self.store_ids()? {
+            let log = Log::open(
+                &self.dir.log_path(&id),
+                id,
+                self.key.clone(),
+                LogConfig::default(),
+            )?;
+            let genesis = log
+                .reader()
+                .get(&Hash(id.0))?
+                .and_then(|g| StoreGenesis::decode(g.intention().ops()));
+            log.close()?;
+            out.push(StoreSummary { id, genesis });
+        }
+        Ok(out)
+    }
+
+    /// Opens a store: its log, its runtime (headless when its module is missing), and projects
+    /// whatever is not projected yet.
+    ///
+    /// # Errors
+    /// [`NodeError`] on storage failures or a missing genesis.
+    pub fn open_store(&self, id: StoreId) -> Result<Store, NodeError> {
+        if !self.dir.log_path(&id).exists() {
+            return Err(NodeError::UnknownStore(id.to_string()));
+        }
+        let log = Log::open(
+            &self.dir.log_path(&id),
+            id,
+            self.key.clone(),
+            LogConfig::default(),
+        )?;
+        self.finish_open(id, log)
+    }
+
+    fn finish_open(&self, id: StoreId, log: Log) -> Result<Store, NodeError> {
+        let genesis = log
+            .reader()
+            .get(&Hash(id.0))?
+            .and_then(|g| StoreGenesis::decode(g.intention().ops()))
+            .ok_or(NodeError::BadGenesis(id))?;
+        let runtime =
+            StoreRuntime::open(&self.runtime, &self.dir.state_path(&id), id, genesis.module)?;
+        let mut store = Store::new(
+            id,
+            genesis,
+            log,
+            runtime,
+            self.key.public(),
+            self.dir.state_path(&id),
+        );
+        store.project()?;
+        Ok(store)
+    }
+}

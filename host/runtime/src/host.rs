@@ -1,0 +1,285 @@
+//! The host side of the ABI: what a guest's `lattice:store/host` imports do.
+//!
+//! Reads see, in order: this apply's own writes, the writes of earlier applies in the same
+//! projection batch, and the committed `state.db` snapshot taken when the call began. Writes
+//! are buffered and only reach `state.db` when the whole batch commits, together with the
+//! projection cursor; a failed apply's writes are dropped.
+
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+use redb::ReadOnlyTable;
+use wasmtime::StoreLimits;
+
+use crate::bindings::lattice::store::{host, types};
+
+/// Longest key a guest may use.
+pub const MAX_KEY_BYTES: usize = 4096;
+/// Largest value a guest may write.
+pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Most entries one `kv-scan` returns.
+pub const MAX_SCAN: u32 = 1000;
+/// Largest watch event payload.
+pub const MAX_EVENT_BYTES: usize = 64 << 10;
+
+/// What a guest call may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `describe`, `prepare`, `query`: read-only.
+    Read,
+    /// `prepare`: read-only, `get-head` allowed.
+    Prepare,
+    /// `apply`: reads and writes.
+    Apply,
+}
+
+/// Why the host stopped a guest (returned from an import, so the guest traps).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum HostTrap {
+    /// A write or `get-head` where it is not allowed.
+    #[error("{0}")]
+    Forbidden(String),
+    /// A size limit was exceeded.
+    #[error("{0}")]
+    Limit(String),
+    /// `state.db` failed.
+    #[error("{0}")]
+    Storage(String),
+}
+
+type Overlay = BTreeMap<Vec<u8>, Option<Vec<u8>>>;
+
+/// Per-instance host state.
+pub(crate) struct HostState {
+    pub(crate) limits: StoreLimits,
+    pub(crate) mode: Mode,
+    pub(crate) snapshot: Option<ReadOnlyTable<&'static [u8], &'static [u8]>>,
+    /// Writes of earlier applies in this batch.
+    pub(crate) batch: Overlay,
+    /// This apply's writes.
+    pub(crate) pending: Overlay,
+    pub(crate) pending_bytes: usize,
+    pub(crate) max_write_bytes: usize,
+    pub(crate) heads: Vec<Vec<u8>>,
+    pub(crate) events: Vec<(String, Vec<u8>)>,
+    /// Index the next `log-append` gets.
+    pub(crate) log_next: u64,
+    pub(crate) log_pending: Vec<Vec<u8>>,
+}
+
+impl HostState {
+    pub(crate) fn new(limits: StoreLimits, max_write_bytes: usize) -> HostState {
+        HostState {
+            limits,
+            mode: Mode::Read,
+            snapshot: None,
+            batch: Overlay::new(),
+            pending: Overlay::new(),
+            pending_bytes: 0,
+            max_write_bytes,
+            heads: Vec::new(),
+            events: Vec::new(),
+            log_next: 0,
+            log_pending: Vec::new(),
+        }
+    }
+
+    /// Forgets this apply's writes, events and log entries.
+    pub(crate) fn discard_pending(&mut self) {
+        self.pending.clear();
+        self.pending_bytes = 0;
+        self.events.clear();
+        self.log_next -= self.log_pending.len() as u64;
+        self.log_pending.clear();
+    }
+
+    fn write_allowed(&self, what: &str) -> wasmtime::Result<()> {
+        if self.mode != Mode::Apply {
+            return Err(wasmtime::Error::new(HostTrap::Forbidden(format!(
+                "{what} is only allowed in apply"
+            ))));
+        }
+        Ok(())
+    }
+
+    fn charge(&mut self, bytes: usize) -> wasmtime::Result<()> {
+        self.pending_bytes += bytes;
+        if self.pending_bytes > self.max_write_bytes {
+            return Err(wasmtime::Error::new(HostTrap::Limit(format!(
+                "one apply wrote more than {} bytes",
+                self.max_write_bytes
+            ))));
+        }
+        Ok(())
+    }
+
+    fn read(&self, key: &[u8]) -> wasmtime::Result<Option<Vec<u8>>> {
+        if let Some(v) = self.pending.get(key).or_else(|| self.batch.get(key)) {
+            return Ok(v.clone());
+        }
+        match &self.snapshot {
+            None => Ok(None),
+            Some(table) => Ok(table
+                .get(key)
+                .map_err(|e| wasmtime::Error::new(HostTrap::Storage(e.to_string())))?
+                .map(|v| v.value().to_vec())),
+        }
+    }
+}
+
+fn check_key(key: &[u8]) -> wasmtime::Result<()> {
+    if key.len() > MAX_KEY_BYTES {
+        return Err(wasmtime::Error::new(HostTrap::Limit(format!(
+            "key of {} bytes exceeds {MAX_KEY_BYTES}",
+            key.len()
+        ))));
+    }
+    Ok(())
+}
+
+impl types::Host for HostState {}
+
+impl host::Host for HostState {
+    fn kv_get(&mut self, key: Vec<u8>) -> wasmtime::Result<Option<Vec<u8>>> {
+        check_key(&key)?;
+        self.read(&key)
+    }
+
+    fn kv_set(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<()> {
+        self.write_allowed("kv-set")?;
+        check_key(&key)?;
+        if value.len() > MAX_VALUE_BYTES {
+            return Err(wasmtime::Error::new(HostTrap::Limit(format!(
+                "value of {} bytes exceeds {MAX_VALUE_BYTES}",
+                value.len()
+            ))));
+        }
+        self.charge(key.len() + value.len())?;
+        self.pending.insert(key, Some(value));
+        Ok(())
+    }
+
+    fn kv_delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        self.write_allowed("kv-delete")?;
+        check_key(&key)?;
+        self.charge(key.len())?;
+        self.pending.insert(key, None);
+        Ok(())
+    }
+
+    fn kv_scan(
+        &mut self,
+        start: Vec<u8>,
+        end: Option<Vec<u8>>,
+        limit: u32,
+    ) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if limit > MAX_SCAN {
+            return Err(wasmtime::Error::new(HostTrap::Limit(format!(
+                "kv-scan limit {limit} exceeds {MAX_SCAN}"
+            ))));
+        }
+        check_key(&start)?;
+        let upper = match &end {
+            Some(e) => Bound::Excluded(e.clone()),
+            None => Bound::Unbounded,
+        };
+        if end.as_ref().is_some_and(|e| *e <= start) {
+            return Ok(Vec::new());
+        }
+        let range = (Bound::Included(start.clone()), upper);
+        // Overlay entries in range (this apply's writes win over the batch's).
+        let mut overlay: Overlay = self
+            .batch
+            .range(range.clone())
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        for (k, v) in self.pending.range(range) {
+            overlay.insert(k.clone(), v.clone());
+        }
+        let limit = limit as usize;
+        let mut out = Vec::with_capacity(limit.min(64));
+        let mut over = overlay.into_iter().peekable();
+        let storage =
+            |e: redb::StorageError| wasmtime::Error::new(HostTrap::Storage(e.to_string()));
+        let mut base = match &self.snapshot {
+            Some(table) => {
+                let iter = match &end {
+                    Some(e) => table.range::<&[u8]>(start.as_slice()..e.as_slice()),
+                    None => table.range::<&[u8]>(start.as_slice()..),
+                }
+                .map_err(storage)?;
+                Some(iter)
+            }
+            None => None,
+        };
+        let next_base = |base: &mut Option<redb::Range<'static, &'static [u8], &'static [u8]>>| -> wasmtime::Result<Option<(Vec<u8>, Vec<u8>)>> {
+            match base.as_mut().and_then(Iterator::next) {
+                Some(row) => {
+                    let (k, v) = row.map_err(storage)?;
+                    Ok(Some((k.value().to_vec(), v.value().to_vec())))
+                }
+                None => Ok(None),
+            }
+        };
+        let mut b = next_base(&mut base)?;
+        while out.len() < limit {
+            let take_overlay = match (&b, over.peek()) {
+                (None, None) => break,
+                (Some(_), None) => false,
+                (None, Some(_)) => true,
+                (Some((bk, _)), Some((ok, _))) => ok <= bk,
+            };
+            if take_overlay {
+                if let Some((k, v)) = over.next() {
+                    if b.as_ref().is_some_and(|(bk, _)| *bk == k) {
+                        b = next_base(&mut base)?;
+                    }
+                    if let Some(v) = v {
+                        out.push((k, v));
+                    }
+                }
+            } else if let Some(row) = b.take() {
+                out.push(row);
+                b = next_base(&mut base)?;
+            }
+        }
+        Ok(out)
+    }
+
+    fn log_append(&mut self, entry: Vec<u8>) -> wasmtime::Result<u64> {
+        self.write_allowed("log-append")?;
+        if entry.len() > MAX_VALUE_BYTES {
+            return Err(wasmtime::Error::new(HostTrap::Limit(format!(
+                "log entry of {} bytes exceeds {MAX_VALUE_BYTES}",
+                entry.len()
+            ))));
+        }
+        self.charge(entry.len())?;
+        let index = self.log_next;
+        self.log_next += 1;
+        self.log_pending.push(entry);
+        Ok(index)
+    }
+
+    fn get_head(&mut self) -> wasmtime::Result<Vec<Vec<u8>>> {
+        if self.mode != Mode::Prepare {
+            return Err(wasmtime::Error::new(HostTrap::Forbidden(
+                "get-head is only allowed in prepare".into(),
+            )));
+        }
+        Ok(self.heads.clone())
+    }
+
+    fn emit(&mut self, topic: String, payload: Vec<u8>) -> wasmtime::Result<()> {
+        self.write_allowed("emit")?;
+        if payload.len() + topic.len() > MAX_EVENT_BYTES {
+            return Err(wasmtime::Error::new(HostTrap::Limit(format!(
+                "event of {} bytes exceeds {MAX_EVENT_BYTES}",
+                payload.len()
+            ))));
+        }
+        self.charge(payload.len() + topic.len())?;
+        self.events.push((topic, payload));
+        Ok(())
+    }
+}

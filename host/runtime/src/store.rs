@@ -1,0 +1,470 @@
+//! [`StoreRuntime`]: one store's `state.db`, its guest instance and the projection of its
+//! witness log onto state.
+//!
+//! `state.db` tables (all redb): `meta` (`store_id` 32 B, `module` 32 B, `cursor` u64 = last
+//! projected witness seq, `log_count` u64), `data` (the guest's namespace, bytes → bytes),
+//! `rejected` (seq → reason, for intentions whose apply failed), `log` (index → entry, for
+//! `log-append`). The cursor is written in the same transaction as the state changes, so
+//! projection is exactly-once across crashes.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use lattice_log::LogReader;
+use lattice_model::{Hash, IntentionFlags, StoreId};
+use redb::{Database, Durability, ReadableDatabase as _, ReadableTable, TableDefinition};
+use tracing::{debug, warn};
+
+use crate::bindings::lattice::store::types as wit;
+use crate::error::{CallError, Error};
+use crate::guest::GuestInstance;
+use crate::modules::{ModuleHash, Runtime};
+use crate::schema::StoreDescriptor;
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
+const REJECTED: TableDefinition<u64, &str> = TableDefinition::new("rejected");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+
+/// Witnessed intentions applied per `state.db` transaction.
+const PROJECT_BATCH: usize = 512;
+
+/// A command turned into what the node authors: ops, deps and pruning hints.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreparedWrite {
+    /// The ops payload.
+    pub ops: Vec<u8>,
+    /// Causal deps the guest chose.
+    pub deps: Vec<Hash>,
+    /// Pruning hints.
+    pub flags: IntentionFlags,
+}
+
+/// A watch event emitted by an applied intention.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WatchEvent {
+    /// Witness seq of the intention that emitted it.
+    pub seq: u64,
+    /// The topic the guest chose.
+    pub topic: String,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+/// What one projection pass did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ProjectReport {
+    /// Intentions applied successfully.
+    pub applied: u64,
+    /// Intentions whose apply failed (recorded in `rejected`).
+    pub rejected: u64,
+    /// The cursor after the pass.
+    pub cursor: u64,
+    /// Events emitted, in witness order.
+    pub events: Vec<WatchEvent>,
+}
+
+/// A store's projection state and guest.
+pub struct StoreRuntime {
+    runtime: Runtime,
+    store_id: StoreId,
+    module: ModuleHash,
+    db: Arc<Database>,
+    guest: Option<GuestInstance>,
+    descriptor: Option<StoreDescriptor>,
+    cursor: u64,
+    log_count: u64,
+}
+
+impl std::fmt::Debug for StoreRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StoreRuntime({}, module {})",
+            self.store_id.short(),
+            self.module.short()
+        )
+    }
+}
+
+fn meta_u64(
+    table: &impl ReadableTable<&'static str, &'static [u8]>,
+    key: &str,
+) -> Result<u64, Error> {
+    match table.get(key)? {
+        None => Ok(0),
+        Some(v) => <[u8; 8]>::try_from(v.value())
+            .map(u64::from_le_bytes)
+            .map_err(|_| Error::Corrupt(format!("meta `{key}` is malformed"))),
+    }
+}
+
+fn to_wit(signed: &lattice_model::SignedIntention) -> wit::Intention {
+    let i = signed.intention();
+    wit::Intention {
+        hash: signed.hash().as_bytes().to_vec(),
+        author: i.author().as_bytes().to_vec(),
+        hlc: wit::Hlc {
+            wall_ms: i.hlc().wall_ms,
+            counter: i.hlc().counter,
+        },
+        deps: i.deps().iter().map(|d| d.as_bytes().to_vec()).collect(),
+        ops: i.ops().to_vec(),
+    }
+}
+
+impl StoreRuntime {
+    /// Opens (or creates) `state.db` at `path` for a store running `module`. When the module is
+    /// not installed the store is *headless*: nothing is projected until it is.
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when `state.db` belongs to another store or module; storage errors;
+    /// [`Error::Call`] when the guest cannot be instantiated.
+    pub fn open(
+        runtime: &Runtime,
+        path: &Path,
+        store_id: StoreId,
+        module: ModuleHash,
+    ) -> Result<StoreRuntime, Error> {
+        let db = redb::Builder::new().set_cache_size(16 << 20).create(path)?;
+        let txn = db.begin_write()?;
+        let (cursor, log_count) = {
+            let mut meta = txn.open_table(META)?;
+            txn.open_table(DATA)?;
+            txn.open_table(REJECTED)?;
+            txn.open_table(LOG)?;
+            let found_store = meta.get("store_id")?.map(|v| v.value().to_vec());
+            match found_store {
+                None => {
+                    meta.insert("store_id", store_id.as_bytes().as_slice())?;
+                    meta.insert("module", module.0.as_slice())?;
+                }
+                Some(found) => {
+                    if found != store_id.as_bytes() {
+                        return Err(Error::Corrupt(format!(
+                            "state.db belongs to another store, not {}",
+                            store_id.short()
+                        )));
+                    }
+                    let found_module = meta.get("module")?.map(|v| v.value().to_vec());
+                    if found_module.as_deref() != Some(module.0.as_slice()) {
+                        return Err(Error::Corrupt(format!(
+                            "state.db was projected by another module, not {}",
+                            module.short()
+                        )));
+                    }
+                }
+            }
+            (meta_u64(&meta, "cursor")?, meta_u64(&meta, "log_count")?)
+        };
+        txn.commit()?;
+        let mut store = StoreRuntime {
+            runtime: runtime.clone(),
+            store_id,
+            module,
+            db: Arc::new(db),
+            guest: None,
+            descriptor: None,
+            cursor,
+            log_count,
+        };
+        store.attach()?;
+        Ok(store)
+    }
+
+    /// Loads the module if it is installed now (after a headless start). Returns true when the
+    /// store has a guest.
+    ///
+    /// # Errors
+    /// [`Error::Module`] when the installed module does not load; [`Error::Call`] when it does
+    /// not instantiate.
+    pub fn attach(&mut self) -> Result<bool, Error> {
+        if self.guest.is_some() {
+            return Ok(true);
+        }
+        if !self.runtime.is_installed(&self.module) {
+            return Ok(false);
+        }
+        let loaded = self.runtime.load(&self.module)?;
+        let mut guest = GuestInstance::new(&self.runtime, loaded)?;
+        guest.host().log_next = self.log_count;
+        self.guest = Some(guest);
+        Ok(true)
+    }
+
+    /// The store's module.
+    pub fn module(&self) -> ModuleHash {
+        self.module
+    }
+
+    /// True when the module is not installed, so nothing is projected.
+    pub fn is_headless(&self) -> bool {
+        self.guest.is_none()
+    }
+
+    /// The last projected witness seq.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    fn guest(&mut self) -> Result<&mut GuestInstance, Error> {
+        let module = self.module;
+        self.guest
+            .as_mut()
+            .ok_or_else(|| Error::Headless(module.to_string()))
+    }
+
+    fn snapshot(&self) -> Result<redb::ReadOnlyTable<&'static [u8], &'static [u8]>, Error> {
+        Ok(self.db.begin_read()?.open_table(DATA)?)
+    }
+
+    /// The store type's description (cached after the first call).
+    ///
+    /// # Errors
+    /// [`Error::Headless`] without a module; [`Error::Call`] when the guest fails.
+    pub fn describe(&mut self) -> Result<StoreDescriptor, Error> {
+        if let Some(d) = &self.descriptor {
+            return Ok(d.clone());
+        }
+        let d: StoreDescriptor = self.guest()?.describe()?.into();
+        self.descriptor = Some(d.clone());
+        Ok(d)
+    }
+
+    /// Turns a command into a write, after checking the arguments against the schema.
+    /// `heads` are the store's current DAG heads (what `get-head` returns).
+    ///
+    /// # Errors
+    /// [`Error::BadArguments`] when the call does not match the schema; [`Error::Call`] when the
+    /// guest refuses or fails; [`Error::Headless`].
+    pub fn prepare(
+        &mut self,
+        method: &str,
+        args: &serde_json::Value,
+        heads: &[Hash],
+    ) -> Result<PreparedWrite, Error> {
+        let descriptor = self.describe()?;
+        let info = descriptor
+            .check_call(method, args)
+            .map_err(Error::BadArguments)?;
+        if info.kind != crate::schema::MethodKind::Command {
+            return Err(Error::BadArguments(format!(
+                "`{method}` is a query; use query, not a command"
+            )));
+        }
+        let snapshot = self.snapshot()?;
+        let guest = self.guest()?;
+        guest.host().snapshot = Some(snapshot);
+        guest.host().heads = heads.iter().map(|h| h.as_bytes().to_vec()).collect();
+        let result = guest.prepare(method, &args.to_string());
+        guest.host().snapshot = None;
+        let prepared = result?;
+        let mut deps = Vec::with_capacity(prepared.deps.len());
+        for d in &prepared.deps {
+            let bytes = <[u8; 32]>::try_from(d.as_slice()).map_err(|_| {
+                CallError::Guest(crate::GuestError::Internal("a dep is not 32 bytes".into()))
+            })?;
+            deps.push(Hash(bytes));
+        }
+        Ok(PreparedWrite {
+            ops: prepared.ops,
+            deps,
+            flags: IntentionFlags {
+                ephemeral: prepared.ephemeral,
+                supersedes_all: prepared.supersedes_all,
+            },
+        })
+    }
+
+    /// Runs a query and returns its JSON result.
+    ///
+    /// # Errors
+    /// As [`StoreRuntime::prepare`]; a query that writes fails with [`CallError::Forbidden`].
+    pub fn query(
+        &mut self,
+        method: &str,
+        args: &serde_json::Value,
+    ) -> Result<serde_json::Value, Error> {
+        let descriptor = self.describe()?;
+        let info = descriptor
+            .check_call(method, args)
+            .map_err(Error::BadArguments)?;
+        if info.kind != crate::schema::MethodKind::Query {
+            return Err(Error::BadArguments(format!(
+                "`{method}` is a command, not a query"
+            )));
+        }
+        let snapshot = self.snapshot()?;
+        let guest = self.guest()?;
+        guest.host().snapshot = Some(snapshot);
+        let result = guest.query(method, &args.to_string());
+        guest.host().snapshot = None;
+        let text = result?;
+        serde_json::from_str(&text).map_err(|e| {
+            Error::Call(CallError::Guest(crate::GuestError::Internal(format!(
+                "query result is not JSON: {e}"
+            ))))
+        })
+    }
+
+    /// Applies every witnessed intention after the cursor, in witness order, in batches of
+    /// 512 per `state.db` transaction. A guest failure rejects that one intention (recorded
+    /// with its reason) and projection goes on. Headless stores do nothing.
+    ///
+    /// # Errors
+    /// Storage failures of the log or `state.db` (the batch is not committed and will be
+    /// retried); a host failure inside a guest call.
+    pub fn project(&mut self, log: &LogReader) -> Result<ProjectReport, Error> {
+        let mut report = ProjectReport {
+            cursor: self.cursor,
+            ..ProjectReport::default()
+        };
+        if self.guest.is_none() {
+            return Ok(report);
+        }
+        loop {
+            let batch = log.witnessed(self.cursor + 1, PROJECT_BATCH)?;
+            if batch.is_empty() {
+                break;
+            }
+            self.project_batch(batch, &mut report)?;
+        }
+        report.cursor = self.cursor;
+        Ok(report)
+    }
+
+    fn project_batch(
+        &mut self,
+        batch: Vec<(u64, lattice_model::SignedIntention)>,
+        report: &mut ProjectReport,
+    ) -> Result<(), Error> {
+        let snapshot = self.snapshot()?;
+        let log_count = self.log_count;
+        let module = self.module;
+        let mut last = self.cursor;
+        let guest = self
+            .guest
+            .as_mut()
+            .ok_or_else(|| Error::Headless(module.to_string()))?;
+        {
+            let host = guest.host();
+            host.snapshot = Some(snapshot);
+            host.batch.clear();
+            host.log_next = log_count;
+        }
+        let mut rejected: Vec<(u64, String)> = Vec::new();
+        let mut log_entries: Vec<Vec<u8>> = Vec::new();
+        let mut events = Vec::new();
+        let mut applied = 0u64;
+        for (seq, signed) in &batch {
+            last = *seq;
+            if signed.intention().is_genesis() {
+                continue;
+            }
+            let result = guest.apply(&to_wit(signed));
+            let host = guest.host();
+            match result {
+                Ok(()) => {
+                    let pending = std::mem::take(&mut host.pending);
+                    host.batch.extend(pending);
+                    host.pending_bytes = 0;
+                    log_entries.append(&mut host.log_pending);
+                    events.extend(host.events.drain(..).map(|(topic, payload)| WatchEvent {
+                        seq: *seq,
+                        topic,
+                        payload,
+                    }));
+                    applied += 1;
+                }
+                Err(CallError::Host(msg)) => {
+                    host.discard_pending();
+                    host.snapshot = None;
+                    return Err(Error::Call(CallError::Host(msg)));
+                }
+                Err(err) => {
+                    host.discard_pending();
+                    debug!(seq, %err, "intention rejected by the guest");
+                    rejected.push((*seq, err.to_string()));
+                }
+            }
+        }
+        let host = guest.host();
+        host.snapshot = None;
+        let writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = std::mem::take(&mut host.batch);
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut data = txn.open_table(DATA)?;
+            for (k, v) in &writes {
+                match v {
+                    Some(v) => {
+                        data.insert(k.as_slice(), v.as_slice())?;
+                    }
+                    None => {
+                        data.remove(k.as_slice())?;
+                    }
+                }
+            }
+            let mut log_table = txn.open_table(LOG)?;
+            for (i, entry) in log_entries.iter().enumerate() {
+                log_table.insert(self.log_count + i as u64, entry.as_slice())?;
+            }
+            let mut rej = txn.open_table(REJECTED)?;
+            for (seq, reason) in &rejected {
+                rej.insert(*seq, reason.as_str())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert("cursor", last.to_le_bytes().as_slice())?;
+            let count = self.log_count + log_entries.len() as u64;
+            meta.insert("log_count", count.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        if !rejected.is_empty() {
+            warn!(store = %self.store_id.short(), count = rejected.len(), "guest rejected intentions");
+        }
+        self.cursor = last;
+        self.log_count += log_entries.len() as u64;
+        report.applied += applied;
+        report.rejected += rejected.len() as u64;
+        report.events.extend(events);
+        Ok(())
+    }
+
+    /// Intentions whose apply failed, with the reason, from `from_seq` on.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn rejected(&self, from_seq: u64, limit: usize) -> Result<Vec<(u64, String)>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REJECTED)?;
+        let mut out = Vec::new();
+        for row in table.range(from_seq..)?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// A hash of the whole projected state (data and log tables), to compare replicas.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn state_digest(&self) -> Result<Hash, Error> {
+        let txn = self.db.begin_read()?;
+        let mut hasher = blake3::Hasher::new();
+        for row in txn.open_table(DATA)?.iter()? {
+            let (k, v) = row?;
+            hasher.update(&(k.value().len() as u64).to_le_bytes());
+            hasher.update(k.value());
+            hasher.update(&(v.value().len() as u64).to_le_bytes());
+            hasher.update(v.value());
+        }
+        for row in txn.open_table(LOG)?.iter()? {
+            let (_, v) = row?;
+            hasher.update(&(v.value().len() as u64).to_le_bytes());
+            hasher.update(v.value());
+        }
+        Ok(Hash(*hasher.finalize().as_bytes()))
+    }
+}
