@@ -1,6 +1,7 @@
 //! `cargo xtask guests [--check]`: builds every built-in guest (`guests/*`) to a
 //! `wasm32-unknown-unknown` core module, turns it into a component with `wit-component`, and
-//! writes `guests/dist/<name>.wasm` plus `guests/dist/TOOLCHAIN` (the compiler that built them).
+//! writes `guests/dist/<name>.wasm` plus `guests/dist/TOOLCHAIN` (the compiler that built them),
+//! and the test guests under `tests/guests/dist/`.
 //!
 //! Toolchain: rustup's `wasm32-unknown-unknown` target when installed; otherwise Debian's
 //! `rustc-web` with `-Zbuild-std` and `wasm-ld` from `lld-22`, installed with apt when missing.
@@ -19,10 +20,11 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
-/// (package, dist name) of every built-in guest.
-const GUESTS: &[(&str, &str)] = &[
-    ("lattice-guest-kvstore", "kvstore"),
-    ("lattice-guest-counter", "counter"),
+/// (package, component name, output folder relative to the workspace) of every guest built.
+const GUESTS: &[(&str, &str, &str)] = &[
+    ("lattice-guest-kvstore", "kvstore", "guests/dist"),
+    ("lattice-guest-counter", "counter", "guests/dist"),
+    ("lattice-guest-evil", "evil", "tests/guests/dist"),
 ];
 
 const DEBIAN_RUSTC: &str = "/usr/bin/rustc";
@@ -39,7 +41,7 @@ fn main() -> anyhow::Result<()> {
         .collect::<Vec<_>>()
         .as_slice()
     {
-        ["guests"] => build(&root, &root.join("guests/dist")).map(|_| ()),
+        ["guests"] => build(&root, &root).map(|_| ()),
         ["guests", "--check"] => check(&root),
         _ => {
             eprintln!("usage: cargo xtask guests [--check]");
@@ -129,7 +131,8 @@ fn rustc_version(rustc: &str) -> anyhow::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Builds every guest and writes components into `out`; returns the toolchain description.
+/// Builds every guest and writes components under `out` (the workspace root, or a scratch
+/// folder with the same layout); returns the toolchain description.
 fn build(root: &Path, out: &Path) -> anyhow::Result<String> {
     let toolchain = if has_rustup_wasm_target() {
         Toolchain::Rustup
@@ -183,7 +186,7 @@ fn build(root: &Path, out: &Path) -> anyhow::Result<String> {
             );
         }
     }
-    for (package, _) in GUESTS {
+    for (package, _, _) in GUESTS {
         cmd.args(["-p", package]);
     }
     cmd.arg("--target-dir")
@@ -196,8 +199,7 @@ fn build(root: &Path, out: &Path) -> anyhow::Result<String> {
     if !status.success() {
         bail!("guest build failed ({status})");
     }
-    std::fs::create_dir_all(out)?;
-    for (package, name) in GUESTS {
+    for (package, name, folder) in GUESTS {
         let core_path = target_dir
             .join("wasm32-unknown-unknown/guest")
             .join(format!("{}.wasm", package.replace('-', "_")));
@@ -207,8 +209,9 @@ fn build(root: &Path, out: &Path) -> anyhow::Result<String> {
             .module(&core)
             .and_then(|e| e.validate(true).encode())
             .with_context(|| format!("making a component of {name}"))?;
-        let path = out.join(format!("{name}.wasm"));
-        std::fs::write(&path, &component)?;
+        let dir = out.join(folder);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join(format!("{name}.wasm")), &component)?;
         eprintln!(
             "{name}: core {} B → component {} B, blake3 {}",
             core.len(),
@@ -216,7 +219,11 @@ fn build(root: &Path, out: &Path) -> anyhow::Result<String> {
             blake3::hash(&component).to_hex()
         );
     }
-    std::fs::write(out.join("TOOLCHAIN"), format!("{description}\n"))?;
+    std::fs::create_dir_all(out.join("guests/dist"))?;
+    std::fs::write(
+        out.join("guests/dist/TOOLCHAIN"),
+        format!("{description}\n"),
+    )?;
     Ok(description)
 }
 
@@ -227,9 +234,10 @@ fn check(root: &Path) -> anyhow::Result<()> {
     let _ = std::fs::remove_dir_all(&fresh);
     let toolchain = build(root, &fresh)?;
     let mut stale = Vec::new();
-    for (_, name) in GUESTS {
-        let committed = std::fs::read(dist.join(format!("{name}.wasm"))).unwrap_or_default();
-        let rebuilt = std::fs::read(fresh.join(format!("{name}.wasm")))?;
+    for (_, name, folder) in GUESTS {
+        let committed =
+            std::fs::read(root.join(folder).join(format!("{name}.wasm"))).unwrap_or_default();
+        let rebuilt = std::fs::read(fresh.join(folder).join(format!("{name}.wasm")))?;
         if committed != rebuilt {
             stale.push(*name);
         }

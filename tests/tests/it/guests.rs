@@ -1,0 +1,140 @@
+//! Containment of misbehaving guests (`tests/guests/evil`): a trap, an infinite loop, a memory
+//! bomb, an oversized write or an error in `apply` rejects that one intention the same way on
+//! every peer and projection goes on; a bad `query` is an error to its caller. Nothing takes
+//! the node down.
+
+use lattice_log::{Incoming, Log, LogConfig};
+use lattice_node::{DataDir, Node, NodeError, Store};
+use lattice_runtime::{CallError, Limits};
+use serde_json::json;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const EVIL: &[u8] = include_bytes!("../../guests/dist/evil.wasm");
+
+fn limits() -> Limits {
+    Limits {
+        apply_fuel: 20_000_000,
+        call_fuel: 1_000_000_000,
+        memory_bytes: 32 << 20,
+        ..Limits::default()
+    }
+}
+
+fn evil_store(dir: &std::path::Path) -> Result<(Node, Store), Box<dyn std::error::Error>> {
+    let node = Node::open_with(DataDir::new(dir), limits())?;
+    let module = node.install_module(EVIL)?.hash();
+    let store = node.create_store(module, "evil")?;
+    Ok((node, store))
+}
+
+fn call_error(err: Result<serde_json::Value, NodeError>) -> Option<CallError> {
+    match err {
+        Err(NodeError::Runtime(lattice_runtime::Error::Call(e))) => Some(e),
+        _ => None,
+    }
+}
+
+#[test]
+fn failing_applies_are_rejected_and_projection_goes_on() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (_node, mut store) = evil_store(dir.path())?;
+    let modes = [
+        "ok",
+        "trap",
+        "ok",
+        "loop",
+        "alloc",
+        "reject",
+        "big-write",
+        "ok",
+    ];
+    for mode in modes {
+        let out = store.call("op", &json!({"mode": mode}))?;
+        let rejected = out["rejected"].as_str().map(str::to_string);
+        match mode {
+            "ok" => assert_eq!(rejected, None),
+            _ => assert!(rejected.is_some(), "{mode} was not rejected: {out}"),
+        }
+    }
+    let reasons = store.rejected()?;
+    assert_eq!(reasons.len(), 5);
+    assert!(
+        reasons.iter().any(|(_, r)| r.contains("fuel")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|(_, r)| r.contains("trapped")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|(_, r)| r.contains("asked to reject")),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons.iter().any(|(_, r)| r.contains("exceeds")),
+        "{reasons:?}"
+    );
+    // Writes of rejected applies were discarded; the three ok ops all counted.
+    assert_eq!(
+        store.call("get", &json!({}))?,
+        json!({"ok": 3, "half": false})
+    );
+    let status = store.status()?;
+    assert_eq!(status.projected, status.witnessed);
+    Ok(())
+}
+
+#[test]
+fn every_peer_rejects_the_same_intentions_and_reaches_the_same_state() -> TestResult {
+    let a_dir = tempfile::tempdir()?;
+    let (_a, mut a) = evil_store(a_dir.path())?;
+    for mode in ["ok", "loop", "trap", "ok", "alloc", "ok"] {
+        a.call("op", &json!({"mode": mode}))?;
+    }
+    let all: Vec<Incoming> = a
+        .log()
+        .reader()
+        .witnessed(1, 100)?
+        .into_iter()
+        .map(|(_, s)| Incoming::new(s.as_bytes().to_vec()))
+        .collect();
+    let b_dir = tempfile::tempdir()?;
+    let b_data = DataDir::new(b_dir.path());
+    let b = Node::open_with(b_data.clone(), limits())?;
+    b.install_module(EVIL)?;
+    std::fs::create_dir_all(b_data.store_dir(&a.id()))?;
+    let log = Log::open(
+        &b_data.log_path(&a.id()),
+        a.id(),
+        b.key().clone(),
+        LogConfig::default(),
+    )?;
+    for r in log.ingest(all)? {
+        r?;
+    }
+    log.close()?;
+    let replica = b.open_store(a.id())?;
+    let seqs = |s: &Store| -> Result<Vec<u64>, NodeError> {
+        Ok(s.rejected()?.into_iter().map(|(seq, _)| seq).collect())
+    };
+    assert_eq!(seqs(&a)?, seqs(&replica)?);
+    assert_eq!(a.state_digest()?, replica.state_digest()?);
+    Ok(())
+}
+
+#[test]
+fn bad_queries_fail_for_the_caller_only() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let (_node, mut store) = evil_store(dir.path())?;
+    store.call("op", &json!({"mode": "ok"}))?;
+    let err = call_error(store.call("huge", &json!({})));
+    assert!(matches!(err, Some(CallError::LimitExceeded(_))), "{err:?}");
+    let err = call_error(store.call("write", &json!({})));
+    assert!(matches!(err, Some(CallError::Forbidden(_))), "{err:?}");
+    let err = call_error(store.call("spin", &json!({})));
+    assert_eq!(err, Some(CallError::FuelExhausted));
+    // The store still answers, and the query's write did not land.
+    assert_eq!(store.call("get", &json!({}))?["ok"], 1);
+    Ok(())
+}
