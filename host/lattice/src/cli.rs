@@ -52,6 +52,105 @@ pub(crate) enum Command {
     /// This node.
     #[command(subcommand)]
     Node(NodeCommand),
+    /// Store types (Wasm components): install, list, inspect.
+    #[command(subcommand)]
+    Module(ModuleCommand),
+    /// Stores: create, list, status, call methods, rebuild state.
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Set a key in a kv store (shortcut for `store call <store> put key=… value=…`).
+    Put {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Read a key from a kv store.
+    Get {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The key.
+        key: String,
+    },
+    /// Delete a key from a kv store.
+    Delete {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The key.
+        key: String,
+    },
+    /// List the keys of a kv store by prefix.
+    List {
+        /// Store id (or unique prefix).
+        store: String,
+        /// Only keys starting with this.
+        prefix: Option<String>,
+    },
+    /// Show every concurrent head of a kv key (conflicts).
+    Inspect {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The key.
+        key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModuleCommand {
+    /// Install a store type from a .wasm file (a component, or a core module built with
+    /// wit-bindgen, which is made into one).
+    Install {
+        /// Path to the .wasm file.
+        file: PathBuf,
+    },
+    /// List installed modules.
+    List,
+    /// Describe a module: its name, version and methods with their arguments.
+    Inspect {
+        /// Module hash (or unique prefix), or a built-in name (kvstore, counter).
+        module: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum StoreCommand {
+    /// Create a store of a type and print its id.
+    Create {
+        /// A .wasm file, a built-in type (kv, kvstore, counter; `.wasm` optional) or a module
+        /// hash.
+        #[arg(long = "type", value_name = "TYPE")]
+        store_type: String,
+        /// A name for people.
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List the stores in this data directory.
+    List,
+    /// Show a store's state: witnessed, projected, floating, rejected, module.
+    Status {
+        /// Store id (or unique prefix).
+        store: String,
+    },
+    /// Call a method: `lattice store call <store> put key=a value=1`, or pass `--args JSON`.
+    /// Arguments are checked against the schema the store type describes.
+    Call {
+        /// Store id (or unique prefix).
+        store: String,
+        /// Method name (`lattice module inspect` lists them).
+        method: String,
+        /// Arguments as name=value words.
+        args: Vec<String>,
+        /// Arguments as one JSON object (instead of name=value words).
+        #[arg(long, value_name = "JSON", conflicts_with = "args")]
+        json_args: Option<String>,
+    },
+    /// Drop the projected state and rebuild it from the log.
+    Rebuild {
+        /// Store id (or unique prefix).
+        store: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

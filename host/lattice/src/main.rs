@@ -9,6 +9,7 @@ mod bench;
 mod cli;
 mod log_cmd;
 mod output;
+mod store_cmd;
 
 use std::process::ExitCode;
 
@@ -47,6 +48,43 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Bench(cli::BenchCommand::Log(args)) => bench::log(args, out),
         cli::Command::Log(cmd) => log_cmd::run(cmd, &data_dir, out),
+        cli::Command::Module(cmd) => store_cmd::module(cmd, &data_dir, out),
+        cli::Command::Store(cmd) => store_cmd::store(cmd, &data_dir, out),
+        cli::Command::Put { store, key, value } => store_cmd::call_kv(
+            &data_dir,
+            out,
+            &store,
+            "put",
+            serde_json::json!({"key": key, "value": value}),
+        ),
+        cli::Command::Get { store, key } => store_cmd::call_kv(
+            &data_dir,
+            out,
+            &store,
+            "get",
+            serde_json::json!({"key": key}),
+        ),
+        cli::Command::Delete { store, key } => store_cmd::call_kv(
+            &data_dir,
+            out,
+            &store,
+            "delete",
+            serde_json::json!({"key": key}),
+        ),
+        cli::Command::List { store, prefix } => store_cmd::call_kv(
+            &data_dir,
+            out,
+            &store,
+            "list",
+            serde_json::json!({"prefix": prefix}),
+        ),
+        cli::Command::Inspect { store, key } => store_cmd::call_kv(
+            &data_dir,
+            out,
+            &store,
+            "inspect",
+            serde_json::json!({"key": key}),
+        ),
         cli::Command::Node(cli::NodeCommand::Id) => {
             let key = data_dir.load_or_create_identity()?;
             out.record(

@@ -18,6 +18,11 @@ impl Output {
         Output { json }
     }
 
+    /// True with `--json`.
+    pub(crate) fn json(&self) -> bool {
+        self.json
+    }
+
     /// Prints one result: the text for people, or the JSON object.
     pub(crate) fn record(&self, text: &str, json: serde_json::Value) {
         if self.json {
