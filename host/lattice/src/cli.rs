@@ -157,6 +157,21 @@ pub(crate) enum StoreCommand {
 pub(crate) enum BenchCommand {
     /// Authoring, ingest and floating-resolution throughput of one store's log.
     Log(BenchLogArgs),
+    /// Durable puts through a Wasm store type, against the same logic compiled natively.
+    Store(BenchStoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchStoreArgs {
+    /// Store type (only kv is benchmarked).
+    #[arg(long = "type", default_value = "kv", value_parser = ["kv", "kvstore"])]
+    pub(crate) store_type: String,
+    /// Puts per phase.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub(crate) count: u64,
+    /// Value bytes per put.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(0..=65_536))]
+    pub(crate) payload: u64,
 }
 
 #[derive(Debug, Args)]

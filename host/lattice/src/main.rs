@@ -6,6 +6,7 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod bench;
+mod bench_store;
 mod cli;
 mod log_cmd;
 mod output;
@@ -47,6 +48,7 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
     let data_dir = cli.data_dir();
     match cli.command {
         cli::Command::Bench(cli::BenchCommand::Log(args)) => bench::log(args, out),
+        cli::Command::Bench(cli::BenchCommand::Store(args)) => bench_store::run(args, out),
         cli::Command::Log(cmd) => log_cmd::run(cmd, &data_dir, out),
         cli::Command::Module(cmd) => store_cmd::module(cmd, &data_dir, out),
         cli::Command::Store(cmd) => store_cmd::store(cmd, &data_dir, out),

@@ -161,6 +161,14 @@ impl Store {
         }
     }
 
+    /// Runs a query on the projected state as it is (no projection first).
+    ///
+    /// # Errors
+    /// As [`Store::call`].
+    pub fn query_now(&mut self, method: &str, args: &Value) -> Result<Value, NodeError> {
+        Ok(self.runtime.query(method, args)?)
+    }
+
     /// Authors a prepared write without projecting (for benchmarks that batch projection).
     ///
     /// # Errors

@@ -229,6 +229,14 @@ impl Runtime {
         }
     }
 
+    /// Instantiates a loaded module once and drops the instance (measures instantiation).
+    ///
+    /// # Errors
+    /// [`crate::CallError`] when instantiation fails.
+    pub fn instantiate(&self, module: &LoadedModule) -> Result<(), crate::CallError> {
+        crate::guest::GuestInstance::new(self, module.clone()).map(|_| ())
+    }
+
     /// Returns true when the module is installed.
     pub fn is_installed(&self, hash: &ModuleHash) -> bool {
         self.module_path(hash).exists()

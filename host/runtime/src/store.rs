@@ -232,6 +232,25 @@ impl StoreRuntime {
         Ok(d)
     }
 
+    /// Checks a call against the cached descriptor and returns the method's kind.
+    fn check_call(
+        &mut self,
+        method: &str,
+        args: &serde_json::Value,
+    ) -> Result<crate::schema::MethodKind, Error> {
+        if self.descriptor.is_none() {
+            self.describe()?;
+        }
+        let descriptor = self
+            .descriptor
+            .as_ref()
+            .ok_or(Error::Corrupt("descriptor missing after describe".into()))?;
+        Ok(descriptor
+            .check_call(method, args)
+            .map_err(Error::BadArguments)?
+            .kind)
+    }
+
     /// Turns a command into a write, after checking the arguments against the schema.
     /// `heads` are the store's current DAG heads (what `get-head` returns).
     ///
@@ -244,11 +263,8 @@ impl StoreRuntime {
         args: &serde_json::Value,
         heads: &[Hash],
     ) -> Result<PreparedWrite, Error> {
-        let descriptor = self.describe()?;
-        let info = descriptor
-            .check_call(method, args)
-            .map_err(Error::BadArguments)?;
-        if info.kind != crate::schema::MethodKind::Command {
+        let kind = self.check_call(method, args)?;
+        if kind != crate::schema::MethodKind::Command {
             return Err(Error::BadArguments(format!(
                 "`{method}` is a query; use query, not a command"
             )));
@@ -286,11 +302,8 @@ impl StoreRuntime {
         method: &str,
         args: &serde_json::Value,
     ) -> Result<serde_json::Value, Error> {
-        let descriptor = self.describe()?;
-        let info = descriptor
-            .check_call(method, args)
-            .map_err(Error::BadArguments)?;
-        if info.kind != crate::schema::MethodKind::Query {
+        let kind = self.check_call(method, args)?;
+        if kind != crate::schema::MethodKind::Query {
             return Err(Error::BadArguments(format!(
                 "`{method}` is a command, not a query"
             )));
