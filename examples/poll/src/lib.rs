@@ -41,9 +41,33 @@ impl StoreType for Poll {
             version: "0.1.0".into(),
             description: "polls with one changeable vote per author".into(),
             methods: vec![
-                method("open", Command, "open a poll", vec![param("poll", Text, "poll name"), param("options", TextList, "the choices")], "{}"),
-                method("vote", Command, "vote (again)", vec![param("poll", Text, "poll name"), param("option", Text, "your choice")], "{}"),
-                method("tally", Query, "count the votes", vec![param("poll", Text, "poll name")], "{\"option\": count, …}"),
+                method(
+                    "open",
+                    Command,
+                    "open a poll",
+                    vec![
+                        param("poll", Text, "poll name"),
+                        param("options", TextList, "the choices"),
+                    ],
+                    "{}",
+                ),
+                method(
+                    "vote",
+                    Command,
+                    "vote (again)",
+                    vec![
+                        param("poll", Text, "poll name"),
+                        param("option", Text, "your choice"),
+                    ],
+                    "{}",
+                ),
+                method(
+                    "tally",
+                    Query,
+                    "count the votes",
+                    vec![param("poll", Text, "poll name")],
+                    "{\"option\": count, …}",
+                ),
             ],
         }
     }
@@ -53,11 +77,20 @@ impl StoreType for Poll {
         match method {
             "open" => {
                 let opts: Vec<String> = match args.get("options") {
-                    Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_str().map(String::from)).collect(),
-                    _ => return Err(StoreError::InvalidArgument("`options` must be a list".into())),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(|v| v.as_str().map(String::from))
+                        .collect(),
+                    _ => {
+                        return Err(StoreError::InvalidArgument(
+                            "`options` must be a list".into(),
+                        ));
+                    }
                 };
                 if opts.len() < 2 {
-                    return Err(StoreError::InvalidArgument("a poll needs at least two options".into()));
+                    return Err(StoreError::InvalidArgument(
+                        "a poll needs at least two options".into(),
+                    ));
                 }
                 let op = json!({"open": poll, "options": opts});
                 Ok(Prepared::ops(op.to_string().into_bytes()))
@@ -65,7 +98,9 @@ impl StoreType for Poll {
             "vote" => {
                 let option = args.text("option")?;
                 if !options(host, &poll)?.contains(&option) {
-                    return Err(StoreError::InvalidArgument(format!("`{option}` is not an option of `{poll}`")));
+                    return Err(StoreError::InvalidArgument(format!(
+                        "`{option}` is not an option of `{poll}`"
+                    )));
                 }
                 let op = json!({"vote": poll, "option": option});
                 Ok(Prepared::ops(op.to_string().into_bytes()))
@@ -75,7 +110,8 @@ impl StoreType for Poll {
     }
 
     fn apply(host: &mut dyn Host, op: &Intention) -> Result<(), StoreError> {
-        let v: Value = serde_json::from_slice(&op.ops).map_err(|_| StoreError::Rejected("not JSON".into()))?;
+        let v: Value =
+            serde_json::from_slice(&op.ops).map_err(|_| StoreError::Rejected("not JSON".into()))?;
         if let (Some(poll), Some(opts)) = (v["open"].as_str(), v.get("options")) {
             let polls = LwwTable::new(POLLS);
             // The first opening wins: later ones are ignored everywhere alike.
@@ -85,7 +121,12 @@ impl StoreType for Poll {
             return Ok(());
         }
         if let (Some(poll), Some(option)) = (v["vote"].as_str(), v["option"].as_str()) {
-            LwwTable::new(VOTES).write(host, &vote_key(poll, &op.author), Some(option.as_bytes()), op)?;
+            LwwTable::new(VOTES).write(
+                host,
+                &vote_key(poll, &op.author),
+                Some(option.as_bytes()),
+                op,
+            )?;
             host.emit("vote", poll.as_bytes());
             return Ok(());
         }
@@ -121,21 +162,72 @@ mod tests {
 
     use super::*;
 
-    fn run(host: &mut MemoryHost, author: u8, n: u8, method: &str, args: Value) -> Result<(), StoreError> {
+    fn run(
+        host: &mut MemoryHost,
+        author: u8,
+        n: u8,
+        method: &str,
+        args: Value,
+    ) -> Result<(), StoreError> {
         let p = Poll::prepare(host, method, &Args::from_json(args))?;
-        Poll::apply(host, &Intention { hash: vec![n; 32], author: vec![author; 32], hlc: Hlc { wall_ms: n as u64, counter: 0 }, deps: p.deps, ops: p.ops })
+        Poll::apply(
+            host,
+            &Intention {
+                hash: vec![n; 32],
+                author: vec![author; 32],
+                hlc: Hlc {
+                    wall_ms: n as u64,
+                    counter: 0,
+                },
+                deps: p.deps,
+                ops: p.ops,
+            },
+        )
     }
 
     #[test]
     fn votes_count_once_per_author_and_can_change() -> Result<(), StoreError> {
         let mut host = MemoryHost::new();
-        run(&mut host, 1, 1, "open", json!({"poll": "lunch", "options": ["pizza", "soup"]}))?;
-        run(&mut host, 1, 2, "vote", json!({"poll": "lunch", "option": "pizza"}))?;
-        run(&mut host, 2, 3, "vote", json!({"poll": "lunch", "option": "pizza"}))?;
-        run(&mut host, 2, 4, "vote", json!({"poll": "lunch", "option": "soup"}))?;
+        run(
+            &mut host,
+            1,
+            1,
+            "open",
+            json!({"poll": "lunch", "options": ["pizza", "soup"]}),
+        )?;
+        run(
+            &mut host,
+            1,
+            2,
+            "vote",
+            json!({"poll": "lunch", "option": "pizza"}),
+        )?;
+        run(
+            &mut host,
+            2,
+            3,
+            "vote",
+            json!({"poll": "lunch", "option": "pizza"}),
+        )?;
+        run(
+            &mut host,
+            2,
+            4,
+            "vote",
+            json!({"poll": "lunch", "option": "soup"}),
+        )?;
         let tally = Poll::query(&host, "tally", &Args::from_json(json!({"poll": "lunch"})))?;
         assert_eq!(tally, json!({"pizza": 1, "soup": 1}));
-        assert!(run(&mut host, 3, 5, "vote", json!({"poll": "lunch", "option": "tacos"})).is_err());
+        assert!(
+            run(
+                &mut host,
+                3,
+                5,
+                "vote",
+                json!({"poll": "lunch", "option": "tacos"})
+            )
+            .is_err()
+        );
         Ok(())
     }
 }
