@@ -138,3 +138,39 @@ fn bad_queries_fail_for_the_caller_only() -> TestResult {
     assert_eq!(store.call("get", &json!({}))?["ok"], 1);
     Ok(())
 }
+
+#[test]
+fn a_core_module_is_made_a_component_on_install() -> TestResult {
+    let core: &[u8] = include_bytes!("../../guests/dist/evil.core.wasm");
+    let dir = tempfile::tempdir()?;
+    let node = Node::open_with(DataDir::new(dir.path()), limits())?;
+    let installed = node.install_module(core)?;
+    // The stored module is the component, named by the component's hash.
+    assert_eq!(installed.hash(), lattice_runtime::ModuleHash::of(EVIL));
+    let mut store = node.create_store(installed.hash(), "from core")?;
+    store.call("op", &json!({"mode": "ok"}))?;
+    assert_eq!(store.call("get", &json!({}))?["ok"], 1);
+    Ok(())
+}
+
+#[test]
+fn compiled_code_is_cached_and_a_damaged_cache_is_ignored() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let data = DataDir::new(dir.path());
+    let node = Node::open_with(data.clone(), limits())?;
+    let hash = node.install_module(EVIL)?.hash();
+    let cached: Vec<_> = std::fs::read_dir(data.modules_dir().join("cache"))?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().contains(&hash.to_string()))
+        .collect();
+    assert_eq!(cached.len(), 1, "{cached:?}");
+    // A restart loads from the cache; a damaged cache file is ignored and rewritten.
+    std::fs::write(&cached[0], b"garbage")?;
+    drop(node);
+    let node = Node::open_with(data, limits())?;
+    let loaded = node.runtime().load(&hash)?;
+    node.runtime().instantiate(&loaded)?;
+    assert!(std::fs::metadata(&cached[0])?.len() > 1000);
+    Ok(())
+}
