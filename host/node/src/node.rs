@@ -137,6 +137,29 @@ impl Node {
         self.finish_open(id, log)
     }
 
+    /// Ingests intentions of store `id` received from elsewhere (creating the local replica
+    /// when it does not exist yet). Open it with [`Node::open_store`] once its genesis is here.
+    ///
+    /// # Errors
+    /// [`NodeError`] on storage failures; per-intention refusals are in the results.
+    pub fn ingest_replica(
+        &self,
+        id: StoreId,
+        items: Vec<Incoming>,
+    ) -> Result<lattice_log::IngestResults, NodeError> {
+        let dir = self.dir.store_dir(&id);
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        let log = Log::open(
+            &self.dir.log_path(&id),
+            id,
+            self.key.clone(),
+            LogConfig::default(),
+        )?;
+        let results = log.ingest(items)?;
+        log.close()?;
+        Ok(results)
+    }
+
     /// Finds a store by full id or unique prefix.
     ///
     /// # Errors

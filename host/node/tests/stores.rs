@@ -1,6 +1,6 @@
 //! Stores end to end in embedded mode: real redb files, wasmtime with the built-in guests.
 
-use lattice_log::{Incoming, Log, LogConfig};
+use lattice_log::Incoming;
 use lattice_node::{DataDir, Node, NodeError};
 use lattice_runtime::{BUILTIN_MODULES, ModuleHash};
 use serde_json::json;
@@ -110,19 +110,10 @@ fn a_headless_replica_witnesses_and_catches_up_when_the_module_arrives() -> Test
 
     // Node B has no kv module: it witnesses everything, projects nothing.
     let b_dir = tempfile::tempdir()?;
-    let b_data = DataDir::new(b_dir.path());
-    let b = Node::open(b_data.clone())?;
-    std::fs::create_dir_all(b_data.store_dir(&id))?;
-    let log = Log::open(
-        &b_data.log_path(&id),
-        id,
-        b.key().clone(),
-        LogConfig::default(),
-    )?;
-    for r in log.ingest(intentions)? {
+    let b = Node::open(DataDir::new(b_dir.path()))?;
+    for r in b.ingest_replica(id, intentions)? {
         r?;
     }
-    log.close()?;
     let mut replica = b.open_store(id)?;
     let status = replica.status()?;
     assert!(status.headless);

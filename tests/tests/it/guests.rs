@@ -3,7 +3,7 @@
 //! every peer and projection goes on; a bad `query` is an error to its caller. Nothing takes
 //! the node down.
 
-use lattice_log::{Incoming, Log, LogConfig};
+use lattice_log::Incoming;
 use lattice_node::{DataDir, Node, NodeError, Store};
 use lattice_runtime::{CallError, Limits};
 use serde_json::json;
@@ -100,20 +100,11 @@ fn every_peer_rejects_the_same_intentions_and_reaches_the_same_state() -> TestRe
         .map(|(_, s)| Incoming::new(s.as_bytes().to_vec()))
         .collect();
     let b_dir = tempfile::tempdir()?;
-    let b_data = DataDir::new(b_dir.path());
-    let b = Node::open_with(b_data.clone(), limits())?;
+    let b = Node::open_with(DataDir::new(b_dir.path()), limits())?;
     b.install_module(EVIL)?;
-    std::fs::create_dir_all(b_data.store_dir(&a.id()))?;
-    let log = Log::open(
-        &b_data.log_path(&a.id()),
-        a.id(),
-        b.key().clone(),
-        LogConfig::default(),
-    )?;
-    for r in log.ingest(all)? {
+    for r in b.ingest_replica(a.id(), all)? {
         r?;
     }
-    log.close()?;
     let replica = b.open_store(a.id())?;
     let seqs = |s: &Store| -> Result<Vec<u64>, NodeError> {
         Ok(s.rejected()?.into_iter().map(|(seq, _)| seq).collect())
