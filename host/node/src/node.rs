@@ -123,14 +123,7 @@ impl Node {
         };
         let signed = build_genesis(&self.key, genesis.encode(), system_now_ms())?;
         let id = StoreId::from(signed.hash());
-        let dir = self.dir.store_dir(&id);
-        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let log = Log::open(
-            &self.dir.log_path(&id),
-            id,
-            self.key.clone(),
-            LogConfig::default(),
-        )?;
+        let log = self.open_log(id)?;
         for r in log.ingest(vec![Incoming::new(signed.as_bytes().to_vec())])? {
             r.map_err(|_| NodeError::BadGenesis(id))?;
         }
@@ -147,17 +140,22 @@ impl Node {
         id: StoreId,
         items: Vec<Incoming>,
     ) -> Result<lattice_log::IngestResults, NodeError> {
+        let log = self.open_log(id)?;
+        let results = log.ingest(items)?;
+        log.close()?;
+        Ok(results)
+    }
+
+    /// Opens (creating the store directory if needed) the log of store `id`.
+    fn open_log(&self, id: StoreId) -> Result<Log, NodeError> {
         let dir = self.dir.store_dir(&id);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
-        let log = Log::open(
+        Ok(Log::open(
             &self.dir.log_path(&id),
             id,
             self.key.clone(),
             LogConfig::default(),
-        )?;
-        let results = log.ingest(items)?;
-        log.close()?;
-        Ok(results)
+        )?)
     }
 
     /// Finds a store by full id or unique prefix.
@@ -203,12 +201,7 @@ impl Node {
     pub fn list_stores(&self) -> Result<Vec<StoreSummary>, NodeError> {
         let mut out = Vec::new();
         for id in self.store_ids()? {
-            let log = Log::open(
-                &self.dir.log_path(&id),
-                id,
-                self.key.clone(),
-                LogConfig::default(),
-            )?;
+            let log = self.open_log(id)?;
             let genesis = log
                 .reader()
                 .get(&Hash(id.0))?
@@ -228,12 +221,7 @@ impl Node {
         if !self.dir.log_path(&id).exists() {
             return Err(NodeError::UnknownStore(id.to_string()));
         }
-        let log = Log::open(
-            &self.dir.log_path(&id),
-            id,
-            self.key.clone(),
-            LogConfig::default(),
-        )?;
+        let log = self.open_log(id)?;
         self.finish_open(id, log)
     }
 
