@@ -133,7 +133,7 @@ pub(crate) enum StoreCommand {
         /// Store id (or unique prefix).
         store: String,
     },
-    /// Call a method: `lattice store call <store> put key=a value=1`, or pass `--args JSON`.
+    /// Call a method: `lattice store call <store> put key=a value=1`, or pass `--json-args JSON`.
     /// Arguments are checked against the schema the store type describes.
     Call {
         /// Store id (or unique prefix).
