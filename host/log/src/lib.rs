@@ -41,6 +41,7 @@ mod error;
 mod ingest;
 mod log;
 mod reader;
+mod sync_index;
 mod synth;
 mod tables;
 mod writer;
@@ -52,4 +53,5 @@ pub use error::{
 pub use ingest::{Authored, Draft, Incoming, IngestResults, Ingested, Pending};
 pub use log::{Log, build_genesis};
 pub use reader::{DagInfo, LogReader, LogStatus, VerifyReport};
+pub use sync_index::{SyncItem, SyncSnapshot};
 pub use synth::{SplitMix64, SyntheticDag};

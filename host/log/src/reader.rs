@@ -12,6 +12,7 @@ use redb::{
 
 use crate::dag::{self, DagRead, DagTables};
 use crate::error::{CorruptError, Error, QueryError};
+use crate::sync_index::SyncSnapshot;
 use crate::tables::{
     ATTESTATIONS, CHECKPOINTS, DAG, DagEntry, FLOATING, FloatingCounters, INDEX, INTENTIONS, META,
     META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_tip,
@@ -258,6 +259,18 @@ impl LogReader {
             out.push((k.value(), signed));
         }
         Ok(out)
+    }
+
+    /// Opens a consistent view of the sync index (witnessed intentions sorted by
+    /// `(HLC wall ms, hash)`, with range sums) for set reconciliation.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn sync_snapshot(&self) -> Result<SyncSnapshot, Error> {
+        let txn = self.db.begin_read()?;
+        let items = txn.open_table(crate::sync_index::SYNC_ITEMS)?;
+        let buckets = txn.open_table(crate::sync_index::SYNC_BUCKETS)?;
+        SyncSnapshot::open(items, &buckets)
     }
 
     /// Returns the number of witnessed intentions.

@@ -15,6 +15,7 @@ use crate::config::LogConfig;
 use crate::dag::{DagRead, DagTables, FrontierCache, decode_record};
 use crate::error::{AuthorError, CorruptError, Error, IngestError, bug};
 use crate::ingest::{Authored, Draft, Ingested, Verified};
+use crate::sync_index;
 use crate::tables::{
     ARRIVALS, ATTESTATIONS, CHECKPOINT_EVERY, CHECKPOINTS, DAG, DagEntry, FLOATING,
     FloatingCounters, FloatingEntry, INDEX, INTENTIONS, META, META_CLOCK, META_FLOATING, TIPS,
@@ -50,6 +51,8 @@ pub(crate) struct Tables<'t> {
     pub(crate) floating: Table<'t, &'static [u8; 32], &'static [u8]>,
     pub(crate) waits: MultimapTable<'t, &'static [u8; 32], &'static [u8; 32]>,
     pub(crate) arrivals: Table<'t, u64, &'static [u8; 32]>,
+    pub(crate) sync_items: Table<'t, &'static [u8; 40], ()>,
+    pub(crate) sync_buckets: Table<'t, &'static [u8; 40], &'static [u8; 40]>,
 }
 
 impl<'t> Tables<'t> {
@@ -68,6 +71,8 @@ impl<'t> Tables<'t> {
             floating: txn.open_table(FLOATING)?,
             waits: txn.open_multimap_table(WAITS)?,
             arrivals: txn.open_table(ARRIVALS)?,
+            sync_items: txn.open_table(sync_index::SYNC_ITEMS)?,
+            sync_buckets: txn.open_table(sync_index::SYNC_BUCKETS)?,
         })
     }
 }
@@ -233,6 +238,12 @@ impl<'a, 't> Batch<'a, 't> {
         self.tables
             .tips
             .insert(entry.author.as_bytes(), &encode_tip(seq, &hash))?;
+        sync_index::insert(
+            &mut self.tables.sync_items,
+            &mut self.tables.sync_buckets,
+            entry.hlc.wall_ms,
+            hash.as_bytes(),
+        )?;
         let frontier =
             self.frontiers
                 .compute(&self.tables.chain, seq, &entry, self.config.query_visit_cap)?;
