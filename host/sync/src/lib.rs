@@ -1,0 +1,39 @@
+//! Lattice replication as message state machines, with no network code: each protocol is a
+//! pair of ends that turn incoming messages into outgoing ones, so two ends can be wired
+//! together in memory (tests) or over a transport (`lattice-net`, later).
+//!
+//! **Owns:** set reconciliation of *witnessed* intentions with Negentropy (protocol v1; items
+//! are `(HLC wall ms, intention hash)`), over the log's persisted sync index
+//! ([`lattice_log::SyncSnapshot`]) so no round reads the whole log.
+//!
+//! **Does not touch:** sockets, tokio, iroh, `log.db` writes.
+//!
+//! **Blocking:** synchronous; reading the sync index blocks on disk I/O.
+//!
+//! **Errors:** [`SyncError`].
+//!
+//! **Features:** none.
+//!
+//! ```no_run
+//! # fn demo(a: &lattice_log::LogReader, b: &lattice_log::LogReader) -> Result<(), lattice_sync::SyncError> {
+//! use lattice_sync::{Initiator, Responder, FRAME_LIMIT};
+//!
+//! let (mut client, mut msg) = Initiator::start(a.sync_snapshot()?, FRAME_LIMIT)?;
+//! let mut server = Responder::new(b.sync_snapshot()?, FRAME_LIMIT)?;
+//! loop {
+//!     let reply = server.respond(&msg)?;
+//!     let step = client.step(&reply)?;
+//!     // step.have: hashes only the client has; step.need: hashes only the server has
+//!     match step.next {
+//!         Some(next) => msg = next,
+//!         None => break,
+//!     }
+//! }
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+mod reconcile;
+
+pub use reconcile::{FRAME_LIMIT, Initiator, Responder, Step, SyncError};
