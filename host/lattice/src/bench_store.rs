@@ -67,7 +67,8 @@ pub(crate) fn run(args: BenchStoreArgs, out: &Output) -> anyhow::Result<()> {
     let mut pending: VecDeque<PendingPut> = VecDeque::with_capacity(WINDOW);
     for i in 0..n {
         if pending.len() >= WINDOW {
-            drain(&mut pending)?;
+            // Keep half the window in flight while projecting what is durable.
+            drain_some(&mut pending, WINDOW / 2)?;
             store.project()?;
         }
         pending.push_back(store.submit("put", &json!({"key": format!("key{i:08}"), "value": v}))?);
@@ -136,8 +137,17 @@ pub(crate) fn run(args: BenchStoreArgs, out: &Output) -> anyhow::Result<()> {
 }
 
 fn drain(pending: &mut VecDeque<PendingPut>) -> anyhow::Result<()> {
-    while let Some(p) = pending.pop_front() {
-        p.wait()??;
+    drain_some(pending, usize::MAX)
+}
+
+fn drain_some(pending: &mut VecDeque<PendingPut>, count: usize) -> anyhow::Result<()> {
+    for _ in 0..count {
+        match pending.pop_front() {
+            Some(p) => {
+                p.wait()??;
+            }
+            None => break,
+        }
     }
     Ok(())
 }
@@ -226,7 +236,7 @@ fn native_puts(dir: &std::path::Path, n: usize, v: &str) -> anyhow::Result<f64> 
     let mut pending: VecDeque<PendingPut> = VecDeque::with_capacity(WINDOW);
     for i in 0..n {
         if pending.len() >= WINDOW {
-            drain(&mut pending)?;
+            drain_some(&mut pending, WINDOW / 2)?;
             cursor = native_project(&db, log.reader(), cursor)?;
         }
         let host = NativeHost {

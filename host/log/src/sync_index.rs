@@ -10,9 +10,11 @@
 //!
 //! Only witnessed intentions are indexed; floating ones never are.
 
+use std::ops::Bound;
+
 use redb::{ReadOnlyTable, ReadableTable, Table, TableDefinition};
 
-use crate::error::{CorruptError, Error};
+use crate::error::Error;
 
 /// `sync_items`: the sorted items.
 pub(crate) const SYNC_ITEMS: TableDefinition<&[u8; 40], ()> = TableDefinition::new("sync_items");
@@ -72,58 +74,84 @@ fn decode_bucket(v: &[u8; 40]) -> (u64, [u8; 32]) {
     (u64::from_le_bytes(count), sum)
 }
 
-/// Adds a witnessed intention to the index (inside the witnessing transaction).
-pub(crate) fn insert(
+/// Adds the intentions witnessed in one group commit to the index (inside its transaction).
+///
+/// `keys` are [`item_key`]s. Keys falling into the same bucket update that bucket once, so a
+/// commit of thousands of intentions (mostly newer than everything indexed) touches a handful
+/// of bucket rows. A bucket that overflows is re-cut into buckets of half the maximum.
+pub(crate) fn insert_many(
     items: &mut Table<'_, &'static [u8; 40], ()>,
     buckets: &mut Table<'_, &'static [u8; 40], &'static [u8; 40]>,
-    wall_ms: u64,
-    hash: &[u8; 32],
+    mut keys: Vec<[u8; 40]>,
 ) -> Result<(), Error> {
-    let key = item_key(wall_ms, hash);
-    if items.insert(&key, ())?.is_some() {
-        return Ok(());
-    }
-    let (bound, count, mut sum) = match buckets.range::<&[u8; 40]>(..=&key)?.next_back() {
-        Some(row) => {
-            let (k, v) = row?;
-            let (count, sum) = decode_bucket(v.value());
-            (*k.value(), count, sum)
+    keys.sort_unstable();
+    keys.dedup();
+    let mut i = 0;
+    while i < keys.len() {
+        let key = keys[i];
+        let (bound, mut count, mut sum) = match buckets.range::<&[u8; 40]>(..=&key)?.next_back() {
+            Some(row) => {
+                let (k, v) = row?;
+                let (count, sum) = decode_bucket(v.value());
+                (*k.value(), count, sum)
+            }
+            None => ([0u8; 40], 0, [0u8; 32]),
+        };
+        let next_bound = match buckets
+            .range::<&[u8; 40]>((Bound::Excluded(&bound), Bound::Unbounded))?
+            .next()
+        {
+            Some(row) => Some(*row?.0.value()),
+            None => None,
+        };
+        while i < keys.len() && next_bound.is_none_or(|nb| keys[i] < nb) {
+            if items.insert(&keys[i], ())?.is_none() {
+                count += 1;
+                add256(&mut sum, &split_key(&keys[i]).1);
+            }
+            i += 1;
         }
-        None => ([0u8; 40], 0, [0u8; 32]),
-    };
-    add256(&mut sum, hash);
-    let count = count + 1;
-    if count <= BUCKET_MAX {
-        buckets.insert(&bound, &encode_bucket(count, &sum))?;
-        return Ok(());
+        if count <= BUCKET_MAX {
+            buckets.insert(&bound, &encode_bucket(count, &sum))?;
+        } else {
+            recut(items, buckets, bound, next_bound)?;
+        }
     }
-    // Split: the lower half keeps the bound, the upper half starts at its first item.
-    let half = count / 2;
-    let mut low_sum = [0u8; 32];
-    let mut high_sum = [0u8; 32];
-    let mut high_bound = None;
-    for (i, row) in items
-        .range::<&[u8; 40]>(&bound..)?
-        .take(count as usize)
-        .enumerate()
-    {
+    Ok(())
+}
+
+/// Re-cuts the bucket starting at `bound` into buckets of `BUCKET_MAX / 2` items.
+fn recut(
+    items: &mut Table<'_, &'static [u8; 40], ()>,
+    buckets: &mut Table<'_, &'static [u8; 40], &'static [u8; 40]>,
+    bound: [u8; 40],
+    next_bound: Option<[u8; 40]>,
+) -> Result<(), Error> {
+    let size = (BUCKET_MAX / 2) as usize;
+    let mut chunk_bound = bound;
+    let mut count = 0u64;
+    let mut sum = [0u8; 32];
+    let range = match &next_bound {
+        Some(nb) => items.range::<&[u8; 40]>(&bound..nb)?,
+        None => items.range::<&[u8; 40]>(&bound..)?,
+    };
+    let mut cuts = Vec::new();
+    for row in range {
         let (k, _) = row?;
         let k = *k.value();
-        let (_, h) = split_key(&k);
-        if (i as u64) < half {
-            add256(&mut low_sum, &h);
-        } else {
-            if high_bound.is_none() {
-                high_bound = Some(k);
-            }
-            add256(&mut high_sum, &h);
+        if count as usize == size {
+            cuts.push((chunk_bound, count, sum));
+            chunk_bound = k;
+            count = 0;
+            sum = [0u8; 32];
         }
+        count += 1;
+        add256(&mut sum, &split_key(&k).1);
     }
-    let high_bound = high_bound.ok_or(CorruptError::Malformed {
-        table: "sync_items",
-    })?;
-    buckets.insert(&bound, &encode_bucket(half, &low_sum))?;
-    buckets.insert(&high_bound, &encode_bucket(count - half, &high_sum))?;
+    cuts.push((chunk_bound, count, sum));
+    for (b, c, s) in cuts {
+        buckets.insert(&b, &encode_bucket(c, &s))?;
+    }
     Ok(())
 }
 

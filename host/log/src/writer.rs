@@ -98,6 +98,8 @@ pub(crate) struct Batch<'a, 't> {
     pub(crate) frontiers: &'a mut FrontierCache,
     pub(crate) now_ms: u64,
     start_seq: u64,
+    /// Sync index keys of the intentions witnessed in this batch, added in `finish`.
+    sync_keys: Vec<[u8; 40]>,
 }
 
 impl<'a, 't> Batch<'a, 't> {
@@ -120,6 +122,7 @@ impl<'a, 't> Batch<'a, 't> {
             frontiers,
             now_ms,
             start_seq,
+            sync_keys: Vec::new(),
         }
     }
 
@@ -238,12 +241,8 @@ impl<'a, 't> Batch<'a, 't> {
         self.tables
             .tips
             .insert(entry.author.as_bytes(), &encode_tip(seq, &hash))?;
-        sync_index::insert(
-            &mut self.tables.sync_items,
-            &mut self.tables.sync_buckets,
-            entry.hlc.wall_ms,
-            hash.as_bytes(),
-        )?;
+        self.sync_keys
+            .push(sync_index::item_key(entry.hlc.wall_ms, hash.as_bytes()));
         let frontier =
             self.frontiers
                 .compute(&self.tables.chain, seq, &entry, self.config.query_visit_cap)?;
@@ -486,6 +485,11 @@ impl<'a, 't> Batch<'a, 't> {
 
     /// Attests the new head (when anything was witnessed) and persists counters.
     pub(crate) fn finish(mut self, key: &NodeKey) -> Result<LogState, Error> {
+        sync_index::insert_many(
+            &mut self.tables.sync_items,
+            &mut self.tables.sync_buckets,
+            std::mem::take(&mut self.sync_keys),
+        )?;
         if self.state.head_seq != self.start_seq {
             let raw = self
                 .tables
