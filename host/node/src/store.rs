@@ -207,7 +207,7 @@ impl Store {
             witnessed: log.head_seq,
             projected: self.runtime.cursor(),
             floating: log.floating,
-            rejected: self.runtime.rejected(0, usize::MAX)?.len() as u64,
+            rejected: self.runtime.rejected_count()?,
         })
     }
 

@@ -459,6 +459,15 @@ impl StoreRuntime {
         Ok(out)
     }
 
+    /// How many intentions the guest rejected (read from the table's length, not by a scan).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn rejected_count(&self) -> Result<u64, Error> {
+        use redb::ReadableTableMetadata as _;
+        Ok(self.db.begin_read()?.open_table(REJECTED)?.len()?)
+    }
+
     /// A hash of the whole projected state (data and log tables), to compare replicas.
     ///
     /// # Errors
