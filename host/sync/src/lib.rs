@@ -36,4 +36,4 @@
 
 mod reconcile;
 
-pub use reconcile::{FRAME_LIMIT, Initiator, Responder, Step, SyncError};
+pub use reconcile::{FRAME_LIMIT, Initiator, ItemSet, Responder, Step, SyncError, VecSet};
