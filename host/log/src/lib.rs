@@ -52,6 +52,6 @@ pub use error::{
 };
 pub use ingest::{Authored, Draft, Incoming, IngestResults, Ingested, Pending};
 pub use log::{Log, build_genesis};
-pub use reader::{DagInfo, LogReader, LogStatus, VerifyReport};
+pub use reader::{DagInfo, LogReader, LogStatus, SeqBytes, VerifyReport};
 pub use sync_index::{SyncItem, SyncSnapshot};
 pub use synth::{SplitMix64, SyntheticDag};

@@ -172,6 +172,14 @@ impl Log {
         rx.recv().map_err(|_| Error::Closed)
     }
 
+    /// Like [`Log::settle`], but returns at once; await (or wait on) the reply.
+    pub fn submit_settle(&self) -> Pending<()> {
+        let (tx, rx) = oneshot::channel();
+        // When the actor is gone the sender drops and the reply is `Error::Closed`.
+        let _ = self.send(Command::Settle { reply: tx });
+        Pending(rx)
+    }
+
     /// Stops the actor and waits for it.
     ///
     /// # Errors

@@ -18,6 +18,9 @@ use crate::tables::{
     META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_tip,
 };
 
+/// A witnessed intention's sequence number and stored bytes.
+pub type SeqBytes = (u64, Vec<u8>);
+
 /// Read access to one store's log. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct LogReader {
@@ -259,6 +262,167 @@ impl LogReader {
             out.push((k.value(), signed));
         }
         Ok(out)
+    }
+
+    /// Returns the stored bytes of those `hashes` that are witnessed here, with their witness
+    /// sequence numbers, in witness order (a causal order: every intention after its parents).
+    /// Unknown hashes are skipped. One read transaction.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure.
+    pub fn witnessed_bytes(&self, hashes: &[Hash]) -> Result<Vec<SeqBytes>, Error> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(INDEX)?;
+        let table = txn.open_table(INTENTIONS)?;
+        let mut seqs = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            if let Some(seq) = index.get(hash.as_bytes())? {
+                seqs.push(seq.value());
+            }
+        }
+        seqs.sort_unstable();
+        seqs.dedup();
+        let mut out = Vec::with_capacity(seqs.len());
+        for seq in seqs {
+            if let Some(v) = table.get(seq)? {
+                out.push((seq, v.value().to_vec()));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns those `hashes` that are neither witnessed nor floating here. One read
+    /// transaction.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure.
+    pub fn lacking(&self, hashes: &[Hash]) -> Result<Vec<Hash>, Error> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(INDEX)?;
+        let floating = txn.open_table(FLOATING)?;
+        let mut out = Vec::new();
+        for hash in hashes {
+            if index.get(hash.as_bytes())?.is_none() && floating.get(hash.as_bytes())?.is_none() {
+                out.push(*hash);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Returns every author's newest witnessed position: `(author, position in its chain)`.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a malformed entry.
+    pub fn frontier(&self) -> Result<Vec<(PubKey, u64)>, Error> {
+        let dag = self.dag()?;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(TIPS)?;
+        let mut out = Vec::new();
+        for row in table.iter()? {
+            let (k, v) = row?;
+            let (seq, _) = decode_tip(v.value());
+            let entry = dag.entry(seq)?.ok_or(Error::Internal {
+                what: "a tip has no dag entry",
+            })?;
+            out.push((PubKey(*k.value()), entry.author_seq));
+        }
+        Ok(out)
+    }
+
+    /// Walks back from `targets` through predecessors and deps and returns the witnessed
+    /// intentions a peer with `frontier` (each author's newest chain position it holds) lacks,
+    /// in witness order: at most `max_items` of them and about `max_bytes`.
+    ///
+    /// The walk stops at what the peer holds, so its cost grows with the gap, not the log.
+    /// The second value is true when a limit cut the walk short (ask again after ingesting).
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a malformed entry.
+    pub fn chain_since(
+        &self,
+        targets: &[Hash],
+        frontier: &[(PubKey, u64)],
+        max_items: usize,
+        max_bytes: usize,
+    ) -> Result<(Vec<SeqBytes>, bool), Error> {
+        let held: std::collections::HashMap<PubKey, u64> = frontier.iter().copied().collect();
+        let dag = self.dag()?;
+        let txn = self.db.begin_read()?;
+        let intentions = txn.open_table(INTENTIONS)?;
+        let mut seen = std::collections::HashSet::new();
+        let mut stack = Vec::new();
+        for t in targets {
+            if let Some(seq) = dag.seq_of(t)? {
+                stack.push(seq);
+            }
+        }
+        let mut found = Vec::new();
+        let mut bytes = 0usize;
+        let mut cut = false;
+        while let Some(seq) = stack.pop() {
+            if !seen.insert(seq) {
+                continue;
+            }
+            let entry = dag.entry(seq)?.ok_or(Error::Internal {
+                what: "a witnessed intention has no dag entry",
+            })?;
+            if held
+                .get(&entry.author)
+                .is_some_and(|&h| h >= entry.author_seq)
+            {
+                continue;
+            }
+            if found.len() >= max_items || bytes >= max_bytes {
+                cut = true;
+                break;
+            }
+            let Some(v) = intentions.get(seq)? else {
+                continue;
+            };
+            bytes += v.value().len();
+            found.push((seq, v.value().to_vec()));
+            stack.extend(entry.parents.iter().copied());
+        }
+        found.sort_unstable_by_key(|(seq, _)| *seq);
+        Ok((found, cut))
+    }
+
+    /// Returns a page of witness records from `from_seq` that ends on an attested record, and
+    /// that attestation, so the page can be checked against the witness's key. The page holds
+    /// about `limit` records (more when one group commit is larger); it is empty past the head.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a malformed record.
+    pub fn attested_page(
+        &self,
+        from_seq: u64,
+        limit: usize,
+    ) -> Result<(Vec<WitnessRecord>, Option<WitnessAttestation>), Error> {
+        let from_seq = from_seq.max(1);
+        let txn = self.db.begin_read()?;
+        let attestations = txn.open_table(ATTESTATIONS)?;
+        let wanted_end = from_seq.saturating_add(limit.max(1) as u64 - 1);
+        let end = match attestations.range(from_seq..=wanted_end)?.next_back() {
+            Some(row) => Some(row?),
+            None => attestations.range(from_seq..)?.next().transpose()?,
+        };
+        let Some((seq, sig)) = end else {
+            return Ok((Vec::new(), None));
+        };
+        let (end_seq, signature) = (seq.value(), Signature(*sig.value()));
+        let witness = txn.open_table(WITNESS)?;
+        let mut records = Vec::new();
+        for row in witness.range(from_seq..=end_seq)? {
+            let (_, v) = row?;
+            records.push(decode_record(v.value())?);
+        }
+        Ok((
+            records,
+            Some(WitnessAttestation {
+                seq: end_seq,
+                signature,
+            }),
+        ))
     }
 
     /// Opens a consistent view of the sync index (witnessed intentions sorted by

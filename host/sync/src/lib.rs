@@ -4,11 +4,15 @@
 //!
 //! **Owns:** set reconciliation of *witnessed* intentions with Negentropy (protocol v1; items
 //! are `(HLC wall ms, intention hash)`), over the log's persisted sync index
-//! ([`lattice_log::SyncSnapshot`]) so no round reads the whole log.
+//! ([`lattice_log::SyncSnapshot`]) so no round reads the whole log; the session protocol
+//! ([`Msg`]): fetch of wanted intentions and of missing causal chains, bootstrap from witness
+//! records, pushes, and the two-sided done exchange; gossip messages ([`GossipMsg`]).
 //!
-//! **Does not touch:** sockets, tokio, iroh, `log.db` writes.
+//! **Does not touch:** sockets, tokio, iroh. Sessions run over any [`Frames`] carrier and
+//! write to the log only through its validated ingest path.
 //!
-//! **Blocking:** synchronous; reading the sync index blocks on disk I/O.
+//! **Blocking:** the state machines are synchronous; sessions are `async` but read the log
+//! (redb) inline, which blocks briefly on disk I/O.
 //!
 //! **Errors:** [`SyncError`].
 //!
@@ -35,5 +39,14 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod reconcile;
+mod session;
+mod wire;
 
 pub use reconcile::{FRAME_LIMIT, Initiator, ItemSet, Responder, Step, SyncError, VecSet};
+pub use session::{
+    Frames, LinkError, SessionError, SessionOptions, SessionReport, accept, bootstrap, fetch_chain,
+    reconcile, refuse, serve,
+};
+pub use wire::{
+    BATCH_BYTES, FrameError, GossipMsg, MAX_FRAME, MAX_GOSSIP, MAX_HASHES, Msg, SESSION_VERSION,
+};

@@ -51,6 +51,10 @@ pub enum SyncError {
 pub trait ItemSet {
     /// Number of items.
     fn len(&self) -> u64;
+    /// True when there are no items.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Calls `f(item, index)` for items `begin..end` in order until it returns false.
     ///
     /// # Errors

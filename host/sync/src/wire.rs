@@ -1,0 +1,456 @@
+//! Session and gossip messages and their byte encoding (documented in `docs/protocol.md`).
+//!
+//! Every message is one frame: a tag byte then fixed-width little-endian fields. Decoding
+//! checks every count against the bytes actually present before reserving memory for it.
+
+use lattice_model::{Hash, PubKey, Signature, StoreId, WitnessAttestation, WitnessRecord};
+
+/// Largest frame any Lattice peer sends or accepts, in bytes (4 MiB). A transport checks a
+/// frame's length prefix against it before reading the frame.
+pub const MAX_FRAME: usize = 4 * 1024 * 1024;
+
+/// Target size of one batch of intentions in a frame (1 MiB; one intention may exceed it
+/// alone, and always fits under [`MAX_FRAME`]).
+pub const BATCH_BYTES: usize = 1024 * 1024;
+
+/// Largest gossip message, in bytes (64 KiB). Bigger intentions are announced by hash.
+pub const MAX_GOSSIP: usize = 64 * 1024;
+
+/// The session protocol version carried in [`Msg::Open`].
+pub const SESSION_VERSION: u8 = 1;
+
+/// A frame could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("bad frame: {0}")]
+pub struct FrameError(pub &'static str);
+
+/// One message of a sync session (a bidirectional stream opened by the client).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Msg {
+    /// First client frame: which store this session is about.
+    Open {
+        /// Session protocol version ([`SESSION_VERSION`]).
+        version: u8,
+        /// The store.
+        store: StoreId,
+    },
+    /// A Negentropy v1 message (client → server and back).
+    Reconcile(Vec<u8>),
+    /// Asks for these witnessed intentions.
+    Want(Vec<Hash>),
+    /// Signed intentions, in causal order; `last` ends the answer to one request (or a push).
+    Intentions {
+        /// Encoded signed intentions.
+        items: Vec<Vec<u8>>,
+        /// True on the final frame of this answer.
+        last: bool,
+    },
+    /// Asks for the missing causal history of `targets` given what the client holds.
+    Chain {
+        /// Hashes the client is missing.
+        targets: Vec<Hash>,
+        /// The client's newest chain position per author.
+        frontier: Vec<(PubKey, u64)>,
+    },
+    /// Asks for witness records from `from_seq`.
+    Records {
+        /// First sequence number wanted (in the server's witness log).
+        from_seq: u64,
+        /// About how many records.
+        limit: u32,
+    },
+    /// Witness records, ending on an attested record, with that attestation.
+    RecordPage {
+        /// Consecutive records.
+        records: Vec<WitnessRecord>,
+        /// The attestation of the last record (absent when `records` is empty).
+        attestation: Option<WitnessAttestation>,
+    },
+    /// The sender has nothing more to ask or send in this session.
+    Done,
+    /// The server will not serve this session (unknown store, not allowed, busy).
+    Refused(String),
+}
+
+const OPEN: u8 = 1;
+const RECONCILE: u8 = 2;
+const WANT: u8 = 3;
+const INTENTIONS: u8 = 4;
+const CHAIN: u8 = 5;
+const RECORDS: u8 = 6;
+const RECORD_PAGE: u8 = 7;
+const DONE: u8 = 8;
+const REFUSED: u8 = 9;
+
+/// Most hashes in one [`Msg::Want`] or [`Msg::Chain`].
+pub const MAX_HASHES: usize = 65_536;
+
+struct Input<'a>(&'a [u8]);
+
+impl<'a> Input<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.0.len() < n {
+            return Err(FrameError("frame ends early"));
+        }
+        let (head, tail) = self.0.split_at(n);
+        self.0 = tail;
+        Ok(head)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+    fn u8(&mut self) -> Result<u8, FrameError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        Ok(u32::from_le_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        Ok(u64::from_le_bytes(self.array()?))
+    }
+    /// A count of items of at least `min_size` bytes each, checked against what is left.
+    fn count(&mut self, min_size: usize, max: usize) -> Result<usize, FrameError> {
+        let n = self.u32()? as usize;
+        if n > max || n.saturating_mul(min_size) > self.0.len() {
+            return Err(FrameError("count larger than the frame"));
+        }
+        Ok(n)
+    }
+    fn end(self) -> Result<(), FrameError> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(FrameError("trailing bytes"))
+        }
+    }
+}
+
+fn put_hashes(out: &mut Vec<u8>, hashes: &[Hash]) {
+    out.extend((hashes.len() as u32).to_le_bytes());
+    for h in hashes {
+        out.extend(h.as_bytes());
+    }
+}
+
+fn get_hashes(input: &mut Input<'_>) -> Result<Vec<Hash>, FrameError> {
+    let n = input.count(32, MAX_HASHES)?;
+    (0..n).map(|_| input.array().map(Hash)).collect()
+}
+
+impl Msg {
+    /// Encodes the message as one frame.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            Msg::Open { version, store } => {
+                out.push(OPEN);
+                out.push(*version);
+                out.extend(store.as_bytes());
+            }
+            Msg::Reconcile(bytes) => {
+                out.push(RECONCILE);
+                out.extend(bytes);
+            }
+            Msg::Want(hashes) => {
+                out.push(WANT);
+                put_hashes(&mut out, hashes);
+            }
+            Msg::Intentions { items, last } => {
+                out.reserve(6 + items.iter().map(|i| i.len() + 4).sum::<usize>());
+                out.push(INTENTIONS);
+                out.push(u8::from(*last));
+                out.extend((items.len() as u32).to_le_bytes());
+                for item in items {
+                    out.extend((item.len() as u32).to_le_bytes());
+                    out.extend(item);
+                }
+            }
+            Msg::Chain { targets, frontier } => {
+                out.push(CHAIN);
+                put_hashes(&mut out, targets);
+                out.extend((frontier.len() as u32).to_le_bytes());
+                for (author, pos) in frontier {
+                    out.extend(author.as_bytes());
+                    out.extend(pos.to_le_bytes());
+                }
+            }
+            Msg::Records { from_seq, limit } => {
+                out.push(RECORDS);
+                out.extend(from_seq.to_le_bytes());
+                out.extend(limit.to_le_bytes());
+            }
+            Msg::RecordPage {
+                records,
+                attestation,
+            } => {
+                out.push(RECORD_PAGE);
+                match attestation {
+                    Some(a) => {
+                        out.push(1);
+                        out.extend(a.seq.to_le_bytes());
+                        out.extend(a.signature.as_bytes());
+                    }
+                    None => out.push(0),
+                }
+                out.extend((records.len() as u32).to_le_bytes());
+                for r in records {
+                    out.extend(r.encode());
+                }
+            }
+            Msg::Done => out.push(DONE),
+            Msg::Refused(reason) => {
+                out.push(REFUSED);
+                out.extend(reason.as_bytes());
+            }
+        }
+        out
+    }
+
+    /// Decodes one frame.
+    ///
+    /// # Errors
+    /// [`FrameError`] for anything that is not exactly one well-formed message.
+    pub fn decode(frame: &[u8]) -> Result<Msg, FrameError> {
+        if frame.len() > MAX_FRAME {
+            return Err(FrameError("frame larger than MAX_FRAME"));
+        }
+        let mut input = Input(frame);
+        let msg = match input.u8()? {
+            OPEN => Msg::Open {
+                version: input.u8()?,
+                store: StoreId(input.array()?),
+            },
+            RECONCILE => Msg::Reconcile(input.take(input.0.len())?.to_vec()),
+            WANT => Msg::Want(get_hashes(&mut input)?),
+            INTENTIONS => {
+                let last = match input.u8()? {
+                    0 => false,
+                    1 => true,
+                    _ => return Err(FrameError("bad flag")),
+                };
+                let n = input.count(4, usize::MAX)?;
+                let mut items = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let len = input.u32()? as usize;
+                    items.push(input.take(len)?.to_vec());
+                }
+                Msg::Intentions { items, last }
+            }
+            CHAIN => {
+                let targets = get_hashes(&mut input)?;
+                let n = input.count(40, MAX_HASHES)?;
+                let mut frontier = Vec::with_capacity(n);
+                for _ in 0..n {
+                    frontier.push((PubKey(input.array()?), input.u64()?));
+                }
+                Msg::Chain { targets, frontier }
+            }
+            RECORDS => Msg::Records {
+                from_seq: input.u64()?,
+                limit: input.u32()?,
+            },
+            RECORD_PAGE => {
+                let attestation = match input.u8()? {
+                    0 => None,
+                    1 => Some(WitnessAttestation {
+                        seq: input.u64()?,
+                        signature: Signature(input.array()?),
+                    }),
+                    _ => return Err(FrameError("bad flag")),
+                };
+                let n = input.count(lattice_model::WITNESS_RECORD_LEN, usize::MAX)?;
+                let mut records = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let bytes = input.take(lattice_model::WITNESS_RECORD_LEN)?;
+                    records.push(
+                        WitnessRecord::decode(bytes)
+                            .map_err(|_| FrameError("malformed witness record"))?,
+                    );
+                }
+                Msg::RecordPage {
+                    records,
+                    attestation,
+                }
+            }
+            DONE => Msg::Done,
+            REFUSED => {
+                let text = input.take(input.0.len())?;
+                Msg::Refused(String::from_utf8_lossy(&text[..text.len().min(1024)]).into_owned())
+            }
+            _ => return Err(FrameError("unknown message tag")),
+        };
+        input.end()?;
+        Ok(msg)
+    }
+}
+
+/// A gossip message: one new intention of a store, or just its hash when it is too big.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GossipMsg {
+    /// A whole signed intention.
+    Intention {
+        /// The store.
+        store: StoreId,
+        /// The encoded signed intention.
+        bytes: Vec<u8>,
+    },
+    /// A new intention too big for gossip: fetch it from the sender.
+    Announce {
+        /// The store.
+        store: StoreId,
+        /// Its hash.
+        hash: Hash,
+    },
+}
+
+const G_INTENTION: u8 = 1;
+const G_ANNOUNCE: u8 = 2;
+
+impl GossipMsg {
+    /// The intention (whole, or announced) for `store`, chosen by size.
+    pub fn for_intention(store: StoreId, hash: Hash, bytes: &[u8]) -> GossipMsg {
+        if bytes.len() + 33 <= MAX_GOSSIP {
+            GossipMsg::Intention {
+                store,
+                bytes: bytes.to_vec(),
+            }
+        } else {
+            GossipMsg::Announce { store, hash }
+        }
+    }
+
+    /// The store the message is about.
+    pub fn store(&self) -> StoreId {
+        match self {
+            GossipMsg::Intention { store, .. } | GossipMsg::Announce { store, .. } => *store,
+        }
+    }
+
+    /// Encodes the message.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        match self {
+            GossipMsg::Intention { store, bytes } => {
+                out.push(G_INTENTION);
+                out.extend(store.as_bytes());
+                out.extend(bytes);
+            }
+            GossipMsg::Announce { store, hash } => {
+                out.push(G_ANNOUNCE);
+                out.extend(store.as_bytes());
+                out.extend(hash.as_bytes());
+            }
+        }
+        out
+    }
+
+    /// Decodes a message.
+    ///
+    /// # Errors
+    /// [`FrameError`] when the message is oversized or malformed.
+    pub fn decode(bytes: &[u8]) -> Result<GossipMsg, FrameError> {
+        if bytes.len() > MAX_GOSSIP {
+            return Err(FrameError("gossip message larger than MAX_GOSSIP"));
+        }
+        let mut input = Input(bytes);
+        let tag = input.u8()?;
+        let store = StoreId(input.array()?);
+        let msg = match tag {
+            G_INTENTION => GossipMsg::Intention {
+                store,
+                bytes: input.take(input.0.len())?.to_vec(),
+            },
+            G_ANNOUNCE => GossipMsg::Announce {
+                store,
+                hash: Hash(input.array()?),
+            },
+            _ => return Err(FrameError("unknown gossip tag")),
+        };
+        input.end()?;
+        Ok(msg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_round_trip_and_truncations_fail() {
+        let record = WitnessRecord {
+            store_id: StoreId([3; 32]),
+            seq: 9,
+            intention: Hash([4; 32]),
+            prev: Hash([5; 32]),
+            wall_ms: 77,
+        };
+        let all = vec![
+            Msg::Open {
+                version: 1,
+                store: StoreId([1; 32]),
+            },
+            Msg::Reconcile(vec![0x61, 0, 1]),
+            Msg::Want(vec![Hash([2; 32]), Hash([3; 32])]),
+            Msg::Intentions {
+                items: vec![vec![1, 2, 3], vec![]],
+                last: true,
+            },
+            Msg::Chain {
+                targets: vec![Hash([6; 32])],
+                frontier: vec![(PubKey([7; 32]), 12)],
+            },
+            Msg::Records {
+                from_seq: 5,
+                limit: 100,
+            },
+            Msg::RecordPage {
+                records: vec![record],
+                attestation: Some(WitnessAttestation {
+                    seq: 9,
+                    signature: Signature([8; 64]),
+                }),
+            },
+            Msg::Done,
+            Msg::Refused("no".into()),
+        ];
+        for msg in all {
+            let bytes = msg.encode();
+            assert_eq!(Msg::decode(&bytes).unwrap(), msg);
+            let fixed = !matches!(msg, Msg::Reconcile(_) | Msg::Refused(_) | Msg::Done);
+            if fixed {
+                for cut in 0..bytes.len() {
+                    assert!(Msg::decode(&bytes[..cut]).is_err(), "{msg:?} cut at {cut}");
+                }
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            if fixed {
+                assert!(Msg::decode(&longer).is_err());
+            }
+        }
+        // A huge count with no bytes behind it is refused before allocating.
+        let mut want = vec![WANT];
+        want.extend(u32::MAX.to_le_bytes());
+        assert!(Msg::decode(&want).is_err());
+    }
+
+    #[test]
+    fn gossip_round_trips_and_big_intentions_are_announced() {
+        let small = GossipMsg::for_intention(StoreId([1; 32]), Hash([2; 32]), &[9; 100]);
+        assert!(matches!(small, GossipMsg::Intention { .. }));
+        assert_eq!(GossipMsg::decode(&small.encode()).unwrap(), small);
+        let big = GossipMsg::for_intention(StoreId([1; 32]), Hash([2; 32]), &vec![9; MAX_GOSSIP]);
+        assert_eq!(
+            big,
+            GossipMsg::Announce {
+                store: StoreId([1; 32]),
+                hash: Hash([2; 32])
+            }
+        );
+        assert_eq!(GossipMsg::decode(&big.encode()).unwrap(), big);
+        assert!(GossipMsg::decode(&[G_ANNOUNCE, 1]).is_err());
+        assert!(GossipMsg::decode(&vec![G_INTENTION; MAX_GOSSIP + 1]).is_err());
+    }
+}

@@ -1,0 +1,323 @@
+//! Sync sessions between real logs over an in-memory frame pair: reconcile both ways, chain
+//! fetch for gaps (including unseen authors), bootstrap from witness records, the done
+//! exchange, and refusal of bad records.
+
+use std::collections::BTreeSet;
+
+use lattice_log::{Incoming, Log, LogConfig, SplitMix64, SyntheticDag};
+use lattice_model::{Hash, NodeKey, SignedIntention};
+use lattice_sync::{
+    Frames, LinkError, Msg, SessionError, SessionOptions, accept, bootstrap, fetch_chain,
+    reconcile, serve,
+};
+use tokio::sync::mpsc;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// One end of an in-memory frame pair; `cut_after` drops the link after that many sends.
+struct End {
+    tx: Option<mpsc::Sender<Vec<u8>>>,
+    rx: mpsc::Receiver<Vec<u8>>,
+    cut_after: Option<usize>,
+    tamper: Option<fn(&mut Vec<u8>)>,
+}
+
+fn pair() -> (End, End) {
+    let (a_tx, a_rx) = mpsc::channel(16);
+    let (b_tx, b_rx) = mpsc::channel(16);
+    let end = |tx, rx| End {
+        tx: Some(tx),
+        rx,
+        cut_after: None,
+        tamper: None,
+    };
+    (end(a_tx, b_rx), end(b_tx, a_rx))
+}
+
+impl Frames for End {
+    async fn send(&mut self, mut frame: Vec<u8>) -> Result<(), LinkError> {
+        if let Some(n) = &mut self.cut_after {
+            if *n == 0 {
+                self.tx = None;
+                return Err(LinkError("cut".into()));
+            }
+            *n -= 1;
+        }
+        if let Some(t) = self.tamper {
+            t(&mut frame);
+        }
+        let tx = self.tx.as_ref().ok_or(LinkError("closed".into()))?;
+        tx.send(frame)
+            .await
+            .map_err(|_| LinkError("peer gone".into()))
+    }
+    async fn recv(&mut self) -> Result<Option<Vec<u8>>, LinkError> {
+        Ok(self.rx.recv().await)
+    }
+}
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    dag: SyntheticDag,
+    all: Vec<SignedIntention>,
+}
+
+fn fixture(seed: u64, n: usize) -> Fixture {
+    let mut dag = SyntheticDag::new(seed, 5, 2, 40);
+    let mut all = vec![dag.genesis().clone()];
+    all.extend((0..n).map(|_| dag.next_intention()));
+    Fixture {
+        _dir: tempfile::tempdir().unwrap(),
+        dag,
+        all,
+    }
+}
+
+impl Fixture {
+    fn open(&self, name: &str, node: u8) -> Log {
+        Log::open(
+            &self._dir.path().join(name),
+            self.dag.store_id(),
+            NodeKey::from_seed([node; 32]),
+            LogConfig::default(),
+        )
+        .unwrap()
+    }
+}
+
+/// Ingests in batches of 200, so the log has many group commits (attestations).
+fn feed(log: &Log, items: &[SignedIntention]) {
+    for chunk in items.chunks(200) {
+        let incoming = chunk
+            .iter()
+            .map(|s| Incoming::new(s.as_bytes().to_vec()))
+            .collect();
+        log.ingest(incoming).unwrap();
+    }
+    log.settle().unwrap();
+}
+
+/// Two causally closed sets: a common prefix of `common`, then each later intention goes to
+/// one side (at random) among those holding all its parents, or to neither.
+fn split_closed(
+    all: &[SignedIntention],
+    common: usize,
+    seed: u64,
+) -> (Vec<SignedIntention>, Vec<SignedIntention>) {
+    let mut rng = SplitMix64::new(seed);
+    let (mut a, mut b) = (all[..common].to_vec(), all[..common].to_vec());
+    let mut ha: BTreeSet<Hash> = a.iter().map(|s| s.hash()).collect();
+    let mut hb = ha.clone();
+    for s in &all[common..] {
+        let in_a = s.intention().parents().all(|p| ha.contains(&p));
+        let in_b = s.intention().parents().all(|p| hb.contains(&p));
+        let to_a = match (in_a, in_b) {
+            // Prefer a side by author, so both sides keep growing.
+            (true, true) => s.intention().author().0[0] % 2 == 0 || rng.below(8) == 0,
+            (true, false) => true,
+            (false, true) => false,
+            (false, false) => continue,
+        };
+        if to_a {
+            ha.insert(s.hash());
+            a.push(s.clone());
+        } else {
+            hb.insert(s.hash());
+            b.push(s.clone());
+        }
+    }
+    (a, b)
+}
+
+fn witnessed(log: &Log) -> BTreeSet<Hash> {
+    log.reader()
+        .witnessed(1, usize::MAX)
+        .unwrap()
+        .into_iter()
+        .map(|(_, s)| s.hash())
+        .collect()
+}
+
+async fn serve_one(mut io: End, log: &Log) -> Result<lattice_sync::SessionReport, SessionError> {
+    let store = accept(&mut io).await?;
+    assert_eq!(store, log.store_id());
+    serve(&mut io, log, &SessionOptions::default()).await
+}
+
+#[tokio::test]
+async fn reconcile_exchanges_both_ways_and_ends_with_done() -> TestResult {
+    let o = SessionOptions::default();
+    let f = fixture(21, 3000);
+    let (a, b) = (f.open("a.db", 1), f.open("b.db", 2));
+    let (to_a, to_b) = split_closed(&f.all, 2000, 21);
+    feed(&a, &to_a);
+    feed(&b, &to_b);
+    assert_ne!(witnessed(&a).len(), 0);
+    assert_ne!(witnessed(&a), witnessed(&b));
+    let (mut client, server) = pair();
+    let (c, s) = tokio::join!(reconcile(&mut client, &a, &o), serve_one(server, &b));
+    let (c, s) = (c?, s?);
+    a.settle()?;
+    b.settle()?;
+    let all: BTreeSet<Hash> = to_a.iter().chain(&to_b).map(|s| s.hash()).collect();
+    assert_eq!(witnessed(&a), all);
+    assert_eq!(witnessed(&b), all);
+    assert!(c.need > 0 && c.have > 0, "{c:?}");
+    assert_eq!(c.sent, c.have);
+    assert_eq!(s.witnessed + s.floating + s.duplicates, c.have);
+    assert!(c.bytes_sent > 0 && c.bytes_received > 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn chain_fetch_fills_a_gap_including_unseen_authors() -> TestResult {
+    let f = fixture(22, 600);
+    let (a, b) = (f.open("a.db", 1), f.open("b.db", 2));
+    feed(&a, &f.all);
+    // b has only the first 100 and the very last one: the last floats on a long gap.
+    feed(&b, &f.all[..100]);
+    let last = f.all.last().unwrap();
+    b.ingest(vec![Incoming::new(last.as_bytes().to_vec())])?;
+    assert!(b.reader().is_floating(&last.hash())?);
+    let targets = [last.hash()];
+    let (mut client, server) = pair();
+    let (c, s) = tokio::join!(
+        fetch_chain(&mut client, &b, &targets),
+        serve_one(server, &a)
+    );
+    let (c, _) = (c?, s?);
+    assert_eq!(c.need, 0, "target still missing: {c:?}");
+    assert!(b.reader().is_witnessed(&last.hash())?);
+    // Only what the gap needed came over, not the whole log again.
+    assert!(c.duplicates <= 1 && c.witnessed <= 500, "{c:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn bootstrap_clones_an_empty_log_and_checks_records() -> TestResult {
+    let f = fixture(23, 2500);
+    let (a, b) = (f.open("a.db", 1), f.open("b.db", 2));
+    feed(&a, &f.all);
+    let witness = NodeKey::from_seed([1; 32]).public();
+    let options = SessionOptions {
+        page: 300,
+        ..SessionOptions::default()
+    };
+    let (mut client, server) = pair();
+    let mut pages = 0;
+    let (c, s) = tokio::join!(
+        bootstrap(&mut client, &b, &witness, &options, |_| pages += 1),
+        serve_one(server, &a)
+    );
+    let (c, _) = (c?, s?);
+    assert_eq!(witnessed(&a), witnessed(&b));
+    assert_eq!(c.need, f.all.len() as u64);
+    assert!(pages >= 2);
+    // A second bootstrap fetches nothing: everything is already here.
+    let (mut client, server) = pair();
+    let (c, s) = tokio::join!(
+        bootstrap(&mut client, &b, &witness, &options, |_| {}),
+        serve_one(server, &a)
+    );
+    assert_eq!(c?.witnessed, 0);
+    s?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn bootstrap_refuses_records_from_the_wrong_witness_and_tampered_pages() -> TestResult {
+    let o = SessionOptions::default();
+    let f = fixture(24, 300);
+    let (a, b) = (f.open("a.db", 1), f.open("b.db", 2));
+    feed(&a, &f.all);
+    let (client, server) = pair();
+    let wrong = NodeKey::from_seed([9; 32]).public();
+    let opts = o.clone();
+    let (c, _) = tokio::join!(
+        async {
+            let mut client = client;
+            bootstrap(&mut client, &b, &wrong, &opts, |_| {}).await
+        },
+        async {
+            let _ = serve_one(server, &a).await;
+        }
+    );
+    assert!(matches!(c, Err(SessionError::Misbehaved(_))), "{c:?}");
+    assert!(witnessed(&b).is_empty());
+    // Flip a byte inside the record page (an intention hash): the chain link breaks.
+    let (client, mut server) = pair();
+    server.tamper = Some(|frame| {
+        if frame.first() == Some(&7) && frame.len() > 200 {
+            frame[100] ^= 1;
+        }
+    });
+    let right = NodeKey::from_seed([1; 32]).public();
+    let (c, _) = tokio::join!(
+        async {
+            let mut client = client;
+            bootstrap(&mut client, &b, &right, &opts, |_| {}).await
+        },
+        async {
+            let _ = serve_one(server, &a).await;
+        }
+    );
+    assert!(matches!(c, Err(SessionError::Misbehaved(_))), "{c:?}");
+    assert!(witnessed(&b).is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dropped_link_is_an_error_on_both_sides() -> TestResult {
+    let o = SessionOptions::default();
+    let f = fixture(25, 500);
+    let (a, b) = (f.open("a.db", 1), f.open("b.db", 2));
+    feed(&a, &f.all[..400]);
+    feed(&b, &f.all);
+    let (mut client, mut server) = pair();
+    server.cut_after = Some(1);
+    let (c, s) = tokio::join!(reconcile(&mut client, &a, &o), serve_one(server, &b));
+    assert!(matches!(c, Err(SessionError::Link(_))), "{c:?}");
+    assert!(s.is_err());
+    Ok(())
+}
+
+#[tokio::test]
+async fn forged_pushes_are_misbehaviour_and_not_stored() -> TestResult {
+    let f = fixture(26, 50);
+    let (a, b) = (f.open("a.db", 1), f.open("b.db", 2));
+    feed(&b, &f.all);
+    let before = witnessed(&b);
+    let (mut client, server) = pair();
+    let mut forged = f.all[10].as_bytes().to_vec();
+    let len = forged.len();
+    forged[len - 1] ^= 1; // breaks the signature
+    let garbage = vec![0xAB; 300];
+    let client_side = async {
+        client
+            .send(
+                Msg::Open {
+                    version: 1,
+                    store: a.store_id(),
+                }
+                .encode(),
+            )
+            .await?;
+        client
+            .send(
+                Msg::Intentions {
+                    items: vec![forged, garbage],
+                    last: true,
+                }
+                .encode(),
+            )
+            .await?;
+        client.send(Msg::Done.encode()).await?;
+        Ok::<_, LinkError>(())
+    };
+    let (c, s) = tokio::join!(client_side, serve_one(server, &b));
+    c?;
+    assert!(matches!(s, Err(SessionError::Misbehaved(_))), "{s:?}");
+    assert_eq!(witnessed(&b), before);
+    assert_eq!(b.reader().status()?.floating, 0);
+    Ok(())
+}
