@@ -6,3 +6,4 @@
 
 mod crash;
 mod guests;
+mod replication;
