@@ -159,6 +159,23 @@ pub(crate) enum BenchCommand {
     Log(BenchLogArgs),
     /// Durable puts through a Wasm store type, against the same logic compiled natively.
     Store(BenchStoreArgs),
+    /// Reconciliation between two nodes that each hold intentions the other lacks, then a
+    /// clone of the whole store into an empty node (over the simulated network or real iroh
+    /// on loopback).
+    Sync(BenchSyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchSyncArgs {
+    /// Intentions both nodes share.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub(crate) count: u64,
+    /// Fraction of `count` unique to each side (0.01 = 1%).
+    #[arg(long, default_value_t = 0.01)]
+    pub(crate) diff: f64,
+    /// Network: `sim` (in memory) or `iroh` (QUIC on 127.0.0.1).
+    #[arg(long, default_value = "iroh", value_parser = ["sim", "iroh"])]
+    pub(crate) transport: String,
 }
 
 #[derive(Debug, Args)]

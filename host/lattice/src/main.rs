@@ -7,6 +7,7 @@
 
 mod bench;
 mod bench_store;
+mod bench_sync;
 mod cli;
 mod log_cmd;
 mod output;
@@ -49,6 +50,7 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Bench(cli::BenchCommand::Log(args)) => bench::log(args, out),
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench_store::run(args, out),
+        cli::Command::Bench(cli::BenchCommand::Sync(args)) => bench_sync::run(args, out),
         cli::Command::Log(cmd) => log_cmd::run(cmd, &data_dir, out),
         cli::Command::Module(cmd) => store_cmd::module(cmd, &data_dir, out),
         cli::Command::Store(cmd) => store_cmd::store(cmd, &data_dir, out),
