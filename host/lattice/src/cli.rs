@@ -58,6 +58,12 @@ pub(crate) enum Command {
     /// Stores: create, list, status, call methods, rebuild state.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Replicate this node's stores with peers over QUIC (iroh) until interrupted.
+    ///
+    /// Headless: logs are replicated, state is projected when a store is next opened. Prints
+    /// `listening as <node id>@<address>`; give that to other nodes' `--peer`. No relays and
+    /// no discovery: peers are reached only at the addresses given.
+    Serve(ServeArgs),
     /// Set a key in a kv store (shortcut for `store call <store> put key=… value=…`).
     Put {
         /// Store id (or unique prefix).
@@ -151,6 +157,25 @@ pub(crate) enum StoreCommand {
         /// Store id (or unique prefix).
         store: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ServeArgs {
+    /// Address to listen on (use 127.0.0.1:0 for loopback with any free port).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(crate) listen: std::net::SocketAddr,
+    /// A peer, as `<node id hex>@<ip:port>` (repeat for several).
+    #[arg(long, value_name = "ID@ADDR")]
+    pub(crate) peer: Vec<String>,
+    /// A store to replicate; when it is not here yet, clone it from the peers first.
+    #[arg(long, value_name = "STORE_ID")]
+    pub(crate) store: Vec<String>,
+    /// Exit once every peer has been reconciled with (scripts, tests).
+    #[arg(long)]
+    pub(crate) until_synced: bool,
+    /// Exit after this many seconds.
+    #[arg(long = "for", value_name = "SECONDS")]
+    pub(crate) for_seconds: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

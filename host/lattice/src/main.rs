@@ -11,6 +11,7 @@ mod bench_sync;
 mod cli;
 mod log_cmd;
 mod output;
+mod serve_cmd;
 mod store_cmd;
 
 use std::process::ExitCode;
@@ -52,6 +53,7 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench_store::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Sync(args)) => bench_sync::run(args, out),
         cli::Command::Log(cmd) => log_cmd::run(cmd, &data_dir, out),
+        cli::Command::Serve(args) => serve_cmd::run(args, &data_dir, out),
         cli::Command::Module(cmd) => store_cmd::module(cmd, &data_dir, out),
         cli::Command::Store(cmd) => store_cmd::store(cmd, &data_dir, out),
         cli::Command::Put { store, key, value } => store_cmd::call_kv(

@@ -230,6 +230,7 @@ impl Gossip for IrohNet {
                     let event = match event {
                         Event::Received(m) => GossipEvent::Received {
                             from: PubKey(*m.delivered_from.as_bytes()),
+                            direct: m.scope.is_direct(),
                             bytes: m.content.to_vec(),
                         },
                         Event::NeighborUp(id) => GossipEvent::NeighborUp(PubKey(*id.as_bytes())),

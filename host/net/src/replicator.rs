@@ -240,6 +240,13 @@ impl Replicator {
         self.inner.events.subscribe()
     }
 
+    /// Keeps a task for shutdown, forgetting finished ones so the list does not grow.
+    fn track(&self, task: JoinHandle<()>) {
+        let mut tasks = lock(&self.inner.tasks);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
     fn emit(&self, event: ReplicaEvent) {
         let _ = self.inner.events.send(event);
     }
@@ -420,7 +427,7 @@ impl Replicator {
                 let this = self.clone();
                 let served = c.clone();
                 let task = tokio::spawn(async move { this.serve_connection(served).await });
-                lock(&self.inner.tasks).push(task);
+                self.track(task);
                 Ok(c)
             }
             Err(e) => {
@@ -591,7 +598,7 @@ impl Replicator {
             }
             let this = self.clone();
             let task = tokio::spawn(async move { this.serve_connection(conn).await });
-            lock(&self.inner.tasks).push(task);
+            self.track(task);
         }
     }
 
@@ -677,8 +684,12 @@ impl Replicator {
         let Some(entry) = self.store(&store) else {
             return;
         };
-        let (from, bytes) = match event {
-            GossipEvent::Received { from, bytes } => (from, bytes),
+        let (from, direct, bytes) = match event {
+            GossipEvent::Received {
+                from,
+                direct,
+                bytes,
+            } => (from, direct, bytes),
             GossipEvent::NeighborUp(peer) => {
                 let _ = entry.nudge.try_send(peer);
                 return;
@@ -695,10 +706,19 @@ impl Replicator {
         if self.check_peer(&from, false).is_err() {
             return;
         }
+        // Invalid content counts against the neighbour only when it is the original sender:
+        // an honest relay must not pay for what it forwarded.
+        let offence = |reason: &str| {
+            if direct {
+                self.strike(&from, reason);
+            } else {
+                debug!(peer = %from.short(), "dropped relayed gossip: {reason}");
+            }
+        };
         let msg = match GossipMsg::decode(&bytes) {
             Ok(m) if m.store() == store => m,
-            Ok(_) => return self.strike(&from, "gossip for another store on this topic"),
-            Err(e) => return self.strike(&from, &e.to_string()),
+            Ok(_) => return offence("gossip for another store on this topic"),
+            Err(e) => return offence(&e.to_string()),
         };
         let missing = match msg {
             GossipMsg::Intention { bytes, .. } => {
@@ -722,7 +742,7 @@ impl Replicator {
                     Some(Ok(Ingested::Floating { missing })) => missing,
                     Some(Err(e)) if e.is_retryable() => return,
                     Some(Err(lattice_log::IngestError::ForkedChain { .. })) => return,
-                    Some(Err(e)) => return self.strike(&from, &e.to_string()),
+                    Some(Err(e)) => return offence(&e.to_string()),
                 }
             }
             GossipMsg::Announce { hash, .. } => match entry.log.reader().lacking(&[hash]) {

@@ -478,6 +478,7 @@ impl Gossip for SimNode {
                     for (tx, delay) in deliveries {
                         let event = GossipEvent::Received {
                             from: me,
+                            direct: true,
                             bytes: msg.clone(),
                         };
                         if delay.is_zero() {

@@ -109,6 +109,9 @@ pub enum GossipEvent {
     Received {
         /// The delivering neighbour.
         from: PubKey,
+        /// True when `from` is also the message's original sender (not a relay), so invalid
+        /// content can be held against it.
+        direct: bool,
         /// The message.
         bytes: Vec<u8>,
     },
