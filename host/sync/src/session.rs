@@ -160,8 +160,13 @@ impl<F: Frames> Link<'_, F> {
         }
     }
 
-    /// Sends intentions in byte-bounded batches; the last frame has `last` set.
-    async fn send_intentions(&mut self, items: Vec<(u64, Vec<u8>)>) -> Result<u64, SessionError> {
+    /// Sends intentions in byte-bounded batches. With `end`, the final frame has `last` set
+    /// (sent even when empty); without, every frame is a middle part of a longer answer.
+    async fn send_intentions(
+        &mut self,
+        items: Vec<(u64, Vec<u8>)>,
+        end: bool,
+    ) -> Result<u64, SessionError> {
         let n = items.len() as u64;
         let mut batch = Vec::new();
         let mut size = 0;
@@ -174,11 +179,13 @@ impl<F: Frames> Link<'_, F> {
             size += bytes.len() + 4;
             batch.push(bytes);
         }
-        self.send(&Msg::Intentions {
-            items: batch,
-            last: true,
-        })
-        .await?;
+        if end || !batch.is_empty() {
+            self.send(&Msg::Intentions {
+                items: batch,
+                last: end,
+            })
+            .await?;
+        }
         Ok(n)
     }
 
@@ -362,36 +369,14 @@ pub async fn reconcile<F: Frames>(
     Ok(report)
 }
 
-/// Pushes intentions; `last` marks the end of the push.
+/// Pushes intentions in causal (witness) order; `last` marks the end of the push.
 async fn push<F: Frames>(
     link: &mut Link<'_, F>,
     mut items: Vec<(u64, Vec<u8>)>,
     last: bool,
 ) -> Result<u64, SessionError> {
     items.sort_unstable_by_key(|(seq, _)| *seq);
-    if last {
-        return link.send_intentions(items).await;
-    }
-    let n = items.len() as u64;
-    let mut batch = Vec::new();
-    let mut size = 0;
-    for (_, bytes) in items {
-        if size + bytes.len() > BATCH_BYTES && !batch.is_empty() {
-            let items = std::mem::take(&mut batch);
-            link.send(&Msg::Intentions { items, last: false }).await?;
-            size = 0;
-        }
-        size += bytes.len() + 4;
-        batch.push(bytes);
-    }
-    if !batch.is_empty() {
-        link.send(&Msg::Intentions {
-            items: batch,
-            last: false,
-        })
-        .await?;
-    }
-    Ok(n)
+    link.send_intentions(items, last).await
 }
 
 /// Fetches the missing causal history of `targets` (hashes this side lacks or holds
@@ -598,7 +583,7 @@ pub async fn serve<F: Frames>(
             Msg::Want(hashes) => {
                 responder = None;
                 let items = log.reader().witnessed_bytes(&hashes)?;
-                sent += link.send_intentions(items).await?;
+                sent += link.send_intentions(items, true).await?;
             }
             Msg::Chain { targets, frontier } => {
                 let (items, _cut) = log.reader().chain_since(
@@ -607,7 +592,7 @@ pub async fn serve<F: Frames>(
                     CHAIN_MAX_ITEMS,
                     CHAIN_MAX_BYTES,
                 )?;
-                sent += link.send_intentions(items).await?;
+                sent += link.send_intentions(items, true).await?;
             }
             Msg::Records { from_seq, limit } => {
                 let (records, attestation) = log
