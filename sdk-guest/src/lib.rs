@@ -44,6 +44,7 @@
 #![deny(missing_docs)]
 
 mod args;
+mod entries;
 mod glue;
 mod host;
 mod lww;
@@ -71,6 +72,7 @@ pub use args::{Args, bytes_json, json_bytes};
 pub use bindings::lattice::store::types::{
     Descriptor, Hlc, Intention, Method, MethodKind, Param, ParamKind, Prepared, StoreError,
 };
+pub use entries::{Entry, MAX_ENTRIES, decode_entries, encode_entries};
 pub use glue::{StoreType, method, optional_param, param};
 pub use host::{Host, MemoryHost, WasmHost};
 pub use lww::{Head, LwwRead, LwwTable};

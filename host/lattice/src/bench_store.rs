@@ -98,7 +98,7 @@ pub(crate) fn run(args: BenchStoreArgs, out: &Output) -> anyhow::Result<()> {
 
     // Apply rate: rebuild the whole state from the log through the guest.
     let start = Instant::now();
-    let (store, rebuilt) = store.rebuild(node.runtime())?;
+    let rebuilt = store.rebuild()?;
     let apply_s = start.elapsed().as_secs_f64();
     if rebuilt.applied != n as u64 {
         bail!("rebuild applied {} of {n}", rebuilt.applied);

@@ -114,7 +114,7 @@ pub(crate) fn store(cmd: StoreCommand, dir: &DataDir, out: &Output) -> anyhow::R
     match cmd {
         StoreCommand::Create { store_type, name } => {
             let module = node.resolve_type(&store_type)?;
-            let store = node.create_store(module, &name)?;
+            let mut store = node.create_store(module, &name)?;
             let status = store.status()?;
             out.record(
                 &format!("created store {} (module {}{})", store.id(), module.short(), if status.headless { ", headless: module not installed" } else { "" }),
@@ -149,7 +149,7 @@ pub(crate) fn store(cmd: StoreCommand, dir: &DataDir, out: &Output) -> anyhow::R
             }
         }
         StoreCommand::Status { store } => {
-            let store = node.open_store(node.find_store(&store)?)?;
+            let mut store = node.open_store(node.find_store(&store)?)?;
             let status = store.status()?.to_json();
             out.record(
                 &format!(
@@ -211,9 +211,9 @@ pub(crate) fn store(cmd: StoreCommand, dir: &DataDir, out: &Output) -> anyhow::R
             st.close()?;
         }
         StoreCommand::Rebuild { store } => {
-            let st = node.open_store(node.find_store(&store)?)?;
+            let mut st = node.open_store(node.find_store(&store)?)?;
             out.progress("rebuilding state from the log…");
-            let (st, report) = st.rebuild(node.runtime())?;
+            let report = st.rebuild()?;
             out.record(
                 &format!("rebuilt: {} applied, {} rejected, projected up to {}", report.applied, report.rejected, report.cursor),
                 json!({"applied": report.applied, "rejected": report.rejected, "cursor": report.cursor}),

@@ -54,11 +54,15 @@ pub struct IntentionFlags {
     pub ephemeral: bool,
     /// The intention replaces the author's whole previous contribution.
     pub supersedes_all: bool,
+    /// The intention belongs to the store's system partition (peers, children, name), projected
+    /// by the system table guest; otherwise it belongs to the data partition.
+    pub system: bool,
 }
 
 impl IntentionFlags {
     const EPHEMERAL: u8 = 0b01;
     const SUPERSEDES_ALL: u8 = 0b10;
+    const SYSTEM: u8 = 0b100;
 
     /// Encodes as the flags byte.
     pub fn to_byte(self) -> u8 {
@@ -68,6 +72,7 @@ impl IntentionFlags {
             } else {
                 0
             })
+            | (if self.system { Self::SYSTEM } else { 0 })
     }
 
     /// Decodes the flags byte.
@@ -75,13 +80,14 @@ impl IntentionFlags {
     /// # Errors
     /// [`DecodeError::UnknownFlags`] when undefined bits are set.
     pub fn from_byte(byte: u8) -> Result<IntentionFlags, DecodeError> {
-        let unknown = byte & !(Self::EPHEMERAL | Self::SUPERSEDES_ALL);
+        let unknown = byte & !(Self::EPHEMERAL | Self::SUPERSEDES_ALL | Self::SYSTEM);
         if unknown != 0 {
             return Err(DecodeError::UnknownFlags(unknown));
         }
         Ok(IntentionFlags {
             ephemeral: byte & Self::EPHEMERAL != 0,
             supersedes_all: byte & Self::SUPERSEDES_ALL != 0,
+            system: byte & Self::SYSTEM != 0,
         })
     }
 }

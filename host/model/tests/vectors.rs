@@ -49,6 +49,7 @@ fn compute() -> Result<Value, Box<dyn std::error::Error>> {
         IntentionFlags {
             ephemeral: true,
             supersedes_all: false,
+            system: false,
         },
     )?;
     let write = SignedIntention::sign(write, &bob)?;

@@ -27,7 +27,9 @@ mod transport;
 
 pub use iroh::{ALPN, IrohNet};
 pub use mesh::{Events, Mesh, MeshError, MeshNode, MeshTransport, sim_transport};
-pub use replicator::{ReplicaError, ReplicaEvent, Replicator, ReplicatorConfig, topic_of};
+pub use replicator::{
+    Access, JoinHandler, ReplicaError, ReplicaEvent, Replicator, ReplicatorConfig, topic_of,
+};
 pub use sim::{SimConfig, SimNetwork, SimNode};
 pub use transport::{
     BoxFuture, Connection, Gossip, GossipEvent, IDLE_TIMEOUT, NetError, PeerAddr, RecvHalf,

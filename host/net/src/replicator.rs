@@ -10,6 +10,8 @@
 //!   catches up on its own.
 //! - Peers that send invalid data collect strikes and are then banned for a while: their
 //!   connections are closed and refused.
+//! - Access: a store is open to any peer or only to its peer set ([`Access`]); joins (a
+//!   client presenting an invite secret) are decided by the node's [`JoinHandler`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use lattice_log::{Incoming, Ingested, Log};
 use lattice_model::{Hash, PubKey, SignedIntention, StoreId};
-use lattice_sync::{GossipMsg, SessionError, SessionOptions, SessionReport};
+use lattice_sync::{GossipMsg, Opening, SessionError, SessionOptions, SessionReport};
 use tokio::sync::{broadcast, mpsc};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -149,9 +151,35 @@ pub enum ReplicaError {
     NoPeer(&'static str),
 }
 
+/// Who may replicate a store with this node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Any peer that names the store (headless serving, benchmarks).
+    Open,
+    /// Only the store's peer set: sessions from others are refused, gossip from or by others
+    /// is dropped. The node keeps the set equal to the system table's active and dormant
+    /// peers ([`Replicator::set_members`]).
+    Members,
+}
+
+/// Decides join requests (a client presenting an invite secret).
+pub trait JoinHandler: Send + Sync + 'static {
+    /// Accepts (`Ok`) or refuses (`Err(reason for the joiner)`) `peer` joining `store` with
+    /// `secret`; `tip` is the joiner's newest position in its own chain of the store. On
+    /// success the handler has made `peer` a member already, so it can bootstrap at once.
+    ///
+    /// # Errors
+    /// The refusal reason, shown to the joiner.
+    fn join(&self, peer: PubKey, store: StoreId, secret: [u8; 32], tip: u64) -> Result<(), String>;
+}
+
 struct StoreEntry {
     log: Arc<Log>,
+    access: Access,
+    /// Sync partners; with [`Access::Members`] also exactly who is allowed.
     peers: Mutex<Vec<PubKey>>,
+    /// This store's gossip and anti-entropy tasks.
+    tasks: Mutex<Vec<JoinHandle<()>>>,
     gossip: Mutex<mpsc::Sender<Vec<u8>>>,
     /// Missing hashes being fetched right now (so one gap is fetched once).
     filling: Mutex<HashSet<Hash>>,
@@ -178,6 +206,13 @@ struct Inner {
     peers: Mutex<HashMap<PubKey, PeerState>>,
     events: broadcast::Sender<ReplicaEvent>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    join: Mutex<Option<Arc<dyn JoinHandler>>>,
+}
+
+impl StoreEntry {
+    fn allows(&self, peer: &PubKey) -> bool {
+        self.access == Access::Open || lock(&self.peers).contains(peer)
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -222,6 +257,7 @@ impl Replicator {
             peers: Mutex::new(HashMap::new()),
             events,
             tasks: Mutex::new(Vec::new()),
+            join: Mutex::new(None),
         });
         let r = Replicator { inner };
         let this = r.clone();
@@ -256,13 +292,31 @@ impl Replicator {
         self.inner.transport.add_peer(addr);
     }
 
-    /// Starts replicating `log` with `peers`: joins the store's gossip topic, reconciles with
-    /// each peer, then keeps reconciling periodically and when neighbours come up.
+    /// Starts replicating `log` with `peers`, open to any peer ([`Access::Open`]); see
+    /// [`Replicator::add_store_with`].
     ///
     /// # Errors
     /// [`ReplicaError::Net`] when the gossip topic cannot be joined.
     pub async fn add_store(&self, log: Arc<Log>, peers: Vec<PubKey>) -> Result<(), ReplicaError> {
+        self.add_store_with(log, peers, Access::Open).await
+    }
+
+    /// Starts replicating `log` with `peers`: joins the store's gossip topic, reconciles with
+    /// each peer, then keeps reconciling periodically and when neighbours come up. A store
+    /// already replicated is left as it is.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Net`] when the gossip topic cannot be joined.
+    pub async fn add_store_with(
+        &self,
+        log: Arc<Log>,
+        peers: Vec<PubKey>,
+        access: Access,
+    ) -> Result<(), ReplicaError> {
         let store = log.store_id();
+        if self.store(&store).is_some() {
+            return Ok(());
+        }
         let topic = self
             .inner
             .gossip
@@ -271,7 +325,9 @@ impl Replicator {
         let (nudge_tx, nudge_rx) = mpsc::channel(256);
         let entry = Arc::new(StoreEntry {
             log,
+            access,
             peers: Mutex::new(peers),
+            tasks: Mutex::new(Vec::new()),
             gossip: Mutex::new(topic.sender),
             filling: Mutex::new(HashSet::new()),
             nudge: nudge_tx,
@@ -281,9 +337,89 @@ impl Replicator {
         let gossip_task = tokio::spawn(async move { this.gossip_loop(store, topic.events).await });
         let this = self.clone();
         let ae_task = tokio::spawn(async move { this.anti_entropy_loop(store, nudge_rx).await });
-        lock(&self.inner.tasks).extend([gossip_task, ae_task]);
-        info!(store = %store.short(), "replicating");
+        lock(&entry.tasks).extend([gossip_task, ae_task]);
+        info!(store = %store.short(), ?access, "replicating");
         Ok(())
+    }
+
+    /// Stops replicating a store (its gossip and anti-entropy tasks end; sessions for it are
+    /// refused from now on). The log is the caller's to close.
+    pub fn remove_store(&self, store: &StoreId) {
+        if let Some(entry) = lock(&self.inner.stores).remove(store) {
+            for t in lock(&entry.tasks).drain(..) {
+                t.abort();
+            }
+            info!(store = %store.short(), "no longer replicating");
+        }
+    }
+
+    /// Replaces a store's peer set (for [`Access::Members`]: who is allowed). Peers that are
+    /// now in no store's set lose their connection at once; new ones are reconciled with soon.
+    pub fn set_members(&self, store: &StoreId, members: Vec<PubKey>) {
+        let Some(entry) = self.store(store) else {
+            return;
+        };
+        let removed: Vec<PubKey> = {
+            let mut peers = lock(&entry.peers);
+            let removed = peers
+                .iter()
+                .filter(|p| !members.contains(p))
+                .copied()
+                .collect();
+            for p in &members {
+                if !peers.contains(p) {
+                    let _ = entry.nudge.try_send(*p);
+                }
+            }
+            *peers = members;
+            removed
+        };
+        for peer in removed {
+            if !self.is_known_anywhere(&peer)
+                && let Some(c) = lock(&self.inner.peers)
+                    .get_mut(&peer)
+                    .and_then(|st| st.conn.take())
+            {
+                info!(peer = %peer.short(), "closing the connection of a removed peer");
+                c.close("no longer a peer of any store here");
+            }
+        }
+    }
+
+    /// True when `peer` is in the peer set of some store, or some store is open to all.
+    fn is_known_anywhere(&self, peer: &PubKey) -> bool {
+        lock(&self.inner.stores)
+            .values()
+            .any(|e| e.access == Access::Open || lock(&e.peers).contains(peer))
+    }
+
+    /// True when `peer` may replicate `store` with this node.
+    pub fn is_allowed(&self, store: &StoreId, peer: &PubKey) -> bool {
+        self.store(store).is_some_and(|e| e.allows(peer))
+    }
+
+    /// Sets who decides join requests; without a handler every join is refused.
+    pub fn set_join_handler(&self, handler: Arc<dyn JoinHandler>) {
+        *lock(&self.inner.join) = Some(handler);
+    }
+
+    /// Presents an invite `secret` for `store` to `peer` (whose address must be known). On
+    /// success this node is a peer of the store there and may bootstrap it from `peer`.
+    ///
+    /// # Errors
+    /// [`ReplicaError::Session`] with [`SessionError::Refused`] and the inviter's reason when
+    /// the invite is not accepted; network errors.
+    pub async fn join(
+        &self,
+        peer: &PubKey,
+        store: StoreId,
+        secret: [u8; 32],
+        tip: u64,
+    ) -> Result<(), ReplicaError> {
+        self.session(peer, &store, async |s: &mut Stream| {
+            lattice_sync::request_join(s, store, secret, tip).await
+        })
+        .await
     }
 
     /// Adds a peer to a store's peer set (and reconciles with it soon).
@@ -316,6 +452,11 @@ impl Replicator {
     pub fn shutdown(&self) {
         for t in lock(&self.inner.tasks).drain(..) {
             t.abort();
+        }
+        for entry in lock(&self.inner.stores).values() {
+            for t in lock(&entry.tasks).drain(..) {
+                t.abort();
+            }
         }
         for (_, p) in lock(&self.inner.peers).drain() {
             if let Some(c) = p.conn {
@@ -623,7 +764,25 @@ impl Replicator {
 
     async fn serve_stream(&self, peer: PubKey, stream: &mut Stream) {
         let store = match lattice_sync::accept(stream).await {
-            Ok(s) => s,
+            Ok(Opening::Session(s)) => s,
+            Ok(Opening::Join { store, secret, tip }) => {
+                let handler = lock(&self.inner.join).clone();
+                let answer = match handler {
+                    Some(h) => h.join(peer, store, secret, tip),
+                    None => Err("this node does not accept joins".to_string()),
+                };
+                let _ = match answer {
+                    Ok(()) => {
+                        info!(peer = %peer.short(), store = %store.short(), "peer joined");
+                        lattice_sync::welcome(stream).await
+                    }
+                    Err(reason) => {
+                        info!(peer = %peer.short(), store = %store.short(), "join refused: {reason}");
+                        lattice_sync::refuse(stream, &reason).await
+                    }
+                };
+                return;
+            }
             Err(e) => {
                 if e.is_misbehaviour() {
                     self.strike(&peer, &e.to_string());
@@ -635,6 +794,14 @@ impl Replicator {
             let _ = lattice_sync::refuse(stream, "this node does not replicate that store").await;
             return;
         };
+        if !entry.allows(&peer) {
+            let _ = lattice_sync::refuse(
+                stream,
+                "you are not a peer of this store here; ask a member for an invite",
+            )
+            .await;
+            return;
+        }
         let served = tokio::time::timeout(
             self.inner.config.session_timeout,
             lattice_sync::serve(stream, &entry.log, &self.inner.config.session),
@@ -703,7 +870,7 @@ impl Replicator {
                 return;
             }
         };
-        if self.check_peer(&from, false).is_err() {
+        if self.check_peer(&from, false).is_err() || !entry.allows(&from) {
             return;
         }
         // Invalid content counts against the neighbour only when it is the original sender:
@@ -722,6 +889,13 @@ impl Replicator {
         };
         let missing = match msg {
             GossipMsg::Intention { bytes, .. } => {
+                if entry.access == Access::Members
+                    && let Ok(signed) = SignedIntention::decode(&bytes)
+                    && !entry.allows(&signed.intention().author())
+                {
+                    debug!(peer = %from.short(), "dropped gossip by an author who is not a peer");
+                    return;
+                }
                 let hash = lattice_model::Hash::of(
                     bytes
                         .get(..bytes.len().saturating_sub(64))

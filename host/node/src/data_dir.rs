@@ -55,6 +55,16 @@ impl DataDir {
         self.store_dir(store).join("state.db")
     }
 
+    /// Path of one store's `system.db` (its projected system partition).
+    pub fn system_path(&self, store: &StoreId) -> PathBuf {
+        self.store_dir(store).join("system.db")
+    }
+
+    /// Path of the node inventory `meta.db`.
+    pub fn meta_path(&self) -> PathBuf {
+        self.root.join("meta.db")
+    }
+
     /// Directory of installed modules (and their compiled cache).
     pub fn modules_dir(&self) -> PathBuf {
         self.root.join("modules")

@@ -40,6 +40,14 @@ pub enum NodeError {
         "unknown store type `{0}`: give a .wasm file, a built-in type (kvstore, counter) or an installed module hash"
     )]
     UnknownType(String),
+    /// `meta.db` failed.
+    #[error("node inventory (meta.db): {0}")]
+    Meta(String),
+    /// Another process has this data directory open.
+    #[error(
+        "the data directory {0} is in use by another Lattice process (a running `lattice daemon`?); stop it, or pass a different --data-dir"
+    )]
+    Locked(String),
     /// A file or directory operation failed.
     #[error("{path}: {source}")]
     Io {

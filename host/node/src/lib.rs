@@ -29,6 +29,8 @@ mod data_dir;
 mod error;
 mod genesis;
 mod identity;
+mod invite;
+mod meta;
 mod node;
 mod store;
 
@@ -36,5 +38,7 @@ pub use data_dir::DataDir;
 pub use error::NodeError;
 pub use genesis::StoreGenesis;
 pub use identity::IdentityError;
+pub use invite::{InviteToken, MAX_ADDRS, TokenError};
+pub use meta::{MetaDb, StoreRecord, StoreState};
 pub use node::{Node, StoreSummary};
-pub use store::{Store, StoreStatus};
+pub use store::{ChildLink, PeerInfo, Store, StoreStatus};

@@ -1,23 +1,40 @@
-//! [`Node`]: a data directory opened with its identity and Wasm runtime; creates and opens
-//! stores.
+//! [`Node`]: a data directory opened with its identity, inventory (`meta.db`) and Wasm
+//! runtime; creates and opens stores.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use lattice_log::{Incoming, Log, LogConfig, build_genesis, system_now_ms};
 use lattice_model::{Hash, NodeKey, StoreId};
-use lattice_runtime::{BUILTIN_MODULES, Limits, LoadedModule, ModuleHash, Runtime, StoreRuntime};
+use lattice_runtime::{BUILTIN_MODULES, Limits, LoadedModule, ModuleHash, Runtime};
+use serde_json::json;
 
 use crate::data_dir::DataDir;
 use crate::error::NodeError;
 use crate::genesis::StoreGenesis;
+use crate::meta::{MetaDb, StoreRecord, StoreState};
 use crate::store::Store;
 
-/// An opened node (embedded mode: everything in this process).
+/// An opened node. Holds `meta.db` open, so one process at a time owns a data directory.
 #[derive(Debug)]
 pub struct Node {
     dir: DataDir,
     key: NodeKey,
     runtime: Runtime,
+    meta: MetaDb,
+    system_module: ModuleHash,
+}
+
+/// Installs a built-in module unless it is installed already; returns its hash.
+fn ensure_builtin(runtime: &Runtime, name: &str) -> Result<ModuleHash, NodeError> {
+    let Some((_, bytes)) = BUILTIN_MODULES.iter().find(|(n, _)| *n == name) else {
+        return Err(NodeError::UnknownType(name.to_string()));
+    };
+    let hash = ModuleHash::of(bytes);
+    if runtime.is_installed(&hash) {
+        return Ok(hash);
+    }
+    Ok(runtime.install(bytes)?.hash())
 }
 
 /// A store as listed by [`Node::list_stores`].
@@ -51,8 +68,37 @@ impl Node {
     /// As [`Node::open`].
     pub fn open_with(dir: DataDir, limits: Limits) -> Result<Node, NodeError> {
         let key = dir.load_or_create_identity()?;
+        let meta = MetaDb::open(&dir.meta_path())?;
         let runtime = Runtime::new(&dir.modules_dir(), limits)?;
-        Ok(Node { dir, key, runtime })
+        let system_module = ensure_builtin(&runtime, "system")?;
+        Ok(Node {
+            dir,
+            key,
+            runtime,
+            meta,
+            system_module,
+        })
+    }
+
+    /// The inventory.
+    pub fn meta(&self) -> &MetaDb {
+        &self.meta
+    }
+
+    /// The node's name (empty until set).
+    ///
+    /// # Errors
+    /// [`NodeError::Meta`].
+    pub fn name(&self) -> Result<String, NodeError> {
+        Ok(self.meta.setting("name")?.unwrap_or_default())
+    }
+
+    /// Sets the node's name (recorded as this peer's name in stores it writes to later).
+    ///
+    /// # Errors
+    /// [`NodeError::Meta`].
+    pub fn set_name(&self, name: &str) -> Result<(), NodeError> {
+        self.meta.set_setting("name", name)
     }
 
     /// The node's key.
@@ -111,15 +157,32 @@ impl Node {
         }
     }
 
-    /// Creates a store running `module`: authors its genesis (which records the module hash)
-    /// and opens it.
+    /// Creates a root store running `module`; see [`Node::create_child`].
     ///
     /// # Errors
     /// [`NodeError`] on storage or module failures.
     pub fn create_store(&self, module: ModuleHash, name: &str) -> Result<Store, NodeError> {
+        self.create_child(module, name, None)
+    }
+
+    /// Creates a store running `module`: authors its genesis (which records the module hash;
+    /// the store id is the genesis hash), then its first system entries in one intention —
+    /// name, peer strategy (independent for a root, inherited from `parent` for a child),
+    /// and this node as an active, named peer — and records it in the inventory. Declaring a
+    /// child in its parent's system table is the caller's (it holds the parent open).
+    ///
+    /// # Errors
+    /// [`NodeError`] on storage or module failures.
+    pub fn create_child(
+        &self,
+        module: ModuleHash,
+        name: &str,
+        parent: Option<StoreId>,
+    ) -> Result<Store, NodeError> {
+        let name: String = name.chars().take(64).collect();
         let genesis = StoreGenesis {
             module,
-            name: name.chars().take(256).collect(),
+            name: name.clone(),
         };
         let signed = build_genesis(&self.key, genesis.encode(), system_now_ms())?;
         let id = StoreId::from(signed.hash());
@@ -127,7 +190,30 @@ impl Node {
         for r in log.ingest(vec![Incoming::new(signed.as_bytes().to_vec())])? {
             r.map_err(|_| NodeError::BadGenesis(id))?;
         }
-        self.finish_open(id, log)
+        let mut store = self.store_from_log(id, Arc::new(log))?;
+        let me = self.key.public().to_string();
+        let strategy = match parent {
+            Some(p) => json!({"strategy": "inherited", "parent": p.to_string()}),
+            None => json!({"strategy": "independent"}),
+        };
+        let mut ops = vec![
+            json!({"method": "set-name", "args": {"name": name}}),
+            json!({"method": "set-strategy", "args": strategy}),
+            json!({"method": "set-peer-status", "args": {"peer": me, "status": "active"}}),
+        ];
+        let node_name = self.name()?;
+        if !node_name.is_empty() {
+            ops.push(json!({"method": "set-peer-name", "args": {"peer": me, "name": node_name}}));
+        }
+        store.system_call("batch", &json!({ "ops": ops }))?;
+        self.meta.put(&StoreRecord {
+            id,
+            parent,
+            module,
+            name,
+            state: StoreState::Active,
+        })?;
+        Ok(store)
     }
 
     /// Ingests intentions of store `id` received from elsewhere (creating the local replica
@@ -147,7 +233,10 @@ impl Node {
     }
 
     /// Opens (creating the store directory if needed) the log of store `id`.
-    fn open_log(&self, id: StoreId) -> Result<Log, NodeError> {
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn open_log(&self, id: StoreId) -> Result<Log, NodeError> {
         let dir = self.dir.store_dir(&id);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         Ok(Log::open(
@@ -222,26 +311,22 @@ impl Node {
             return Err(NodeError::UnknownStore(id.to_string()));
         }
         let log = self.open_log(id)?;
-        self.finish_open(id, log)
+        self.store_from_log(id, Arc::new(log))
     }
 
-    fn finish_open(&self, id: StoreId, log: Log) -> Result<Store, NodeError> {
-        let genesis = log
-            .reader()
-            .get(&Hash(id.0))?
-            .and_then(|g| StoreGenesis::decode(g.intention().ops()))
-            .ok_or(NodeError::BadGenesis(id))?;
-        let runtime =
-            StoreRuntime::open(&self.runtime, &self.dir.state_path(&id), id, genesis.module)?;
-        let mut store = Store::new(
+    /// Opens a store on an already open log (its genesis must be there): both projections,
+    /// caught up.
+    ///
+    /// # Errors
+    /// [`NodeError::BadGenesis`] without a genesis; storage and module failures.
+    pub fn store_from_log(&self, id: StoreId, log: Arc<Log>) -> Result<Store, NodeError> {
+        Store::open(
+            &self.runtime,
+            &self.dir,
             id,
-            genesis,
             log,
-            runtime,
             self.key.public(),
-            self.dir.state_path(&id),
-        );
-        store.project()?;
-        Ok(store)
+            self.system_module,
+        )
     }
 }

@@ -15,7 +15,8 @@ fn kv_put_get_survives_restart_and_rebuild() -> TestResult {
     let mut store = node.create_store(kv, "test")?;
     let id = store.id();
     let out = store.call("put", &json!({"key": "a", "value": "1"}))?;
-    assert_eq!(out["seq"], 2);
+    // seq 1 is the genesis, seq 2 the creator's system entries (name, strategy, itself).
+    assert_eq!(out["seq"], 3);
     store.call("put", &json!({"key": "b", "value": "2"}))?;
     store.call("delete", &json!({"key": "b"}))?;
     assert_eq!(
@@ -31,14 +32,14 @@ fn kv_put_get_survives_restart_and_rebuild() -> TestResult {
     drop(node);
 
     let node = Node::open(DataDir::new(dir.path()))?;
-    let store = node.open_store(node.find_store(&id.to_string()[..8])?)?;
+    let mut store = node.open_store(node.find_store(&id.to_string()[..8])?)?;
     let status = store.status()?;
     assert_eq!(
         (status.witnessed, status.projected, status.headless),
-        (4, 4, false)
+        (5, 5, false)
     );
     assert_eq!(store.state_digest()?, digest);
-    let (mut store, report) = store.rebuild(node.runtime())?;
+    let report = store.rebuild()?;
     assert_eq!(report.applied, 3);
     assert_eq!(store.state_digest()?, digest);
     assert_eq!(store.call("get", &json!({"key": "a"}))?["value"], "1");
@@ -65,8 +66,8 @@ fn arguments_are_checked_against_the_schema() -> TestResult {
             "{method} {args}: {err:?}"
         );
     }
-    // Nothing was written.
-    assert_eq!(store.status()?.witnessed, 1);
+    // Nothing was written (genesis and system entries only).
+    assert_eq!(store.status()?.witnessed, 2);
     Ok(())
 }
 
@@ -117,7 +118,9 @@ fn a_headless_replica_witnesses_and_catches_up_when_the_module_arrives() -> Test
     let mut replica = b.open_store(id)?;
     let status = replica.status()?;
     assert!(status.headless);
-    assert_eq!((status.witnessed, status.projected), (11, 0));
+    assert_eq!((status.witnessed, status.projected), (12, 0));
+    // The system partition is projected all the same: the peer set is known headless.
+    assert_eq!(replica.peers()?.len(), 1);
     assert!(
         status.to_json()["state"]
             .as_str()
@@ -164,6 +167,137 @@ fn install_refuses_bad_module_bytes() -> TestResult {
         ),
         "{err:?}"
     );
-    assert!(node.runtime().list()?.is_empty());
+    // Only the built-in system table module (installed on open) is there.
+    assert_eq!(node.runtime().list()?.len(), 1);
+    Ok(())
+}
+
+/// Every witnessed intention of `store`, in its witness order.
+fn all_of(
+    store: &lattice_node::Store,
+) -> Result<Vec<lattice_model::SignedIntention>, Box<dyn std::error::Error>> {
+    Ok(store
+        .log()
+        .reader()
+        .witnessed(1, 10_000)?
+        .into_iter()
+        .map(|(_, s)| s)
+        .collect())
+}
+
+fn feed(store: &lattice_node::Store, items: &[lattice_model::SignedIntention]) -> TestResult {
+    let incoming = items
+        .iter()
+        .map(|s| Incoming::new(s.as_bytes().to_vec()))
+        .collect();
+    for r in store.log().ingest(incoming)? {
+        r?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_revoked_peers_later_writes_are_not_projected_whatever_the_arrival_order() -> TestResult {
+    // A creates the store; B gets a replica, is made active, writes k1 and k2.
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let a = Node::open(DataDir::new(dirs[0].path()))?;
+    let b = Node::open(DataDir::new(dirs[1].path()))?;
+    let mut sa = a.create_store(a.resolve_type("kv")?, "shared")?;
+    let id = sa.id();
+    let bk = b.key().public().to_string();
+    sa.system_call("set-peer-status", &json!({"peer": bk, "status": "active"}))?;
+    b.resolve_type("kv")?;
+    for r in b.ingest_replica(
+        id,
+        all_of(&sa)?
+            .iter()
+            .map(|s| Incoming::new(s.as_bytes().to_vec()))
+            .collect(),
+    )? {
+        r?;
+    }
+    let mut sb = b.open_store(id)?;
+    sb.call("put", &json!({"key": "k1", "value": "from b"}))?;
+    let b1 = all_of(&sb)?.pop().ok_or("no write")?;
+    feed(&sa, std::slice::from_ref(&b1))?;
+    // A revokes B having seen B's first write only; B writes on regardless.
+    sa.system_call(
+        "set-peer-status",
+        &json!({"peer": bk, "status": "revoked", "cut": 1}),
+    )?;
+    let revocation = all_of(&sa)?.pop().ok_or("no revocation")?;
+    sb.call("put", &json!({"key": "k2", "value": "concurrent"}))?;
+    sb.call("put", &json!({"key": "k3", "value": "after"}))?;
+    let b_later: Vec<_> = all_of(&sb)?.into_iter().rev().take(2).rev().collect();
+    let base: Vec<_> = all_of(&sa)?
+        .into_iter()
+        .filter(|s| s.hash() != revocation.hash())
+        .collect();
+
+    // C receives B's later writes before the revocation; D after it.
+    let mut digests = Vec::new();
+    for (n, late_revocation) in [(2, true), (3, false)] {
+        let node = Node::open(DataDir::new(dirs[n].path()))?;
+        node.resolve_type("kv")?;
+        let mut order = base.clone();
+        if late_revocation {
+            order.extend(b_later.iter().cloned());
+            order.push(revocation.clone());
+        } else {
+            order.push(revocation.clone());
+            order.extend(b_later.iter().cloned());
+        }
+        for r in node.ingest_replica(
+            id,
+            order
+                .iter()
+                .map(|s| Incoming::new(s.as_bytes().to_vec()))
+                .collect(),
+        )? {
+            r?;
+        }
+        let mut replica = node.open_store(id)?;
+        assert_eq!(
+            replica.call("get", &json!({"key": "k1"}))?["value"],
+            "from b"
+        );
+        assert_eq!(
+            replica.call("get", &json!({"key": "k2"}))?["value"],
+            json!(null)
+        );
+        assert_eq!(
+            replica.call("get", &json!({"key": "k3"}))?["value"],
+            json!(null)
+        );
+        let refused = replica.rejected()?;
+        assert_eq!(refused.len(), 2, "{refused:?}");
+        assert!(refused.iter().all(|(_, why)| why.contains("revoked")));
+        digests.push(replica.state_digest()?);
+        replica.close()?;
+    }
+    assert_eq!(digests[0], digests[1]);
+
+    // Re-activating B at its current position keeps k2 and k3 refused but accepts what follows.
+    feed(&sa, &b_later)?;
+    sa.system_call(
+        "set-peer-status",
+        &json!({"peer": bk, "status": "active", "resume": 3}),
+    )?;
+    feed(&sb, &all_of(&sa)?)?;
+    sb.call("put", &json!({"key": "k4", "value": "welcome back"}))?;
+    feed(&sa, &all_of(&sb)?)?;
+    sa.project()?;
+    assert_eq!(
+        sa.call("get", &json!({"key": "k4"}))?["value"],
+        "welcome back"
+    );
+    assert_eq!(sa.call("get", &json!({"key": "k3"}))?["value"], json!(null));
+    sb.project()?;
+    assert_eq!(sb.state_digest()?, sa.state_digest()?);
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lattice_log::LogReader;
-use lattice_model::{Hash, IntentionFlags, StoreId};
+use lattice_model::{Hash, IntentionFlags, PubKey, SignedIntention, StoreId};
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable, TableDefinition};
 use tracing::{debug, warn};
 
@@ -29,6 +29,53 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 
 /// Witnessed intentions applied per `state.db` transaction.
 const PROJECT_BATCH: usize = 512;
+
+/// Which intentions a [`StoreRuntime`] projects: every store has a data partition (its own
+/// module) and a system partition (the system table guest), told apart by the intention's
+/// `system` flag.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Partition {
+    /// Intentions without the `system` flag.
+    Data,
+    /// Intentions with the `system` flag.
+    System,
+}
+
+/// Author-sequence ranges whose intentions are not projected (revoked peers). Derived by the
+/// node from the system table; the same on every peer that has the same system state.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct AuthorFilter {
+    refused: BTreeMap<PubKey, Vec<(u64, Option<u64>)>>,
+}
+
+impl AuthorFilter {
+    /// Refuses `author`'s intentions with author sequence in `from..=to` (`None`: no end).
+    pub fn refuse(&mut self, author: PubKey, from: u64, to: Option<u64>) {
+        self.refused.entry(author).or_default().push((from, to));
+    }
+
+    /// The refused ranges of `author`.
+    pub fn ranges(&self, author: &PubKey) -> &[(u64, Option<u64>)] {
+        self.refused.get(author).map_or(&[], Vec::as_slice)
+    }
+
+    /// True when `author`'s intention at `author_seq` is refused.
+    pub fn refuses(&self, author: &PubKey, author_seq: u64) -> bool {
+        self.ranges(author)
+            .iter()
+            .any(|(from, to)| author_seq >= *from && to.is_none_or(|to| author_seq <= to))
+    }
+
+    /// Authors with refused ranges.
+    pub fn authors(&self) -> impl Iterator<Item = &PubKey> {
+        self.refused.keys()
+    }
+
+    /// True when nothing is refused.
+    pub fn is_empty(&self) -> bool {
+        self.refused.is_empty()
+    }
+}
 
 /// A command turned into what the node authors: ops, deps and pruning hints.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,6 +122,7 @@ pub struct StoreRuntime {
     descriptor: Option<StoreDescriptor>,
     cursor: u64,
     log_count: u64,
+    partition: Partition,
 }
 
 impl std::fmt::Debug for StoreRuntime {
@@ -127,6 +175,20 @@ impl StoreRuntime {
         store_id: StoreId,
         module: ModuleHash,
     ) -> Result<StoreRuntime, Error> {
+        StoreRuntime::open_partition(runtime, path, store_id, module, Partition::Data)
+    }
+
+    /// As [`StoreRuntime::open`], for one partition of the store.
+    ///
+    /// # Errors
+    /// As [`StoreRuntime::open`].
+    pub fn open_partition(
+        runtime: &Runtime,
+        path: &Path,
+        store_id: StoreId,
+        module: ModuleHash,
+        partition: Partition,
+    ) -> Result<StoreRuntime, Error> {
         let db = redb::Builder::new().set_cache_size(16 << 20).create(path)?;
         let txn = db.begin_write()?;
         let (cursor, log_count) = {
@@ -168,6 +230,7 @@ impl StoreRuntime {
             descriptor: None,
             cursor,
             log_count,
+            partition,
         };
         store.attach()?;
         Ok(store)
@@ -289,6 +352,7 @@ impl StoreRuntime {
             flags: IntentionFlags {
                 ephemeral: prepared.ephemeral,
                 supersedes_all: prepared.supersedes_all,
+                system: self.partition == Partition::System,
             },
         })
     }
@@ -321,14 +385,19 @@ impl StoreRuntime {
         })
     }
 
-    /// Applies every witnessed intention after the cursor, in witness order, in batches of
-    /// 512 per `state.db` transaction. A guest failure rejects that one intention (recorded
-    /// with its reason) and projection goes on. Headless stores do nothing.
+    /// Applies every witnessed intention of this partition after the cursor, in witness order,
+    /// in batches of 512 per `state.db` transaction. A guest failure rejects that one intention
+    /// (recorded with its reason) and projection goes on; so does an author `filter` refusal.
+    /// Headless stores do nothing.
     ///
     /// # Errors
     /// Storage failures of the log or `state.db` (the batch is not committed and will be
     /// retried); a host failure inside a guest call.
-    pub fn project(&mut self, log: &LogReader) -> Result<ProjectReport, Error> {
+    pub fn project(
+        &mut self,
+        log: &LogReader,
+        filter: &AuthorFilter,
+    ) -> Result<ProjectReport, Error> {
         let mut report = ProjectReport {
             cursor: self.cursor,
             ..ProjectReport::default()
@@ -341,21 +410,80 @@ impl StoreRuntime {
             if batch.is_empty() {
                 break;
             }
-            self.project_batch(batch, &mut report)?;
+            self.apply_witnessed(log, &batch, filter, &mut report)?;
         }
         report.cursor = self.cursor;
         Ok(report)
     }
 
+    /// Applies the intentions of `batch` (witness-ordered, consecutive) that lie after the
+    /// cursor, in one `state.db` transaction, adding to `report`. Lets a caller read a batch of
+    /// the log once for several partitions. Headless stores do nothing.
+    ///
+    /// # Errors
+    /// As [`StoreRuntime::project`].
+    pub fn apply_witnessed(
+        &mut self,
+        log: &LogReader,
+        batch: &[(u64, SignedIntention)],
+        filter: &AuthorFilter,
+        report: &mut ProjectReport,
+    ) -> Result<(), Error> {
+        let start = batch.partition_point(|(seq, _)| *seq <= self.cursor);
+        if self.guest.is_none() || start == batch.len() {
+            report.cursor = self.cursor;
+            return Ok(());
+        }
+        self.project_batch(log, &batch[start..], filter, report)?;
+        report.cursor = self.cursor;
+        Ok(())
+    }
+
+    /// Why `filter` refuses `signed`, when it does.
+    fn refusal(
+        log: &LogReader,
+        signed: &SignedIntention,
+        filter: &AuthorFilter,
+    ) -> Result<Option<String>, Error> {
+        let author = signed.intention().author();
+        if filter.ranges(&author).is_empty() {
+            return Ok(None);
+        }
+        let Some(info) = log.dag_info(&signed.hash())? else {
+            return Ok(None);
+        };
+        Ok(filter.refuses(&author, info.author_seq).then(|| {
+            format!(
+                "author {} is revoked for its intention {}",
+                author.short(),
+                info.author_seq
+            )
+        }))
+    }
+
     fn project_batch(
         &mut self,
-        batch: Vec<(u64, lattice_model::SignedIntention)>,
+        log: &LogReader,
+        batch: &[(u64, SignedIntention)],
+        filter: &AuthorFilter,
         report: &mut ProjectReport,
     ) -> Result<(), Error> {
         let snapshot = self.snapshot()?;
         let log_count = self.log_count;
         let module = self.module;
+        let system = self.partition == Partition::System;
         let mut last = self.cursor;
+        let mut rejected: Vec<(u64, String)> = Vec::new();
+        let mut refused = Vec::new();
+        for (seq, signed) in batch {
+            if signed.intention().flags().system == system
+                && !signed.intention().is_genesis()
+                && let Some(reason) = Self::refusal(log, signed, filter)?
+            {
+                refused.push(*seq);
+                rejected.push((*seq, reason));
+            }
+        }
         let guest = self
             .guest
             .as_mut()
@@ -366,13 +494,15 @@ impl StoreRuntime {
             host.batch.clear();
             host.log_next = log_count;
         }
-        let mut rejected: Vec<(u64, String)> = Vec::new();
         let mut log_entries: Vec<Vec<u8>> = Vec::new();
         let mut events = Vec::new();
         let mut applied = 0u64;
-        for (seq, signed) in &batch {
+        for (seq, signed) in batch {
             last = *seq;
-            if signed.intention().is_genesis() {
+            if signed.intention().is_genesis()
+                || signed.intention().flags().system != system
+                || refused.contains(seq)
+            {
                 continue;
             }
             let result = guest.apply(&to_wit(signed));
@@ -441,6 +571,34 @@ impl StoreRuntime {
         report.applied += applied;
         report.rejected += rejected.len() as u64;
         report.events.extend(events);
+        Ok(())
+    }
+
+    /// Forgets all projected state (data, rejections, guest log) and moves the cursor back to
+    /// the start, in one transaction, so the next [`StoreRuntime::project`] replays the log.
+    ///
+    /// # Errors
+    /// Storage failures (nothing changes then).
+    pub fn reset(&mut self) -> Result<(), Error> {
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.delete_table(DATA)?;
+        txn.delete_table(REJECTED)?;
+        txn.delete_table(LOG)?;
+        txn.open_table(DATA)?;
+        txn.open_table(REJECTED)?;
+        txn.open_table(LOG)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("cursor", 0u64.to_le_bytes().as_slice())?;
+            meta.insert("log_count", 0u64.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        self.cursor = 0;
+        self.log_count = 0;
+        if let Some(guest) = self.guest.as_mut() {
+            guest.host().log_next = 0;
+        }
         Ok(())
     }
 

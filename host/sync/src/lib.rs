@@ -44,8 +44,8 @@ mod wire;
 
 pub use reconcile::{FRAME_LIMIT, Initiator, ItemSet, Responder, Step, SyncError, VecSet};
 pub use session::{
-    Frames, LinkError, SessionError, SessionOptions, SessionReport, accept, bootstrap, fetch_chain,
-    reconcile, refuse, serve,
+    Frames, LinkError, Opening, SessionError, SessionOptions, SessionReport, accept, bootstrap,
+    fetch_chain, reconcile, refuse, request_join, serve, welcome,
 };
 pub use wire::{
     BATCH_BYTES, FrameError, GossipMsg, MAX_FRAME, MAX_GOSSIP, MAX_HASHES, Msg, SESSION_VERSION,

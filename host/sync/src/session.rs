@@ -519,21 +519,85 @@ pub async fn bootstrap<F: Frames>(
     Ok(report)
 }
 
-/// Reads a session's first frame: the store it is about.
+/// What a client opened a stream for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Opening {
+    /// A sync session for a store: continue with [`serve`] or [`refuse`].
+    Session(StoreId),
+    /// A join with an invite secret: answer with [`welcome`] or [`refuse`].
+    Join {
+        /// The store.
+        store: StoreId,
+        /// The invite's secret.
+        secret: [u8; 32],
+        /// The client's newest position in its own chain of the store.
+        tip: u64,
+    },
+}
+
+/// Reads the client's first frame on a served stream.
 ///
 /// # Errors
-/// [`SessionError::Misbehaved`] when the first frame is not a valid open of this version.
-pub async fn accept<F: Frames>(io: &mut F) -> Result<StoreId, SessionError> {
+/// [`SessionError::Misbehaved`] for anything but a supported open or join;
+/// [`SessionError::Link`] when the stream ends first.
+pub async fn accept<F: Frames>(io: &mut F) -> Result<Opening, SessionError> {
     let frame = io
         .recv()
         .await?
         .ok_or_else(|| SessionError::Link("stream ended before open".into()))?;
     match Msg::decode(&frame)? {
-        Msg::Open { version, store } if version == SESSION_VERSION => Ok(store),
-        Msg::Open { version, .. } => Err(SessionError::Misbehaved(format!(
-            "session version {version} is not supported"
-        ))),
+        Msg::Open { version, store } if version == SESSION_VERSION => Ok(Opening::Session(store)),
+        Msg::Join {
+            version,
+            store,
+            secret,
+            tip,
+        } if version == SESSION_VERSION => Ok(Opening::Join { store, secret, tip }),
+        Msg::Open { version, .. } | Msg::Join { version, .. } => Err(SessionError::Misbehaved(
+            format!("session version {version} is not supported"),
+        )),
         _ => Err(unexpected("open")),
+    }
+}
+
+/// Accepts a join ([`Opening::Join`]).
+///
+/// # Errors
+/// [`SessionError::Link`] when the answer cannot be sent.
+pub async fn welcome<F: Frames>(io: &mut F) -> Result<(), SessionError> {
+    io.send(Msg::Welcome.encode()).await?;
+    Ok(())
+}
+
+/// Client side of a join: presents the invite `secret` for `store` and waits for the answer.
+///
+/// # Errors
+/// [`SessionError::Refused`] with the server's reason (bad, used or expired invite, …);
+/// [`SessionError::Link`]; [`SessionError::Misbehaved`] for an unexpected answer.
+pub async fn request_join<F: Frames>(
+    io: &mut F,
+    store: StoreId,
+    secret: [u8; 32],
+    tip: u64,
+) -> Result<(), SessionError> {
+    io.send(
+        Msg::Join {
+            version: SESSION_VERSION,
+            store,
+            secret,
+            tip,
+        }
+        .encode(),
+    )
+    .await?;
+    let frame = io
+        .recv()
+        .await?
+        .ok_or_else(|| SessionError::Link("stream ended before the join answer".into()))?;
+    match Msg::decode(&frame)? {
+        Msg::Welcome => Ok(()),
+        Msg::Refused(reason) => Err(SessionError::Refused(reason)),
+        _ => Err(unexpected("welcome")),
     }
 }
 
@@ -610,7 +674,11 @@ pub async fn serve<F: Frames>(
                 link.send(&Msg::Done).await?;
                 break;
             }
-            Msg::Open { .. } | Msg::RecordPage { .. } | Msg::Refused(_) => {
+            Msg::Open { .. }
+            | Msg::RecordPage { .. }
+            | Msg::Refused(_)
+            | Msg::Join { .. }
+            | Msg::Welcome => {
                 return Err(unexpected("a request"));
             }
         }

@@ -70,6 +70,20 @@ pub enum Msg {
     Done,
     /// The server will not serve this session (unknown store, not allowed, busy).
     Refused(String),
+    /// First client frame of a join: the client presents an invite's secret for `store`.
+    Join {
+        /// Session protocol version ([`SESSION_VERSION`]).
+        version: u8,
+        /// The store the invite is for.
+        store: StoreId,
+        /// The invite's secret (the inviter keeps only its BLAKE3 hash).
+        secret: [u8; 32],
+        /// The client's newest position in its own chain of that store (0: none), so a
+        /// re-activation after a revocation knows where the client's chain stands.
+        tip: u64,
+    },
+    /// The join was accepted: the client is now a peer of the store and may bootstrap it.
+    Welcome,
 }
 
 const OPEN: u8 = 1;
@@ -81,6 +95,8 @@ const RECORDS: u8 = 6;
 const RECORD_PAGE: u8 = 7;
 const DONE: u8 = 8;
 const REFUSED: u8 = 9;
+const JOIN: u8 = 10;
+const WELCOME: u8 = 11;
 
 /// Most hashes in one [`Msg::Want`] or [`Msg::Chain`].
 pub const MAX_HASHES: usize = 65_536;
@@ -204,6 +220,19 @@ impl Msg {
                 out.push(REFUSED);
                 out.extend(reason.as_bytes());
             }
+            Msg::Join {
+                version,
+                store,
+                secret,
+                tip,
+            } => {
+                out.push(JOIN);
+                out.push(*version);
+                out.extend(store.as_bytes());
+                out.extend(secret);
+                out.extend(tip.to_le_bytes());
+            }
+            Msg::Welcome => out.push(WELCOME),
         }
         out
     }
@@ -279,6 +308,13 @@ impl Msg {
                 let text = input.take(input.0.len())?;
                 Msg::Refused(String::from_utf8_lossy(&text[..text.len().min(1024)]).into_owned())
             }
+            JOIN => Msg::Join {
+                version: input.u8()?,
+                store: StoreId(input.array()?),
+                secret: input.array()?,
+                tip: input.u64()?,
+            },
+            WELCOME => Msg::Welcome,
             _ => return Err(FrameError("unknown message tag")),
         };
         input.end()?;
@@ -414,11 +450,21 @@ mod tests {
             },
             Msg::Done,
             Msg::Refused("no".into()),
+            Msg::Join {
+                version: 1,
+                store: StoreId([1; 32]),
+                secret: [2; 32],
+                tip: 7,
+            },
+            Msg::Welcome,
         ];
         for msg in all {
             let bytes = msg.encode();
             assert_eq!(Msg::decode(&bytes).unwrap(), msg);
-            let fixed = !matches!(msg, Msg::Reconcile(_) | Msg::Refused(_) | Msg::Done);
+            let fixed = !matches!(
+                msg,
+                Msg::Reconcile(_) | Msg::Refused(_) | Msg::Done | Msg::Welcome
+            );
             if fixed {
                 for cut in 0..bytes.len() {
                     assert!(Msg::decode(&bytes[..cut]).is_err(), "{msg:?} cut at {cut}");

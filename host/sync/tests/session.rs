@@ -7,8 +7,8 @@ use std::collections::BTreeSet;
 use lattice_log::{Incoming, Log, LogConfig, SplitMix64, SyntheticDag};
 use lattice_model::{Hash, NodeKey, SignedIntention};
 use lattice_sync::{
-    Frames, LinkError, Msg, SessionError, SessionOptions, accept, bootstrap, fetch_chain,
-    reconcile, serve,
+    Frames, LinkError, Msg, Opening, SessionError, SessionOptions, accept, bootstrap, fetch_chain,
+    reconcile, refuse, request_join, serve, welcome,
 };
 use tokio::sync::mpsc;
 
@@ -140,7 +140,7 @@ fn witnessed(log: &Log) -> BTreeSet<Hash> {
 
 async fn serve_one(mut io: End, log: &Log) -> Result<lattice_sync::SessionReport, SessionError> {
     let store = accept(&mut io).await?;
-    assert_eq!(store, log.store_id());
+    assert_eq!(store, Opening::Session(log.store_id()));
     serve(&mut io, log, &SessionOptions::default()).await
 }
 
@@ -319,5 +319,40 @@ async fn forged_pushes_are_misbehaviour_and_not_stored() -> TestResult {
     assert!(matches!(s, Err(SessionError::Misbehaved(_))), "{s:?}");
     assert_eq!(witnessed(&b), before);
     assert_eq!(b.reader().status()?.floating, 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn join_is_answered_with_welcome_or_the_refusal_reason() -> TestResult {
+    let store = lattice_model::StoreId([4; 32]);
+    for accept_it in [true, false] {
+        let (mut client, mut server) = pair();
+        let serving = tokio::spawn(async move {
+            let opening = accept(&mut server).await?;
+            assert_eq!(
+                opening,
+                Opening::Join {
+                    store,
+                    secret: [9; 32],
+                    tip: 3
+                }
+            );
+            if accept_it {
+                welcome(&mut server).await
+            } else {
+                refuse(&mut server, "the invite was already used").await
+            }
+        });
+        let answer = request_join(&mut client, store, [9; 32], 3).await;
+        serving.await??;
+        match answer {
+            Ok(()) => assert!(accept_it),
+            Err(SessionError::Refused(reason)) => {
+                assert!(!accept_it);
+                assert_eq!(reason, "the invite was already used");
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
     Ok(())
 }

@@ -25,6 +25,8 @@ use anyhow::{Context as _, bail};
 const GUESTS: &[(&str, &str, &str)] = &[
     ("lattice-guest-kvstore", "kvstore", "guests/dist"),
     ("lattice-guest-counter", "counter", "guests/dist"),
+    ("lattice-guest-system", "system", "guests/dist"),
+    ("lattice-guest-rootstore", "rootstore", "guests/dist"),
     ("lattice-guest-evil", "evil", "tests/guests/dist"),
 ];
 

@@ -1,0 +1,643 @@
+//! The system table (`system`): every store's system partition, projected beside its data
+//! partition. It records who the store's peers are and what the store contains:
+//!
+//! | key | value |
+//! |---|---|
+//! | `name` | `{"name"}`: the store's name |
+//! | `strategy` | `{"strategy": "independent"}` or `{"strategy": "inherited", "parent": id}` |
+//! | `peer/<key>/status` | `{"status": "invited"\|"active"\|"dormant"\|"revoked", "refused": [[from, to\|null]]}` |
+//! | `peer/<key>/name` | `{"name"}` |
+//! | `child/<store id>` | `{"alias", "module", "status": "active"\|"archived"}` |
+//! | `invite/<blake3 of secret>` | `{"status": "valid"\|"claimed"\|"revoked", "expires_ms", "invited_by", "claimed_by"?}` |
+//! | `app/<app id>` | `{"by": key}`: an app-id claim |
+//!
+//! Every key is last-writer-wins ([`lattice_sdk::LwwTable`]); ops are entries payloads
+//! ([`lattice_sdk::encode_entries`]). `refused` lists the author-sequence ranges (inclusive; an
+//! open end is `null`) of a peer's intentions that no node projects: revoking a peer at its
+//! last seen sequence `cut` adds `[cut + 1, null]`; activating it again at sequence `resume`
+//! closes that range at `resume`. The host reads it through the `peers` query and enforces it
+//! at projection.
+//!
+//! Every applied change emits an event on the topic named by the key's first segment (`peer`,
+//! `child`, `store`, `invite`, `app`) with payload `{"key", "value"}`.
+#![deny(missing_docs)]
+
+use lattice_sdk::{
+    Args, Descriptor, Entry, Host, Intention, LwwTable, MethodKind, ParamKind, Prepared,
+    StoreError, StoreType, decode_entries, method, optional_param, param,
+};
+use serde_json::{Value, json};
+
+const TABLE: &[u8] = b"sys/";
+/// Longest name or alias (bytes).
+pub const MAX_NAME: usize = 256;
+/// Most refused ranges kept per peer.
+pub const MAX_REFUSED: usize = 64;
+
+/// The system table store type.
+#[derive(Debug)]
+pub struct System;
+
+const PEER_STATUSES: &[&str] = &["invited", "active", "dormant", "revoked"];
+const CHILD_STATUSES: &[&str] = &["active", "archived"];
+const INVITE_STATUSES: &[&str] = &["valid", "claimed", "revoked"];
+
+fn table() -> LwwTable {
+    LwwTable::new(TABLE)
+}
+
+fn is_id(text: &str) -> bool {
+    text.len() == 64
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+fn is_app_id(text: &str) -> bool {
+    (1..=64).contains(&text.len())
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+}
+
+fn invalid(what: String) -> StoreError {
+    StoreError::InvalidArgument(what)
+}
+
+fn id_arg(args: &Args, name: &str) -> Result<String, StoreError> {
+    let text = args.text(name)?.to_ascii_lowercase();
+    if !is_id(&text) {
+        return Err(invalid(format!("`{name}` must be 64 hex digits")));
+    }
+    Ok(text)
+}
+
+fn name_arg(args: &Args, name: &str) -> Result<String, StoreError> {
+    let text = args.text(name)?;
+    if text.len() > MAX_NAME {
+        return Err(invalid(format!("`{name}` is longer than {MAX_NAME} bytes")));
+    }
+    Ok(text)
+}
+
+fn one_of(args: &Args, name: &str, allowed: &[&str]) -> Result<String, StoreError> {
+    let text = args.text(name)?;
+    if !allowed.contains(&text.as_str()) {
+        return Err(invalid(format!(
+            "`{name}` must be one of {}",
+            allowed.join(", ")
+        )));
+    }
+    Ok(text)
+}
+
+fn seq_arg(args: &Args, name: &str) -> Result<Option<u64>, StoreError> {
+    match args.opt_integer(name)? {
+        None => Ok(None),
+        Some(n) if n >= 0 => Ok(Some(n as u64)),
+        Some(_) => Err(invalid(format!("`{name}` must not be negative"))),
+    }
+}
+
+/// Refused ranges of a status value, as `(from, to)` with `None` for an open end.
+fn refused_of(status: Option<&Value>) -> Vec<(u64, Option<u64>)> {
+    status
+        .and_then(|v| v.get("refused"))
+        .and_then(Value::as_array)
+        .map(|ranges| {
+            ranges
+                .iter()
+                .filter_map(|r| Some((r.get(0)?.as_u64()?, r.get(1)?.as_u64())))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn refused_json(ranges: &[(u64, Option<u64>)]) -> Value {
+    Value::Array(ranges.iter().map(|(a, b)| json!([a, b])).collect())
+}
+
+/// The entries one command writes (a batch concatenates them).
+fn entries_for(host: &dyn Host, method: &str, args: &Args) -> Result<Vec<Entry>, StoreError> {
+    let t = table();
+    Ok(match method {
+        "set-name" => vec![(
+            "name".into(),
+            Some(json!({"name": name_arg(args, "name")?})),
+        )],
+        "set-strategy" => {
+            let strategy = one_of(args, "strategy", &["independent", "inherited"])?;
+            let value = if strategy == "inherited" {
+                json!({"strategy": strategy, "parent": id_arg(args, "parent")?})
+            } else {
+                json!({"strategy": strategy})
+            };
+            vec![("strategy".into(), Some(value))]
+        }
+        "set-peer-status" => {
+            let peer = id_arg(args, "peer")?;
+            let status = one_of(args, "status", PEER_STATUSES)?;
+            let key = format!("peer/{peer}/status");
+            let (current, _) = t.get_json(host, &key)?;
+            let mut refused = refused_of(current.as_ref());
+            let open = refused.last().is_some_and(|(_, to)| to.is_none());
+            if status == "revoked" {
+                let cut = seq_arg(args, "cut")?.ok_or_else(|| {
+                    invalid("revoking needs `cut`: the peer's last seen sequence".into())
+                })?;
+                if !open {
+                    refused.push((cut.saturating_add(1), None));
+                }
+            } else if open {
+                let resume = seq_arg(args, "resume")?.ok_or_else(|| {
+                    invalid(
+                        "re-activating a revoked peer needs `resume`: its current sequence".into(),
+                    )
+                })?;
+                if let Some((from, to)) = refused.pop()
+                    && resume >= from
+                {
+                    refused.push((from, Some(resume)));
+                    let _ = to;
+                }
+            }
+            if refused.len() > MAX_REFUSED {
+                refused.drain(..refused.len() - MAX_REFUSED);
+            }
+            vec![(
+                key,
+                Some(json!({"status": status, "refused": refused_json(&refused)})),
+            )]
+        }
+        "set-peer-name" => vec![(
+            format!("peer/{}/name", id_arg(args, "peer")?),
+            Some(json!({"name": name_arg(args, "name")?})),
+        )],
+        "add-child" => vec![(
+            format!("child/{}", id_arg(args, "id")?),
+            Some(json!({
+                "alias": name_arg(args, "alias")?,
+                "module": id_arg(args, "module")?,
+                "status": "active",
+            })),
+        )],
+        "set-child-status" => {
+            let id = id_arg(args, "id")?;
+            let status = one_of(args, "status", CHILD_STATUSES)?;
+            let key = format!("child/{id}");
+            let (Some(mut current), _) = t.get_json(host, &key)? else {
+                return Err(invalid(format!("no child store {id}")));
+            };
+            current["status"] = json!(status);
+            vec![(key, Some(current))]
+        }
+        "remove-child" => vec![(format!("child/{}", id_arg(args, "id")?), None)],
+        "add-invite" => vec![(
+            format!("invite/{}", id_arg(args, "hash")?),
+            Some(json!({
+                "status": "valid",
+                "expires_ms": seq_arg(args, "expires_ms")?.ok_or_else(|| invalid("`expires_ms` is required".into()))?,
+                "invited_by": id_arg(args, "invited_by")?,
+            })),
+        )],
+        "claim-invite" | "revoke-invite" => {
+            let hash = id_arg(args, "hash")?;
+            let key = format!("invite/{hash}");
+            let (Some(mut current), _) = t.get_json(host, &key)? else {
+                return Err(invalid("unknown invite".into()));
+            };
+            if current["status"] != "valid" {
+                return Err(invalid(format!("the invite is {}", current["status"])));
+            }
+            if method == "claim-invite" {
+                current["status"] = json!("claimed");
+                current["claimed_by"] = json!(id_arg(args, "by")?);
+            } else {
+                current["status"] = json!("revoked");
+            }
+            vec![(key, Some(current))]
+        }
+        "claim-app" => {
+            let app = args.text("app_id")?;
+            if !is_app_id(&app) {
+                return Err(invalid("`app_id` is 1-64 of a-z 0-9 - .".into()));
+            }
+            vec![(
+                format!("app/{app}"),
+                Some(json!({"by": id_arg(args, "by")?})),
+            )]
+        }
+        "release-app" => vec![(format!("app/{}", args.text("app_id")?), None)],
+        "batch" => {
+            let Some(Value::Array(items)) = args.get("ops") else {
+                return Err(invalid(
+                    "`ops` must be an array of {\"method\", \"args\"}".into(),
+                ));
+            };
+            let mut out: Vec<Entry> = Vec::new();
+            for item in items {
+                let (Some(Value::String(m)), Some(a)) = (item.get("method"), item.get("args"))
+                else {
+                    return Err(invalid(format!(
+                        "batch item {item} needs `method` and `args`"
+                    )));
+                };
+                if m == "batch" {
+                    return Err(invalid("batches do not nest".into()));
+                }
+                for entry in entries_for(host, m, &Args::from_json(a.clone()))? {
+                    out.retain(|(k, _)| *k != entry.0);
+                    out.push(entry);
+                }
+            }
+            out
+        }
+        other => return Err(StoreError::UnknownMethod(other.into())),
+    })
+}
+
+fn reject(key: &str, why: &str) -> StoreError {
+    StoreError::Rejected(format!("system entry `{key}`: {why}"))
+}
+
+fn text_field<'a>(value: &'a Value, field: &str) -> Option<&'a str> {
+    value.get(field).and_then(Value::as_str)
+}
+
+fn check_name(key: &str, value: &Value, field: &str) -> Result<(), StoreError> {
+    match text_field(value, field) {
+        Some(n) if n.len() <= MAX_NAME => Ok(()),
+        _ => Err(reject(
+            key,
+            &format!("`{field}` must be text of at most {MAX_NAME} bytes"),
+        )),
+    }
+}
+
+fn check_id(key: &str, value: &Value, field: &str) -> Result<(), StoreError> {
+    match text_field(value, field) {
+        Some(id) if is_id(id) => Ok(()),
+        _ => Err(reject(key, &format!("`{field}` must be 64 hex digits"))),
+    }
+}
+
+fn check_status(key: &str, value: &Value, allowed: &[&str]) -> Result<(), StoreError> {
+    match text_field(value, "status") {
+        Some(s) if allowed.contains(&s) => Ok(()),
+        _ => Err(reject(
+            key,
+            &format!("`status` must be one of {}", allowed.join(", ")),
+        )),
+    }
+}
+
+/// Checks that an entry's key is one the system table knows and its value has that key's
+/// shape. Deletes are allowed only for children and app claims.
+fn validate(key: &str, value: Option<&Value>) -> Result<(), StoreError> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let Some(value) = value else {
+        return match parts.as_slice() {
+            ["child", id] if is_id(id) => Ok(()),
+            ["app", app] if is_app_id(app) => Ok(()),
+            _ => Err(reject(key, "cannot be deleted")),
+        };
+    };
+    match parts.as_slice() {
+        ["name"] => check_name(key, value, "name"),
+        ["strategy"] => match text_field(value, "strategy") {
+            Some("independent") => Ok(()),
+            Some("inherited") => check_id(key, value, "parent"),
+            _ => Err(reject(key, "`strategy` must be independent or inherited")),
+        },
+        ["peer", peer, "status"] if is_id(peer) => {
+            check_status(key, value, PEER_STATUSES)?;
+            let Some(ranges) = value.get("refused").and_then(Value::as_array) else {
+                return Err(reject(key, "`refused` must be an array"));
+            };
+            let well_formed = ranges.len() <= MAX_REFUSED
+                && ranges.iter().all(|r| {
+                    matches!(r.as_array().map(Vec::as_slice), Some([a, b])
+                        if a.is_u64() && (b.is_null() || b.as_u64().zip(a.as_u64()).is_some_and(|(b, a)| b >= a)))
+                });
+            if well_formed {
+                Ok(())
+            } else {
+                Err(reject(key, "`refused` ranges are [from, to|null]"))
+            }
+        }
+        ["peer", peer, "name"] if is_id(peer) => check_name(key, value, "name"),
+        ["child", id] if is_id(id) => {
+            check_name(key, value, "alias")?;
+            check_id(key, value, "module")?;
+            check_status(key, value, CHILD_STATUSES)
+        }
+        ["invite", hash] if is_id(hash) => {
+            check_status(key, value, INVITE_STATUSES)?;
+            check_id(key, value, "invited_by")?;
+            if !value.get("expires_ms").is_some_and(Value::is_u64) {
+                return Err(reject(key, "`expires_ms` must be an integer"));
+            }
+            if value.get("claimed_by").is_some() {
+                check_id(key, value, "claimed_by")?;
+            }
+            Ok(())
+        }
+        ["app", app] if is_app_id(app) => check_id(key, value, "by"),
+        _ => Err(reject(key, "unknown key")),
+    }
+}
+
+fn peer_json(host: &dyn Host, peer: &str) -> Result<Value, StoreError> {
+    let t = table();
+    let (status, conflicted) = t.get_json(host, &format!("peer/{peer}/status"))?;
+    let (name, _) = t.get_json(host, &format!("peer/{peer}/name"))?;
+    Ok(json!({
+        "peer": peer,
+        "status": status.as_ref().and_then(|s| s.get("status")).cloned().unwrap_or(json!("unknown")),
+        "refused": status.as_ref().and_then(|s| s.get("refused")).cloned().unwrap_or(json!([])),
+        "name": name.as_ref().and_then(|n| n.get("name")).cloned(),
+        "conflicted": conflicted,
+    }))
+}
+
+impl StoreType for System {
+    fn describe() -> Descriptor {
+        use MethodKind::{Command, Query};
+        use ParamKind::{Integer, Json, Text};
+        let id = |name: &str, what: &str| param(name, Text, what);
+        Descriptor {
+            name: "system".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            description: "a store's system table: peers, child stores, name, peer strategy, invites, app claims".into(),
+            methods: vec![
+                method("set-name", Command, "name the store", vec![param("name", Text, "the name")], "{}"),
+                method("set-strategy", Command, "where the store's peer set comes from",
+                    vec![param("strategy", Text, "independent | inherited"),
+                         optional_param("parent", Text, "parent store id (inherited)")], "{}"),
+                method("set-peer-status", Command, "set a peer's status",
+                    vec![id("peer", "peer key (hex)"),
+                         param("status", Text, "invited | active | dormant | revoked"),
+                         optional_param("cut", Integer, "revoking: the peer's last sequence still projected"),
+                         optional_param("resume", Integer, "re-activating: the peer's current sequence")], "{}"),
+                method("set-peer-name", Command, "name a peer",
+                    vec![id("peer", "peer key (hex)"), param("name", Text, "the name")], "{}"),
+                method("add-child", Command, "declare a child store",
+                    vec![id("id", "child store id"), param("alias", Text, "its name here"),
+                         id("module", "its module hash")], "{}"),
+                method("set-child-status", Command, "archive or re-activate a child store",
+                    vec![id("id", "child store id"), param("status", Text, "active | archived")], "{}"),
+                method("remove-child", Command, "forget a child store", vec![id("id", "child store id")], "{}"),
+                method("add-invite", Command, "record an invite by the hash of its secret",
+                    vec![id("hash", "blake3 of the secret"), param("expires_ms", Integer, "expiry, ms since epoch"),
+                         id("invited_by", "inviter key")], "{}"),
+                method("claim-invite", Command, "mark a valid invite used",
+                    vec![id("hash", "blake3 of the secret"), id("by", "joiner key")], "{}"),
+                method("revoke-invite", Command, "withdraw a valid invite", vec![id("hash", "blake3 of the secret")], "{}"),
+                method("claim-app", Command, "claim an app id for this store",
+                    vec![param("app_id", Text, "the app id"), id("by", "claimer key")], "{}"),
+                method("release-app", Command, "release an app id", vec![param("app_id", Text, "the app id")], "{}"),
+                method("batch", Command, "several of the above as one intention",
+                    vec![param("ops", Json, "[{\"method\", \"args\"}]")], "{}"),
+                method("peers", Query, "every peer with status, name and refused ranges", vec![],
+                    "{\"items\": [{\"peer\", \"status\", \"name\", \"refused\", \"conflicted\"}]}"),
+                method("peer", Query, "one peer", vec![id("peer", "peer key (hex)")],
+                    "{\"peer\", \"status\", \"name\", \"refused\", \"conflicted\"}"),
+                method("children", Query, "declared child stores", vec![],
+                    "{\"items\": [{\"id\", \"alias\", \"module\", \"status\", \"conflicted\"}]}"),
+                method("store", Query, "name and peer strategy", vec![], "{\"name\", \"strategy\", \"parent\"}"),
+                method("invite", Query, "an invite by hash", vec![id("hash", "blake3 of the secret")],
+                    "{\"status\", \"expires_ms\", \"invited_by\", \"claimed_by\"} | null"),
+                method("apps", Query, "app-id claims", vec![], "{\"items\": [{\"app_id\", \"by\"}]}"),
+            ],
+        }
+    }
+
+    fn prepare(host: &dyn Host, method: &str, args: &Args) -> Result<Prepared, StoreError> {
+        let entries = entries_for(host, method, args)?;
+        for (k, v) in &entries {
+            validate(k, v.as_ref()).map_err(|e| match e {
+                StoreError::Rejected(m) => StoreError::InvalidArgument(m),
+                other => other,
+            })?;
+        }
+        table().prepare_entries(host, &entries)
+    }
+
+    fn apply(host: &mut dyn Host, op: &Intention) -> Result<(), StoreError> {
+        let entries = decode_entries(&op.ops)?;
+        for (key, value) in &entries {
+            validate(key, value.as_ref())?;
+        }
+        let t = table();
+        for entry in &entries {
+            if let Some(now) = t.apply_entry(host, entry, op)? {
+                let topic = match entry.0.split('/').next() {
+                    Some("name" | "strategy") => "store",
+                    Some(first) => first,
+                    None => "store",
+                };
+                let event = json!({"key": entry.0, "value": now});
+                host.emit(topic, event.to_string().as_bytes());
+            }
+        }
+        Ok(())
+    }
+
+    fn query(host: &dyn Host, method: &str, args: &Args) -> Result<Value, StoreError> {
+        let t = table();
+        match method {
+            "peers" => {
+                let mut items = Vec::new();
+                for (key, _, _) in t.list_json(host, "peer/", usize::MAX)? {
+                    if let ["peer", peer, "status"] = key.split('/').collect::<Vec<_>>().as_slice()
+                    {
+                        items.push(peer_json(host, peer)?);
+                    }
+                }
+                Ok(json!({"items": items}))
+            }
+            "peer" => peer_json(host, &id_arg(args, "peer")?),
+            "children" => {
+                let items: Vec<Value> = t
+                    .list_json(host, "child/", usize::MAX)?
+                    .into_iter()
+                    .map(|(key, mut v, conflicted)| {
+                        v["id"] = json!(key.trim_start_matches("child/"));
+                        v["conflicted"] = json!(conflicted);
+                        v
+                    })
+                    .collect();
+                Ok(json!({"items": items}))
+            }
+            "store" => {
+                let (name, _) = t.get_json(host, "name")?;
+                let (strategy, _) = t.get_json(host, "strategy")?;
+                Ok(json!({
+                    "name": name.as_ref().and_then(|n| n.get("name")).cloned(),
+                    "strategy": strategy.as_ref().and_then(|s| s.get("strategy")).cloned().unwrap_or(json!("independent")),
+                    "parent": strategy.as_ref().and_then(|s| s.get("parent")).cloned(),
+                }))
+            }
+            "invite" => Ok(t
+                .get_json(host, &format!("invite/{}", id_arg(args, "hash")?))?
+                .0
+                .unwrap_or(Value::Null)),
+            "apps" => {
+                let items: Vec<Value> = t
+                    .list_json(host, "app/", usize::MAX)?
+                    .into_iter()
+                    .map(|(key, v, _)| json!({"app_id": key.trim_start_matches("app/"), "by": v["by"]}))
+                    .collect();
+                Ok(json!({"items": items}))
+            }
+            other => Err(StoreError::UnknownMethod(other.into())),
+        }
+    }
+}
+
+lattice_sdk::export_store!(System);
+
+#[cfg(test)]
+mod tests {
+    use lattice_sdk::{Hlc, MemoryHost, encode_entries};
+
+    use super::*;
+
+    fn call(host: &mut MemoryHost, n: u8, method: &str, args: Value) -> Result<(), StoreError> {
+        let prepared = System::prepare(host, method, &Args::from_json(args))?;
+        let op = Intention {
+            hash: vec![n; 32],
+            author: vec![1; 32],
+            hlc: Hlc {
+                wall_ms: u64::from(n),
+                counter: 0,
+            },
+            deps: prepared.deps.clone(),
+            ops: prepared.ops.clone(),
+        };
+        System::apply(host, &op)
+    }
+
+    fn query(host: &MemoryHost, method: &str, args: Value) -> Result<Value, StoreError> {
+        System::query(host, method, &Args::from_json(args))
+    }
+
+    const P: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
+    const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+    #[test]
+    fn revoke_then_reactivate_keeps_the_refused_range() -> Result<(), StoreError> {
+        let mut host = MemoryHost::new();
+        call(
+            &mut host,
+            1,
+            "set-peer-status",
+            json!({"peer": P, "status": "active"}),
+        )?;
+        call(
+            &mut host,
+            2,
+            "set-peer-status",
+            json!({"peer": P, "status": "revoked", "cut": 5}),
+        )?;
+        assert_eq!(
+            query(&host, "peer", json!({"peer": P}))?["refused"],
+            json!([[6, null]])
+        );
+        assert!(
+            call(
+                &mut host,
+                3,
+                "set-peer-status",
+                json!({"peer": P, "status": "active"})
+            )
+            .is_err()
+        );
+        call(
+            &mut host,
+            3,
+            "set-peer-status",
+            json!({"peer": P, "status": "active", "resume": 9}),
+        )?;
+        let peer = query(&host, "peer", json!({"peer": P}))?;
+        assert_eq!(peer["status"], "active");
+        assert_eq!(peer["refused"], json!([[6, 9]]));
+        assert_eq!(host.events.len(), 3);
+        Ok(())
+    }
+
+    #[test]
+    fn children_batches_and_invites() -> Result<(), StoreError> {
+        let mut host = MemoryHost::new();
+        call(
+            &mut host,
+            1,
+            "batch",
+            json!({"ops": [
+                {"method": "set-name", "args": {"name": "home"}},
+                {"method": "add-child", "args": {"id": C, "alias": "notes", "module": P}},
+            ]}),
+        )?;
+        assert_eq!(query(&host, "store", json!({}))?["name"], "home");
+        call(
+            &mut host,
+            2,
+            "set-child-status",
+            json!({"id": C, "status": "archived"}),
+        )?;
+        assert_eq!(
+            query(&host, "children", json!({}))?["items"][0]["status"],
+            "archived"
+        );
+        call(
+            &mut host,
+            3,
+            "add-invite",
+            json!({"hash": C, "expires_ms": 10, "invited_by": P}),
+        )?;
+        call(&mut host, 4, "claim-invite", json!({"hash": C, "by": P}))?;
+        assert_eq!(
+            query(&host, "invite", json!({"hash": C}))?["status"],
+            "claimed"
+        );
+        assert!(call(&mut host, 5, "claim-invite", json!({"hash": C, "by": P})).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn apply_rejects_unknown_keys_and_bad_shapes() {
+        let mut host = MemoryHost::new();
+        for entries in [
+            vec![("bogus".to_string(), Some(json!(1)))],
+            vec![(
+                format!("peer/{P}/status"),
+                Some(json!({"status": "boss", "refused": []})),
+            )],
+            vec![(
+                format!("peer/{P}/status"),
+                Some(json!({"status": "active", "refused": [[5, 2]]})),
+            )],
+            vec![("name".to_string(), None)],
+            vec![(
+                format!("child/{C}"),
+                Some(json!({"alias": "x", "module": "zz", "status": "active"})),
+            )],
+        ] {
+            let op = Intention {
+                hash: vec![9; 32],
+                author: vec![1; 32],
+                hlc: Hlc {
+                    wall_ms: 1,
+                    counter: 0,
+                },
+                deps: vec![],
+                ops: encode_entries(&entries),
+            };
+            assert!(
+                matches!(System::apply(&mut host, &op), Err(StoreError::Rejected(_))),
+                "{entries:?}"
+            );
+        }
+        assert!(host.events.is_empty());
+    }
+}
