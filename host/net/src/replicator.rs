@@ -416,6 +416,8 @@ impl Replicator {
         secret: [u8; 32],
         tip: u64,
     ) -> Result<(), ReplicaError> {
+        // An explicit join is worth a try even while automatic retries wait.
+        self.succeeded(peer);
         self.session(peer, &store, async |s: &mut Stream| {
             lattice_sync::request_join(s, store, secret, tip).await
         })

@@ -48,6 +48,40 @@ pub enum NodeError {
         "the data directory {0} is in use by another Lattice process (a running `lattice daemon`?); stop it, or pass a different --data-dir"
     )]
     Locked(String),
+    /// The network failed or a peer could not be reached.
+    #[error("network: {0}")]
+    Net(String),
+    /// The store is not open on this node (archived, left, or unknown).
+    #[error("store {0} is not open on this node; `lattice store list` shows its state")]
+    NotOpen(String),
+    /// The store's genesis has not arrived yet (a child store being fetched).
+    #[error("store {0} is still being fetched from its peers; try again shortly")]
+    NotReady(String),
+    /// The store inherits its peers from its parent.
+    #[error(
+        "this store shares its parent's peers; invite to or revoke from the parent {0} instead"
+    )]
+    InheritedPeers(String),
+    /// An invite token could not be read.
+    #[error(transparent)]
+    Token(#[from] crate::invite::TokenError),
+    /// The invite's expiry has passed.
+    #[error("this invite has expired; ask the inviter for a new one")]
+    InviteExpired,
+    /// The inviter refused the join.
+    #[error("the inviter refused: {0}")]
+    JoinRefused(String),
+    /// The store is already open here.
+    #[error("this node is already a peer of store {0}")]
+    AlreadyMember(String),
+    /// Archiving applies to child stores only.
+    #[error(
+        "store {0} is a root store; only child stores are archived (leave a root store instead)"
+    )]
+    NotAChild(String),
+    /// Deleting needs the store closed first.
+    #[error("store {0} is open; archive or leave it before deleting its data")]
+    StillOpen(String),
     /// A file or directory operation failed.
     #[error("{path}: {source}")]
     Io {

@@ -1,7 +1,8 @@
 //! `meta.db`: the node's inventory — every store this node keeps (root or child, its parent,
 //! module, and whether it is open, archived or left) and the node's name.
 //!
-//! Tables (redb): `stores` (store id [32] → record), `settings` (text → text).
+//! Tables (redb): `stores` (store id [32] → record), `settings` (text → text), `addrs` (peer
+//! key [32] → its last known direct addresses, `PeerAddr` text).
 //! Record layout: `1u8 | state u8 (0 active, 1 archived, 2 left) | has_parent u8 |
 //! parent [32] | module [32] | name (UTF-8, the rest)`.
 
@@ -15,6 +16,7 @@ use crate::error::NodeError;
 
 const STORES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("stores");
 const SETTINGS: TableDefinition<&str, &str> = TableDefinition::new("settings");
+const ADDRS: TableDefinition<&[u8; 32], &str> = TableDefinition::new("addrs");
 
 /// Whether a store is in use on this node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,6 +118,7 @@ impl MetaDb {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(STORES).map_err(storage)?;
         txn.open_table(SETTINGS).map_err(storage)?;
+        txn.open_table(ADDRS).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(MetaDb { db })
     }
@@ -203,6 +206,35 @@ impl MetaDb {
             .insert(key, value)
             .map_err(storage)?;
         txn.commit().map_err(storage)
+    }
+}
+
+impl MetaDb {
+    /// Remembers how to reach a peer (`PeerAddr` text).
+    ///
+    /// # Errors
+    /// [`NodeError::Meta`].
+    pub fn set_addr(&self, peer: &lattice_model::PubKey, addr: &str) -> Result<(), NodeError> {
+        let txn = self.db.begin_write().map_err(storage)?;
+        txn.open_table(ADDRS)
+            .map_err(storage)?
+            .insert(&peer.0, addr)
+            .map_err(storage)?;
+        txn.commit().map_err(storage)
+    }
+
+    /// Every remembered peer address (`PeerAddr` text).
+    ///
+    /// # Errors
+    /// [`NodeError::Meta`].
+    pub fn addrs(&self) -> Result<Vec<String>, NodeError> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(ADDRS).map_err(storage)?;
+        let mut out = Vec::new();
+        for row in table.iter().map_err(storage)? {
+            out.push(row.map_err(storage)?.1.value().to_string());
+        }
+        Ok(out)
     }
 }
 

@@ -320,6 +320,18 @@ impl Node {
     /// # Errors
     /// [`NodeError::BadGenesis`] without a genesis; storage and module failures.
     pub fn store_from_log(&self, id: StoreId, log: Arc<Log>) -> Result<Store, NodeError> {
+        // A store of a built-in type never waits for its module: install it from the binary.
+        if let Some(genesis) = log
+            .reader()
+            .get(&Hash(id.0))?
+            .and_then(|g| StoreGenesis::decode(g.intention().ops()))
+            && !self.runtime.is_installed(&genesis.module)
+            && let Some((_, bytes)) = BUILTIN_MODULES
+                .iter()
+                .find(|(_, b)| ModuleHash::of(b) == genesis.module)
+        {
+            self.runtime.install(bytes)?;
+        }
         Store::open(
             &self.runtime,
             &self.dir,

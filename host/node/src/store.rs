@@ -31,6 +31,8 @@ pub struct Store {
     system: StoreRuntime,
     filter: AuthorFilter,
     system_events: Vec<WatchEvent>,
+    /// Data partition events kept for [`Store::take_data_events`] (when enabled).
+    data_events: Option<Vec<WatchEvent>>,
     /// A replay is running: the filter stays fixed until it reaches the log head.
     replaying: bool,
     me: PubKey,
@@ -139,6 +141,7 @@ impl Store {
             system,
             filter: AuthorFilter::default(),
             system_events: Vec::new(),
+            data_events: None,
             replaying: false,
             me,
         };
@@ -288,7 +291,24 @@ impl Store {
                 .apply_witnessed(self.log.reader(), &batch, &self.filter, &mut report)?;
         }
         report.cursor = self.data.cursor();
+        if let Some(kept) = self.data_events.as_mut() {
+            kept.extend(report.events.iter().cloned());
+        }
         Ok(report)
+    }
+
+    /// Keeps the data partition's watch events from now on, for
+    /// [`Store::take_data_events`] (off by default, so batch work does not buffer them).
+    pub fn keep_data_events(&mut self) {
+        self.data_events.get_or_insert_with(Vec::new);
+    }
+
+    /// Takes the data partition's watch events kept since the last call.
+    pub fn take_data_events(&mut self) -> Vec<WatchEvent> {
+        self.data_events
+            .as_mut()
+            .map(std::mem::take)
+            .unwrap_or_default()
     }
 
     /// Takes the system table events projected since the last call (peer, child, store,

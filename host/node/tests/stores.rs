@@ -2,7 +2,6 @@
 
 use lattice_log::Incoming;
 use lattice_node::{DataDir, Node, NodeError};
-use lattice_runtime::{BUILTIN_MODULES, ModuleHash};
 use serde_json::json;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -87,17 +86,18 @@ fn counter_sums_increments() -> TestResult {
     Ok(())
 }
 
+/// A store type that is not built in (the test guest): a node without it is headless.
+const EVIL: &[u8] = include_bytes!("../../../tests/guests/dist/evil.wasm");
+
 #[test]
 fn a_headless_replica_witnesses_and_catches_up_when_the_module_arrives() -> TestResult {
-    // Node A creates a kv store and writes.
+    // Node A creates a store of a non-built-in type and writes.
     let a_dir = tempfile::tempdir()?;
     let a = Node::open(DataDir::new(a_dir.path()))?;
-    let mut store = a.create_store(a.resolve_type("kv")?, "shared")?;
-    for i in 0..10 {
-        store.call(
-            "put",
-            &json!({"key": format!("k{i}"), "value": format!("v{i}")}),
-        )?;
+    let module = a.install_module(EVIL)?.hash();
+    let mut store = a.create_store(module, "shared")?;
+    for _ in 0..10 {
+        store.call("op", &json!({"mode": "ok"}))?;
     }
     let id = store.id();
     let digest = store.state_digest()?;
@@ -109,7 +109,7 @@ fn a_headless_replica_witnesses_and_catches_up_when_the_module_arrives() -> Test
         .map(|(_, s)| Incoming::new(s.as_bytes().to_vec()))
         .collect();
 
-    // Node B has no kv module: it witnesses everything, projects nothing.
+    // Node B lacks the module: it witnesses everything, projects no data.
     let b_dir = tempfile::tempdir()?;
     let b = Node::open(DataDir::new(b_dir.path()))?;
     for r in b.ingest_replica(id, intentions)? {
@@ -126,21 +126,40 @@ fn a_headless_replica_witnesses_and_catches_up_when_the_module_arrives() -> Test
             .as_str()
             .is_some_and(|s| s.starts_with("waiting for module"))
     );
-    assert!(replica.call("get", &json!({"key": "k1"})).is_err());
+    assert!(replica.call("get", &json!({})).is_err());
 
     // Installing the module catches projection up to the same state.
-    let kv_bytes = BUILTIN_MODULES
-        .iter()
-        .find(|(n, _)| *n == "kvstore")
-        .map(|(_, b)| *b)
-        .ok_or("no kv")?;
-    let installed = b.install_module(kv_bytes)?;
-    assert_eq!(installed.hash(), ModuleHash::of(kv_bytes));
+    let installed = b.install_module(EVIL)?;
+    assert_eq!(installed.hash(), module);
     let report = replica.project()?;
     assert_eq!(report.applied, 10);
     assert!(!replica.status()?.headless);
     assert_eq!(replica.state_digest()?, digest);
-    assert_eq!(replica.call("get", &json!({"key": "k3"}))?["value"], "v3");
+    assert_eq!(replica.call("get", &json!({}))?["ok"], 10);
+    Ok(())
+}
+
+#[test]
+fn a_replica_of_a_built_in_type_is_never_headless() -> TestResult {
+    let a_dir = tempfile::tempdir()?;
+    let a = Node::open(DataDir::new(a_dir.path()))?;
+    let mut store = a.create_store(a.resolve_type("kv")?, "shared")?;
+    store.call("put", &json!({"key": "k", "value": "v"}))?;
+    let intentions: Vec<Incoming> = store
+        .log()
+        .reader()
+        .witnessed(1, 100)?
+        .into_iter()
+        .map(|(_, s)| Incoming::new(s.as_bytes().to_vec()))
+        .collect();
+    let b_dir = tempfile::tempdir()?;
+    let b = Node::open(DataDir::new(b_dir.path()))?;
+    for r in b.ingest_replica(store.id(), intentions)? {
+        r?;
+    }
+    let mut replica = b.open_store(store.id())?;
+    assert!(!replica.status()?.headless);
+    assert_eq!(replica.call("get", &json!({"key": "k"}))?["value"], "v");
     Ok(())
 }
 

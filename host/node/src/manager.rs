@@ -1,0 +1,962 @@
+//! [`StoreManager`]: a running node — its stores open and replicated, the peer set of each
+//! store kept equal to what its system table says, child stores opened on every peer,
+//! invites, joins, revocation, leaving, archiving, and watchers.
+//!
+//! Every store is replicated with [`Access::Members`]: only its active and dormant peers (for
+//! a child with the inherited strategy: its parent's) may open sessions or gossip it. The
+//! manager reads the peer set from the system table guest's `peers` query whenever the
+//! system partition reports a `peer` event, and opens or closes children on `child` events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use lattice_log::{Log, system_now_ms};
+use lattice_model::{Hash, PubKey, StoreId};
+use lattice_net::{
+    Access, Gossip, IrohNet, JoinHandler, PeerAddr, ReplicaError, ReplicaEvent, Replicator,
+    ReplicatorConfig, Transport,
+};
+use lattice_runtime::{ModuleHash, WatchEvent};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+use crate::error::NodeError;
+use crate::invite::InviteToken;
+use crate::meta::{StoreRecord, StoreState};
+use crate::node::Node;
+use crate::store::{PeerInfo, Store, StoreStatus};
+
+/// Watch events buffered per subscriber before it is told it lagged.
+pub const WATCH_BUFFER: usize = 1024;
+/// How long closing a store waits for replication tasks to let go of its log.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Something a running node did (for watchers, progress and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A store was opened (created, joined, or a child discovered).
+    StoreOpened(StoreId),
+    /// A store was closed (archived, left, or shut down).
+    StoreClosed(StoreId),
+    /// A store's projected state changed.
+    StoreChanged(StoreId),
+}
+
+struct OpenStore {
+    log: Arc<Log>,
+    /// `None` while a child store's genesis has not arrived yet.
+    store: Mutex<Option<Store>>,
+    parent: Option<StoreId>,
+    watch: broadcast::Sender<WatchEvent>,
+}
+
+struct Inner {
+    node: Node,
+    replicator: Replicator,
+    iroh: Option<Arc<IrohNet>>,
+    stores: Mutex<HashMap<StoreId, Arc<OpenStore>>>,
+    events: broadcast::Sender<NodeEvent>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+/// A running node; cheap to clone.
+#[derive(Clone)]
+pub struct StoreManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StoreManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StoreManager({})",
+            self.inner.node.key().public().short()
+        )
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicked holder is a bug elsewhere; the guarded values stay usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What a join did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The store joined.
+    pub store: StoreId,
+    /// Intentions fetched by the bootstrap (0 for a re-join that kept its data).
+    pub fetched: u64,
+}
+
+/// Decides joins for the manager (held weakly by the replicator).
+struct JoinGate(Weak<Inner>);
+
+impl JoinHandler for JoinGate {
+    fn join(&self, peer: PubKey, store: StoreId, secret: [u8; 32], tip: u64) -> Result<(), String> {
+        let inner = self.0.upgrade().ok_or("the node is shutting down")?;
+        StoreManager { inner }.accept_join(peer, store, secret, tip)
+    }
+}
+
+impl StoreManager {
+    /// Starts a node on iroh bound to `listen` (for example `127.0.0.1:0`).
+    ///
+    /// # Errors
+    /// [`NodeError::Net`] when the endpoint cannot be bound; store open failures.
+    pub async fn start_iroh(
+        node: Node,
+        listen: SocketAddr,
+        config: ReplicatorConfig,
+    ) -> Result<StoreManager, NodeError> {
+        // With port 0, take the previous port again when it is free, so peers that know this
+        // node's address reach it after a restart.
+        let previous = node
+            .meta()
+            .setting("listen")?
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .filter(|a| listen.port() == 0 && a.ip() == listen.ip());
+        let net = match previous {
+            Some(addr) => match IrohNet::bind(node.key(), addr).await {
+                Ok(net) => net,
+                Err(e) => {
+                    debug!(%addr, "previous port unavailable ({e}); binding a new one");
+                    IrohNet::bind(node.key(), listen)
+                        .await
+                        .map_err(|e| NodeError::Net(e.to_string()))?
+                }
+            },
+            None => IrohNet::bind(node.key(), listen)
+                .await
+                .map_err(|e| NodeError::Net(e.to_string()))?,
+        };
+        if let Some(bound) = net.local().addrs.first() {
+            node.meta().set_setting("listen", &bound.to_string())?;
+        }
+        Self::start(node, net.clone(), net.clone(), Some(net), config).await
+    }
+
+    /// Starts a node on the given transport: opens every active store of the inventory
+    /// (parents before children) and replicates it.
+    ///
+    /// # Errors
+    /// Store open failures.
+    pub async fn start(
+        node: Node,
+        transport: Arc<dyn Transport>,
+        gossip: Arc<dyn Gossip>,
+        iroh: Option<Arc<IrohNet>>,
+        config: ReplicatorConfig,
+    ) -> Result<StoreManager, NodeError> {
+        let replicator = Replicator::start(transport, gossip, config);
+        let (events, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            node,
+            replicator,
+            iroh,
+            stores: Mutex::new(HashMap::new()),
+            events,
+            tasks: Mutex::new(Vec::new()),
+        });
+        inner
+            .replicator
+            .set_join_handler(Arc::new(JoinGate(Arc::downgrade(&inner))));
+        let manager = StoreManager { inner };
+        for text in manager.inner.node.meta().addrs()? {
+            match text.parse::<PeerAddr>() {
+                Ok(addr) => manager.inner.replicator.add_peer(&addr),
+                Err(e) => warn!("ignoring a malformed remembered peer address: {e}"),
+            }
+        }
+        let mut pending: Vec<StoreRecord> = manager
+            .inner
+            .node
+            .meta()
+            .list()?
+            .into_iter()
+            .filter(|r| r.state == StoreState::Active)
+            .collect();
+        // Parents first: a child's peer set comes from its parent.
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut later = Vec::new();
+            for record in pending {
+                let parent_ready = record.parent.is_none_or(|p| manager.is_open(&p));
+                if parent_ready {
+                    manager.open_registered(&record).await?;
+                } else {
+                    later.push(record);
+                }
+            }
+            if later.len() == before {
+                // Orphans (parent archived or gone): open them on their own.
+                for record in &later {
+                    manager.open_registered(record).await?;
+                }
+                break;
+            }
+            pending = later;
+        }
+        let this = manager.clone();
+        let mut rx = manager.inner.replicator.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                let store = match rx.recv().await {
+                    Ok(
+                        ReplicaEvent::Synced { store, .. }
+                        | ReplicaEvent::Served { store, .. }
+                        | ReplicaEvent::Gossiped { store, .. }
+                        | ReplicaEvent::GapFilled { store, .. },
+                    ) => Some(store),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let targets = match store {
+                    Some(s) => vec![s],
+                    None => this.open_ids(),
+                };
+                for s in targets {
+                    if let Err(e) = this.refresh(&s).await {
+                        warn!(store = %s.short(), "projecting replicated intentions failed: {e}");
+                    }
+                }
+            }
+        });
+        lock(&manager.inner.tasks).push(task);
+        info!(node = %manager.inner.node.key().public().short(), addr = %manager.address(), "node running");
+        Ok(manager)
+    }
+
+    /// The node (identity, inventory, modules).
+    pub fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// This node's network address (`<key>@<ip:port>,…`), what peers dial.
+    pub fn address(&self) -> PeerAddr {
+        self.inner.replicator.local()
+    }
+
+    /// The replicator (for explicit syncs and its events).
+    pub fn replicator(&self) -> &Replicator {
+        &self.inner.replicator
+    }
+
+    /// Node events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        let _ = self.inner.events.send(event);
+    }
+
+    fn is_open(&self, id: &StoreId) -> bool {
+        lock(&self.inner.stores).contains_key(id)
+    }
+
+    fn open_ids(&self) -> Vec<StoreId> {
+        lock(&self.inner.stores).keys().copied().collect()
+    }
+
+    fn open_store(&self, id: &StoreId) -> Result<Arc<OpenStore>, NodeError> {
+        lock(&self.inner.stores)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| NodeError::NotOpen(id.to_string()))
+    }
+
+    /// Finds an open or known store by id prefix.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownStore`], [`NodeError::Ambiguous`].
+    pub fn find(&self, text: &str) -> Result<StoreId, NodeError> {
+        let text = text.trim().to_ascii_lowercase();
+        let matches: Vec<StoreId> = self
+            .inner
+            .node
+            .meta()
+            .list()?
+            .into_iter()
+            .map(|r| r.id)
+            .filter(|id| !text.is_empty() && id.to_string().starts_with(&text))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(NodeError::UnknownStore(text)),
+            _ => Err(NodeError::Ambiguous(text)),
+        }
+    }
+
+    /// Runs `f` on an open store whose genesis is here.
+    fn with_store<T>(
+        &self,
+        id: &StoreId,
+        f: impl FnOnce(&mut Store) -> Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
+        let open = self.open_store(id)?;
+        let mut guard = lock(&open.store);
+        let store = guard
+            .as_mut()
+            .ok_or_else(|| NodeError::NotReady(id.to_string()))?;
+        f(store)
+    }
+
+    /// Gossips the intention a call authored (its result names it).
+    fn publish_result(&self, id: &StoreId, result: &Value) {
+        let Some(hash) = result["hash"].as_str().and_then(|h| Hash::from_hex(h).ok()) else {
+            return;
+        };
+        let Ok(open) = self.open_store(id) else {
+            return;
+        };
+        match open.log.reader().get(&hash) {
+            Ok(Some(signed)) => self.inner.replicator.publish(&signed),
+            Ok(None) => {}
+            Err(e) => warn!(store = %id.short(), "could not read a new intention to gossip: {e}"),
+        }
+    }
+
+    /// The peer set a store is replicated with: its own active and dormant peers, or its
+    /// parent's when it inherits them.
+    fn members_of(&self, id: &StoreId) -> Vec<PubKey> {
+        let mut current = *id;
+        for _ in 0..16 {
+            let Ok(open) = self.open_store(&current) else {
+                return Vec::new();
+            };
+            let inherited = {
+                let mut guard = lock(&open.store);
+                match guard.as_mut() {
+                    Some(store) => {
+                        let info = store.system_info().unwrap_or(Value::Null);
+                        if info["strategy"] == "inherited" {
+                            info["parent"]
+                                .as_str()
+                                .and_then(|p| StoreId::from_hex(p).ok())
+                        } else {
+                            return store
+                                .peers()
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter(PeerInfo::is_member)
+                                .map(|p| p.key)
+                                .collect();
+                        }
+                    }
+                    None => open.parent,
+                }
+            };
+            match inherited {
+                Some(parent) => current = parent,
+                None => return Vec::new(),
+            }
+        }
+        Vec::new()
+    }
+
+    /// Pushes the peer set of `id` and of every open store inheriting from it to the
+    /// replicator.
+    fn update_members(&self, id: &StoreId) {
+        let open: Vec<(StoreId, Option<StoreId>)> = lock(&self.inner.stores)
+            .iter()
+            .map(|(k, v)| (*k, v.parent))
+            .collect();
+        let mut todo = vec![*id];
+        let mut seen = Vec::new();
+        while let Some(s) = todo.pop() {
+            if seen.contains(&s) {
+                continue;
+            }
+            seen.push(s);
+            let members = self.members_of(&s);
+            self.inner.replicator.set_members(&s, members);
+            todo.extend(open.iter().filter(|(_, p)| *p == Some(s)).map(|(k, _)| *k));
+        }
+    }
+
+    /// Opens a store of the inventory and starts replicating it.
+    async fn open_registered(&self, record: &StoreRecord) -> Result<(), NodeError> {
+        if self.is_open(&record.id) {
+            return Ok(());
+        }
+        let log = Arc::new(self.inner.node.open_log(record.id)?);
+        let has_genesis = log.reader().get(&Hash(record.id.0))?.is_some();
+        let store = if has_genesis {
+            Some(self.inner.node.store_from_log(record.id, log.clone())?)
+        } else {
+            None
+        };
+        self.insert_open(record.id, log, store, record.parent).await
+    }
+
+    async fn insert_open(
+        &self,
+        id: StoreId,
+        log: Arc<Log>,
+        store: Option<Store>,
+        parent: Option<StoreId>,
+    ) -> Result<(), NodeError> {
+        let (watch, _) = broadcast::channel(WATCH_BUFFER);
+        let store = store.map(|mut s| {
+            s.keep_data_events();
+            s
+        });
+        let open = Arc::new(OpenStore {
+            log: log.clone(),
+            store: Mutex::new(store),
+            parent,
+            watch,
+        });
+        lock(&self.inner.stores).insert(id, open);
+        let members = self.members_of(&id);
+        self.inner
+            .replicator
+            .add_store_with(log, members, Access::Members)
+            .await
+            .map_err(|e| NodeError::Net(e.to_string()))?;
+        self.emit(NodeEvent::StoreOpened(id));
+        self.reconcile_children(&id).await?;
+        Ok(())
+    }
+
+    /// Projects what replication brought, then acts on system table changes: peer sets,
+    /// children to open or close. Opens a pending child once its genesis is here.
+    async fn refresh(&self, id: &StoreId) -> Result<(), NodeError> {
+        let Ok(open) = self.open_store(id) else {
+            return Ok(());
+        };
+        let (system_events, data_events) = {
+            let mut guard = lock(&open.store);
+            if guard.is_none() {
+                if open.log.reader().get(&Hash(id.0))?.is_none() {
+                    return Ok(());
+                }
+                let mut store = self.inner.node.store_from_log(*id, open.log.clone())?;
+                store.keep_data_events();
+                *guard = Some(store);
+                info!(store = %id.short(), "genesis arrived; store open");
+            }
+            let Some(store) = guard.as_mut() else {
+                return Ok(());
+            };
+            store.project()?;
+            (store.take_system_events(), store.take_data_events())
+        };
+        let changed = !data_events.is_empty() || !system_events.is_empty();
+        for e in data_events {
+            let _ = open.watch.send(e);
+        }
+        if system_events
+            .iter()
+            .any(|e| e.topic == "peer" || e.topic == "store")
+        {
+            self.update_members(id);
+        }
+        if system_events.iter().any(|e| e.topic == "child") {
+            Box::pin(self.reconcile_children(id)).await?;
+        }
+        if changed {
+            self.emit(NodeEvent::StoreChanged(*id));
+        }
+        Ok(())
+    }
+
+    /// Opens the active children declared in `id`'s system table that are not open, and
+    /// closes the archived or removed ones this node has open.
+    async fn reconcile_children(&self, id: &StoreId) -> Result<(), NodeError> {
+        let children = match self.with_store(id, |s| s.children()) {
+            Ok(c) => c,
+            Err(NodeError::NotReady(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for child in &children {
+            let known = self.inner.node.meta().get(&child.id)?;
+            let left = known.as_ref().is_some_and(|r| r.state == StoreState::Left);
+            if child.status == "active" && !self.is_open(&child.id) && !left {
+                let record = StoreRecord {
+                    id: child.id,
+                    parent: Some(*id),
+                    module: ModuleHash::from_hex(&child.module).unwrap_or(ModuleHash([0; 32])),
+                    name: child.alias.clone(),
+                    state: StoreState::Active,
+                };
+                self.inner.node.meta().put(&record)?;
+                info!(parent = %id.short(), child = %child.id.short(), "opening child store");
+                Box::pin(self.open_registered(&record)).await?;
+            } else if child.status == "archived" && self.is_open(&child.id) {
+                info!(parent = %id.short(), child = %child.id.short(), "closing archived child store");
+                Box::pin(self.close_tree(&child.id, StoreState::Archived)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes `id` and every open store below it, depth first, recording `state`.
+    async fn close_tree(&self, id: &StoreId, state: StoreState) -> Result<(), NodeError> {
+        let children: Vec<StoreId> = lock(&self.inner.stores)
+            .iter()
+            .filter(|(_, v)| v.parent == Some(*id))
+            .map(|(k, _)| *k)
+            .collect();
+        for child in children {
+            Box::pin(self.close_tree(&child, state)).await?;
+        }
+        self.close(id).await?;
+        if let Some(mut record) = self.inner.node.meta().get(id)? {
+            record.state = state;
+            self.inner.node.meta().put(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Stops replicating a store and closes it, waiting until its log is closed.
+    async fn close(&self, id: &StoreId) -> Result<(), NodeError> {
+        self.inner.replicator.remove_store(id);
+        let Some(open) = lock(&self.inner.stores).remove(id) else {
+            return Ok(());
+        };
+        let store = lock(&open.store).take();
+        let log = open.log.clone();
+        drop(open);
+        drop(store);
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        let mut log = log;
+        loop {
+            match Arc::try_unwrap(log) {
+                Ok(l) => {
+                    l.close()?;
+                    break;
+                }
+                Err(still) if tokio::time::Instant::now() < deadline => {
+                    log = still;
+                    // Sessions still hold the log; they end on their own shortly.
+                    tokio::task::yield_now().await;
+                }
+                Err(_) => {
+                    warn!(store = %id.short(), "log still in use after closing; it closes when the last session ends");
+                    break;
+                }
+            }
+        }
+        self.emit(NodeEvent::StoreClosed(*id));
+        Ok(())
+    }
+
+    // ---- operations ----
+
+    /// Creates a store of `store_type` (see [`Node::resolve_type`]); with `parent`, as a
+    /// child declared in the parent's system table (so it opens on every peer of the parent).
+    ///
+    /// # Errors
+    /// Unknown type, parent not open, storage failures.
+    pub async fn create(
+        &self,
+        store_type: &str,
+        name: &str,
+        parent: Option<StoreId>,
+    ) -> Result<StoreId, NodeError> {
+        let module = self.inner.node.resolve_type(store_type)?;
+        if let Some(p) = &parent {
+            self.with_store(p, |_| Ok(()))?;
+        }
+        let store = self.inner.node.create_child(module, name, parent)?;
+        let id = store.id();
+        let log = store.log().clone();
+        self.insert_open(id, log, Some(store), parent).await?;
+        if let Some(p) = parent {
+            let result = self.with_store(&p, |s| {
+                s.system_call(
+                    "add-child",
+                    &json!({"id": id.to_string(), "alias": name, "module": module.to_string()}),
+                )
+            })?;
+            self.publish_result(&p, &result);
+        }
+        info!(store = %id.short(), parent = ?parent.map(|p| p.short()), "store created");
+        Ok(id)
+    }
+
+    /// Calls a method of a store's type; commands are gossiped to its peers.
+    ///
+    /// # Errors
+    /// As [`Store::call`]; [`NodeError::NotOpen`].
+    pub fn call(&self, id: &StoreId, method: &str, args: &Value) -> Result<Value, NodeError> {
+        let (result, events) = self.with_store(id, |s| {
+            let result = s.call(method, args)?;
+            Ok((result, s.take_data_events()))
+        })?;
+        self.publish_result(id, &result);
+        if let Ok(open) = self.open_store(id) {
+            for e in events {
+                let _ = open.watch.send(e);
+            }
+        }
+        if result.get("hash").is_some() {
+            self.emit(NodeEvent::StoreChanged(*id));
+        }
+        Ok(result)
+    }
+
+    /// Calls a system table method of a store (peers, children, …); commands are gossiped.
+    ///
+    /// # Errors
+    /// As [`Store::system_call`].
+    pub fn system_call(
+        &self,
+        id: &StoreId,
+        method: &str,
+        args: &Value,
+    ) -> Result<Value, NodeError> {
+        let result = self.with_store(id, |s| s.system_call(method, args))?;
+        self.publish_result(id, &result);
+        Ok(result)
+    }
+
+    /// A store's status.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`], storage failures.
+    pub fn status(&self, id: &StoreId) -> Result<StoreStatus, NodeError> {
+        self.with_store(id, |s| s.status())
+    }
+
+    /// A digest of a store's projected state (both partitions).
+    ///
+    /// # Errors
+    /// As [`StoreManager::status`].
+    pub fn state_digest(&self, id: &StoreId) -> Result<Hash, NodeError> {
+        self.with_store(id, |s| {
+            s.project()?;
+            s.state_digest()
+        })
+    }
+
+    /// A store's peers as its system table records them (inherited ones for a child).
+    ///
+    /// # Errors
+    /// As [`StoreManager::status`].
+    pub fn peers(&self, id: &StoreId) -> Result<Vec<PeerInfo>, NodeError> {
+        let mut current = *id;
+        for _ in 0..16 {
+            let info = self.with_store(&current, |s| s.system_info())?;
+            match info["parent"]
+                .as_str()
+                .and_then(|p| StoreId::from_hex(p).ok())
+            {
+                Some(parent) if info["strategy"] == "inherited" => current = parent,
+                _ => return self.with_store(&current, |s| s.peers()),
+            }
+        }
+        Err(NodeError::NotReady(id.to_string()))
+    }
+
+    /// Every store in the inventory with its state.
+    ///
+    /// # Errors
+    /// [`NodeError::Meta`].
+    pub fn list(&self) -> Result<Vec<StoreRecord>, NodeError> {
+        self.inner.node.meta().list()
+    }
+
+    /// Watch events of a store's data partition from now on (bounded: a slow subscriber
+    /// gets [`broadcast::error::RecvError::Lagged`] with the number it missed).
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`].
+    pub fn watch(&self, id: &StoreId) -> Result<broadcast::Receiver<WatchEvent>, NodeError> {
+        Ok(self.open_store(id)?.watch.subscribe())
+    }
+
+    /// Issues a one-time invite to store `id`, valid for `ttl`. Only the secret's hash is
+    /// recorded (in the system table, so any peer can see an invite was issued).
+    ///
+    /// # Errors
+    /// [`NodeError::InheritedPeers`] for a child store (invite to its root instead);
+    /// storage failures.
+    pub fn invite(&self, id: &StoreId, ttl: Duration) -> Result<InviteToken, NodeError> {
+        let info = self.with_store(id, |s| s.system_info())?;
+        if info["strategy"] == "inherited" {
+            return Err(NodeError::InheritedPeers(
+                info["parent"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| NodeError::Net(format!("no randomness: {e}")))?;
+        let expires_ms = system_now_ms().saturating_add(ttl.as_millis() as u64);
+        let me = self.inner.node.key().public();
+        let result = self.system_call(
+            id,
+            "add-invite",
+            &json!({
+                "hash": hex::encode(InviteToken::secret_hash(&secret)),
+                "expires_ms": expires_ms,
+                "invited_by": me.to_string(),
+            }),
+        )?;
+        debug!(store = %id.short(), intention = %result["hash"], "invite recorded");
+        Ok(InviteToken {
+            store: *id,
+            inviter: me,
+            addrs: self.address().addrs,
+            secret,
+            expires_ms,
+        })
+    }
+
+    /// Inviter side of a join: checks the invite and records the joiner as an active peer.
+    fn accept_join(
+        &self,
+        peer: PubKey,
+        store: StoreId,
+        secret: [u8; 32],
+        tip: u64,
+    ) -> Result<(), String> {
+        if !self.is_open(&store) {
+            return Err(format!(
+                "the inviter has no store {} open; the token is for another mesh or the store was closed",
+                store.short()
+            ));
+        }
+        let hash = hex::encode(InviteToken::secret_hash(&secret));
+        let invite = self
+            .with_store(&store, |s| {
+                s.project()?;
+                s.system_query("invite", &json!({"hash": hash}))
+            })
+            .map_err(|e| format!("the inviter could not check the invite: {e}"))?;
+        match invite["status"].as_str() {
+            None => return Err("unknown invite: this token was not issued for this store".into()),
+            Some("claimed") => return Err("this invite was already used; ask for a new one".into()),
+            Some("revoked") => return Err("this invite was withdrawn; ask for a new one".into()),
+            Some(_) => {}
+        }
+        if invite["expires_ms"]
+            .as_u64()
+            .is_none_or(|e| e <= system_now_ms())
+        {
+            return Err("this invite has expired; ask for a new one".into());
+        }
+        let ops = json!({"ops": [
+            {"method": "claim-invite", "args": {"hash": hash, "by": peer.to_string()}},
+            {"method": "set-peer-status", "args": {"peer": peer.to_string(), "status": "active", "resume": tip}},
+        ]});
+        self.system_call(&store, "batch", &ops)
+            .map_err(|e| format!("the inviter could not record the join: {e}"))?;
+        self.update_members(&store);
+        Ok(())
+    }
+
+    /// Joins the store an invite token is for: presents the token to the inviter, then
+    /// bootstraps the store from it (`progress` gets the number of intentions fetched so far)
+    /// and opens it; its children open as their declarations arrive. A store this node left
+    /// keeps its data and only catches up.
+    ///
+    /// # Errors
+    /// [`NodeError::Token`] for an unreadable or expired token, [`NodeError::JoinRefused`]
+    /// with the inviter's reason, [`NodeError::Net`] when the inviter cannot be reached.
+    pub async fn join(
+        &self,
+        token: &str,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<Joined, NodeError> {
+        let token = InviteToken::decode(token)?;
+        if token.expires_ms <= system_now_ms() {
+            return Err(NodeError::InviteExpired);
+        }
+        let me = self.inner.node.key().public();
+        if token.inviter == me {
+            return Err(NodeError::JoinRefused(
+                "this token was issued by this node".into(),
+            ));
+        }
+        if self.is_open(&token.store) {
+            return Err(NodeError::AlreadyMember(token.store.to_string()));
+        }
+        let id = token.store;
+        let known = self.inner.node.meta().get(&id)?;
+        let log = Arc::new(self.inner.node.open_log(id)?);
+        let tip = match log.reader().tip(&me)? {
+            Some(h) => log.reader().dag_info(&h)?.map_or(0, |i| i.author_seq),
+            None => 0,
+        };
+        let inviter = PeerAddr {
+            id: token.inviter,
+            addrs: token.addrs.clone(),
+        };
+        self.inner.replicator.add_peer(&inviter);
+        self.inner
+            .node
+            .meta()
+            .set_addr(&token.inviter, &inviter.to_string())?;
+        let joined = self
+            .inner
+            .replicator
+            .join(&token.inviter, id, token.secret, tip)
+            .await;
+        if let Err(e) = joined {
+            drop(log);
+            return Err(match e {
+                ReplicaError::Session(lattice_sync::SessionError::Refused(reason)) => {
+                    NodeError::JoinRefused(reason)
+                }
+                other => NodeError::Net(format!(
+                    "could not reach the inviter {}: {other}",
+                    token.inviter.short()
+                )),
+            });
+        }
+        let fetched = if log.reader().get(&Hash(id.0))?.is_none() {
+            let (_, report) = self
+                .inner
+                .replicator
+                .bootstrap(&log, &[token.inviter], &mut progress)
+                .await
+                .map_err(|e| NodeError::Net(format!("bootstrap failed: {e}")))?;
+            report.witnessed
+        } else {
+            0
+        };
+        let store = self.inner.node.store_from_log(id, log.clone())?;
+        let record = StoreRecord {
+            id,
+            parent: None,
+            module: store.genesis().module,
+            name: store.genesis().name.clone(),
+            state: StoreState::Active,
+        };
+        let record = StoreRecord {
+            parent: known.and_then(|k| k.parent),
+            ..record
+        };
+        self.inner.node.meta().put(&record)?;
+        self.insert_open(id, log, Some(store), record.parent)
+            .await?;
+        let name = self.inner.node.name()?;
+        if !name.is_empty() {
+            self.system_call(
+                &id,
+                "set-peer-name",
+                &json!({"peer": me.to_string(), "name": name}),
+            )?;
+        }
+        let _ = self.inner.replicator.sync(&id, &token.inviter).await;
+        self.refresh(&id).await?;
+        Ok(Joined { store: id, fetched })
+    }
+
+    /// Revokes `peer` from store `id`: its connections and gossip are refused at once and
+    /// its intentions after the last one this node has seen are not projected by anyone.
+    ///
+    /// # Errors
+    /// [`NodeError::InheritedPeers`] for a child; storage failures.
+    pub fn revoke_peer(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
+        let info = self.with_store(id, |s| s.system_info())?;
+        if info["strategy"] == "inherited" {
+            return Err(NodeError::InheritedPeers(
+                info["parent"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+        let open = self.open_store(id)?;
+        let cut = match open.log.reader().tip(peer)? {
+            Some(h) => open.log.reader().dag_info(&h)?.map_or(0, |i| i.author_seq),
+            None => 0,
+        };
+        let result = self.system_call(
+            id,
+            "set-peer-status",
+            &json!({"peer": peer.to_string(), "status": "revoked", "cut": cut}),
+        )?;
+        self.update_members(id);
+        Ok(result)
+    }
+
+    /// Leaves store `id` (and its children): revokes this node's own key (so its peers stop
+    /// syncing with it), tells the peers it can reach, closes the stores and keeps the data
+    /// for a later re-join.
+    ///
+    /// # Errors
+    /// [`NodeError::InheritedPeers`] for a child; storage failures.
+    pub async fn leave(&self, id: &StoreId) -> Result<(), NodeError> {
+        let me = self.inner.node.key().public();
+        let members = self.members_of(id);
+        self.revoke_peer(id, &me)?;
+        for peer in members.iter().filter(|p| **p != me) {
+            if let Err(e) = self.inner.replicator.sync(id, peer).await {
+                debug!(peer = %peer.short(), "could not tell a peer about leaving: {e}");
+            }
+        }
+        self.close_tree(id, StoreState::Left).await
+    }
+
+    /// Archives a child store in its parent's system table: every peer closes it, data stays.
+    ///
+    /// # Errors
+    /// [`NodeError::NotAChild`] for a root store.
+    pub async fn archive(&self, id: &StoreId, archived: bool) -> Result<(), NodeError> {
+        let record = self
+            .inner
+            .node
+            .meta()
+            .get(id)?
+            .ok_or_else(|| NodeError::UnknownStore(id.to_string()))?;
+        let parent = record
+            .parent
+            .ok_or_else(|| NodeError::NotAChild(id.to_string()))?;
+        let status = if archived { "archived" } else { "active" };
+        self.system_call(
+            &parent,
+            "set-child-status",
+            &json!({"id": id.to_string(), "status": status}),
+        )?;
+        if !archived && let Some(mut record) = self.inner.node.meta().get(id)? {
+            record.state = StoreState::Active;
+            self.inner.node.meta().put(&record)?;
+        }
+        self.refresh(&parent).await
+    }
+
+    /// Deletes the local data of a store that is not open (archived or left).
+    ///
+    /// # Errors
+    /// [`NodeError::StillOpen`] for an open store; file errors.
+    pub fn delete(&self, id: &StoreId) -> Result<(), NodeError> {
+        if self.is_open(id) {
+            return Err(NodeError::StillOpen(id.to_string()));
+        }
+        let dir = self.inner.node.dir().store_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(NodeError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                });
+            }
+        }
+        self.inner.node.meta().remove(id)
+    }
+
+    /// Closes every store (waiting for each log to close), stops replication and the network.
+    pub async fn shutdown(&self) {
+        for t in lock(&self.inner.tasks).drain(..) {
+            t.abort();
+        }
+        self.inner.replicator.shutdown();
+        for id in self.open_ids() {
+            if let Err(e) = self.close(&id).await {
+                warn!(store = %id.short(), "closing failed: {e}");
+            }
+        }
+        if let Some(net) = &self.inner.iroh {
+            net.shutdown().await;
+        }
+    }
+}

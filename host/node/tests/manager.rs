@@ -1,0 +1,206 @@
+//! Running nodes on iroh loopback: create, invite, join, child stores, revocation, leave and
+//! re-join, restart. Waits are event-driven (node events) with a deadline.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use lattice_model::StoreId;
+use lattice_net::ReplicatorConfig;
+use lattice_node::{DataDir, Node, NodeError, StoreManager, StoreState};
+use serde_json::{Value, json};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn config() -> ReplicatorConfig {
+    ReplicatorConfig {
+        anti_entropy: Duration::from_secs(1),
+        min_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_secs(1),
+        ..ReplicatorConfig::default()
+    }
+}
+
+async fn start(dir: &std::path::Path) -> Result<StoreManager, NodeError> {
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    StoreManager::start_iroh(Node::open(DataDir::new(dir))?, loopback, config()).await
+}
+
+/// Waits until `check` holds, re-checking on every node event of `nodes` (or at least every
+/// 250 ms, since a condition may also change without an event on these nodes).
+async fn until(nodes: &[&StoreManager], what: &str, mut check: impl FnMut() -> bool) -> TestResult {
+    let mut rxs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        if check() {
+            return Ok(());
+        }
+        if tokio::time::Instant::now() > deadline {
+            return Err(format!("timed out waiting for {what}").into());
+        }
+        let any = futures_any(&mut rxs);
+        let _ = tokio::time::timeout(Duration::from_millis(250), any).await;
+    }
+}
+
+async fn futures_any(rxs: &mut [tokio::sync::broadcast::Receiver<lattice_node::NodeEvent>]) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(1);
+    let mut tasks = Vec::new();
+    for r in rxs.iter() {
+        let mut r = r.resubscribe();
+        let tx = tx.clone();
+        tasks.push(tokio::spawn(async move {
+            let _ = r.recv().await;
+            let _ = tx.send(()).await;
+        }));
+    }
+    rx.recv().await;
+    for t in tasks {
+        t.abort();
+    }
+}
+
+fn get(node: &StoreManager, store: &StoreId, key: &str) -> Value {
+    node.call(store, "get", &json!({"key": key}))
+        .map(|v| v["value"].clone())
+        .unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> TestResult {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let a = start(dirs[0].path()).await?;
+    let b = start(dirs[1].path()).await?;
+    let c = start(dirs[2].path()).await?;
+
+    // A creates a kv store and invites B and C.
+    let store = a.create("kv", "shared", None).await?;
+    a.call(&store, "put", &json!({"key": "greeting", "value": "hello"}))?;
+    for joiner in [&b, &c] {
+        let token = a.invite(&store, Duration::from_secs(600))?.encode();
+        let joined = joiner.join(&token, |_| {}).await?;
+        assert_eq!(joined.store, store);
+        assert!(joined.fetched >= 3);
+        assert_eq!(get(joiner, &store, "greeting"), "hello");
+    }
+    // Bad tokens get clear errors and change nothing.
+    let garbage = b.join("not a token", |_| {}).await;
+    assert!(matches!(garbage, Err(NodeError::Token(_))), "{garbage:?}");
+    let expired = a.invite(&store, Duration::ZERO)?.encode();
+    assert!(matches!(
+        b.join(&expired, |_| {}).await,
+        Err(NodeError::InviteExpired)
+    ));
+    let again = a.invite(&store, Duration::from_secs(600))?.encode();
+    assert!(matches!(
+        b.join(&again, |_| {}).await,
+        Err(NodeError::AlreadyMember(_))
+    ));
+    let mut wrong_mesh = a.invite(&store, Duration::from_secs(600))?;
+    wrong_mesh.store = StoreId([7; 32]);
+    let refused = b.join(&wrong_mesh.encode(), |_| {}).await;
+    assert!(
+        matches!(&refused, Err(NodeError::JoinRefused(r)) if r.contains("no store")),
+        "{refused:?}"
+    );
+
+    // B leaves; its used token is refused, an expired one too; a fresh one re-joins it and
+    // it keeps its data.
+    let token = a.invite(&store, Duration::from_secs(600))?.encode();
+    b.leave(&store).await?;
+    assert!(
+        b.list()?
+            .iter()
+            .any(|r| r.id == store && r.state == StoreState::Left)
+    );
+    let expired_err = b.join(&expired, |_| {}).await;
+    assert!(
+        matches!(expired_err, Err(NodeError::InviteExpired)),
+        "{expired_err:?}"
+    );
+    let rejoined = b.join(&token, |_| {}).await?;
+    assert_eq!(rejoined.fetched, 0, "a re-join keeps its data");
+    b.leave(&store).await?;
+    let reused = b.join(&token, |_| {}).await;
+    assert!(
+        matches!(&reused, Err(NodeError::JoinRefused(r)) if r.contains("already used")),
+        "{reused:?}"
+    );
+    let token = a.invite(&store, Duration::from_secs(600))?.encode();
+    b.join(&token, |_| {}).await?;
+
+    // Writes from every node converge everywhere.
+    b.call(&store, "put", &json!({"key": "from-b", "value": "1"}))?;
+    c.call(&store, "put", &json!({"key": "from-c", "value": "2"}))?;
+    until(&[&a, &b, &c], "writes to converge", || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| get(n, &store, "from-b") == "1" && get(n, &store, "from-c") == "2")
+    })
+    .await?;
+
+    // A child store created on A opens on B and C.
+    let child = a.create("counter", "tally", Some(store)).await?;
+    a.call(&child, "increment", &json!({"by": 2}))?;
+    until(&[&a, &b, &c], "the child store on every node", || {
+        [&b, &c].iter().all(|n| {
+            n.call(&child, "get", &json!({}))
+                .is_ok_and(|v| v["value"] == 2)
+        })
+    })
+    .await?;
+
+    // Revoking C: its later writes are refused everywhere.
+    let c_key = c.node().key().public();
+    a.revoke_peer(&store, &c_key)?;
+    c.call(
+        &store,
+        "put",
+        &json!({"key": "from-c", "value": "after revocation"}),
+    )?;
+    b.call(&store, "put", &json!({"key": "marker", "value": "m"}))?;
+    until(&[&a, &b], "the marker", || get(&a, &store, "marker") == "m").await?;
+    assert_eq!(get(&a, &store, "from-c"), "2");
+    assert_eq!(get(&b, &store, "from-c"), "2");
+    let peers = a.peers(&store)?;
+    assert!(
+        peers
+            .iter()
+            .any(|p| p.key == c_key && p.status == "revoked")
+    );
+
+    // Restart B: everything is still there and it keeps replicating.
+    let b_digest = b.state_digest(&store)?;
+    b.shutdown().await;
+    drop(b);
+    let b = start(dirs[1].path()).await?;
+    assert_eq!(b.state_digest(&store)?, b_digest);
+    assert!(
+        b.list()?
+            .iter()
+            .any(|r| r.id == child && r.state == StoreState::Active)
+    );
+    a.call(
+        &store,
+        "put",
+        &json!({"key": "after-restart", "value": "yes"}),
+    )?;
+    until(&[&a, &b], "B to catch up after restart", || {
+        get(&b, &store, "after-restart") == "yes"
+    })
+    .await?;
+
+    a.shutdown().await;
+    b.shutdown().await;
+    c.shutdown().await;
+    Ok(())
+}
