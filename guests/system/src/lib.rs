@@ -7,6 +7,7 @@
 //! | `strategy` | `{"strategy": "independent"}` or `{"strategy": "inherited", "parent": id}` |
 //! | `peer/<key>/status` | `{"status": "invited"\|"active"\|"dormant"\|"revoked", "refused": [[from, to\|null]]}` |
 //! | `peer/<key>/name` | `{"name"}` |
+//! | `peer/<key>/addrs` | `{"addrs": ["ip:port", …]}`: where the peer last said it listens |
 //! | `child/<store id>` | `{"alias", "module", "status": "active"\|"archived"}` |
 //! | `invite/<blake3 of secret>` | `{"status": "valid"\|"claimed"\|"revoked", "expires_ms", "invited_by", "claimed_by"?}` |
 //! | `app/<app id>` | `{"by": key}`: an app-id claim |
@@ -31,6 +32,8 @@ use serde_json::{Value, json};
 const TABLE: &[u8] = b"sys/";
 /// Longest name or alias (bytes).
 pub const MAX_NAME: usize = 256;
+/// Most addresses recorded per peer.
+pub const MAX_ADDRS: usize = 16;
 /// Most refused ranges kept per peer.
 pub const MAX_REFUSED: usize = 64;
 
@@ -173,6 +176,15 @@ fn entries_for(host: &dyn Host, method: &str, args: &Args) -> Result<Vec<Entry>,
             format!("peer/{}/name", id_arg(args, "peer")?),
             Some(json!({"name": name_arg(args, "name")?})),
         )],
+        "set-peer-addrs" => {
+            let peer = id_arg(args, "peer")?;
+            let Some(Value::Array(addrs)) = args.get("addrs") else {
+                return Err(invalid(
+                    "`addrs` must be an array of \"ip:port\" texts".into(),
+                ));
+            };
+            vec![(format!("peer/{peer}/addrs"), Some(json!({"addrs": addrs})))]
+        }
         "add-child" => vec![(
             format!("child/{}", id_arg(args, "id")?),
             Some(json!({
@@ -326,6 +338,20 @@ fn validate(key: &str, value: Option<&Value>) -> Result<(), StoreError> {
             }
         }
         ["peer", peer, "name"] if is_id(peer) => check_name(key, value, "name"),
+        ["peer", peer, "addrs"] if is_id(peer) => {
+            let ok = value
+                .get("addrs")
+                .and_then(Value::as_array)
+                .is_some_and(|a| {
+                    a.len() <= MAX_ADDRS
+                        && a.iter().all(|x| x.as_str().is_some_and(|t| t.len() <= 64))
+                });
+            if ok {
+                Ok(())
+            } else {
+                Err(reject(key, "`addrs` is at most 16 texts"))
+            }
+        }
         ["child", id] if is_id(id) => {
             check_name(key, value, "alias")?;
             check_id(key, value, "module")?;
@@ -351,8 +377,10 @@ fn peer_json(host: &dyn Host, peer: &str) -> Result<Value, StoreError> {
     let t = table();
     let (status, conflicted) = t.get_json(host, &format!("peer/{peer}/status"))?;
     let (name, _) = t.get_json(host, &format!("peer/{peer}/name"))?;
+    let (addrs, _) = t.get_json(host, &format!("peer/{peer}/addrs"))?;
     Ok(json!({
         "peer": peer,
+        "addrs": addrs.as_ref().and_then(|a| a.get("addrs")).cloned().unwrap_or(json!([])),
         "status": status.as_ref().and_then(|s| s.get("status")).cloned().unwrap_or(json!("unknown")),
         "refused": status.as_ref().and_then(|s| s.get("refused")).cloned().unwrap_or(json!([])),
         "name": name.as_ref().and_then(|n| n.get("name")).cloned(),
@@ -381,6 +409,8 @@ impl StoreType for System {
                          optional_param("resume", Integer, "re-activating: the peer's current sequence")], "{}"),
                 method("set-peer-name", Command, "name a peer",
                     vec![id("peer", "peer key (hex)"), param("name", Text, "the name")], "{}"),
+                method("set-peer-addrs", Command, "record where a peer listens",
+                    vec![id("peer", "peer key (hex)"), param("addrs", ParamKind::TextList, "[\"ip:port\"]")], "{}"),
                 method("add-child", Command, "declare a child store",
                     vec![id("id", "child store id"), param("alias", Text, "its name here"),
                          id("module", "its module hash")], "{}"),
@@ -399,7 +429,7 @@ impl StoreType for System {
                 method("batch", Command, "several of the above as one intention",
                     vec![param("ops", Json, "[{\"method\", \"args\"}]")], "{}"),
                 method("peers", Query, "every peer with status, name and refused ranges", vec![],
-                    "{\"items\": [{\"peer\", \"status\", \"name\", \"refused\", \"conflicted\"}]}"),
+                    "{\"items\": [{\"peer\", \"status\", \"name\", \"addrs\", \"refused\", \"conflicted\"}]}"),
                 method("peer", Query, "one peer", vec![id("peer", "peer key (hex)")],
                     "{\"peer\", \"status\", \"name\", \"refused\", \"conflicted\"}"),
                 method("children", Query, "declared child stores", vec![],

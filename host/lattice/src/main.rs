@@ -9,6 +9,7 @@ mod bench;
 mod bench_store;
 mod bench_sync;
 mod cli;
+mod demo;
 mod log_cmd;
 mod output;
 mod serve_cmd;
@@ -49,6 +50,7 @@ fn init_tracing(verbose: u8) {
 fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
     let data_dir = cli.data_dir();
     match cli.command {
+        cli::Command::Demo(args) => demo::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Log(args)) => bench::log(args, out),
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench_store::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Sync(args)) => bench_sync::run(args, out),

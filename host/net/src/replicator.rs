@@ -207,6 +207,8 @@ struct Inner {
     events: broadcast::Sender<ReplicaEvent>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     join: Mutex<Option<Arc<dyn JoinHandler>>>,
+    /// Offline: no sessions either way, gossip neither sent nor taken.
+    offline: std::sync::atomic::AtomicBool,
 }
 
 impl StoreEntry {
@@ -258,6 +260,7 @@ impl Replicator {
             events,
             tasks: Mutex::new(Vec::new()),
             join: Mutex::new(None),
+            offline: std::sync::atomic::AtomicBool::new(false),
         });
         let r = Replicator { inner };
         let this = r.clone();
@@ -317,11 +320,9 @@ impl Replicator {
         if self.store(&store).is_some() {
             return Ok(());
         }
-        let topic = self
-            .inner
-            .gossip
-            .join(topic_of(&store), peers.clone())
-            .await?;
+        let me = self.local().id;
+        let neighbours: Vec<PubKey> = peers.iter().copied().filter(|p| *p != me).collect();
+        let topic = self.inner.gossip.join(topic_of(&store), neighbours).await?;
         let (nudge_tx, nudge_rx) = mpsc::channel(256);
         let entry = Arc::new(StoreEntry {
             log,
@@ -416,8 +417,13 @@ impl Replicator {
         secret: [u8; 32],
         tip: u64,
     ) -> Result<(), ReplicaError> {
-        // An explicit join is worth a try even while automatic retries wait.
+        // An explicit join is worth a try even while automatic retries wait, and on a fresh
+        // connection: a cached one may have been closed by the other side a moment ago (as
+        // when this node just left the store there).
         self.succeeded(peer);
+        if let Some(st) = lock(&self.inner.peers).get_mut(peer) {
+            st.conn = None;
+        }
         self.session(peer, &store, async |s: &mut Stream| {
             lattice_sync::request_join(s, store, secret, tip).await
         })
@@ -441,6 +447,9 @@ impl Replicator {
 
     /// Gossips a locally written intention to the store's peers.
     pub fn publish(&self, intention: &SignedIntention) {
+        if !self.is_online() {
+            return;
+        }
         let store = intention.intention().store_id();
         if let Some(entry) = self.store(&store) {
             let msg = GossipMsg::for_intention(store, intention.hash(), intention.as_bytes());
@@ -470,7 +479,44 @@ impl Replicator {
 
     // ---- peers ----
 
+    /// Takes the node off the network (`false`: every connection is closed, no session is
+    /// served or started, gossip is neither sent nor taken) or back on (`true`: every store
+    /// reconciles with its peers at once). Writes go on locally meanwhile.
+    pub fn set_online(&self, online: bool) {
+        use std::sync::atomic::Ordering;
+        let was_online = !self.inner.offline.swap(!online, Ordering::SeqCst);
+        if !online {
+            for p in lock(&self.inner.peers).values_mut() {
+                if let Some(c) = p.conn.take() {
+                    c.close("going offline");
+                }
+            }
+        } else if !was_online {
+            for entry in lock(&self.inner.stores).values() {
+                for p in lock(&entry.peers).iter() {
+                    let _ = entry.nudge.try_send(*p);
+                }
+            }
+            for p in lock(&self.inner.peers).values_mut() {
+                p.failures = 0;
+                p.retry_at = None;
+            }
+        }
+        info!(online, "network state");
+    }
+
+    /// True unless [`Replicator::set_online`] took the node offline.
+    pub fn is_online(&self) -> bool {
+        !self.inner.offline.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     fn check_peer(&self, peer: &PubKey, outbound: bool) -> Result<(), ReplicaError> {
+        if !self.is_online() {
+            return Err(ReplicaError::PeerUnavailable {
+                peer: peer.short(),
+                state: "not reachable: this node is offline",
+            });
+        }
         let mut peers = lock(&self.inner.peers);
         let st = peers.entry(*peer).or_default();
         let now = Instant::now();
@@ -727,7 +773,7 @@ impl Replicator {
         while let Some(conn) = self.inner.transport.accept().await {
             let peer = conn.remote();
             if self.check_peer(&peer, false).is_err() {
-                conn.close("banned");
+                conn.close("not accepting sessions from this peer now");
                 continue;
             }
             {
@@ -749,7 +795,7 @@ impl Replicator {
         let peer = conn.remote();
         while let Ok(mut stream) = conn.accept().await {
             if self.check_peer(&peer, false).is_err() {
-                conn.close("banned");
+                conn.close("not accepting sessions from this peer now");
                 return;
             }
             if !self.allow_stream(&peer) {
@@ -838,7 +884,12 @@ impl Replicator {
             };
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(self.inner.config.max_backoff);
-            let peers = lock(&entry.peers).clone();
+            let me = self.local().id;
+            let peers: Vec<PubKey> = lock(&entry.peers)
+                .iter()
+                .copied()
+                .filter(|p| *p != me)
+                .collect();
             match self.inner.gossip.join(topic_of(&store), peers).await {
                 Ok(topic) => {
                     events = topic.events;

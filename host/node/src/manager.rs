@@ -422,8 +422,61 @@ impl StoreManager {
             .await
             .map_err(|e| NodeError::Net(e.to_string()))?;
         self.emit(NodeEvent::StoreOpened(id));
+        self.learn_addrs(&id);
+        if let Err(e) = self.announce_addrs(&id) {
+            warn!(store = %id.short(), "could not record this node's address: {e}");
+        }
         self.reconcile_children(&id).await?;
         Ok(())
+    }
+
+    /// Records this node's current direct addresses in a root store's system table when they
+    /// differ from what is recorded, so every peer can dial it (not only its inviter).
+    fn announce_addrs(&self, id: &StoreId) -> Result<(), NodeError> {
+        let me = self.inner.node.key().public();
+        let addrs: Vec<String> = self
+            .address()
+            .addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let recorded = self.with_store(id, |s| {
+            let info = s.system_info()?;
+            if info["strategy"] == "inherited" {
+                return Ok(None);
+            }
+            let me_now = s.peers()?.into_iter().find(|p| p.key == me);
+            Ok(Some(me_now.map(|p| (p.status, p.addrs))))
+        });
+        match recorded {
+            Ok(Some(Some((status, recorded)))) if status == "active" && recorded != addrs => {
+                self.system_call(
+                    id,
+                    "set-peer-addrs",
+                    &json!({"peer": me.to_string(), "addrs": addrs}),
+                )?;
+                Ok(())
+            }
+            Ok(_) | Err(NodeError::NotReady(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Tells the replicator where a store's peers listen, from its system table.
+    fn learn_addrs(&self, id: &StoreId) {
+        let me = self.inner.node.key().public();
+        let Ok(peers) = self.with_store(id, |s| s.peers()) else {
+            return;
+        };
+        for peer in peers.into_iter().filter(|p| p.key != me && p.is_member()) {
+            let addrs: Vec<SocketAddr> = peer.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            if !addrs.is_empty() {
+                self.inner.replicator.add_peer(&PeerAddr {
+                    id: peer.key,
+                    addrs,
+                });
+            }
+        }
     }
 
     /// Projects what replication brought, then acts on system table changes: peer sets,

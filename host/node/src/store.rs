@@ -47,6 +47,8 @@ pub struct PeerInfo {
     pub status: String,
     /// Its name, when set.
     pub name: Option<String>,
+    /// Where it last said it listens (`ip:port`).
+    pub addrs: Vec<String>,
 }
 
 impl PeerInfo {
@@ -444,6 +446,12 @@ impl Store {
                     key: parse_key(item["peer"].as_str()?)?,
                     status: item["status"].as_str()?.to_string(),
                     name: item["name"].as_str().map(str::to_string),
+                    addrs: item["addrs"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|a| a.as_str().map(str::to_string))
+                        .collect(),
                 })
             })
             .collect())
