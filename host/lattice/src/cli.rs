@@ -20,6 +20,11 @@ pub(crate) struct Cli {
     #[arg(long, global = true)]
     pub(crate) json: bool,
 
+    /// Run the node in this process for this one command instead of asking the running
+    /// `lattice daemon` (the default when no daemon answers on the data directory's socket).
+    #[arg(long, global = true)]
+    pub(crate) embedded: bool,
+
     /// Log more to stderr (-v info, -vv debug, -vvv trace); LATTICE_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub(crate) verbose: u8,
@@ -43,6 +48,13 @@ impl Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Run this node: open its stores, replicate them over QUIC (iroh), and serve the local
+    /// API on `<data dir>/lattice.sock` (mode 0600) until interrupted.
+    ///
+    /// Every other `store`, `module`, `node` and kv command is a client of this API; without a
+    /// daemon they run the node in-process for the one command (`--embedded` forces that).
+    /// One daemon per data directory: a second one refuses to start.
+    Daemon(DaemonArgs),
     /// Run three real nodes on this machine and watch them converge.
     ///
     /// Each node has its own data directory in a temporary folder and talks QUIC (iroh) on
@@ -132,27 +144,44 @@ pub(crate) enum ModuleCommand {
 pub(crate) enum StoreCommand {
     /// Create a store of a type and print its id.
     Create {
-        /// A .wasm file, a built-in type (kv, kvstore, counter; `.wasm` optional) or a module
-        /// hash.
+        /// A .wasm file, a built-in type (kv, kvstore, counter, rootstore; `.wasm` optional)
+        /// or a module hash.
         #[arg(long = "type", value_name = "TYPE")]
         store_type: String,
         /// A name for people.
         #[arg(long, default_value = "")]
         name: String,
+        /// Create it as a child of this store: it opens on every peer of the parent and
+        /// shares the parent's peers.
+        #[arg(long, value_name = "STORE")]
+        parent: Option<String>,
     },
-    /// List the stores in this data directory.
+    /// List the stores this node keeps (open, archived, left).
     List,
     /// Show a store's state: witnessed, projected, floating, rejected, module.
     Status {
         /// Store id (or unique prefix).
         store: String,
     },
+    /// Describe a store's type: its methods and their arguments.
+    Inspect {
+        /// Store id (or unique prefix).
+        store: String,
+    },
+    /// Show the newest intentions of a store.
+    History {
+        /// Store id (or unique prefix).
+        store: String,
+        /// How many.
+        #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
     /// Call a method: `lattice store call <store> put key=a value=1`, or pass `--json-args JSON`.
     /// Arguments are checked against the schema the store type describes.
     Call {
         /// Store id (or unique prefix).
         store: String,
-        /// Method name (`lattice module inspect` lists them).
+        /// Method name (`lattice store inspect` lists them).
         method: String,
         /// Arguments as name=value words.
         args: Vec<String>,
@@ -160,11 +189,75 @@ pub(crate) enum StoreCommand {
         #[arg(long, value_name = "JSON", conflicts_with = "args")]
         json_args: Option<String>,
     },
-    /// Drop the projected state and rebuild it from the log.
+    /// Print a store's watch events as they happen, until interrupted.
+    Watch {
+        /// Store id (or unique prefix).
+        store: String,
+    },
+    /// Issue a one-time invite token for a store (give it to the node that should join).
+    Invite {
+        /// Store id (or unique prefix).
+        store: String,
+        /// How long the token stays valid, in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+    /// Join the store of an invite token: bootstrap it and its child stores from the inviter.
+    Join {
+        /// The token (`lattice1…`).
+        token: String,
+    },
+    /// Revoke a peer: its connections and gossip are refused, its later writes are not
+    /// projected by anyone.
+    RevokePeer {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The peer's key (`lattice store peers` lists them).
+        peer: String,
+    },
+    /// List a store's peers and their status.
+    Peers {
+        /// Store id (or unique prefix).
+        store: String,
+    },
+    /// Archive a child store: every peer closes it; the data stays.
+    Archive {
+        /// Store id (or unique prefix).
+        store: String,
+    },
+    /// Re-activate an archived child store.
+    Unarchive {
+        /// Store id (or unique prefix).
+        store: String,
+    },
+    /// Leave a store: revoke this node's own key there, close it, keep the data.
+    Leave {
+        /// Store id (or unique prefix).
+        store: String,
+    },
+    /// Re-join a store this node left, with a fresh invite token; its data is kept.
+    Rejoin {
+        /// The token (`lattice1…`).
+        token: String,
+    },
+    /// Delete the local data of a store that is archived or left.
+    Delete {
+        /// Store id (or unique prefix).
+        store: String,
+    },
+    /// Drop a store's projected state and rebuild it from the log (needs the daemon stopped).
     Rebuild {
         /// Store id (or unique prefix).
         store: String,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DaemonArgs {
+    /// Address for peers to reach this node (127.0.0.1:0: loopback, any free port; the port
+    /// is kept across restarts when free).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub(crate) listen: std::net::SocketAddr,
 }
 
 #[derive(Debug, Args)]
@@ -281,4 +374,13 @@ pub(crate) enum LogCommand {
 pub(crate) enum NodeCommand {
     /// Print this node's public key (creating the identity on first use).
     Id,
+    /// Show this node: key, name, address, data directory, stores.
+    Status,
+    /// Name this node (its peers see the name).
+    SetName {
+        /// The name.
+        name: String,
+    },
+    /// Stop the running daemon (it closes every store first).
+    Stop,
 }

@@ -5,15 +5,17 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod api;
 mod bench;
 mod bench_store;
 mod bench_sync;
 mod cli;
+mod client_cmd;
+mod daemon_cmd;
 mod demo;
 mod log_cmd;
 mod output;
 mod serve_cmd;
-mod store_cmd;
 
 use std::process::ExitCode;
 
@@ -48,51 +50,28 @@ fn init_tracing(verbose: u8) {
 }
 
 fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
+    use client_cmd::ClientCommand;
     let data_dir = cli.data_dir();
+    let embedded = cli.embedded;
+    let client = |cmd: ClientCommand| client_cmd::run(cmd, &data_dir, embedded, out);
+    let kv = |store: String, method: &'static str, args: serde_json::Value| {
+        client(ClientCommand::Kv {
+            store,
+            method,
+            args,
+        })
+    };
     match cli.command {
+        cli::Command::Daemon(args) => daemon_cmd::run(args, &data_dir, out),
         cli::Command::Demo(args) => demo::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Log(args)) => bench::log(args, out),
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench_store::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Sync(args)) => bench_sync::run(args, out),
         cli::Command::Log(cmd) => log_cmd::run(cmd, &data_dir, out),
         cli::Command::Serve(args) => serve_cmd::run(args, &data_dir, out),
-        cli::Command::Module(cmd) => store_cmd::module(cmd, &data_dir, out),
-        cli::Command::Store(cmd) => store_cmd::store(cmd, &data_dir, out),
-        cli::Command::Put { store, key, value } => store_cmd::call_kv(
-            &data_dir,
-            out,
-            &store,
-            "put",
-            serde_json::json!({"key": key, "value": value}),
-        ),
-        cli::Command::Get { store, key } => store_cmd::call_kv(
-            &data_dir,
-            out,
-            &store,
-            "get",
-            serde_json::json!({"key": key}),
-        ),
-        cli::Command::Delete { store, key } => store_cmd::call_kv(
-            &data_dir,
-            out,
-            &store,
-            "delete",
-            serde_json::json!({"key": key}),
-        ),
-        cli::Command::List { store, prefix } => store_cmd::call_kv(
-            &data_dir,
-            out,
-            &store,
-            "list",
-            serde_json::json!({"prefix": prefix}),
-        ),
-        cli::Command::Inspect { store, key } => store_cmd::call_kv(
-            &data_dir,
-            out,
-            &store,
-            "inspect",
-            serde_json::json!({"key": key}),
-        ),
+        cli::Command::Store(cli::StoreCommand::Rebuild { store }) => {
+            rebuild(&data_dir, &store, out)
+        }
         cli::Command::Node(cli::NodeCommand::Id) => {
             let key = data_dir.load_or_create_identity()?;
             out.record(
@@ -101,5 +80,38 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
             );
             Ok(())
         }
+        cli::Command::Node(cmd) => client(ClientCommand::Node(cmd)),
+        cli::Command::Module(cmd) => client(ClientCommand::Module(cmd)),
+        cli::Command::Store(cmd) => client(ClientCommand::Store(cmd)),
+        cli::Command::Put { store, key, value } => kv(
+            store,
+            "put",
+            serde_json::json!({"key": key, "value": value}),
+        ),
+        cli::Command::Get { store, key } => kv(store, "get", serde_json::json!({"key": key})),
+        cli::Command::Delete { store, key } => kv(store, "delete", serde_json::json!({"key": key})),
+        cli::Command::List { store, prefix } => {
+            kv(store, "list", serde_json::json!({"prefix": prefix}))
+        }
+        cli::Command::Inspect { store, key } => {
+            kv(store, "inspect", serde_json::json!({"key": key}))
+        }
     }
+}
+
+/// `lattice store rebuild`: in this process, with the daemon stopped.
+fn rebuild(dir: &lattice_node::DataDir, store: &str, out: &output::Output) -> anyhow::Result<()> {
+    let node = lattice_node::Node::open(dir.clone())?;
+    let mut st = node.open_store(node.find_store(store)?)?;
+    out.progress("rebuilding state from the log…");
+    let report = st.rebuild()?;
+    out.record(
+        &format!(
+            "rebuilt: {} applied, {} rejected, projected up to {}",
+            report.applied, report.rejected, report.cursor
+        ),
+        serde_json::json!({"applied": report.applied, "rejected": report.rejected, "cursor": report.cursor}),
+    );
+    st.close()?;
+    Ok(())
 }

@@ -680,6 +680,43 @@ impl StoreManager {
         self.with_store(id, |s| s.status())
     }
 
+    /// The store type's description.
+    ///
+    /// # Errors
+    /// As [`StoreManager::status`]; headless stores cannot describe themselves.
+    pub fn describe(&self, id: &StoreId) -> Result<lattice_runtime::StoreDescriptor, NodeError> {
+        self.with_store(id, |s| s.describe())
+    }
+
+    /// The newest `limit` witnessed intentions of a store, newest first.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`], storage failures.
+    pub fn history(&self, id: &StoreId, limit: usize) -> Result<Vec<Value>, NodeError> {
+        let open = self.open_store(id)?;
+        let reader = open.log.reader();
+        let head = reader.status()?.head_seq;
+        let from = head.saturating_sub(limit as u64).saturating_add(1).max(1);
+        let mut out: Vec<Value> = reader
+            .witnessed(from, limit)?
+            .into_iter()
+            .map(|(seq, s)| {
+                let i = s.intention();
+                json!({
+                    "seq": seq,
+                    "hash": s.hash().to_string(),
+                    "author": i.author().to_string(),
+                    "hlc": i.hlc().to_string(),
+                    "deps": i.deps().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "ops_bytes": i.ops().len(),
+                    "partition": if i.is_genesis() { "genesis" } else if i.flags().system { "system" } else { "data" },
+                })
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
     /// A digest of a store's projected state (both partitions).
     ///
     /// # Errors

@@ -1,3 +1,6 @@
+//! `cargo xtask proto`: regenerates `proto/src/lattice.daemon.v1.rs` from
+//! `proto/lattice.proto` (needs `protoc`: `apt install protobuf-compiler`).
+//!
 //! `cargo xtask guests [--check]`: builds every built-in guest (`guests/*`) to a
 //! `wasm32-unknown-unknown` core module, turns it into a component with `wit-component`, and
 //! writes `guests/dist/<name>.wasm` plus `guests/dist/TOOLCHAIN` (the compiler that built them),
@@ -46,13 +49,35 @@ fn main() -> anyhow::Result<()> {
     {
         ["guests"] => build(&root, &root).map(|_| ()),
         ["guests", "--check"] => check(&root),
+        ["proto"] => proto(&root),
         _ => {
-            eprintln!("usage: cargo xtask guests [--check]");
+            eprintln!("usage: cargo xtask guests [--check] | proto");
+            eprintln!(
+                "  proto            regenerate proto/src from proto/lattice.proto (needs protoc)"
+            );
             eprintln!("  guests           rebuild guests/dist/*.wasm from guests/*");
             eprintln!("  guests --check   rebuild into a temp dir and compare with guests/dist");
             std::process::exit(2);
         }
     }
+}
+
+fn proto(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("proto");
+    tonic_prost_build::configure()
+        .out_dir(dir.join("src"))
+        .emit_rerun_if_changed(false)
+        .compile_protos(&[dir.join("lattice.proto")], &[dir])
+        .context("generating the API code (is protoc installed? apt install protobuf-compiler)")?;
+    let status = Command::new("rustfmt")
+        .args(["--edition", "2024"])
+        .arg(root.join("proto/src/lattice.daemon.v1.rs"))
+        .status();
+    if !status.is_ok_and(|s| s.success()) {
+        eprintln!("rustfmt did not run; the generated code is unformatted");
+    }
+    println!("proto/src/lattice.daemon.v1.rs regenerated");
+    Ok(())
 }
 
 fn workspace_root() -> anyhow::Result<PathBuf> {

@@ -1,0 +1,576 @@
+//! The local API (`lattice.daemon.v1`, see `proto/lattice.proto`): the gRPC services a
+//! running node serves on its Unix socket, and the client side the CLI uses.
+
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lattice_model::{PubKey, StoreId};
+use lattice_node::{NodeError, StoreManager, StoreRecord};
+use lattice_proto::v1::{
+    self, module_service_client::ModuleServiceClient, module_service_server,
+    node_service_client::NodeServiceClient, node_service_server,
+    store_service_client::StoreServiceClient, store_service_server,
+};
+use lattice_runtime::{BUILTIN_MODULES, ModuleHash, StoreRuntime};
+use serde_json::{Map, Value, json};
+use tokio::sync::{Notify, mpsc};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+/// The socket's file name inside the data directory.
+pub(crate) const SOCKET: &str = "lattice.sock";
+/// Events a `Watch` stream buffers for a slow client before it reports lag.
+const WATCH_QUEUE: usize = 256;
+
+fn status_of(e: NodeError) -> Status {
+    let text = e.to_string();
+    match e {
+        NodeError::UnknownStore(_) | NodeError::NotOpen(_) => Status::not_found(text),
+        NodeError::Ambiguous(_)
+        | NodeError::Token(_)
+        | NodeError::UnknownType(_)
+        | NodeError::Module(_)
+        | NodeError::NotAChild(_)
+        | NodeError::InheritedPeers(_) => Status::invalid_argument(text),
+        NodeError::Runtime(lattice_runtime::Error::BadArguments(_))
+        | NodeError::Runtime(lattice_runtime::Error::Call(_)) => Status::invalid_argument(text),
+        NodeError::JoinRefused(_) => Status::permission_denied(text),
+        NodeError::InviteExpired | NodeError::StillOpen(_) | NodeError::NotReady(_) => {
+            Status::failed_precondition(text)
+        }
+        NodeError::AlreadyMember(_) => Status::already_exists(text),
+        NodeError::Net(_) => Status::unavailable(text),
+        _ => Status::internal(text),
+    }
+}
+
+fn reply(value: Value) -> Result<Response<v1::JsonReply>, Status> {
+    Ok(Response::new(v1::JsonReply {
+        json: value.to_string(),
+    }))
+}
+
+fn store_ref(r: &StoreRecord) -> v1::StoreRef {
+    v1::StoreRef {
+        id: r.id.to_string(),
+        name: r.name.clone(),
+        module: r.module.to_string(),
+        parent: r.parent.map(|p| p.to_string()).unwrap_or_default(),
+        state: r.state.as_str().to_string(),
+    }
+}
+
+/// Describes a module by instantiating it against a scratch state.
+pub(crate) fn describe_module(
+    runtime: &lattice_runtime::Runtime,
+    hash: ModuleHash,
+) -> anyhow::Result<Value> {
+    let scratch = tempfile::tempdir()?;
+    let mut rt = StoreRuntime::open(
+        runtime,
+        &scratch.path().join("state.db"),
+        StoreId([0xEE; 32]),
+        hash,
+    )?;
+    Ok(rt.describe()?.to_json())
+}
+
+/// The services, over one running node.
+#[derive(Debug, Clone)]
+pub(crate) struct Api {
+    manager: StoreManager,
+    stop: Arc<Notify>,
+}
+
+impl Api {
+    pub(crate) fn new(manager: StoreManager, stop: Arc<Notify>) -> Api {
+        Api { manager, stop }
+    }
+
+    fn find(&self, text: &str) -> Result<StoreId, Status> {
+        self.manager.find(text).map_err(status_of)
+    }
+
+    /// Builds the JSON arguments of a call from `args_json` or `name=value` words.
+    fn call_args(&self, id: &StoreId, req: &v1::CallRequest) -> Result<Value, Status> {
+        if !req.args_json.trim().is_empty() {
+            let value: Value = serde_json::from_str(&req.args_json)
+                .map_err(|e| Status::invalid_argument(format!("arguments are not JSON: {e}")))?;
+            return Ok(value);
+        }
+        let descriptor = self.manager.describe(id).map_err(status_of)?;
+        let info = descriptor.method(&req.method).ok_or_else(|| {
+            let names: Vec<&str> = descriptor.methods.iter().map(|m| m.name.as_str()).collect();
+            Status::invalid_argument(format!(
+                "{} has no method `{}`; it offers: {}",
+                descriptor.name,
+                req.method,
+                names.join(", ")
+            ))
+        })?;
+        let mut map = Map::new();
+        for word in &req.words {
+            let (name, raw) = word.split_once('=').ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "argument `{word}` is not name=value; usage: {}",
+                    info.usage()
+                ))
+            })?;
+            let param = info.params.iter().find(|p| p.name == name).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "unknown argument `{name}`; usage: {}",
+                    info.usage()
+                ))
+            })?;
+            let v = param
+                .kind
+                .parse_word(raw)
+                .map_err(|e| Status::invalid_argument(format!("argument `{name}`: {e}")))?;
+            map.insert(name.to_string(), v);
+        }
+        Ok(Value::Object(map))
+    }
+}
+
+type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl node_service_server::NodeService for Api {
+    async fn status(&self, _: Request<v1::Empty>) -> Result<Response<v1::NodeStatus>, Status> {
+        let node = self.manager.node();
+        let records = self.manager.list().map_err(status_of)?;
+        Ok(Response::new(v1::NodeStatus {
+            key: node.key().public().to_string(),
+            name: node.name().map_err(status_of)?,
+            address: self.manager.address().to_string(),
+            data_dir: node.dir().root().display().to_string(),
+            open_stores: records
+                .iter()
+                .filter(|r| r.state == lattice_node::StoreState::Active)
+                .count() as u32,
+            stores: records.len() as u32,
+        }))
+    }
+
+    async fn set_name(
+        &self,
+        req: Request<v1::SetNameRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let name = req.into_inner().name;
+        if name.len() > 64 {
+            return Err(Status::invalid_argument("a node name is at most 64 bytes"));
+        }
+        self.manager.node().set_name(&name).map_err(status_of)?;
+        // Tell the peers of every root store this node is active in.
+        let me = self.manager.node().key().public().to_string();
+        for r in self.manager.list().map_err(status_of)? {
+            if r.parent.is_none() && r.state == lattice_node::StoreState::Active {
+                let result = self.manager.system_call(
+                    &r.id,
+                    "set-peer-name",
+                    &json!({"peer": me, "name": name}),
+                );
+                if let Err(e) = result {
+                    warn!(store = %r.id.short(), "could not publish the node name: {e}");
+                }
+            }
+        }
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn shutdown(&self, _: Request<v1::Empty>) -> Result<Response<v1::Empty>, Status> {
+        self.stop.notify_one();
+        Ok(Response::new(v1::Empty {}))
+    }
+}
+
+#[tonic::async_trait]
+impl store_service_server::StoreService for Api {
+    async fn create(
+        &self,
+        req: Request<v1::CreateRequest>,
+    ) -> Result<Response<v1::StoreRef>, Status> {
+        let req = req.into_inner();
+        let parent = if req.parent.is_empty() {
+            None
+        } else {
+            Some(self.find(&req.parent)?)
+        };
+        let id = self
+            .manager
+            .create(&req.store_type, &req.name, parent)
+            .await
+            .map_err(status_of)?;
+        let record = self
+            .manager
+            .node()
+            .meta()
+            .get(&id)
+            .map_err(status_of)?
+            .ok_or_else(|| Status::internal("the new store is not in the inventory"))?;
+        Ok(Response::new(store_ref(&record)))
+    }
+
+    async fn list(&self, _: Request<v1::Empty>) -> Result<Response<v1::StoreList>, Status> {
+        let items = self
+            .manager
+            .list()
+            .map_err(status_of)?
+            .iter()
+            .map(store_ref)
+            .collect();
+        Ok(Response::new(v1::StoreList { items }))
+    }
+
+    async fn status(
+        &self,
+        req: Request<v1::StoreRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let id = self.find(&req.into_inner().store)?;
+        match self.manager.status(&id) {
+            Ok(status) => reply(status.to_json()),
+            Err(NodeError::NotOpen(_)) => {
+                let record = self.manager.node().meta().get(&id).map_err(status_of)?;
+                reply(json!({
+                    "store": id.to_string(),
+                    "state": record.map(|r| r.state.as_str()).unwrap_or("unknown"),
+                }))
+            }
+            Err(e) => Err(status_of(e)),
+        }
+    }
+
+    async fn inspect(
+        &self,
+        req: Request<v1::StoreRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let id = self.find(&req.into_inner().store)?;
+        reply(self.manager.describe(&id).map_err(status_of)?.to_json())
+    }
+
+    async fn history(
+        &self,
+        req: Request<v1::HistoryRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let req = req.into_inner();
+        let id = self.find(&req.store)?;
+        let limit = if req.limit == 0 {
+            20
+        } else {
+            req.limit.min(10_000)
+        };
+        let items = self
+            .manager
+            .history(&id, limit as usize)
+            .map_err(status_of)?;
+        reply(json!({ "items": items }))
+    }
+
+    async fn call(&self, req: Request<v1::CallRequest>) -> Result<Response<v1::JsonReply>, Status> {
+        let req = req.into_inner();
+        let id = self.find(&req.store)?;
+        let args = self.call_args(&id, &req)?;
+        let manager = self.manager.clone();
+        let method = req.method.clone();
+        // Guest calls and durable writes block: keep them off the async workers.
+        let result = tokio::task::spawn_blocking(move || manager.call(&id, &method, &args))
+            .await
+            .map_err(|e| Status::internal(format!("call task failed: {e}")))?
+            .map_err(status_of)?;
+        reply(result)
+    }
+
+    type WatchStream = Stream<v1::WatchEvent>;
+
+    async fn watch(
+        &self,
+        req: Request<v1::StoreRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let id = self.find(&req.into_inner().store)?;
+        let mut events = self.manager.watch(&id).map_err(status_of)?;
+        let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        tokio::spawn(async move {
+            loop {
+                let item = match events.recv().await {
+                    Ok(e) => v1::WatchEvent {
+                        seq: e.seq,
+                        topic: e.topic,
+                        payload: e.payload,
+                        lagged: 0,
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(n)) => v1::WatchEvent {
+                        lagged: n,
+                        ..v1::WatchEvent::default()
+                    },
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => {
+                        let _ = tx
+                            .send(Err(Status::unavailable("the store was closed")))
+                            .await;
+                        return;
+                    }
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn invite(
+        &self,
+        req: Request<v1::InviteRequest>,
+    ) -> Result<Response<v1::InviteReply>, Status> {
+        let req = req.into_inner();
+        let id = self.find(&req.store)?;
+        let ttl = if req.ttl_seconds == 0 {
+            86_400
+        } else {
+            req.ttl_seconds
+        };
+        let token = self
+            .manager
+            .invite(&id, Duration::from_secs(ttl))
+            .map_err(status_of)?;
+        Ok(Response::new(v1::InviteReply {
+            token: token.encode(),
+            expires_ms: token.expires_ms,
+        }))
+    }
+
+    type JoinStream = Stream<v1::JoinProgress>;
+
+    async fn join(
+        &self,
+        req: Request<v1::JoinRequest>,
+    ) -> Result<Response<Self::JoinStream>, Status> {
+        let token = req.into_inner().token;
+        let (tx, rx) = mpsc::channel(64);
+        let manager = self.manager.clone();
+        tokio::spawn(async move {
+            let progress = tx.clone();
+            let mut last = 0u64;
+            let result = manager
+                .join(&token, move |fetched| {
+                    if fetched >= last + 1000 || fetched < last {
+                        last = fetched;
+                        let _ = progress.try_send(Ok(v1::JoinProgress {
+                            fetched,
+                            ..v1::JoinProgress::default()
+                        }));
+                    }
+                })
+                .await;
+            let last = match result {
+                Ok(joined) => Ok(v1::JoinProgress {
+                    fetched: joined.fetched,
+                    store: joined.store.to_string(),
+                    done: true,
+                }),
+                Err(e) => Err(status_of(e)),
+            };
+            let _ = tx.send(last).await;
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn revoke_peer(
+        &self,
+        req: Request<v1::PeerRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let req = req.into_inner();
+        let id = self.find(&req.store)?;
+        let peer = PubKey::from_hex(req.peer.trim()).map_err(|_| {
+            Status::invalid_argument(
+                "the peer is a 64-hex-digit key; `lattice store peers` lists them",
+            )
+        })?;
+        reply(self.manager.revoke_peer(&id, &peer).map_err(status_of)?)
+    }
+
+    async fn peers(
+        &self,
+        req: Request<v1::StoreRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let id = self.find(&req.into_inner().store)?;
+        let me = self.manager.node().key().public();
+        let items: Vec<Value> = self
+            .manager
+            .peers(&id)
+            .map_err(status_of)?
+            .into_iter()
+            .map(|p| {
+                json!({
+                    "peer": p.key.to_string(),
+                    "status": p.status,
+                    "name": p.name,
+                    "addrs": p.addrs,
+                    "me": p.key == me,
+                })
+            })
+            .collect();
+        reply(json!({ "items": items }))
+    }
+
+    async fn archive(
+        &self,
+        req: Request<v1::ArchiveRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let req = req.into_inner();
+        let id = self.find(&req.store)?;
+        self.manager
+            .archive(&id, req.archived)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn leave(&self, req: Request<v1::StoreRequest>) -> Result<Response<v1::Empty>, Status> {
+        let id = self.find(&req.into_inner().store)?;
+        self.manager.leave(&id).await.map_err(status_of)?;
+        Ok(Response::new(v1::Empty {}))
+    }
+
+    async fn delete(&self, req: Request<v1::StoreRequest>) -> Result<Response<v1::Empty>, Status> {
+        let id = self.find(&req.into_inner().store)?;
+        self.manager.delete(&id).map_err(status_of)?;
+        Ok(Response::new(v1::Empty {}))
+    }
+}
+
+#[tonic::async_trait]
+impl module_service_server::ModuleService for Api {
+    async fn install(
+        &self,
+        req: Request<v1::InstallRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let bytes = req.into_inner().module;
+        let node = self.manager.node();
+        let module = node.install_module(&bytes).map_err(status_of)?;
+        let descriptor = describe_module(node.runtime(), module.hash())
+            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        reply(json!({"module": module.hash().to_string(), "descriptor": descriptor}))
+    }
+
+    async fn list(&self, _: Request<v1::Empty>) -> Result<Response<v1::JsonReply>, Status> {
+        let builtin: Vec<(ModuleHash, &str)> = BUILTIN_MODULES
+            .iter()
+            .map(|(n, b)| (ModuleHash::of(b), *n))
+            .collect();
+        let list = self
+            .manager
+            .node()
+            .runtime()
+            .list()
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let items: Vec<Value> = list
+            .into_iter()
+            .map(|(hash, size)| {
+                let name = builtin.iter().find(|(h, _)| *h == hash).map(|(_, n)| *n);
+                json!({"module": hash.to_string(), "bytes": size, "builtin": name})
+            })
+            .collect();
+        reply(json!({ "items": items }))
+    }
+
+    async fn inspect(
+        &self,
+        req: Request<v1::ModuleRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let node = self.manager.node();
+        let hash = node
+            .resolve_type(&req.into_inner().module)
+            .map_err(status_of)?;
+        let descriptor = describe_module(node.runtime(), hash)
+            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        reply(json!({"module": hash.to_string(), "descriptor": descriptor}))
+    }
+}
+
+/// Creates the API socket at `path` with mode 0600 (a stale file is replaced: the caller
+/// holds the data directory's lock, so no live daemon owns it).
+///
+/// # Errors
+/// When the socket cannot be created.
+pub(crate) fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
+    use std::os::unix::fs::PermissionsExt as _;
+    match std::fs::remove_file(path) {
+        Ok(()) => info!(path = %path.display(), "removed a stale API socket"),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "removing the old socket {}: {e}",
+                path.display()
+            ));
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| anyhow::anyhow!("creating the API socket {}: {e}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Serves the API on `listener` until `stop` is notified, then removes the socket file.
+///
+/// # Errors
+/// When serving fails.
+pub(crate) async fn serve_on(
+    api: Api,
+    listener: tokio::net::UnixListener,
+    stop: Arc<Notify>,
+) -> anyhow::Result<()> {
+    let path = listener
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_pathname().map(Path::to_path_buf));
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    tonic::transport::Server::builder()
+        .add_service(node_service_server::NodeServiceServer::new(api.clone()))
+        .add_service(store_service_server::StoreServiceServer::new(api.clone()))
+        .add_service(module_service_server::ModuleServiceServer::new(api))
+        .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
+        .await?;
+    if let Some(path) = path {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
+}
+
+/// A client of a node's API.
+#[derive(Debug, Clone)]
+pub(crate) struct Client {
+    pub(crate) node: NodeServiceClient<tonic::transport::Channel>,
+    pub(crate) store: StoreServiceClient<tonic::transport::Channel>,
+    pub(crate) module: ModuleServiceClient<tonic::transport::Channel>,
+}
+
+impl Client {
+    /// Connects to the socket at `path`; `None` when nothing answers there.
+    pub(crate) async fn connect(path: &Path) -> Option<Client> {
+        if !path.exists() {
+            return None;
+        }
+        let path: PathBuf = path.to_path_buf();
+        let channel = tonic::transport::Endpoint::from_static("http://lattice.local")
+            .connect_with_connector(tower::service_fn(move |_: tonic::transport::Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .ok()?;
+        Some(Client {
+            node: NodeServiceClient::new(channel.clone()),
+            store: StoreServiceClient::new(channel.clone()),
+            module: ModuleServiceClient::new(channel),
+        })
+    }
+}

@@ -1,0 +1,622 @@
+//! `lattice node …`, `lattice store …`, `lattice module …` and the kv shortcuts: clients of
+//! the local API. They ask the running `lattice daemon` of the data directory; without one
+//! (or with `--embedded`) they run the node in this process for the one command.
+
+use std::sync::Arc;
+
+use anyhow::{Context as _, bail};
+use lattice_net::ReplicatorConfig;
+use lattice_node::{DataDir, Node, StoreManager};
+use lattice_proto::v1;
+use serde_json::{Value, json};
+use tokio::sync::Notify;
+use tokio_stream::StreamExt as _;
+
+use crate::api::{self, Api, Client, SOCKET};
+use crate::cli::{ModuleCommand, NodeCommand, StoreCommand};
+use crate::output::Output;
+
+/// What a client command does.
+#[derive(Debug)]
+pub(crate) enum ClientCommand {
+    Node(NodeCommand),
+    Store(StoreCommand),
+    Module(ModuleCommand),
+    /// A kv shortcut: method and arguments.
+    Kv {
+        store: String,
+        method: &'static str,
+        args: Value,
+    },
+}
+
+/// A connection to the node: the daemon's, or an in-process node's.
+struct Session {
+    client: Client,
+    embedded: Option<(
+        StoreManager,
+        Arc<Notify>,
+        tokio::task::JoinHandle<anyhow::Result<()>>,
+        tempfile::TempDir,
+    )>,
+}
+
+impl Session {
+    async fn open(dir: &DataDir, embedded: bool) -> anyhow::Result<Session> {
+        if !embedded && let Some(client) = Client::connect(&dir.root().join(SOCKET)).await {
+            return Ok(Session {
+                client,
+                embedded: None,
+            });
+        }
+        let node = Node::open(dir.clone())?;
+        let manager = StoreManager::start_iroh(
+            node,
+            ([127, 0, 0, 1], 0).into(),
+            ReplicatorConfig::default(),
+        )
+        .await?;
+        let private = tempfile::Builder::new()
+            .prefix("lattice-embedded-")
+            .tempdir()?;
+        let path = private.path().join(SOCKET);
+        let stop = Arc::new(Notify::new());
+        let listener = api::bind(&path)?;
+        let server = tokio::spawn(api::serve_on(
+            Api::new(manager.clone(), Arc::new(Notify::new())),
+            listener,
+            stop.clone(),
+        ));
+        let client = Client::connect(&path)
+            .await
+            .context("connecting to the in-process node")?;
+        Ok(Session {
+            client,
+            embedded: Some((manager, stop, server, private)),
+        })
+    }
+
+    async fn close(self) {
+        if let Some((manager, stop, server, _dir)) = self.embedded {
+            stop.notify_one();
+            let _ = server.await;
+            manager.shutdown().await;
+        }
+    }
+}
+
+pub(crate) fn run(
+    cmd: ClientCommand,
+    dir: &DataDir,
+    embedded: bool,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let session = Session::open(dir, embedded).await?;
+        let result = dispatch(cmd, session.client.clone(), out).await;
+        session.close().await;
+        result
+    })
+}
+
+/// Turns a gRPC status into the one-line error the CLI prints.
+fn err(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{}", status.message())
+}
+
+fn parse(reply: tonic::Response<v1::JsonReply>) -> anyhow::Result<Value> {
+    serde_json::from_str(&reply.into_inner().json).context("the node answered with invalid JSON")
+}
+
+fn show(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn short(id: &str) -> &str {
+    id.get(..8).unwrap_or(id)
+}
+
+async fn dispatch(cmd: ClientCommand, mut c: Client, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        ClientCommand::Node(NodeCommand::Id) => {
+            let s = c.node.status(v1::Empty {}).await.map_err(err)?.into_inner();
+            out.record(&format!("node {}", s.key), json!({"node": s.key}));
+        }
+        ClientCommand::Node(NodeCommand::Status) => {
+            let s = c.node.status(v1::Empty {}).await.map_err(err)?.into_inner();
+            out.record(
+                &format!(
+                    "node     {}\nname     {}\naddress  {}\ndata     {}\nstores   {} open of {}",
+                    s.key,
+                    if s.name.is_empty() { "(unnamed: `lattice node set-name`)" } else { &s.name },
+                    s.address,
+                    s.data_dir,
+                    s.open_stores,
+                    s.stores
+                ),
+                json!({"node": s.key, "name": s.name, "address": s.address, "data_dir": s.data_dir, "open_stores": s.open_stores, "stores": s.stores}),
+            );
+        }
+        ClientCommand::Node(NodeCommand::SetName { name }) => {
+            c.node
+                .set_name(v1::SetNameRequest { name: name.clone() })
+                .await
+                .map_err(err)?;
+            out.record(&format!("node name set to {name}"), json!({"name": name}));
+        }
+        ClientCommand::Node(NodeCommand::Stop) => {
+            c.node.shutdown(v1::Empty {}).await.map_err(err)?;
+            out.record("the daemon is stopping", json!({"stopping": true}));
+        }
+        ClientCommand::Module(cmd) => module(cmd, c, out).await?,
+        ClientCommand::Store(cmd) => store(cmd, c, out).await?,
+        ClientCommand::Kv {
+            store,
+            method,
+            args,
+        } => kv(&mut c, &store, method, args, out).await?,
+    }
+    Ok(())
+}
+
+async fn module(cmd: ModuleCommand, mut c: Client, out: &Output) -> anyhow::Result<()> {
+    match cmd {
+        ModuleCommand::Install { file } => {
+            let bytes =
+                std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let v = parse(
+                c.module
+                    .install(v1::InstallRequest { module: bytes })
+                    .await
+                    .map_err(err)?,
+            )?;
+            let d = &v["descriptor"];
+            out.record(
+                &format!(
+                    "installed {} ({} {})",
+                    show(&v["module"]),
+                    show(&d["name"]),
+                    show(&d["version"])
+                ),
+                v.clone(),
+            );
+        }
+        ModuleCommand::List => {
+            let v = parse(c.module.list(v1::Empty {}).await.map_err(err)?)?;
+            for m in v["items"].as_array().into_iter().flatten() {
+                out.record(
+                    &format!(
+                        "{}  {:>8} B  {}",
+                        show(&m["module"]),
+                        m["bytes"],
+                        m["builtin"]
+                            .as_str()
+                            .map(|n| format!("built-in {n}"))
+                            .unwrap_or_default()
+                    ),
+                    m.clone(),
+                );
+            }
+        }
+        ModuleCommand::Inspect { module } => {
+            let v = parse(
+                c.module
+                    .inspect(v1::ModuleRequest { module })
+                    .await
+                    .map_err(err)?,
+            )?;
+            out.record(
+                &describe_text(&v["descriptor"], &show(&v["module"])),
+                v.clone(),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn describe_text(d: &Value, module: &str) -> String {
+    let mut text = format!(
+        "{} {} — {}\nmodule {module}\nmethods:",
+        show(&d["name"]),
+        show(&d["version"]),
+        show(&d["description"]),
+    );
+    for m in d["methods"].as_array().into_iter().flatten() {
+        let params: Vec<String> = m["params"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                let w = format!("{}=<{}>", show(&p["name"]), show(&p["kind"]));
+                if p["optional"] == true {
+                    format!("[{w}]")
+                } else {
+                    w
+                }
+            })
+            .collect();
+        text.push_str(&format!(
+            "\n  {:<8} {} {}  — {}",
+            show(&m["kind"]),
+            show(&m["name"]),
+            params.join(" "),
+            show(&m["description"])
+        ));
+    }
+    text
+}
+
+async fn join(c: &mut Client, token: String, out: &Output) -> anyhow::Result<()> {
+    let mut stream = c
+        .store
+        .join(v1::JoinRequest { token })
+        .await
+        .map_err(err)?
+        .into_inner();
+    out.progress("contacting the inviter…");
+    while let Some(item) = stream.next().await {
+        let p = item.map_err(err)?;
+        if p.done {
+            out.record(
+                &format!(
+                    "joined store {} ({} intentions fetched); its child stores open as they arrive",
+                    p.store, p.fetched
+                ),
+                json!({"store": p.store, "fetched": p.fetched}),
+            );
+            return Ok(());
+        }
+        out.progress(&format!("  fetched {} intentions…", p.fetched));
+    }
+    bail!(
+        "the node stopped answering before the join finished; `lattice store list` shows whether it completed"
+    )
+}
+
+async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result<()> {
+    let store_req = |store: String| v1::StoreRequest { store };
+    match cmd {
+        StoreCommand::Create {
+            store_type,
+            name,
+            parent,
+        } => {
+            // A path is read here, so the daemon need not see this file.
+            let store_type = if std::path::Path::new(&store_type).is_file() {
+                let bytes =
+                    std::fs::read(&store_type).with_context(|| format!("reading {store_type}"))?;
+                let v = parse(
+                    c.module
+                        .install(v1::InstallRequest { module: bytes })
+                        .await
+                        .map_err(err)?,
+                )?;
+                show(&v["module"])
+            } else {
+                store_type
+            };
+            let r = c
+                .store
+                .create(v1::CreateRequest {
+                    store_type,
+                    name,
+                    parent: parent.unwrap_or_default(),
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            out.record(
+                &format!("created store {} (module {})", r.id, short(&r.module)),
+                json!({"store": r.id, "name": r.name, "module": r.module, "parent": (!r.parent.is_empty()).then_some(&r.parent)}),
+            );
+        }
+        StoreCommand::List => {
+            let list = c.store.list(v1::Empty {}).await.map_err(err)?.into_inner();
+            if list.items.is_empty() && !out.json() {
+                out.record(
+                    "no stores; create one with `lattice store create --type kv`",
+                    json!({}),
+                );
+            }
+            for r in list.items {
+                out.record(
+                    &format!(
+                        "{}  {:<20} {:<8} module {}{}",
+                        r.id,
+                        r.name,
+                        r.state,
+                        short(&r.module),
+                        if r.parent.is_empty() { String::new() } else { format!("  child of {}", short(&r.parent)) }
+                    ),
+                    json!({"store": r.id, "name": r.name, "state": r.state, "module": r.module, "parent": (!r.parent.is_empty()).then_some(&r.parent)}),
+                );
+            }
+        }
+        StoreCommand::Status { store } => {
+            let s = parse(c.store.status(store_req(store)).await.map_err(err)?)?;
+            let text = if s.get("witnessed").is_some() {
+                format!(
+                    "store      {}\nname       {}\nmodule     {}\nstate      {}\nwitnessed  {}\nprojected  {}\nfloating   {}\nrejected   {}",
+                    show(&s["store"]),
+                    show(&s["name"]),
+                    show(&s["module"]),
+                    show(&s["state"]),
+                    s["witnessed"],
+                    s["projected"],
+                    s["floating"],
+                    s["rejected"]
+                )
+            } else {
+                format!(
+                    "store {} is {} (not open)",
+                    show(&s["store"]),
+                    show(&s["state"])
+                )
+            };
+            out.record(&text, s);
+        }
+        StoreCommand::Inspect { store } => {
+            let d = parse(
+                c.store
+                    .inspect(store_req(store.clone()))
+                    .await
+                    .map_err(err)?,
+            )?;
+            out.record(&describe_text(&d, &store), d);
+        }
+        StoreCommand::History { store, limit } => {
+            let v = parse(
+                c.store
+                    .history(v1::HistoryRequest { store, limit })
+                    .await
+                    .map_err(err)?,
+            )?;
+            for i in v["items"].as_array().into_iter().flatten() {
+                out.record(
+                    &format!(
+                        "{:>6}  {}  by {}  {}  {:<7} {} B, {} deps",
+                        i["seq"],
+                        short(i["hash"].as_str().unwrap_or("")),
+                        short(i["author"].as_str().unwrap_or("")),
+                        show(&i["hlc"]),
+                        show(&i["partition"]),
+                        i["ops_bytes"],
+                        i["deps"].as_array().map_or(0, Vec::len)
+                    ),
+                    i.clone(),
+                );
+            }
+        }
+        StoreCommand::Call {
+            store,
+            method,
+            args,
+            json_args,
+        } => {
+            let result = parse(
+                c.store
+                    .call(v1::CallRequest {
+                        store,
+                        method,
+                        args_json: json_args.unwrap_or_default(),
+                        words: args,
+                    })
+                    .await
+                    .map_err(err)?,
+            )?;
+            out.record(&serde_json::to_string_pretty(&result)?, result);
+        }
+        StoreCommand::Watch { store } => {
+            let mut stream = c
+                .store
+                .watch(store_req(store))
+                .await
+                .map_err(err)?
+                .into_inner();
+            out.progress("watching; Ctrl-C stops");
+            loop {
+                let next = tokio::select! {
+                    n = stream.next() => n,
+                    _ = tokio::signal::ctrl_c() => return Ok(()),
+                };
+                let Some(item) = next else {
+                    bail!("the node closed the stream");
+                };
+                let e = item.map_err(err)?;
+                if e.lagged > 0 {
+                    out.record(
+                        &format!("(missed {} events: this watcher fell behind)", e.lagged),
+                        json!({"lagged": e.lagged}),
+                    );
+                    continue;
+                }
+                let payload = String::from_utf8(e.payload.clone())
+                    .unwrap_or_else(|_| format!("0x{}", hex::encode(&e.payload)));
+                let json_payload: Value =
+                    serde_json::from_str(&payload).unwrap_or(Value::String(payload.clone()));
+                out.record(
+                    &format!("{:>6} {:<8} {payload}", e.seq, e.topic),
+                    json!({"seq": e.seq, "topic": e.topic, "payload": json_payload}),
+                );
+            }
+        }
+        StoreCommand::Invite { store, ttl } => {
+            let r = c
+                .store
+                .invite(v1::InviteRequest {
+                    store,
+                    ttl_seconds: ttl,
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            out.record(
+                &format!(
+                    "{}\n(one-time; valid for {ttl} s; on the other node: lattice store join <token>)",
+                    r.token
+                ),
+                json!({"token": r.token, "expires_ms": r.expires_ms}),
+            );
+        }
+        StoreCommand::Join { token } | StoreCommand::Rejoin { token } => {
+            join(&mut c, token, out).await?;
+        }
+        StoreCommand::RevokePeer { store, peer } => {
+            let r = parse(
+                c.store
+                    .revoke_peer(v1::PeerRequest {
+                        store,
+                        peer: peer.clone(),
+                    })
+                    .await
+                    .map_err(err)?,
+            )?;
+            out.record(&format!("revoked {}", short(&peer)), r);
+        }
+        StoreCommand::Peers { store } => {
+            let v = parse(c.store.peers(store_req(store)).await.map_err(err)?)?;
+            for p in v["items"].as_array().into_iter().flatten() {
+                out.record(
+                    &format!(
+                        "{}  {:<8} {}{}",
+                        show(&p["peer"]),
+                        show(&p["status"]),
+                        p["name"].as_str().unwrap_or(""),
+                        if p["me"] == true { "  (this node)" } else { "" }
+                    ),
+                    p.clone(),
+                );
+            }
+        }
+        StoreCommand::Archive { store } => archive(&mut c, store, true, out).await?,
+        StoreCommand::Unarchive { store } => archive(&mut c, store, false, out).await?,
+        StoreCommand::Leave { store } => {
+            c.store.leave(store_req(store.clone())).await.map_err(err)?;
+            out.record(
+                &format!("left store {store}; its data is kept (`lattice store rejoin <token>` comes back)"),
+                json!({"store": store, "state": "left"}),
+            );
+        }
+        StoreCommand::Delete { store } => {
+            c.store
+                .delete(store_req(store.clone()))
+                .await
+                .map_err(err)?;
+            out.record(
+                &format!("deleted the local data of {store}"),
+                json!({"store": store, "deleted": true}),
+            );
+        }
+        StoreCommand::Rebuild { .. } => bail!("rebuild runs without the daemon"),
+    }
+    Ok(())
+}
+
+async fn archive(
+    c: &mut Client,
+    store: String,
+    archived: bool,
+    out: &Output,
+) -> anyhow::Result<()> {
+    c.store
+        .archive(v1::ArchiveRequest {
+            store: store.clone(),
+            archived,
+        })
+        .await
+        .map_err(err)?;
+    let state = if archived { "archived" } else { "active" };
+    out.record(
+        &format!("store {store} is {state} on every peer of its parent"),
+        json!({"store": store, "state": state}),
+    );
+    Ok(())
+}
+
+async fn kv(
+    c: &mut Client,
+    store: &str,
+    method: &str,
+    args: Value,
+    out: &Output,
+) -> anyhow::Result<()> {
+    let d = parse(
+        c.store
+            .inspect(v1::StoreRequest {
+                store: store.to_string(),
+            })
+            .await
+            .map_err(err)?,
+    )?;
+    if d["name"] != "kvstore" {
+        bail!(
+            "store {} is a {} store; `{method}` is a kvstore shortcut — use `lattice store call`",
+            short(store),
+            show(&d["name"])
+        );
+    }
+    let args = match args {
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
+        other => other,
+    };
+    let result = parse(
+        c.store
+            .call(v1::CallRequest {
+                store: store.to_string(),
+                method: method.to_string(),
+                args_json: args.to_string(),
+                words: Vec::new(),
+            })
+            .await
+            .map_err(err)?,
+    )?;
+    let text = match method {
+        "get" => match (&result["value"], result["conflicted"] == true) {
+            (Value::Null, _) => "(not set)".to_string(),
+            (v, conflicted) => format!(
+                "{}{}",
+                show(v),
+                if conflicted {
+                    "  (conflicted: `lattice inspect` shows every head)"
+                } else {
+                    ""
+                }
+            ),
+        },
+        "list" => result["items"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|i| {
+                format!(
+                    "{} = {}{}",
+                    show(&i["key"]),
+                    show(&i["value"]),
+                    if i["conflicted"] == true {
+                        "  (conflicted)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n"),
+        "put" | "delete" => format!(
+            "ok {} (seq {})",
+            short(result["hash"].as_str().unwrap_or("")),
+            result["seq"]
+        ),
+        _ => serde_json::to_string_pretty(&result)?,
+    };
+    out.record(&text, result);
+    Ok(())
+}

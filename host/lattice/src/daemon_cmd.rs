@@ -1,0 +1,69 @@
+//! `lattice daemon`: runs the node and serves the local API on `<data dir>/lattice.sock`.
+
+use std::sync::Arc;
+
+use lattice_net::ReplicatorConfig;
+use lattice_node::{DataDir, Node, StoreManager};
+use serde_json::json;
+use tokio::sync::Notify;
+
+use crate::api::{self, Api, SOCKET};
+use crate::cli::DaemonArgs;
+use crate::output::Output;
+
+pub(crate) fn run(args: DaemonArgs, dir: &DataDir, out: &Output) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon(args, dir, out))
+}
+
+/// Keeps the data directory private to this user (it holds the key and the socket).
+fn restrict(dir: &DataDir) -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir.root())?;
+    std::fs::set_permissions(dir.root(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(())
+}
+
+async fn daemon(args: DaemonArgs, dir: &DataDir, out: &Output) -> anyhow::Result<()> {
+    restrict(dir)?;
+    // Opening the node takes the data directory's lock: a second daemon stops here.
+    let node = Node::open(dir.clone())?;
+    let manager = StoreManager::start_iroh(node, args.listen, ReplicatorConfig::default()).await?;
+    let path = dir.root().join(SOCKET);
+    let listener = api::bind(&path)?;
+    let api_stop = Arc::new(Notify::new());
+    let server_stop = Arc::new(Notify::new());
+    let server = tokio::spawn(api::serve_on(
+        Api::new(manager.clone(), api_stop.clone()),
+        listener,
+        server_stop.clone(),
+    ));
+    let key = manager.node().key().public();
+    out.record(
+        &format!(
+            "daemon running: node {key}\n  peers reach it at {}\n  API socket {}\n  Ctrl-C stops it",
+            manager.address(),
+            path.display()
+        ),
+        json!({"event": "running", "node": key.to_string(), "address": manager.address().to_string(), "socket": path.display().to_string()}),
+    );
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+        _ = api_stop.notified() => {}
+    }
+    out.progress("stopping: closing stores…");
+    server_stop.notify_one();
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!("the API server failed: {e:#}"),
+        Err(e) => tracing::warn!("the API server task failed: {e}"),
+    }
+    manager.shutdown().await;
+    out.record("daemon stopped", json!({"event": "stopped"}));
+    Ok(())
+}

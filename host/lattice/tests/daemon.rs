@@ -1,0 +1,270 @@
+//! Real `lattice daemon` processes on loopback, driven by the CLI as a user would: create,
+//! invite, join, put and get across three nodes; child stores on every peer; revocation;
+//! leave and re-join; bad tokens; restart; a second daemon on the same data directory.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const DEADLINE: Duration = Duration::from_secs(60);
+
+fn lattice(dir: &Path, args: &[&str]) -> Result<Output, std::io::Error> {
+    Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(args)
+        .output()
+}
+
+/// Runs a command with `--json` and returns its last JSON line; fails with its stderr.
+fn json(dir: &Path, args: &[&str]) -> Result<Value, Box<dyn std::error::Error>> {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = lattice(dir, &full)?;
+    if !out.status.success() {
+        return Err(format!(
+            "lattice {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        )
+        .into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let last = text.lines().last().ok_or("no output")?;
+    Ok(serde_json::from_str(last)?)
+}
+
+/// Runs a command that must fail; returns its stderr.
+fn fails(dir: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let out = lattice(dir, args)?;
+    if out.status.success() {
+        return Err(format!("lattice {} succeeded but should fail", args.join(" ")).into());
+    }
+    Ok(String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// A daemon process, stopped (and waited for) on drop.
+struct Daemon {
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Daemon {
+    /// Starts a daemon and waits until it reports it is running.
+    fn start(dir: &Path) -> Result<Daemon, Box<dyn std::error::Error>> {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_lattice"))
+            .arg("--data-dir")
+            .arg(dir)
+            .args(["--json", "daemon"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line)?;
+        let event: Value = serde_json::from_str(&line)
+            .map_err(|e| format!("daemon did not start ({e}): {line}"))?;
+        if event["event"] != "running" {
+            return Err(format!("unexpected first line: {line}").into());
+        }
+        Ok(Daemon {
+            dir: dir.to_path_buf(),
+            child,
+        })
+    }
+
+    fn stop(mut self) -> TestResult {
+        json(&self.dir, &["node", "stop"])?;
+        self.child.wait()?;
+        Ok(())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Re-runs `get` until the value is `want` (or the deadline passes).
+fn until_value(dir: &Path, store: &str, key: &str, want: &Value) -> TestResult {
+    let start = Instant::now();
+    loop {
+        let got = json(dir, &["get", store, key])?;
+        if &got["value"] == want {
+            return Ok(());
+        }
+        if start.elapsed() > DEADLINE {
+            return Err(format!(
+                "{key} is {} on {}, want {want}",
+                got["value"],
+                dir.display()
+            )
+            .into());
+        }
+    }
+}
+
+#[test]
+fn three_daemons_create_invite_join_children_revoke_leave_rejoin_restart() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let [a_dir, b_dir, c_dir] = ["a", "b", "c"].map(|n| temp.path().join(n));
+    let a = Daemon::start(&a_dir)?;
+    let b = Daemon::start(&b_dir)?;
+    let c = Daemon::start(&c_dir)?;
+
+    // The API socket is private; a second daemon on the same data directory refuses.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(a_dir.join("lattice.sock"))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+    let second = fails(&a_dir, &["daemon"])?;
+    assert!(
+        second.contains("in use by another Lattice process"),
+        "{second}"
+    );
+
+    let store = json(
+        &a_dir,
+        &["store", "create", "--type", "kv", "--name", "shared"],
+    )?["store"]
+        .as_str()
+        .ok_or("no id")?
+        .to_string();
+    json(&a_dir, &["put", &store, "greeting", "hello"])?;
+
+    // Bad tokens: garbage, damaged, expired, wrong mesh.
+    let garbage = fails(&b_dir, &["store", "join", "hello"])?;
+    assert!(garbage.contains("not a Lattice invite token"), "{garbage}");
+    let token = json(&a_dir, &["store", "invite", &store])?["token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_string();
+    let damaged = fails(&b_dir, &["store", "join", &token[..token.len() - 4]])?;
+    assert!(damaged.contains("damaged"), "{damaged}");
+    let short_lived = json(&a_dir, &["store", "invite", &store, "--ttl", "1"])?;
+    let expired = short_lived["token"].as_str().ok_or("no token")?.to_string();
+    let expires_ms = short_lived["expires_ms"].as_u64().ok_or("no expiry")?;
+    let other = json(
+        &c_dir,
+        &["store", "create", "--type", "kv", "--name", "elsewhere"],
+    )?["store"]
+        .as_str()
+        .ok_or("no id")?
+        .to_string();
+    let wrong = json(&c_dir, &["store", "invite", &other])?["token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_string();
+    // The inviter no longer has that store open: the token is for another mesh now.
+    json(&c_dir, &["store", "leave", &other])?;
+    let wrong_mesh = fails(&b_dir, &["store", "join", &wrong])?;
+    assert!(wrong_mesh.contains("another mesh"), "{wrong_mesh}");
+
+    // B and C join; every node reads and writes.
+    json(&b_dir, &["store", "join", &token])?;
+    let reused = fails(&c_dir, &["store", "join", &token])?;
+    assert!(reused.contains("already used"), "{reused}");
+    // Expiry is about wall-clock time: wait until the token's expiry has passed.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)?
+        .as_millis() as u64;
+    if now_ms <= expires_ms {
+        std::thread::sleep(Duration::from_millis(expires_ms - now_ms + 1));
+    }
+    let expired_err = fails(&c_dir, &["store", "join", &expired])?;
+    assert!(expired_err.contains("expired"), "{expired_err}");
+    let token_c = json(&a_dir, &["store", "invite", &store])?["token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_string();
+    json(&c_dir, &["store", "join", &token_c])?;
+    assert_eq!(
+        json(&c_dir, &["get", &store, "greeting"])?["value"],
+        "hello"
+    );
+    json(&b_dir, &["put", &store, "from-b", "1"])?;
+    json(&c_dir, &["put", &store, "from-c", "2"])?;
+    for dir in [&a_dir, &b_dir, &c_dir] {
+        until_value(dir, &store, "from-b", &Value::from("1"))?;
+        until_value(dir, &store, "from-c", &Value::from("2"))?;
+    }
+
+    // A child store created on B appears on every peer.
+    let child = json(
+        &b_dir,
+        &[
+            "store", "create", "--type", "kv", "--name", "notes", "--parent", &store,
+        ],
+    )?["store"]
+        .as_str()
+        .ok_or("no id")?
+        .to_string();
+    json(&b_dir, &["put", &child, "in-child", "yes"])?;
+    for dir in [&a_dir, &c_dir] {
+        let start = Instant::now();
+        while !json(dir, &["get", &child, "in-child"]).is_ok_and(|v| v["value"] == "yes") {
+            if start.elapsed() > DEADLINE {
+                return Err(format!("the child store never reached {}", dir.display()).into());
+            }
+        }
+    }
+
+    // Revoking C: its later writes are refused everywhere.
+    let c_key = json(&c_dir, &["node", "id"])?["node"]
+        .as_str()
+        .ok_or("no key")?
+        .to_string();
+    json(&a_dir, &["store", "revoke-peer", &store, &c_key])?;
+    json(&c_dir, &["put", &store, "from-c", "after revocation"])?;
+    json(&a_dir, &["put", &store, "marker", "m"])?;
+    until_value(&b_dir, &store, "marker", &Value::from("m"))?;
+    for dir in [&a_dir, &b_dir] {
+        assert_eq!(json(dir, &["get", &store, "from-c"])?["value"], "2");
+    }
+
+    // B leaves and re-joins with a fresh token, keeping its data.
+    json(&b_dir, &["store", "leave", &store])?;
+    let left = json(&b_dir, &["store", "status", &store])?;
+    assert_eq!(left["state"], "left");
+    let again = json(&a_dir, &["store", "invite", &store])?["token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_string();
+    let rejoined = json(&b_dir, &["store", "rejoin", &again])?;
+    assert_eq!(rejoined["fetched"], 0);
+    json(&a_dir, &["put", &store, "after-rejoin", "ok"])?;
+    until_value(&b_dir, &store, "after-rejoin", &Value::from("ok"))?;
+
+    // Restarting A keeps everything.
+    let before = json(&a_dir, &["store", "status", &store])?;
+    a.stop()?;
+    let a = Daemon::start(&a_dir)?;
+    let after = json(&a_dir, &["store", "status", &store])?;
+    assert_eq!(before["witnessed"], after["witnessed"]);
+    assert_eq!(
+        json(&a_dir, &["get", &store, "greeting"])?["value"],
+        "hello"
+    );
+    let listed = lattice(&a_dir, &["--json", "store", "list"])?;
+    let text = String::from_utf8(listed.stdout)?;
+    assert!(text.contains(&child), "{text}");
+    json(&b_dir, &["put", &store, "after-restart", "yes"])?;
+    until_value(&a_dir, &store, "after-restart", &Value::from("yes"))?;
+
+    a.stop()?;
+    b.stop()?;
+    c.stop()?;
+    Ok(())
+}
