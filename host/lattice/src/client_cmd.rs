@@ -30,15 +30,18 @@ pub(crate) enum ClientCommand {
     },
 }
 
+/// A node run in this process for one command, with its API on a private socket.
+struct InProcess {
+    manager: StoreManager,
+    stop: Arc<Notify>,
+    server: tokio::task::JoinHandle<anyhow::Result<()>>,
+    _socket_dir: tempfile::TempDir,
+}
+
 /// A connection to the node: the daemon's, or an in-process node's.
 struct Session {
     client: Client,
-    embedded: Option<(
-        StoreManager,
-        Arc<Notify>,
-        tokio::task::JoinHandle<anyhow::Result<()>>,
-        tempfile::TempDir,
-    )>,
+    embedded: Option<InProcess>,
 }
 
 impl Session {
@@ -72,15 +75,20 @@ impl Session {
             .context("connecting to the in-process node")?;
         Ok(Session {
             client,
-            embedded: Some((manager, stop, server, private)),
+            embedded: Some(InProcess {
+                manager,
+                stop,
+                server,
+                _socket_dir: private,
+            }),
         })
     }
 
     async fn close(self) {
-        if let Some((manager, stop, server, _dir)) = self.embedded {
-            stop.notify_one();
-            let _ = server.await;
-            manager.shutdown().await;
+        if let Some(p) = self.embedded {
+            p.stop.notify_one();
+            let _ = p.server.await;
+            p.manager.shutdown().await;
         }
     }
 }
