@@ -201,6 +201,42 @@ fn three_daemons_create_invite_join_children_revoke_leave_rejoin_restart() -> Te
         until_value(dir, &store, "from-c", &Value::from("2"))?;
     }
 
+    // `store watch` on B streams a change written on A.
+    let mut watcher = Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .arg("--data-dir")
+        .arg(&b_dir)
+        .args(["--json", "store", "watch", &store])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let stdout = watcher.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    // The watch is subscribed once the first event arrives; write until one does.
+    let start = Instant::now();
+    let mut n = 0;
+    let seen = loop {
+        n += 1;
+        json(&a_dir, &["put", &store, "watched", &format!("v{n}")])?;
+        if let Ok(line) = rx.recv_timeout(Duration::from_secs(2)) {
+            break line;
+        }
+        if start.elapsed() > DEADLINE {
+            return Err("store watch printed nothing".into());
+        }
+    };
+    let event: Value = serde_json::from_str(&seen)?;
+    assert_eq!(event["topic"], "kv");
+    assert_eq!(event["payload"]["key"], "watched");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
+
     // A child store created on B appears on every peer.
     let child = json(
         &b_dir,

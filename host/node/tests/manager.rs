@@ -159,6 +159,40 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
     })
     .await?;
 
+    // A grandchild created on B opens on A and C too; archiving the child closes both
+    // everywhere, keeping the data; re-activating opens them again.
+    let grandchild = b.create("kv", "deeper", Some(child)).await?;
+    b.call(&grandchild, "put", &json!({"key": "deep", "value": "yes"}))?;
+    until(&[&a, &b, &c], "the grandchild on every node", || {
+        [&a, &c]
+            .iter()
+            .all(|n| get(n, &grandchild, "deep") == "yes")
+    })
+    .await?;
+    a.archive(&child, true).await?;
+    let closed = |n: &StoreManager| {
+        n.list().is_ok_and(|l| {
+            l.iter()
+                .filter(|r| r.id == child || r.id == grandchild)
+                .all(|r| r.state == StoreState::Archived)
+        })
+    };
+    until(
+        &[&a, &b, &c],
+        "the archived child closed everywhere",
+        || [&a, &b, &c].iter().all(|n| closed(n)),
+    )
+    .await?;
+    assert!(matches!(a.status(&child), Err(NodeError::NotOpen(_))));
+    a.archive(&child, false).await?;
+    until(&[&a, &b, &c], "the child re-opened everywhere", || {
+        [&a, &b, &c].iter().all(|n| {
+            n.call(&child, "get", &json!({}))
+                .is_ok_and(|v| v["value"] == 2)
+        })
+    })
+    .await?;
+
     // Revoking C: its later writes are refused everywhere.
     let c_key = c.node().key().public();
     a.revoke_peer(&store, &c_key)?;
