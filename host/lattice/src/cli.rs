@@ -258,6 +258,10 @@ pub(crate) struct DaemonArgs {
     /// is kept across restarts when free).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub(crate) listen: std::net::SocketAddr,
+    /// Seconds between anti-entropy rounds (one reconciliation per store with one peer; it
+    /// catches up whatever gossip missed).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub(crate) anti_entropy: u64,
 }
 
 #[derive(Debug, Args)]

@@ -31,7 +31,11 @@ async fn daemon(args: DaemonArgs, dir: &DataDir, out: &Output) -> anyhow::Result
     restrict(dir)?;
     // Opening the node takes the data directory's lock: a second daemon stops here.
     let node = Node::open(dir.clone())?;
-    let manager = StoreManager::start_iroh(node, args.listen, ReplicatorConfig::default()).await?;
+    let config = ReplicatorConfig {
+        anti_entropy: std::time::Duration::from_secs(args.anti_entropy),
+        ..ReplicatorConfig::default()
+    };
+    let manager = StoreManager::start_iroh(node, args.listen, config).await?;
     let path = dir.root().join(SOCKET);
     let listener = api::bind(&path)?;
     let api_stop = Arc::new(Notify::new());

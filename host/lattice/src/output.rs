@@ -25,18 +25,20 @@ impl Output {
 
     /// Prints one result: the text for people, or the JSON object.
     pub(crate) fn record(&self, text: &str, json: serde_json::Value) {
-        if self.json {
-            println!("{json}");
+        // A reader that went away (a closed pipe) must not take the process down.
+        let mut stdout = std::io::stdout().lock();
+        let _ = if self.json {
+            writeln!(stdout, "{json}")
         } else {
-            println!("{text}");
-        }
+            writeln!(stdout, "{text}")
+        };
+        let _ = stdout.flush();
     }
 
     /// Prints a progress line to stderr (people only).
     pub(crate) fn progress(&self, text: &str) {
         if !self.json {
-            eprintln!("{text}");
-            let _ = std::io::stderr().flush();
+            let _ = writeln!(std::io::stderr(), "{text}");
         }
     }
 

@@ -16,6 +16,9 @@ use crate::cli::ServeArgs;
 use crate::output::Output;
 
 pub(crate) fn run(args: ServeArgs, dir: &DataDir, out: &Output) -> anyhow::Result<()> {
+    // Hold the data directory's lock, as a daemon does: the two never share the logs.
+    std::fs::create_dir_all(dir.root())?;
+    let _lock = lattice_node::MetaDb::open(&dir.meta_path())?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

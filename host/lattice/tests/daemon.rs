@@ -60,7 +60,8 @@ impl Daemon {
         let mut child = Command::new(env!("CARGO_BIN_EXE_lattice"))
             .arg("--data-dir")
             .arg(dir)
-            .args(["--json", "daemon"])
+            // Quick anti-entropy: the test waits on convergence, not on the default period.
+            .args(["--json", "daemon", "--anti-entropy", "1"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
@@ -288,7 +289,7 @@ fn three_daemons_create_invite_join_children_revoke_leave_rejoin_restart() -> Te
     a.stop()?;
     let a = Daemon::start(&a_dir)?;
     let after = json(&a_dir, &["store", "status", &store])?;
-    assert_eq!(before["witnessed"], after["witnessed"]);
+    assert!(after["witnessed"].as_u64() >= before["witnessed"].as_u64());
     assert_eq!(
         json(&a_dir, &["get", &store, "greeting"])?["value"],
         "hello"

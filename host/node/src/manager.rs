@@ -62,6 +62,8 @@ struct Inner {
     stores: Mutex<HashMap<StoreId, Arc<OpenStore>>>,
     events: broadcast::Sender<NodeEvent>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Held while a store is opened or closed.
+    lifecycle: tokio::sync::Mutex<()>,
 }
 
 /// A running node; cheap to clone.
@@ -162,6 +164,7 @@ impl StoreManager {
             stores: Mutex::new(HashMap::new()),
             events,
             tasks: Mutex::new(Vec::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
         });
         inner
             .replicator
@@ -383,19 +386,26 @@ impl StoreManager {
 
     /// Opens a store of the inventory and starts replicating it.
     async fn open_registered(&self, record: &StoreRecord) -> Result<(), NodeError> {
-        if self.is_open(&record.id) {
-            return Ok(());
-        }
-        let log = Arc::new(self.inner.node.open_log(record.id)?);
-        let has_genesis = log.reader().get(&Hash(record.id.0))?.is_some();
-        let store = if has_genesis {
-            Some(self.inner.node.store_from_log(record.id, log.clone())?)
-        } else {
-            None
+        let log = {
+            // Opening and closing are serialised, so a store's files are never opened twice.
+            let _opening = self.inner.lifecycle.lock().await;
+            if self.is_open(&record.id) {
+                return Ok(());
+            }
+            let log = Arc::new(self.inner.node.open_log(record.id)?);
+            let has_genesis = log.reader().get(&Hash(record.id.0))?.is_some();
+            let store = if has_genesis {
+                Some(self.inner.node.store_from_log(record.id, log.clone())?)
+            } else {
+                None
+            };
+            self.register_open(record.id, log.clone(), store, record.parent);
+            log
         };
-        self.insert_open(record.id, log, store, record.parent).await
+        self.activate(record.id, log).await
     }
 
+    /// Registers an open store (the caller opened it) and starts replicating it.
     async fn insert_open(
         &self,
         id: StoreId,
@@ -403,6 +413,23 @@ impl StoreManager {
         store: Option<Store>,
         parent: Option<StoreId>,
     ) -> Result<(), NodeError> {
+        {
+            let _opening = self.inner.lifecycle.lock().await;
+            if self.is_open(&id) {
+                return Ok(());
+            }
+            self.register_open(id, log.clone(), store, parent);
+        }
+        self.activate(id, log).await
+    }
+
+    fn register_open(
+        &self,
+        id: StoreId,
+        log: Arc<Log>,
+        store: Option<Store>,
+        parent: Option<StoreId>,
+    ) {
         let (watch, _) = broadcast::channel(WATCH_BUFFER);
         let store = store.map(|mut s| {
             s.keep_data_events();
@@ -415,6 +442,10 @@ impl StoreManager {
             watch,
         });
         lock(&self.inner.stores).insert(id, open);
+    }
+
+    /// Replicates a just-registered store and acts on its system table.
+    async fn activate(&self, id: StoreId, log: Arc<Log>) -> Result<(), NodeError> {
         let members = self.members_of(&id);
         self.inner
             .replicator
@@ -571,6 +602,7 @@ impl StoreManager {
 
     /// Stops replicating a store and closes it, waiting until its log is closed.
     async fn close(&self, id: &StoreId) -> Result<(), NodeError> {
+        let _closing = self.inner.lifecycle.lock().await;
         self.inner.replicator.remove_store(id);
         let Some(open) = lock(&self.inner.stores).remove(id) else {
             return Ok(());
