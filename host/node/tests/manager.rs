@@ -238,3 +238,30 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
     c.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_watcher_is_told_how_much_it_missed_and_keeps_its_stream() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let node = start(dir.path()).await?;
+    let store = node.create("kv", "watched", None).await?;
+    let mut slow = node.watch(&store)?;
+    let writes = lattice_node::WATCH_BUFFER + 50;
+    let ops: Vec<Value> = (0..writes)
+        .map(|i| json!({"put": format!("k{i:05}"), "value": "v"}))
+        .collect();
+    // One batch per 100 keys: every key emits one event.
+    for chunk in ops.chunks(100) {
+        node.call(&store, "batch", &json!({ "ops": chunk }))?;
+    }
+    match slow.recv().await {
+        Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {
+            assert_eq!(missed, 50);
+        }
+        other => return Err(format!("expected a lag report, got {other:?}").into()),
+    }
+    // The stream goes on with what is still buffered.
+    let next = slow.recv().await?;
+    assert_eq!(next.topic, "kv");
+    node.shutdown().await;
+    Ok(())
+}
