@@ -64,6 +64,9 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Held while a store is opened or closed.
     lifecycle: tokio::sync::Mutex<()>,
+    /// Held while peer sets are read and handed to the replicator, so a set computed from an
+    /// older system state never overwrites a newer one.
+    members: Mutex<()>,
 }
 
 /// A running node; cheap to clone.
@@ -165,6 +168,7 @@ impl StoreManager {
             events,
             tasks: Mutex::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(()),
+            members: Mutex::new(()),
         });
         inner
             .replicator
@@ -367,6 +371,7 @@ impl StoreManager {
     /// Pushes the peer set of `id` and of every open store inheriting from it to the
     /// replicator.
     fn update_members(&self, id: &StoreId) {
+        let _consistent = lock(&self.inner.members);
         let open: Vec<(StoreId, Option<StoreId>)> = lock(&self.inner.stores)
             .iter()
             .map(|(k, v)| (*k, v.parent))
