@@ -90,6 +90,14 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// The newest position of `author`'s chain in `log` (0 when it has written nothing).
+fn chain_position(log: &Log, author: &PubKey) -> Result<u64, NodeError> {
+    Ok(match log.reader().tip(author)? {
+        Some(h) => log.reader().dag_info(&h)?.map_or(0, |i| i.author_seq),
+        None => 0,
+    })
+}
+
 /// What a join did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Joined {
@@ -284,21 +292,15 @@ impl StoreManager {
     /// # Errors
     /// [`NodeError::UnknownStore`], [`NodeError::Ambiguous`].
     pub fn find(&self, text: &str) -> Result<StoreId, NodeError> {
-        let text = text.trim().to_ascii_lowercase();
-        let matches: Vec<StoreId> = self
+        let ids = self
             .inner
             .node
             .meta()
             .list()?
             .into_iter()
             .map(|r| r.id)
-            .filter(|id| !text.is_empty() && id.to_string().starts_with(&text))
             .collect();
-        match matches.as_slice() {
-            [one] => Ok(*one),
-            [] => Err(NodeError::UnknownStore(text)),
-            _ => Err(NodeError::Ambiguous(text)),
-        }
+        crate::node::match_store_prefix(ids, text)
     }
 
     /// Runs `f` on an open store whose genesis is here.
@@ -808,12 +810,7 @@ impl StoreManager {
     /// [`NodeError::InheritedPeers`] for a child store (invite to its root instead);
     /// storage failures.
     pub fn invite(&self, id: &StoreId, ttl: Duration) -> Result<InviteToken, NodeError> {
-        let info = self.with_store(id, |s| s.system_info())?;
-        if info["strategy"] == "inherited" {
-            return Err(NodeError::InheritedPeers(
-                info["parent"].as_str().unwrap_or_default().to_string(),
-            ));
-        }
+        self.require_own_peers(id)?;
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| NodeError::Net(format!("no randomness: {e}")))?;
         let expires_ms = system_now_ms().saturating_add(ttl.as_millis() as u64);
@@ -835,6 +832,17 @@ impl StoreManager {
             secret,
             expires_ms,
         })
+    }
+
+    /// Refuses stores that inherit their peers (invites and revocations go to the parent).
+    fn require_own_peers(&self, id: &StoreId) -> Result<(), NodeError> {
+        let info = self.with_store(id, |s| s.system_info())?;
+        if info["strategy"] == "inherited" {
+            return Err(NodeError::InheritedPeers(
+                info["parent"].as_str().unwrap_or_default().to_string(),
+            ));
+        }
+        Ok(())
     }
 
     /// Inviter side of a join: checks the invite and records the joiner as an active peer.
@@ -909,10 +917,7 @@ impl StoreManager {
         let id = token.store;
         let known = self.inner.node.meta().get(&id)?;
         let log = Arc::new(self.inner.node.open_log(id)?);
-        let tip = match log.reader().tip(&me)? {
-            Some(h) => log.reader().dag_info(&h)?.map_or(0, |i| i.author_seq),
-            None => 0,
-        };
+        let tip = chain_position(&log, &me)?;
         let inviter = PeerAddr {
             id: token.inviter,
             addrs: token.addrs.clone(),
@@ -984,17 +989,9 @@ impl StoreManager {
     /// # Errors
     /// [`NodeError::InheritedPeers`] for a child; storage failures.
     pub fn revoke_peer(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
-        let info = self.with_store(id, |s| s.system_info())?;
-        if info["strategy"] == "inherited" {
-            return Err(NodeError::InheritedPeers(
-                info["parent"].as_str().unwrap_or_default().to_string(),
-            ));
-        }
+        self.require_own_peers(id)?;
         let open = self.open_store(id)?;
-        let cut = match open.log.reader().tip(peer)? {
-            Some(h) => open.log.reader().dag_info(&h)?.map_or(0, |i| i.author_seq),
-            None => 0,
-        };
+        let cut = chain_position(&open.log, peer)?;
         let result = self.system_call(
             id,
             "set-peer-status",

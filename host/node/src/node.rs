@@ -25,16 +25,40 @@ pub struct Node {
     system_module: ModuleHash,
 }
 
-/// Installs a built-in module unless it is installed already; returns its hash.
-fn ensure_builtin(runtime: &Runtime, name: &str) -> Result<ModuleHash, NodeError> {
-    let Some((_, bytes)) = BUILTIN_MODULES.iter().find(|(n, _)| *n == name) else {
-        return Err(NodeError::UnknownType(name.to_string()));
-    };
+/// The one store among `ids` whose id starts with `text` (case and surrounding spaces
+/// ignored).
+///
+/// # Errors
+/// [`NodeError::UnknownStore`] for none, [`NodeError::Ambiguous`] for several.
+pub(crate) fn match_store_prefix(ids: Vec<StoreId>, text: &str) -> Result<StoreId, NodeError> {
+    let text = text.trim().to_ascii_lowercase();
+    let matches: Vec<StoreId> = ids
+        .into_iter()
+        .filter(|id| !text.is_empty() && id.to_string().starts_with(&text))
+        .collect();
+    match matches.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(NodeError::UnknownStore(text)),
+        _ => Err(NodeError::Ambiguous(text)),
+    }
+}
+
+/// Installs built-in component bytes unless they are installed already (installing compiles);
+/// returns the module hash.
+fn ensure_installed(runtime: &Runtime, bytes: &[u8]) -> Result<ModuleHash, NodeError> {
     let hash = ModuleHash::of(bytes);
     if runtime.is_installed(&hash) {
         return Ok(hash);
     }
     Ok(runtime.install(bytes)?.hash())
+}
+
+/// Installs a built-in module by name unless it is installed already; returns its hash.
+fn ensure_builtin(runtime: &Runtime, name: &str) -> Result<ModuleHash, NodeError> {
+    let Some((_, bytes)) = BUILTIN_MODULES.iter().find(|(n, _)| *n == name) else {
+        return Err(NodeError::UnknownType(name.to_string()));
+    };
+    ensure_installed(runtime, bytes)
 }
 
 /// A store as listed by [`Node::list_stores`].
@@ -138,8 +162,8 @@ impl Node {
         }
         let name = spec.strip_suffix(".wasm").unwrap_or(spec);
         let name = if name == "kv" { "kvstore" } else { name };
-        if let Some((_, bytes)) = BUILTIN_MODULES.iter().find(|(n, _)| *n == name) {
-            return Ok(self.runtime.install(bytes)?.hash());
+        if BUILTIN_MODULES.iter().any(|(n, _)| *n == name) {
+            return ensure_builtin(&self.runtime, name);
         }
         if let Some(hash) = ModuleHash::from_hex(spec) {
             return Ok(hash);
@@ -252,17 +276,7 @@ impl Node {
     /// # Errors
     /// [`NodeError::UnknownStore`] or [`NodeError::Ambiguous`].
     pub fn find_store(&self, text: &str) -> Result<StoreId, NodeError> {
-        let text = text.trim().to_ascii_lowercase();
-        let matches: Vec<StoreId> = self
-            .store_ids()?
-            .into_iter()
-            .filter(|id| !text.is_empty() && id.to_string().starts_with(&text))
-            .collect();
-        match matches.as_slice() {
-            [one] => Ok(*one),
-            [] => Err(NodeError::UnknownStore(text)),
-            _ => Err(NodeError::Ambiguous(text)),
-        }
+        match_store_prefix(self.store_ids()?, text)
     }
 
     fn store_ids(&self) -> Result<Vec<StoreId>, NodeError> {
@@ -330,7 +344,7 @@ impl Node {
                 .iter()
                 .find(|(_, b)| ModuleHash::of(b) == genesis.module)
         {
-            self.runtime.install(bytes)?;
+            ensure_installed(&self.runtime, bytes)?;
         }
         Store::open(
             &self.runtime,

@@ -1,7 +1,6 @@
 //! [`Store`]: one open store: its log, its two projections (data partition by the store's
 //! module, system partition by the system table guest), and the call path that joins them.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use lattice_log::{Draft, Log};
@@ -165,11 +164,6 @@ impl Store {
     /// The genesis facts.
     pub fn genesis(&self) -> &StoreGenesis {
         &self.genesis
-    }
-
-    /// The author ranges not projected (revoked peers), as last read from the system table.
-    pub fn author_filter(&self) -> &AuthorFilter {
-        &self.filter
     }
 
     /// Reads the author filter from the system table's `peers` query.
@@ -533,14 +527,6 @@ impl Store {
         Ok(Hash::of(&[data.0, system.0].concat()))
     }
 
-    /// A digest of the data partition's projected state only.
-    ///
-    /// # Errors
-    /// Storage failures.
-    pub fn data_digest(&self) -> Result<Hash, NodeError> {
-        Ok(self.data.state_digest()?)
-    }
-
     /// Forgets both projections and projects the whole log again.
     ///
     /// # Errors
@@ -549,11 +535,6 @@ impl Store {
         self.reset_projections()?;
         self.replaying = true;
         self.project()
-    }
-
-    /// Where the store's data projection lives.
-    pub fn state_path(&self, dir: &crate::DataDir) -> PathBuf {
-        dir.state_path(&self.id)
     }
 
     /// Closes the store, waiting for its log actor when this was the last handle to the log

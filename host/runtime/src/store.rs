@@ -70,11 +70,6 @@ impl AuthorFilter {
     pub fn authors(&self) -> impl Iterator<Item = &PubKey> {
         self.refused.keys()
     }
-
-    /// True when nothing is refused.
-    pub fn is_empty(&self) -> bool {
-        self.refused.is_empty()
-    }
 }
 
 /// A command turned into what the node authors: ops, deps and pruning hints.
