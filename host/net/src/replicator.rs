@@ -394,11 +394,6 @@ impl Replicator {
             .any(|e| e.access == Access::Open || lock(&e.peers).contains(peer))
     }
 
-    /// True when `peer` may replicate `store` with this node.
-    pub fn is_allowed(&self, store: &StoreId, peer: &PubKey) -> bool {
-        self.store(store).is_some_and(|e| e.allows(peer))
-    }
-
     /// Sets who decides join requests; without a handler every join is refused.
     pub fn set_join_handler(&self, handler: Arc<dyn JoinHandler>) {
         *lock(&self.inner.join) = Some(handler);
@@ -751,16 +746,28 @@ impl Replicator {
         let store = log.store_id();
         let options = self.inner.config.session.clone();
         for peer in peers {
-            let log = log.clone();
-            let got = self
-                .session(peer, &store, async |s: &mut Stream| {
-                    lattice_sync::bootstrap(s, &log, peer, &options, &mut progress).await
-                })
-                .await;
-            match got {
-                Ok(report) => return Ok((*peer, report)),
-                Err(e) => {
-                    warn!(peer = %peer.short(), "bootstrap failed, trying the next peer: {e}")
+            // A connection the peer dropped a moment ago fails the first attempt; the failure
+            // discards it, so one more attempt runs on a fresh connection.
+            for attempt in 0..2 {
+                let log = log.clone();
+                let got = self
+                    .session(peer, &store, async |s: &mut Stream| {
+                        lattice_sync::bootstrap(s, &log, peer, &options, &mut progress).await
+                    })
+                    .await;
+                match got {
+                    Ok(report) => return Ok((*peer, report)),
+                    Err(ReplicaError::Session(e)) if e.is_misbehaviour() => {
+                        warn!(peer = %peer.short(), "bootstrap refused the peer's data: {e}");
+                        break;
+                    }
+                    Err(e) if attempt == 0 => {
+                        debug!(peer = %peer.short(), "bootstrap failed, retrying once: {e}");
+                        self.succeeded(peer);
+                    }
+                    Err(e) => {
+                        warn!(peer = %peer.short(), "bootstrap failed, trying the next peer: {e}")
+                    }
                 }
             }
         }
