@@ -17,6 +17,9 @@ pub struct NodeStatus {
     pub open_stores: u32,
     #[prost(uint32, tag = "6")]
     pub stores: u32,
+    /// The serving process's id (0 when unknown).
+    #[prost(uint32, tag = "7")]
+    pub pid: u32,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
@@ -702,6 +705,24 @@ pub mod store_service_client {
                 .insert(GrpcMethod::new("lattice.daemon.v1.StoreService", "History"));
             self.inner.unary(req, path, codec).await
         }
+        /// Intentions the store type or the membership policy rejected, newest first, with reasons.
+        pub async fn rejected(
+            &mut self,
+            request: impl tonic::IntoRequest<super::HistoryRequest>,
+        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/lattice.daemon.v1.StoreService/Rejected");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new(
+                "lattice.daemon.v1.StoreService",
+                "Rejected",
+            ));
+            self.inner.unary(req, path, codec).await
+        }
         /// Calls a method of the store's type (command or query).
         pub async fn call(
             &mut self,
@@ -889,6 +910,11 @@ pub mod store_service_server {
         ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
         /// The newest witnessed intentions, newest first.
         async fn history(
+            &self,
+            request: tonic::Request<super::HistoryRequest>,
+        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
+        /// Intentions the store type or the membership policy rejected, newest first, with reasons.
+        async fn rejected(
             &self,
             request: tonic::Request<super::HistoryRequest>,
         ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
@@ -1193,6 +1219,44 @@ pub mod store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = HistorySvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.StoreService/Rejected" => {
+                    #[allow(non_camel_case_types)]
+                    struct RejectedSvc<T: StoreService>(pub Arc<T>);
+                    impl<T: StoreService> tonic::server::UnaryService<super::HistoryRequest> for RejectedSvc<T> {
+                        type Response = super::JsonReply;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::HistoryRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as StoreService>::rejected(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RejectedSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -4,7 +4,9 @@
 //! Queries: `get`, `list` (by prefix), `inspect` (every concurrent head of a key).
 //! Each write cites the current heads of the keys it touches, so it supersedes what its author
 //! saw; concurrent writes both survive as heads and the read reports `conflicted`.
-//! Every applied change emits a `kv` watch event `{"key", "value"}` (value `null` when deleted).
+//! Every applied change emits a `kv` watch event `{"key", "value", "size"}` (value `null` when
+//! deleted; a value over [`MAX_EVENT_VALUE`] bytes is left out of the event — `"value": null,
+//! "omitted": true` — and read with `get`). Values are at most [`MAX_VALUE`] bytes (1 MiB).
 //!
 //! Ops payload (version 1): `1u8 | count u16 | op*count`, op = `tag u8 (1 put, 2 delete) |
 //! key_len u32 | key | (put only) value_len u32 | value`, little-endian.
@@ -20,6 +22,11 @@ use serde_json::{Value, json};
 pub const MAX_KEY: usize = 1024;
 /// Most operations in one batch.
 pub const MAX_BATCH: usize = 1000;
+/// Largest value accepted (bytes): 1 MiB.
+pub const MAX_VALUE: usize = 1 << 20;
+/// Largest value a watch event carries; larger values are announced by size (read them with
+/// `get`), so events stay small whatever the values are.
+pub const MAX_EVENT_VALUE: usize = 16 << 10;
 
 const TABLE: &[u8] = b"kv/";
 
@@ -108,6 +115,9 @@ pub fn decode_ops(mut bytes: &[u8]) -> Result<Vec<KvOp>, StoreError> {
         ops.push(match tag {
             1 => {
                 let len = take_len(&mut bytes)?;
+                if len > MAX_VALUE {
+                    return Err(reject("value over the limit"));
+                }
                 KvOp::Put(key, take(&mut bytes, len)?.to_vec())
             }
             2 => KvOp::Delete(key),
@@ -118,6 +128,16 @@ pub fn decode_ops(mut bytes: &[u8]) -> Result<Vec<KvOp>, StoreError> {
         return Err(reject("trailing bytes"));
     }
     Ok(ops)
+}
+
+fn check_value(value: &[u8]) -> Result<(), StoreError> {
+    if value.len() > MAX_VALUE {
+        return Err(StoreError::InvalidArgument(format!(
+            "value is {} bytes; the limit is {MAX_VALUE} (1 MiB)",
+            value.len()
+        )));
+    }
+    Ok(())
 }
 
 fn check_key(key: &[u8]) -> Result<(), StoreError> {
@@ -148,6 +168,9 @@ fn prepare_batch(host: &dyn Host, ops: Vec<KvOp>) -> Result<Prepared, StoreError
     let mut unique: Vec<KvOp> = Vec::with_capacity(ops.len());
     for op in ops.into_iter().rev() {
         check_key(op.key())?;
+        if let KvOp::Put(_, value) = &op {
+            check_value(value)?;
+        }
         if !unique.iter().any(|o| o.key() == op.key()) {
             unique.push(op);
         }
@@ -268,7 +291,15 @@ impl StoreType for KvStore {
                 KvOp::Delete(k) => (k.as_slice(), None),
             };
             if let Some(read) = table.write(host, key, value, op)? {
-                let event = json!({ "key": bytes_json(key), "value": read.value.as_deref().map(bytes_json) });
+                let size = read.value.as_ref().map_or(0, Vec::len);
+                let event = match read.value.as_deref() {
+                    Some(v) if v.len() > MAX_EVENT_VALUE => {
+                        json!({ "key": bytes_json(key), "value": null, "size": size, "omitted": true })
+                    }
+                    value => {
+                        json!({ "key": bytes_json(key), "value": value.map(bytes_json), "size": size })
+                    }
+                };
                 host.emit("kv", event.to_string().as_bytes());
             }
         }
@@ -345,6 +376,27 @@ mod tests {
 
     fn query(host: &MemoryHost, method: &str, args: Value) -> Result<Value, StoreError> {
         KvStore::query(host, method, &Args::from_json(args))
+    }
+
+    #[test]
+    fn a_one_mib_value_is_stored_and_announced_by_size() -> Result<(), StoreError> {
+        let mut host = MemoryHost::new();
+        let big = "x".repeat(MAX_VALUE);
+        call(&mut host, 1, "put", json!({"key": "big", "value": big}))?;
+        assert_eq!(
+            query(&host, "get", json!({"key": "big"}))?["value"],
+            json!(big)
+        );
+        let event: Value = serde_json::from_slice(&host.events[0].1)
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        assert_eq!(event["size"], MAX_VALUE);
+        assert_eq!(event["omitted"], true);
+        let over = "x".repeat(MAX_VALUE + 1);
+        assert!(matches!(
+            call(&mut host, 2, "put", json!({"key": "big", "value": over})),
+            Err(StoreError::InvalidArgument(_))
+        ));
+        Ok(())
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `name` | `{"name"}`: the store's name |
 //! | `strategy` | `{"strategy": "independent"}` or `{"strategy": "inherited", "parent": id}` |
-//! | `peer/<key>/status` | `{"status": "invited"\|"active"\|"dormant"\|"revoked", "refused": [[from, to\|null]]}` |
+//! | `peer/<key>/status` | `{"status": "invited"\|"active"\|"dormant"\|"revoked", "refused": [[from, to\|null]], "by", "op"}` (`by`/`op`: writer and intention, stamped on apply) |
 //! | `peer/<key>/name` | `{"name"}` |
 //! | `peer/<key>/addrs` | `{"addrs": ["ip:port", …]}`: where the peer last said it listens |
 //! | `child/<store id>` | `{"alias", "module", "status": "active"\|"archived"}` |
@@ -323,6 +323,11 @@ fn validate(key: &str, value: Option<&Value>) -> Result<(), StoreError> {
         },
         ["peer", peer, "status"] if is_id(peer) => {
             check_status(key, value, PEER_STATUSES)?;
+            for stamped in ["by", "op"] {
+                if value.get(stamped).is_some() {
+                    check_id(key, value, stamped)?;
+                }
+            }
             let Some(ranges) = value.get("refused").and_then(Value::as_array) else {
                 return Err(reject(key, "`refused` must be an array"));
             };
@@ -373,6 +378,78 @@ fn validate(key: &str, value: Option<&Value>) -> Result<(), StoreError> {
     }
 }
 
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 15)]));
+    }
+    out
+}
+
+/// The write policy: who may write which system entry. Every writer is already a member
+/// (the host projects members' intentions only); on top of that:
+///
+/// - `peer/<k>/name` and `peer/<k>/addrs`: only `k` itself;
+/// - `peer/<k>/status`: any member for another peer; `k` itself may only leave (`revoked`),
+///   go `dormant`, or (the store's creator, in its first system write) record itself `active`
+///   while the table has no peer at all;
+/// - `invite/<h>` with status `valid`: `invited_by` must be the writer;
+/// - `app/<id>` claims: `by` must be the writer;
+/// - `name`, `strategy`, `child/<id>`, invite claims and withdrawals, app releases: any member.
+///
+/// The checks read the writer (from the signed intention) and, for a self-activation, whether
+/// any peer is recorded (only the creator's first write, causally before every other peer
+/// record, can pass); they give the same answer on every peer.
+fn authorize(
+    host: &dyn Host,
+    key: &str,
+    value: Option<&Value>,
+    author: &str,
+) -> Result<(), StoreError> {
+    let parts: Vec<&str> = key.split('/').collect();
+    let field = |name: &str| value.and_then(|v| text_field(v, name));
+    match parts.as_slice() {
+        ["peer", peer, "name" | "addrs"] if *peer != author => Err(reject(
+            key,
+            "only the peer itself may set its name and addresses",
+        )),
+        ["peer", peer, "status"] if *peer == author => match field("status") {
+            Some("revoked" | "dormant") => Ok(()),
+            Some("active") if table().list_json(host, "peer/", 1)?.is_empty() => Ok(()),
+            _ => Err(reject(
+                key,
+                "a peer cannot re-activate or invite itself; another member must",
+            )),
+        },
+        ["invite", _]
+            if field("status") == Some("valid") && field("invited_by") != Some(author) =>
+        {
+            Err(reject(
+                key,
+                "`invited_by` must be the member issuing the invite",
+            ))
+        }
+        ["app", _] if value.is_some() && field("by") != Some(author) => {
+            Err(reject(key, "`by` must be the member claiming the app id"))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Records who wrote a peer status, and in which intention, in the value itself (the host
+/// needs both to settle concurrent revocations).
+fn stamp(key: &str, value: Option<&mut Value>, author: &str, op: &str) {
+    if key.starts_with("peer/")
+        && key.ends_with("/status")
+        && let Some(Value::Object(map)) = value
+    {
+        map.insert("by".into(), json!(author));
+        map.insert("op".into(), json!(op));
+    }
+}
+
 fn peer_json(host: &dyn Host, peer: &str) -> Result<Value, StoreError> {
     let t = table();
     let (status, conflicted) = t.get_json(host, &format!("peer/{peer}/status"))?;
@@ -383,6 +460,8 @@ fn peer_json(host: &dyn Host, peer: &str) -> Result<Value, StoreError> {
         "addrs": addrs.as_ref().and_then(|a| a.get("addrs")).cloned().unwrap_or(json!([])),
         "status": status.as_ref().and_then(|s| s.get("status")).cloned().unwrap_or(json!("unknown")),
         "refused": status.as_ref().and_then(|s| s.get("refused")).cloned().unwrap_or(json!([])),
+        "by": status.as_ref().and_then(|s| s.get("by")).cloned(),
+        "op": status.as_ref().and_then(|s| s.get("op")).cloned(),
         "name": name.as_ref().and_then(|n| n.get("name")).cloned(),
         "conflicted": conflicted,
     }))
@@ -454,9 +533,12 @@ impl StoreType for System {
     }
 
     fn apply(host: &mut dyn Host, op: &Intention) -> Result<(), StoreError> {
-        let entries = decode_entries(&op.ops)?;
-        for (key, value) in &entries {
+        let mut entries = decode_entries(&op.ops)?;
+        let author = hex(&op.author);
+        for (key, value) in &mut entries {
             validate(key, value.as_ref())?;
+            authorize(host, key, value.as_ref(), &author)?;
+            stamp(key, value.as_mut(), &author, &hex(&op.hash));
         }
         let t = table();
         for entry in &entries {
@@ -619,11 +701,12 @@ mod tests {
             query(&host, "children", json!({}))?["items"][0]["status"],
             "archived"
         );
+        // The tests' writer is key 0101…: an invite names its issuer.
         call(
             &mut host,
             3,
             "add-invite",
-            json!({"hash": C, "expires_ms": 10, "invited_by": P}),
+            json!({"hash": C, "expires_ms": 10, "invited_by": "01".repeat(32)}),
         )?;
         call(&mut host, 4, "claim-invite", json!({"hash": C, "by": P}))?;
         assert_eq!(
@@ -631,6 +714,97 @@ mod tests {
             "claimed"
         );
         assert!(call(&mut host, 5, "claim-invite", json!({"hash": C, "by": P})).is_err());
+        Ok(())
+    }
+
+    fn apply_as(
+        host: &mut MemoryHost,
+        n: u8,
+        author: &str,
+        entries: Vec<(String, Option<Value>)>,
+    ) -> Result<(), StoreError> {
+        let op = Intention {
+            hash: vec![n; 32],
+            author: (0..32)
+                .map(|i| u8::from_str_radix(&author[2 * i..2 * i + 2], 16).unwrap_or(0))
+                .collect(),
+            hlc: Hlc {
+                wall_ms: u64::from(n),
+                counter: 0,
+            },
+            deps: vec![],
+            ops: encode_entries(&entries),
+        };
+        System::apply(host, &op)
+    }
+
+    #[test]
+    fn the_write_policy_holds_against_a_hostile_member() -> Result<(), StoreError> {
+        let mut host = MemoryHost::new();
+        let status = |s: &str| Some(json!({"status": s, "refused": []}));
+        // The creator records itself active in the first write; a second self-activation fails.
+        apply_as(
+            &mut host,
+            1,
+            C,
+            vec![(format!("peer/{C}/status"), status("active"))],
+        )?;
+        apply_as(
+            &mut host,
+            2,
+            C,
+            vec![(format!("peer/{P}/status"), status("active"))],
+        )?;
+        let stamped = query(&host, "peer", json!({"peer": P}))?;
+        assert_eq!(stamped["by"], C);
+        assert_eq!(stamped["op"], "02".repeat(32));
+        // P (a member) cannot rename or re-address C, nor re-activate itself after leaving.
+        for entries in [
+            vec![(format!("peer/{C}/name"), Some(json!({"name": "evil"})))],
+            vec![(format!("peer/{C}/addrs"), Some(json!({"addrs": []})))],
+            vec![(format!("peer/{P}/status"), status("active"))],
+            vec![(
+                format!("invite/{C}"),
+                Some(json!({"status": "valid", "expires_ms": 5, "invited_by": C})),
+            )],
+            vec![("app/x".to_string(), Some(json!({"by": C})))],
+        ] {
+            assert!(
+                matches!(
+                    apply_as(&mut host, 3, P, entries.clone()),
+                    Err(StoreError::Rejected(_))
+                ),
+                "{entries:?}"
+            );
+        }
+        // What P may do: name itself, leave, invite as itself, revoke another peer.
+        apply_as(
+            &mut host,
+            4,
+            P,
+            vec![(format!("peer/{P}/name"), Some(json!({"name": "p"})))],
+        )?;
+        apply_as(
+            &mut host,
+            5,
+            P,
+            vec![(format!("peer/{C}/status"), status("revoked"))],
+        )?;
+        apply_as(
+            &mut host,
+            6,
+            P,
+            vec![(format!("peer/{P}/status"), status("revoked"))],
+        )?;
+        assert!(
+            apply_as(
+                &mut host,
+                7,
+                P,
+                vec![(format!("peer/{P}/status"), status("active"))]
+            )
+            .is_err()
+        );
         Ok(())
     }
 

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lattice_model::{PubKey, StoreId};
+use lattice_model::StoreId;
 use lattice_node::{NodeError, StoreManager, StoreRecord};
 use lattice_proto::v1::{
     self, module_service_client::ModuleServiceClient, module_service_server,
@@ -24,26 +24,56 @@ pub(crate) const SOCKET: &str = "lattice.sock";
 /// Events a `Watch` stream buffers for a slow client before it reports lag.
 const WATCH_QUEUE: usize = 256;
 
+/// The gRPC metadata key that carries an error's stable machine-readable code (see
+/// `docs/api.md`).
+pub(crate) const CODE_KEY: &str = "lattice-code";
+
+/// A gRPC status with its stable code attached.
+fn coded(code: tonic::Code, stable: &'static str, text: String) -> Status {
+    let mut status = Status::new(code, text);
+    status.metadata_mut().insert(
+        CODE_KEY,
+        tonic::metadata::MetadataValue::from_static(stable),
+    );
+    status
+}
+
 fn status_of(e: NodeError) -> Status {
+    use tonic::Code;
     let text = e.to_string();
-    match e {
-        NodeError::UnknownStore(_) | NodeError::NotOpen(_) => Status::not_found(text),
-        NodeError::Ambiguous(_)
-        | NodeError::Token(_)
-        | NodeError::UnknownType(_)
-        | NodeError::Module(_)
-        | NodeError::NotAChild(_)
-        | NodeError::InheritedPeers(_) => Status::invalid_argument(text),
-        NodeError::Runtime(lattice_runtime::Error::BadArguments(_))
-        | NodeError::Runtime(lattice_runtime::Error::Call(_)) => Status::invalid_argument(text),
-        NodeError::JoinRefused(_) => Status::permission_denied(text),
-        NodeError::InviteExpired | NodeError::StillOpen(_) | NodeError::NotReady(_) => {
-            Status::failed_precondition(text)
+    let (code, stable) = match &e {
+        NodeError::Rejected { kind, .. } => {
+            let code = match kind {
+                lattice_node::RejectKind::Guest => Code::FailedPrecondition,
+                _ => Code::PermissionDenied,
+            };
+            (code, kind.code())
         }
-        NodeError::AlreadyMember(_) => Status::already_exists(text),
-        NodeError::Net(_) => Status::unavailable(text),
-        _ => Status::internal(text),
-    }
+        NodeError::UnknownStore(_) | NodeError::NotOpen(_) => (Code::NotFound, "not_found"),
+        NodeError::NotAPeer(_) => (Code::NotFound, "not_a_peer"),
+        NodeError::RevokeSelf => (Code::InvalidArgument, "revoke_self"),
+        NodeError::Ambiguous(_) => (Code::InvalidArgument, "ambiguous"),
+        NodeError::Token(_) => (Code::InvalidArgument, "bad_token"),
+        NodeError::UnknownType(_) | NodeError::Module(_) => (Code::InvalidArgument, "bad_module"),
+        NodeError::NotAChild(_) | NodeError::InheritedPeers(_) => {
+            (Code::InvalidArgument, "invalid_argument")
+        }
+        NodeError::Runtime(lattice_runtime::Error::BadArguments(_))
+        | NodeError::Runtime(lattice_runtime::Error::Call(_)) => {
+            (Code::InvalidArgument, "invalid_argument")
+        }
+        NodeError::Runtime(lattice_runtime::Error::Headless(_)) => {
+            (Code::FailedPrecondition, "headless")
+        }
+        NodeError::JoinRefused(_) => (Code::PermissionDenied, "join_refused"),
+        NodeError::InviteExpired => (Code::FailedPrecondition, "invite_expired"),
+        NodeError::StillOpen(_) => (Code::FailedPrecondition, "still_open"),
+        NodeError::NotReady(_) => (Code::Unavailable, "not_ready"),
+        NodeError::AlreadyMember(_) => (Code::AlreadyExists, "already_member"),
+        NodeError::Net(_) => (Code::Unavailable, "network"),
+        _ => (Code::Internal, "internal"),
+    };
+    coded(code, stable, text)
 }
 
 fn reply(value: Value) -> Result<Response<v1::JsonReply>, Status> {
@@ -82,11 +112,24 @@ pub(crate) fn describe_module(
 pub(crate) struct Api {
     manager: StoreManager,
     stop: Arc<Notify>,
+    /// Set to true when the server stops: open streams end with a final status.
+    ending: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl Api {
     pub(crate) fn new(manager: StoreManager, stop: Arc<Notify>) -> Api {
-        Api { manager, stop }
+        let (ending, _) = tokio::sync::watch::channel(false);
+        Api {
+            manager,
+            stop,
+            ending: Arc::new(ending),
+        }
+    }
+
+    /// Ends every open stream (watches) with a final `unavailable` status, so a graceful
+    /// server shutdown does not wait on clients that never hang up.
+    pub(crate) fn end_streams(&self) {
+        self.ending.send_replace(true);
     }
 
     fn find(&self, text: &str) -> Result<StoreId, Status> {
@@ -151,6 +194,7 @@ impl node_service_server::NodeService for Api {
                 .filter(|r| r.state == lattice_node::StoreState::Active)
                 .count() as u32,
             stores: records.len() as u32,
+            pid: std::process::id(),
         }))
     }
 
@@ -247,7 +291,18 @@ impl store_service_server::StoreService for Api {
         req: Request<v1::StoreRequest>,
     ) -> Result<Response<v1::JsonReply>, Status> {
         let id = self.find(&req.into_inner().store)?;
-        reply(self.manager.describe(&id).map_err(status_of)?.to_json())
+        let manager = self.manager.clone();
+        let (descriptor, status) = tokio::task::spawn_blocking(move || {
+            Ok::<_, NodeError>((manager.describe(&id)?, manager.status(&id)?))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(status_of)?;
+        reply(json!({
+            "store": status.id.to_string(),
+            "module": status.module,
+            "descriptor": descriptor.to_json(),
+        }))
     }
 
     async fn history(
@@ -264,6 +319,21 @@ impl store_service_server::StoreService for Api {
         let items = self
             .manager
             .history(&id, limit as usize)
+            .map_err(status_of)?;
+        reply(json!({ "items": items }))
+    }
+
+    async fn rejected(
+        &self,
+        req: Request<v1::HistoryRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let req = req.into_inner();
+        let id = self.find(&req.store)?;
+        let limit = if req.limit == 0 { 50 } else { req.limit } as usize;
+        let manager = self.manager.clone();
+        let items = tokio::task::spawn_blocking(move || manager.rejected(&id, limit))
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?
             .map_err(status_of)?;
         reply(json!({ "items": items }))
     }
@@ -291,9 +361,23 @@ impl store_service_server::StoreService for Api {
         let id = self.find(&req.into_inner().store)?;
         let mut events = self.manager.watch(&id).map_err(status_of)?;
         let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+        let mut ending = self.ending.subscribe();
         tokio::spawn(async move {
             loop {
-                let item = match events.recv().await {
+                let received = tokio::select! {
+                    r = events.recv() => Some(r),
+                    _ = ending.wait_for(|end| *end) => None,
+                };
+                let Some(received) = received else {
+                    let stopping = coded(
+                        tonic::Code::Unavailable,
+                        "stopping",
+                        "the daemon is stopping; watch again once it runs".into(),
+                    );
+                    let _ = tx.send(Err(stopping)).await;
+                    return;
+                };
+                let item = match received {
                     Ok(e) => v1::WatchEvent {
                         seq: e.seq,
                         topic: e.topic,
@@ -386,12 +470,14 @@ impl store_service_server::StoreService for Api {
     ) -> Result<Response<v1::JsonReply>, Status> {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
-        let peer = PubKey::from_hex(req.peer.trim()).map_err(|_| {
-            Status::invalid_argument(
-                "the peer is a 64-hex-digit key; `lattice store peers` lists them",
-            )
-        })?;
-        reply(self.manager.revoke_peer(&id, &peer).map_err(status_of)?)
+        let peer = self.manager.find_peer(&id, &req.peer).map_err(status_of)?;
+        let manager = self.manager.clone();
+        let mut result = tokio::task::spawn_blocking(move || manager.revoke_peer(&id, &peer))
+            .await
+            .map_err(|e| Status::internal(format!("revoke task failed: {e}")))?
+            .map_err(status_of)?;
+        result["peer"] = json!(peer.to_string());
+        reply(result)
     }
 
     async fn peers(
@@ -408,7 +494,7 @@ impl store_service_server::StoreService for Api {
             .map(|p| {
                 json!({
                     "peer": p.key.to_string(),
-                    "status": p.status,
+                    "status": p.status.as_str(),
                     "name": p.name,
                     "addrs": p.addrs,
                     "me": p.key == me,

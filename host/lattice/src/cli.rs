@@ -78,20 +78,19 @@ pub(crate) enum Command {
     /// Stores: create, list, status, call methods, rebuild state.
     #[command(subcommand)]
     Store(StoreCommand),
-    /// Replicate this node's stores with peers over QUIC (iroh) until interrupted.
-    ///
-    /// Headless: logs are replicated, state is projected when a store is next opened. Prints
-    /// `listening as <node id>@<address>`; give that to other nodes' `--peer`. No relays and
-    /// no discovery: peers are reached only at the addresses given.
-    Serve(ServeArgs),
-    /// Set a key in a kv store (shortcut for `store call <store> put key=… value=…`).
+    /// Set a key in a kv store (shortcut for `store call <store> put key=… value=…`). Values
+    /// up to 1 MiB; give `-` to read the value from stdin, or `--file F`.
     Put {
         /// Store id (or unique prefix).
         store: String,
         /// The key.
         key: String,
-        /// The value.
-        value: String,
+        /// The value (text), or `-` to read it from stdin.
+        #[arg(required_unless_present = "file", conflicts_with = "file")]
+        value: Option<String>,
+        /// Read the value from this file.
+        #[arg(long, value_name = "F")]
+        file: Option<std::path::PathBuf>,
     },
     /// Read a key from a kv store.
     Get {
@@ -174,6 +173,15 @@ pub(crate) enum StoreCommand {
         store: String,
         /// How many.
         #[arg(long, default_value_t = 20)]
+        limit: u32,
+    },
+    /// List the intentions the store type or the membership policy rejected (on this node —
+    /// every peer rejects the same ones), newest first: author, time, partition and reason.
+    Rejected {
+        /// Store id (or unique prefix).
+        store: String,
+        /// How many.
+        #[arg(long, default_value_t = 50)]
         limit: u32,
     },
     /// Call a method: `lattice store call <store> put key=a value=1`, or pass `--json-args JSON`.
@@ -272,25 +280,6 @@ pub(crate) struct DemoArgs {
     /// Keep the three data directories (their path is printed) instead of deleting them.
     #[arg(long)]
     pub(crate) keep: bool,
-}
-
-#[derive(Debug, Args)]
-pub(crate) struct ServeArgs {
-    /// Address to listen on (use 127.0.0.1:0 for loopback with any free port).
-    #[arg(long, default_value = "127.0.0.1:0")]
-    pub(crate) listen: std::net::SocketAddr,
-    /// A peer, as `<node id hex>@<ip:port>` (repeat for several).
-    #[arg(long, value_name = "ID@ADDR")]
-    pub(crate) peer: Vec<String>,
-    /// A store to replicate; when it is not here yet, clone it from the peers first.
-    #[arg(long, value_name = "STORE_ID")]
-    pub(crate) store: Vec<String>,
-    /// Exit once every peer has been reconciled with (scripts, tests).
-    #[arg(long)]
-    pub(crate) until_synced: bool,
-    /// Exit after this many seconds.
-    #[arg(long = "for", value_name = "SECONDS")]
-    pub(crate) for_seconds: Option<u64>,
 }
 
 #[derive(Debug, Subcommand)]

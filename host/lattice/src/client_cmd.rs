@@ -111,9 +111,87 @@ pub(crate) fn run(
     })
 }
 
-/// Turns a gRPC status into the one-line error the CLI prints.
+/// How long `node stop` waits for the daemon process to exit.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Waits until process `pid` has exited (Linux: `/proc/<pid>` is gone).
+async fn wait_for_exit(pid: u32) -> anyhow::Result<()> {
+    // Running while /proc/<pid>/stat exists and does not say zombie (exited, not reaped).
+    let stat = std::path::PathBuf::from(format!("/proc/{pid}/stat"));
+    let running = || {
+        std::fs::read_to_string(&stat).is_ok_and(|s| {
+            s.rsplit_once(')')
+                .is_none_or(|(_, rest)| !rest.trim_start().starts_with('Z'))
+        })
+    };
+    let deadline = tokio::time::Instant::now() + STOP_TIMEOUT;
+    let mut tick = tokio::time::interval(std::time::Duration::from_millis(20));
+    while running() {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(crate::output::CliError::new(
+                "stop_timeout",
+                format!(
+                    "the daemon (pid {pid}) asked to stop has not exited after {} s; see its log, or end it with `kill {pid}`",
+                    STOP_TIMEOUT.as_secs()
+                ),
+            )
+            .into());
+        }
+        tick.tick().await;
+    }
+    Ok(())
+}
+
+/// The snake_case name of a gRPC status code (the stable code when the node sent none).
+fn grpc_code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "ok",
+        Code::Cancelled => "cancelled",
+        Code::Unknown => "unknown",
+        Code::InvalidArgument => "invalid_argument",
+        Code::DeadlineExceeded => "deadline_exceeded",
+        Code::NotFound => "not_found",
+        Code::AlreadyExists => "already_exists",
+        Code::PermissionDenied => "permission_denied",
+        Code::ResourceExhausted => "resource_exhausted",
+        Code::FailedPrecondition => "failed_precondition",
+        Code::Aborted => "aborted",
+        Code::OutOfRange => "out_of_range",
+        Code::Unimplemented => "unimplemented",
+        Code::Internal => "internal",
+        Code::Unavailable => "unavailable",
+        Code::DataLoss => "data_loss",
+        Code::Unauthenticated => "unauthenticated",
+    }
+}
+
+/// Turns a gRPC status into the one-line error the CLI prints, with its stable code.
 fn err(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
+    use tonic::Code;
+    let stable = status
+        .metadata()
+        .get(crate::api::CODE_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
+    let (code, message) = match stable {
+        Some(code) => (code, status.message().to_string()),
+        None => match status.code() {
+            // No code from the node: the transport failed (the daemon went away mid-call).
+            Code::Unknown | Code::Cancelled | Code::Unavailable => (
+                "daemon_unreachable".to_string(),
+                format!(
+                    "the daemon stopped answering ({}); whether the last write landed is unknown: check with `lattice store status` once it runs again",
+                    status.message()
+                ),
+            ),
+            other => (
+                grpc_code_name(other).to_string(),
+                status.message().to_string(),
+            ),
+        },
+    };
+    crate::output::CliError::new(code, message).into()
 }
 
 fn parse(reply: tonic::Response<v1::JsonReply>) -> anyhow::Result<Value> {
@@ -160,8 +238,19 @@ async fn dispatch(cmd: ClientCommand, mut c: Client, out: &Output) -> anyhow::Re
             out.record(&format!("node name set to {name}"), json!({"name": name}));
         }
         ClientCommand::Node(NodeCommand::Stop) => {
+            let pid = c
+                .node
+                .status(v1::Empty {})
+                .await
+                .map_err(err)?
+                .into_inner()
+                .pid;
             c.node.shutdown(v1::Empty {}).await.map_err(err)?;
-            out.record("the daemon is stopping", json!({"stopping": true}));
+            if pid != 0 && pid != std::process::id() {
+                out.progress("stopping the daemon…");
+                wait_for_exit(pid).await?;
+            }
+            out.record("the daemon stopped", json!({"stopped": true, "pid": pid}));
         }
         ClientCommand::Module(cmd) => module(cmd, c, out).await?,
         ClientCommand::Store(cmd) => store(cmd, c, out).await?,
@@ -371,13 +460,16 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
             out.record(&text, s);
         }
         StoreCommand::Inspect { store } => {
-            let d = parse(
-                c.store
-                    .inspect(store_req(store.clone()))
-                    .await
-                    .map_err(err)?,
-            )?;
-            out.record(&describe_text(&d, &store), d);
+            let d = parse(c.store.inspect(store_req(store)).await.map_err(err)?)?;
+            out.record(
+                &format!(
+                    "store  {}
+{}",
+                    show(&d["store"]),
+                    describe_text(&d["descriptor"], &show(&d["module"]))
+                ),
+                d,
+            );
         }
         StoreCommand::History { store, limit } => {
             let v = parse(
@@ -397,6 +489,32 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
                         show(&i["partition"]),
                         i["ops_bytes"],
                         i["deps"].as_array().map_or(0, Vec::len)
+                    ),
+                    i.clone(),
+                );
+            }
+        }
+        StoreCommand::Rejected { store, limit } => {
+            let v = parse(
+                c.store
+                    .rejected(v1::HistoryRequest { store, limit })
+                    .await
+                    .map_err(err)?,
+            )?;
+            let items = v["items"].as_array().cloned().unwrap_or_default();
+            if items.is_empty() && !out.json() {
+                out.record("no rejected intentions", Value::Null);
+            }
+            for i in items {
+                out.record(
+                    &format!(
+                        "{:>6}  {}  by {}  {}  {:<6}  {}",
+                        i["seq"],
+                        short(i["hash"].as_str().unwrap_or("")),
+                        short(i["author"].as_str().unwrap_or("")),
+                        show(&i["hlc"]),
+                        show(&i["partition"]),
+                        show(&i["reason"]),
                     ),
                     i.clone(),
                 );
@@ -486,7 +604,14 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
                     .await
                     .map_err(err)?,
             )?;
-            out.record(&format!("revoked {}", short(&peer)), r);
+            let full = r["peer"].as_str().unwrap_or(&peer).to_string();
+            out.record(
+                &format!(
+                    "revoked {}: its writes after the last one this node has seen are refused by every peer, in this store and its child stores; its sessions and gossip are refused from now on. Re-invite it (`lattice store invite`) to let it back.",
+                    short(&full)
+                ),
+                r,
+            );
         }
         StoreCommand::Peers { store } => {
             let v = parse(c.store.peers(store_req(store)).await.map_err(err)?)?;
@@ -563,6 +688,7 @@ async fn kv(
             .await
             .map_err(err)?,
     )?;
+    let d = &d["descriptor"];
     if d["name"] != "kvstore" {
         bail!(
             "store {} is a {} store; `{method}` is a kvstore shortcut — use `lattice store call`",

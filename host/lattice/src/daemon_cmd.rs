@@ -27,6 +27,9 @@ fn restrict(dir: &DataDir) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How long a stopping daemon waits for API calls in flight.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn daemon(args: DaemonArgs, dir: &DataDir, out: &Output) -> anyhow::Result<()> {
     restrict(dir)?;
     // Opening the node takes the data directory's lock: a second daemon stops here.
@@ -40,11 +43,8 @@ async fn daemon(args: DaemonArgs, dir: &DataDir, out: &Output) -> anyhow::Result
     let listener = api::bind(&path)?;
     let api_stop = Arc::new(Notify::new());
     let server_stop = Arc::new(Notify::new());
-    let server = tokio::spawn(api::serve_on(
-        Api::new(manager.clone(), api_stop.clone()),
-        listener,
-        server_stop.clone(),
-    ));
+    let api = Api::new(manager.clone(), api_stop.clone());
+    let server = tokio::spawn(api::serve_on(api.clone(), listener, server_stop.clone()));
     let key = manager.node().key().public();
     out.record(
         &format!(
@@ -61,11 +61,13 @@ async fn daemon(args: DaemonArgs, dir: &DataDir, out: &Output) -> anyhow::Result
         _ = api_stop.notified() => {}
     }
     out.progress("stopping: closing stores…");
+    api.end_streams();
     server_stop.notify_one();
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!("the API server failed: {e:#}"),
-        Err(e) => tracing::warn!("the API server task failed: {e}"),
+    match tokio::time::timeout(STOP_WAIT, server).await {
+        Ok(Ok(Ok(()))) => {}
+        Ok(Ok(Err(e))) => tracing::warn!("the API server failed: {e:#}"),
+        Ok(Err(e)) => tracing::warn!("the API server task failed: {e}"),
+        Err(_) => tracing::warn!("API calls still running after {STOP_WAIT:?}; stopping anyway"),
     }
     manager.shutdown().await;
     out.record("daemon stopped", json!({"event": "stopped"}));

@@ -15,14 +15,16 @@ mod daemon_cmd;
 mod demo;
 mod log_cmd;
 mod output;
-mod serve_cmd;
 
 use std::process::ExitCode;
 
 use clap::Parser as _;
 
 fn main() -> ExitCode {
-    let cli = cli::Cli::parse();
+    let cli = match cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     init_tracing(cli.verbose);
     let out = output::Output::new(cli.json);
     match run(cli, &out) {
@@ -32,6 +34,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Prints a command-line usage error (as `{"error", "code": "usage"}` with `--json`);
+/// `--help` and `--version` print normally.
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let json = std::env::args().any(|a| a == "--json");
+    if json && !matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        let text = e.render().to_string();
+        let first = text
+            .lines()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("bad arguments")
+            .trim_start_matches("error: ")
+            .to_string();
+        output::Output::new(true).error(&output::CliError::new("usage", first).into());
+        return ExitCode::from(2);
+    }
+    let _ = e.print();
+    ExitCode::from(if e.use_stderr() { 2 } else { 0 })
 }
 
 fn init_tracing(verbose: u8) {
@@ -69,7 +91,6 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench_store::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Sync(args)) => bench_sync::run(args, out),
         cli::Command::Log(cmd) => log_cmd::run(cmd, &data_dir, out),
-        cli::Command::Serve(args) => serve_cmd::run(args, &data_dir, out),
         cli::Command::Store(cli::StoreCommand::Rebuild { store }) => {
             rebuild(&data_dir, &store, out)
         }
@@ -84,11 +105,19 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
         cli::Command::Node(cmd) => client(ClientCommand::Node(cmd)),
         cli::Command::Module(cmd) => client(ClientCommand::Module(cmd)),
         cli::Command::Store(cmd) => client(ClientCommand::Store(cmd)),
-        cli::Command::Put { store, key, value } => kv(
+        cli::Command::Put {
             store,
-            "put",
-            serde_json::json!({"key": key, "value": value}),
-        ),
+            key,
+            value,
+            file,
+        } => {
+            let value = put_value(value, file)?;
+            kv(
+                store,
+                "put",
+                serde_json::json!({"key": key, "value": value}),
+            )
+        }
         cli::Command::Get { store, key } => kv(store, "get", serde_json::json!({"key": key})),
         cli::Command::Delete { store, key } => kv(store, "delete", serde_json::json!({"key": key})),
         cli::Command::List { store, prefix } => {
@@ -98,6 +127,34 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
             kv(store, "inspect", serde_json::json!({"key": key}))
         }
     }
+}
+
+/// The value of `lattice put`: the argument, stdin for `-`, or the file. Text stays text;
+/// other bytes are passed as `{"hex": …}`.
+fn put_value(
+    value: Option<String>,
+    file: Option<std::path::PathBuf>,
+) -> anyhow::Result<serde_json::Value> {
+    use anyhow::Context as _;
+    use std::io::Read as _;
+    let bytes = match (value, file) {
+        (_, Some(path)) => {
+            std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+        }
+        (Some(v), None) if v == "-" => {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .context("reading the value from stdin")?;
+            buf
+        }
+        (Some(v), None) => return Ok(serde_json::Value::String(v)),
+        (None, None) => anyhow::bail!("give a value, `-` for stdin, or --file F"),
+    };
+    Ok(match String::from_utf8(bytes) {
+        Ok(text) => serde_json::Value::String(text),
+        Err(e) => serde_json::json!({ "hex": hex::encode(e.into_bytes()) }),
+    })
 }
 
 /// `lattice store rebuild`: in this process, with the daemon stopped.

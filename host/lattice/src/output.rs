@@ -42,12 +42,44 @@ impl Output {
         }
     }
 
-    /// Prints an error: one line on stderr (and a JSON object on stdout with `--json`).
+    /// Prints an error: one line on stderr (and, with `--json`, a JSON object on stdout:
+    /// `{"error": text, "code": stable code}`; codes are listed in `docs/api.md`).
     pub(crate) fn error(&self, err: &anyhow::Error) {
         let chain: Vec<String> = err.chain().map(|e| e.to_string()).collect();
+        let code = err
+            .chain()
+            .find_map(|e| e.downcast_ref::<CliError>())
+            .map_or("error", |e| e.code.as_str());
         if self.json {
-            println!("{}", serde_json::json!({ "error": chain.join(": ") }));
+            println!(
+                "{}",
+                serde_json::json!({ "error": chain.join(": "), "code": code })
+            );
         }
         eprintln!("error: {}", chain.join(": "));
     }
 }
+
+/// An error with a stable machine-readable code (printed as `code` under `--json`).
+#[derive(Debug)]
+pub(crate) struct CliError {
+    code: String,
+    message: String,
+}
+
+impl CliError {
+    pub(crate) fn new(code: impl Into<String>, message: impl Into<String>) -> CliError {
+        CliError {
+            code: code.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}

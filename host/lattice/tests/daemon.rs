@@ -264,7 +264,9 @@ fn three_daemons_create_invite_join_children_revoke_leave_rejoin_restart() -> Te
         .ok_or("no key")?
         .to_string();
     json(&a_dir, &["store", "revoke-peer", &store, &c_key])?;
-    json(&c_dir, &["put", &store, "from-c", "after revocation"])?;
+    // C may already know it is revoked (its write is then refused) or not (it lands on C
+    // only); either way no one else projects it.
+    lattice(&c_dir, &["put", &store, "from-c", "after revocation"])?;
     json(&a_dir, &["put", &store, "marker", "m"])?;
     until_value(&b_dir, &store, "marker", &Value::from("m"))?;
     for dir in [&a_dir, &b_dir] {
@@ -303,5 +305,122 @@ fn three_daemons_create_invite_join_children_revoke_leave_rejoin_restart() -> Te
     a.stop()?;
     b.stop()?;
     c.stop()?;
+    Ok(())
+}
+
+/// Runs a command with `--json` that must fail; returns (exit code, the JSON error object).
+fn fails_json(dir: &Path, args: &[&str]) -> Result<(i32, Value), Box<dyn std::error::Error>> {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = lattice(dir, &full)?;
+    if out.status.success() {
+        return Err(format!("lattice {} succeeded but should fail", args.join(" ")).into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let last = text.lines().last().ok_or("no JSON error object")?;
+    Ok((out.status.code().unwrap_or(-1), serde_json::from_str(last)?))
+}
+
+#[test]
+fn failures_have_codes_large_values_round_trip_and_stop_ends_watches() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
+    let a = Daemon::start(&a_dir)?;
+    let b = Daemon::start(&b_dir)?;
+    let store = json(
+        &a_dir,
+        &["store", "create", "--type", "kv", "--name", "large"],
+    )?["store"]
+        .as_str()
+        .ok_or("no id")?
+        .to_string();
+    let token = json(&a_dir, &["store", "invite", &store])?["token"]
+        .as_str()
+        .ok_or("no token")?
+        .to_string();
+    json(&b_dir, &["store", "join", &token])?;
+
+    // A 1 MiB value from a file on A is read back on B; one byte more is refused with a code.
+    let big = "v".repeat(1 << 20);
+    let file = temp.path().join("big.txt");
+    std::fs::write(&file, &big)?;
+    json(
+        &a_dir,
+        &["put", &store, "big", "--file", &file.to_string_lossy()],
+    )?;
+    until_value(&b_dir, &store, "big", &Value::String(big.clone()))?;
+    std::fs::write(&file, format!("{big}v"))?;
+    let (code, e) = fails_json(
+        &a_dir,
+        &["put", &store, "big", "--file", &file.to_string_lossy()],
+    )?;
+    assert_ne!(code, 0);
+    assert_eq!(e["code"], "invalid_argument", "{e}");
+
+    // Every failure exits non-zero with a stable code under --json.
+    let b_key = json(&b_dir, &["node", "id"])?["node"]
+        .as_str()
+        .ok_or("no key")?
+        .to_string();
+    for (args, want) in [
+        (vec!["get", "ffffffff", "k"], "not_found"),
+        (vec!["store", "revoke-peer", &store, &b_key], "revoke_self"),
+        (
+            vec!["store", "revoke-peer", &store, &"9".repeat(64)],
+            "not_a_peer",
+        ),
+        (vec!["store", "join", "hello"], "bad_token"),
+        (vec!["store", "join", &token], "already_member"),
+        (vec!["store", "call", &store, "nope"], "invalid_argument"),
+        (vec!["store", "frobnicate"], "usage"),
+        (vec!["put", &store], "usage"),
+    ] {
+        let (code, e) = fails_json(&b_dir, &args)?;
+        assert_ne!(code, 0, "{args:?}");
+        assert_eq!(e["code"], want, "{args:?}: {e}");
+        assert!(e["error"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+    // Nothing was rejected; the listing says so.
+    let rejected = lattice(&a_dir, &["store", "rejected", &store])?;
+    assert!(rejected.status.success());
+    assert!(String::from_utf8_lossy(&rejected.stdout).contains("no rejected intentions"));
+
+    // `node stop` with a watch attached: the watch ends with a status, the daemon exits.
+    let mut watch = Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .arg("--data-dir")
+        .arg(&a_dir)
+        .args(["--json", "store", "watch", &store])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    // The watch is attached once it has seen a change made after it started: write until
+    // one shows up.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = watch.stdout.take().ok_or("no stdout")?;
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let start = Instant::now();
+    let first = loop {
+        json(&a_dir, &["put", &store, "w", "1"])?;
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            break line;
+        }
+        if start.elapsed() > DEADLINE {
+            return Err("the watch never reported a change".into());
+        }
+    };
+    assert!(first.contains("kv"), "{first}");
+    a.stop()?;
+    let status = watch.wait()?;
+    assert!(
+        !status.success(),
+        "the watch ends with the daemon's final status"
+    );
+    b.stop()?;
     Ok(())
 }

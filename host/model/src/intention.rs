@@ -37,8 +37,8 @@ pub const INTENTION_MAGIC: [u8; 2] = *b"LI";
 pub const INTENTION_VERSION: u8 = 1;
 /// The most causal deps one intention may cite.
 pub const MAX_CAUSAL_DEPS: usize = 256;
-/// The largest ops payload, in bytes (1 MiB).
-pub const MAX_OPS_LEN: usize = 1024 * 1024;
+/// The largest ops payload, in bytes (1 MiB + 64 KiB: a 1 MiB user value and its framing).
+pub const MAX_OPS_LEN: usize = 1024 * 1024 + 64 * 1024;
 /// Bytes of an encoded intention before the deps.
 pub const INTENTION_FIXED_LEN: usize = 114;
 /// The largest valid encoded [`SignedIntention`], in bytes.
@@ -198,7 +198,7 @@ impl Intention {
         out.extend_from_slice(self.author.as_bytes());
         out.extend_from_slice(&self.hlc.to_bytes());
         out.extend_from_slice(self.prev.as_bytes());
-        // The constructor bounds deps by MAX_CAUSAL_DEPS (256) and ops by MAX_OPS_LEN (1 MiB),
+        // The constructor bounds deps by MAX_CAUSAL_DEPS (256) and ops by MAX_OPS_LEN (1 MiB + 64 KiB),
         // so both lengths fit their fields.
         out.extend_from_slice(&(self.deps.len() as u16).to_le_bytes());
         for dep in &self.deps {

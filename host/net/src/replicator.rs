@@ -149,6 +149,9 @@ pub enum ReplicaError {
     /// No peer could serve the request.
     #[error("no peer could {0}")]
     NoPeer(&'static str),
+    /// The peer is not a member of the store (members-only stores sync with members only).
+    #[error("peer {0} is not a member of this store")]
+    NotMember(String),
 }
 
 /// Who may replicate a store with this node.
@@ -165,12 +168,20 @@ pub enum Access {
 /// Decides join requests (a client presenting an invite secret).
 pub trait JoinHandler: Send + Sync + 'static {
     /// Accepts (`Ok`) or refuses (`Err(reason for the joiner)`) `peer` joining `store` with
-    /// `secret`; `tip` is the joiner's newest position in its own chain of the store. On
-    /// success the handler has made `peer` a member already, so it can bootstrap at once.
+    /// `secret`; `tip` is the joiner's newest position in its own chain of the store,
+    /// `children` the same for the child stores it holds. On success the handler has made
+    /// `peer` a member already, so it can bootstrap at once.
     ///
     /// # Errors
     /// The refusal reason, shown to the joiner.
-    fn join(&self, peer: PubKey, store: StoreId, secret: [u8; 32], tip: u64) -> Result<(), String>;
+    fn join(
+        &self,
+        peer: PubKey,
+        store: StoreId,
+        secret: [u8; 32],
+        tip: u64,
+        children: &[(StoreId, u64)],
+    ) -> Result<(), String>;
 }
 
 struct StoreEntry {
@@ -411,6 +422,7 @@ impl Replicator {
         store: StoreId,
         secret: [u8; 32],
         tip: u64,
+        children: Vec<(StoreId, u64)>,
     ) -> Result<(), ReplicaError> {
         // An explicit join is worth a try even while automatic retries wait, and on a fresh
         // connection: a cached one may have been closed by the other side a moment ago (as
@@ -420,7 +432,7 @@ impl Replicator {
             st.conn = None;
         }
         self.session(peer, &store, async |s: &mut Stream| {
-            lattice_sync::request_join(s, store, secret, tip).await
+            lattice_sync::request_join(s, store, secret, tip, children.clone()).await
         })
         .await
     }
@@ -677,6 +689,9 @@ impl Replicator {
         let entry = self
             .store(store)
             .ok_or_else(|| ReplicaError::UnknownStore(store.short()))?;
+        if !entry.allows(peer) {
+            return Err(ReplicaError::NotMember(peer.short()));
+        }
         let options = self.inner.config.session.clone();
         let log = entry.log.clone();
         let report = self
@@ -820,10 +835,15 @@ impl Replicator {
     async fn serve_stream(&self, peer: PubKey, stream: &mut Stream) {
         let store = match lattice_sync::accept(stream).await {
             Ok(Opening::Session(s)) => s,
-            Ok(Opening::Join { store, secret, tip }) => {
+            Ok(Opening::Join {
+                store,
+                secret,
+                tip,
+                children,
+            }) => {
                 let handler = lock(&self.inner.join).clone();
                 let answer = match handler {
-                    Some(h) => h.join(peer, store, secret, tip),
+                    Some(h) => h.join(peer, store, secret, tip, &children),
                     None => Err("this node does not accept joins".to_string()),
                 };
                 let _ = match answer {
@@ -918,7 +938,10 @@ impl Replicator {
                 bytes,
             } => (from, direct, bytes),
             GossipEvent::NeighborUp(peer) => {
-                let _ = entry.nudge.try_send(peer);
+                // A stranger on the topic never gets a session from us.
+                if entry.allows(&peer) {
+                    let _ = entry.nudge.try_send(peer);
+                }
                 return;
             }
             GossipEvent::NeighborDown(_) => return,

@@ -82,6 +82,23 @@ pub enum NodeError {
     /// Deleting needs the store closed first.
     #[error("store {0} is open; archive or leave it before deleting its data")]
     StillOpen(String),
+    /// The write was authored and witnessed, but it is not part of the store's state: the
+    /// guest or the membership policy rejected it (every peer rejects it alike).
+    #[error("rejected: {reason} (intention {hash}, not applied)")]
+    Rejected {
+        /// Why it was rejected.
+        kind: RejectKind,
+        /// The intention.
+        hash: lattice_model::Hash,
+        /// The reason the guest or the policy gave.
+        reason: String,
+    },
+    /// The peer named is not a peer of the store.
+    #[error("{0} is not a peer of this store; `lattice store peers` lists them")]
+    NotAPeer(String),
+    /// A node cannot revoke itself.
+    #[error("this node cannot revoke itself; use `lattice store leave` to leave the store")]
+    RevokeSelf,
     /// A file or directory operation failed.
     #[error("{path}: {source}")]
     Io {
@@ -91,4 +108,27 @@ pub enum NodeError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why a write was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RejectKind {
+    /// The store type's guest (or the system table's write policy) refused it.
+    Guest,
+    /// The author is not a member of the store.
+    NotMember,
+    /// The author was revoked.
+    Revoked,
+}
+
+impl RejectKind {
+    /// A stable machine-readable code (`rejected`, `not_member`, `revoked`).
+    pub fn code(self) -> &'static str {
+        match self {
+            RejectKind::Guest => "rejected",
+            RejectKind::NotMember => "not_member",
+            RejectKind::Revoked => "revoked",
+        }
+    }
 }

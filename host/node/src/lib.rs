@@ -36,11 +36,11 @@ mod node;
 mod store;
 
 pub use data_dir::DataDir;
-pub use error::NodeError;
+pub use error::{NodeError, RejectKind};
 pub use genesis::StoreGenesis;
 pub use identity::IdentityError;
 pub use invite::{InviteToken, MAX_ADDRS, TokenError};
 pub use manager::{Joined, NodeEvent, StoreManager, WATCH_BUFFER};
 pub use meta::{MetaDb, StoreRecord, StoreState};
 pub use node::{Node, StoreSummary};
-pub use store::{ChildLink, PeerInfo, Store, StoreStatus};
+pub use store::{ChildLink, PeerInfo, PeerStatus, Store, StoreStatus};

@@ -28,7 +28,7 @@ use crate::error::NodeError;
 use crate::invite::InviteToken;
 use crate::meta::{StoreRecord, StoreState};
 use crate::node::Node;
-use crate::store::{PeerInfo, Store, StoreStatus};
+use crate::store::{PeerInfo, PeerStatus, Store, StoreStatus};
 
 /// Watch events buffered per subscriber before it is told it lagged.
 pub const WATCH_BUFFER: usize = 1024;
@@ -67,6 +67,9 @@ struct Inner {
     /// Held while peer sets are read and handed to the replicator, so a set computed from an
     /// older system state never overwrites a newer one.
     members: Mutex<()>,
+    /// Chain positions re-joining peers reported for child stores: where their
+    /// re-activation in each child resumes (see [`StoreManager::mirror_membership`]).
+    resume_at: Mutex<HashMap<(StoreId, PubKey), u64>>,
 }
 
 /// A running node; cheap to clone.
@@ -111,11 +114,22 @@ pub struct Joined {
 struct JoinGate(Weak<Inner>);
 
 impl JoinHandler for JoinGate {
-    fn join(&self, peer: PubKey, store: StoreId, secret: [u8; 32], tip: u64) -> Result<(), String> {
+    fn join(
+        &self,
+        peer: PubKey,
+        store: StoreId,
+        secret: [u8; 32],
+        tip: u64,
+        children: &[(StoreId, u64)],
+    ) -> Result<(), String> {
         let inner = self.0.upgrade().ok_or("the node is shutting down")?;
-        StoreManager { inner }.accept_join(peer, store, secret, tip)
+        StoreManager { inner }.accept_join(peer, store, secret, tip, children)
     }
 }
+
+/// The refusal an inviter gives a peer that is a member already (the joiner maps it to
+/// [`NodeError::AlreadyMember`]).
+const ALREADY_MEMBER: &str = "already a member of this store";
 
 impl StoreManager {
     /// Starts a node on iroh bound to `listen` (for example `127.0.0.1:0`).
@@ -177,6 +191,7 @@ impl StoreManager {
             tasks: Mutex::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(()),
             members: Mutex::new(()),
+            resume_at: Mutex::new(HashMap::new()),
         });
         inner
             .replicator
@@ -464,7 +479,95 @@ impl StoreManager {
         if let Err(e) = self.announce_addrs(&id) {
             warn!(store = %id.short(), "could not record this node's address: {e}");
         }
+        if let Some(parent) = self.open_store(&id).ok().and_then(|o| o.parent)
+            && let Err(e) = self.mirror_membership(&parent)
+        {
+            warn!(store = %id.short(), "could not pass the parent's membership to a child: {e}");
+        }
         self.reconcile_children(&id).await?;
+        Ok(())
+    }
+
+    /// Passes membership changes of `parent` down to its open children that inherit their
+    /// peers (and on to theirs): a peer whose status this node wrote in the parent gets the
+    /// same status in each child, written by this node, with the cut (revocation) or resume
+    /// point (re-activation) of the child's own log. A child's projection then needs only its
+    /// own system table, and a peer revoked at the root is refused in every descendant.
+    fn mirror_membership(&self, parent: &StoreId) -> Result<(), NodeError> {
+        let me = self.inner.node.key().public();
+        let children: Vec<(StoreId, Arc<OpenStore>)> = lock(&self.inner.stores)
+            .iter()
+            .filter(|(_, v)| v.parent == Some(*parent))
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        if children.is_empty() {
+            return Ok(());
+        }
+        let writer_of = |peer: &PeerInfo| -> Result<Option<PubKey>, NodeError> {
+            let Some(op) = peer.written_in else {
+                return Ok(None);
+            };
+            let open = self.open_store(parent)?;
+            Ok(open.log.reader().dag_info(&op)?.map(|i| i.author))
+        };
+        let mut mine = Vec::new();
+        for peer in self.with_store(parent, |s| s.peers())? {
+            if writer_of(&peer)? == Some(me) {
+                mine.push(peer);
+            }
+        }
+        for (child, open) in children {
+            let Ok(info) = self.with_store(&child, |s| s.system_info()) else {
+                continue;
+            };
+            if info["strategy"] != "inherited" {
+                continue;
+            }
+            let recorded = self.with_store(&child, |s| s.peers())?;
+            let mut ops = Vec::new();
+            for peer in &mine {
+                let now = recorded
+                    .iter()
+                    .find(|p| p.key == peer.key)
+                    .map(|p| p.status);
+                if now == Some(peer.status) {
+                    continue;
+                }
+                let position = chain_position(&open.log, &peer.key)?;
+                let args = match peer.status {
+                    PeerStatus::Revoked => {
+                        // Leaving: this node's own revocation must still count.
+                        let cut = if peer.key == me {
+                            position + 1
+                        } else {
+                            position
+                        };
+                        json!({"peer": peer.key.to_string(), "status": "revoked", "cut": cut})
+                    }
+                    PeerStatus::Active | PeerStatus::Dormant => {
+                        // Resume where the peer says its chain stands when it re-joined, never
+                        // below what this node has seen of it.
+                        let reported = lock(&self.inner.resume_at)
+                            .get(&(child, peer.key))
+                            .copied()
+                            .unwrap_or(0);
+                        json!({
+                            "peer": peer.key.to_string(), "status": peer.status.as_str(),
+                            "resume": position.max(reported),
+                        })
+                    }
+                    PeerStatus::Invited | PeerStatus::Unknown => continue,
+                };
+                ops.push(json!({"method": "set-peer-status", "args": args}));
+            }
+            if !ops.is_empty() {
+                debug!(child = %child.short(), changes = ops.len(), "passing membership to a child store");
+                let result =
+                    self.with_store(&child, |s| s.system_call("batch", &json!({"ops": ops})))?;
+                self.publish_result(&child, &result);
+            }
+            self.mirror_membership(&child)?;
+        }
         Ok(())
     }
 
@@ -487,7 +590,7 @@ impl StoreManager {
             Ok(Some(me_now.map(|p| (p.status, p.addrs))))
         });
         match recorded {
-            Ok(Some(Some((status, recorded)))) if status == "active" && recorded != addrs => {
+            Ok(Some(Some((PeerStatus::Active, recorded)))) if recorded != addrs => {
                 self.system_call(
                     id,
                     "set-peer-addrs",
@@ -549,6 +652,9 @@ impl StoreManager {
             .any(|e| e.topic == "peer" || e.topic == "store")
         {
             self.update_members(id);
+            if let Err(e) = self.mirror_membership(id) {
+                warn!(store = %id.short(), "could not pass a membership change to child stores: {e}");
+            }
         }
         if system_events.iter().any(|e| e.topic == "child") {
             Box::pin(self.reconcile_children(id)).await?;
@@ -658,9 +764,33 @@ impl StoreManager {
         if let Some(p) = &parent {
             self.with_store(p, |_| Ok(()))?;
         }
-        let store = self.inner.node.create_child(module, name, parent)?;
+        let mut store = self.inner.node.create_child(module, name, parent)?;
         let id = store.id();
         let log = store.log().clone();
+        if let Some(p) = &parent {
+            // The child inherits the parent's peers: record them in its own system table.
+            let me = self.inner.node.key().public();
+            let ops: Vec<Value> = self
+                .with_store(p, |s| s.peers())?
+                .into_iter()
+                .filter(|peer| peer.key != me)
+                .filter_map(|peer| {
+                    let args = match peer.status {
+                        PeerStatus::Revoked => {
+                            json!({"peer": peer.key.to_string(), "status": "revoked", "cut": 0})
+                        }
+                        PeerStatus::Active | PeerStatus::Dormant => {
+                            json!({"peer": peer.key.to_string(), "status": peer.status.as_str()})
+                        }
+                        PeerStatus::Invited | PeerStatus::Unknown => return None,
+                    };
+                    Some(json!({"method": "set-peer-status", "args": args}))
+                })
+                .collect();
+            if !ops.is_empty() {
+                store.system_call("batch", &json!({ "ops": ops }))?;
+            }
+        }
         self.insert_open(id, log, Some(store), parent).await?;
         if let Some(p) = parent {
             let result = self.with_store(&p, |s| {
@@ -754,6 +884,18 @@ impl StoreManager {
             .collect();
         out.reverse();
         Ok(out)
+    }
+
+    /// The newest `limit` rejected intentions of a store (both partitions), newest first,
+    /// with author, HLC and reason.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`], storage failures.
+    pub fn rejected(&self, id: &StoreId, limit: usize) -> Result<Vec<Value>, NodeError> {
+        self.with_store(id, |s| {
+            s.project()?;
+            s.rejected_details(limit)
+        })
     }
 
     /// A digest of a store's projected state (both partitions).
@@ -852,6 +994,7 @@ impl StoreManager {
         store: StoreId,
         secret: [u8; 32],
         tip: u64,
+        children: &[(StoreId, u64)],
     ) -> Result<(), String> {
         if !self.is_open(&store) {
             return Err(format!(
@@ -860,6 +1003,29 @@ impl StoreManager {
             ));
         }
         let hash = hex::encode(InviteToken::secret_hash(&secret));
+        let status = self
+            .with_store(&store, |s| {
+                s.project()?;
+                s.peers()
+            })
+            .map_err(|e| format!("the inviter could not read the store's peers: {e}"))?
+            .into_iter()
+            .find(|p| p.key == peer)
+            .map(|p| p.status);
+        if matches!(status, Some(PeerStatus::Active | PeerStatus::Dormant)) {
+            return Err(ALREADY_MEMBER.into());
+        }
+        let seen = self
+            .open_store(&store)
+            .and_then(|o| chain_position(&o.log, &peer))
+            .unwrap_or(0);
+        let tip = tip.max(seen);
+        {
+            let mut resume = lock(&self.inner.resume_at);
+            for (child, at) in children.iter().take(lattice_sync::MAX_JOIN_CHILDREN) {
+                resume.insert((*child, peer), *at);
+            }
+        }
         let invite = self
             .with_store(&store, |s| {
                 s.project()?;
@@ -885,6 +1051,9 @@ impl StoreManager {
         self.system_call(&store, "batch", &ops)
             .map_err(|e| format!("the inviter could not record the join: {e}"))?;
         self.update_members(&store);
+        if let Err(e) = self.mirror_membership(&store) {
+            warn!(store = %store.short(), "could not pass the join to child stores: {e}");
+        }
         Ok(())
     }
 
@@ -911,39 +1080,29 @@ impl StoreManager {
                 "this token was issued by this node".into(),
             ));
         }
-        if self.is_open(&token.store) {
-            return Err(NodeError::AlreadyMember(token.store.to_string()));
-        }
         let id = token.store;
+        if self.is_open(&id) {
+            // Open here: the inviter tells whether this node is a member already (a node that
+            // was revoked may not know it yet, and comes back with a new invite).
+            let log = self.open_store(&id)?.log.clone();
+            let tip = chain_position(&log, &me)?;
+            self.present_token(&token, tip).await?;
+            self.update_members(&id);
+            let _ = self.inner.replicator.sync(&id, &token.inviter).await;
+            self.refresh(&id).await?;
+            return Ok(Joined {
+                store: id,
+                fetched: 0,
+            });
+        }
         let known = self.inner.node.meta().get(&id)?;
         let log = Arc::new(self.inner.node.open_log(id)?);
         let tip = chain_position(&log, &me)?;
-        let inviter = PeerAddr {
-            id: token.inviter,
-            addrs: token.addrs.clone(),
-        };
-        self.inner.replicator.add_peer(&inviter);
-        self.inner
-            .node
-            .meta()
-            .set_addr(&token.inviter, &inviter.to_string())?;
-        let joined = self
-            .inner
-            .replicator
-            .join(&token.inviter, id, token.secret, tip)
-            .await;
-        if let Err(e) = joined {
+        if let Err(e) = self.present_token(&token, tip).await {
             drop(log);
-            return Err(match e {
-                ReplicaError::Session(lattice_sync::SessionError::Refused(reason)) => {
-                    NodeError::JoinRefused(reason)
-                }
-                other => NodeError::Net(format!(
-                    "could not reach the inviter {}: {other}",
-                    token.inviter.short()
-                )),
-            });
+            return Err(e);
         }
+        self.reopen_left_children(&id)?;
         let fetched = if log.reader().get(&Hash(id.0))?.is_none() {
             let (_, report) = self
                 .inner
@@ -983,21 +1142,146 @@ impl StoreManager {
         Ok(Joined { store: id, fetched })
     }
 
+    /// Presents an invite token to its inviter (which records this node as an active peer,
+    /// resuming at chain position `tip`).
+    async fn present_token(&self, token: &InviteToken, tip: u64) -> Result<(), NodeError> {
+        let inviter = PeerAddr {
+            id: token.inviter,
+            addrs: token.addrs.clone(),
+        };
+        self.inner.replicator.add_peer(&inviter);
+        self.inner
+            .node
+            .meta()
+            .set_addr(&token.inviter, &inviter.to_string())?;
+        self.inner
+            .replicator
+            .join(
+                &token.inviter,
+                token.store,
+                token.secret,
+                tip,
+                self.descendant_tips(&token.store)?,
+            )
+            .await
+            .map_err(|e| match e {
+                ReplicaError::Session(lattice_sync::SessionError::Refused(reason))
+                    if reason == ALREADY_MEMBER =>
+                {
+                    NodeError::AlreadyMember(token.store.to_string())
+                }
+                ReplicaError::Session(lattice_sync::SessionError::Refused(reason)) => {
+                    NodeError::JoinRefused(reason)
+                }
+                other => NodeError::Net(format!(
+                    "could not reach the inviter {}: {other}",
+                    token.inviter.short()
+                )),
+            })
+    }
+
+    /// This node's chain position in every store below `root` it keeps (open or not).
+    fn descendant_tips(&self, root: &StoreId) -> Result<Vec<(StoreId, u64)>, NodeError> {
+        let me = self.inner.node.key().public();
+        let records = self.inner.node.meta().list()?;
+        let mut out = Vec::new();
+        let mut parents = vec![*root];
+        while let Some(parent) = parents.pop() {
+            for record in records.iter().filter(|r| r.parent == Some(parent)) {
+                parents.push(record.id);
+                let tip = match self.open_store(&record.id) {
+                    Ok(open) => chain_position(&open.log, &me)?,
+                    Err(_) if self.inner.node.dir().log_path(&record.id).exists() => {
+                        let log = self.inner.node.open_log(record.id)?;
+                        let tip = chain_position(&log, &me)?;
+                        log.close()?;
+                        tip
+                    }
+                    Err(_) => 0,
+                };
+                out.push((record.id, tip));
+            }
+        }
+        out.truncate(lattice_sync::MAX_JOIN_CHILDREN);
+        Ok(out)
+    }
+
+    /// Marks the stores below `root` that this node left together with it as active again,
+    /// so they reopen as the root's children are reconciled.
+    fn reopen_left_children(&self, root: &StoreId) -> Result<(), NodeError> {
+        let records = self.inner.node.meta().list()?;
+        let mut parents = vec![*root];
+        while let Some(parent) = parents.pop() {
+            for record in records.iter().filter(|r| r.parent == Some(parent)) {
+                if record.state == StoreState::Left {
+                    let mut again = record.clone();
+                    again.state = StoreState::Active;
+                    self.inner.node.meta().put(&again)?;
+                    parents.push(record.id);
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Revokes `peer` from store `id`: its connections and gossip are refused at once and
-    /// its intentions after the last one this node has seen are not projected by anyone.
+    /// its intentions after the last one this node has seen are not projected by anyone —
+    /// in this store and in every child store that inherits its peers.
     ///
     /// # Errors
-    /// [`NodeError::InheritedPeers`] for a child; storage failures.
+    /// [`NodeError::InheritedPeers`] for a child; [`NodeError::RevokeSelf`] for this node's
+    /// own key (leave instead); [`NodeError::NotAPeer`] for a key the store does not list as
+    /// a peer; storage failures.
     pub fn revoke_peer(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
+        if *peer == self.inner.node.key().public() {
+            return Err(NodeError::RevokeSelf);
+        }
+        let known = self
+            .with_store(id, |s| s.peers())?
+            .into_iter()
+            .any(|p| p.key == *peer && p.status != PeerStatus::Invited);
+        if !known {
+            return Err(NodeError::NotAPeer(peer.to_string()));
+        }
+        self.revoke(id, peer)
+    }
+
+    /// Finds a peer of store `id` by full key or unique prefix.
+    ///
+    /// # Errors
+    /// [`NodeError::NotAPeer`] when nothing matches, [`NodeError::Ambiguous`] for several.
+    pub fn find_peer(&self, id: &StoreId, text: &str) -> Result<PubKey, NodeError> {
+        let text = text.trim().to_ascii_lowercase();
+        let matches: Vec<PubKey> = self
+            .peers(id)?
+            .into_iter()
+            .map(|p| p.key)
+            .filter(|k| !text.is_empty() && k.to_string().starts_with(&text))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(NodeError::NotAPeer(text)),
+            _ => Err(NodeError::Ambiguous(text)),
+        }
+    }
+
+    /// Records `peer` revoked in `id` at the last position seen here, and in the children
+    /// that inherit `id`'s peers.
+    fn revoke(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
         self.require_own_peers(id)?;
         let open = self.open_store(id)?;
-        let cut = chain_position(&open.log, peer)?;
+        let mut cut = chain_position(&open.log, peer)?;
+        if *peer == self.inner.node.key().public() {
+            // Leaving: the revocation is this node's next intention and must still count.
+            cut += 1;
+        }
         let result = self.system_call(
             id,
             "set-peer-status",
             &json!({"peer": peer.to_string(), "status": "revoked", "cut": cut}),
         )?;
         self.update_members(id);
+        self.mirror_membership(id)?;
         Ok(result)
     }
 
@@ -1010,7 +1294,7 @@ impl StoreManager {
     pub async fn leave(&self, id: &StoreId) -> Result<(), NodeError> {
         let me = self.inner.node.key().public();
         let members = self.members_of(id);
-        self.revoke_peer(id, &me)?;
+        self.revoke(id, &me)?;
         for peer in members.iter().filter(|p| **p != me) {
             if let Err(e) = self.inner.replicator.sync(id, peer).await {
                 debug!(peer = %peer.short(), "could not tell a peer about leaving: {e}");

@@ -4,21 +4,22 @@
 use std::sync::Arc;
 
 use lattice_log::{Draft, Log};
+use lattice_model::SignedIntention;
 use lattice_model::{Hash, PubKey, StoreId};
 use lattice_runtime::{
-    AuthorFilter, MethodKind, Partition, ProjectReport, Runtime, StoreDescriptor, StoreRuntime,
-    WatchEvent,
+    AuthorFilter, MethodKind, Partition, ProjectReport, Refusal, Runtime, StoreDescriptor,
+    StoreRuntime, WatchEvent,
 };
 use serde_json::{Value, json};
 use tracing::warn;
 
-use crate::error::NodeError;
+use crate::error::{NodeError, RejectKind};
 use crate::genesis::StoreGenesis;
 
 /// Intentions read from the log per projection step.
 const PROJECT_BATCH: usize = 512;
-/// Replays per projection call when a revocation changes what may be projected.
-const MAX_REPLAYS: u32 = 4;
+/// Rounds of the membership fixed point (see [`Store::settle`]).
+const MAX_SETTLE_ROUNDS: u32 = 8;
 
 /// An open store.
 #[derive(Debug)]
@@ -32,9 +33,54 @@ pub struct Store {
     system_events: Vec<WatchEvent>,
     /// Data partition events kept for [`Store::take_data_events`] (when enabled).
     data_events: Option<Vec<WatchEvent>>,
-    /// A replay is running: the filter stays fixed until it reaches the log head.
-    replaying: bool,
+    /// The genesis author: a member from the start.
+    creator: PubKey,
     me: PubKey,
+}
+
+/// A peer's status in a store's system table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PeerStatus {
+    /// Invited, not yet joined: not a member.
+    Invited,
+    /// A member.
+    Active,
+    /// A member that is offline for a long time.
+    Dormant,
+    /// No longer a member: its intentions after its refused-from position are not projected.
+    Revoked,
+    /// A status this node does not know.
+    Unknown,
+}
+
+impl PeerStatus {
+    /// Parses the system table's text.
+    pub fn parse(text: &str) -> PeerStatus {
+        match text {
+            "invited" => PeerStatus::Invited,
+            "active" => PeerStatus::Active,
+            "dormant" => PeerStatus::Dormant,
+            "revoked" => PeerStatus::Revoked,
+            _ => PeerStatus::Unknown,
+        }
+    }
+
+    /// The system table's text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerStatus::Invited => "invited",
+            PeerStatus::Active => "active",
+            PeerStatus::Dormant => "dormant",
+            PeerStatus::Revoked => "revoked",
+            PeerStatus::Unknown => "unknown",
+        }
+    }
+}
+
+impl std::fmt::Display for PeerStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A peer as the system table records it.
@@ -42,18 +88,22 @@ pub struct Store {
 pub struct PeerInfo {
     /// Its key.
     pub key: PubKey,
-    /// `invited`, `active`, `dormant` or `revoked`.
-    pub status: String,
+    /// Its status.
+    pub status: PeerStatus,
     /// Its name, when set.
     pub name: Option<String>,
     /// Where it last said it listens (`ip:port`).
     pub addrs: Vec<String>,
+    /// Author-sequence ranges of its intentions that are not projected (`None`: open end).
+    pub refused: Vec<(u64, Option<u64>)>,
+    /// The intention that wrote its status (absent in records from before stamping).
+    pub written_in: Option<Hash>,
 }
 
 impl PeerInfo {
     /// True for active and dormant peers: they may connect, gossip and bootstrap.
     pub fn is_member(&self) -> bool {
-        matches!(self.status.as_str(), "active" | "dormant")
+        matches!(self.status, PeerStatus::Active | PeerStatus::Dormant)
     }
 }
 
@@ -108,6 +158,11 @@ impl StoreStatus {
     }
 }
 
+/// The author-chain position of a witnessed intention (0 when unknown).
+fn chain_position_of(log: &Log, hash: &Hash) -> Result<u64, NodeError> {
+    Ok(log.reader().dag_info(hash)?.map_or(0, |i| i.author_seq))
+}
+
 fn parse_key(text: &str) -> Option<PubKey> {
     PubKey::from_hex(text).ok()
 }
@@ -121,10 +176,12 @@ impl Store {
         me: PubKey,
         system_module: lattice_runtime::ModuleHash,
     ) -> Result<Store, NodeError> {
-        let genesis = log
+        let genesis_intention = log
             .reader()
             .get(&Hash(id.0))?
-            .and_then(|g| StoreGenesis::decode(g.intention().ops()))
+            .ok_or(NodeError::BadGenesis(id))?;
+        let creator = genesis_intention.intention().author();
+        let genesis = StoreGenesis::decode(genesis_intention.intention().ops())
             .ok_or(NodeError::BadGenesis(id))?;
         let data = StoreRuntime::open(runtime, &dir.state_path(&id), id, genesis.module)?;
         let system = StoreRuntime::open_partition(
@@ -140,10 +197,10 @@ impl Store {
             log,
             data,
             system,
-            filter: AuthorFilter::default(),
+            filter: AuthorFilter::members_only(),
             system_events: Vec::new(),
             data_events: None,
-            replaying: false,
+            creator,
             me,
         };
         store.filter = store.read_filter()?;
@@ -166,17 +223,50 @@ impl Store {
         &self.genesis
     }
 
-    /// Reads the author filter from the system table's `peers` query.
+    /// The membership filter the system table implies: the creator, and every peer recorded
+    /// `active`, `dormant` or `revoked`, minus its refused ranges. Peers only `invited` and
+    /// keys never recorded are not members.
+    ///
+    /// Revocations are settled in order of the revoking intention (HLC, then hash): a
+    /// revocation whose own intention falls in a range refused by an earlier one is void (two
+    /// members who revoke each other at once: the earlier revocation stands). Pure function of
+    /// the system state and the log, so every peer with the same intentions gets the same
+    /// filter.
     fn read_filter(&mut self) -> Result<AuthorFilter, NodeError> {
-        let mut filter = AuthorFilter::default();
-        let peers = self.system.query("peers", &json!({}))?;
-        for item in peers["items"].as_array().into_iter().flatten() {
-            let Some(key) = item["peer"].as_str().and_then(parse_key) else {
-                continue;
+        let peers = self.peers()?;
+        let reader = self.log.reader();
+        let mut ordered = Vec::with_capacity(peers.len());
+        for peer in peers {
+            // Where the record was written: (hlc, hash, writer, writer's chain position).
+            let origin = match peer.written_in {
+                Some(op) => match (reader.get(&op)?, reader.dag_info(&op)?) {
+                    (Some(signed), Some(info)) => {
+                        Some((signed.intention().hlc(), op, info.author, info.author_seq))
+                    }
+                    _ => None,
+                },
+                None => None,
             };
-            for range in item["refused"].as_array().into_iter().flatten() {
-                if let Some(from) = range[0].as_u64() {
-                    filter.refuse(key, from, range[1].as_u64());
+            ordered.push((origin, peer));
+        }
+        ordered.sort_by(|a, b| a.0.map(|o| (o.0, o.1)).cmp(&b.0.map(|o| (o.0, o.1))));
+        let mut filter = AuthorFilter::members_only();
+        filter.admit(self.creator);
+        for (origin, peer) in ordered {
+            if !matches!(
+                peer.status,
+                PeerStatus::Active | PeerStatus::Dormant | PeerStatus::Revoked
+            ) {
+                continue;
+            }
+            let void = origin.is_some_and(|(_, _, writer, position)| {
+                writer != peer.key && filter.verdict(&writer, position) == Some(Refusal::Revoked)
+            });
+            filter.admit(peer.key);
+            for (from, to) in peer.refused {
+                // A void revocation keeps the ranges it closed, not the one it opened.
+                if !(void && to.is_none()) {
+                    filter.refuse(peer.key, from, to);
                 }
             }
         }
@@ -184,8 +274,8 @@ impl Store {
     }
 
     /// True when changing the filter from `old` to `new` may change what was already
-    /// projected: some author whose ranges differ has intentions at or after the first
-    /// differing range.
+    /// witnessed: some author admitted by one and not the other has intentions here, or
+    /// some author whose ranges differ has intentions at or after the first differing range.
     fn filter_change_matters(
         &self,
         old: &AuthorFilter,
@@ -193,6 +283,16 @@ impl Store {
     ) -> Result<bool, NodeError> {
         let frontier = self.log.reader().frontier()?;
         for author in old.authors().chain(new.authors()) {
+            let tip = frontier
+                .iter()
+                .find(|(k, _)| k == author)
+                .map_or(0, |(_, s)| *s);
+            if old.admits(author) != new.admits(author) {
+                if tip > 0 {
+                    return Ok(true);
+                }
+                continue;
+            }
             let (a, b) = (old.ranges(author), new.ranges(author));
             if a == b {
                 continue;
@@ -203,10 +303,6 @@ impl Store {
                 .filter(|r| !(a.contains(r) && b.contains(r)))
                 .map(|r| r.0)
                 .min();
-            let tip = frontier
-                .iter()
-                .find(|(k, _)| k == author)
-                .map_or(0, |(_, s)| *s);
             if first.is_some_and(|first| tip >= first) {
                 return Ok(true);
             }
@@ -214,19 +310,75 @@ impl Store {
         Ok(false)
     }
 
-    fn reset_projections(&mut self) -> Result<(), NodeError> {
-        self.system.reset()?;
+    /// True when `batch` holds a system intention the current filter refuses as revoked: it
+    /// may be a revocation that competes with the one refusing it, so membership must be
+    /// settled again.
+    fn refuses_system_writes(&self, batch: &[(u64, SignedIntention)]) -> Result<bool, NodeError> {
+        for (_, signed) in batch {
+            let i = signed.intention();
+            if !i.flags().system || i.is_genesis() || self.filter.ranges(&i.author()).is_empty() {
+                continue;
+            }
+            if let Some(info) = self.log.reader().dag_info(&signed.hash())?
+                && self.filter.verdict(&i.author(), info.author_seq) == Some(Refusal::Revoked)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// Settles membership from scratch and resets the data partition: starting from the
+    /// creator alone, projects the system partition with the filter, reads the filter that
+    /// state implies, and repeats until the filter is a fixed point (at most
+    /// [`MAX_SETTLE_ROUNDS`]). The sequence of filters depends only on the intentions, not on
+    /// the order they arrived in, so every peer settles on the same membership.
+    fn settle(&mut self) -> Result<(), NodeError> {
+        let mut filter = AuthorFilter::members_only();
+        filter.admit(self.creator);
+        for round in 0..MAX_SETTLE_ROUNDS {
+            self.system.reset()?;
+            self.filter = filter.clone();
+            loop {
+                let batch = self
+                    .log
+                    .reader()
+                    .witnessed(self.system.cursor() + 1, PROJECT_BATCH)?;
+                if batch.is_empty() {
+                    break;
+                }
+                let mut report = ProjectReport::default();
+                self.system.apply_witnessed(
+                    self.log.reader(),
+                    &batch,
+                    &self.filter,
+                    &mut report,
+                )?;
+                self.system_events.extend(report.events);
+            }
+            let fresh = self.read_filter()?;
+            if fresh == filter {
+                break;
+            }
+            if round + 1 == MAX_SETTLE_ROUNDS {
+                warn!(store = %self.id.short(), "membership did not settle; using the last round");
+            }
+            filter = fresh;
+        }
+        self.filter = filter;
         self.data.reset()?;
         Ok(())
     }
 
     /// Projects everything witnessed but not yet applied, both partitions, reading each batch
-    /// of the log once: first the system partition, then the data partition with the author
-    /// filter the system table now implies. When a revocation (or re-activation) changes what
-    /// may be projected of intentions already projected, both partitions are replayed from
-    /// the start with the new filter, so every peer ends with the same state whatever order
-    /// the revocation and the revoked writes arrived in. Loads the data module first if it was
-    /// installed meanwhile. Returns the data partition's report.
+    /// of the log once: first the system partition, then the data partition with the
+    /// membership filter the system table implies. Only members' intentions are projected
+    /// (see [`Store::settle`]). When a membership change touches intentions already
+    /// witnessed (a revocation after the revoked peer's writes arrived, a peer admitted after
+    /// its first writes arrived, competing revocations), membership is settled again from the
+    /// start and the data partition replayed, so every peer ends with the same state whatever
+    /// order things arrived in. Loads the data module first if it was installed meanwhile.
+    /// Returns the data partition's report.
     ///
     /// # Errors
     /// Storage or host failures.
@@ -236,7 +388,6 @@ impl Store {
             cursor: self.data.cursor(),
             ..ProjectReport::default()
         };
-        let mut replays = 0;
         loop {
             let from = if self.data.is_headless() {
                 self.system.cursor()
@@ -245,44 +396,26 @@ impl Store {
             };
             let batch = self.log.reader().witnessed(from + 1, PROJECT_BATCH)?;
             if batch.is_empty() {
-                if self.replaying {
-                    // Replays keep the filter fixed; check it is a fixed point.
-                    self.replaying = false;
-                    let fresh = self.read_filter()?;
-                    if fresh != self.filter && replays < MAX_REPLAYS {
-                        self.filter = fresh;
-                        self.reset_projections()?;
-                        replays += 1;
-                        self.replaying = true;
-                        continue;
-                    }
-                    self.filter = fresh;
-                }
                 break;
             }
+            let competing = self.system.cursor() < batch[batch.len() - 1].0
+                && self.refuses_system_writes(&batch)?;
             let mut system = ProjectReport::default();
             self.system
                 .apply_witnessed(self.log.reader(), &batch, &self.filter, &mut system)?;
-            if !self.replaying && system.events.iter().any(|e| e.topic == "peer") {
-                let fresh = self.read_filter()?;
-                if fresh != self.filter {
-                    let matters = self.filter_change_matters(&self.filter, &fresh)?;
-                    self.filter = fresh;
-                    if matters {
-                        if replays >= MAX_REPLAYS {
-                            warn!(store = %self.id.short(), "author filter keeps changing; not replaying again");
-                        } else {
-                            self.reset_projections()?;
-                            self.system_events.extend(system.events);
-                            replays += 1;
-                            self.replaying = true;
-                            report = ProjectReport::default();
-                            continue;
-                        }
-                    }
-                }
-            }
+            let membership = system.events.iter().any(|e| e.topic == "peer");
             self.system_events.extend(system.events);
+            if membership || competing {
+                let fresh = self.read_filter()?;
+                if competing
+                    || (fresh != self.filter && self.filter_change_matters(&self.filter, &fresh)?)
+                {
+                    self.settle()?;
+                    report = ProjectReport::default();
+                    continue;
+                }
+                self.filter = fresh;
+            }
             self.data
                 .apply_witnessed(self.log.reader(), &batch, &self.filter, &mut report)?;
         }
@@ -384,12 +517,24 @@ impl Store {
             .into_iter()
             .find(|(seq, _)| *seq == written.seq)
             .map(|(_, reason)| reason);
+        if let Some(reason) = rejected {
+            let position = chain_position_of(&self.log, &written.hash)?;
+            let kind = match self.filter.verdict(&self.me, position) {
+                Some(Refusal::NotMember) => RejectKind::NotMember,
+                Some(Refusal::Revoked) => RejectKind::Revoked,
+                None => RejectKind::Guest,
+            };
+            return Err(NodeError::Rejected {
+                kind,
+                hash: written.hash,
+                reason,
+            });
+        }
         Ok(json!({
             "hash": written.hash.to_string(),
             "seq": written.seq,
             "hlc": written.hlc.to_string(),
             "events": report.events.len(),
-            "rejected": rejected,
         }))
     }
 
@@ -438,7 +583,7 @@ impl Store {
             .filter_map(|item| {
                 Some(PeerInfo {
                     key: parse_key(item["peer"].as_str()?)?,
-                    status: item["status"].as_str()?.to_string(),
+                    status: PeerStatus::parse(item["status"].as_str()?),
                     name: item["name"].as_str().map(str::to_string),
                     addrs: item["addrs"]
                         .as_array()
@@ -446,6 +591,13 @@ impl Store {
                         .flatten()
                         .filter_map(|a| a.as_str().map(str::to_string))
                         .collect(),
+                    refused: item["refused"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|r| Some((r.get(0)?.as_u64()?, r.get(1)?.as_u64())))
+                        .collect(),
+                    written_in: item["op"].as_str().and_then(|h| Hash::from_hex(h).ok()),
                 })
             })
             .collect())
@@ -517,6 +669,42 @@ impl Store {
         Ok(self.data.rejected(0, usize::MAX)?)
     }
 
+    /// The newest `limit` rejected intentions of both partitions, newest first, as JSON
+    /// objects `{seq, hash, author, hlc, partition, reason}`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn rejected_details(&self, limit: usize) -> Result<Vec<Value>, NodeError> {
+        let mut all: Vec<(u64, &'static str, String)> = Vec::new();
+        for (partition, runtime) in [("data", &self.data), ("system", &self.system)] {
+            all.extend(
+                runtime
+                    .rejected_newest(limit)?
+                    .into_iter()
+                    .map(|(seq, reason)| (seq, partition, reason)),
+            );
+        }
+        all.sort_by_key(|r| std::cmp::Reverse(r.0));
+        all.truncate(limit);
+        let reader = self.log.reader();
+        let mut out = Vec::with_capacity(all.len());
+        for (seq, partition, reason) in all {
+            let Some((_, signed)) = reader.witnessed(seq, 1)?.into_iter().next() else {
+                continue;
+            };
+            let i = signed.intention();
+            out.push(json!({
+                "seq": seq,
+                "hash": signed.hash().to_string(),
+                "author": i.author().to_string(),
+                "hlc": i.hlc().to_string(),
+                "partition": partition,
+                "reason": reason,
+            }));
+        }
+        Ok(out)
+    }
+
     /// A digest of the projected state (both partitions), to compare replicas.
     ///
     /// # Errors
@@ -532,8 +720,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn rebuild(&mut self) -> Result<ProjectReport, NodeError> {
-        self.reset_projections()?;
-        self.replaying = true;
+        self.settle()?;
         self.project()
     }
 

@@ -193,14 +193,38 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
     })
     .await?;
 
-    // Revoking C: its later writes are refused everywhere.
+    // Revoking C: its later writes are refused everywhere — in the root, the child and the
+    // grandchild. C may or may not have heard of it yet: either its writes fail as revoked,
+    // or they land only on C.
     let c_key = c.node().key().public();
+    assert!(matches!(
+        a.revoke_peer(&store, &a.node().key().public()),
+        Err(NodeError::RevokeSelf)
+    ));
+    assert!(matches!(
+        a.revoke_peer(&store, &lattice_model::PubKey([9; 32])),
+        Err(NodeError::NotAPeer(_))
+    ));
+    assert_eq!(
+        a.find_peer(&store, &c_key.to_string()[..12])?,
+        c_key,
+        "a unique prefix names a peer"
+    );
     a.revoke_peer(&store, &c_key)?;
-    c.call(
-        &store,
-        "put",
-        &json!({"key": "from-c", "value": "after revocation"}),
-    )?;
+    for (target, method, args) in [
+        (
+            store,
+            "put",
+            json!({"key": "from-c", "value": "after revocation"}),
+        ),
+        (child, "increment", json!({"by": 100})),
+        (grandchild, "put", json!({"key": "deep", "value": "evil"})),
+    ] {
+        match c.call(&target, method, &args) {
+            Ok(_) | Err(NodeError::Rejected { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
     b.call(&store, "put", &json!({"key": "marker", "value": "m"}))?;
     until(&[&a, &b], "the marker", || get(&a, &store, "marker") == "m").await?;
     assert_eq!(get(&a, &store, "from-c"), "2");
@@ -209,8 +233,39 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
     assert!(
         peers
             .iter()
-            .any(|p| p.key == c_key && p.status == "revoked")
+            .any(|p| p.key == c_key && p.status == lattice_node::PeerStatus::Revoked)
     );
+
+    // C is invited again: it joins with the new token; what it wrote while revoked stays
+    // refused on every node (its writes do reach them now), what it writes next is projected.
+    let token = a.invite(&store, Duration::from_secs(600))?.encode();
+    c.join(&token, |_| {}).await?;
+    // (C may hear of its revocation in a child before it hears of its re-activation there;
+    // a write in between is refused, so write until one is accepted.)
+    let (mut counted, mut put) = (false, false);
+    until(&[&c], "C's writes to be accepted again", || {
+        counted = counted || c.call(&child, "increment", &json!({"by": 1000})).is_ok();
+        put = put
+            || c.call(
+                &grandchild,
+                "put",
+                &json!({"key": "back", "value": "again"}),
+            )
+            .is_ok();
+        counted && put
+    })
+    .await?;
+    until(&[&a, &b, &c], "C's new writes everywhere", || {
+        [&a, &b, &c].iter().all(|n| {
+            get(n, &grandchild, "back") == "again"
+                && n.call(&child, "get", &json!({}))
+                    .is_ok_and(|v| v["value"] == 1002)
+        })
+    })
+    .await?;
+    for n in [&a, &b, &c] {
+        assert_eq!(get(n, &grandchild, "deep"), "yes");
+    }
 
     // Restart B: everything is still there and it keeps replicating.
     // (A restarted node may author again at once — e.g. its new address — so compare what

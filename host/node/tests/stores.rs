@@ -320,3 +320,313 @@ fn a_revoked_peers_later_writes_are_not_projected_whatever_the_arrival_order() -
     assert_eq!(sb.state_digest()?, sa.state_digest()?);
     Ok(())
 }
+
+/// Copies every intention `from` has that `to` lacks (in `from`'s witness order).
+fn sync_into(from: &lattice_node::Store, to: &lattice_node::Store) -> TestResult {
+    let have: std::collections::HashSet<_> = all_of(to)?.iter().map(|s| s.hash()).collect();
+    let missing: Vec<_> = all_of(from)?
+        .into_iter()
+        .filter(|s| !have.contains(&s.hash()))
+        .collect();
+    feed(to, &missing)
+}
+
+/// A replica of `source` on `node` (the module installed first).
+fn replica_of(
+    node: &Node,
+    source: &lattice_node::Store,
+) -> Result<lattice_node::Store, Box<dyn std::error::Error>> {
+    node.resolve_type("kv")?;
+    for r in node.ingest_replica(
+        source.id(),
+        all_of(source)?
+            .iter()
+            .map(|s| Incoming::new(s.as_bytes().to_vec()))
+            .collect(),
+    )? {
+        r?;
+    }
+    Ok(node.open_store(source.id())?)
+}
+
+fn is_rejected(
+    result: Result<serde_json::Value, NodeError>,
+    kind: lattice_node::RejectKind,
+) -> bool {
+    matches!(result, Err(NodeError::Rejected { kind: k, .. }) if k == kind)
+}
+
+#[test]
+fn a_strangers_writes_are_rejected_on_every_node_and_cannot_revoke_anyone() -> TestResult {
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let a = Node::open(DataDir::new(dirs[0].path()))?;
+    let b = Node::open(DataDir::new(dirs[1].path()))?;
+    let s = Node::open(DataDir::new(dirs[2].path()))?;
+    let mut sa = a.create_store(a.resolve_type("kv")?, "members only")?;
+    let bk = b.key().public().to_string();
+    sa.system_call("set-peer-status", &json!({"peer": bk, "status": "active"}))?;
+    sa.call("put", &json!({"key": "k", "value": "from a"}))?;
+    let mut sb = replica_of(&b, &sa)?;
+
+    // The stranger clones the log (as a hostile node could) and writes: a key, a revocation
+    // of B, its own activation. Its own node already refuses all of it.
+    let mut ss = replica_of(&s, &sa)?;
+    let sk = s.key().public().to_string();
+    let hostile = ss.call("put", &json!({"key": "k", "value": "from a stranger"}));
+    assert!(is_rejected(hostile, lattice_node::RejectKind::NotMember));
+    for (method, args) in [
+        (
+            "set-peer-status",
+            json!({"peer": bk, "status": "revoked", "cut": 0}),
+        ),
+        ("set-peer-status", json!({"peer": sk, "status": "active"})),
+    ] {
+        let r = ss.system_call(method, &args);
+        assert!(
+            is_rejected(r, lattice_node::RejectKind::NotMember),
+            "{method}"
+        );
+    }
+
+    // Its intentions reach A directly and B through A (a member relaying them).
+    sync_into(&ss, &sa)?;
+    sa.project()?;
+    sync_into(&sa, &sb)?;
+    sb.project()?;
+    for store in [&mut sa, &mut sb] {
+        assert_eq!(store.call("get", &json!({"key": "k"}))?["value"], "from a");
+        let peers = store.peers()?;
+        assert!(peers.iter().all(|p| p.key.to_string() != sk), "{peers:?}");
+        assert!(
+            peers
+                .iter()
+                .any(|p| p.key.to_string() == bk && p.status == lattice_node::PeerStatus::Active)
+        );
+        let rejected = store.rejected_details(10)?;
+        assert_eq!(rejected.len(), 3, "{rejected:?}");
+        assert!(rejected.iter().all(|r| {
+            r["author"] == sk
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("not a member"))
+        }));
+    }
+    assert_eq!(sa.state_digest()?, sb.state_digest()?);
+    // B can still write, and A projects it.
+    sb.call("put", &json!({"key": "b", "value": "still here"}))?;
+    sync_into(&sb, &sa)?;
+    sa.project()?;
+    assert_eq!(sa.call("get", &json!({"key": "b"}))?["value"], "still here");
+    // A rebuild settles membership from scratch and agrees.
+    let digest = sa.state_digest()?;
+    sa.rebuild()?;
+    assert_eq!(sa.state_digest()?, digest);
+    Ok(())
+}
+
+#[test]
+fn the_system_write_policy_holds_against_a_hostile_member() -> TestResult {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = Node::open(DataDir::new(dirs[0].path()))?;
+    let m = Node::open(DataDir::new(dirs[1].path()))?;
+    let mut sa = a.create_store(a.resolve_type("kv")?, "policy")?;
+    let ak = a.key().public().to_string();
+    let mk = m.key().public().to_string();
+    sa.system_call("set-peer-status", &json!({"peer": mk, "status": "active"}))?;
+    let mut sm = replica_of(&m, &sa)?;
+    let hash = "ab".repeat(32);
+    for (method, args) in [
+        (
+            "set-peer-name",
+            json!({"peer": ak, "name": "mallory was here"}),
+        ),
+        (
+            "set-peer-addrs",
+            json!({"peer": ak, "addrs": ["10.0.0.1:1"]}),
+        ),
+        (
+            "add-invite",
+            json!({"hash": hash, "expires_ms": 1, "invited_by": ak}),
+        ),
+        ("claim-app", json!({"app_id": "chat", "by": ak})),
+    ] {
+        let r = sm.system_call(method, &args);
+        assert!(is_rejected(r, lattice_node::RejectKind::Guest), "{method}");
+    }
+    // Leaving is allowed; coming back on its own is not.
+    sm.system_call(
+        "set-peer-status",
+        &json!({"peer": mk, "status": "revoked", "cut": 0}),
+    )?;
+    let back = sm.system_call(
+        "set-peer-status",
+        &json!({"peer": mk, "status": "active", "resume": 9}),
+    );
+    assert!(back.is_err(), "{back:?}");
+    // A sees the same: every hostile entry rejected, M's name untouched elsewhere.
+    sync_into(&sm, &sa)?;
+    sa.project()?;
+    let peer_a = sa.system_query("peer", &json!({"peer": ak}))?;
+    assert_eq!(peer_a["addrs"], json!([]));
+    assert!(peer_a["name"].is_null());
+    assert_eq!(sa.system_query("apps", &json!({}))?["items"], json!([]));
+    assert_eq!(sa.state_digest()?, {
+        sm.project()?;
+        sm.state_digest()?
+    });
+    Ok(())
+}
+
+/// Every order of `items` (small inputs only).
+fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
+    if items.len() <= 1 {
+        return vec![items.to_vec()];
+    }
+    let mut out = Vec::new();
+    for i in 0..items.len() {
+        let mut rest = items.to_vec();
+        let first = rest.remove(i);
+        for mut tail in permutations(&rest) {
+            tail.insert(0, first.clone());
+            out.push(tail);
+        }
+    }
+    out
+}
+
+/// Each peer's final status, and which of the three keys survived.
+type Outcome = (Vec<Option<lattice_node::PeerStatus>>, Vec<bool>);
+
+/// A creates a store and admits B and C. Then, with nobody seeing anyone else's new
+/// writes, each `(revoker, revoked)` pair in `revocations` is written, and every node writes
+/// one key named after itself. Every arrival order of the three new chains (on fresh nodes),
+/// a rebuild, and the three writers after exchanging everything must agree; returns each
+/// peer's final status and which keys survived.
+fn mutual_revocations(
+    revocations: &[(usize, usize)],
+) -> Result<Outcome, Box<dyn std::error::Error>> {
+    let dirs: Vec<_> = (0..3)
+        .map(|_| tempfile::tempdir())
+        .collect::<Result<_, _>>()?;
+    let nodes: Vec<Node> = dirs
+        .iter()
+        .map(|d| Node::open(DataDir::new(d.path())))
+        .collect::<Result<_, _>>()?;
+    let keys: Vec<String> = nodes.iter().map(|n| n.key().public().to_string()).collect();
+    let mut sa = nodes[0].create_store(nodes[0].resolve_type("kv")?, "mutual")?;
+    for k in &keys[1..] {
+        sa.system_call("set-peer-status", &json!({"peer": k, "status": "active"}))?;
+    }
+    let sb = replica_of(&nodes[1], &sa)?;
+    let sc = replica_of(&nodes[2], &sa)?;
+    let base = all_of(&sa)?;
+    let mut stores = [sa, sb, sc];
+    for (by, who) in revocations {
+        // Distinct HLCs, so "earlier" is well defined: wait for the clock to move on.
+        let now = lattice_log::system_now_ms();
+        while lattice_log::system_now_ms() == now {
+            std::hint::spin_loop();
+        }
+        // The cut is what the revoker has seen of the revoked peer (as the node computes it).
+        let cut = stores[*by]
+            .log()
+            .reader()
+            .frontier()?
+            .into_iter()
+            .find(|(k, _)| k.to_string() == keys[*who])
+            .map_or(0, |(_, seq)| seq);
+        stores[*by].system_call(
+            "set-peer-status",
+            &json!({"peer": keys[*who], "status": "revoked", "cut": cut}),
+        )?;
+    }
+    for (n, store) in stores.iter_mut().enumerate() {
+        store.call("put", &json!({"key": format!("k{n}"), "value": "1"}))?;
+    }
+    let mut chains = Vec::new();
+    for store in &stores {
+        chains.push(
+            all_of(store)?
+                .into_iter()
+                .skip(base.len())
+                .collect::<Vec<_>>(),
+        );
+    }
+    let mut outcomes = Vec::new();
+    for order in permutations(&[0usize, 1, 2]) {
+        let dir = tempfile::tempdir()?;
+        let node = Node::open(DataDir::new(dir.path()))?;
+        node.resolve_type("kv")?;
+        let mut items = base.clone();
+        for i in &order {
+            items.extend(chains[*i].iter().cloned());
+        }
+        for r in node.ingest_replica(
+            stores[0].id(),
+            items
+                .iter()
+                .map(|s| Incoming::new(s.as_bytes().to_vec()))
+                .collect(),
+        )? {
+            r?;
+        }
+        let mut replica = node.open_store(stores[0].id())?;
+        let digest = replica.state_digest()?;
+        replica.rebuild()?;
+        assert_eq!(replica.state_digest()?, digest, "order {order:?}: rebuild");
+        let peers = replica.peers()?;
+        let statuses: Vec<_> = keys
+            .iter()
+            .map(|k| {
+                peers
+                    .iter()
+                    .find(|p| p.key.to_string() == *k)
+                    .map(|p| p.status)
+            })
+            .collect();
+        let mut kept = Vec::new();
+        for n in 0..3 {
+            kept.push(!replica.call("get", &json!({"key": format!("k{n}")}))?["value"].is_null());
+        }
+        outcomes.push((digest, statuses, kept));
+        replica.close()?;
+    }
+    assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "{outcomes:?}");
+    for x in 0..3 {
+        for y in 0..3 {
+            if x != y {
+                sync_into(&stores[x], &stores[y])?;
+            }
+        }
+    }
+    for store in &mut stores {
+        store.project()?;
+        assert_eq!(store.state_digest()?, outcomes[0].0);
+    }
+    let (_, statuses, kept) = outcomes.swap_remove(0);
+    Ok((statuses, kept))
+}
+
+#[test]
+fn the_creator_wins_a_concurrent_mutual_revocation_in_every_arrival_order() -> TestResult {
+    use lattice_node::PeerStatus::{Active, Revoked};
+    // A (the creator) and B revoke each other; B also revokes C.
+    let (statuses, kept) = mutual_revocations(&[(0, 1), (1, 0), (1, 2)])?;
+    assert_eq!(statuses, vec![Some(Active), Some(Revoked), Some(Active)]);
+    assert_eq!(kept, vec![true, false, true]);
+    Ok(())
+}
+
+#[test]
+fn between_two_members_the_earlier_revocation_wins_in_every_arrival_order() -> TestResult {
+    use lattice_node::PeerStatus::{Active, Revoked};
+    // B revokes C, then (later HLC, not having seen it) C revokes B.
+    let (statuses, kept) = mutual_revocations(&[(1, 2), (2, 1)])?;
+    assert_eq!(statuses, vec![Some(Active), Some(Active), Some(Revoked)]);
+    assert_eq!(kept, vec![true, true, false]);
+    Ok(())
+}

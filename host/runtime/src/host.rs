@@ -15,8 +15,9 @@ use crate::bindings::lattice::store::{host, types};
 
 /// Longest key a guest may use.
 pub const MAX_KEY_BYTES: usize = 4096;
-/// Largest value a guest may write.
-pub const MAX_VALUE_BYTES: usize = 1 << 20;
+/// Largest value a guest may write (room for a store type's own record around a 1 MiB
+/// user value, including a few concurrent versions of it).
+pub const MAX_VALUE_BYTES: usize = 4 << 20;
 /// Most entries one `kv-scan` returns.
 pub const MAX_SCAN: u32 = 1000;
 /// Largest watch event payload.

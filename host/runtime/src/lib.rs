@@ -43,7 +43,9 @@ pub use error::{CallError, Error, GuestError, ModuleError, StorageError};
 pub use host::{MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_SCAN, MAX_VALUE_BYTES};
 pub use modules::{Limits, LoadedModule, ModuleHash, Runtime};
 pub use schema::{MethodInfo, MethodKind, ParamInfo, ParamKind, StoreDescriptor};
-pub use store::{AuthorFilter, Partition, PreparedWrite, ProjectReport, StoreRuntime, WatchEvent};
+pub use store::{
+    AuthorFilter, Partition, PreparedWrite, ProjectReport, Refusal, StoreRuntime, WatchEvent,
+};
 
 /// The built-in store types, embedded in the binary: `(type name, component bytes)`.
 ///

@@ -41,34 +41,82 @@ pub enum Partition {
     System,
 }
 
-/// Author-sequence ranges whose intentions are not projected (revoked peers). Derived by the
-/// node from the system table; the same on every peer that has the same system state.
+/// Which authors' intentions a partition projects. Derived by the node from the system table
+/// (the same on every peer that has the same intentions).
+///
+/// A filter is either open (the default: every author is projected, for stores without a
+/// membership policy) or members-only ([`AuthorFilter::members_only`]): then only admitted
+/// authors are projected, minus their refused author-sequence ranges (revocations).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AuthorFilter {
-    refused: BTreeMap<PubKey, Vec<(u64, Option<u64>)>>,
+    members_only: bool,
+    members: BTreeMap<PubKey, Vec<(u64, Option<u64>)>>,
+}
+
+/// Why an author's intention is not projected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The author is not a member of the store.
+    NotMember,
+    /// The author's intention lies in a refused range (the author was revoked).
+    Revoked,
 }
 
 impl AuthorFilter {
-    /// Refuses `author`'s intentions with author sequence in `from..=to` (`None`: no end).
+    /// A filter that projects only authors admitted with [`AuthorFilter::admit`].
+    pub fn members_only() -> AuthorFilter {
+        AuthorFilter {
+            members_only: true,
+            members: BTreeMap::new(),
+        }
+    }
+
+    /// True for a members-only filter.
+    pub fn is_members_only(&self) -> bool {
+        self.members_only
+    }
+
+    /// Admits `author` (no effect on its refused ranges).
+    pub fn admit(&mut self, author: PubKey) {
+        self.members.entry(author).or_default();
+    }
+
+    /// True when `author` is admitted (it may still have refused ranges).
+    pub fn admits(&self, author: &PubKey) -> bool {
+        !self.members_only || self.members.contains_key(author)
+    }
+
+    /// Refuses `author`'s intentions with author sequence in `from..=to` (`None`: no end);
+    /// admits the author otherwise.
     pub fn refuse(&mut self, author: PubKey, from: u64, to: Option<u64>) {
-        self.refused.entry(author).or_default().push((from, to));
+        self.members.entry(author).or_default().push((from, to));
     }
 
     /// The refused ranges of `author`.
     pub fn ranges(&self, author: &PubKey) -> &[(u64, Option<u64>)] {
-        self.refused.get(author).map_or(&[], Vec::as_slice)
+        self.members.get(author).map_or(&[], Vec::as_slice)
+    }
+
+    /// Whether `author`'s intention at `author_seq` is refused, and why.
+    pub fn verdict(&self, author: &PubKey, author_seq: u64) -> Option<Refusal> {
+        if !self.admits(author) {
+            return Some(Refusal::NotMember);
+        }
+        let revoked = self
+            .ranges(author)
+            .iter()
+            .any(|(from, to)| author_seq >= *from && to.is_none_or(|to| author_seq <= to));
+        revoked.then_some(Refusal::Revoked)
     }
 
     /// True when `author`'s intention at `author_seq` is refused.
     pub fn refuses(&self, author: &PubKey, author_seq: u64) -> bool {
-        self.ranges(author)
-            .iter()
-            .any(|(from, to)| author_seq >= *from && to.is_none_or(|to| author_seq <= to))
+        self.verdict(author, author_seq).is_some()
     }
 
-    /// Authors with refused ranges.
+    /// Authors named by the filter (admitted, or with refused ranges).
     pub fn authors(&self) -> impl Iterator<Item = &PubKey> {
-        self.refused.keys()
+        self.members.keys()
     }
 }
 
@@ -441,6 +489,12 @@ impl StoreRuntime {
         filter: &AuthorFilter,
     ) -> Result<Option<String>, Error> {
         let author = signed.intention().author();
+        if !filter.admits(&author) {
+            return Ok(Some(format!(
+                "author {} is not a member of the store",
+                author.short()
+            )));
+        }
         if filter.ranges(&author).is_empty() {
             return Ok(None);
         }
@@ -606,6 +660,21 @@ impl StoreRuntime {
         let table = txn.open_table(REJECTED)?;
         let mut out = Vec::new();
         for row in table.range(from_seq..)?.take(limit) {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
+    /// The newest `limit` rejected intentions, newest first: `(witness seq, reason)`.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn rejected_newest(&self, limit: usize) -> Result<Vec<(u64, String)>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(REJECTED)?;
+        let mut out = Vec::new();
+        for row in table.range(0u64..)?.rev().take(limit) {
             let (k, v) = row?;
             out.push((k.value(), v.value().to_string()));
         }

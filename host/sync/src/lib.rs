@@ -48,5 +48,6 @@ pub use session::{
     fetch_chain, reconcile, refuse, request_join, serve, welcome,
 };
 pub use wire::{
-    BATCH_BYTES, FrameError, GossipMsg, MAX_FRAME, MAX_GOSSIP, MAX_HASHES, Msg, SESSION_VERSION,
+    BATCH_BYTES, FrameError, GossipMsg, MAX_FRAME, MAX_GOSSIP, MAX_HASHES, MAX_JOIN_CHILDREN, Msg,
+    SESSION_VERSION,
 };

@@ -532,6 +532,8 @@ pub enum Opening {
         secret: [u8; 32],
         /// The client's newest position in its own chain of the store.
         tip: u64,
+        /// Its positions in the child stores of the store it holds.
+        children: Vec<(StoreId, u64)>,
     },
 }
 
@@ -552,7 +554,13 @@ pub async fn accept<F: Frames>(io: &mut F) -> Result<Opening, SessionError> {
             store,
             secret,
             tip,
-        } if version == SESSION_VERSION => Ok(Opening::Join { store, secret, tip }),
+            children,
+        } if version == SESSION_VERSION => Ok(Opening::Join {
+            store,
+            secret,
+            tip,
+            children,
+        }),
         Msg::Open { version, .. } | Msg::Join { version, .. } => Err(SessionError::Misbehaved(
             format!("session version {version} is not supported"),
         )),
@@ -579,6 +587,7 @@ pub async fn request_join<F: Frames>(
     store: StoreId,
     secret: [u8; 32],
     tip: u64,
+    children: Vec<(StoreId, u64)>,
 ) -> Result<(), SessionError> {
     io.send(
         Msg::Join {
@@ -586,6 +595,7 @@ pub async fn request_join<F: Frames>(
             store,
             secret,
             tip,
+            children,
         }
         .encode(),
     )

@@ -81,6 +81,9 @@ pub enum Msg {
         /// The client's newest position in its own chain of that store (0: none), so a
         /// re-activation after a revocation knows where the client's chain stands.
         tip: u64,
+        /// The same for the child stores (at any depth) the client holds of that store, so
+        /// their re-activations know it too (at most [`MAX_JOIN_CHILDREN`]).
+        children: Vec<(StoreId, u64)>,
     },
     /// The join was accepted: the client is now a peer of the store and may bootstrap it.
     Welcome,
@@ -97,6 +100,9 @@ const DONE: u8 = 8;
 const REFUSED: u8 = 9;
 const JOIN: u8 = 10;
 const WELCOME: u8 = 11;
+
+/// Most child-store tips in one [`Msg::Join`].
+pub const MAX_JOIN_CHILDREN: usize = 4096;
 
 /// Most hashes in one [`Msg::Want`] or [`Msg::Chain`].
 pub const MAX_HASHES: usize = 65_536;
@@ -225,12 +231,19 @@ impl Msg {
                 store,
                 secret,
                 tip,
+                children,
             } => {
                 out.push(JOIN);
                 out.push(*version);
                 out.extend(store.as_bytes());
                 out.extend(secret);
                 out.extend(tip.to_le_bytes());
+                let children = &children[..children.len().min(MAX_JOIN_CHILDREN)];
+                out.extend((children.len() as u32).to_le_bytes());
+                for (id, tip) in children {
+                    out.extend(id.as_bytes());
+                    out.extend(tip.to_le_bytes());
+                }
             }
             Msg::Welcome => out.push(WELCOME),
         }
@@ -308,12 +321,24 @@ impl Msg {
                 let text = input.take(input.0.len())?;
                 Msg::Refused(String::from_utf8_lossy(&text[..text.len().min(1024)]).into_owned())
             }
-            JOIN => Msg::Join {
-                version: input.u8()?,
-                store: StoreId(input.array()?),
-                secret: input.array()?,
-                tip: input.u64()?,
-            },
+            JOIN => {
+                let version = input.u8()?;
+                let store = StoreId(input.array()?);
+                let secret = input.array()?;
+                let tip = input.u64()?;
+                let n = input.count(40, MAX_JOIN_CHILDREN)?;
+                let mut children = Vec::with_capacity(n);
+                for _ in 0..n {
+                    children.push((StoreId(input.array()?), input.u64()?));
+                }
+                Msg::Join {
+                    version,
+                    store,
+                    secret,
+                    tip,
+                    children,
+                }
+            }
             WELCOME => Msg::Welcome,
             _ => return Err(FrameError("unknown message tag")),
         };
@@ -455,6 +480,7 @@ mod tests {
                 store: StoreId([1; 32]),
                 secret: [2; 32],
                 tip: 7,
+                children: vec![(StoreId([3; 32]), 4)],
             },
             Msg::Welcome,
         ];

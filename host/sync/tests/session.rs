@@ -334,7 +334,8 @@ async fn join_is_answered_with_welcome_or_the_refusal_reason() -> TestResult {
                 Opening::Join {
                     store,
                     secret: [9; 32],
-                    tip: 3
+                    tip: 3,
+                    children: vec![(lattice_model::StoreId([5; 32]), 2)],
                 }
             );
             if accept_it {
@@ -343,7 +344,14 @@ async fn join_is_answered_with_welcome_or_the_refusal_reason() -> TestResult {
                 refuse(&mut server, "the invite was already used").await
             }
         });
-        let answer = request_join(&mut client, store, [9; 32], 3).await;
+        let answer = request_join(
+            &mut client,
+            store,
+            [9; 32],
+            3,
+            vec![(lattice_model::StoreId([5; 32]), 2)],
+        )
+        .await;
         serving.await??;
         match answer {
             Ok(()) => assert!(accept_it),

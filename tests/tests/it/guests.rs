@@ -50,11 +50,20 @@ fn failing_applies_are_rejected_and_projection_goes_on() -> TestResult {
         "ok",
     ];
     for mode in modes {
-        let out = store.call("op", &json!({"mode": mode}))?;
-        let rejected = out["rejected"].as_str().map(str::to_string);
+        // A rejected apply is an error for the caller (the intention stays witnessed).
+        let out = store.call("op", &json!({"mode": mode}));
         match mode {
-            "ok" => assert_eq!(rejected, None),
-            _ => assert!(rejected.is_some(), "{mode} was not rejected: {out}"),
+            "ok" => assert!(out.is_ok(), "{out:?}"),
+            _ => assert!(
+                matches!(
+                    out,
+                    Err(NodeError::Rejected {
+                        kind: lattice_node::RejectKind::Guest,
+                        ..
+                    })
+                ),
+                "{mode} was not rejected: {out:?}"
+            ),
         }
     }
     let reasons = store.rejected()?;
@@ -90,7 +99,8 @@ fn every_peer_rejects_the_same_intentions_and_reaches_the_same_state() -> TestRe
     let a_dir = tempfile::tempdir()?;
     let (_a, mut a) = evil_store(a_dir.path())?;
     for mode in ["ok", "loop", "trap", "ok", "alloc", "ok"] {
-        a.call("op", &json!({"mode": mode}))?;
+        let out = a.call("op", &json!({"mode": mode}));
+        assert_eq!(out.is_ok(), mode == "ok", "{mode}: {out:?}");
     }
     let all: Vec<Incoming> = a
         .log()

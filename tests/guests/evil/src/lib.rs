@@ -2,7 +2,7 @@
 //!
 //! Command `op {mode}` authors an intention whose ops are `mode`; `apply` then does what the
 //! mode says: `ok` (writes `ok` = count), `reject` (returns an error), `trap` (panics), `loop`
-//! (never returns), `alloc` (allocates until memory runs out), `big-write` (writes a 2 MiB
+//! (never returns), `alloc` (allocates until memory runs out), `big-write` (writes a 5 MiB
 //! value). Queries: `get` (reads `ok`), `huge` (returns 20 MB), `write` (calls `kv-set`),
 //! `spin` (never returns).
 #![deny(missing_docs)]
@@ -82,7 +82,7 @@ impl StoreType for Evil {
                 }
             }
             b"big-write" => {
-                host.set(b"big", &vec![0u8; 2 << 20]);
+                host.set(b"big", &vec![0u8; 5 << 20]);
                 Ok(())
             }
             _ => Err(StoreError::Rejected("unknown mode".into())),
