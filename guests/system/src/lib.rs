@@ -27,6 +27,10 @@ use lattice_sdk::{
     Args, Descriptor, Entry, Host, Intention, LwwTable, MethodKind, ParamKind, Prepared,
     StoreError, StoreType, decode_entries, method, optional_param, param,
 };
+use lattice_system_types::{
+    ChildItem, ChildRecord, InviteRecord, Items, PeerItem, PeerStatus, StatusRecord, StoreInfo,
+    Strategy,
+};
 use serde_json::{Value, json};
 
 const TABLE: &[u8] = b"sys/";
@@ -43,7 +47,6 @@ pub struct System;
 
 const PEER_STATUSES: &[&str] = &["invited", "active", "dormant", "revoked"];
 const CHILD_STATUSES: &[&str] = &["active", "archived"];
-const INVITE_STATUSES: &[&str] = &["valid", "claimed", "revoked"];
 
 fn table() -> LwwTable {
     LwwTable::new(TABLE)
@@ -105,19 +108,13 @@ fn seq_arg(args: &Args, name: &str) -> Result<Option<u64>, StoreError> {
 /// Refused ranges of a status value, as `(from, to)` with `None` for an open end.
 fn refused_of(status: Option<&Value>) -> Vec<(u64, Option<u64>)> {
     status
-        .and_then(|v| v.get("refused"))
-        .and_then(Value::as_array)
-        .map(|ranges| {
-            ranges
-                .iter()
-                .filter_map(|r| Some((r.get(0)?.as_u64()?, r.get(1)?.as_u64())))
-                .collect()
-        })
+        .and_then(|v| serde_json::from_value::<StatusRecord>(v.clone()).ok())
+        .map(|r| r.refused)
         .unwrap_or_default()
 }
 
-fn refused_json(ranges: &[(u64, Option<u64>)]) -> Value {
-    Value::Array(ranges.iter().map(|(a, b)| json!([a, b])).collect())
+fn to_value<T: serde::Serialize>(value: &T) -> Result<Value, StoreError> {
+    serde_json::to_value(value).map_err(|e| StoreError::Internal(e.to_string()))
 }
 
 /// The entries one command writes (a batch concatenates them).
@@ -131,20 +128,23 @@ fn entries_for(host: &dyn Host, method: &str, args: &Args) -> Result<Vec<Entry>,
         "set-strategy" => {
             let strategy = one_of(args, "strategy", &["independent", "inherited"])?;
             let value = if strategy == "inherited" {
-                json!({"strategy": strategy, "parent": id_arg(args, "parent")?})
+                Strategy::Inherited {
+                    parent: id_arg(args, "parent")?,
+                }
             } else {
-                json!({"strategy": strategy})
+                Strategy::Independent
             };
-            vec![("strategy".into(), Some(value))]
+            vec![("strategy".into(), Some(to_value(&value)?))]
         }
         "set-peer-status" => {
             let peer = id_arg(args, "peer")?;
-            let status = one_of(args, "status", PEER_STATUSES)?;
+            let status = PeerStatus::parse(&one_of(args, "status", PEER_STATUSES)?)
+                .ok_or_else(|| invalid("unknown peer status".into()))?;
             let key = format!("peer/{peer}/status");
             let (current, _) = t.get_json(host, &key)?;
             let mut refused = refused_of(current.as_ref());
             let open = refused.last().is_some_and(|(_, to)| to.is_none());
-            if status == "revoked" {
+            if status == PeerStatus::Revoked {
                 let cut = seq_arg(args, "cut")?.ok_or_else(|| {
                     invalid("revoking needs `cut`: the peer's last seen sequence".into())
                 })?;
@@ -167,10 +167,13 @@ fn entries_for(host: &dyn Host, method: &str, args: &Args) -> Result<Vec<Entry>,
             if refused.len() > MAX_REFUSED {
                 refused.drain(..refused.len() - MAX_REFUSED);
             }
-            vec![(
-                key,
-                Some(json!({"status": status, "refused": refused_json(&refused)})),
-            )]
+            let record = StatusRecord {
+                status,
+                refused,
+                by: None,
+                op: None,
+            };
+            vec![(key, Some(to_value(&record)?))]
         }
         "set-peer-name" => vec![(
             format!("peer/{}/name", id_arg(args, "peer")?),
@@ -293,16 +296,6 @@ fn check_id(key: &str, value: &Value, field: &str) -> Result<(), StoreError> {
     }
 }
 
-fn check_status(key: &str, value: &Value, allowed: &[&str]) -> Result<(), StoreError> {
-    match text_field(value, "status") {
-        Some(s) if allowed.contains(&s) => Ok(()),
-        _ => Err(reject(
-            key,
-            &format!("`status` must be one of {}", allowed.join(", ")),
-        )),
-    }
-}
-
 /// Checks that an entry's key is one the system table knows and its value has that key's
 /// shape. Deletes are allowed only for children and app claims.
 fn validate(key: &str, value: Option<&Value>) -> Result<(), StoreError> {
@@ -316,26 +309,36 @@ fn validate(key: &str, value: Option<&Value>) -> Result<(), StoreError> {
     };
     match parts.as_slice() {
         ["name"] => check_name(key, value, "name"),
-        ["strategy"] => match text_field(value, "strategy") {
-            Some("independent") => Ok(()),
-            Some("inherited") => check_id(key, value, "parent"),
-            _ => Err(reject(key, "`strategy` must be independent or inherited")),
+        ["strategy"] => match serde_json::from_value::<Strategy>(value.clone()) {
+            Ok(Strategy::Independent) => Ok(()),
+            Ok(Strategy::Inherited { parent }) if is_id(&parent) => Ok(()),
+            _ => Err(reject(
+                key,
+                "`strategy` must be independent, or inherited with a `parent` id",
+            )),
         },
         ["peer", peer, "status"] if is_id(peer) => {
-            check_status(key, value, PEER_STATUSES)?;
-            for stamped in ["by", "op"] {
-                if value.get(stamped).is_some() {
-                    check_id(key, value, stamped)?;
-                }
-            }
-            let Some(ranges) = value.get("refused").and_then(Value::as_array) else {
-                return Err(reject(key, "`refused` must be an array"));
+            let Ok(record) = serde_json::from_value::<StatusRecord>(value.clone()) else {
+                return Err(reject(
+                    key,
+                    &format!(
+                        "`status` must be one of {} with `refused` ranges",
+                        PEER_STATUSES.join(", ")
+                    ),
+                ));
             };
-            let well_formed = ranges.len() <= MAX_REFUSED
-                && ranges.iter().all(|r| {
-                    matches!(r.as_array().map(Vec::as_slice), Some([a, b])
-                        if a.is_u64() && (b.is_null() || b.as_u64().zip(a.as_u64()).is_some_and(|(b, a)| b >= a)))
-                });
+            if [&record.by, &record.op]
+                .into_iter()
+                .flatten()
+                .any(|id| !is_id(id))
+            {
+                return Err(reject(key, "`by` and `op` must be 64 hex digits"));
+            }
+            let well_formed = record.refused.len() <= MAX_REFUSED
+                && record
+                    .refused
+                    .iter()
+                    .all(|(a, b)| b.is_none_or(|b| b >= *a));
             if well_formed {
                 Ok(())
             } else {
@@ -357,21 +360,26 @@ fn validate(key: &str, value: Option<&Value>) -> Result<(), StoreError> {
                 Err(reject(key, "`addrs` is at most 16 texts"))
             }
         }
-        ["child", id] if is_id(id) => {
-            check_name(key, value, "alias")?;
-            check_id(key, value, "module")?;
-            check_status(key, value, CHILD_STATUSES)
-        }
+        ["child", id] if is_id(id) => match serde_json::from_value::<ChildRecord>(value.clone()) {
+            Ok(child) if child.alias.len() <= MAX_NAME && is_id(&child.module) => Ok(()),
+            _ => Err(reject(
+                key,
+                "a child is {alias (≤ 256 bytes), module (64 hex digits), status: active|archived}",
+            )),
+        },
         ["invite", hash] if is_id(hash) => {
-            check_status(key, value, INVITE_STATUSES)?;
-            check_id(key, value, "invited_by")?;
-            if !value.get("expires_ms").is_some_and(Value::is_u64) {
-                return Err(reject(key, "`expires_ms` must be an integer"));
+            match serde_json::from_value::<InviteRecord>(value.clone()) {
+                Ok(invite)
+                    if is_id(&invite.invited_by)
+                        && invite.claimed_by.as_deref().is_none_or(is_id) =>
+                {
+                    Ok(())
+                }
+                _ => Err(reject(
+                    key,
+                    "an invite is {status: valid|claimed|revoked, expires_ms, invited_by, claimed_by?}",
+                )),
             }
-            if value.get("claimed_by").is_some() {
-                check_id(key, value, "claimed_by")?;
-            }
-            Ok(())
         }
         ["app", app] if is_app_id(app) => check_id(key, value, "by"),
         _ => Err(reject(key, "unknown key")),
@@ -450,21 +458,35 @@ fn stamp(key: &str, value: Option<&mut Value>, author: &str, op: &str) {
     }
 }
 
-fn peer_json(host: &dyn Host, peer: &str) -> Result<Value, StoreError> {
+fn peer_item(host: &dyn Host, peer: &str) -> Result<PeerItem, StoreError> {
     let t = table();
     let (status, conflicted) = t.get_json(host, &format!("peer/{peer}/status"))?;
     let (name, _) = t.get_json(host, &format!("peer/{peer}/name"))?;
     let (addrs, _) = t.get_json(host, &format!("peer/{peer}/addrs"))?;
-    Ok(json!({
-        "peer": peer,
-        "addrs": addrs.as_ref().and_then(|a| a.get("addrs")).cloned().unwrap_or(json!([])),
-        "status": status.as_ref().and_then(|s| s.get("status")).cloned().unwrap_or(json!("unknown")),
-        "refused": status.as_ref().and_then(|s| s.get("refused")).cloned().unwrap_or(json!([])),
-        "by": status.as_ref().and_then(|s| s.get("by")).cloned(),
-        "op": status.as_ref().and_then(|s| s.get("op")).cloned(),
-        "name": name.as_ref().and_then(|n| n.get("name")).cloned(),
-        "conflicted": conflicted,
-    }))
+    let record = status.and_then(|s| serde_json::from_value::<StatusRecord>(s).ok());
+    Ok(PeerItem {
+        peer: peer.to_string(),
+        status: record.as_ref().map(|r| r.status),
+        name: name
+            .as_ref()
+            .and_then(|n| text_field(n, "name"))
+            .map(str::to_string),
+        addrs: addrs
+            .as_ref()
+            .and_then(|a| a.get("addrs"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.as_str().map(str::to_string))
+            .collect(),
+        refused: record
+            .as_ref()
+            .map(|r| r.refused.clone())
+            .unwrap_or_default(),
+        conflicted,
+        by: record.as_ref().and_then(|r| r.by.clone()),
+        op: record.and_then(|r| r.op),
+    })
 }
 
 impl StoreType for System {
@@ -563,32 +585,37 @@ impl StoreType for System {
                 for (key, _, _) in t.list_json(host, "peer/", usize::MAX)? {
                     if let ["peer", peer, "status"] = key.split('/').collect::<Vec<_>>().as_slice()
                     {
-                        items.push(peer_json(host, peer)?);
+                        items.push(peer_item(host, peer)?);
                     }
                 }
-                Ok(json!({"items": items}))
+                to_value(&Items { items })
             }
-            "peer" => peer_json(host, &id_arg(args, "peer")?),
+            "peer" => to_value(&peer_item(host, &id_arg(args, "peer")?)?),
             "children" => {
-                let items: Vec<Value> = t
-                    .list_json(host, "child/", usize::MAX)?
-                    .into_iter()
-                    .map(|(key, mut v, conflicted)| {
-                        v["id"] = json!(key.trim_start_matches("child/"));
-                        v["conflicted"] = json!(conflicted);
-                        v
-                    })
-                    .collect();
-                Ok(json!({"items": items}))
+                let mut items = Vec::new();
+                for (key, v, conflicted) in t.list_json(host, "child/", usize::MAX)? {
+                    let record = serde_json::from_value::<ChildRecord>(v)
+                        .map_err(|e| StoreError::Internal(format!("stored `{key}`: {e}")))?;
+                    items.push(ChildItem {
+                        id: key.trim_start_matches("child/").to_string(),
+                        record,
+                        conflicted,
+                    });
+                }
+                to_value(&Items { items })
             }
             "store" => {
                 let (name, _) = t.get_json(host, "name")?;
                 let (strategy, _) = t.get_json(host, "strategy")?;
-                Ok(json!({
-                    "name": name.as_ref().and_then(|n| n.get("name")).cloned(),
-                    "strategy": strategy.as_ref().and_then(|s| s.get("strategy")).cloned().unwrap_or(json!("independent")),
-                    "parent": strategy.as_ref().and_then(|s| s.get("parent")).cloned(),
-                }))
+                to_value(&StoreInfo {
+                    name: name
+                        .as_ref()
+                        .and_then(|n| text_field(n, "name"))
+                        .map(str::to_string),
+                    strategy: strategy
+                        .and_then(|s| serde_json::from_value::<Strategy>(s).ok())
+                        .unwrap_or_default(),
+                })
             }
             "invite" => Ok(t
                 .get_json(host, &format!("invite/{}", id_arg(args, "hash")?))?

@@ -93,6 +93,14 @@ pub enum NodeError {
         /// The reason the guest or the policy gave.
         reason: String,
     },
+    /// The system table answered in a shape the node does not understand.
+    #[error("the system table's `{query}` answer is malformed: {reason}")]
+    SystemShape {
+        /// The query.
+        query: String,
+        /// What was wrong.
+        reason: String,
+    },
     /// The peer named is not a peer of the store.
     #[error("{0} is not a peer of this store; `lattice store peers` lists them")]
     NotAPeer(String),

@@ -43,4 +43,6 @@ pub use invite::{InviteToken, MAX_ADDRS, TokenError};
 pub use manager::{Joined, NodeEvent, StoreManager, WATCH_BUFFER};
 pub use meta::{MetaDb, StoreRecord, StoreState};
 pub use node::{Node, StoreSummary};
-pub use store::{ChildLink, PeerInfo, PeerStatus, Store, StoreStatus};
+pub use store::{
+    ChildLink, ChildStatus, PeerInfo, PeerStatus, Store, StoreInfo, StoreStatus, Strategy,
+};

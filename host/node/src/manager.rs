@@ -28,7 +28,7 @@ use crate::error::NodeError;
 use crate::invite::InviteToken;
 use crate::meta::{StoreRecord, StoreState};
 use crate::node::Node;
-use crate::store::{PeerInfo, PeerStatus, Store, StoreStatus};
+use crate::store::{ChildStatus, PeerInfo, PeerStatus, Store, StoreStatus};
 
 /// Watch events buffered per subscriber before it is told it lagged.
 pub const WATCH_BUFFER: usize = 1024;
@@ -359,11 +359,9 @@ impl StoreManager {
                 let mut guard = lock(&open.store);
                 match guard.as_mut() {
                     Some(store) => {
-                        let info = store.system_info().unwrap_or(Value::Null);
-                        if info["strategy"] == "inherited" {
-                            info["parent"]
-                                .as_str()
-                                .and_then(|p| StoreId::from_hex(p).ok())
+                        let parent = store.inherits_from().unwrap_or(None);
+                        if parent.is_some() {
+                            parent
                         } else {
                             return store
                                 .peers()
@@ -517,10 +515,7 @@ impl StoreManager {
             }
         }
         for (child, open) in children {
-            let Ok(info) = self.with_store(&child, |s| s.system_info()) else {
-                continue;
-            };
-            if info["strategy"] != "inherited" {
+            if !matches!(self.with_store(&child, |s| s.inherits_from()), Ok(Some(_))) {
                 continue;
             }
             let recorded = self.with_store(&child, |s| s.peers())?;
@@ -556,7 +551,7 @@ impl StoreManager {
                             "resume": position.max(reported),
                         })
                     }
-                    PeerStatus::Invited | PeerStatus::Unknown => continue,
+                    PeerStatus::Invited => continue,
                 };
                 ops.push(json!({"method": "set-peer-status", "args": args}));
             }
@@ -582,8 +577,7 @@ impl StoreManager {
             .map(ToString::to_string)
             .collect();
         let recorded = self.with_store(id, |s| {
-            let info = s.system_info()?;
-            if info["strategy"] == "inherited" {
+            if s.inherits_from()?.is_some() {
                 return Ok(None);
             }
             let me_now = s.peers()?.into_iter().find(|p| p.key == me);
@@ -676,7 +670,7 @@ impl StoreManager {
         for child in &children {
             let known = self.inner.node.meta().get(&child.id)?;
             let left = known.as_ref().is_some_and(|r| r.state == StoreState::Left);
-            if child.status == "active" && !self.is_open(&child.id) && !left {
+            if child.status == ChildStatus::Active && !self.is_open(&child.id) && !left {
                 let record = StoreRecord {
                     id: child.id,
                     parent: Some(*id),
@@ -687,7 +681,7 @@ impl StoreManager {
                 self.inner.node.meta().put(&record)?;
                 info!(parent = %id.short(), child = %child.id.short(), "opening child store");
                 Box::pin(self.open_registered(&record)).await?;
-            } else if child.status == "archived" && self.is_open(&child.id) {
+            } else if child.status == ChildStatus::Archived && self.is_open(&child.id) {
                 info!(parent = %id.short(), child = %child.id.short(), "closing archived child store");
                 Box::pin(self.close_tree(&child.id, StoreState::Archived)).await?;
             }
@@ -782,7 +776,7 @@ impl StoreManager {
                         PeerStatus::Active | PeerStatus::Dormant => {
                             json!({"peer": peer.key.to_string(), "status": peer.status.as_str()})
                         }
-                        PeerStatus::Invited | PeerStatus::Unknown => return None,
+                        PeerStatus::Invited => return None,
                     };
                     Some(json!({"method": "set-peer-status", "args": args}))
                 })
@@ -916,13 +910,9 @@ impl StoreManager {
     pub fn peers(&self, id: &StoreId) -> Result<Vec<PeerInfo>, NodeError> {
         let mut current = *id;
         for _ in 0..16 {
-            let info = self.with_store(&current, |s| s.system_info())?;
-            match info["parent"]
-                .as_str()
-                .and_then(|p| StoreId::from_hex(p).ok())
-            {
-                Some(parent) if info["strategy"] == "inherited" => current = parent,
-                _ => return self.with_store(&current, |s| s.peers()),
+            match self.with_store(&current, |s| s.inherits_from())? {
+                Some(parent) => current = parent,
+                None => return self.with_store(&current, |s| s.peers()),
             }
         }
         Err(NodeError::NotReady(id.to_string()))
@@ -978,13 +968,10 @@ impl StoreManager {
 
     /// Refuses stores that inherit their peers (invites and revocations go to the parent).
     fn require_own_peers(&self, id: &StoreId) -> Result<(), NodeError> {
-        let info = self.with_store(id, |s| s.system_info())?;
-        if info["strategy"] == "inherited" {
-            return Err(NodeError::InheritedPeers(
-                info["parent"].as_str().unwrap_or_default().to_string(),
-            ));
+        match self.with_store(id, |s| s.inherits_from())? {
+            Some(parent) => Err(NodeError::InheritedPeers(parent.to_string())),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     /// Inviter side of a join: checks the invite and records the joiner as an active peer.
@@ -1032,16 +1019,21 @@ impl StoreManager {
                 s.system_query("invite", &json!({"hash": hash}))
             })
             .map_err(|e| format!("the inviter could not check the invite: {e}"))?;
-        match invite["status"].as_str() {
-            None => return Err("unknown invite: this token was not issued for this store".into()),
-            Some("claimed") => return Err("this invite was already used; ask for a new one".into()),
-            Some("revoked") => return Err("this invite was withdrawn; ask for a new one".into()),
-            Some(_) => {}
+        let invite: Option<lattice_system_types::InviteRecord> = serde_json::from_value(invite)
+            .map_err(|e| format!("the inviter's invite record is malformed: {e}"))?;
+        let Some(invite) = invite else {
+            return Err("unknown invite: this token was not issued for this store".into());
+        };
+        match invite.status {
+            lattice_system_types::InviteStatus::Claimed => {
+                return Err("this invite was already used; ask for a new one".into());
+            }
+            lattice_system_types::InviteStatus::Revoked => {
+                return Err("this invite was withdrawn; ask for a new one".into());
+            }
+            lattice_system_types::InviteStatus::Valid => {}
         }
-        if invite["expires_ms"]
-            .as_u64()
-            .is_none_or(|e| e <= system_now_ms())
-        {
+        if invite.expires_ms <= system_now_ms() {
             return Err("this invite has expired; ask for a new one".into());
         }
         let ops = json!({"ops": [

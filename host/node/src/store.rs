@@ -10,6 +10,7 @@ use lattice_runtime::{
     AuthorFilter, MethodKind, Partition, ProjectReport, Refusal, Runtime, StoreDescriptor,
     StoreRuntime, WatchEvent,
 };
+use lattice_system_types::{ChildItem, Items, PeerItem};
 use serde_json::{Value, json};
 use tracing::warn;
 
@@ -38,50 +39,7 @@ pub struct Store {
     me: PubKey,
 }
 
-/// A peer's status in a store's system table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum PeerStatus {
-    /// Invited, not yet joined: not a member.
-    Invited,
-    /// A member.
-    Active,
-    /// A member that is offline for a long time.
-    Dormant,
-    /// No longer a member: its intentions after its refused-from position are not projected.
-    Revoked,
-    /// A status this node does not know.
-    Unknown,
-}
-
-impl PeerStatus {
-    /// Parses the system table's text.
-    pub fn parse(text: &str) -> PeerStatus {
-        match text {
-            "invited" => PeerStatus::Invited,
-            "active" => PeerStatus::Active,
-            "dormant" => PeerStatus::Dormant,
-            "revoked" => PeerStatus::Revoked,
-            _ => PeerStatus::Unknown,
-        }
-    }
-
-    /// The system table's text.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeerStatus::Invited => "invited",
-            PeerStatus::Active => "active",
-            PeerStatus::Dormant => "dormant",
-            PeerStatus::Revoked => "revoked",
-            PeerStatus::Unknown => "unknown",
-        }
-    }
-}
-
-impl std::fmt::Display for PeerStatus {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
+pub use lattice_system_types::{ChildStatus, PeerStatus, StoreInfo, Strategy};
 
 /// A peer as the system table records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,7 +61,7 @@ pub struct PeerInfo {
 impl PeerInfo {
     /// True for active and dormant peers: they may connect, gossip and bootstrap.
     pub fn is_member(&self) -> bool {
-        matches!(self.status, PeerStatus::Active | PeerStatus::Dormant)
+        self.status.is_member()
     }
 }
 
@@ -116,8 +74,8 @@ pub struct ChildLink {
     pub alias: String,
     /// Its module.
     pub module: String,
-    /// `active` or `archived`.
-    pub status: String,
+    /// Active or archived.
+    pub status: ChildStatus,
 }
 
 /// What a store looks like right now.
@@ -575,32 +533,33 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn peers(&mut self) -> Result<Vec<PeerInfo>, NodeError> {
-        let peers = self.system.query("peers", &json!({}))?;
-        Ok(peers["items"]
-            .as_array()
+        let peers: Items<PeerItem> = self.system_typed("peers")?;
+        Ok(peers
+            .items
             .into_iter()
-            .flatten()
             .filter_map(|item| {
                 Some(PeerInfo {
-                    key: parse_key(item["peer"].as_str()?)?,
-                    status: PeerStatus::parse(item["status"].as_str()?),
-                    name: item["name"].as_str().map(str::to_string),
-                    addrs: item["addrs"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|a| a.as_str().map(str::to_string))
-                        .collect(),
-                    refused: item["refused"]
-                        .as_array()
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|r| Some((r.get(0)?.as_u64()?, r.get(1)?.as_u64())))
-                        .collect(),
-                    written_in: item["op"].as_str().and_then(|h| Hash::from_hex(h).ok()),
+                    key: parse_key(&item.peer)?,
+                    status: item.status?,
+                    name: item.name,
+                    addrs: item.addrs,
+                    refused: item.refused,
+                    written_in: item.op.and_then(|h| Hash::from_hex(&h).ok()),
                 })
             })
             .collect())
+    }
+
+    /// Runs a system table query without arguments and reads its answer as `T`.
+    fn system_typed<T: serde::de::DeserializeOwned>(
+        &mut self,
+        query: &str,
+    ) -> Result<T, NodeError> {
+        let value = self.system.query(query, &json!({}))?;
+        serde_json::from_value(value).map_err(|e| NodeError::SystemShape {
+            query: query.to_string(),
+            reason: e.to_string(),
+        })
     }
 
     /// The child stores declared in the system table.
@@ -608,28 +567,39 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn children(&mut self) -> Result<Vec<ChildLink>, NodeError> {
-        let children = self.system.query("children", &json!({}))?;
-        Ok(children["items"]
-            .as_array()
+        let children: Items<ChildItem> = self.system_typed("children")?;
+        Ok(children
+            .items
             .into_iter()
-            .flatten()
             .filter_map(|item| {
                 Some(ChildLink {
-                    id: StoreId::from_hex(item["id"].as_str()?).ok()?,
-                    alias: item["alias"].as_str()?.to_string(),
-                    module: item["module"].as_str()?.to_string(),
-                    status: item["status"].as_str()?.to_string(),
+                    id: StoreId::from_hex(&item.id).ok()?,
+                    alias: item.record.alias,
+                    module: item.record.module,
+                    status: item.record.status,
                 })
             })
             .collect())
     }
 
-    /// The system table's `store` record: name, strategy, parent.
+    /// The system table's `store` record: name and peer strategy.
     ///
     /// # Errors
     /// Storage failures.
-    pub fn system_info(&mut self) -> Result<Value, NodeError> {
-        Ok(self.system.query("store", &json!({}))?)
+    pub fn system_info(&mut self) -> Result<StoreInfo, NodeError> {
+        self.system_typed("store")
+    }
+
+    /// The parent store this store inherits its peers from (`None` for its own peers).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn inherits_from(&mut self) -> Result<Option<StoreId>, NodeError> {
+        Ok(self
+            .system_info()?
+            .strategy
+            .parent()
+            .and_then(|p| StoreId::from_hex(p).ok()))
     }
 
     /// Runs a system table query on the projected system state.
@@ -646,9 +616,10 @@ impl Store {
     /// Storage failures.
     pub fn status(&mut self) -> Result<StoreStatus, NodeError> {
         let log = self.log.reader().status()?;
-        let name = self.system_info()?["name"]
-            .as_str()
-            .map_or_else(|| self.genesis.name.clone(), str::to_string);
+        let name = self
+            .system_info()?
+            .name
+            .unwrap_or_else(|| self.genesis.name.clone());
         Ok(StoreStatus {
             id: self.id,
             name,
