@@ -70,7 +70,10 @@ fn status_of(e: NodeError) -> Status {
         NodeError::StillOpen(_) => (Code::FailedPrecondition, "still_open"),
         NodeError::NotReady(_) => (Code::Unavailable, "not_ready"),
         NodeError::AlreadyMember(_) => (Code::AlreadyExists, "already_member"),
-        NodeError::Net(_) => (Code::Unavailable, "network"),
+        NodeError::Net(_)
+        | NodeError::Replica(_)
+        | NodeError::InviterUnreachable { .. }
+        | NodeError::Bootstrap(_) => (Code::Unavailable, "network"),
         _ => (Code::Internal, "internal"),
     };
     coded(code, stable, text)

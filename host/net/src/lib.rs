@@ -28,7 +28,7 @@ mod transport;
 pub use iroh::{ALPN, IrohNet};
 pub use mesh::{Events, Mesh, MeshError, MeshNode, MeshTransport, sim_transport};
 pub use replicator::{
-    Access, JoinHandler, ReplicaError, ReplicaEvent, Replicator, ReplicatorConfig, topic_of,
+    Access, JoinRequest, ReplicaError, ReplicaEvent, Replicator, ReplicatorConfig, topic_of,
 };
 pub use sim::{SimConfig, SimNetwork, SimNode};
 pub use transport::{

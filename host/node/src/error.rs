@@ -48,9 +48,27 @@ pub enum NodeError {
         "the data directory {0} is in use by another Lattice process (a running `lattice daemon`?); stop it, or pass a different --data-dir"
     )]
     Locked(String),
-    /// The network failed or a peer could not be reached.
+    /// The network endpoint could not be started.
     #[error("network: {0}")]
-    Net(String),
+    Net(#[from] lattice_net::NetError),
+    /// Replication failed (a store could not be registered, a session failed).
+    #[error(transparent)]
+    Replica(#[from] lattice_net::ReplicaError),
+    /// The inviter could not be reached.
+    #[error("could not reach the inviter {inviter}: {source}")]
+    InviterUnreachable {
+        /// The inviter's short key.
+        inviter: String,
+        /// What failed.
+        #[source]
+        source: lattice_net::ReplicaError,
+    },
+    /// Fetching a joined store from the inviter failed.
+    #[error("bootstrap failed: {0}")]
+    Bootstrap(#[source] lattice_net::ReplicaError),
+    /// The system has no randomness to draw an invite secret from.
+    #[error("no randomness for an invite secret: {0}")]
+    Randomness(String),
     /// The store is not open on this node (archived, left, or unknown).
     #[error("store {0} is not open on this node; `lattice store list` shows its state")]
     NotOpen(String),

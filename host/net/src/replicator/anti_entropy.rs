@@ -1,0 +1,47 @@
+//! Anti-entropy: periodic and nudged reconciliation with members.
+
+use super::*;
+
+impl Replicator {
+    pub(super) async fn anti_entropy_loop(
+        self,
+        store: StoreId,
+        mut nudges: mpsc::Receiver<PubKey>,
+    ) {
+        if !self.inner.config.auto_sync {
+            while nudges.recv().await.is_some() {}
+            return;
+        }
+        let me = self.local().id;
+        let initial = self
+            .store(&store)
+            .map(|e| lock(&e.peers).clone())
+            .unwrap_or_default();
+        for peer in initial.into_iter().filter(|p| *p != me) {
+            let _ = self.sync(&store, &peer).await;
+        }
+        let mut tick = tokio::time::interval(self.inner.config.anti_entropy);
+        tick.tick().await;
+        let mut next = 0usize;
+        loop {
+            let peer = tokio::select! {
+                _ = tick.tick() => {
+                    let Some(entry) = self.store(&store) else { return };
+                    let peers: Vec<PubKey> =
+                        lock(&entry.peers).iter().copied().filter(|p| *p != me).collect();
+                    if peers.is_empty() {
+                        continue;
+                    }
+                    next = next.wrapping_add(1);
+                    peers[next % peers.len()]
+                }
+                p = nudges.recv() => match p {
+                    Some(p) if p != me => p,
+                    Some(_) => continue,
+                    None => return,
+                },
+            };
+            let _ = self.sync(&store, &peer).await;
+        }
+    }
+}

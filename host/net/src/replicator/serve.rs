@@ -1,0 +1,151 @@
+//! Sessions this node serves: accepting connections and streams, joins.
+
+use super::*;
+
+/// A join request before its reply channel is attached.
+struct JoinRequestParts {
+    peer: PubKey,
+    store: StoreId,
+    secret: [u8; 32],
+    tip: u64,
+    children: Vec<(StoreId, u64)>,
+}
+
+impl Replicator {
+    /// Hands a join to the node and waits (bounded) for its answer.
+    async fn ask_join(&self, parts: JoinRequestParts) -> Result<(), String> {
+        let Some(joins) = lock(&self.inner.joins).clone() else {
+            return Err("this node does not accept joins".into());
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        let request = JoinRequest {
+            peer: parts.peer,
+            store: parts.store,
+            secret: parts.secret,
+            tip: parts.tip,
+            children: parts.children,
+            reply,
+        };
+        if joins.send(request).await.is_err() {
+            return Err("this node is shutting down".into());
+        }
+        match tokio::time::timeout(JOIN_ANSWER_WAIT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("this node is shutting down".into()),
+            Err(_) => Err("the inviter did not decide in time; try again".into()),
+        }
+    }
+
+    // ---- background loops ----
+
+    pub(super) async fn accept_loop(self) {
+        while let Some(conn) = self.inner.transport.accept().await {
+            let peer = conn.remote();
+            if self.check_peer(&peer, false).is_err() {
+                conn.close("not accepting sessions from this peer now");
+                continue;
+            }
+            {
+                let mut peers = lock(&self.inner.peers);
+                let st = peers.entry(peer).or_default();
+                if st.conn.as_ref().is_none_or(|c| c.is_closed()) {
+                    st.conn = Some(conn.clone());
+                }
+                st.failures = 0;
+                st.retry_at = None;
+            }
+            let this = self.clone();
+            let task = tokio::spawn(async move { this.serve_connection(conn).await });
+            self.track(task);
+        }
+    }
+
+    pub(super) async fn serve_connection(self, conn: Arc<dyn Connection>) {
+        let peer = conn.remote();
+        while let Ok(mut stream) = conn.accept().await {
+            if self.check_peer(&peer, false).is_err() {
+                conn.close("not accepting sessions from this peer now");
+                return;
+            }
+            if !self.allow_stream(&peer) {
+                self.strike(&peer, "too many streams");
+                continue;
+            }
+            let this = self.clone();
+            tokio::spawn(async move {
+                this.serve_stream(peer, &mut stream).await;
+                stream.finish().await;
+            });
+        }
+    }
+
+    pub(super) async fn serve_stream(&self, peer: PubKey, stream: &mut Stream) {
+        let store = match lattice_sync::accept(stream).await {
+            Ok(Opening::Session(s)) => s,
+            Ok(Opening::Join {
+                store,
+                secret,
+                tip,
+                children,
+            }) => {
+                let answer = self
+                    .ask_join(JoinRequestParts {
+                        peer,
+                        store,
+                        secret,
+                        tip,
+                        children,
+                    })
+                    .await;
+                let _ = match answer {
+                    Ok(()) => {
+                        info!(peer = %peer.short(), store = %store.short(), "peer joined");
+                        lattice_sync::welcome(stream).await
+                    }
+                    Err(reason) => {
+                        info!(peer = %peer.short(), store = %store.short(), "join refused: {reason}");
+                        lattice_sync::refuse(stream, &reason).await
+                    }
+                };
+                return;
+            }
+            Err(e) => {
+                if e.is_misbehaviour() {
+                    self.strike(&peer, &e.to_string());
+                }
+                return;
+            }
+        };
+        let Some(entry) = self.store(&store) else {
+            let _ = lattice_sync::refuse(stream, "this node does not replicate that store").await;
+            return;
+        };
+        if !entry.allows(&peer) {
+            let _ = lattice_sync::refuse(
+                stream,
+                "you are not a peer of this store here; ask a member for an invite",
+            )
+            .await;
+            return;
+        }
+        let served = tokio::time::timeout(
+            self.inner.config.session_timeout,
+            lattice_sync::serve(stream, &entry.log, &self.inner.config.session),
+        )
+        .await;
+        match served {
+            Ok(Ok(report)) => self.emit(ReplicaEvent::Served {
+                store,
+                peer,
+                report,
+            }),
+            Ok(Err(e)) => {
+                debug!(peer = %peer.short(), "serving failed: {e}");
+                if e.is_misbehaviour() {
+                    self.strike(&peer, &e.to_string());
+                }
+            }
+            Err(_) => debug!(peer = %peer.short(), "serving timed out"),
+        }
+    }
+}

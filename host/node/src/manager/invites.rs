@@ -1,0 +1,312 @@
+//! Invites and joins: issuing tokens, the inviter's side of a join, the joiner's side.
+
+use super::*;
+
+impl StoreManager {
+    /// Answers join requests the replicator receives, one at a time, off the async workers
+    /// (checking an invite reads the system table and records the joiner durably).
+    pub(super) async fn answer_joins(self, mut joins: tokio::sync::mpsc::Receiver<JoinRequest>) {
+        while let Some(request) = joins.recv().await {
+            let this = self.clone();
+            let JoinRequest {
+                peer,
+                store,
+                secret,
+                tip,
+                children,
+                reply,
+            } = request;
+            let answer = tokio::task::spawn_blocking(move || {
+                this.accept_join(peer, store, secret, tip, &children)
+            })
+            .await
+            .unwrap_or_else(|e| Err(format!("the inviter failed while deciding: {e}")));
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// Issues a one-time invite to store `id`, valid for `ttl`. Only the secret's hash is
+    /// recorded (in the system table, so any peer can see an invite was issued).
+    ///
+    /// # Errors
+    /// [`NodeError::InheritedPeers`] for a child store (invite to its root instead);
+    /// storage failures.
+    pub fn invite(&self, id: &StoreId, ttl: Duration) -> Result<InviteToken, NodeError> {
+        self.require_own_peers(id)?;
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).map_err(|e| NodeError::Randomness(e.to_string()))?;
+        let expires_ms = system_now_ms().saturating_add(ttl.as_millis() as u64);
+        let me = self.inner.node.key().public();
+        let result = self.system_call(
+            id,
+            "add-invite",
+            &json!({
+                "hash": hex::encode(InviteToken::secret_hash(&secret)),
+                "expires_ms": expires_ms,
+                "invited_by": me.to_string(),
+            }),
+        )?;
+        debug!(store = %id.short(), intention = %result["hash"], "invite recorded");
+        Ok(InviteToken {
+            store: *id,
+            inviter: me,
+            addrs: self.address().addrs,
+            secret,
+            expires_ms,
+        })
+    }
+
+    /// Refuses stores that inherit their peers (invites and revocations go to the parent).
+    pub(super) fn require_own_peers(&self, id: &StoreId) -> Result<(), NodeError> {
+        match self.with_store(id, |s| s.inherits_from())? {
+            Some(parent) => Err(NodeError::InheritedPeers(parent.to_string())),
+            None => Ok(()),
+        }
+    }
+
+    /// Inviter side of a join: checks the invite and records the joiner as an active peer.
+    pub(super) fn accept_join(
+        &self,
+        peer: PubKey,
+        store: StoreId,
+        secret: [u8; 32],
+        tip: u64,
+        children: &[(StoreId, u64)],
+    ) -> Result<(), String> {
+        if !self.is_open(&store) {
+            return Err(format!(
+                "the inviter has no store {} open; the token is for another mesh or the store was closed",
+                store.short()
+            ));
+        }
+        let hash = hex::encode(InviteToken::secret_hash(&secret));
+        let status = self
+            .with_store(&store, |s| {
+                s.project()?;
+                s.peers()
+            })
+            .map_err(|e| format!("the inviter could not read the store's peers: {e}"))?
+            .into_iter()
+            .find(|p| p.key == peer)
+            .map(|p| p.status);
+        if matches!(status, Some(PeerStatus::Active | PeerStatus::Dormant)) {
+            return Err(ALREADY_MEMBER.into());
+        }
+        let seen = self
+            .open_store(&store)
+            .and_then(|o| chain_position(&o.log, &peer))
+            .unwrap_or(0);
+        let tip = tip.max(seen);
+        {
+            let mut resume = lock(&self.inner.resume_at);
+            for (child, at) in children.iter().take(lattice_sync::MAX_JOIN_CHILDREN) {
+                resume.insert((*child, peer), *at);
+            }
+        }
+        let invite = self
+            .with_store(&store, |s| {
+                s.project()?;
+                s.system_query("invite", &json!({"hash": hash}))
+            })
+            .map_err(|e| format!("the inviter could not check the invite: {e}"))?;
+        let invite: Option<lattice_system_types::InviteRecord> = serde_json::from_value(invite)
+            .map_err(|e| format!("the inviter's invite record is malformed: {e}"))?;
+        let Some(invite) = invite else {
+            return Err("unknown invite: this token was not issued for this store".into());
+        };
+        match invite.status {
+            lattice_system_types::InviteStatus::Claimed => {
+                return Err("this invite was already used; ask for a new one".into());
+            }
+            lattice_system_types::InviteStatus::Revoked => {
+                return Err("this invite was withdrawn; ask for a new one".into());
+            }
+            lattice_system_types::InviteStatus::Valid => {}
+        }
+        if invite.expires_ms <= system_now_ms() {
+            return Err("this invite has expired; ask for a new one".into());
+        }
+        let ops = json!({"ops": [
+            {"method": "claim-invite", "args": {"hash": hash, "by": peer.to_string()}},
+            {"method": "set-peer-status", "args": {"peer": peer.to_string(), "status": "active", "resume": tip}},
+        ]});
+        self.system_call(&store, "batch", &ops)
+            .map_err(|e| format!("the inviter could not record the join: {e}"))?;
+        self.update_members(&store);
+        if let Err(e) = self.mirror_membership(&store) {
+            warn!(store = %store.short(), "could not pass the join to child stores: {e}");
+        }
+        Ok(())
+    }
+
+    /// Joins the store an invite token is for: presents the token to the inviter, then
+    /// bootstraps the store from it (`progress` gets the number of intentions fetched so far)
+    /// and opens it; its children open as their declarations arrive. A store this node left
+    /// keeps its data and only catches up.
+    ///
+    /// # Errors
+    /// [`NodeError::Token`] for an unreadable or expired token, [`NodeError::JoinRefused`]
+    /// with the inviter's reason, [`NodeError::InviterUnreachable`] when the inviter cannot be reached.
+    pub async fn join(
+        &self,
+        token: &str,
+        mut progress: impl FnMut(u64) + Send,
+    ) -> Result<Joined, NodeError> {
+        let token = InviteToken::decode(token)?;
+        if token.expires_ms <= system_now_ms() {
+            return Err(NodeError::InviteExpired);
+        }
+        let me = self.inner.node.key().public();
+        if token.inviter == me {
+            return Err(NodeError::JoinRefused(
+                "this token was issued by this node".into(),
+            ));
+        }
+        let id = token.store;
+        if self.is_open(&id) {
+            // Open here: the inviter tells whether this node is a member already (a node that
+            // was revoked may not know it yet, and comes back with a new invite).
+            let log = self.open_store(&id)?.log.clone();
+            let tip = chain_position(&log, &me)?;
+            self.present_token(&token, tip).await?;
+            self.update_members(&id);
+            let _ = self.inner.replicator.sync(&id, &token.inviter).await;
+            self.refresh(&id).await?;
+            return Ok(Joined {
+                store: id,
+                fetched: 0,
+            });
+        }
+        let known = self.inner.node.meta().get(&id)?;
+        let log = Arc::new(self.inner.node.open_log(id)?);
+        let tip = chain_position(&log, &me)?;
+        if let Err(e) = self.present_token(&token, tip).await {
+            drop(log);
+            return Err(e);
+        }
+        self.reopen_left_children(&id)?;
+        let fetched = if log.reader().get(&Hash(id.0))?.is_none() {
+            let (_, report) = self
+                .inner
+                .replicator
+                .bootstrap(&log, &[token.inviter], &mut progress)
+                .await
+                .map_err(NodeError::Bootstrap)?;
+            report.witnessed
+        } else {
+            0
+        };
+        let store = self.inner.node.store_from_log(id, log.clone())?;
+        let record = StoreRecord {
+            id,
+            parent: None,
+            module: store.genesis().module,
+            name: store.genesis().name.clone(),
+            state: StoreState::Active,
+        };
+        let record = StoreRecord {
+            parent: known.and_then(|k| k.parent),
+            ..record
+        };
+        self.inner.node.meta().put(&record)?;
+        self.insert_open(id, log, Some(store), record.parent)
+            .await?;
+        let name = self.inner.node.name()?;
+        if !name.is_empty() {
+            self.system_call(
+                &id,
+                "set-peer-name",
+                &json!({"peer": me.to_string(), "name": name}),
+            )?;
+        }
+        let _ = self.inner.replicator.sync(&id, &token.inviter).await;
+        self.refresh(&id).await?;
+        Ok(Joined { store: id, fetched })
+    }
+
+    /// Presents an invite token to its inviter (which records this node as an active peer,
+    /// resuming at chain position `tip`).
+    pub(super) async fn present_token(
+        &self,
+        token: &InviteToken,
+        tip: u64,
+    ) -> Result<(), NodeError> {
+        let inviter = PeerAddr {
+            id: token.inviter,
+            addrs: token.addrs.clone(),
+        };
+        self.inner.replicator.add_peer(&inviter);
+        self.inner
+            .node
+            .meta()
+            .set_addr(&token.inviter, &inviter.to_string())?;
+        self.inner
+            .replicator
+            .join(
+                &token.inviter,
+                token.store,
+                token.secret,
+                tip,
+                self.descendant_tips(&token.store)?,
+            )
+            .await
+            .map_err(|e| match e {
+                ReplicaError::Session(lattice_sync::SessionError::Refused(reason))
+                    if reason == ALREADY_MEMBER =>
+                {
+                    NodeError::AlreadyMember(token.store.to_string())
+                }
+                ReplicaError::Session(lattice_sync::SessionError::Refused(reason)) => {
+                    NodeError::JoinRefused(reason)
+                }
+                other => NodeError::InviterUnreachable {
+                    inviter: token.inviter.short(),
+                    source: other,
+                },
+            })
+    }
+
+    /// This node's chain position in every store below `root` it keeps (open or not).
+    pub(super) fn descendant_tips(&self, root: &StoreId) -> Result<Vec<(StoreId, u64)>, NodeError> {
+        let me = self.inner.node.key().public();
+        let records = self.inner.node.meta().list()?;
+        let mut out = Vec::new();
+        let mut parents = vec![*root];
+        while let Some(parent) = parents.pop() {
+            for record in records.iter().filter(|r| r.parent == Some(parent)) {
+                parents.push(record.id);
+                let tip = match self.open_store(&record.id) {
+                    Ok(open) => chain_position(&open.log, &me)?,
+                    Err(_) if self.inner.node.dir().log_path(&record.id).exists() => {
+                        let log = self.inner.node.open_log(record.id)?;
+                        let tip = chain_position(&log, &me)?;
+                        log.close()?;
+                        tip
+                    }
+                    Err(_) => 0,
+                };
+                out.push((record.id, tip));
+            }
+        }
+        out.truncate(lattice_sync::MAX_JOIN_CHILDREN);
+        Ok(out)
+    }
+
+    /// Marks the stores below `root` that this node left together with it as active again,
+    /// so they reopen as the root's children are reconciled.
+    pub(super) fn reopen_left_children(&self, root: &StoreId) -> Result<(), NodeError> {
+        let records = self.inner.node.meta().list()?;
+        let mut parents = vec![*root];
+        while let Some(parent) = parents.pop() {
+            for record in records.iter().filter(|r| r.parent == Some(parent)) {
+                if record.state == StoreState::Left {
+                    let mut again = record.clone();
+                    again.state = StoreState::Active;
+                    self.inner.node.meta().put(&again)?;
+                    parents.push(record.id);
+                }
+            }
+        }
+        Ok(())
+    }
+}

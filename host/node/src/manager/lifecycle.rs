@@ -1,0 +1,358 @@
+//! Opening, refreshing, creating, archiving, leaving and closing stores.
+
+use super::*;
+
+impl StoreManager {
+    /// Opens a store of the inventory and starts replicating it.
+    pub(super) async fn open_registered(&self, record: &StoreRecord) -> Result<(), NodeError> {
+        let log = {
+            // Opening and closing are serialised, so a store's files are never opened twice.
+            let _opening = self.inner.lifecycle.lock().await;
+            if self.is_open(&record.id) {
+                return Ok(());
+            }
+            let log = Arc::new(self.inner.node.open_log(record.id)?);
+            let has_genesis = log.reader().get(&Hash(record.id.0))?.is_some();
+            let store = if has_genesis {
+                Some(self.inner.node.store_from_log(record.id, log.clone())?)
+            } else {
+                None
+            };
+            self.register_open(record.id, log.clone(), store, record.parent);
+            log
+        };
+        self.activate(record.id, log).await
+    }
+
+    /// Registers an open store (the caller opened it) and starts replicating it.
+    pub(super) async fn insert_open(
+        &self,
+        id: StoreId,
+        log: Arc<Log>,
+        store: Option<Store>,
+        parent: Option<StoreId>,
+    ) -> Result<(), NodeError> {
+        {
+            let _opening = self.inner.lifecycle.lock().await;
+            if self.is_open(&id) {
+                return Ok(());
+            }
+            self.register_open(id, log.clone(), store, parent);
+        }
+        self.activate(id, log).await
+    }
+
+    pub(super) fn register_open(
+        &self,
+        id: StoreId,
+        log: Arc<Log>,
+        store: Option<Store>,
+        parent: Option<StoreId>,
+    ) {
+        let (watch, _) = broadcast::channel(WATCH_BUFFER);
+        let store = store.map(|mut s| {
+            s.keep_data_events();
+            s
+        });
+        let open = Arc::new(OpenStore {
+            log: log.clone(),
+            store: Mutex::new(store),
+            parent,
+            watch,
+        });
+        lock(&self.inner.stores).insert(id, open);
+    }
+
+    /// Replicates a just-registered store and acts on its system table.
+    pub(super) async fn activate(&self, id: StoreId, log: Arc<Log>) -> Result<(), NodeError> {
+        let members = self.members_of(&id);
+        self.inner
+            .replicator
+            .add_store_with(log, members, Access::Members)
+            .await?;
+        self.emit(NodeEvent::StoreOpened(id));
+        self.learn_addrs(&id);
+        if let Err(e) = self.announce_addrs(&id) {
+            warn!(store = %id.short(), "could not record this node's address: {e}");
+        }
+        if let Some(parent) = self.open_store(&id).ok().and_then(|o| o.parent)
+            && let Err(e) = self.mirror_membership(&parent)
+        {
+            warn!(store = %id.short(), "could not pass the parent's membership to a child: {e}");
+        }
+        self.reconcile_children(&id).await?;
+        Ok(())
+    }
+
+    /// Projects what replication brought, then acts on system table changes: peer sets,
+    /// children to open or close. Opens a pending child once its genesis is here.
+    pub(super) async fn refresh(&self, id: &StoreId) -> Result<(), NodeError> {
+        let Ok(open) = self.open_store(id) else {
+            return Ok(());
+        };
+        let (system_events, data_events) = {
+            let mut guard = lock(&open.store);
+            if guard.is_none() {
+                if open.log.reader().get(&Hash(id.0))?.is_none() {
+                    return Ok(());
+                }
+                let mut store = self.inner.node.store_from_log(*id, open.log.clone())?;
+                store.keep_data_events();
+                *guard = Some(store);
+                info!(store = %id.short(), "genesis arrived; store open");
+            }
+            let Some(store) = guard.as_mut() else {
+                return Ok(());
+            };
+            store.project()?;
+            (store.take_system_events(), store.take_data_events())
+        };
+        let changed = !data_events.is_empty() || !system_events.is_empty();
+        for e in data_events {
+            let _ = open.watch.send(e);
+        }
+        if system_events
+            .iter()
+            .any(|e| e.topic == "peer" || e.topic == "store")
+        {
+            self.update_members(id);
+            if let Err(e) = self.mirror_membership(id) {
+                warn!(store = %id.short(), "could not pass a membership change to child stores: {e}");
+            }
+        }
+        if system_events.iter().any(|e| e.topic == "child") {
+            Box::pin(self.reconcile_children(id)).await?;
+        }
+        if changed {
+            self.emit(NodeEvent::StoreChanged(*id));
+        }
+        Ok(())
+    }
+
+    /// Opens the active children declared in `id`'s system table that are not open, and
+    /// closes the archived or removed ones this node has open.
+    pub(super) async fn reconcile_children(&self, id: &StoreId) -> Result<(), NodeError> {
+        let children = match self.with_store(id, |s| s.children()) {
+            Ok(c) => c,
+            Err(NodeError::NotReady(_)) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+        for child in &children {
+            let known = self.inner.node.meta().get(&child.id)?;
+            let left = known.as_ref().is_some_and(|r| r.state == StoreState::Left);
+            if child.status == ChildStatus::Active && !self.is_open(&child.id) && !left {
+                let record = StoreRecord {
+                    id: child.id,
+                    parent: Some(*id),
+                    module: ModuleHash::from_hex(&child.module).unwrap_or(ModuleHash([0; 32])),
+                    name: child.alias.clone(),
+                    state: StoreState::Active,
+                };
+                self.inner.node.meta().put(&record)?;
+                info!(parent = %id.short(), child = %child.id.short(), "opening child store");
+                Box::pin(self.open_registered(&record)).await?;
+            } else if child.status == ChildStatus::Archived && self.is_open(&child.id) {
+                info!(parent = %id.short(), child = %child.id.short(), "closing archived child store");
+                Box::pin(self.close_tree(&child.id, StoreState::Archived)).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes `id` and every open store below it, depth first, recording `state`.
+    pub(super) async fn close_tree(
+        &self,
+        id: &StoreId,
+        state: StoreState,
+    ) -> Result<(), NodeError> {
+        let children: Vec<StoreId> = lock(&self.inner.stores)
+            .iter()
+            .filter(|(_, v)| v.parent == Some(*id))
+            .map(|(k, _)| *k)
+            .collect();
+        for child in children {
+            Box::pin(self.close_tree(&child, state)).await?;
+        }
+        self.close(id).await?;
+        if let Some(mut record) = self.inner.node.meta().get(id)? {
+            record.state = state;
+            self.inner.node.meta().put(&record)?;
+        }
+        Ok(())
+    }
+
+    /// Stops replicating a store and closes it, waiting until its log is closed.
+    pub(super) async fn close(&self, id: &StoreId) -> Result<(), NodeError> {
+        let _closing = self.inner.lifecycle.lock().await;
+        self.inner.replicator.remove_store(id);
+        let Some(open) = lock(&self.inner.stores).remove(id) else {
+            return Ok(());
+        };
+        let store = lock(&open.store).take();
+        let log = open.log.clone();
+        drop(open);
+        drop(store);
+        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
+        let mut log = log;
+        loop {
+            match Arc::try_unwrap(log) {
+                Ok(l) => {
+                    l.close()?;
+                    break;
+                }
+                Err(still) if tokio::time::Instant::now() < deadline => {
+                    log = still;
+                    // Sessions still hold the log; they end on their own shortly.
+                    tokio::task::yield_now().await;
+                }
+                Err(_) => {
+                    warn!(store = %id.short(), "log still in use after closing; it closes when the last session ends");
+                    break;
+                }
+            }
+        }
+        self.emit(NodeEvent::StoreClosed(*id));
+        Ok(())
+    }
+
+    // ---- operations ----
+
+    /// Creates a store of `store_type` (see [`Node::resolve_type`]); with `parent`, as a
+    /// child declared in the parent's system table (so it opens on every peer of the parent).
+    ///
+    /// # Errors
+    /// Unknown type, parent not open, storage failures.
+    pub async fn create(
+        &self,
+        store_type: &str,
+        name: &str,
+        parent: Option<StoreId>,
+    ) -> Result<StoreId, NodeError> {
+        let module = self.inner.node.resolve_type(store_type)?;
+        if let Some(p) = &parent {
+            self.with_store(p, |_| Ok(()))?;
+        }
+        let mut store = self.inner.node.create_child(module, name, parent)?;
+        let id = store.id();
+        let log = store.log().clone();
+        if let Some(p) = &parent {
+            // The child inherits the parent's peers: record them in its own system table.
+            let me = self.inner.node.key().public();
+            let ops: Vec<Value> = self
+                .with_store(p, |s| s.peers())?
+                .into_iter()
+                .filter(|peer| peer.key != me)
+                .filter_map(|peer| {
+                    let args = match peer.status {
+                        PeerStatus::Revoked => {
+                            json!({"peer": peer.key.to_string(), "status": "revoked", "cut": 0})
+                        }
+                        PeerStatus::Active | PeerStatus::Dormant => {
+                            json!({"peer": peer.key.to_string(), "status": peer.status.as_str()})
+                        }
+                        PeerStatus::Invited => return None,
+                    };
+                    Some(json!({"method": "set-peer-status", "args": args}))
+                })
+                .collect();
+            if !ops.is_empty() {
+                store.system_call("batch", &json!({ "ops": ops }))?;
+            }
+        }
+        self.insert_open(id, log, Some(store), parent).await?;
+        if let Some(p) = parent {
+            let result = self.with_store(&p, |s| {
+                s.system_call(
+                    "add-child",
+                    &json!({"id": id.to_string(), "alias": name, "module": module.to_string()}),
+                )
+            })?;
+            self.publish_result(&p, &result);
+        }
+        info!(store = %id.short(), parent = ?parent.map(|p| p.short()), "store created");
+        Ok(id)
+    }
+
+    /// Leaves store `id` (and its children): revokes this node's own key (so its peers stop
+    /// syncing with it), tells the peers it can reach, closes the stores and keeps the data
+    /// for a later re-join.
+    ///
+    /// # Errors
+    /// [`NodeError::InheritedPeers`] for a child; storage failures.
+    pub async fn leave(&self, id: &StoreId) -> Result<(), NodeError> {
+        let me = self.inner.node.key().public();
+        let members = self.members_of(id);
+        self.revoke(id, &me)?;
+        for peer in members.iter().filter(|p| **p != me) {
+            if let Err(e) = self.inner.replicator.sync(id, peer).await {
+                debug!(peer = %peer.short(), "could not tell a peer about leaving: {e}");
+            }
+        }
+        self.close_tree(id, StoreState::Left).await
+    }
+
+    /// Archives a child store in its parent's system table: every peer closes it, data stays.
+    ///
+    /// # Errors
+    /// [`NodeError::NotAChild`] for a root store.
+    pub async fn archive(&self, id: &StoreId, archived: bool) -> Result<(), NodeError> {
+        let record = self
+            .inner
+            .node
+            .meta()
+            .get(id)?
+            .ok_or_else(|| NodeError::UnknownStore(id.to_string()))?;
+        let parent = record
+            .parent
+            .ok_or_else(|| NodeError::NotAChild(id.to_string()))?;
+        let status = if archived { "archived" } else { "active" };
+        self.system_call(
+            &parent,
+            "set-child-status",
+            &json!({"id": id.to_string(), "status": status}),
+        )?;
+        if !archived && let Some(mut record) = self.inner.node.meta().get(id)? {
+            record.state = StoreState::Active;
+            self.inner.node.meta().put(&record)?;
+        }
+        self.refresh(&parent).await
+    }
+
+    /// Deletes the local data of a store that is not open (archived or left).
+    ///
+    /// # Errors
+    /// [`NodeError::StillOpen`] for an open store; file errors.
+    pub fn delete(&self, id: &StoreId) -> Result<(), NodeError> {
+        if self.is_open(id) {
+            return Err(NodeError::StillOpen(id.to_string()));
+        }
+        let dir = self.inner.node.dir().store_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(source) => {
+                return Err(NodeError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                });
+            }
+        }
+        self.inner.node.meta().remove(id)
+    }
+
+    /// Closes every store (waiting for each log to close), stops replication and the network.
+    pub async fn shutdown(&self) {
+        for t in lock(&self.inner.tasks).drain(..) {
+            t.abort();
+        }
+        self.inner.replicator.shutdown();
+        for id in self.open_ids() {
+            if let Err(e) = self.close(&id).await {
+                warn!(store = %id.short(), "closing failed: {e}");
+            }
+        }
+        if let Some(net) = &self.inner.iroh {
+            net.shutdown().await;
+        }
+    }
+}

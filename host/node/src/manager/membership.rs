@@ -1,0 +1,267 @@
+//! Who may replicate a store: peer sets for the replicator, membership passed down to
+//! child stores, addresses, revocation.
+
+use super::*;
+
+impl StoreManager {
+    /// The peer set a store is replicated with: its own active and dormant peers, or its
+    /// parent's when it inherits them.
+    pub(super) fn members_of(&self, id: &StoreId) -> Vec<PubKey> {
+        let mut current = *id;
+        for _ in 0..16 {
+            let Ok(open) = self.open_store(&current) else {
+                return Vec::new();
+            };
+            let inherited = {
+                let mut guard = lock(&open.store);
+                match guard.as_mut() {
+                    Some(store) => {
+                        let parent = store.inherits_from().unwrap_or(None);
+                        if parent.is_some() {
+                            parent
+                        } else {
+                            return store
+                                .peers()
+                                .unwrap_or_default()
+                                .into_iter()
+                                .filter(PeerInfo::is_member)
+                                .map(|p| p.key)
+                                .collect();
+                        }
+                    }
+                    None => open.parent,
+                }
+            };
+            match inherited {
+                Some(parent) => current = parent,
+                None => return Vec::new(),
+            }
+        }
+        Vec::new()
+    }
+
+    /// Pushes the peer set of `id` and of every open store inheriting from it to the
+    /// replicator.
+    pub(super) fn update_members(&self, id: &StoreId) {
+        let _consistent = lock(&self.inner.members);
+        let open: Vec<(StoreId, Option<StoreId>)> = lock(&self.inner.stores)
+            .iter()
+            .map(|(k, v)| (*k, v.parent))
+            .collect();
+        let mut todo = vec![*id];
+        let mut seen = Vec::new();
+        while let Some(s) = todo.pop() {
+            if seen.contains(&s) {
+                continue;
+            }
+            seen.push(s);
+            let members = self.members_of(&s);
+            self.inner.replicator.set_members(&s, members);
+            todo.extend(open.iter().filter(|(_, p)| *p == Some(s)).map(|(k, _)| *k));
+        }
+    }
+
+    /// Passes membership changes of `parent` down to its open children that inherit their
+    /// peers (and on to theirs): a peer whose status this node wrote in the parent gets the
+    /// same status in each child, written by this node, with the cut (revocation) or resume
+    /// point (re-activation) of the child's own log. A child's projection then needs only its
+    /// own system table, and a peer revoked at the root is refused in every descendant.
+    pub(super) fn mirror_membership(&self, parent: &StoreId) -> Result<(), NodeError> {
+        let me = self.inner.node.key().public();
+        let children: Vec<(StoreId, Arc<OpenStore>)> = lock(&self.inner.stores)
+            .iter()
+            .filter(|(_, v)| v.parent == Some(*parent))
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        if children.is_empty() {
+            return Ok(());
+        }
+        let writer_of = |peer: &PeerInfo| -> Result<Option<PubKey>, NodeError> {
+            let Some(op) = peer.written_in else {
+                return Ok(None);
+            };
+            let open = self.open_store(parent)?;
+            Ok(open.log.reader().dag_info(&op)?.map(|i| i.author))
+        };
+        let mut mine = Vec::new();
+        for peer in self.with_store(parent, |s| s.peers())? {
+            if writer_of(&peer)? == Some(me) {
+                mine.push(peer);
+            }
+        }
+        for (child, open) in children {
+            if !matches!(self.with_store(&child, |s| s.inherits_from()), Ok(Some(_))) {
+                continue;
+            }
+            let recorded = self.with_store(&child, |s| s.peers())?;
+            let mut ops = Vec::new();
+            for peer in &mine {
+                let now = recorded
+                    .iter()
+                    .find(|p| p.key == peer.key)
+                    .map(|p| p.status);
+                if now == Some(peer.status) {
+                    continue;
+                }
+                let position = chain_position(&open.log, &peer.key)?;
+                let args = match peer.status {
+                    PeerStatus::Revoked => {
+                        // Leaving: this node's own revocation must still count.
+                        let cut = if peer.key == me {
+                            position + 1
+                        } else {
+                            position
+                        };
+                        json!({"peer": peer.key.to_string(), "status": "revoked", "cut": cut})
+                    }
+                    PeerStatus::Active | PeerStatus::Dormant => {
+                        // Resume where the peer says its chain stands when it re-joined, never
+                        // below what this node has seen of it.
+                        let reported = lock(&self.inner.resume_at)
+                            .get(&(child, peer.key))
+                            .copied()
+                            .unwrap_or(0);
+                        json!({
+                            "peer": peer.key.to_string(), "status": peer.status.as_str(),
+                            "resume": position.max(reported),
+                        })
+                    }
+                    PeerStatus::Invited => continue,
+                };
+                ops.push(json!({"method": "set-peer-status", "args": args}));
+            }
+            if !ops.is_empty() {
+                debug!(child = %child.short(), changes = ops.len(), "passing membership to a child store");
+                let result =
+                    self.with_store(&child, |s| s.system_call("batch", &json!({"ops": ops})))?;
+                self.publish_result(&child, &result);
+            }
+            self.mirror_membership(&child)?;
+        }
+        Ok(())
+    }
+
+    /// Records this node's current direct addresses in a root store's system table when they
+    /// differ from what is recorded, so every peer can dial it (not only its inviter).
+    pub(super) fn announce_addrs(&self, id: &StoreId) -> Result<(), NodeError> {
+        let me = self.inner.node.key().public();
+        let addrs: Vec<String> = self
+            .address()
+            .addrs
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        let recorded = self.with_store(id, |s| {
+            if s.inherits_from()?.is_some() {
+                return Ok(None);
+            }
+            let me_now = s.peers()?.into_iter().find(|p| p.key == me);
+            Ok(Some(me_now.map(|p| (p.status, p.addrs))))
+        });
+        match recorded {
+            Ok(Some(Some((PeerStatus::Active, recorded)))) if recorded != addrs => {
+                self.system_call(
+                    id,
+                    "set-peer-addrs",
+                    &json!({"peer": me.to_string(), "addrs": addrs}),
+                )?;
+                Ok(())
+            }
+            Ok(_) | Err(NodeError::NotReady(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Tells the replicator where a store's peers listen, from its system table.
+    pub(super) fn learn_addrs(&self, id: &StoreId) {
+        let me = self.inner.node.key().public();
+        let Ok(peers) = self.with_store(id, |s| s.peers()) else {
+            return;
+        };
+        for peer in peers.into_iter().filter(|p| p.key != me && p.is_member()) {
+            let addrs: Vec<SocketAddr> = peer.addrs.iter().filter_map(|a| a.parse().ok()).collect();
+            if !addrs.is_empty() {
+                self.inner.replicator.add_peer(&PeerAddr {
+                    id: peer.key,
+                    addrs,
+                });
+            }
+        }
+    }
+
+    /// A store's peers as its system table records them (inherited ones for a child).
+    ///
+    /// # Errors
+    /// As [`StoreManager::status`].
+    pub fn peers(&self, id: &StoreId) -> Result<Vec<PeerInfo>, NodeError> {
+        let mut current = *id;
+        for _ in 0..16 {
+            match self.with_store(&current, |s| s.inherits_from())? {
+                Some(parent) => current = parent,
+                None => return self.with_store(&current, |s| s.peers()),
+            }
+        }
+        Err(NodeError::NotReady(id.to_string()))
+    }
+
+    /// Revokes `peer` from store `id`: its connections and gossip are refused at once and
+    /// its intentions after the last one this node has seen are not projected by anyone —
+    /// in this store and in every child store that inherits its peers.
+    ///
+    /// # Errors
+    /// [`NodeError::InheritedPeers`] for a child; [`NodeError::RevokeSelf`] for this node's
+    /// own key (leave instead); [`NodeError::NotAPeer`] for a key the store does not list as
+    /// a peer; storage failures.
+    pub fn revoke_peer(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
+        if *peer == self.inner.node.key().public() {
+            return Err(NodeError::RevokeSelf);
+        }
+        let known = self
+            .with_store(id, |s| s.peers())?
+            .into_iter()
+            .any(|p| p.key == *peer && p.status != PeerStatus::Invited);
+        if !known {
+            return Err(NodeError::NotAPeer(peer.to_string()));
+        }
+        self.revoke(id, peer)
+    }
+
+    /// Finds a peer of store `id` by full key or unique prefix.
+    ///
+    /// # Errors
+    /// [`NodeError::NotAPeer`] when nothing matches, [`NodeError::Ambiguous`] for several.
+    pub fn find_peer(&self, id: &StoreId, text: &str) -> Result<PubKey, NodeError> {
+        let text = text.trim().to_ascii_lowercase();
+        let matches: Vec<PubKey> = self
+            .peers(id)?
+            .into_iter()
+            .map(|p| p.key)
+            .filter(|k| !text.is_empty() && k.to_string().starts_with(&text))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(NodeError::NotAPeer(text)),
+            _ => Err(NodeError::Ambiguous(text)),
+        }
+    }
+
+    /// Records `peer` revoked in `id` at the last position seen here, and in the children
+    /// that inherit `id`'s peers.
+    pub(super) fn revoke(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
+        self.require_own_peers(id)?;
+        let open = self.open_store(id)?;
+        let mut cut = chain_position(&open.log, peer)?;
+        if *peer == self.inner.node.key().public() {
+            // Leaving: the revocation is this node's next intention and must still count.
+            cut += 1;
+        }
+        let result = self.system_call(
+            id,
+            "set-peer-status",
+            &json!({"peer": peer.to_string(), "status": "revoked", "cut": cut}),
+        )?;
+        self.update_members(id);
+        self.mirror_membership(id)?;
+        Ok(result)
+    }
+}

@@ -1,0 +1,453 @@
+//! [`StoreManager`]: a running node — its stores open and replicated, the peer set of each
+//! store kept equal to what its system table says, child stores opened on every peer,
+//! invites, joins, revocation, leaving, archiving, and watchers.
+//!
+//! Every store is replicated with [`Access::Members`]: only its active and dormant peers (for
+//! a child with the inherited strategy: its parent's) may open sessions or gossip it. The
+//! manager reads the peer set from the system table guest's `peers` query whenever the
+//! system partition reports a `peer` event, and opens or closes children on `child` events.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use lattice_log::{Log, system_now_ms};
+use lattice_model::{Hash, PubKey, StoreId};
+use lattice_net::{
+    Access, Gossip, IrohNet, JoinRequest, PeerAddr, ReplicaError, ReplicaEvent, Replicator,
+    ReplicatorConfig, Transport,
+};
+use lattice_runtime::{ModuleHash, WatchEvent};
+use serde_json::{Value, json};
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+mod invites;
+mod lifecycle;
+mod membership;
+
+use crate::error::NodeError;
+use crate::invite::InviteToken;
+use crate::meta::{StoreRecord, StoreState};
+use crate::node::Node;
+use crate::store::{ChildStatus, PeerInfo, PeerStatus, Store, StoreStatus};
+
+/// Watch events buffered per subscriber before it is told it lagged.
+pub const WATCH_BUFFER: usize = 1024;
+/// How long closing a store waits for replication tasks to let go of its log.
+const CLOSE_WAIT: Duration = Duration::from_secs(10);
+
+/// Something a running node did (for watchers, progress and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeEvent {
+    /// A store was opened (created, joined, or a child discovered).
+    StoreOpened(StoreId),
+    /// A store was closed (archived, left, or shut down).
+    StoreClosed(StoreId),
+    /// A store's projected state changed.
+    StoreChanged(StoreId),
+}
+
+struct OpenStore {
+    log: Arc<Log>,
+    /// `None` while a child store's genesis has not arrived yet.
+    store: Mutex<Option<Store>>,
+    parent: Option<StoreId>,
+    watch: broadcast::Sender<WatchEvent>,
+}
+
+struct Inner {
+    node: Node,
+    replicator: Replicator,
+    iroh: Option<Arc<IrohNet>>,
+    stores: Mutex<HashMap<StoreId, Arc<OpenStore>>>,
+    events: broadcast::Sender<NodeEvent>,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Held while a store is opened or closed.
+    lifecycle: tokio::sync::Mutex<()>,
+    /// Held while peer sets are read and handed to the replicator, so a set computed from an
+    /// older system state never overwrites a newer one.
+    members: Mutex<()>,
+    /// Chain positions re-joining peers reported for child stores: where their
+    /// re-activation in each child resumes (see [`StoreManager::mirror_membership`]).
+    resume_at: Mutex<HashMap<(StoreId, PubKey), u64>>,
+}
+
+/// A running node; cheap to clone.
+#[derive(Clone)]
+pub struct StoreManager {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for StoreManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "StoreManager({})",
+            self.inner.node.key().public().short()
+        )
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panicked holder is a bug elsewhere; the guarded values stay usable.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The newest position of `author`'s chain in `log` (0 when it has written nothing).
+fn chain_position(log: &Log, author: &PubKey) -> Result<u64, NodeError> {
+    Ok(match log.reader().tip(author)? {
+        Some(h) => log.reader().dag_info(&h)?.map_or(0, |i| i.author_seq),
+        None => 0,
+    })
+}
+
+/// What a join did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Joined {
+    /// The store joined.
+    pub store: StoreId,
+    /// Intentions fetched by the bootstrap (0 for a re-join that kept its data).
+    pub fetched: u64,
+}
+
+/// The refusal an inviter gives a peer that is a member already (the joiner maps it to
+/// [`NodeError::AlreadyMember`]).
+const ALREADY_MEMBER: &str = "already a member of this store";
+
+impl StoreManager {
+    /// Starts a node on iroh bound to `listen` (for example `127.0.0.1:0`).
+    ///
+    /// # Errors
+    /// [`NodeError::Net`] when the endpoint cannot be bound; store open failures.
+    pub async fn start_iroh(
+        node: Node,
+        listen: SocketAddr,
+        config: ReplicatorConfig,
+    ) -> Result<StoreManager, NodeError> {
+        // With port 0, take the previous port again when it is free, so peers that know this
+        // node's address reach it after a restart.
+        let previous = node
+            .meta()
+            .setting("listen")?
+            .and_then(|a| a.parse::<SocketAddr>().ok())
+            .filter(|a| listen.port() == 0 && a.ip() == listen.ip());
+        let net = match previous {
+            Some(addr) => match IrohNet::bind(node.key(), addr).await {
+                Ok(net) => net,
+                Err(e) => {
+                    debug!(%addr, "previous port unavailable ({e}); binding a new one");
+                    IrohNet::bind(node.key(), listen).await?
+                }
+            },
+            None => IrohNet::bind(node.key(), listen).await?,
+        };
+        if let Some(bound) = net.local().addrs.first() {
+            node.meta().set_setting("listen", &bound.to_string())?;
+        }
+        Self::start(node, net.clone(), net.clone(), Some(net), config).await
+    }
+
+    /// Starts a node on the given transport: opens every active store of the inventory
+    /// (parents before children) and replicates it.
+    ///
+    /// # Errors
+    /// Store open failures.
+    pub async fn start(
+        node: Node,
+        transport: Arc<dyn Transport>,
+        gossip: Arc<dyn Gossip>,
+        iroh: Option<Arc<IrohNet>>,
+        config: ReplicatorConfig,
+    ) -> Result<StoreManager, NodeError> {
+        let replicator = Replicator::start(transport, gossip, config);
+        let (events, _) = broadcast::channel(1024);
+        let inner = Arc::new(Inner {
+            node,
+            replicator,
+            iroh,
+            stores: Mutex::new(HashMap::new()),
+            events,
+            tasks: Mutex::new(Vec::new()),
+            lifecycle: tokio::sync::Mutex::new(()),
+            members: Mutex::new(()),
+            resume_at: Mutex::new(HashMap::new()),
+        });
+        let joins = inner.replicator.join_requests();
+        let manager = StoreManager { inner };
+        let answering = tokio::spawn(manager.clone().answer_joins(joins));
+        lock(&manager.inner.tasks).push(answering);
+        for text in manager.inner.node.meta().addrs()? {
+            match text.parse::<PeerAddr>() {
+                Ok(addr) => manager.inner.replicator.add_peer(&addr),
+                Err(e) => warn!("ignoring a malformed remembered peer address: {e}"),
+            }
+        }
+        let mut pending: Vec<StoreRecord> = manager
+            .inner
+            .node
+            .meta()
+            .list()?
+            .into_iter()
+            .filter(|r| r.state == StoreState::Active)
+            .collect();
+        // Parents first: a child's peer set comes from its parent.
+        while !pending.is_empty() {
+            let before = pending.len();
+            let mut later = Vec::new();
+            for record in pending {
+                let parent_ready = record.parent.is_none_or(|p| manager.is_open(&p));
+                if parent_ready {
+                    manager.open_registered(&record).await?;
+                } else {
+                    later.push(record);
+                }
+            }
+            if later.len() == before {
+                // Orphans (parent archived or gone): open them on their own.
+                for record in &later {
+                    manager.open_registered(record).await?;
+                }
+                break;
+            }
+            pending = later;
+        }
+        let this = manager.clone();
+        let mut rx = manager.inner.replicator.subscribe();
+        let task = tokio::spawn(async move {
+            loop {
+                let store = match rx.recv().await {
+                    Ok(
+                        ReplicaEvent::Synced { store, .. }
+                        | ReplicaEvent::Served { store, .. }
+                        | ReplicaEvent::Gossiped { store, .. }
+                        | ReplicaEvent::GapFilled { store, .. },
+                    ) => Some(store),
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(_)) => None,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let targets = match store {
+                    Some(s) => vec![s],
+                    None => this.open_ids(),
+                };
+                for s in targets {
+                    if let Err(e) = this.refresh(&s).await {
+                        warn!(store = %s.short(), "projecting replicated intentions failed: {e}");
+                    }
+                }
+            }
+        });
+        lock(&manager.inner.tasks).push(task);
+        info!(node = %manager.inner.node.key().public().short(), addr = %manager.address(), "node running");
+        Ok(manager)
+    }
+
+    /// The node (identity, inventory, modules).
+    pub fn node(&self) -> &Node {
+        &self.inner.node
+    }
+
+    /// This node's network address (`<key>@<ip:port>,…`), what peers dial.
+    pub fn address(&self) -> PeerAddr {
+        self.inner.replicator.local()
+    }
+
+    /// The replicator (for explicit syncs and its events).
+    pub fn replicator(&self) -> &Replicator {
+        &self.inner.replicator
+    }
+
+    /// Node events from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<NodeEvent> {
+        self.inner.events.subscribe()
+    }
+
+    fn emit(&self, event: NodeEvent) {
+        let _ = self.inner.events.send(event);
+    }
+
+    fn is_open(&self, id: &StoreId) -> bool {
+        lock(&self.inner.stores).contains_key(id)
+    }
+
+    fn open_ids(&self) -> Vec<StoreId> {
+        lock(&self.inner.stores).keys().copied().collect()
+    }
+
+    fn open_store(&self, id: &StoreId) -> Result<Arc<OpenStore>, NodeError> {
+        lock(&self.inner.stores)
+            .get(id)
+            .cloned()
+            .ok_or_else(|| NodeError::NotOpen(id.to_string()))
+    }
+
+    /// Finds an open or known store by id prefix.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownStore`], [`NodeError::Ambiguous`].
+    pub fn find(&self, text: &str) -> Result<StoreId, NodeError> {
+        let ids = self
+            .inner
+            .node
+            .meta()
+            .list()?
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
+        crate::node::match_store_prefix(ids, text)
+    }
+
+    /// Runs `f` on an open store whose genesis is here.
+    fn with_store<T>(
+        &self,
+        id: &StoreId,
+        f: impl FnOnce(&mut Store) -> Result<T, NodeError>,
+    ) -> Result<T, NodeError> {
+        let open = self.open_store(id)?;
+        let mut guard = lock(&open.store);
+        let store = guard
+            .as_mut()
+            .ok_or_else(|| NodeError::NotReady(id.to_string()))?;
+        f(store)
+    }
+
+    /// Gossips the intention a call authored (its result names it).
+    fn publish_result(&self, id: &StoreId, result: &Value) {
+        let Some(hash) = result["hash"].as_str().and_then(|h| Hash::from_hex(h).ok()) else {
+            return;
+        };
+        let Ok(open) = self.open_store(id) else {
+            return;
+        };
+        match open.log.reader().get(&hash) {
+            Ok(Some(signed)) => self.inner.replicator.publish(&signed),
+            Ok(None) => {}
+            Err(e) => warn!(store = %id.short(), "could not read a new intention to gossip: {e}"),
+        }
+    }
+
+    /// Calls a method of a store's type; commands are gossiped to its peers.
+    ///
+    /// # Errors
+    /// As [`Store::call`]; [`NodeError::NotOpen`].
+    pub fn call(&self, id: &StoreId, method: &str, args: &Value) -> Result<Value, NodeError> {
+        let (result, events) = self.with_store(id, |s| {
+            let result = s.call(method, args)?;
+            Ok((result, s.take_data_events()))
+        })?;
+        self.publish_result(id, &result);
+        if let Ok(open) = self.open_store(id) {
+            for e in events {
+                let _ = open.watch.send(e);
+            }
+        }
+        if result.get("hash").is_some() {
+            self.emit(NodeEvent::StoreChanged(*id));
+        }
+        Ok(result)
+    }
+
+    /// Calls a system table method of a store (peers, children, …); commands are gossiped.
+    ///
+    /// # Errors
+    /// As [`Store::system_call`].
+    pub fn system_call(
+        &self,
+        id: &StoreId,
+        method: &str,
+        args: &Value,
+    ) -> Result<Value, NodeError> {
+        let result = self.with_store(id, |s| s.system_call(method, args))?;
+        self.publish_result(id, &result);
+        Ok(result)
+    }
+
+    /// A store's status.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`], storage failures.
+    pub fn status(&self, id: &StoreId) -> Result<StoreStatus, NodeError> {
+        self.with_store(id, |s| s.status())
+    }
+
+    /// The store type's description.
+    ///
+    /// # Errors
+    /// As [`StoreManager::status`]; headless stores cannot describe themselves.
+    pub fn describe(&self, id: &StoreId) -> Result<lattice_runtime::StoreDescriptor, NodeError> {
+        self.with_store(id, |s| s.describe())
+    }
+
+    /// The newest `limit` witnessed intentions of a store, newest first.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`], storage failures.
+    pub fn history(&self, id: &StoreId, limit: usize) -> Result<Vec<Value>, NodeError> {
+        let open = self.open_store(id)?;
+        let reader = open.log.reader();
+        let head = reader.status()?.head_seq;
+        let from = head.saturating_sub(limit as u64).saturating_add(1).max(1);
+        let mut out: Vec<Value> = reader
+            .witnessed(from, limit)?
+            .into_iter()
+            .map(|(seq, s)| {
+                let i = s.intention();
+                json!({
+                    "seq": seq,
+                    "hash": s.hash().to_string(),
+                    "author": i.author().to_string(),
+                    "hlc": i.hlc().to_string(),
+                    "deps": i.deps().iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "ops_bytes": i.ops().len(),
+                    "partition": if i.is_genesis() { "genesis" } else if i.flags().system { "system" } else { "data" },
+                })
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
+    }
+
+    /// The newest `limit` rejected intentions of a store (both partitions), newest first,
+    /// with author, HLC and reason.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`], storage failures.
+    pub fn rejected(&self, id: &StoreId, limit: usize) -> Result<Vec<Value>, NodeError> {
+        self.with_store(id, |s| {
+            s.project()?;
+            s.rejected_details(limit)
+        })
+    }
+
+    /// A digest of a store's projected state (both partitions).
+    ///
+    /// # Errors
+    /// As [`StoreManager::status`].
+    pub fn state_digest(&self, id: &StoreId) -> Result<Hash, NodeError> {
+        self.with_store(id, |s| {
+            s.project()?;
+            s.state_digest()
+        })
+    }
+
+    /// Every store in the inventory with its state.
+    ///
+    /// # Errors
+    /// [`NodeError::Meta`].
+    pub fn list(&self) -> Result<Vec<StoreRecord>, NodeError> {
+        self.inner.node.meta().list()
+    }
+
+    /// Watch events of a store's data partition from now on (bounded: a slow subscriber
+    /// gets [`broadcast::error::RecvError::Lagged`] with the number it missed).
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`].
+    pub fn watch(&self, id: &StoreId) -> Result<broadcast::Receiver<WatchEvent>, NodeError> {
+        Ok(self.open_store(id)?.watch.subscribe())
+    }
+}
