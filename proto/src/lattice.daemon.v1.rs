@@ -149,7 +149,7 @@ pub struct JoinProgress {
 pub struct PeerRequest {
     #[prost(string, tag = "1")]
     pub store: ::prost::alloc::string::String,
-    /// The peer's key (hex).
+    /// The peer's key (hex), or a unique prefix of it.
     #[prost(string, tag = "2")]
     pub peer: ::prost::alloc::string::String,
 }
@@ -173,6 +173,129 @@ pub struct ModuleRequest {
     /// Module hash (or unique prefix) or built-in name.
     #[prost(string, tag = "1")]
     pub module: ::prost::alloc::string::String,
+}
+/// Status of one store.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct StoreStatus {
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    /// Name from the system table, else from the genesis (empty when the store is not open).
+    #[prost(string, tag = "2")]
+    pub name: ::prost::alloc::string::String,
+    /// The module hash the store runs.
+    #[prost(string, tag = "3")]
+    pub module: ::prost::alloc::string::String,
+    /// `ready`, `projecting`, `waiting for module <hash>`, or — when not open here —
+    /// `archived`, `left` or `unknown`.
+    #[prost(string, tag = "4")]
+    pub state: ::prost::alloc::string::String,
+    /// True when the store is open on this node (the counts below are set only then).
+    #[prost(bool, tag = "5")]
+    pub open: bool,
+    /// True when the module is not installed here.
+    #[prost(bool, tag = "6")]
+    pub headless: bool,
+    #[prost(uint64, tag = "7")]
+    pub witnessed: u64,
+    #[prost(uint64, tag = "8")]
+    pub projected: u64,
+    #[prost(uint64, tag = "9")]
+    pub floating: u64,
+    #[prost(uint64, tag = "10")]
+    pub rejected: u64,
+}
+/// A witnessed intention, summarised.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct IntentionInfo {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(string, tag = "2")]
+    pub hash: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub author: ::prost::alloc::string::String,
+    /// Hybrid logical clock as `<wall ms>.<counter>`.
+    #[prost(string, tag = "4")]
+    pub hlc: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "5")]
+    pub deps: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint64, tag = "6")]
+    pub ops_bytes: u64,
+    /// `genesis`, `system` or `data`.
+    #[prost(string, tag = "7")]
+    pub partition: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct IntentionList {
+    #[prost(message, repeated, tag = "1")]
+    pub items: ::prost::alloc::vec::Vec<IntentionInfo>,
+}
+/// An intention the store type or the membership policy rejected.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct RejectedIntention {
+    #[prost(uint64, tag = "1")]
+    pub seq: u64,
+    #[prost(string, tag = "2")]
+    pub hash: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub author: ::prost::alloc::string::String,
+    #[prost(string, tag = "4")]
+    pub hlc: ::prost::alloc::string::String,
+    /// `system` or `data`.
+    #[prost(string, tag = "5")]
+    pub partition: ::prost::alloc::string::String,
+    #[prost(string, tag = "6")]
+    pub reason: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct RejectedList {
+    #[prost(message, repeated, tag = "1")]
+    pub items: ::prost::alloc::vec::Vec<RejectedIntention>,
+}
+/// A peer of a store.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Peer {
+    #[prost(string, tag = "1")]
+    pub key: ::prost::alloc::string::String,
+    /// `invited`, `active`, `dormant` or `revoked`.
+    #[prost(string, tag = "2")]
+    pub status: ::prost::alloc::string::String,
+    #[prost(string, tag = "3")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, repeated, tag = "4")]
+    pub addrs: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// True for this node.
+    #[prost(bool, tag = "5")]
+    pub me: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct PeerList {
+    #[prost(message, repeated, tag = "1")]
+    pub items: ::prost::alloc::vec::Vec<Peer>,
+}
+/// An installed module.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ModuleInfo {
+    #[prost(string, tag = "1")]
+    pub module: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub bytes: u64,
+    /// The built-in type's name, empty for others.
+    #[prost(string, tag = "3")]
+    pub builtin: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct ModuleList {
+    #[prost(message, repeated, tag = "1")]
+    pub items: ::prost::alloc::vec::Vec<ModuleInfo>,
 }
 /// Generated client implementations.
 pub mod node_service_client {
@@ -661,7 +784,7 @@ pub mod store_service_client {
         pub async fn status(
             &mut self,
             request: impl tonic::IntoRequest<super::StoreRequest>,
-        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status> {
+        ) -> std::result::Result<tonic::Response<super::StoreStatus>, tonic::Status> {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
@@ -693,7 +816,7 @@ pub mod store_service_client {
         pub async fn history(
             &mut self,
             request: impl tonic::IntoRequest<super::HistoryRequest>,
-        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status> {
+        ) -> std::result::Result<tonic::Response<super::IntentionList>, tonic::Status> {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
@@ -709,7 +832,7 @@ pub mod store_service_client {
         pub async fn rejected(
             &mut self,
             request: impl tonic::IntoRequest<super::HistoryRequest>,
-        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status> {
+        ) -> std::result::Result<tonic::Response<super::RejectedList>, tonic::Status> {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
@@ -813,7 +936,7 @@ pub mod store_service_client {
         pub async fn peers(
             &mut self,
             request: impl tonic::IntoRequest<super::StoreRequest>,
-        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status> {
+        ) -> std::result::Result<tonic::Response<super::PeerList>, tonic::Status> {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
@@ -902,7 +1025,7 @@ pub mod store_service_server {
         async fn status(
             &self,
             request: tonic::Request<super::StoreRequest>,
-        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
+        ) -> std::result::Result<tonic::Response<super::StoreStatus>, tonic::Status>;
         /// The store type's description (methods and their arguments).
         async fn inspect(
             &self,
@@ -912,12 +1035,12 @@ pub mod store_service_server {
         async fn history(
             &self,
             request: tonic::Request<super::HistoryRequest>,
-        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
+        ) -> std::result::Result<tonic::Response<super::IntentionList>, tonic::Status>;
         /// Intentions the store type or the membership policy rejected, newest first, with reasons.
         async fn rejected(
             &self,
             request: tonic::Request<super::HistoryRequest>,
-        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
+        ) -> std::result::Result<tonic::Response<super::RejectedList>, tonic::Status>;
         /// Calls a method of the store's type (command or query).
         async fn call(
             &self,
@@ -957,7 +1080,7 @@ pub mod store_service_server {
         async fn peers(
             &self,
             request: tonic::Request<super::StoreRequest>,
-        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
+        ) -> std::result::Result<tonic::Response<super::PeerList>, tonic::Status>;
         /// Archives (or, with `archived` false, re-activates) a child store on every peer.
         async fn archive(
             &self,
@@ -1124,7 +1247,7 @@ pub mod store_service_server {
                     #[allow(non_camel_case_types)]
                     struct StatusSvc<T: StoreService>(pub Arc<T>);
                     impl<T: StoreService> tonic::server::UnaryService<super::StoreRequest> for StatusSvc<T> {
-                        type Response = super::JsonReply;
+                        type Response = super::StoreStatus;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
@@ -1200,7 +1323,7 @@ pub mod store_service_server {
                     #[allow(non_camel_case_types)]
                     struct HistorySvc<T: StoreService>(pub Arc<T>);
                     impl<T: StoreService> tonic::server::UnaryService<super::HistoryRequest> for HistorySvc<T> {
-                        type Response = super::JsonReply;
+                        type Response = super::IntentionList;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
@@ -1238,7 +1361,7 @@ pub mod store_service_server {
                     #[allow(non_camel_case_types)]
                     struct RejectedSvc<T: StoreService>(pub Arc<T>);
                     impl<T: StoreService> tonic::server::UnaryService<super::HistoryRequest> for RejectedSvc<T> {
-                        type Response = super::JsonReply;
+                        type Response = super::RejectedList;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
@@ -1471,7 +1594,7 @@ pub mod store_service_server {
                     #[allow(non_camel_case_types)]
                     struct PeersSvc<T: StoreService>(pub Arc<T>);
                     impl<T: StoreService> tonic::server::UnaryService<super::StoreRequest> for PeersSvc<T> {
-                        type Response = super::JsonReply;
+                        type Response = super::PeerList;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(
                             &mut self,
@@ -1754,7 +1877,7 @@ pub mod module_service_client {
         pub async fn list(
             &mut self,
             request: impl tonic::IntoRequest<super::Empty>,
-        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status> {
+        ) -> std::result::Result<tonic::Response<super::ModuleList>, tonic::Status> {
             self.inner.ready().await.map_err(|e| {
                 tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
             })?;
@@ -1808,7 +1931,7 @@ pub mod module_service_server {
         async fn list(
             &self,
             request: tonic::Request<super::Empty>,
-        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
+        ) -> std::result::Result<tonic::Response<super::ModuleList>, tonic::Status>;
         /// A module's description.
         async fn inspect(
             &self,
@@ -1930,7 +2053,7 @@ pub mod module_service_server {
                     #[allow(non_camel_case_types)]
                     struct ListSvc<T: ModuleService>(pub Arc<T>);
                     impl<T: ModuleService> tonic::server::UnaryService<super::Empty> for ListSvc<T> {
-                        type Response = super::JsonReply;
+                        type Response = super::ModuleList;
                         type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
                         fn call(&mut self, request: tonic::Request<super::Empty>) -> Self::Future {
                             let inner = Arc::clone(&self.0);

@@ -49,6 +49,14 @@ def main():
         got = json.loads(stores.Call(pb.CallRequest(
             store=store, method="get", args_json=json.dumps({"key": "from-python"}))).json)
         assert got["value"] == "hello", got
+        # Fixed-shape answers are typed messages.
+        status = stores.Status(pb.StoreRequest(store=store))
+        assert status.open and status.state == "ready", status
+        assert status.witnessed >= 3 and status.projected == status.witnessed, status
+        peers = stores.Peers(pb.StoreRequest(store=store)).items
+        assert [(p.status, p.me) for p in peers] == [("active", True)], peers
+        history = stores.History(pb.HistoryRequest(store=store, limit=1)).items
+        assert history[0].hash == written["hash"] and history[0].partition == "data", history
         try:
             stores.Status(pb.StoreRequest(store="ffffffffffff"))
             raise SystemExit("a status of an unknown store should fail")

@@ -274,15 +274,39 @@ impl store_service_server::StoreService for Api {
     async fn status(
         &self,
         req: Request<v1::StoreRequest>,
-    ) -> Result<Response<v1::JsonReply>, Status> {
+    ) -> Result<Response<v1::StoreStatus>, Status> {
         let id = self.find(&req.into_inner().store)?;
-        match self.manager.status(&id) {
-            Ok(status) => reply(status.to_json()),
+        let manager = self.manager.clone();
+        let status = tokio::task::spawn_blocking(move || manager.status(&id))
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?;
+        match status {
+            Ok(s) => Ok(Response::new(v1::StoreStatus {
+                store: s.id.to_string(),
+                name: s.name.clone(),
+                module: s.module.clone(),
+                state: s.state(),
+                open: true,
+                headless: s.headless,
+                witnessed: s.witnessed,
+                projected: s.projected,
+                floating: s.floating,
+                rejected: s.rejected,
+            })),
             Err(NodeError::NotOpen(_)) => {
                 let record = self.manager.node().meta().get(&id).map_err(status_of)?;
-                reply(json!({
-                    "store": id.to_string(),
-                    "state": record.map(|r| r.state.as_str()).unwrap_or("unknown"),
+                Ok(Response::new(v1::StoreStatus {
+                    store: id.to_string(),
+                    name: record.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+                    module: record
+                        .as_ref()
+                        .map(|r| r.module.to_string())
+                        .unwrap_or_default(),
+                    state: record
+                        .map(|r| r.state.as_str())
+                        .unwrap_or("unknown")
+                        .to_string(),
+                    ..v1::StoreStatus::default()
                 }))
             }
             Err(e) => Err(status_of(e)),
@@ -311,25 +335,33 @@ impl store_service_server::StoreService for Api {
     async fn history(
         &self,
         req: Request<v1::HistoryRequest>,
-    ) -> Result<Response<v1::JsonReply>, Status> {
+    ) -> Result<Response<v1::IntentionList>, Status> {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
-        let limit = if req.limit == 0 {
-            20
-        } else {
-            req.limit.min(10_000)
-        };
-        let items = self
-            .manager
-            .history(&id, limit as usize)
-            .map_err(status_of)?;
-        reply(json!({ "items": items }))
+        let limit = if req.limit == 0 { 20 } else { req.limit } as usize;
+        let manager = self.manager.clone();
+        let items = tokio::task::spawn_blocking(move || manager.history(&id, limit))
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?
+            .map_err(status_of)?
+            .into_iter()
+            .map(|i| v1::IntentionInfo {
+                seq: i.seq,
+                hash: i.hash.to_string(),
+                author: i.author.to_string(),
+                hlc: i.hlc.to_string(),
+                deps: i.deps.iter().map(ToString::to_string).collect(),
+                ops_bytes: i.ops_bytes as u64,
+                partition: i.partition.to_string(),
+            })
+            .collect();
+        Ok(Response::new(v1::IntentionList { items }))
     }
 
     async fn rejected(
         &self,
         req: Request<v1::HistoryRequest>,
-    ) -> Result<Response<v1::JsonReply>, Status> {
+    ) -> Result<Response<v1::RejectedList>, Status> {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
         let limit = if req.limit == 0 { 50 } else { req.limit } as usize;
@@ -337,8 +369,22 @@ impl store_service_server::StoreService for Api {
         let items = tokio::task::spawn_blocking(move || manager.rejected(&id, limit))
             .await
             .map_err(|e| Status::internal(format!("task failed: {e}")))?
-            .map_err(status_of)?;
-        reply(json!({ "items": items }))
+            .map_err(status_of)?
+            .into_iter()
+            .map(|r| v1::RejectedIntention {
+                seq: r.seq,
+                hash: r.hash.to_string(),
+                author: r.author.to_string(),
+                hlc: r.hlc.to_string(),
+                partition: match r.partition {
+                    lattice_runtime::Partition::Data => "data",
+                    lattice_runtime::Partition::System => "system",
+                }
+                .to_string(),
+                reason: r.reason,
+            })
+            .collect();
+        Ok(Response::new(v1::RejectedList { items }))
     }
 
     async fn call(&self, req: Request<v1::CallRequest>) -> Result<Response<v1::JsonReply>, Status> {
@@ -486,25 +532,24 @@ impl store_service_server::StoreService for Api {
     async fn peers(
         &self,
         req: Request<v1::StoreRequest>,
-    ) -> Result<Response<v1::JsonReply>, Status> {
+    ) -> Result<Response<v1::PeerList>, Status> {
         let id = self.find(&req.into_inner().store)?;
         let me = self.manager.node().key().public();
-        let items: Vec<Value> = self
-            .manager
-            .peers(&id)
+        let manager = self.manager.clone();
+        let items = tokio::task::spawn_blocking(move || manager.peers(&id))
+            .await
+            .map_err(|e| Status::internal(format!("task failed: {e}")))?
             .map_err(status_of)?
             .into_iter()
-            .map(|p| {
-                json!({
-                    "peer": p.key.to_string(),
-                    "status": p.status.as_str(),
-                    "name": p.name,
-                    "addrs": p.addrs,
-                    "me": p.key == me,
-                })
+            .map(|p| v1::Peer {
+                key: p.key.to_string(),
+                status: p.status.as_str().to_string(),
+                name: p.name.unwrap_or_default(),
+                addrs: p.addrs,
+                me: p.key == me,
             })
             .collect();
-        reply(json!({ "items": items }))
+        Ok(Response::new(v1::PeerList { items }))
     }
 
     async fn archive(
@@ -547,7 +592,7 @@ impl module_service_server::ModuleService for Api {
         reply(json!({"module": module.hash().to_string(), "descriptor": descriptor}))
     }
 
-    async fn list(&self, _: Request<v1::Empty>) -> Result<Response<v1::JsonReply>, Status> {
+    async fn list(&self, _: Request<v1::Empty>) -> Result<Response<v1::ModuleList>, Status> {
         let builtin: Vec<(ModuleHash, &str)> = BUILTIN_MODULES
             .iter()
             .map(|(n, b)| (ModuleHash::of(b), *n))
@@ -558,14 +603,19 @@ impl module_service_server::ModuleService for Api {
             .runtime()
             .list()
             .map_err(|e| Status::internal(e.to_string()))?;
-        let items: Vec<Value> = list
+        let items = list
             .into_iter()
-            .map(|(hash, size)| {
-                let name = builtin.iter().find(|(h, _)| *h == hash).map(|(_, n)| *n);
-                json!({"module": hash.to_string(), "bytes": size, "builtin": name})
+            .map(|(hash, size)| v1::ModuleInfo {
+                module: hash.to_string(),
+                bytes: size,
+                builtin: builtin
+                    .iter()
+                    .find(|(h, _)| *h == hash)
+                    .map(|(_, n)| n.to_string())
+                    .unwrap_or_default(),
             })
             .collect();
-        reply(json!({ "items": items }))
+        Ok(Response::new(v1::ModuleList { items }))
     }
 
     async fn inspect(

@@ -198,6 +198,75 @@ fn parse(reply: tonic::Response<v1::JsonReply>) -> anyhow::Result<Value> {
     serde_json::from_str(&reply.into_inner().json).context("the node answered with invalid JSON")
 }
 
+/// The `--json` form of a store status (only `store` and `state` when it is not open).
+fn status_json(s: v1::StoreStatus) -> Value {
+    if !s.open {
+        return json!({"store": s.store, "state": s.state});
+    }
+    json!({
+        "store": s.store, "name": s.name, "module": s.module, "headless": s.headless,
+        "witnessed": s.witnessed, "projected": s.projected, "floating": s.floating,
+        "rejected": s.rejected, "state": s.state,
+    })
+}
+
+fn history_json(list: v1::IntentionList) -> Value {
+    let items: Vec<Value> = list
+        .items
+        .into_iter()
+        .map(|i| {
+            json!({
+                "seq": i.seq, "hash": i.hash, "author": i.author, "hlc": i.hlc,
+                "deps": i.deps, "ops_bytes": i.ops_bytes, "partition": i.partition,
+            })
+        })
+        .collect();
+    json!({ "items": items })
+}
+
+fn rejected_json(list: v1::RejectedList) -> Value {
+    let items: Vec<Value> = list
+        .items
+        .into_iter()
+        .map(|r| {
+            json!({
+                "seq": r.seq, "hash": r.hash, "author": r.author, "hlc": r.hlc,
+                "partition": r.partition, "reason": r.reason,
+            })
+        })
+        .collect();
+    json!({ "items": items })
+}
+
+fn peers_json(list: v1::PeerList) -> Value {
+    let items: Vec<Value> = list
+        .items
+        .into_iter()
+        .map(|p| {
+            json!({
+                "peer": p.key, "status": p.status,
+                "name": (!p.name.is_empty()).then_some(p.name),
+                "addrs": p.addrs, "me": p.me,
+            })
+        })
+        .collect();
+    json!({ "items": items })
+}
+
+fn modules_json(list: v1::ModuleList) -> Value {
+    let items: Vec<Value> = list
+        .items
+        .into_iter()
+        .map(|m| {
+            json!({
+                "module": m.module, "bytes": m.bytes,
+                "builtin": (!m.builtin.is_empty()).then_some(m.builtin),
+            })
+        })
+        .collect();
+    json!({ "items": items })
+}
+
 fn show(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -286,7 +355,7 @@ async fn module(cmd: ModuleCommand, mut c: Client, out: &Output) -> anyhow::Resu
             );
         }
         ModuleCommand::List => {
-            let v = parse(c.module.list(v1::Empty {}).await.map_err(err)?)?;
+            let v = modules_json(c.module.list(v1::Empty {}).await.map_err(err)?.into_inner());
             for m in v["items"].as_array().into_iter().flatten() {
                 out.record(
                     &format!(
@@ -437,7 +506,13 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
             }
         }
         StoreCommand::Status { store } => {
-            let s = parse(c.store.status(store_req(store)).await.map_err(err)?)?;
+            let s = status_json(
+                c.store
+                    .status(store_req(store))
+                    .await
+                    .map_err(err)?
+                    .into_inner(),
+            );
             let text = if s.get("witnessed").is_some() {
                 format!(
                     "store      {}\nname       {}\nmodule     {}\nstate      {}\nwitnessed  {}\nprojected  {}\nfloating   {}\nrejected   {}",
@@ -472,12 +547,13 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
             );
         }
         StoreCommand::History { store, limit } => {
-            let v = parse(
+            let v = history_json(
                 c.store
                     .history(v1::HistoryRequest { store, limit })
                     .await
-                    .map_err(err)?,
-            )?;
+                    .map_err(err)?
+                    .into_inner(),
+            );
             for i in v["items"].as_array().into_iter().flatten() {
                 out.record(
                     &format!(
@@ -495,12 +571,13 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
             }
         }
         StoreCommand::Rejected { store, limit } => {
-            let v = parse(
+            let v = rejected_json(
                 c.store
                     .rejected(v1::HistoryRequest { store, limit })
                     .await
-                    .map_err(err)?,
-            )?;
+                    .map_err(err)?
+                    .into_inner(),
+            );
             let items = v["items"].as_array().cloned().unwrap_or_default();
             if items.is_empty() && !out.json() {
                 out.record("no rejected intentions", Value::Null);
@@ -614,7 +691,13 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
             );
         }
         StoreCommand::Peers { store } => {
-            let v = parse(c.store.peers(store_req(store)).await.map_err(err)?)?;
+            let v = peers_json(
+                c.store
+                    .peers(store_req(store))
+                    .await
+                    .map_err(err)?
+                    .into_inner(),
+            );
             for p in v["items"].as_array().into_iter().flatten() {
                 out.record(
                     &format!(

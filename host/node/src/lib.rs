@@ -44,5 +44,6 @@ pub use manager::{Joined, NodeEvent, StoreManager, WATCH_BUFFER};
 pub use meta::{MetaDb, StoreRecord, StoreState};
 pub use node::{Node, StoreSummary};
 pub use store::{
-    ChildLink, ChildStatus, PeerInfo, PeerStatus, Store, StoreInfo, StoreStatus, Strategy,
+    ChildLink, ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention, Store,
+    StoreInfo, StoreStatus, Strategy,
 };

@@ -78,6 +78,42 @@ pub struct ChildLink {
     pub status: ChildStatus,
 }
 
+/// An intention the store type or the membership policy rejected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedIntention {
+    /// Its witness sequence number here.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: Hash,
+    /// Its author.
+    pub author: PubKey,
+    /// Its hybrid logical clock.
+    pub hlc: lattice_model::Hlc,
+    /// The partition it was written to.
+    pub partition: Partition,
+    /// Why it was rejected.
+    pub reason: String,
+}
+
+/// A witnessed intention, summarised (for history listings).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntentionSummary {
+    /// Its witness sequence number here.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: Hash,
+    /// Its author.
+    pub author: PubKey,
+    /// Its hybrid logical clock.
+    pub hlc: lattice_model::Hlc,
+    /// Its causal deps.
+    pub deps: Vec<Hash>,
+    /// Size of its ops payload.
+    pub ops_bytes: usize,
+    /// `genesis`, `system` or `data`.
+    pub partition: &'static str,
+}
+
 /// What a store looks like right now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreStatus {
@@ -100,6 +136,17 @@ pub struct StoreStatus {
 }
 
 impl StoreStatus {
+    /// `ready`, `projecting`, or `waiting for module <hash>`.
+    pub fn state(&self) -> String {
+        if self.headless {
+            format!("waiting for module {}", self.module)
+        } else if self.projected < self.witnessed {
+            "projecting".to_string()
+        } else {
+            "ready".to_string()
+        }
+    }
+
     /// As JSON.
     pub fn to_json(&self) -> Value {
         json!({
@@ -640,14 +687,16 @@ impl Store {
         Ok(self.data.rejected(0, usize::MAX)?)
     }
 
-    /// The newest `limit` rejected intentions of both partitions, newest first, as JSON
-    /// objects `{seq, hash, author, hlc, partition, reason}`.
+    /// The newest `limit` rejected intentions of both partitions, newest first.
     ///
     /// # Errors
     /// Storage failures.
-    pub fn rejected_details(&self, limit: usize) -> Result<Vec<Value>, NodeError> {
-        let mut all: Vec<(u64, &'static str, String)> = Vec::new();
-        for (partition, runtime) in [("data", &self.data), ("system", &self.system)] {
+    pub fn rejected_details(&self, limit: usize) -> Result<Vec<RejectedIntention>, NodeError> {
+        let mut all: Vec<(u64, Partition, String)> = Vec::new();
+        for (partition, runtime) in [
+            (Partition::Data, &self.data),
+            (Partition::System, &self.system),
+        ] {
             all.extend(
                 runtime
                     .rejected_newest(limit)?
@@ -664,14 +713,14 @@ impl Store {
                 continue;
             };
             let i = signed.intention();
-            out.push(json!({
-                "seq": seq,
-                "hash": signed.hash().to_string(),
-                "author": i.author().to_string(),
-                "hlc": i.hlc().to_string(),
-                "partition": partition,
-                "reason": reason,
-            }));
+            out.push(RejectedIntention {
+                seq,
+                hash: signed.hash(),
+                author: i.author(),
+                hlc: i.hlc(),
+                partition,
+                reason,
+            });
         }
         Ok(out)
     }

@@ -32,7 +32,9 @@ use crate::error::NodeError;
 use crate::invite::InviteToken;
 use crate::meta::{StoreRecord, StoreState};
 use crate::node::Node;
-use crate::store::{ChildStatus, PeerInfo, PeerStatus, Store, StoreStatus};
+use crate::store::{
+    ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention, Store, StoreStatus,
+};
 
 /// Watch events buffered per subscriber before it is told it lagged.
 pub const WATCH_BUFFER: usize = 1024;
@@ -386,25 +388,31 @@ impl StoreManager {
     ///
     /// # Errors
     /// [`NodeError::NotOpen`], storage failures.
-    pub fn history(&self, id: &StoreId, limit: usize) -> Result<Vec<Value>, NodeError> {
+    pub fn history(&self, id: &StoreId, limit: usize) -> Result<Vec<IntentionSummary>, NodeError> {
         let open = self.open_store(id)?;
         let reader = open.log.reader();
         let head = reader.status()?.head_seq;
         let from = head.saturating_sub(limit as u64).saturating_add(1).max(1);
-        let mut out: Vec<Value> = reader
+        let mut out: Vec<IntentionSummary> = reader
             .witnessed(from, limit)?
             .into_iter()
             .map(|(seq, s)| {
                 let i = s.intention();
-                json!({
-                    "seq": seq,
-                    "hash": s.hash().to_string(),
-                    "author": i.author().to_string(),
-                    "hlc": i.hlc().to_string(),
-                    "deps": i.deps().iter().map(ToString::to_string).collect::<Vec<_>>(),
-                    "ops_bytes": i.ops().len(),
-                    "partition": if i.is_genesis() { "genesis" } else if i.flags().system { "system" } else { "data" },
-                })
+                IntentionSummary {
+                    seq,
+                    hash: s.hash(),
+                    author: i.author(),
+                    hlc: i.hlc(),
+                    deps: i.deps().to_vec(),
+                    ops_bytes: i.ops().len(),
+                    partition: if i.is_genesis() {
+                        "genesis"
+                    } else if i.flags().system {
+                        "system"
+                    } else {
+                        "data"
+                    },
+                }
             })
             .collect();
         out.reverse();
@@ -416,7 +424,11 @@ impl StoreManager {
     ///
     /// # Errors
     /// [`NodeError::NotOpen`], storage failures.
-    pub fn rejected(&self, id: &StoreId, limit: usize) -> Result<Vec<Value>, NodeError> {
+    pub fn rejected(
+        &self,
+        id: &StoreId,
+        limit: usize,
+    ) -> Result<Vec<RejectedIntention>, NodeError> {
         self.with_store(id, |s| {
             s.project()?;
             s.rejected_details(limit)
