@@ -378,7 +378,7 @@ impl Store {
     /// Projects everything witnessed but not yet applied, both partitions, reading each batch
     /// of the log once: first the system partition, then the data partition with the
     /// membership filter the system table implies. Only members' intentions are projected
-    /// (see [`Store::settle`]). When a membership change touches intentions already
+    /// (see `Store::settle`). When a membership change touches intentions already
     /// witnessed (a revocation after the revoked peer's writes arrived, a peer admitted after
     /// its first writes arrived, competing revocations), membership is settled again from the
     /// start and the data partition replayed, so every peer ends with the same state whatever
