@@ -267,6 +267,31 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
         assert_eq!(get(n, &grandchild, "deep"), "yes");
     }
 
+    // C leaves the root (its children close with it) and re-joins: the children reopen
+    // without an unarchive, and C writes in them again.
+    c.leave(&store).await?;
+    assert!(matches!(c.status(&child), Err(NodeError::NotOpen(_))));
+    let token = a.invite(&store, Duration::from_secs(600))?.encode();
+    c.join(&token, |_| {}).await?;
+    let mut rejoined_write = false;
+    until(&[&c], "C's children reopened and writable", || {
+        rejoined_write = rejoined_write
+            || c.call(
+                &grandchild,
+                "put",
+                &json!({"key": "rejoined", "value": "yes"}),
+            )
+            .is_ok();
+        rejoined_write
+    })
+    .await?;
+    until(&[&a, &b], "C's write after re-joining everywhere", || {
+        [&a, &b]
+            .iter()
+            .all(|n| get(n, &grandchild, "rejoined") == "yes")
+    })
+    .await?;
+
     // Restart B: everything is still there and it keeps replicating.
     // (A restarted node may author again at once — e.g. its new address — so compare what
     // it kept, not the whole digest.)

@@ -119,6 +119,13 @@ impl StoreManager {
             if let Err(e) = self.mirror_membership(id) {
                 warn!(store = %id.short(), "could not pass a membership change to child stores: {e}");
             }
+            // A child's own record may have drifted from its parent's (a peer's leave that
+            // arrived after its re-join was mirrored): the parent's writer sets it right.
+            if let Some(parent) = open.parent
+                && let Err(e) = self.mirror_membership(&parent)
+            {
+                warn!(store = %id.short(), "could not re-check a child's membership: {e}");
+            }
         }
         if system_events.iter().any(|e| e.topic == "child") {
             Box::pin(self.reconcile_children(id)).await?;
