@@ -45,7 +45,6 @@ pub const MAX_REFUSED: usize = 64;
 #[derive(Debug)]
 pub struct System;
 
-const PEER_STATUSES: &[&str] = &["invited", "active", "dormant", "revoked"];
 const CHILD_STATUSES: &[&str] = &["active", "archived"];
 
 fn table() -> LwwTable {
@@ -97,6 +96,16 @@ fn one_of(args: &Args, name: &str, allowed: &[&str]) -> Result<String, StoreErro
     Ok(text)
 }
 
+/// The peer statuses, as the table spells them (for messages).
+fn peer_statuses() -> String {
+    PeerStatus::ALL.map(PeerStatus::as_str).join(", ")
+}
+
+fn peer_status_arg(args: &Args) -> Result<PeerStatus, StoreError> {
+    PeerStatus::parse(&args.text("status")?)
+        .ok_or_else(|| invalid(format!("`status` must be one of {}", peer_statuses())))
+}
+
 fn seq_arg(args: &Args, name: &str) -> Result<Option<u64>, StoreError> {
     match args.opt_integer(name)? {
         None => Ok(None),
@@ -138,8 +147,7 @@ fn entries_for(host: &dyn Host, method: &str, args: &Args) -> Result<Vec<Entry>,
         }
         "set-peer-status" => {
             let peer = id_arg(args, "peer")?;
-            let status = PeerStatus::parse(&one_of(args, "status", PEER_STATUSES)?)
-                .ok_or_else(|| invalid("unknown peer status".into()))?;
+            let status = peer_status_arg(args)?;
             let key = format!("peer/{peer}/status");
             let (current, _) = t.get_json(host, &key)?;
             let mut refused = refused_of(current.as_ref());
@@ -323,7 +331,7 @@ fn validate(key: &str, value: Option<&Value>) -> Result<(), StoreError> {
                     key,
                     &format!(
                         "`status` must be one of {} with `refused` ranges",
-                        PEER_STATUSES.join(", ")
+                        peer_statuses()
                     ),
                 ));
             };

@@ -79,6 +79,19 @@ fn status_of(e: NodeError) -> Status {
     coded(code, stable, text)
 }
 
+/// Runs `f` with the node off the async workers (it may touch redb, guests or fsync) and
+/// turns its error into a status.
+async fn blocking<T: Send + 'static>(
+    manager: &StoreManager,
+    f: impl FnOnce(&StoreManager) -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, Status> {
+    let manager = manager.clone();
+    tokio::task::spawn_blocking(move || f(&manager))
+        .await
+        .map_err(|e| Status::internal(format!("the node's task failed: {e}")))?
+        .map_err(status_of)
+}
+
 fn reply(value: Value) -> Result<Response<v1::JsonReply>, Status> {
     Ok(Response::new(v1::JsonReply {
         json: value.to_string(),
@@ -276,11 +289,7 @@ impl store_service_server::StoreService for Api {
         req: Request<v1::StoreRequest>,
     ) -> Result<Response<v1::StoreStatus>, Status> {
         let id = self.find(&req.into_inner().store)?;
-        let manager = self.manager.clone();
-        let status = tokio::task::spawn_blocking(move || manager.status(&id))
-            .await
-            .map_err(|e| Status::internal(format!("task failed: {e}")))?;
-        match status {
+        match blocking(&self.manager, move |m| Ok(m.status(&id))).await? {
             Ok(s) => Ok(Response::new(v1::StoreStatus {
                 store: s.id.to_string(),
                 name: s.name.clone(),
@@ -318,13 +327,10 @@ impl store_service_server::StoreService for Api {
         req: Request<v1::StoreRequest>,
     ) -> Result<Response<v1::JsonReply>, Status> {
         let id = self.find(&req.into_inner().store)?;
-        let manager = self.manager.clone();
-        let (descriptor, status) = tokio::task::spawn_blocking(move || {
-            Ok::<_, NodeError>((manager.describe(&id)?, manager.status(&id)?))
+        let (descriptor, status) = blocking(&self.manager, move |m| {
+            Ok((m.describe(&id)?, m.status(&id)?))
         })
-        .await
-        .map_err(|e| Status::internal(format!("task failed: {e}")))?
-        .map_err(status_of)?;
+        .await?;
         reply(json!({
             "store": status.id.to_string(),
             "module": status.module,
@@ -339,11 +345,8 @@ impl store_service_server::StoreService for Api {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
         let limit = if req.limit == 0 { 20 } else { req.limit } as usize;
-        let manager = self.manager.clone();
-        let items = tokio::task::spawn_blocking(move || manager.history(&id, limit))
-            .await
-            .map_err(|e| Status::internal(format!("task failed: {e}")))?
-            .map_err(status_of)?
+        let items = blocking(&self.manager, move |m| m.history(&id, limit))
+            .await?
             .into_iter()
             .map(|i| v1::IntentionInfo {
                 seq: i.seq,
@@ -365,11 +368,8 @@ impl store_service_server::StoreService for Api {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
         let limit = if req.limit == 0 { 50 } else { req.limit } as usize;
-        let manager = self.manager.clone();
-        let items = tokio::task::spawn_blocking(move || manager.rejected(&id, limit))
-            .await
-            .map_err(|e| Status::internal(format!("task failed: {e}")))?
-            .map_err(status_of)?
+        let items = blocking(&self.manager, move |m| m.rejected(&id, limit))
+            .await?
             .into_iter()
             .map(|r| v1::RejectedIntention {
                 seq: r.seq,
@@ -391,13 +391,8 @@ impl store_service_server::StoreService for Api {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
         let args = self.call_args(&id, &req)?;
-        let manager = self.manager.clone();
         let method = req.method.clone();
-        // Guest calls and durable writes block: keep them off the async workers.
-        let result = tokio::task::spawn_blocking(move || manager.call(&id, &method, &args))
-            .await
-            .map_err(|e| Status::internal(format!("call task failed: {e}")))?
-            .map_err(status_of)?;
+        let result = blocking(&self.manager, move |m| m.call(&id, &method, &args)).await?;
         reply(result)
     }
 
@@ -520,11 +515,7 @@ impl store_service_server::StoreService for Api {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
         let peer = self.manager.find_peer(&id, &req.peer).map_err(status_of)?;
-        let manager = self.manager.clone();
-        let mut result = tokio::task::spawn_blocking(move || manager.revoke_peer(&id, &peer))
-            .await
-            .map_err(|e| Status::internal(format!("revoke task failed: {e}")))?
-            .map_err(status_of)?;
+        let mut result = blocking(&self.manager, move |m| m.revoke_peer(&id, &peer)).await?;
         result["peer"] = json!(peer.to_string());
         reply(result)
     }
@@ -535,11 +526,8 @@ impl store_service_server::StoreService for Api {
     ) -> Result<Response<v1::PeerList>, Status> {
         let id = self.find(&req.into_inner().store)?;
         let me = self.manager.node().key().public();
-        let manager = self.manager.clone();
-        let items = tokio::task::spawn_blocking(move || manager.peers(&id))
-            .await
-            .map_err(|e| Status::internal(format!("task failed: {e}")))?
-            .map_err(status_of)?
+        let items = blocking(&self.manager, move |m| m.peers(&id))
+            .await?
             .into_iter()
             .map(|p| v1::Peer {
                 key: p.key.to_string(),

@@ -56,6 +56,8 @@ pub struct PeerInfo {
     pub refused: Vec<(u64, Option<u64>)>,
     /// The intention that wrote its status (absent in records from before stamping).
     pub written_in: Option<Hash>,
+    /// The peer that wrote its status (stamped with `written_in`).
+    pub written_by: Option<PubKey>,
 }
 
 impl PeerInfo {
@@ -158,7 +160,7 @@ impl StoreStatus {
             "projected": self.projected,
             "floating": self.floating,
             "rejected": self.rejected,
-            "state": if self.headless { format!("waiting for module {}", self.module) } else if self.projected < self.witnessed { "projecting".to_string() } else { "ready".to_string() },
+            "state": self.state(),
         })
     }
 }
@@ -343,24 +345,8 @@ impl Store {
         filter.admit(self.creator);
         for round in 0..MAX_SETTLE_ROUNDS {
             self.system.reset()?;
-            self.filter = filter.clone();
-            loop {
-                let batch = self
-                    .log
-                    .reader()
-                    .witnessed(self.system.cursor() + 1, PROJECT_BATCH)?;
-                if batch.is_empty() {
-                    break;
-                }
-                let mut report = ProjectReport::default();
-                self.system.apply_witnessed(
-                    self.log.reader(),
-                    &batch,
-                    &self.filter,
-                    &mut report,
-                )?;
-                self.system_events.extend(report.events);
-            }
+            let report = self.system.project(self.log.reader(), &filter)?;
+            self.system_events.extend(report.events);
             let fresh = self.read_filter()?;
             if fresh == filter {
                 break;
@@ -592,6 +578,7 @@ impl Store {
                     addrs: item.addrs,
                     refused: item.refused,
                     written_in: item.op.and_then(|h| Hash::from_hex(&h).ok()),
+                    written_by: item.by.as_deref().and_then(parse_key),
                 })
             })
             .collect())

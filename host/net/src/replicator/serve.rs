@@ -2,28 +2,26 @@
 
 use super::*;
 
-/// A join request before its reply channel is attached.
-struct JoinRequestParts {
-    peer: PubKey,
-    store: StoreId,
-    secret: [u8; 32],
-    tip: u64,
-    children: Vec<(StoreId, u64)>,
-}
-
 impl Replicator {
     /// Hands a join to the node and waits (bounded) for its answer.
-    async fn ask_join(&self, parts: JoinRequestParts) -> Result<(), String> {
+    async fn ask_join(
+        &self,
+        peer: PubKey,
+        store: StoreId,
+        secret: [u8; 32],
+        tip: u64,
+        children: Vec<(StoreId, u64)>,
+    ) -> Result<(), String> {
         let Some(joins) = lock(&self.inner.joins).clone() else {
             return Err("this node does not accept joins".into());
         };
         let (reply, answer) = tokio::sync::oneshot::channel();
         let request = JoinRequest {
-            peer: parts.peer,
-            store: parts.store,
-            secret: parts.secret,
-            tip: parts.tip,
-            children: parts.children,
+            peer,
+            store,
+            secret,
+            tip,
+            children,
             reply,
         };
         if joins.send(request).await.is_err() {
@@ -88,15 +86,7 @@ impl Replicator {
                 tip,
                 children,
             }) => {
-                let answer = self
-                    .ask_join(JoinRequestParts {
-                        peer,
-                        store,
-                        secret,
-                        tip,
-                        children,
-                    })
-                    .await;
+                let answer = self.ask_join(peer, store, secret, tip, children).await;
                 let _ = match answer {
                     Ok(()) => {
                         info!(peer = %peer.short(), store = %store.short(), "peer joined");

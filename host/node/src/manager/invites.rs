@@ -80,15 +80,16 @@ impl StoreManager {
             ));
         }
         let hash = hex::encode(InviteToken::secret_hash(&secret));
-        let status = self
+        let (peers, invite) = self
             .with_store(&store, |s| {
                 s.project()?;
-                s.peers()
+                Ok((
+                    s.peers()?,
+                    s.system_query("invite", &json!({"hash": hash}))?,
+                ))
             })
-            .map_err(|e| format!("the inviter could not read the store's peers: {e}"))?
-            .into_iter()
-            .find(|p| p.key == peer)
-            .map(|p| p.status);
+            .map_err(|e| format!("the inviter could not check the invite: {e}"))?;
+        let status = peers.into_iter().find(|p| p.key == peer).map(|p| p.status);
         if matches!(status, Some(PeerStatus::Active | PeerStatus::Dormant)) {
             return Err(ALREADY_MEMBER.into());
         }
@@ -103,12 +104,6 @@ impl StoreManager {
                 resume.insert((*child, peer), *at);
             }
         }
-        let invite = self
-            .with_store(&store, |s| {
-                s.project()?;
-                s.system_query("invite", &json!({"hash": hash}))
-            })
-            .map_err(|e| format!("the inviter could not check the invite: {e}"))?;
         let invite: Option<lattice_system_types::InviteRecord> = serde_json::from_value(invite)
             .map_err(|e| format!("the inviter's invite record is malformed: {e}"))?;
         let Some(invite) = invite else {

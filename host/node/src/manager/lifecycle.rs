@@ -116,15 +116,16 @@ impl StoreManager {
             .any(|e| e.topic == "peer" || e.topic == "store")
         {
             self.update_members(id);
-            if let Err(e) = self.mirror_membership(id) {
+            // Mirroring from the parent covers this store (its record may have drifted from
+            // the parent's, as when a peer's leave arrives after its re-join was mirrored)
+            // and everything below it; a store with its own peers mirrors from itself.
+            let inherits = matches!(self.with_store(id, |s| s.inherits_from()), Ok(Some(_)));
+            let from = match open.parent {
+                Some(parent) if inherits => parent,
+                _ => *id,
+            };
+            if let Err(e) = self.mirror_membership(&from) {
                 warn!(store = %id.short(), "could not pass a membership change to child stores: {e}");
-            }
-            // A child's own record may have drifted from its parent's (a peer's leave that
-            // arrived after its re-join was mirrored): the parent's writer sets it right.
-            if let Some(parent) = open.parent
-                && let Err(e) = self.mirror_membership(&parent)
-            {
-                warn!(store = %id.short(), "could not re-check a child's membership: {e}");
             }
         }
         if system_events.iter().any(|e| e.topic == "child") {

@@ -76,24 +76,21 @@ impl StoreManager {
         if children.is_empty() {
             return Ok(());
         }
-        let writer_of = |peer: &PeerInfo| -> Result<Option<PubKey>, NodeError> {
-            let Some(op) = peer.written_in else {
-                return Ok(None);
-            };
-            let open = self.open_store(parent)?;
-            Ok(open.log.reader().dag_info(&op)?.map(|i| i.author))
-        };
-        let mut mine = Vec::new();
-        for peer in self.with_store(parent, |s| s.peers())? {
-            if writer_of(&peer)? == Some(me) {
-                mine.push(peer);
-            }
-        }
+        let mine: Vec<PeerInfo> = self
+            .with_store(parent, |s| s.peers())?
+            .into_iter()
+            .filter(|peer| peer.written_by == Some(me))
+            .collect();
         for (child, open) in children {
-            if !matches!(self.with_store(&child, |s| s.inherits_from()), Ok(Some(_))) {
+            let recorded = self.with_store(&child, |s| {
+                Ok(match s.inherits_from()? {
+                    Some(_) => Some(s.peers()?),
+                    None => None,
+                })
+            });
+            let Ok(Some(recorded)) = recorded else {
                 continue;
-            }
-            let recorded = self.with_store(&child, |s| s.peers())?;
+            };
             let mut ops = Vec::new();
             for peer in &mine {
                 let now = recorded
@@ -106,12 +103,7 @@ impl StoreManager {
                 let position = chain_position(&open.log, &peer.key)?;
                 let args = match peer.status {
                     PeerStatus::Revoked => {
-                        // Leaving: this node's own revocation must still count.
-                        let cut = if peer.key == me {
-                            position + 1
-                        } else {
-                            position
-                        };
+                        let cut = self.revocation_cut(&open.log, &peer.key)?;
                         json!({"peer": peer.key.to_string(), "status": "revoked", "cut": cut})
                     }
                     PeerStatus::Active | PeerStatus::Dormant => {
@@ -139,6 +131,18 @@ impl StoreManager {
             self.mirror_membership(&child)?;
         }
         Ok(())
+    }
+
+    /// Where a revocation of `peer` written now by this node cuts its chain in `log`: the
+    /// newest position seen here — one further when this node revokes itself (leaving), as
+    /// the revocation is then its own next intention and must still count.
+    fn revocation_cut(&self, log: &Log, peer: &PubKey) -> Result<u64, NodeError> {
+        let seen = chain_position(log, peer)?;
+        Ok(if *peer == self.inner.node.key().public() {
+            seen + 1
+        } else {
+            seen
+        })
     }
 
     /// Records this node's current direct addresses in a root store's system table when they
@@ -250,11 +254,7 @@ impl StoreManager {
     pub(super) fn revoke(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
         self.require_own_peers(id)?;
         let open = self.open_store(id)?;
-        let mut cut = chain_position(&open.log, peer)?;
-        if *peer == self.inner.node.key().public() {
-            // Leaving: the revocation is this node's next intention and must still count.
-            cut += 1;
-        }
+        let cut = self.revocation_cut(&open.log, peer)?;
         let result = self.system_call(
             id,
             "set-peer-status",
