@@ -79,19 +79,6 @@ fn status_of(e: NodeError) -> Status {
     coded(code, stable, text)
 }
 
-/// Runs `f` with the node off the async workers (it may touch redb, guests or fsync) and
-/// turns its error into a status.
-async fn blocking<T: Send + 'static>(
-    manager: &StoreManager,
-    f: impl FnOnce(&StoreManager) -> Result<T, NodeError> + Send + 'static,
-) -> Result<T, Status> {
-    let manager = manager.clone();
-    tokio::task::spawn_blocking(move || f(&manager))
-        .await
-        .map_err(|e| Status::internal(format!("the node's task failed: {e}")))?
-        .map_err(status_of)
-}
-
 fn reply(value: Value) -> Result<Response<v1::JsonReply>, Status> {
     Ok(Response::new(v1::JsonReply {
         json: value.to_string(),
@@ -153,13 +140,13 @@ impl Api {
     }
 
     /// Builds the JSON arguments of a call from `args_json` or `name=value` words.
-    fn call_args(&self, id: &StoreId, req: &v1::CallRequest) -> Result<Value, Status> {
+    async fn call_args(&self, id: &StoreId, req: &v1::CallRequest) -> Result<Value, Status> {
         if !req.args_json.trim().is_empty() {
             let value: Value = serde_json::from_str(&req.args_json)
                 .map_err(|e| Status::invalid_argument(format!("arguments are not JSON: {e}")))?;
             return Ok(value);
         }
-        let descriptor = self.manager.describe(id).map_err(status_of)?;
+        let descriptor = self.manager.describe(id).await.map_err(status_of)?;
         let info = descriptor.method(&req.method).ok_or_else(|| {
             let names: Vec<&str> = descriptor.methods.iter().map(|m| m.name.as_str()).collect();
             Status::invalid_argument(format!(
@@ -227,11 +214,10 @@ impl node_service_server::NodeService for Api {
         let me = self.manager.node().key().public().to_string();
         for r in self.manager.list().map_err(status_of)? {
             if r.parent.is_none() && r.state == lattice_node::StoreState::Active {
-                let result = self.manager.system_call(
-                    &r.id,
-                    "set-peer-name",
-                    &json!({"peer": me, "name": name}),
-                );
+                let result = self
+                    .manager
+                    .system_call(&r.id, "set-peer-name", &json!({"peer": me, "name": name}))
+                    .await;
                 if let Err(e) = result {
                     warn!(store = %r.id.short(), "could not publish the node name: {e}");
                 }
@@ -289,7 +275,7 @@ impl store_service_server::StoreService for Api {
         req: Request<v1::StoreRequest>,
     ) -> Result<Response<v1::StoreStatus>, Status> {
         let id = self.find(&req.into_inner().store)?;
-        match blocking(&self.manager, move |m| Ok(m.status(&id))).await? {
+        match self.manager.status(&id).await {
             Ok(s) => Ok(Response::new(v1::StoreStatus {
                 store: s.id.to_string(),
                 name: s.name.clone(),
@@ -327,10 +313,8 @@ impl store_service_server::StoreService for Api {
         req: Request<v1::StoreRequest>,
     ) -> Result<Response<v1::JsonReply>, Status> {
         let id = self.find(&req.into_inner().store)?;
-        let (descriptor, status) = blocking(&self.manager, move |m| {
-            Ok((m.describe(&id)?, m.status(&id)?))
-        })
-        .await?;
+        let descriptor = self.manager.describe(&id).await.map_err(status_of)?;
+        let status = self.manager.status(&id).await.map_err(status_of)?;
         reply(json!({
             "store": status.id.to_string(),
             "module": status.module,
@@ -345,8 +329,11 @@ impl store_service_server::StoreService for Api {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
         let limit = if req.limit == 0 { 20 } else { req.limit } as usize;
-        let items = blocking(&self.manager, move |m| m.history(&id, limit))
-            .await?
+        let items = self
+            .manager
+            .history(&id, limit)
+            .await
+            .map_err(status_of)?
             .into_iter()
             .map(|i| v1::IntentionInfo {
                 seq: i.seq,
@@ -368,8 +355,11 @@ impl store_service_server::StoreService for Api {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
         let limit = if req.limit == 0 { 50 } else { req.limit } as usize;
-        let items = blocking(&self.manager, move |m| m.rejected(&id, limit))
-            .await?
+        let items = self
+            .manager
+            .rejected(&id, limit)
+            .await
+            .map_err(status_of)?
             .into_iter()
             .map(|r| v1::RejectedIntention {
                 seq: r.seq,
@@ -390,9 +380,12 @@ impl store_service_server::StoreService for Api {
     async fn call(&self, req: Request<v1::CallRequest>) -> Result<Response<v1::JsonReply>, Status> {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
-        let args = self.call_args(&id, &req)?;
-        let method = req.method.clone();
-        let result = blocking(&self.manager, move |m| m.call(&id, &method, &args)).await?;
+        let args = self.call_args(&id, &req).await?;
+        let result = self
+            .manager
+            .call(&id, &req.method, &args)
+            .await
+            .map_err(status_of)?;
         reply(result)
     }
 
@@ -463,6 +456,7 @@ impl store_service_server::StoreService for Api {
         let token = self
             .manager
             .invite(&id, Duration::from_secs(ttl))
+            .await
             .map_err(status_of)?;
         Ok(Response::new(v1::InviteReply {
             token: token.encode(),
@@ -514,8 +508,16 @@ impl store_service_server::StoreService for Api {
     ) -> Result<Response<v1::JsonReply>, Status> {
         let req = req.into_inner();
         let id = self.find(&req.store)?;
-        let peer = self.manager.find_peer(&id, &req.peer).map_err(status_of)?;
-        let mut result = blocking(&self.manager, move |m| m.revoke_peer(&id, &peer)).await?;
+        let peer = self
+            .manager
+            .find_peer(&id, &req.peer)
+            .await
+            .map_err(status_of)?;
+        let mut result = self
+            .manager
+            .revoke_peer(&id, &peer)
+            .await
+            .map_err(status_of)?;
         result["peer"] = json!(peer.to_string());
         reply(result)
     }
@@ -526,8 +528,11 @@ impl store_service_server::StoreService for Api {
     ) -> Result<Response<v1::PeerList>, Status> {
         let id = self.find(&req.into_inner().store)?;
         let me = self.manager.node().key().public();
-        let items = blocking(&self.manager, move |m| m.peers(&id))
-            .await?
+        let items = self
+            .manager
+            .peers(&id)
+            .await
+            .map_err(status_of)?
             .into_iter()
             .map(|p| v1::Peer {
                 key: p.key.to_string(),

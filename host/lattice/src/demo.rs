@@ -57,7 +57,10 @@ async fn converge(
         })
         .collect();
     let result = loop {
-        let digests: Vec<Option<Hash>> = nodes.iter().map(|n| n.state_digest(store).ok()).collect();
+        let mut digests: Vec<Option<Hash>> = Vec::with_capacity(nodes.len());
+        for n in nodes {
+            digests.push(n.state_digest(store).await.ok());
+        }
         if digests[0].is_some() && digests.iter().all(|d| *d == digests[0]) {
             break Ok(start.elapsed());
         }
@@ -82,17 +85,15 @@ async fn write_keys(
     prefix: String,
     count: u32,
 ) -> anyhow::Result<()> {
-    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        for i in 0..count {
-            node.call(
-                &store,
-                "put",
-                &json!({"key": format!("{prefix}-{i:04}"), "value": format!("{i}")}),
-            )?;
-        }
-        Ok(())
-    })
-    .await?
+    for i in 0..count {
+        node.call(
+            &store,
+            "put",
+            &json!({"key": format!("{prefix}-{i:04}"), "value": format!("{i}")}),
+        )
+        .await?;
+    }
+    Ok(())
 }
 
 fn ms(d: Duration) -> u64 {
@@ -125,7 +126,7 @@ async fn demo(args: DemoArgs, out: &Output) -> anyhow::Result<()> {
     out.progress("[2] A invites B and C; each joins with its token (one-time, expires in 10 min)");
     let mut join_ms = Vec::new();
     for (name, joiner) in [("B", b), ("C", c)] {
-        let token = a.invite(&store, Duration::from_secs(600))?.encode();
+        let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
         let start = Instant::now();
         let joined = joiner
             .join(&token, |_| {})
@@ -147,7 +148,8 @@ async fn demo(args: DemoArgs, out: &Output) -> anyhow::Result<()> {
     let mut writers = Vec::new();
     for (i, node) in nodes.iter().enumerate() {
         let color = ["red", "blue", "yellow"][i];
-        node.call(&store, "put", &json!({"key": "color", "value": color}))?;
+        node.call(&store, "put", &json!({"key": "color", "value": color}))
+            .await?;
         writers.push(tokio::spawn(write_keys(
             node.clone(),
             store,
@@ -169,8 +171,10 @@ async fn demo(args: DemoArgs, out: &Output) -> anyhow::Result<()> {
 
     out.progress("[4] partition: C goes offline; A and C both write, including `color`");
     c.replicator().set_online(false);
-    a.call(&store, "put", &json!({"key": "color", "value": "green"}))?;
-    c.call(&store, "put", &json!({"key": "color", "value": "purple"}))?;
+    a.call(&store, "put", &json!({"key": "color", "value": "green"}))
+        .await?;
+    c.call(&store, "put", &json!({"key": "color", "value": "purple"}))
+        .await?;
     let side_a = tokio::spawn(write_keys(
         a.clone(),
         store,
@@ -186,7 +190,7 @@ async fn demo(args: DemoArgs, out: &Output) -> anyhow::Result<()> {
     side_a.await??;
     side_c.await??;
     converge(&nodes[..2], &store, Duration::from_secs(120)).await?;
-    let differs = c.state_digest(&store)? != a.state_digest(&store)?;
+    let differs = c.state_digest(&store).await? != a.state_digest(&store).await?;
     out.progress(&format!(
         "    A and B agree; C {}",
         if differs {
@@ -201,13 +205,13 @@ async fn demo(args: DemoArgs, out: &Output) -> anyhow::Result<()> {
     let healed = converge(&nodes, &store, Duration::from_secs(120)).await?;
     out.progress(&format!("    converged {} ms after the heal", ms(healed)));
 
-    let digests: Vec<Hash> = nodes
-        .iter()
-        .map(|n| n.state_digest(&store))
-        .collect::<Result<_, _>>()?;
+    let mut digests: Vec<Hash> = Vec::with_capacity(nodes.len());
+    for n in &nodes {
+        digests.push(n.state_digest(&store).await?);
+    }
     let agree = digests.iter().all(|d| *d == digests[0]);
-    let color = a.call(&store, "inspect", &json!({"key": "color"}))?;
-    let listed = a.call(&store, "list", &json!({"limit": 100_000}))?;
+    let color = a.call(&store, "inspect", &json!({"key": "color"})).await?;
+    let listed = a.call(&store, "list", &json!({"limit": 100_000})).await?;
     let keys = listed["items"].as_array().map_or(0, Vec::len);
     let heads: Vec<Value> = color["heads"].as_array().cloned().unwrap_or_default();
     let head_values: Vec<String> = heads

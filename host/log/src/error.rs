@@ -188,6 +188,10 @@ pub enum AuthorError {
     /// Signing failed.
     #[error(transparent)]
     Sign(#[from] SignError),
+    /// A built intention no longer continues this node's chain (another local write was
+    /// witnessed first), or follows one that did not.
+    #[error("intention {0} was built on a stale chain tip")]
+    Stale(Hash),
     /// The log failed.
     #[error(transparent)]
     Log(#[from] Error),

@@ -104,6 +104,11 @@ pub(crate) enum Command {
         draft: Draft,
         reply: oneshot::Sender<Result<Authored, AuthorError>>,
     },
+    /// Local intentions built ahead by a [`ChainBuilder`](crate::ChainBuilder).
+    WitnessBuilt {
+        run: Vec<crate::chain::Built>,
+        reply: oneshot::Sender<Result<Vec<Result<Authored, AuthorError>>, Error>>,
+    },
     /// Answered once no floating intention is left to re-check.
     Settle { reply: oneshot::Sender<()> },
 }
@@ -119,6 +124,10 @@ impl Command {
                     .sum(),
             ),
             Command::Author { draft, .. } => (1, draft.ops.len()),
+            Command::WitnessBuilt { run, .. } => (
+                run.len(),
+                run.iter().map(|b| b.signed.as_bytes().len()).sum(),
+            ),
             Command::Settle { .. } => (0, 0),
         }
     }
@@ -166,6 +175,10 @@ enum Reply {
     Author(
         oneshot::Sender<Result<Authored, AuthorError>>,
         Result<Authored, AuthorError>,
+    ),
+    Built(
+        oneshot::Sender<Result<Vec<Result<Authored, AuthorError>>, Error>>,
+        Vec<Result<Authored, AuthorError>>,
     ),
 }
 
@@ -227,6 +240,9 @@ impl IngestActor {
                         Reply::Author(tx, result) => {
                             let _ = tx.send(result);
                         }
+                        Reply::Built(tx, results) => {
+                            let _ = tx.send(Ok(results));
+                        }
                         Reply::Settle(_) => {}
                     }
                 }
@@ -240,6 +256,9 @@ impl IngestActor {
                         }
                         Reply::Author(tx, _) => {
                             let _ = tx.send(Err(AuthorError::Log(err.clone())));
+                        }
+                        Reply::Built(tx, _) => {
+                            let _ = tx.send(Err(err.clone()));
                         }
                         Reply::Settle(tx) => self.settling.push(tx),
                     }
@@ -305,6 +324,13 @@ impl IngestActor {
                         replies.push(Reply::Ingest(reply, results));
                     }
                     Command::Settle { reply } => self.settling.push(reply),
+                    Command::WitnessBuilt { run, reply } => match batch.witness_built(run) {
+                        Ok(results) => replies.push(Reply::Built(reply, results)),
+                        Err(e) => {
+                            replies.push(Reply::Built(reply, Vec::new()));
+                            return Err(e);
+                        }
+                    },
                     Command::Author { draft, reply } => {
                         // Consecutive local writes are built together so they can be signed
                         // in parallel.
@@ -346,6 +372,7 @@ impl IngestActor {
                     Command::Author { reply, .. } => {
                         Reply::Author(reply, Err(AuthorError::Log(e.clone())))
                     }
+                    Command::WitnessBuilt { reply, .. } => Reply::Built(reply, Vec::new()),
                     Command::Settle { reply } => Reply::Settle(reply),
                 })
                 .collect();

@@ -35,6 +35,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod chain;
 mod config;
 mod dag;
 mod error;
@@ -46,6 +47,7 @@ mod synth;
 mod tables;
 mod writer;
 
+pub use chain::{Built, ChainBuilder};
 pub use config::{LogConfig, system_now_ms};
 pub use error::{
     AuthorError, CorruptError, Error, IngestError, OpenError, QueryError, StorageError,

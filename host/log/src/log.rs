@@ -13,6 +13,7 @@ use lattice_model::{
 use redb::{Database, ReadableTable};
 use tracing::{info, warn};
 
+use crate::chain::{Built, ChainBuilder};
 use crate::config::LogConfig;
 use crate::dag::FrontierCache;
 
@@ -40,6 +41,7 @@ pub struct Log {
     inbox: Option<SyncSender<Command>>,
     reader: LogReader,
     store_id: StoreId,
+    key: NodeKey,
     config: LogConfig,
     thread: Option<JoinHandle<()>>,
 }
@@ -78,7 +80,7 @@ impl Log {
         let (tx, rx) = sync_channel(config.inbox.max(1));
         let actor = IngestActor {
             db: db.clone(),
-            key,
+            key: key.clone(),
             store_id,
             config: config.clone(),
             state,
@@ -95,6 +97,7 @@ impl Log {
             inbox: Some(tx),
             reader: LogReader::new(db, store_id, config.query_visit_cap),
             store_id,
+            key,
             config,
             thread: Some(thread),
         })
@@ -147,6 +150,30 @@ impl Log {
         if let Err(err) = self.send(Command::Author { draft, reply: tx }) {
             let (tx, rx) = oneshot::channel();
             let _ = tx.send(Err(AuthorError::Log(err)));
+            return Pending(rx);
+        }
+        Pending(rx)
+    }
+
+    /// Starts building this node's next intentions from its witnessed tip (see
+    /// [`ChainBuilder`]).
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure.
+    pub fn chain_builder(&self) -> Result<ChainBuilder, Error> {
+        ChainBuilder::start(self.key.clone(), &self.reader, self.config.now_ms)
+    }
+
+    /// Queues a run of intentions built by a [`ChainBuilder`] for witnessing in one group
+    /// commit; the reply (one result per intention, in order) arrives once they are durable.
+    pub fn submit_built(
+        &self,
+        run: Vec<Built>,
+    ) -> Pending<Result<Vec<Result<Authored, AuthorError>>, Error>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(err) = self.send(Command::WitnessBuilt { run, reply: tx }) {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(err));
             return Pending(rx);
         }
         Pending(rx)

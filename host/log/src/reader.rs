@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use lattice_model::{
-    ChainVerifier, Hash, PubKey, Signature, SignedIntention, StoreId, WitnessAttestation,
+    ChainVerifier, Hash, Hlc, PubKey, Signature, SignedIntention, StoreId, WitnessAttestation,
     WitnessRecord, verify_batch,
 };
 use redb::{
@@ -15,7 +15,7 @@ use crate::error::{CorruptError, Error, QueryError};
 use crate::sync_index::SyncSnapshot;
 use crate::tables::{
     ATTESTATIONS, CHECKPOINTS, DAG, DagEntry, FLOATING, FloatingCounters, INDEX, INTENTIONS, META,
-    META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_tip,
+    META_CLOCK, META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_hlc, decode_tip,
 };
 
 /// A witnessed intention's sequence number and stored bytes.
@@ -196,6 +196,46 @@ impl LogReader {
             author: e.author,
             parents,
         }))
+    }
+
+    /// Returns the HLC of a witnessed intention.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a malformed entry.
+    pub fn hlc_of(&self, hash: &Hash) -> Result<Option<Hlc>, Error> {
+        let dag = self.dag()?;
+        let Some(seq) = dag.seq_of(hash)? else {
+            return Ok(None);
+        };
+        Ok(dag.entry(seq)?.map(|e| e.hlc))
+    }
+
+    /// Returns one author's newest witnessed intention with its chain position and HLC.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a malformed entry.
+    pub fn tip_entry(&self, author: &PubKey) -> Result<Option<(Hash, u64, Hlc)>, Error> {
+        let Some(hash) = self.tip(author)? else {
+            return Ok(None);
+        };
+        let dag = self.dag()?;
+        let Some(seq) = dag.seq_of(&hash)? else {
+            return Ok(None);
+        };
+        Ok(dag.entry(seq)?.map(|e| (hash, e.author_seq, e.hlc)))
+    }
+
+    /// The highest timestamp this node issued or observed, as of the last commit.
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a malformed record.
+    pub fn clock(&self) -> Result<Hlc, Error> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(match meta.get(META_CLOCK)? {
+            Some(v) => decode_hlc(v.value())?,
+            None => Hlc::ZERO,
+        })
     }
 
     /// Returns every author's newest witnessed intention, ordered by author.

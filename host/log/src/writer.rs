@@ -483,6 +483,41 @@ impl<'a, 't> Batch<'a, 't> {
         Ok(out)
     }
 
+    /// Witnesses local intentions built ahead of time, in order. One that no longer continues
+    /// this node's chain (or cites what is not witnessed) is refused, and so is the rest of
+    /// the run after it.
+    pub(crate) fn witness_built(
+        &mut self,
+        run: Vec<crate::chain::Built>,
+    ) -> Result<Vec<Result<Authored, AuthorError>>, Error> {
+        let mut out = Vec::with_capacity(run.len());
+        let mut broken = false;
+        for built in run {
+            let signed = built.signed;
+            if broken {
+                out.push(Err(AuthorError::Stale(signed.hash())));
+                continue;
+            }
+            match self.classify(signed.intention(), signed.hash())? {
+                Readiness::Ready(entry) => {
+                    self.state.clock.observe(signed.intention().hlc());
+                    let seq = self.witness(&signed, entry)?;
+                    out.push(Ok(Authored {
+                        hash: signed.hash(),
+                        seq,
+                        hlc: signed.intention().hlc(),
+                        intention: signed,
+                    }));
+                }
+                Readiness::Missing(_) | Readiness::Invalid(_) => {
+                    broken = true;
+                    out.push(Err(AuthorError::Stale(signed.hash())));
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// Attests the new head (when anything was witnessed) and persists counters.
     pub(crate) fn finish(mut self, key: &NodeKey) -> Result<LogState, Error> {
         sync_index::insert_many(

@@ -25,6 +25,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod actor;
 mod data_dir;
 mod error;
 mod genesis;
@@ -35,6 +36,7 @@ mod meta;
 mod node;
 mod store;
 
+pub use actor::{CallReply, FLUSH_INTERVAL};
 pub use data_dir::DataDir;
 pub use error::{NodeError, RejectKind};
 pub use genesis::StoreGenesis;
@@ -45,5 +47,5 @@ pub use meta::{MetaDb, StoreRecord, StoreState};
 pub use node::{Node, StoreSummary};
 pub use store::{
     ChildLink, ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention, Store,
-    StoreInfo, StoreStatus, Strategy,
+    StoreInfo, StoreStatus, Strategy, Written,
 };

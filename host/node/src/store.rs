@@ -1,9 +1,10 @@
 //! [`Store`]: one open store: its log, its two projections (data partition by the store's
 //! module, system partition by the system table guest), and the call path that joins them.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use lattice_log::{Draft, Log};
+use lattice_log::{Authored, Built, Draft, Log};
 use lattice_model::SignedIntention;
 use lattice_model::{Hash, PubKey, StoreId};
 use lattice_runtime::{
@@ -12,7 +13,7 @@ use lattice_runtime::{
 };
 use lattice_system_types::{ChildItem, Items, PeerItem};
 use serde_json::{Value, json};
-use tracing::warn;
+use tracing::{debug, warn};
 
 use crate::error::{NodeError, RejectKind};
 use crate::genesis::StoreGenesis;
@@ -40,6 +41,16 @@ pub struct Store {
 }
 
 pub use lattice_system_types::{ChildStatus, PeerStatus, StoreInfo, Strategy};
+
+/// A local write that was witnessed and projected: the reply for its caller and the
+/// intention to gossip.
+#[derive(Debug, Clone)]
+pub struct Written {
+    /// The reply (`hash`, `seq`, `hlc`, `events`).
+    pub value: Value,
+    /// The intention.
+    pub intention: SignedIntention,
+}
 
 /// A peer as the system table records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -502,6 +513,28 @@ impl Store {
             flags: prepared.flags,
         })?;
         let report = self.project()?;
+        self.outcome(partition, &written, Some(report.events.len()))
+    }
+
+    /// Makes both projections durable: one fsync each, covering every commit since the last
+    /// flush (the log is their write-ahead log; see docs/architecture.md "Durability").
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn flush(&mut self) -> Result<(), NodeError> {
+        self.data.flush()?;
+        self.system.flush()?;
+        Ok(())
+    }
+
+    /// What became of a witnessed and projected local write: its rejection, or the reply
+    /// naming it. `events` is the number of watch events it emitted, when known.
+    fn outcome(
+        &mut self,
+        partition: Partition,
+        written: &Authored,
+        events: Option<usize>,
+    ) -> Result<Value, NodeError> {
         let rejected = self
             .runtime_of(partition)
             .rejected(written.seq, 1)?
@@ -509,24 +542,210 @@ impl Store {
             .find(|(seq, _)| *seq == written.seq)
             .map(|(_, reason)| reason);
         if let Some(reason) = rejected {
-            let position = chain_position_of(&self.log, &written.hash)?;
-            let kind = match self.filter.verdict(&self.me, position) {
-                Some(Refusal::NotMember) => RejectKind::NotMember,
-                Some(Refusal::Revoked) => RejectKind::Revoked,
-                None => RejectKind::Guest,
-            };
-            return Err(NodeError::Rejected {
-                kind,
-                hash: written.hash,
-                reason,
-            });
+            return Err(self.rejection(written.hash, reason)?);
         }
         Ok(json!({
             "hash": written.hash.to_string(),
             "seq": written.seq,
             "hlc": written.hlc.to_string(),
-            "events": report.events.len(),
+            "events": events.unwrap_or(0),
         }))
+    }
+
+    /// The error for this node's own intention `hash`, rejected for `reason`.
+    fn rejection(&self, hash: Hash, reason: String) -> Result<NodeError, NodeError> {
+        let position = chain_position_of(&self.log, &hash)?;
+        let kind = match self.filter.verdict(&self.me, position) {
+            Some(Refusal::NotMember) => RejectKind::NotMember,
+            Some(Refusal::Revoked) => RejectKind::Revoked,
+            None => RejectKind::Guest,
+        };
+        Ok(NodeError::Rejected { kind, hash, reason })
+    }
+
+    /// The kind of a method of the store's type (`None`: no such method).
+    ///
+    /// # Errors
+    /// [`lattice_runtime::Error::Headless`] when the module is missing.
+    pub fn method_kind(&mut self, method: &str) -> Result<Option<MethodKind>, NodeError> {
+        Ok(self.data.describe()?.method(method).map(|m| m.kind))
+    }
+
+    /// Runs a series of commands of the store's type as one group: each is prepared in turn,
+    /// built into an intention and applied before the next is prepared (so a later command
+    /// sees the state the earlier ones leave), then the whole series is witnessed in one
+    /// group commit (one fsync) and committed to `state.db` in one transaction. One result
+    /// per call, in order, as [`Store::call`] gives; the written intention comes with each
+    /// success, for gossip.
+    ///
+    /// When something arrived from a peer in between (the series is then not next in the
+    /// witness order), the applied state is dropped and the log projected as usual, so the
+    /// outcome is what a node that received the same intentions in the same order computes.
+    pub fn write_run(&mut self, calls: &[(String, Value)]) -> Vec<Result<Written, NodeError>> {
+        let mut results: Vec<Option<Result<Written, NodeError>>> =
+            calls.iter().map(|_| None).collect();
+        let mut built: Vec<(usize, Built)> = Vec::new();
+        if let Err(e) = self.build_run(calls, &mut results, &mut built) {
+            // Nothing was witnessed: answer each remaining call on its own.
+            warn!(store = %self.id.short(), "write run failed ({e}); writing one by one");
+            self.data.abort_run();
+            return calls
+                .iter()
+                .zip(results)
+                .map(|((method, args), done)| match done {
+                    Some(r) => r,
+                    None => self
+                        .call(method, args)
+                        .and_then(|value| self.written(value)),
+                })
+                .collect();
+        }
+        if !built.is_empty() {
+            self.finish_run(built, &mut results);
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(NodeError::Runtime(lattice_runtime::Error::Corrupt(
+                        "a call of a write run got no outcome".into(),
+                    )))
+                })
+            })
+            .collect()
+    }
+
+    /// The intention a call's reply names, for gossip.
+    pub(crate) fn written(&self, value: Value) -> Result<Written, NodeError> {
+        let hash = value["hash"]
+            .as_str()
+            .and_then(|h| Hash::from_hex(h).ok())
+            .ok_or_else(|| {
+                NodeError::Runtime(lattice_runtime::Error::Corrupt(
+                    "a write's reply names no intention".into(),
+                ))
+            })?;
+        let intention = self.log.reader().get(&hash)?.ok_or_else(|| {
+            NodeError::Runtime(lattice_runtime::Error::Corrupt(
+                "a written intention is not in the log".into(),
+            ))
+        })?;
+        Ok(Written { value, intention })
+    }
+
+    /// Phase one of [`Store::write_run`]: prepare, build and apply each call. Calls the guest
+    /// refuses get their error in `results`; the rest land in `built`.
+    fn build_run(
+        &mut self,
+        calls: &[(String, Value)],
+        results: &mut [Option<Result<Written, NodeError>>],
+        built: &mut Vec<(usize, Built)>,
+    ) -> Result<(), NodeError> {
+        self.project()?;
+        let mut chain = self.log.chain_builder()?;
+        let mut tips: BTreeMap<PubKey, Hash> = self.log.reader().tips()?.into_iter().collect();
+        self.data.begin_run()?;
+        for (i, (method, args)) in calls.iter().enumerate() {
+            let heads: Vec<Hash> = tips.values().copied().collect();
+            let prepared = match self.data.prepare(method, args, &heads) {
+                Ok(p) => p,
+                Err(e) => {
+                    results[i] = Some(Err(e.into()));
+                    continue;
+                }
+            };
+            let mut deps = prepared.deps;
+            if chain.is_first() {
+                deps.push(Hash(self.id.0));
+            }
+            let draft = Draft {
+                ops: prepared.ops,
+                deps,
+                flags: prepared.flags,
+            };
+            let next = match chain.build(draft, self.log.reader()) {
+                Ok(b) => b,
+                Err(e) => {
+                    results[i] = Some(Err(e.into()));
+                    continue;
+                }
+            };
+            let refusal = self.filter.reason(&self.me, next.author_seq);
+            self.data.apply_in_run(&next.signed, refusal)?;
+            tips.insert(self.me, next.signed.hash());
+            built.push((i, next));
+        }
+        Ok(())
+    }
+
+    /// Phase two of [`Store::write_run`]: witness the run in one group commit, commit its
+    /// applied state (or project from the log when the run is not next in witness order) and
+    /// give each call its outcome.
+    fn finish_run(
+        &mut self,
+        built: Vec<(usize, Built)>,
+        results: &mut [Option<Result<Written, NodeError>>],
+    ) {
+        let (slots, run): (Vec<usize>, Vec<Built>) = built.into_iter().unzip();
+        let witnessed = match self.log.submit_built(run).wait() {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) | Err(e) => {
+                self.data.abort_run();
+                for i in slots {
+                    results[i] = Some(Err(NodeError::Log(e.clone())));
+                }
+                return;
+            }
+        };
+        let seqs: Option<Vec<u64>> = witnessed
+            .iter()
+            .map(|w| w.as_ref().ok().map(|a| a.seq))
+            .collect();
+        let mut report = ProjectReport::default();
+        let committed = match seqs {
+            Some(seqs) => {
+                let first = seqs.first().copied().unwrap_or(0);
+                let system_next = self.system.cursor() + 1 == first;
+                match self.data.commit_run(&seqs, &mut report) {
+                    Ok(()) => {
+                        if system_next && let Some(last) = seqs.last() {
+                            self.system.skip_to(*last);
+                        }
+                        true
+                    }
+                    Err(e) => {
+                        debug!(store = %self.id.short(), "write run projected from the log: {e}");
+                        false
+                    }
+                }
+            }
+            None => false,
+        };
+        if !committed {
+            self.data.abort_run();
+            if let Err(e) = self.project() {
+                warn!(store = %self.id.short(), "projecting a write run failed: {e}");
+            }
+        } else if let Some(kept) = self.data_events.as_mut() {
+            kept.extend(report.events.iter().cloned());
+        }
+        for (i, outcome) in slots.into_iter().zip(witnessed) {
+            results[i] = Some(match outcome {
+                Err(e) => Err(e.into()),
+                Ok(written) => {
+                    let events = report
+                        .events
+                        .iter()
+                        .filter(|e| e.seq == written.seq)
+                        .count();
+                    self.outcome(Partition::Data, &written, committed.then_some(events))
+                        .map(|value| Written {
+                            value,
+                            intention: written.intention,
+                        })
+                }
+            });
+        }
     }
 
     /// Runs a query on the projected state as it is (no projection first).
@@ -664,6 +883,40 @@ impl Store {
             floating: log.floating,
             rejected: self.data.rejected_count()?,
         })
+    }
+
+    /// The newest `limit` witnessed intentions, newest first.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn history(&self, limit: usize) -> Result<Vec<IntentionSummary>, NodeError> {
+        let reader = self.log.reader();
+        let head = reader.status()?.head_seq;
+        let from = head.saturating_sub(limit as u64).saturating_add(1).max(1);
+        let mut out: Vec<IntentionSummary> = reader
+            .witnessed(from, limit)?
+            .into_iter()
+            .map(|(seq, s)| {
+                let i = s.intention();
+                IntentionSummary {
+                    seq,
+                    hash: s.hash(),
+                    author: i.author(),
+                    hlc: i.hlc(),
+                    deps: i.deps().to_vec(),
+                    ops_bytes: i.ops().len(),
+                    partition: if i.is_genesis() {
+                        "genesis"
+                    } else if i.flags().system {
+                        "system"
+                    } else {
+                        "data"
+                    },
+                }
+            })
+            .collect();
+        out.reverse();
+        Ok(out)
     }
 
     /// Intentions the guest rejected or the author policy refused, with reasons.

@@ -29,11 +29,15 @@ async fn start(dir: &std::path::Path) -> Result<StoreManager, NodeError> {
 
 /// Waits until `check` holds, re-checking on every node event of `nodes` (or at least every
 /// 250 ms, since a condition may also change without an event on these nodes).
-async fn until(nodes: &[&StoreManager], what: &str, mut check: impl FnMut() -> bool) -> TestResult {
+async fn until(
+    nodes: &[&StoreManager],
+    what: &str,
+    mut check: impl AsyncFnMut() -> bool,
+) -> TestResult {
     let mut rxs: Vec<_> = nodes.iter().map(|n| n.subscribe()).collect();
     let deadline = tokio::time::Instant::now() + DEADLINE;
     loop {
-        if check() {
+        if check().await {
             return Ok(());
         }
         if tokio::time::Instant::now() > deadline {
@@ -61,10 +65,32 @@ async fn futures_any(rxs: &mut [tokio::sync::broadcast::Receiver<lattice_node::N
     }
 }
 
-fn get(node: &StoreManager, store: &StoreId, key: &str) -> Value {
+async fn get(node: &StoreManager, store: &StoreId, key: &str) -> Value {
     node.call(store, "get", &json!({"key": key}))
+        .await
         .map(|v| v["value"].clone())
         .unwrap_or(Value::Null)
+}
+
+/// True when `key` reads `value` on every node of `nodes`.
+async fn all_read(nodes: &[&StoreManager], store: &StoreId, key: &str, value: &str) -> bool {
+    for n in nodes {
+        if get(n, store, key).await != value {
+            return false;
+        }
+    }
+    true
+}
+
+/// True when the counter of `store` reads `value` on every node of `nodes`.
+async fn all_count(nodes: &[&StoreManager], store: &StoreId, value: i64) -> bool {
+    for n in nodes {
+        let read = n.call(store, "get", &json!({})).await;
+        if !read.is_ok_and(|v| v["value"] == value) {
+            return false;
+        }
+    }
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -84,28 +110,29 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
 
     // A creates a kv store and invites B and C.
     let store = a.create("kv", "shared", None).await?;
-    a.call(&store, "put", &json!({"key": "greeting", "value": "hello"}))?;
+    a.call(&store, "put", &json!({"key": "greeting", "value": "hello"}))
+        .await?;
     for joiner in [&b, &c] {
-        let token = a.invite(&store, Duration::from_secs(600))?.encode();
+        let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
         let joined = joiner.join(&token, |_| {}).await?;
         assert_eq!(joined.store, store);
         assert!(joined.fetched >= 3);
-        assert_eq!(get(joiner, &store, "greeting"), "hello");
+        assert_eq!(get(joiner, &store, "greeting").await, "hello");
     }
     // Bad tokens get clear errors and change nothing.
     let garbage = b.join("not a token", |_| {}).await;
     assert!(matches!(garbage, Err(NodeError::Token(_))), "{garbage:?}");
-    let expired = a.invite(&store, Duration::ZERO)?.encode();
+    let expired = a.invite(&store, Duration::ZERO).await?.encode();
     assert!(matches!(
         b.join(&expired, |_| {}).await,
         Err(NodeError::InviteExpired)
     ));
-    let again = a.invite(&store, Duration::from_secs(600))?.encode();
+    let again = a.invite(&store, Duration::from_secs(600)).await?.encode();
     assert!(matches!(
         b.join(&again, |_| {}).await,
         Err(NodeError::AlreadyMember(_))
     ));
-    let mut wrong_mesh = a.invite(&store, Duration::from_secs(600))?;
+    let mut wrong_mesh = a.invite(&store, Duration::from_secs(600)).await?;
     wrong_mesh.store = StoreId([7; 32]);
     let refused = b.join(&wrong_mesh.encode(), |_| {}).await;
     assert!(
@@ -115,7 +142,7 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
 
     // B leaves; its used token is refused, an expired one too; a fresh one re-joins it and
     // it keeps its data.
-    let token = a.invite(&store, Duration::from_secs(600))?.encode();
+    let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
     b.leave(&store).await?;
     assert!(
         b.list()?
@@ -135,38 +162,35 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
         matches!(&reused, Err(NodeError::JoinRefused(r)) if r.contains("already used")),
         "{reused:?}"
     );
-    let token = a.invite(&store, Duration::from_secs(600))?.encode();
+    let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
     b.join(&token, |_| {}).await?;
 
     // Writes from every node converge everywhere.
-    b.call(&store, "put", &json!({"key": "from-b", "value": "1"}))?;
-    c.call(&store, "put", &json!({"key": "from-c", "value": "2"}))?;
-    until(&[&a, &b, &c], "writes to converge", || {
-        [&a, &b, &c]
-            .iter()
-            .all(|n| get(n, &store, "from-b") == "1" && get(n, &store, "from-c") == "2")
+    b.call(&store, "put", &json!({"key": "from-b", "value": "1"}))
+        .await?;
+    c.call(&store, "put", &json!({"key": "from-c", "value": "2"}))
+        .await?;
+    until(&[&a, &b, &c], "writes to converge", async || {
+        all_read(&[&a, &b, &c], &store, "from-b", "1").await
+            && all_read(&[&a, &b, &c], &store, "from-c", "2").await
     })
     .await?;
 
     // A child store created on A opens on B and C.
     let child = a.create("counter", "tally", Some(store)).await?;
-    a.call(&child, "increment", &json!({"by": 2}))?;
-    until(&[&a, &b, &c], "the child store on every node", || {
-        [&b, &c].iter().all(|n| {
-            n.call(&child, "get", &json!({}))
-                .is_ok_and(|v| v["value"] == 2)
-        })
+    a.call(&child, "increment", &json!({"by": 2})).await?;
+    until(&[&a, &b, &c], "the child store on every node", async || {
+        all_count(&[&b, &c], &child, 2).await
     })
     .await?;
 
     // A grandchild created on B opens on A and C too; archiving the child closes both
     // everywhere, keeping the data; re-activating opens them again.
     let grandchild = b.create("kv", "deeper", Some(child)).await?;
-    b.call(&grandchild, "put", &json!({"key": "deep", "value": "yes"}))?;
-    until(&[&a, &b, &c], "the grandchild on every node", || {
-        [&a, &c]
-            .iter()
-            .all(|n| get(n, &grandchild, "deep") == "yes")
+    b.call(&grandchild, "put", &json!({"key": "deep", "value": "yes"}))
+        .await?;
+    until(&[&a, &b, &c], "the grandchild on every node", async || {
+        all_read(&[&a, &c], &grandchild, "deep", "yes").await
     })
     .await?;
     a.archive(&child, true).await?;
@@ -180,17 +204,16 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
     until(
         &[&a, &b, &c],
         "the archived child closed everywhere",
-        || [&a, &b, &c].iter().all(|n| closed(n)),
+        async || [&a, &b, &c].iter().all(|n| closed(n)),
     )
     .await?;
-    assert!(matches!(a.status(&child), Err(NodeError::NotOpen(_))));
+    assert!(matches!(a.status(&child).await, Err(NodeError::NotOpen(_))));
     a.archive(&child, false).await?;
-    until(&[&a, &b, &c], "the child re-opened everywhere", || {
-        [&a, &b, &c].iter().all(|n| {
-            n.call(&child, "get", &json!({}))
-                .is_ok_and(|v| v["value"] == 2)
-        })
-    })
+    until(
+        &[&a, &b, &c],
+        "the child re-opened everywhere",
+        async || all_count(&[&a, &b, &c], &child, 2).await,
+    )
     .await?;
 
     // Revoking C: its later writes are refused everywhere — in the root, the child and the
@@ -198,19 +221,19 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
     // or they land only on C.
     let c_key = c.node().key().public();
     assert!(matches!(
-        a.revoke_peer(&store, &a.node().key().public()),
+        a.revoke_peer(&store, &a.node().key().public()).await,
         Err(NodeError::RevokeSelf)
     ));
     assert!(matches!(
-        a.revoke_peer(&store, &lattice_model::PubKey([9; 32])),
+        a.revoke_peer(&store, &lattice_model::PubKey([9; 32])).await,
         Err(NodeError::NotAPeer(_))
     ));
     assert_eq!(
-        a.find_peer(&store, &c_key.to_string()[..12])?,
+        a.find_peer(&store, &c_key.to_string()[..12]).await?,
         c_key,
         "a unique prefix names a peer"
     );
-    a.revoke_peer(&store, &c_key)?;
+    a.revoke_peer(&store, &c_key).await?;
     for (target, method, args) in [
         (
             store,
@@ -220,16 +243,20 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
         (child, "increment", json!({"by": 100})),
         (grandchild, "put", json!({"key": "deep", "value": "evil"})),
     ] {
-        match c.call(&target, method, &args) {
+        match c.call(&target, method, &args).await {
             Ok(_) | Err(NodeError::Rejected { .. }) => {}
             Err(e) => return Err(e.into()),
         }
     }
-    b.call(&store, "put", &json!({"key": "marker", "value": "m"}))?;
-    until(&[&a, &b], "the marker", || get(&a, &store, "marker") == "m").await?;
-    assert_eq!(get(&a, &store, "from-c"), "2");
-    assert_eq!(get(&b, &store, "from-c"), "2");
-    let peers = a.peers(&store)?;
+    b.call(&store, "put", &json!({"key": "marker", "value": "m"}))
+        .await?;
+    until(&[&a, &b], "the marker", async || {
+        get(&a, &store, "marker").await == "m"
+    })
+    .await?;
+    assert_eq!(get(&a, &store, "from-c").await, "2");
+    assert_eq!(get(&b, &store, "from-c").await, "2");
+    let peers = a.peers(&store).await?;
     assert!(
         peers
             .iter()
@@ -238,76 +265,84 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
 
     // C is invited again: it joins with the new token; what it wrote while revoked stays
     // refused on every node (its writes do reach them now), what it writes next is projected.
-    let token = a.invite(&store, Duration::from_secs(600))?.encode();
+    let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
     c.join(&token, |_| {}).await?;
     // (C may hear of its revocation in a child before it hears of its re-activation there;
     // a write in between is refused, so write until one is accepted.)
     let (mut counted, mut put) = (false, false);
-    until(&[&c], "C's writes to be accepted again", || {
-        counted = counted || c.call(&child, "increment", &json!({"by": 1000})).is_ok();
-        put = put
-            || c.call(
-                &grandchild,
-                "put",
-                &json!({"key": "back", "value": "again"}),
-            )
-            .is_ok();
+    until(&[&c], "C's writes to be accepted again", async || {
+        if !counted {
+            counted = c
+                .call(&child, "increment", &json!({"by": 1000}))
+                .await
+                .is_ok();
+        }
+        if !put {
+            put = c
+                .call(
+                    &grandchild,
+                    "put",
+                    &json!({"key": "back", "value": "again"}),
+                )
+                .await
+                .is_ok();
+        }
         counted && put
     })
     .await?;
-    until(&[&a, &b, &c], "C's new writes everywhere", || {
-        [&a, &b, &c].iter().all(|n| {
-            get(n, &grandchild, "back") == "again"
-                && n.call(&child, "get", &json!({}))
-                    .is_ok_and(|v| v["value"] == 1002)
-        })
+    until(&[&a, &b, &c], "C's new writes everywhere", async || {
+        all_read(&[&a, &b, &c], &grandchild, "back", "again").await
+            && all_count(&[&a, &b, &c], &child, 1002).await
     })
     .await?;
     for n in [&a, &b, &c] {
-        assert_eq!(get(n, &grandchild, "deep"), "yes");
+        assert_eq!(get(n, &grandchild, "deep").await, "yes");
     }
 
     // C leaves the root (its children close with it) and re-joins: the children reopen
     // without an unarchive, and C writes in them again.
     c.leave(&store).await?;
-    assert!(matches!(c.status(&child), Err(NodeError::NotOpen(_))));
-    let token = a.invite(&store, Duration::from_secs(600))?.encode();
+    assert!(matches!(c.status(&child).await, Err(NodeError::NotOpen(_))));
+    let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
     c.join(&token, |_| {}).await?;
     let mut rejoined_write = false;
-    until(&[&c], "C's children reopened and writable", || {
-        rejoined_write = rejoined_write
-            || c.call(
-                &grandchild,
-                "put",
-                &json!({"key": "rejoined", "value": "yes"}),
-            )
-            .is_ok();
+    until(&[&c], "C's children reopened and writable", async || {
+        if !rejoined_write {
+            rejoined_write = c
+                .call(
+                    &grandchild,
+                    "put",
+                    &json!({"key": "rejoined", "value": "yes"}),
+                )
+                .await
+                .is_ok();
+        }
         rejoined_write
     })
     .await?;
-    until(&[&a, &b], "C's write after re-joining everywhere", || {
-        [&a, &b]
-            .iter()
-            .all(|n| get(n, &grandchild, "rejoined") == "yes")
-    })
+    until(
+        &[&a, &b],
+        "C's write after re-joining everywhere",
+        async || all_read(&[&a, &b], &grandchild, "rejoined", "yes").await,
+    )
     .await?;
 
     // Restart B: everything is still there and it keeps replicating.
     // (A restarted node may author again at once — e.g. its new address — so compare what
     // it kept, not the whole digest.)
-    let witnessed = b.status(&store)?.witnessed;
-    let kept: Vec<Value> = ["greeting", "from-b", "from-c", "marker"]
-        .iter()
-        .map(|k| get(&b, &store, k))
-        .collect();
+    let witnessed = b.status(&store).await?.witnessed;
+    let mut kept: Vec<Value> = Vec::new();
+    for k in ["greeting", "from-b", "from-c", "marker"] {
+        kept.push(get(&b, &store, k).await);
+    }
     b.shutdown().await;
     drop(b);
     let b = start(dirs[1].path()).await?;
-    assert!(b.status(&store)?.witnessed >= witnessed);
-    let after: Vec<Value> = ["greeting", "from-b", "from-c", "marker"]
-        .iter()
-        .map(|k| get(&b, &store, k))
-        .collect();
+    assert!(b.status(&store).await?.witnessed >= witnessed);
+    let mut after: Vec<Value> = Vec::new();
+    for k in ["greeting", "from-b", "from-c", "marker"] {
+        after.push(get(&b, &store, k).await);
+    }
     assert_eq!(after, kept);
     assert!(
         b.list()?
@@ -318,9 +353,10 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
         &store,
         "put",
         &json!({"key": "after-restart", "value": "yes"}),
-    )?;
-    until(&[&a, &b], "B to catch up after restart", || {
-        get(&b, &store, "after-restart") == "yes"
+    )
+    .await?;
+    until(&[&a, &b], "B to catch up after restart", async || {
+        get(&b, &store, "after-restart").await == "yes"
     })
     .await?;
 
@@ -342,7 +378,7 @@ async fn a_slow_watcher_is_told_how_much_it_missed_and_keeps_its_stream() -> Tes
         .collect();
     // One batch per 100 keys: every key emits one event.
     for chunk in ops.chunks(100) {
-        node.call(&store, "batch", &json!({ "ops": chunk }))?;
+        node.call(&store, "batch", &json!({ "ops": chunk })).await?;
     }
     match slow.recv().await {
         Err(tokio::sync::broadcast::error::RecvError::Lagged(missed)) => {

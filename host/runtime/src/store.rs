@@ -109,6 +109,20 @@ impl AuthorFilter {
         revoked.then_some(Refusal::Revoked)
     }
 
+    /// Why `author`'s intention at `author_seq` is refused, as recorded with the rejection.
+    pub fn reason(&self, author: &PubKey, author_seq: u64) -> Option<String> {
+        self.verdict(author, author_seq)
+            .map(|refusal| match refusal {
+                Refusal::NotMember => {
+                    format!("author {} is not a member of the store", author.short())
+                }
+                Refusal::Revoked => format!(
+                    "author {} is revoked for its intention {author_seq}",
+                    author.short()
+                ),
+            })
+    }
+
     /// True when `author`'s intention at `author_seq` is refused.
     pub fn refuses(&self, author: &PubKey, author_seq: u64) -> bool {
         self.verdict(author, author_seq).is_some()
@@ -166,6 +180,32 @@ pub struct StoreRuntime {
     cursor: u64,
     log_count: u64,
     partition: Partition,
+    /// The cursor or state committed without an fsync since the last [`StoreRuntime::flush`].
+    unsynced: bool,
+    /// Writes applied ahead of witnessing (see [`StoreRuntime::begin_run`]).
+    run: Option<Run>,
+}
+
+/// What one apply did: the events it emitted (topic, payload), or the guest's reason to
+/// reject the intention.
+type ApplyOutcome = Result<Vec<(String, Vec<u8>)>, String>;
+
+/// Outcomes of a run of local intentions applied before they were witnessed, by position in
+/// the run.
+#[derive(Debug, Default)]
+struct Run {
+    applied: usize,
+    rejected: Vec<(usize, String)>,
+    events: Vec<(usize, String, Vec<u8>)>,
+    log_entries: Vec<Vec<u8>>,
+}
+
+impl Drop for StoreRuntime {
+    fn drop(&mut self) {
+        if let Err(e) = self.flush() {
+            warn!(store = %self.store_id.short(), "could not make projected state durable: {e}");
+        }
+    }
 }
 
 impl std::fmt::Debug for StoreRuntime {
@@ -274,6 +314,8 @@ impl StoreRuntime {
             cursor,
             log_count,
             partition,
+            unsynced: false,
+            run: None,
         };
         store.attach()?;
         Ok(store)
@@ -490,10 +532,7 @@ impl StoreRuntime {
     ) -> Result<Option<String>, Error> {
         let author = signed.intention().author();
         if !filter.admits(&author) {
-            return Ok(Some(format!(
-                "author {} is not a member of the store",
-                author.short()
-            )));
+            return Ok(filter.reason(&author, 0));
         }
         if filter.ranges(&author).is_empty() {
             return Ok(None);
@@ -501,13 +540,7 @@ impl StoreRuntime {
         let Some(info) = log.dag_info(&signed.hash())? else {
             return Ok(None);
         };
-        Ok(filter.refuses(&author, info.author_seq).then(|| {
-            format!(
-                "author {} is revoked for its intention {}",
-                author.short(),
-                info.author_seq
-            )
-        }))
+        Ok(filter.reason(&author, info.author_seq))
     }
 
     fn project_batch(
@@ -517,11 +550,7 @@ impl StoreRuntime {
         filter: &AuthorFilter,
         report: &mut ProjectReport,
     ) -> Result<(), Error> {
-        let snapshot = self.snapshot()?;
-        let log_count = self.log_count;
-        let module = self.module;
         let system = self.partition == Partition::System;
-        let mut last = self.cursor;
         let mut rejected: Vec<(u64, String)> = Vec::new();
         let mut refused = Vec::new();
         for (seq, signed) in batch {
@@ -533,19 +562,11 @@ impl StoreRuntime {
                 rejected.push((*seq, reason));
             }
         }
-        let guest = self
-            .guest
-            .as_mut()
-            .ok_or_else(|| Error::Headless(module.to_string()))?;
-        {
-            let host = guest.host();
-            host.snapshot = Some(snapshot);
-            host.batch.clear();
-            host.log_next = log_count;
-        }
-        let mut log_entries: Vec<Vec<u8>> = Vec::new();
+        let mut last = self.cursor;
         let mut events = Vec::new();
+        let mut log_entries: Vec<Vec<u8>> = Vec::new();
         let mut applied = 0u64;
+        self.host_begin()?;
         for (seq, signed) in batch {
             last = *seq;
             if signed.intention().is_genesis()
@@ -554,41 +575,110 @@ impl StoreRuntime {
             {
                 continue;
             }
-            let result = guest.apply(&to_wit(signed));
-            let host = guest.host();
-            match result {
-                Ok(()) => {
-                    let pending = std::mem::take(&mut host.pending);
-                    host.batch.extend(pending);
-                    host.pending_bytes = 0;
-                    log_entries.append(&mut host.log_pending);
-                    events.extend(host.events.drain(..).map(|(topic, payload)| WatchEvent {
+            match self.apply_one(signed, &mut log_entries) {
+                Ok(Ok(emitted)) => {
+                    events.extend(emitted.into_iter().map(|(topic, payload)| WatchEvent {
                         seq: *seq,
                         topic,
                         payload,
                     }));
                     applied += 1;
                 }
-                Err(CallError::Host(msg)) => {
-                    host.discard_pending();
-                    host.snapshot = None;
-                    return Err(Error::Call(CallError::Host(msg)));
+                Ok(Err(reason)) => {
+                    debug!(seq, %reason, "intention rejected by the guest");
+                    rejected.push((*seq, reason));
                 }
-                Err(err) => {
-                    host.discard_pending();
-                    debug!(seq, %err, "intention rejected by the guest");
-                    rejected.push((*seq, err.to_string()));
+                Err(e) => {
+                    self.host_end();
+                    return Err(e);
                 }
             }
         }
+        let writes = self.host_end();
+        rejected.sort_by_key(|r| r.0);
+        self.commit_projected(last, &writes, &log_entries, &rejected)?;
+        report.applied += applied;
+        report.rejected += rejected.len() as u64;
+        report.events.extend(events);
+        Ok(())
+    }
+
+    /// Readies the guest's host state for a pass of applies over the committed snapshot.
+    fn host_begin(&mut self) -> Result<(), Error> {
+        let snapshot = self.snapshot()?;
+        let log_count = self.log_count;
+        let guest = self.guest()?;
         let host = guest.host();
-        host.snapshot = None;
-        let writes: BTreeMap<Vec<u8>, Option<Vec<u8>>> = std::mem::take(&mut host.batch);
+        host.snapshot = Some(snapshot);
+        host.batch.clear();
+        host.log_next = log_count;
+        Ok(())
+    }
+
+    /// Ends a pass of applies: returns the writes they made.
+    fn host_end(&mut self) -> BTreeMap<Vec<u8>, Option<Vec<u8>>> {
+        match self.guest.as_mut() {
+            Some(guest) => {
+                let host = guest.host();
+                host.snapshot = None;
+                std::mem::take(&mut host.batch)
+            }
+            None => BTreeMap::new(),
+        }
+    }
+
+    /// Applies one intention on top of the writes of the pass so far. `Ok(Err(reason))` when
+    /// the guest rejected it (its writes are dropped); `Err` for a host failure.
+    fn apply_one(
+        &mut self,
+        signed: &SignedIntention,
+        log_entries: &mut Vec<Vec<u8>>,
+    ) -> Result<ApplyOutcome, Error> {
+        let guest = self.guest()?;
+        let result = guest.apply(&to_wit(signed));
+        let host = guest.host();
+        match result {
+            Ok(()) => {
+                let pending = std::mem::take(&mut host.pending);
+                host.batch.extend(pending);
+                host.pending_bytes = 0;
+                log_entries.append(&mut host.log_pending);
+                Ok(Ok(host.events.drain(..).collect()))
+            }
+            Err(CallError::Host(msg)) => {
+                host.discard_pending();
+                Err(Error::Call(CallError::Host(msg)))
+            }
+            Err(err) => {
+                host.discard_pending();
+                Ok(Err(err.to_string()))
+            }
+        }
+    }
+
+    /// Commits a pass: its writes, guest log entries and rejections with the cursor, without
+    /// an fsync (the log is the write-ahead log: after a crash, projection resumes from the
+    /// cursor that last reached the disk). A pass that changed nothing only moves the cursor
+    /// in memory; [`StoreRuntime::flush`] persists it.
+    fn commit_projected(
+        &mut self,
+        last: u64,
+        writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+        log_entries: &[Vec<u8>],
+        rejected: &[(u64, String)],
+    ) -> Result<(), Error> {
+        if writes.is_empty() && log_entries.is_empty() && rejected.is_empty() {
+            if last != self.cursor {
+                self.cursor = last;
+                self.unsynced = true;
+            }
+            return Ok(());
+        }
         let mut txn = self.db.begin_write()?;
-        txn.set_durability(Durability::Immediate)?;
+        txn.set_durability(Durability::None)?;
         {
             let mut data = txn.open_table(DATA)?;
-            for (k, v) in &writes {
+            for (k, v) in writes {
                 match v {
                     Some(v) => {
                         data.insert(k.as_slice(), v.as_slice())?;
@@ -603,7 +693,7 @@ impl StoreRuntime {
                 log_table.insert(self.log_count + i as u64, entry.as_slice())?;
             }
             let mut rej = txn.open_table(REJECTED)?;
-            for (seq, reason) in &rejected {
+            for (seq, reason) in rejected {
                 rej.insert(*seq, reason.as_str())?;
             }
             let mut meta = txn.open_table(META)?;
@@ -617,10 +707,150 @@ impl StoreRuntime {
         }
         self.cursor = last;
         self.log_count += log_entries.len() as u64;
-        report.applied += applied;
-        report.rejected += rejected.len() as u64;
-        report.events.extend(events);
+        self.unsynced = true;
         Ok(())
+    }
+
+    /// Makes the projected state durable: one fsync covering every commit since the last
+    /// flush. Until then a crash rolls state and cursor back together to the last flush, and
+    /// projection replays the log from there (exactly once).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn flush(&mut self) -> Result<(), Error> {
+        if !self.unsynced {
+            return Ok(());
+        }
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        {
+            let mut meta = txn.open_table(META)?;
+            meta.insert("cursor", self.cursor.to_le_bytes().as_slice())?;
+        }
+        txn.commit()?;
+        self.unsynced = false;
+        Ok(())
+    }
+
+    /// Starts a run of this node's own writes, applied as each is built and before the log
+    /// witnesses them, so the next `prepare` sees the state the earlier ones leave. End it with
+    /// [`StoreRuntime::commit_run`] once the run is witnessed right after the cursor, or with
+    /// [`StoreRuntime::abort_run`] (the intentions are then projected from the log as usual).
+    ///
+    /// # Errors
+    /// [`Error::Headless`]; storage failures.
+    pub fn begin_run(&mut self) -> Result<(), Error> {
+        self.abort_run();
+        self.host_begin()?;
+        self.run = Some(Run::default());
+        Ok(())
+    }
+
+    /// Applies the next intention of the run. `refusal` is the membership policy's reason to
+    /// reject it (the guest is not called then). Returns the rejection reason, if any.
+    ///
+    /// # Errors
+    /// No run started; a host failure (abort the run then).
+    pub fn apply_in_run(
+        &mut self,
+        signed: &SignedIntention,
+        refusal: Option<String>,
+    ) -> Result<Option<String>, Error> {
+        let mut run = self
+            .run
+            .take()
+            .ok_or_else(|| Error::Corrupt("apply_in_run without begin_run".into()))?;
+        let index = run.applied;
+        run.applied += 1;
+        let outcome = match refusal {
+            Some(reason) => Ok(Err(reason)),
+            None => {
+                // Reads in apply fall back to a snapshot of the committed state.
+                let snapshot = self.snapshot()?;
+                self.guest()?.host().snapshot = Some(snapshot);
+                self.apply_one(signed, &mut run.log_entries)
+            }
+        };
+        let rejected = match outcome {
+            Ok(Ok(events)) => {
+                run.events
+                    .extend(events.into_iter().map(|(t, p)| (index, t, p)));
+                None
+            }
+            Ok(Err(reason)) => {
+                run.rejected.push((index, reason.clone()));
+                Some(reason)
+            }
+            Err(e) => {
+                self.host_end();
+                return Err(e);
+            }
+        };
+        self.run = Some(run);
+        Ok(rejected)
+    }
+
+    /// Commits the run now that the log witnessed it at `seqs` (one per applied intention,
+    /// consecutive and right after the cursor).
+    ///
+    /// # Errors
+    /// [`Error::Corrupt`] when `seqs` do not continue the cursor (nothing is committed; abort
+    /// the run and project from the log); storage failures.
+    pub fn commit_run(&mut self, seqs: &[u64], report: &mut ProjectReport) -> Result<(), Error> {
+        let contiguous = seqs
+            .iter()
+            .enumerate()
+            .all(|(i, s)| *s == self.cursor + 1 + i as u64);
+        let Some(run) = self.run.take() else {
+            return Err(Error::Corrupt("commit_run without begin_run".into()));
+        };
+        if !contiguous || seqs.len() != run.applied {
+            self.run = Some(run);
+            return Err(Error::Corrupt(
+                "the run was not witnessed right after the cursor".into(),
+            ));
+        }
+        let writes = self.host_end();
+        let rejected: Vec<(u64, String)> = run
+            .rejected
+            .into_iter()
+            .map(|(i, reason)| (seqs[i], reason))
+            .collect();
+        let last = seqs.last().copied().unwrap_or(self.cursor);
+        self.commit_projected(last, &writes, &run.log_entries, &rejected)?;
+        report.applied += (run.applied - rejected.len()) as u64;
+        report.rejected += rejected.len() as u64;
+        report.events.extend(
+            run.events
+                .into_iter()
+                .map(|(i, topic, payload)| WatchEvent {
+                    seq: seqs[i],
+                    topic,
+                    payload,
+                }),
+        );
+        report.cursor = self.cursor;
+        Ok(())
+    }
+
+    /// Drops the run's applied writes (none reached `state.db`).
+    pub fn abort_run(&mut self) {
+        if self.run.take().is_some() {
+            self.host_end();
+            if let Some(guest) = self.guest.as_mut() {
+                guest.host().log_next = self.log_count;
+            }
+        }
+    }
+
+    /// Moves the cursor past witnessed intentions of the other partition (nothing to apply
+    /// here) without a commit. Only when `to` continues from the cursor with no intention of
+    /// this partition in between.
+    pub fn skip_to(&mut self, to: u64) {
+        if to > self.cursor {
+            self.cursor = to;
+            self.unsynced = true;
+        }
     }
 
     /// Forgets all projected state (data, rejections, guest log) and moves the cursor back to
@@ -629,6 +859,7 @@ impl StoreRuntime {
     /// # Errors
     /// Storage failures (nothing changes then).
     pub fn reset(&mut self) -> Result<(), Error> {
+        self.abort_run();
         let mut txn = self.db.begin_write()?;
         txn.set_durability(Durability::Immediate)?;
         txn.delete_table(DATA)?;
@@ -645,6 +876,7 @@ impl StoreRuntime {
         txn.commit()?;
         self.cursor = 0;
         self.log_count = 0;
+        self.unsynced = false;
         if let Some(guest) = self.guest.as_mut() {
             guest.host().log_next = 0;
         }

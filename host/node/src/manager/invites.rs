@@ -3,8 +3,8 @@
 use super::*;
 
 impl StoreManager {
-    /// Answers join requests the replicator receives, one at a time, off the async workers
-    /// (checking an invite reads the system table and records the joiner durably).
+    /// Answers join requests the replicator receives, one at a time (checking an invite reads
+    /// the system table and records the joiner durably, on the store's actor).
     pub(super) async fn answer_joins(self, mut joins: tokio::sync::mpsc::Receiver<JoinRequest>) {
         while let Some(request) = joins.recv().await {
             let this = self.clone();
@@ -16,11 +16,7 @@ impl StoreManager {
                 children,
                 reply,
             } = request;
-            let answer = tokio::task::spawn_blocking(move || {
-                this.accept_join(peer, store, secret, tip, &children)
-            })
-            .await
-            .unwrap_or_else(|e| Err(format!("the inviter failed while deciding: {e}")));
+            let answer = this.accept_join(peer, store, secret, tip, &children).await;
             let _ = reply.send(answer);
         }
     }
@@ -31,21 +27,23 @@ impl StoreManager {
     /// # Errors
     /// [`NodeError::InheritedPeers`] for a child store (invite to its root instead);
     /// storage failures.
-    pub fn invite(&self, id: &StoreId, ttl: Duration) -> Result<InviteToken, NodeError> {
-        self.require_own_peers(id)?;
+    pub async fn invite(&self, id: &StoreId, ttl: Duration) -> Result<InviteToken, NodeError> {
+        self.require_own_peers(id).await?;
         let mut secret = [0u8; 32];
         getrandom::fill(&mut secret).map_err(|e| NodeError::Randomness(e.to_string()))?;
         let expires_ms = system_now_ms().saturating_add(ttl.as_millis() as u64);
         let me = self.inner.node.key().public();
-        let result = self.system_call(
-            id,
-            "add-invite",
-            &json!({
-                "hash": hex::encode(InviteToken::secret_hash(&secret)),
-                "expires_ms": expires_ms,
-                "invited_by": me.to_string(),
-            }),
-        )?;
+        let result = self
+            .system_call(
+                id,
+                "add-invite",
+                &json!({
+                    "hash": hex::encode(InviteToken::secret_hash(&secret)),
+                    "expires_ms": expires_ms,
+                    "invited_by": me.to_string(),
+                }),
+            )
+            .await?;
         debug!(store = %id.short(), intention = %result["hash"], "invite recorded");
         Ok(InviteToken {
             store: *id,
@@ -57,15 +55,15 @@ impl StoreManager {
     }
 
     /// Refuses stores that inherit their peers (invites and revocations go to the parent).
-    pub(super) fn require_own_peers(&self, id: &StoreId) -> Result<(), NodeError> {
-        match self.with_store(id, |s| s.inherits_from())? {
+    pub(super) async fn require_own_peers(&self, id: &StoreId) -> Result<(), NodeError> {
+        match self.with_store(id, |s| s.inherits_from()).await? {
             Some(parent) => Err(NodeError::InheritedPeers(parent.to_string())),
             None => Ok(()),
         }
     }
 
     /// Inviter side of a join: checks the invite and records the joiner as an active peer.
-    pub(super) fn accept_join(
+    pub(super) async fn accept_join(
         &self,
         peer: PubKey,
         store: StoreId,
@@ -80,23 +78,23 @@ impl StoreManager {
             ));
         }
         let hash = hex::encode(InviteToken::secret_hash(&secret));
-        let (peers, invite) = self
-            .with_store(&store, |s| {
+        let asked = hash.clone();
+        let (peers, invite, seen) = self
+            .with_store(&store, move |s| {
                 s.project()?;
+                let seen = chain_position(s.log(), &peer).unwrap_or(0);
                 Ok((
                     s.peers()?,
-                    s.system_query("invite", &json!({"hash": hash}))?,
+                    s.system_query("invite", &json!({"hash": asked}))?,
+                    seen,
                 ))
             })
+            .await
             .map_err(|e| format!("the inviter could not check the invite: {e}"))?;
         let status = peers.into_iter().find(|p| p.key == peer).map(|p| p.status);
         if matches!(status, Some(PeerStatus::Active | PeerStatus::Dormant)) {
             return Err(ALREADY_MEMBER.into());
         }
-        let seen = self
-            .open_store(&store)
-            .and_then(|o| chain_position(&o.log, &peer))
-            .unwrap_or(0);
         let tip = tip.max(seen);
         {
             let mut resume = lock(&self.inner.resume_at);
@@ -126,9 +124,10 @@ impl StoreManager {
             {"method": "set-peer-status", "args": {"peer": peer.to_string(), "status": "active", "resume": tip}},
         ]});
         self.system_call(&store, "batch", &ops)
+            .await
             .map_err(|e| format!("the inviter could not record the join: {e}"))?;
-        self.update_members(&store);
-        if let Err(e) = self.mirror_membership(&store) {
+        self.update_members(&store).await;
+        if let Err(e) = self.mirror_membership(&store).await {
             warn!(store = %store.short(), "could not pass the join to child stores: {e}");
         }
         Ok(())
@@ -161,10 +160,11 @@ impl StoreManager {
         if self.is_open(&id) {
             // Open here: the inviter tells whether this node is a member already (a node that
             // was revoked may not know it yet, and comes back with a new invite).
-            let log = self.open_store(&id)?.log.clone();
-            let tip = chain_position(&log, &me)?;
+            let tip = self
+                .with_store(&id, move |s| chain_position(s.log(), &me))
+                .await?;
             self.present_token(&token, tip).await?;
-            self.update_members(&id);
+            self.update_members(&id).await;
             let _ = self.inner.replicator.sync(&id, &token.inviter).await;
             self.refresh(&id).await?;
             return Ok(Joined {
@@ -173,14 +173,27 @@ impl StoreManager {
             });
         }
         let known = self.inner.node.meta().get(&id)?;
-        let log = Arc::new(self.inner.node.open_log(id)?);
-        let tip = chain_position(&log, &me)?;
+        let this = self.clone();
+        let (log, tip) = tokio::task::spawn_blocking(move || {
+            let log = Arc::new(this.inner.node.open_log(id)?);
+            let tip = chain_position(&log, &me)?;
+            Ok::<_, NodeError>((log, tip))
+        })
+        .await
+        .map_err(|e| NodeError::Meta(format!("opening a store failed: {e}")))??;
         if let Err(e) = self.present_token(&token, tip).await {
             drop(log);
             return Err(e);
         }
         self.reopen_left_children(&id)?;
-        let fetched = if log.reader().get(&Hash(id.0))?.is_none() {
+        let has_genesis = {
+            let log = log.clone();
+            tokio::task::spawn_blocking(move || log.reader().get(&Hash(id.0)))
+                .await
+                .map_err(|e| NodeError::Meta(format!("reading a log failed: {e}")))??
+                .is_some()
+        };
+        let fetched = if !has_genesis {
             let (_, report) = self
                 .inner
                 .replicator
@@ -191,7 +204,11 @@ impl StoreManager {
         } else {
             0
         };
-        let store = self.inner.node.store_from_log(id, log.clone())?;
+        let this = self.clone();
+        let opened = log.clone();
+        let store = tokio::task::spawn_blocking(move || this.inner.node.store_from_log(id, opened))
+            .await
+            .map_err(|e| NodeError::Meta(format!("opening a store failed: {e}")))??;
         let record = StoreRecord {
             id,
             parent: None,
@@ -212,7 +229,8 @@ impl StoreManager {
                 &id,
                 "set-peer-name",
                 &json!({"peer": me.to_string(), "name": name}),
-            )?;
+            )
+            .await?;
         }
         let _ = self.inner.replicator.sync(&id, &token.inviter).await;
         self.refresh(&id).await?;
@@ -242,7 +260,7 @@ impl StoreManager {
                 token.store,
                 token.secret,
                 tip,
-                self.descendant_tips(&token.store)?,
+                self.descendant_tips(&token.store).await?,
             )
             .await
             .map_err(|e| match e {
@@ -262,7 +280,18 @@ impl StoreManager {
     }
 
     /// This node's chain position in every store below `root` it keeps (open or not).
-    pub(super) fn descendant_tips(&self, root: &StoreId) -> Result<Vec<(StoreId, u64)>, NodeError> {
+    pub(super) async fn descendant_tips(
+        &self,
+        root: &StoreId,
+    ) -> Result<Vec<(StoreId, u64)>, NodeError> {
+        let this = self.clone();
+        let root = *root;
+        tokio::task::spawn_blocking(move || this.descendant_tips_blocking(&root))
+            .await
+            .map_err(|e| NodeError::Meta(format!("reading chain positions failed: {e}")))?
+    }
+
+    fn descendant_tips_blocking(&self, root: &StoreId) -> Result<Vec<(StoreId, u64)>, NodeError> {
         let me = self.inner.node.key().public();
         let records = self.inner.node.meta().list()?;
         let mut out = Vec::new();

@@ -11,14 +11,21 @@ impl StoreManager {
             if self.is_open(&record.id) {
                 return Ok(());
             }
-            let log = Arc::new(self.inner.node.open_log(record.id)?);
-            let has_genesis = log.reader().get(&Hash(record.id.0))?.is_some();
-            let store = if has_genesis {
-                Some(self.inner.node.store_from_log(record.id, log.clone())?)
-            } else {
-                None
-            };
-            self.register_open(record.id, log.clone(), store, record.parent);
+            let this = self.clone();
+            let id = record.id;
+            let (log, store) = tokio::task::spawn_blocking(move || {
+                let log = Arc::new(this.inner.node.open_log(id)?);
+                let has_genesis = log.reader().get(&Hash(id.0))?.is_some();
+                let store = if has_genesis {
+                    Some(this.inner.node.store_from_log(id, log.clone())?)
+                } else {
+                    None
+                };
+                Ok::<_, NodeError>((log, store))
+            })
+            .await
+            .map_err(|e| NodeError::Meta(format!("opening a store failed: {e}")))??;
+            self.register_open(record.id, log.clone(), store, record.parent)?;
             log
         };
         self.activate(record.id, log).await
@@ -37,7 +44,7 @@ impl StoreManager {
             if self.is_open(&id) {
                 return Ok(());
             }
-            self.register_open(id, log.clone(), store, parent);
+            self.register_open(id, log.clone(), store, parent)?;
         }
         self.activate(id, log).await
     }
@@ -48,35 +55,38 @@ impl StoreManager {
         log: Arc<Log>,
         store: Option<Store>,
         parent: Option<StoreId>,
-    ) {
+    ) -> Result<(), NodeError> {
         let (watch, _) = broadcast::channel(WATCH_BUFFER);
         let store = store.map(|mut s| {
             s.keep_data_events();
             s
         });
+        let actor = StoreActor::spawn(id, store, watch.clone())?;
         let open = Arc::new(OpenStore {
             log: log.clone(),
-            store: Mutex::new(store),
+            actor,
             parent,
             watch,
         });
         lock(&self.inner.stores).insert(id, open);
+        Ok(())
     }
 
     /// Replicates a just-registered store and acts on its system table.
     pub(super) async fn activate(&self, id: StoreId, log: Arc<Log>) -> Result<(), NodeError> {
-        let members = self.members_of(&id);
+        let members = self.members_of(&id).await;
         self.inner
             .replicator
             .add_store_with(log, members, Access::Members)
             .await?;
         self.emit(NodeEvent::StoreOpened(id));
-        self.learn_addrs(&id);
-        if let Err(e) = self.announce_addrs(&id) {
+        self.learn_addrs(&id).await;
+        if let Err(e) = self.announce_addrs(&id).await {
             warn!(store = %id.short(), "could not record this node's address: {e}");
         }
-        if let Some(parent) = self.open_store(&id).ok().and_then(|o| o.parent)
-            && let Err(e) = self.mirror_membership(&parent)
+        let parent = self.open_store(&id).ok().and_then(|o| o.parent);
+        if let Some(parent) = parent
+            && let Err(e) = self.mirror_membership(&parent).await
         {
             warn!(store = %id.short(), "could not pass the parent's membership to a child: {e}");
         }
@@ -90,41 +100,47 @@ impl StoreManager {
         let Ok(open) = self.open_store(id) else {
             return Ok(());
         };
-        let (system_events, data_events) = {
-            let mut guard = lock(&open.store);
-            if guard.is_none() {
-                if open.log.reader().get(&Hash(id.0))?.is_none() {
-                    return Ok(());
+        let this = self.clone();
+        let target = *id;
+        let log = open.log.clone();
+        let (system_events, changed) = open
+            .actor
+            .with_slot(move |slot| {
+                if slot.is_none() {
+                    if log.reader().get(&Hash(target.0))?.is_none() {
+                        return Ok((Vec::new(), false));
+                    }
+                    let mut store = this.inner.node.store_from_log(target, log)?;
+                    store.keep_data_events();
+                    *slot = Some(store);
+                    info!(store = %target.short(), "genesis arrived; store open");
                 }
-                let mut store = self.inner.node.store_from_log(*id, open.log.clone())?;
-                store.keep_data_events();
-                *guard = Some(store);
-                info!(store = %id.short(), "genesis arrived; store open");
-            }
-            let Some(store) = guard.as_mut() else {
-                return Ok(());
-            };
-            store.project()?;
-            (store.take_system_events(), store.take_data_events())
-        };
-        let changed = !data_events.is_empty() || !system_events.is_empty();
-        for e in data_events {
-            let _ = open.watch.send(e);
-        }
+                let Some(store) = slot.as_mut() else {
+                    return Ok((Vec::new(), false));
+                };
+                let report = store.project()?;
+                let system = store.take_system_events();
+                let changed = !report.events.is_empty() || !system.is_empty();
+                Ok((system, changed))
+            })
+            .await?;
         if system_events
             .iter()
             .any(|e| e.topic == "peer" || e.topic == "store")
         {
-            self.update_members(id);
+            self.update_members(id).await;
             // Mirroring from the parent covers this store (its record may have drifted from
             // the parent's, as when a peer's leave arrives after its re-join was mirrored)
             // and everything below it; a store with its own peers mirrors from itself.
-            let inherits = matches!(self.with_store(id, |s| s.inherits_from()), Ok(Some(_)));
+            let inherits = matches!(
+                self.with_store(id, |s| s.inherits_from()).await,
+                Ok(Some(_))
+            );
             let from = match open.parent {
                 Some(parent) if inherits => parent,
                 _ => *id,
             };
-            if let Err(e) = self.mirror_membership(&from) {
+            if let Err(e) = self.mirror_membership(&from).await {
                 warn!(store = %id.short(), "could not pass a membership change to child stores: {e}");
             }
         }
@@ -140,7 +156,7 @@ impl StoreManager {
     /// Opens the active children declared in `id`'s system table that are not open, and
     /// closes the archived or removed ones this node has open.
     pub(super) async fn reconcile_children(&self, id: &StoreId) -> Result<(), NodeError> {
-        let children = match self.with_store(id, |s| s.children()) {
+        let children = match self.with_store(id, |s| s.children()).await {
             Ok(c) => c,
             Err(NodeError::NotReady(_)) => return Ok(()),
             Err(e) => return Err(e),
@@ -196,10 +212,9 @@ impl StoreManager {
         let Some(open) = lock(&self.inner.stores).remove(id) else {
             return Ok(());
         };
-        let store = lock(&open.store).take();
+        open.actor.close().await;
         let log = open.log.clone();
         drop(open);
-        drop(store);
         let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
         let mut log = log;
         loop {
@@ -237,45 +252,51 @@ impl StoreManager {
         parent: Option<StoreId>,
     ) -> Result<StoreId, NodeError> {
         let module = self.inner.node.resolve_type(store_type)?;
-        if let Some(p) = &parent {
-            self.with_store(p, |_| Ok(()))?;
-        }
-        let mut store = self.inner.node.create_child(module, name, parent)?;
+        // The child inherits the parent's peers: record them in its own system table.
+        let inherited: Vec<Value> = match &parent {
+            Some(p) => {
+                let me = self.inner.node.key().public();
+                self.with_store(p, |s| s.peers())
+                    .await?
+                    .into_iter()
+                    .filter(|peer| peer.key != me)
+                    .filter_map(|peer| {
+                        let args = match peer.status {
+                            PeerStatus::Revoked => {
+                                json!({"peer": peer.key.to_string(), "status": "revoked", "cut": 0})
+                            }
+                            PeerStatus::Active | PeerStatus::Dormant => {
+                                json!({"peer": peer.key.to_string(), "status": peer.status.as_str()})
+                            }
+                            PeerStatus::Invited => return None,
+                        };
+                        Some(json!({"method": "set-peer-status", "args": args}))
+                    })
+                    .collect()
+            }
+            None => Vec::new(),
+        };
+        let this = self.clone();
+        let name_owned = name.to_string();
+        let store = tokio::task::spawn_blocking(move || {
+            let mut store = this.inner.node.create_child(module, &name_owned, parent)?;
+            if !inherited.is_empty() {
+                store.system_call("batch", &json!({ "ops": inherited }))?;
+            }
+            Ok::<_, NodeError>(store)
+        })
+        .await
+        .map_err(|e| NodeError::Meta(format!("creating a store failed: {e}")))??;
         let id = store.id();
         let log = store.log().clone();
-        if let Some(p) = &parent {
-            // The child inherits the parent's peers: record them in its own system table.
-            let me = self.inner.node.key().public();
-            let ops: Vec<Value> = self
-                .with_store(p, |s| s.peers())?
-                .into_iter()
-                .filter(|peer| peer.key != me)
-                .filter_map(|peer| {
-                    let args = match peer.status {
-                        PeerStatus::Revoked => {
-                            json!({"peer": peer.key.to_string(), "status": "revoked", "cut": 0})
-                        }
-                        PeerStatus::Active | PeerStatus::Dormant => {
-                            json!({"peer": peer.key.to_string(), "status": peer.status.as_str()})
-                        }
-                        PeerStatus::Invited => return None,
-                    };
-                    Some(json!({"method": "set-peer-status", "args": args}))
-                })
-                .collect();
-            if !ops.is_empty() {
-                store.system_call("batch", &json!({ "ops": ops }))?;
-            }
-        }
         self.insert_open(id, log, Some(store), parent).await?;
         if let Some(p) = parent {
-            let result = self.with_store(&p, |s| {
-                s.system_call(
-                    "add-child",
-                    &json!({"id": id.to_string(), "alias": name, "module": module.to_string()}),
-                )
-            })?;
-            self.publish_result(&p, &result);
+            self.system_call(
+                &p,
+                "add-child",
+                &json!({"id": id.to_string(), "alias": name, "module": module.to_string()}),
+            )
+            .await?;
         }
         info!(store = %id.short(), parent = ?parent.map(|p| p.short()), "store created");
         Ok(id)
@@ -289,8 +310,8 @@ impl StoreManager {
     /// [`NodeError::InheritedPeers`] for a child; storage failures.
     pub async fn leave(&self, id: &StoreId) -> Result<(), NodeError> {
         let me = self.inner.node.key().public();
-        let members = self.members_of(id);
-        self.revoke(id, &me)?;
+        let members = self.members_of(id).await;
+        self.revoke(id, &me).await?;
         for peer in members.iter().filter(|p| **p != me) {
             if let Err(e) = self.inner.replicator.sync(id, peer).await {
                 debug!(peer = %peer.short(), "could not tell a peer about leaving: {e}");
@@ -318,7 +339,8 @@ impl StoreManager {
             &parent,
             "set-child-status",
             &json!({"id": id.to_string(), "status": status}),
-        )?;
+        )
+        .await?;
         if !archived && let Some(mut record) = self.inner.node.meta().get(id)? {
             record.state = StoreState::Active;
             self.inner.node.meta().put(&record)?;

@@ -6,35 +6,36 @@ use super::*;
 impl StoreManager {
     /// The peer set a store is replicated with: its own active and dormant peers, or its
     /// parent's when it inherits them.
-    pub(super) fn members_of(&self, id: &StoreId) -> Vec<PubKey> {
+    pub(super) async fn members_of(&self, id: &StoreId) -> Vec<PubKey> {
         let mut current = *id;
         for _ in 0..16 {
             let Ok(open) = self.open_store(&current) else {
                 return Vec::new();
             };
-            let inherited = {
-                let mut guard = lock(&open.store);
-                match guard.as_mut() {
-                    Some(store) => {
-                        let parent = store.inherits_from().unwrap_or(None);
-                        if parent.is_some() {
-                            parent
-                        } else {
-                            return store
+            let fallback = open.parent;
+            // `Ok(parent)` to follow, `Err(members)` when found.
+            let step = open
+                .actor
+                .with_slot(move |slot| {
+                    Ok(match slot.as_mut() {
+                        Some(store) => match store.inherits_from().unwrap_or(None) {
+                            Some(parent) => Ok(Some(parent)),
+                            None => Err(store
                                 .peers()
                                 .unwrap_or_default()
                                 .into_iter()
                                 .filter(PeerInfo::is_member)
                                 .map(|p| p.key)
-                                .collect();
-                        }
-                    }
-                    None => open.parent,
-                }
-            };
-            match inherited {
-                Some(parent) => current = parent,
-                None => return Vec::new(),
+                                .collect::<Vec<_>>()),
+                        },
+                        None => Ok(fallback),
+                    })
+                })
+                .await;
+            match step {
+                Ok(Ok(Some(parent))) => current = parent,
+                Ok(Err(members)) => return members,
+                Ok(Ok(None)) | Err(_) => return Vec::new(),
             }
         }
         Vec::new()
@@ -42,8 +43,8 @@ impl StoreManager {
 
     /// Pushes the peer set of `id` and of every open store inheriting from it to the
     /// replicator.
-    pub(super) fn update_members(&self, id: &StoreId) {
-        let _consistent = lock(&self.inner.members);
+    pub(super) async fn update_members(&self, id: &StoreId) {
+        let _consistent = self.inner.members.lock().await;
         let open: Vec<(StoreId, Option<StoreId>)> = lock(&self.inner.stores)
             .iter()
             .map(|(k, v)| (*k, v.parent))
@@ -55,7 +56,7 @@ impl StoreManager {
                 continue;
             }
             seen.push(s);
-            let members = self.members_of(&s);
+            let members = self.members_of(&s).await;
             self.inner.replicator.set_members(&s, members);
             todo.extend(open.iter().filter(|(_, p)| *p == Some(s)).map(|(k, _)| *k));
         }
@@ -66,88 +67,58 @@ impl StoreManager {
     /// same status in each child, written by this node, with the cut (revocation) or resume
     /// point (re-activation) of the child's own log. A child's projection then needs only its
     /// own system table, and a peer revoked at the root is refused in every descendant.
-    pub(super) fn mirror_membership(&self, parent: &StoreId) -> Result<(), NodeError> {
+    pub(super) async fn mirror_membership(&self, parent: &StoreId) -> Result<(), NodeError> {
         let me = self.inner.node.key().public();
-        let children: Vec<(StoreId, Arc<OpenStore>)> = lock(&self.inner.stores)
+        let children: Vec<StoreId> = lock(&self.inner.stores)
             .iter()
             .filter(|(_, v)| v.parent == Some(*parent))
-            .map(|(k, v)| (*k, v.clone()))
+            .map(|(k, _)| *k)
             .collect();
         if children.is_empty() {
             return Ok(());
         }
         let mine: Vec<PeerInfo> = self
-            .with_store(parent, |s| s.peers())?
+            .with_store(parent, |s| s.peers())
+            .await?
             .into_iter()
             .filter(|peer| peer.written_by == Some(me))
             .collect();
-        for (child, open) in children {
-            let recorded = self.with_store(&child, |s| {
-                Ok(match s.inherits_from()? {
-                    Some(_) => Some(s.peers()?),
-                    None => None,
+        for child in children {
+            let resume: HashMap<PubKey, u64> = lock(&self.inner.resume_at)
+                .iter()
+                .filter(|((c, _), _)| *c == child)
+                .map(|((_, k), at)| (*k, *at))
+                .collect();
+            let mine = mine.clone();
+            let written = self
+                .with_store(&child, move |s| {
+                    if s.inherits_from()?.is_none() {
+                        return Ok(None);
+                    }
+                    let recorded = s.peers()?;
+                    let ops = mirror_ops(s.log(), &me, &mine, &recorded, &resume)?;
+                    if ops.is_empty() {
+                        return Ok(None);
+                    }
+                    debug!(child = %s.id().short(), changes = ops.len(), "passing membership to a child store");
+                    let value = s.system_call("batch", &json!({"ops": ops}))?;
+                    Ok(Some(s.written(value)?))
                 })
-            });
-            let Ok(Some(recorded)) = recorded else {
-                continue;
-            };
-            let mut ops = Vec::new();
-            for peer in &mine {
-                let now = recorded
-                    .iter()
-                    .find(|p| p.key == peer.key)
-                    .map(|p| p.status);
-                if now == Some(peer.status) {
-                    continue;
-                }
-                let position = chain_position(&open.log, &peer.key)?;
-                let args = match peer.status {
-                    PeerStatus::Revoked => {
-                        let cut = self.revocation_cut(&open.log, &peer.key)?;
-                        json!({"peer": peer.key.to_string(), "status": "revoked", "cut": cut})
-                    }
-                    PeerStatus::Active | PeerStatus::Dormant => {
-                        // Resume where the peer says its chain stands when it re-joined, never
-                        // below what this node has seen of it.
-                        let reported = lock(&self.inner.resume_at)
-                            .get(&(child, peer.key))
-                            .copied()
-                            .unwrap_or(0);
-                        json!({
-                            "peer": peer.key.to_string(), "status": peer.status.as_str(),
-                            "resume": position.max(reported),
-                        })
-                    }
-                    PeerStatus::Invited => continue,
-                };
-                ops.push(json!({"method": "set-peer-status", "args": args}));
+                .await;
+            match written {
+                Ok(Some(w)) => self.publish(&w),
+                Ok(None) => {}
+                Err(NodeError::NotReady(_) | NodeError::NotOpen(_)) => continue,
+                Err(e) => return Err(e),
             }
-            if !ops.is_empty() {
-                debug!(child = %child.short(), changes = ops.len(), "passing membership to a child store");
-                let result =
-                    self.with_store(&child, |s| s.system_call("batch", &json!({"ops": ops})))?;
-                self.publish_result(&child, &result);
-            }
-            self.mirror_membership(&child)?;
+            Box::pin(self.mirror_membership(&child)).await?;
         }
         Ok(())
     }
 
-    /// Where a revocation of `peer` written now by this node cuts its chain in `log`: the
-    /// newest position seen here — one further when this node revokes itself (leaving), as
-    /// the revocation is then its own next intention and must still count.
-    fn revocation_cut(&self, log: &Log, peer: &PubKey) -> Result<u64, NodeError> {
-        let seen = chain_position(log, peer)?;
-        Ok(if *peer == self.inner.node.key().public() {
-            seen + 1
-        } else {
-            seen
-        })
-    }
-
     /// Records this node's current direct addresses in a root store's system table when they
     /// differ from what is recorded, so every peer can dial it (not only its inviter).
-    pub(super) fn announce_addrs(&self, id: &StoreId) -> Result<(), NodeError> {
+    pub(super) async fn announce_addrs(&self, id: &StoreId) -> Result<(), NodeError> {
         let me = self.inner.node.key().public();
         let addrs: Vec<String> = self
             .address()
@@ -155,20 +126,23 @@ impl StoreManager {
             .iter()
             .map(ToString::to_string)
             .collect();
-        let recorded = self.with_store(id, |s| {
-            if s.inherits_from()?.is_some() {
-                return Ok(None);
-            }
-            let me_now = s.peers()?.into_iter().find(|p| p.key == me);
-            Ok(Some(me_now.map(|p| (p.status, p.addrs))))
-        });
+        let recorded = self
+            .with_store(id, move |s| {
+                if s.inherits_from()?.is_some() {
+                    return Ok(None);
+                }
+                let me_now = s.peers()?.into_iter().find(|p| p.key == me);
+                Ok(Some(me_now.map(|p| (p.status, p.addrs))))
+            })
+            .await;
         match recorded {
             Ok(Some(Some((PeerStatus::Active, recorded)))) if recorded != addrs => {
                 self.system_call(
                     id,
                     "set-peer-addrs",
                     &json!({"peer": me.to_string(), "addrs": addrs}),
-                )?;
+                )
+                .await?;
                 Ok(())
             }
             Ok(_) | Err(NodeError::NotReady(_)) => Ok(()),
@@ -177,9 +151,9 @@ impl StoreManager {
     }
 
     /// Tells the replicator where a store's peers listen, from its system table.
-    pub(super) fn learn_addrs(&self, id: &StoreId) {
+    pub(super) async fn learn_addrs(&self, id: &StoreId) {
         let me = self.inner.node.key().public();
-        let Ok(peers) = self.with_store(id, |s| s.peers()) else {
+        let Ok(peers) = self.with_store(id, |s| s.peers()).await else {
             return;
         };
         for peer in peers.into_iter().filter(|p| p.key != me && p.is_member()) {
@@ -197,12 +171,12 @@ impl StoreManager {
     ///
     /// # Errors
     /// As [`StoreManager::status`].
-    pub fn peers(&self, id: &StoreId) -> Result<Vec<PeerInfo>, NodeError> {
+    pub async fn peers(&self, id: &StoreId) -> Result<Vec<PeerInfo>, NodeError> {
         let mut current = *id;
         for _ in 0..16 {
-            match self.with_store(&current, |s| s.inherits_from())? {
+            match self.with_store(&current, |s| s.inherits_from()).await? {
                 Some(parent) => current = parent,
-                None => return self.with_store(&current, |s| s.peers()),
+                None => return self.with_store(&current, |s| s.peers()).await,
             }
         }
         Err(NodeError::NotReady(id.to_string()))
@@ -216,28 +190,30 @@ impl StoreManager {
     /// [`NodeError::InheritedPeers`] for a child; [`NodeError::RevokeSelf`] for this node's
     /// own key (leave instead); [`NodeError::NotAPeer`] for a key the store does not list as
     /// a peer; storage failures.
-    pub fn revoke_peer(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
+    pub async fn revoke_peer(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
         if *peer == self.inner.node.key().public() {
             return Err(NodeError::RevokeSelf);
         }
         let known = self
-            .with_store(id, |s| s.peers())?
+            .with_store(id, |s| s.peers())
+            .await?
             .into_iter()
             .any(|p| p.key == *peer && p.status != PeerStatus::Invited);
         if !known {
             return Err(NodeError::NotAPeer(peer.to_string()));
         }
-        self.revoke(id, peer)
+        self.revoke(id, peer).await
     }
 
     /// Finds a peer of store `id` by full key or unique prefix.
     ///
     /// # Errors
     /// [`NodeError::NotAPeer`] when nothing matches, [`NodeError::Ambiguous`] for several.
-    pub fn find_peer(&self, id: &StoreId, text: &str) -> Result<PubKey, NodeError> {
+    pub async fn find_peer(&self, id: &StoreId, text: &str) -> Result<PubKey, NodeError> {
         let text = text.trim().to_ascii_lowercase();
         let matches: Vec<PubKey> = self
-            .peers(id)?
+            .peers(id)
+            .await?
             .into_iter()
             .map(|p| p.key)
             .filter(|k| !text.is_empty() && k.to_string().starts_with(&text))
@@ -251,17 +227,73 @@ impl StoreManager {
 
     /// Records `peer` revoked in `id` at the last position seen here, and in the children
     /// that inherit `id`'s peers.
-    pub(super) fn revoke(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
-        self.require_own_peers(id)?;
-        let open = self.open_store(id)?;
-        let cut = self.revocation_cut(&open.log, peer)?;
-        let result = self.system_call(
-            id,
-            "set-peer-status",
-            &json!({"peer": peer.to_string(), "status": "revoked", "cut": cut}),
-        )?;
-        self.update_members(id);
-        self.mirror_membership(id)?;
+    pub(super) async fn revoke(&self, id: &StoreId, peer: &PubKey) -> Result<Value, NodeError> {
+        self.require_own_peers(id).await?;
+        let me = self.inner.node.key().public();
+        let peer = *peer;
+        let (result, written) = self
+            .with_store(id, move |s| {
+                let cut = revocation_cut(s.log(), &peer, &me)?;
+                let value = s.system_call(
+                    "set-peer-status",
+                    &json!({"peer": peer.to_string(), "status": "revoked", "cut": cut}),
+                )?;
+                let written = s.written(value.clone())?;
+                Ok((value, written))
+            })
+            .await?;
+        self.publish(&written);
+        self.update_members(id).await;
+        self.mirror_membership(id).await?;
         Ok(result)
     }
+}
+
+/// Where a revocation of `peer` written now by `me` cuts its chain in `log`: the newest
+/// position seen here — one further when a node revokes itself (leaving), as the revocation
+/// is then its own next intention and must still count.
+fn revocation_cut(log: &Log, peer: &PubKey, me: &PubKey) -> Result<u64, NodeError> {
+    let seen = chain_position(log, peer)?;
+    Ok(if peer == me { seen + 1 } else { seen })
+}
+
+/// The `set-peer-status` ops that bring a child's recorded peers (`recorded`) in line with
+/// the parent records `me` wrote (`mine`): revocations cut at the newest position seen in the
+/// child's log, re-activations resume there (or where the peer reported, when further).
+fn mirror_ops(
+    log: &Log,
+    me: &PubKey,
+    mine: &[PeerInfo],
+    recorded: &[PeerInfo],
+    resume: &HashMap<PubKey, u64>,
+) -> Result<Vec<Value>, NodeError> {
+    let mut ops = Vec::new();
+    for peer in mine {
+        let now = recorded
+            .iter()
+            .find(|p| p.key == peer.key)
+            .map(|p| p.status);
+        if now == Some(peer.status) {
+            continue;
+        }
+        let args = match peer.status {
+            PeerStatus::Revoked => {
+                let cut = revocation_cut(log, &peer.key, me)?;
+                json!({"peer": peer.key.to_string(), "status": "revoked", "cut": cut})
+            }
+            PeerStatus::Active | PeerStatus::Dormant => {
+                // Resume where the peer says its chain stands when it re-joined, never below
+                // what this node has seen of it.
+                let position = chain_position(log, &peer.key)?;
+                let reported = resume.get(&peer.key).copied().unwrap_or(0);
+                json!({
+                    "peer": peer.key.to_string(), "status": peer.status.as_str(),
+                    "resume": position.max(reported),
+                })
+            }
+            PeerStatus::Invited => continue,
+        };
+        ops.push(json!({"method": "set-peer-status", "args": args}));
+    }
+    Ok(ops)
 }

@@ -28,12 +28,14 @@ mod invites;
 mod lifecycle;
 mod membership;
 
+use crate::actor::{CallReply, StoreActor};
 use crate::error::NodeError;
 use crate::invite::InviteToken;
 use crate::meta::{StoreRecord, StoreState};
 use crate::node::Node;
 use crate::store::{
     ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention, Store, StoreStatus,
+    Written,
 };
 
 /// Watch events buffered per subscriber before it is told it lagged.
@@ -55,8 +57,8 @@ pub enum NodeEvent {
 
 struct OpenStore {
     log: Arc<Log>,
-    /// `None` while a child store's genesis has not arrived yet.
-    store: Mutex<Option<Store>>,
+    /// Owns the store (absent while a child store's genesis has not arrived yet).
+    actor: StoreActor,
     parent: Option<StoreId>,
     watch: broadcast::Sender<WatchEvent>,
 }
@@ -72,7 +74,7 @@ struct Inner {
     lifecycle: tokio::sync::Mutex<()>,
     /// Held while peer sets are read and handed to the replicator, so a set computed from an
     /// older system state never overwrites a newer one.
-    members: Mutex<()>,
+    members: tokio::sync::Mutex<()>,
     /// Chain positions re-joining peers reported for child stores: where their
     /// re-activation in each child resumes (see [`StoreManager::mirror_membership`]).
     resume_at: Mutex<HashMap<(StoreId, PubKey), u64>>,
@@ -175,7 +177,7 @@ impl StoreManager {
             events,
             tasks: Mutex::new(Vec::new()),
             lifecycle: tokio::sync::Mutex::new(()),
-            members: Mutex::new(()),
+            members: tokio::sync::Mutex::new(()),
             resume_at: Mutex::new(HashMap::new()),
         });
         let joins = inner.replicator.join_requests();
@@ -303,120 +305,93 @@ impl StoreManager {
         crate::node::match_store_prefix(ids, text)
     }
 
-    /// Runs `f` on an open store whose genesis is here.
-    fn with_store<T>(
+    /// Runs `f` on an open store whose genesis is here, on the store's actor thread.
+    async fn with_store<T: Send + 'static>(
         &self,
         id: &StoreId,
-        f: impl FnOnce(&mut Store) -> Result<T, NodeError>,
+        f: impl FnOnce(&mut Store) -> Result<T, NodeError> + Send + 'static,
     ) -> Result<T, NodeError> {
-        let open = self.open_store(id)?;
-        let mut guard = lock(&open.store);
-        let store = guard
-            .as_mut()
-            .ok_or_else(|| NodeError::NotReady(id.to_string()))?;
-        f(store)
+        self.open_store(id)?.actor.run(f).await
     }
 
-    /// Gossips the intention a call authored (its result names it).
-    fn publish_result(&self, id: &StoreId, result: &Value) {
-        let Some(hash) = result["hash"].as_str().and_then(|h| Hash::from_hex(h).ok()) else {
-            return;
-        };
-        let Ok(open) = self.open_store(id) else {
-            return;
-        };
-        match open.log.reader().get(&hash) {
-            Ok(Some(signed)) => self.inner.replicator.publish(&signed),
-            Ok(None) => {}
-            Err(e) => warn!(store = %id.short(), "could not read a new intention to gossip: {e}"),
-        }
+    /// Gossips an intention this node wrote.
+    fn publish(&self, written: &Written) {
+        self.inner.replicator.publish(&written.intention);
     }
 
-    /// Calls a method of a store's type; commands are gossiped to its peers.
+    /// Calls a method of a store's type; commands are gossiped to its peers. Concurrent
+    /// commands on one store are written as one group (see [`Store::write_run`]).
     ///
     /// # Errors
     /// As [`Store::call`]; [`NodeError::NotOpen`].
-    pub fn call(&self, id: &StoreId, method: &str, args: &Value) -> Result<Value, NodeError> {
-        let (result, events) = self.with_store(id, |s| {
-            let result = s.call(method, args)?;
-            Ok((result, s.take_data_events()))
-        })?;
-        self.publish_result(id, &result);
-        if let Ok(open) = self.open_store(id) {
-            for e in events {
-                let _ = open.watch.send(e);
+    pub async fn call(&self, id: &StoreId, method: &str, args: &Value) -> Result<Value, NodeError> {
+        let open = self.open_store(id)?;
+        match open.actor.call(method.to_string(), args.clone()).await? {
+            CallReply::Answer(value) => Ok(value),
+            CallReply::Wrote(written) => {
+                self.publish(&written);
+                self.emit(NodeEvent::StoreChanged(*id));
+                Ok(written.value)
             }
         }
-        if result.get("hash").is_some() {
-            self.emit(NodeEvent::StoreChanged(*id));
-        }
-        Ok(result)
     }
 
     /// Calls a system table method of a store (peers, children, …); commands are gossiped.
     ///
     /// # Errors
     /// As [`Store::system_call`].
-    pub fn system_call(
+    pub async fn system_call(
         &self,
         id: &StoreId,
         method: &str,
         args: &Value,
     ) -> Result<Value, NodeError> {
-        let result = self.with_store(id, |s| s.system_call(method, args))?;
-        self.publish_result(id, &result);
-        Ok(result)
+        let (method, args) = (method.to_string(), args.clone());
+        let (value, written) = self
+            .with_store(id, move |s| {
+                let value = s.system_call(&method, &args)?;
+                let written = match value.get("hash") {
+                    Some(_) => Some(s.written(value.clone())?),
+                    None => None,
+                };
+                Ok((value, written))
+            })
+            .await?;
+        if let Some(written) = &written {
+            self.publish(written);
+        }
+        Ok(value)
     }
 
     /// A store's status.
     ///
     /// # Errors
     /// [`NodeError::NotOpen`], storage failures.
-    pub fn status(&self, id: &StoreId) -> Result<StoreStatus, NodeError> {
-        self.with_store(id, |s| s.status())
+    pub async fn status(&self, id: &StoreId) -> Result<StoreStatus, NodeError> {
+        self.with_store(id, |s| s.status()).await
     }
 
     /// The store type's description.
     ///
     /// # Errors
     /// As [`StoreManager::status`]; headless stores cannot describe themselves.
-    pub fn describe(&self, id: &StoreId) -> Result<lattice_runtime::StoreDescriptor, NodeError> {
-        self.with_store(id, |s| s.describe())
+    pub async fn describe(
+        &self,
+        id: &StoreId,
+    ) -> Result<lattice_runtime::StoreDescriptor, NodeError> {
+        self.with_store(id, |s| s.describe()).await
     }
 
     /// The newest `limit` witnessed intentions of a store, newest first.
     ///
     /// # Errors
     /// [`NodeError::NotOpen`], storage failures.
-    pub fn history(&self, id: &StoreId, limit: usize) -> Result<Vec<IntentionSummary>, NodeError> {
-        let open = self.open_store(id)?;
-        let reader = open.log.reader();
-        let head = reader.status()?.head_seq;
-        let from = head.saturating_sub(limit as u64).saturating_add(1).max(1);
-        let mut out: Vec<IntentionSummary> = reader
-            .witnessed(from, limit)?
-            .into_iter()
-            .map(|(seq, s)| {
-                let i = s.intention();
-                IntentionSummary {
-                    seq,
-                    hash: s.hash(),
-                    author: i.author(),
-                    hlc: i.hlc(),
-                    deps: i.deps().to_vec(),
-                    ops_bytes: i.ops().len(),
-                    partition: if i.is_genesis() {
-                        "genesis"
-                    } else if i.flags().system {
-                        "system"
-                    } else {
-                        "data"
-                    },
-                }
-            })
-            .collect();
-        out.reverse();
-        Ok(out)
+    pub async fn history(
+        &self,
+        id: &StoreId,
+        limit: usize,
+    ) -> Result<Vec<IntentionSummary>, NodeError> {
+        self.with_store(id, move |s| s.history(limit)).await
     }
 
     /// The newest `limit` rejected intentions of a store (both partitions), newest first,
@@ -424,26 +399,28 @@ impl StoreManager {
     ///
     /// # Errors
     /// [`NodeError::NotOpen`], storage failures.
-    pub fn rejected(
+    pub async fn rejected(
         &self,
         id: &StoreId,
         limit: usize,
     ) -> Result<Vec<RejectedIntention>, NodeError> {
-        self.with_store(id, |s| {
+        self.with_store(id, move |s| {
             s.project()?;
             s.rejected_details(limit)
         })
+        .await
     }
 
     /// A digest of a store's projected state (both partitions).
     ///
     /// # Errors
     /// As [`StoreManager::status`].
-    pub fn state_digest(&self, id: &StoreId) -> Result<Hash, NodeError> {
+    pub async fn state_digest(&self, id: &StoreId) -> Result<Hash, NodeError> {
         self.with_store(id, |s| {
             s.project()?;
             s.state_digest()
         })
+        .await
     }
 
     /// Every store in the inventory with its state.

@@ -1,0 +1,275 @@
+//! [`StoreActor`]: the thread that owns one open store — its guest instances, `state.db` and
+//! `system.db`. Everything else sends it messages and awaits the reply.
+//!
+//! The actor blocks for one message, then drains whatever else is queued. Consecutive
+//! commands of the store's type become one write run ([`Store::write_run`]): prepared and
+//! applied in order, witnessed in one group commit, committed to state in one transaction,
+//! each caller answered with its own outcome. Concurrency turns into bigger runs. Other work
+//! (queries, system calls, status, projection after replication) runs as a job in arrival
+//! order. After each round the actor passes the data partition's watch events to
+//! subscribers, and it makes the projected state durable every [`FLUSH_INTERVAL`] and when it
+//! stops.
+
+use std::sync::Mutex;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use lattice_model::StoreId;
+use lattice_runtime::{MethodKind, WatchEvent};
+use serde_json::Value;
+use tokio::sync::{broadcast, oneshot};
+use tracing::{debug, warn};
+
+use crate::error::NodeError;
+use crate::store::{Store, Written};
+
+/// How often projected state is made durable (the log already is).
+pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
+/// Most messages taken in one round.
+const MAX_ROUND: usize = 1024;
+
+type Job = Box<dyn FnOnce(&mut Option<Store>) + Send>;
+
+enum Msg {
+    /// A method of the store's type.
+    Call {
+        method: String,
+        args: Value,
+        reply: oneshot::Sender<Result<CallReply, NodeError>>,
+    },
+    /// Any other work on the store.
+    Job(Job),
+}
+
+/// What a call of the store's type returned: a write (witnessed, projected) or a query's
+/// answer.
+#[derive(Debug, Clone)]
+pub enum CallReply {
+    /// A command: the reply and the intention it wrote.
+    Wrote(Written),
+    /// A query's answer.
+    Answer(Value),
+}
+
+/// Handle to one store's actor thread.
+pub(crate) struct StoreActor {
+    id: StoreId,
+    inbox: Mutex<Option<mpsc::Sender<Msg>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl StoreActor {
+    /// Starts the actor for `id`; `store` is `None` while the genesis has not arrived.
+    pub(crate) fn spawn(
+        id: StoreId,
+        store: Option<Store>,
+        watch: broadcast::Sender<WatchEvent>,
+    ) -> Result<StoreActor, NodeError> {
+        let (tx, rx) = mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name(format!("store-{}", id.short()))
+            .spawn(move || run(id, store, rx, watch))
+            .map_err(|source| NodeError::Io {
+                path: format!("store actor thread for {}", id.short()),
+                source,
+            })?;
+        Ok(StoreActor {
+            id,
+            inbox: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+        })
+    }
+
+    fn send(&self, msg: Msg) -> Result<(), NodeError> {
+        lock(&self.inbox)
+            .as_ref()
+            .ok_or_else(|| NodeError::NotOpen(self.id.to_string()))?
+            .send(msg)
+            .map_err(|_| NodeError::NotOpen(self.id.to_string()))
+    }
+
+    /// Calls a method of the store's type.
+    ///
+    /// # Errors
+    /// As [`Store::call`]; [`NodeError::NotReady`] before the genesis arrived;
+    /// [`NodeError::NotOpen`] once the actor stopped.
+    pub(crate) async fn call(&self, method: String, args: Value) -> Result<CallReply, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Call {
+            method,
+            args,
+            reply,
+        })?;
+        rx.await
+            .map_err(|_| NodeError::NotOpen(self.id.to_string()))?
+    }
+
+    /// Runs `f` on the store on the actor thread and returns its result.
+    ///
+    /// # Errors
+    /// What `f` returns; [`NodeError::NotReady`] before the genesis arrived;
+    /// [`NodeError::NotOpen`] once the actor stopped.
+    pub(crate) async fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Store) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let id = self.id;
+        self.with_slot(move |slot| match slot.as_mut() {
+            Some(store) => f(store),
+            None => Err(NodeError::NotReady(id.to_string())),
+        })
+        .await
+    }
+
+    /// Runs `f` on the actor thread with the store slot (empty before the genesis arrived).
+    ///
+    /// # Errors
+    /// What `f` returns; [`NodeError::NotOpen`] once the actor stopped.
+    pub(crate) async fn with_slot<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Option<Store>) -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        let (reply, rx) = oneshot::channel();
+        self.send(Msg::Job(Box::new(move |slot| {
+            let _ = reply.send(f(slot));
+        })))?;
+        rx.await
+            .map_err(|_| NodeError::NotOpen(self.id.to_string()))?
+    }
+
+    /// Stops the actor after the work queued before this call, makes state durable and waits
+    /// for the thread.
+    pub(crate) async fn close(&self) {
+        lock(&self.inbox).take();
+        let thread = lock(&self.thread).take();
+        if let Some(thread) = thread {
+            let joined = tokio::task::spawn_blocking(move || thread.join()).await;
+            if !matches!(joined, Ok(Ok(()))) {
+                warn!(store = %self.id.short(), "the store actor ended abnormally");
+            }
+        }
+    }
+}
+
+impl Drop for StoreActor {
+    fn drop(&mut self) {
+        // Stops the thread; it finishes its queue and flushes on its own.
+        lock(&self.inbox).take();
+    }
+}
+
+fn run(
+    id: StoreId,
+    mut slot: Option<Store>,
+    inbox: mpsc::Receiver<Msg>,
+    watch: broadcast::Sender<WatchEvent>,
+) {
+    let _span = tracing::info_span!("store", store = %id.short()).entered();
+    let mut flushed = Instant::now();
+    loop {
+        let first = match inbox.recv_timeout(FLUSH_INTERVAL) {
+            Ok(msg) => msg,
+            Err(RecvTimeoutError::Timeout) => {
+                flush(&mut slot, &mut flushed);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) => break,
+        };
+        let mut round = vec![first];
+        while round.len() < MAX_ROUND {
+            match inbox.try_recv() {
+                Ok(msg) => round.push(msg),
+                Err(_) => break,
+            }
+        }
+        let mut calls: Vec<(String, Value)> = Vec::new();
+        let mut replies: Vec<oneshot::Sender<Result<CallReply, NodeError>>> = Vec::new();
+        for msg in round {
+            match msg {
+                Msg::Call {
+                    method,
+                    args,
+                    reply,
+                } => {
+                    let kind = slot
+                        .as_mut()
+                        .and_then(|s| s.method_kind(&method).ok().flatten());
+                    if kind == Some(MethodKind::Query) {
+                        // Queries see every write queued before them.
+                        write_run(id, &mut slot, &mut calls, &mut replies, &watch);
+                        let answer = match slot.as_mut() {
+                            Some(store) => store.call(&method, &args).map(CallReply::Answer),
+                            None => Err(NodeError::NotReady(id.to_string())),
+                        };
+                        let _ = reply.send(answer);
+                    } else {
+                        calls.push((method, args));
+                        replies.push(reply);
+                    }
+                }
+                Msg::Job(job) => {
+                    write_run(id, &mut slot, &mut calls, &mut replies, &watch);
+                    job(&mut slot);
+                }
+            }
+        }
+        write_run(id, &mut slot, &mut calls, &mut replies, &watch);
+        if let Some(store) = slot.as_mut() {
+            pass_events(store, &watch);
+        }
+        if flushed.elapsed() >= FLUSH_INTERVAL {
+            flush(&mut slot, &mut flushed);
+        }
+    }
+    flush(&mut slot, &mut flushed);
+    debug!("store actor stopped");
+}
+
+fn write_run(
+    id: StoreId,
+    slot: &mut Option<Store>,
+    calls: &mut Vec<(String, Value)>,
+    replies: &mut Vec<oneshot::Sender<Result<CallReply, NodeError>>>,
+    watch: &broadcast::Sender<WatchEvent>,
+) {
+    if calls.is_empty() {
+        return;
+    }
+    let calls = std::mem::take(calls);
+    let replies = std::mem::take(replies);
+    match slot.as_mut() {
+        Some(store) => {
+            let results = store.write_run(&calls);
+            // Watchers hear of a write before its caller does.
+            pass_events(store, watch);
+            for (reply, result) in replies.into_iter().zip(results) {
+                let _ = reply.send(result.map(CallReply::Wrote));
+            }
+        }
+        None => {
+            for reply in replies {
+                let _ = reply.send(Err(NodeError::NotReady(id.to_string())));
+            }
+        }
+    }
+}
+
+fn pass_events(store: &mut Store, watch: &broadcast::Sender<WatchEvent>) {
+    for event in store.take_data_events() {
+        let _ = watch.send(event);
+    }
+}
+
+fn flush(slot: &mut Option<Store>, flushed: &mut Instant) {
+    if let Some(store) = slot.as_mut()
+        && let Err(e) = store.flush()
+    {
+        warn!("could not make projected state durable: {e}");
+    }
+    *flushed = Instant::now();
+}
