@@ -292,6 +292,26 @@ pub(crate) enum BenchCommand {
     /// clone of the whole store into an empty node (over the simulated network or real iroh
     /// on loopback).
     Sync(BenchSyncArgs),
+    /// Durable kv puts through a real daemon's gRPC API (one caller, then many in flight),
+    /// disk bytes per put, and process start to first answered read. Prints one JSON object.
+    Daemon(BenchDaemonArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchDaemonArgs {
+    /// Puts with `--inflight` callers (also the size bytes per put are measured on, with the
+    /// one-at-a-time puts).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub(crate) count: u64,
+    /// Callers with one put in flight each.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(crate) inflight: u64,
+    /// Puts by one caller, one at a time (at most `--count`).
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub(crate) seq_count: u64,
+    /// Store sizes (intentions) at which process start to first read is timed.
+    #[arg(long, value_delimiter = ',', default_value = "10000,200000")]
+    pub(crate) open_sizes: Vec<u64>,
 }
 
 #[derive(Debug, Args)]

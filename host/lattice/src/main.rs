@@ -7,6 +7,7 @@
 
 mod api;
 mod bench;
+mod bench_daemon;
 mod bench_store;
 mod bench_sync;
 mod cli;
@@ -90,6 +91,7 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
         cli::Command::Bench(cli::BenchCommand::Log(args)) => bench::log(args, out),
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench_store::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Sync(args)) => bench_sync::run(args, out),
+        cli::Command::Bench(cli::BenchCommand::Daemon(args)) => bench_daemon::run(args, out),
         cli::Command::Log(cmd) => log_cmd::run(cmd, &data_dir, out),
         cli::Command::Store(cli::StoreCommand::Rebuild { store }) => {
             rebuild(&data_dir, &store, out)

@@ -541,6 +541,16 @@ impl Store {
             .into_iter()
             .find(|(seq, _)| *seq == written.seq)
             .map(|(_, reason)| reason);
+        self.outcome_known(written, rejected, events)
+    }
+
+    /// As [`Store::outcome`], with the rejection already known.
+    fn outcome_known(
+        &self,
+        written: &Authored,
+        rejected: Option<String>,
+        events: Option<usize>,
+    ) -> Result<Value, NodeError> {
         if let Some(reason) = rejected {
             return Err(self.rejection(written.hash, reason)?);
         }
@@ -702,12 +712,14 @@ impl Store {
             .map(|w| w.as_ref().ok().map(|a| a.seq))
             .collect();
         let mut report = ProjectReport::default();
+        let mut reasons: Vec<Option<String>> = Vec::new();
         let committed = match seqs {
             Some(seqs) => {
                 let first = seqs.first().copied().unwrap_or(0);
                 let system_next = self.system.cursor() + 1 == first;
                 match self.data.commit_run(&seqs, &mut report) {
-                    Ok(()) => {
+                    Ok(rejections) => {
+                        reasons = rejections;
                         if system_next && let Some(last) = seqs.last() {
                             self.system.skip_to(*last);
                         }
@@ -729,7 +741,7 @@ impl Store {
         } else if let Some(kept) = self.data_events.as_mut() {
             kept.extend(report.events.iter().cloned());
         }
-        for (i, outcome) in slots.into_iter().zip(witnessed) {
+        for (k, (i, outcome)) in slots.into_iter().zip(witnessed).enumerate() {
             results[i] = Some(match outcome {
                 Err(e) => Err(e.into()),
                 Ok(written) => {
@@ -738,11 +750,16 @@ impl Store {
                         .iter()
                         .filter(|e| e.seq == written.seq)
                         .count();
-                    self.outcome(Partition::Data, &written, committed.then_some(events))
-                        .map(|value| Written {
-                            value,
-                            intention: written.intention,
-                        })
+                    let value = match reasons.get(k) {
+                        Some(reason) if committed => {
+                            self.outcome_known(&written, reason.clone(), Some(events))
+                        }
+                        _ => self.outcome(Partition::Data, &written, None),
+                    };
+                    value.map(|value| Written {
+                        value,
+                        intention: written.intention,
+                    })
                 }
             });
         }

@@ -791,12 +791,17 @@ impl StoreRuntime {
     }
 
     /// Commits the run now that the log witnessed it at `seqs` (one per applied intention,
-    /// consecutive and right after the cursor).
+    /// consecutive and right after the cursor). Returns each intention's rejection reason
+    /// (`None`: applied), in run order.
     ///
     /// # Errors
     /// [`Error::Corrupt`] when `seqs` do not continue the cursor (nothing is committed; abort
     /// the run and project from the log); storage failures.
-    pub fn commit_run(&mut self, seqs: &[u64], report: &mut ProjectReport) -> Result<(), Error> {
+    pub fn commit_run(
+        &mut self,
+        seqs: &[u64],
+        report: &mut ProjectReport,
+    ) -> Result<Vec<Option<String>>, Error> {
         let contiguous = seqs
             .iter()
             .enumerate()
@@ -811,6 +816,12 @@ impl StoreRuntime {
             ));
         }
         let writes = self.host_end();
+        let mut reasons: Vec<Option<String>> = vec![None; run.applied];
+        for (i, reason) in &run.rejected {
+            if let Some(slot) = reasons.get_mut(*i) {
+                *slot = Some(reason.clone());
+            }
+        }
         let rejected: Vec<(u64, String)> = run
             .rejected
             .into_iter()
@@ -830,7 +841,7 @@ impl StoreRuntime {
                 }),
         );
         report.cursor = self.cursor;
-        Ok(())
+        Ok(reasons)
     }
 
     /// Drops the run's applied writes (none reached `state.db`).

@@ -294,6 +294,12 @@ impl StoreManager {
     /// # Errors
     /// [`NodeError::UnknownStore`], [`NodeError::Ambiguous`].
     pub fn find(&self, text: &str) -> Result<StoreId, NodeError> {
+        // A whole id of an open store needs no look at the inventory.
+        if let Ok(id) = StoreId::from_hex(text.trim())
+            && self.is_open(&id)
+        {
+            return Ok(id);
+        }
         let ids = self
             .inner
             .node
