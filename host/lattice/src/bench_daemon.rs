@@ -58,9 +58,7 @@ impl Daemon {
         let running = tokio::task::spawn_blocking(move || {
             let mut lines = BufReader::new(stdout).lines();
             while let Some(line) = lines.next().transpose()? {
-                if serde_json::from_str::<Value>(&line)
-                    .is_ok_and(|v| v["event"] == "running")
-                {
+                if serde_json::from_str::<Value>(&line).is_ok_and(|v| v["event"] == "running") {
                     // Keep draining so the daemon never blocks on a full pipe.
                     std::thread::spawn(move || for _ in lines {});
                     return Ok(true);
@@ -92,7 +90,10 @@ impl Daemon {
             .shutdown(v1::Empty {})
             .await
             .context("asking the daemon to stop")?;
-        let mut child = self.child.take().context("the daemon was stopped already")?;
+        let mut child = self
+            .child
+            .take()
+            .context("the daemon was stopped already")?;
         let status = tokio::time::timeout(
             PROCESS_DEADLINE,
             tokio::task::spawn_blocking(move || child.wait()),

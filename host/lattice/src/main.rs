@@ -163,14 +163,27 @@ fn put_value(
 fn rebuild(dir: &lattice_node::DataDir, store: &str, out: &output::Output) -> anyhow::Result<()> {
     let node = lattice_node::Node::open(dir.clone())?;
     let mut st = node.open_store(node.find_store(store)?)?;
+    // Opening caught up from the last durable cursor; compare that with a replay from scratch.
+    let before = st.state_digest()?;
     out.progress("rebuilding state from the log…");
     let report = st.rebuild()?;
+    let after = st.state_digest()?;
     out.record(
         &format!(
-            "rebuilt: {} applied, {} rejected, projected up to {}",
-            report.applied, report.rejected, report.cursor
+            "rebuilt: {} applied, {} rejected, projected up to {}; state {}",
+            report.applied,
+            report.rejected,
+            report.cursor,
+            if before == after {
+                "unchanged"
+            } else {
+                "differed from the replay and was replaced"
+            }
         ),
-        serde_json::json!({"applied": report.applied, "rejected": report.rejected, "cursor": report.cursor}),
+        serde_json::json!({
+            "applied": report.applied, "rejected": report.rejected, "cursor": report.cursor,
+            "digest_before": before.to_string(), "digest_after": after.to_string(),
+        }),
     );
     st.close()?;
     Ok(())
