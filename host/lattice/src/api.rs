@@ -578,11 +578,18 @@ impl module_service_server::ModuleService for Api {
         req: Request<v1::InstallRequest>,
     ) -> Result<Response<v1::JsonReply>, Status> {
         let bytes = req.into_inner().module;
-        let node = self.manager.node();
-        let module = node.install_module(&bytes).map_err(status_of)?;
-        let descriptor = describe_module(node.runtime(), module.hash())
-            .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
-        reply(json!({"module": module.hash().to_string(), "descriptor": descriptor}))
+        let module = self
+            .manager
+            .install_module(bytes)
+            .await
+            .map_err(status_of)?;
+        let manager = self.manager.clone();
+        let descriptor =
+            tokio::task::spawn_blocking(move || describe_module(manager.node().runtime(), module))
+                .await
+                .map_err(|e| Status::internal(format!("describing the module failed: {e}")))?
+                .map_err(|e| Status::invalid_argument(format!("{e:#}")))?;
+        reply(json!({"module": module.to_string(), "descriptor": descriptor}))
     }
 
     async fn list(&self, _: Request<v1::Empty>) -> Result<Response<v1::ModuleList>, Status> {

@@ -258,6 +258,30 @@ fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
     Ok(total)
 }
 
+/// Median time of a one-shot `lattice get` on `dir` with no daemon running (the command
+/// opens the node in its own process).
+fn oneshot_get_ms(dir: &Path, store: &str, key_index: u64) -> anyhow::Result<f64> {
+    let exe = std::env::current_exe().context("finding the lattice binary")?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let start = Instant::now();
+        let output = Command::new(&exe)
+            .args(["--json", "--data-dir"])
+            .arg(dir)
+            .args(["get", store, &key(key_index.saturating_sub(1))])
+            .stdin(Stdio::null())
+            .stderr(Stdio::null())
+            .output()
+            .context("running `lattice get`")?;
+        times.push(start.elapsed().as_secs_f64() * 1000.0);
+        if !output.status.success() {
+            bail!("one-shot `lattice get` failed ({})", output.status);
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times[times.len() / 2])
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -361,6 +385,10 @@ async fn bench(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
     let puts = seq_count + args.count;
     let bytes_per_put = dir_bytes(&dir)?.saturating_sub(before) as f64 / puts as f64;
     out.progress(&format!("  {bytes_per_put:.0} bytes on disk per put"));
+    let oneshot = oneshot_get_ms(&dir, &store, seq_count)?;
+    out.progress(&format!(
+        "  one-shot `lattice get` with no daemon: {oneshot:.1} ms"
+    ));
     std::fs::remove_dir_all(&dir).ok();
 
     let mut report = json!({
@@ -374,6 +402,7 @@ async fn bench(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
         "seq_count": seq_count,
         "bytes_per_put": bytes_per_put.round(),
         "daemon_peak_rss_mib": peak_rss,
+        "oneshot_get_ms": round2(oneshot),
     });
     for size in &args.open_sizes {
         out.progress(&format!("  open to first read at {size} intentions…"));

@@ -44,8 +44,25 @@ struct Session {
     embedded: Option<InProcess>,
 }
 
+impl ClientCommand {
+    /// True for commands that must reach peers (invites, joins, leaving, watching what
+    /// arrives); the rest run on the local data with no network when no daemon runs.
+    fn needs_network(&self) -> bool {
+        matches!(
+            self,
+            ClientCommand::Store(
+                StoreCommand::Invite { .. }
+                    | StoreCommand::Join { .. }
+                    | StoreCommand::Leave { .. }
+                    | StoreCommand::Rejoin { .. }
+                    | StoreCommand::Watch { .. }
+            )
+        )
+    }
+}
+
 impl Session {
-    async fn open(dir: &DataDir, embedded: bool) -> anyhow::Result<Session> {
+    async fn open(dir: &DataDir, embedded: bool, network: bool) -> anyhow::Result<Session> {
         if !embedded && let Some(client) = Client::connect(&dir.root().join(SOCKET)).await {
             return Ok(Session {
                 client,
@@ -53,12 +70,16 @@ impl Session {
             });
         }
         let node = Node::open(dir.clone())?;
-        let manager = StoreManager::start_iroh(
-            node,
-            ([127, 0, 0, 1], 0).into(),
-            ReplicatorConfig::default(),
-        )
-        .await?;
+        let manager = if network {
+            StoreManager::start_iroh(
+                node,
+                ([127, 0, 0, 1], 0).into(),
+                ReplicatorConfig::default(),
+            )
+            .await?
+        } else {
+            StoreManager::start_offline(node).await?
+        };
         let private = tempfile::Builder::new()
             .prefix("lattice-embedded-")
             .tempdir()?;
@@ -104,7 +125,7 @@ pub(crate) fn run(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let session = Session::open(dir, embedded).await?;
+        let session = Session::open(dir, embedded, cmd.needs_network()).await?;
         let result = dispatch(cmd, session.client.clone(), out).await;
         session.close().await;
         result

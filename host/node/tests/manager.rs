@@ -392,3 +392,61 @@ async fn a_slow_watcher_is_told_how_much_it_missed_and_keeps_its_stream() -> Tes
     node.shutdown().await;
     Ok(())
 }
+
+const EVIL: &[u8] = include_bytes!("../../../tests/guests/dist/evil.wasm");
+
+async fn start_offline(dir: &std::path::Path) -> Result<StoreManager, NodeError> {
+    StoreManager::start_offline(Node::open(DataDir::new(dir))?).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installing_the_module_a_store_waits_for_attaches_it_at_once_offline() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let node = start_offline(dir.path()).await?;
+    let hash = lattice_runtime::ModuleHash::of(EVIL);
+    let store = node.create(&hash.to_string(), "waiting", None).await?;
+    assert!(node.status(&store).await?.headless);
+    let refused = node.call(&store, "op", &json!({"mode": "ok"})).await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    node.install_module(EVIL.to_vec()).await?;
+    let status = node.status(&store).await?;
+    assert!(!status.headless, "{status:?}");
+    assert_eq!(status.state(), "ready");
+    node.call(&store, "op", &json!({"mode": "ok"})).await?;
+    let read = node.call(&store, "get", &json!({})).await?;
+    assert_eq!(read["ok"], 1);
+    node.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_guest_does_not_stall_other_stores() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let node = start_offline(dir.path()).await?;
+    node.install_module(EVIL.to_vec()).await?;
+    let hash = lattice_runtime::ModuleHash::of(EVIL);
+    let slow = node.create(&hash.to_string(), "slow", None).await?;
+    let quick = node.create("kv", "quick", None).await?;
+    // A query that runs until its fuel is gone keeps the slow store's actor busy.
+    let spinning = {
+        let node = node.clone();
+        tokio::spawn(async move { node.call(&slow, "spin", &json!({})).await })
+    };
+    for i in 0..20 {
+        let key = format!("k{i}");
+        node.call(&quick, "put", &json!({"key": key, "value": "v"}))
+            .await?;
+        assert_eq!(get(&node, &quick, &key).await, "v");
+    }
+    assert!(
+        !spinning.is_finished(),
+        "the other store answered only after the slow guest was done"
+    );
+    let spun = spinning.await?;
+    assert!(spun.is_err(), "a spinning query ends in an error: {spun:?}");
+    // The slow store still answers afterwards.
+    node.call(&slow, "op", &json!({"mode": "ok"})).await?;
+    node.shutdown().await;
+    Ok(())
+}

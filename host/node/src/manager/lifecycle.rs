@@ -251,7 +251,6 @@ impl StoreManager {
         name: &str,
         parent: Option<StoreId>,
     ) -> Result<StoreId, NodeError> {
-        let module = self.inner.node.resolve_type(store_type)?;
         // The child inherits the parent's peers: record them in its own system table.
         let inherited: Vec<Value> = match &parent {
             Some(p) => {
@@ -278,12 +277,15 @@ impl StoreManager {
         };
         let this = self.clone();
         let name_owned = name.to_string();
-        let store = tokio::task::spawn_blocking(move || {
+        let spec = store_type.to_string();
+        let (module, store) = tokio::task::spawn_blocking(move || {
+            // Resolving a path installs the module (a Cranelift compile).
+            let module = this.inner.node.resolve_type(&spec)?;
             let mut store = this.inner.node.create_child(module, &name_owned, parent)?;
             if !inherited.is_empty() {
                 store.system_call("batch", &json!({ "ops": inherited }))?;
             }
-            Ok::<_, NodeError>(store)
+            Ok::<_, NodeError>((module, store))
         })
         .await
         .map_err(|e| NodeError::Meta(format!("creating a store failed: {e}")))??;
@@ -300,6 +302,45 @@ impl StoreManager {
         }
         info!(store = %id.short(), parent = ?parent.map(|p| p.short()), "store created");
         Ok(id)
+    }
+
+    /// Installs a module (compiling it off the async workers) and attaches it at once to
+    /// every open store that was waiting for it: they project what they hold and answer
+    /// calls from then on, with or without peers online.
+    ///
+    /// # Errors
+    /// Module errors (not a component, does not compile or link).
+    pub async fn install_module(&self, bytes: Vec<u8>) -> Result<ModuleHash, NodeError> {
+        let this = self.clone();
+        let hash = tokio::task::spawn_blocking(move || this.inner.node.install_module(&bytes))
+            .await
+            .map_err(|e| NodeError::Meta(format!("installing a module failed: {e}")))??
+            .hash();
+        let open: Vec<(StoreId, Arc<OpenStore>)> = lock(&self.inner.stores)
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (id, store) in open {
+            let attached = store
+                .actor
+                .run(move |s| {
+                    if s.genesis().module != hash || !s.status()?.headless {
+                        return Ok(false);
+                    }
+                    s.project()?;
+                    Ok(true)
+                })
+                .await;
+            match attached {
+                Ok(true) => {
+                    info!(store = %id.short(), module = %hash.short(), "module installed; store attached");
+                    self.emit(NodeEvent::StoreChanged(id));
+                }
+                Ok(false) | Err(NodeError::NotReady(_)) => {}
+                Err(e) => warn!(store = %id.short(), "could not attach the installed module: {e}"),
+            }
+        }
+        Ok(hash)
     }
 
     /// Leaves store `id` (and its children): revokes this node's own key (so its peers stop

@@ -119,6 +119,9 @@ impl StoreManager {
     /// Records this node's current direct addresses in a root store's system table when they
     /// differ from what is recorded, so every peer can dial it (not only its inviter).
     pub(super) async fn announce_addrs(&self, id: &StoreId) -> Result<(), NodeError> {
+        if !self.inner.online {
+            return Ok(());
+        }
         let me = self.inner.node.key().public();
         let addrs: Vec<String> = self
             .address()

@@ -67,6 +67,8 @@ struct Inner {
     node: Node,
     replicator: Replicator,
     iroh: Option<Arc<IrohNet>>,
+    /// False for a node started without a network ([`StoreManager::start_offline`]).
+    online: bool,
     stores: Mutex<HashMap<StoreId, Arc<OpenStore>>>,
     events: broadcast::Sender<NodeEvent>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -155,6 +157,26 @@ impl StoreManager {
         Self::start(node, net.clone(), net.clone(), Some(net), config).await
     }
 
+    /// Starts a node with no network at all, for one-shot work on the local data (reads,
+    /// writes, status): nothing is dialled, nothing listens, and this node's recorded
+    /// addresses are left as they are. Its writes reach peers when the node next runs online.
+    ///
+    /// # Errors
+    /// Store open failures.
+    pub async fn start_offline(node: Node) -> Result<StoreManager, NodeError> {
+        let alone = lattice_net::SimNetwork::new(0, lattice_net::SimConfig::default())
+            .node(node.key().public());
+        Self::start_with(
+            node,
+            alone.clone(),
+            alone,
+            None,
+            false,
+            ReplicatorConfig::default(),
+        )
+        .await
+    }
+
     /// Starts a node on the given transport: opens every active store of the inventory
     /// (parents before children) and replicates it.
     ///
@@ -167,12 +189,24 @@ impl StoreManager {
         iroh: Option<Arc<IrohNet>>,
         config: ReplicatorConfig,
     ) -> Result<StoreManager, NodeError> {
+        Self::start_with(node, transport, gossip, iroh, true, config).await
+    }
+
+    async fn start_with(
+        node: Node,
+        transport: Arc<dyn Transport>,
+        gossip: Arc<dyn Gossip>,
+        iroh: Option<Arc<IrohNet>>,
+        online: bool,
+        config: ReplicatorConfig,
+    ) -> Result<StoreManager, NodeError> {
         let replicator = Replicator::start(transport, gossip, config);
         let (events, _) = broadcast::channel(1024);
         let inner = Arc::new(Inner {
             node,
             replicator,
             iroh,
+            online,
             stores: Mutex::new(HashMap::new()),
             events,
             tasks: Mutex::new(Vec::new()),
