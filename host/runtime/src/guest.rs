@@ -158,9 +158,30 @@ impl GuestInstance {
         Ok(result)
     }
 
+    /// Applies `op` on a fresh instance of the module (the host state moves into it for the
+    /// call and back out after), so no earlier call can leave anything in guest memory that
+    /// changes the outcome: `apply` is a function of the state and the intention alone. This
+    /// instance (serving prepare and query) is not touched.
     pub(crate) fn apply(&mut self, op: &wit::Intention) -> Result<(), CallError> {
-        let fuel = self.limits.apply_fuel;
-        self.call(Mode::Apply, fuel, |w, s| w.call_apply(s, op))?
-            .map_err(guest_error)
+        let mut store = new_store(&self.engine, &self.limits);
+        std::mem::swap(store.data_mut(), self.store.data_mut());
+        let result = (|| {
+            store
+                .set_fuel(self.limits.apply_fuel)
+                .map_err(|e| CallError::Host(e.to_string()))?;
+            // Failing to instantiate (the pool is full, say) says nothing about the
+            // intention: a host failure, so projection stops and retries instead of rejecting.
+            let world = self
+                .module
+                .pre
+                .instantiate(&mut store)
+                .map_err(|e| CallError::Host(format!("instantiating for apply: {e:#}")))?;
+            store.data_mut().mode = Mode::Apply;
+            let outcome = world.call_apply(&mut store, op).map_err(map_error);
+            store.data_mut().mode = Mode::Read;
+            outcome?.map_err(guest_error)
+        })();
+        std::mem::swap(store.data_mut(), self.store.data_mut());
+        result
     }
 }

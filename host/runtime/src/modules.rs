@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use tracing::{debug, info};
 use wasmtime::component::{Component, Linker};
-use wasmtime::{Config, Engine};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use crate::bindings::{Store as StoreWorld, StorePre};
 use crate::error::ModuleError;
@@ -51,6 +51,10 @@ impl fmt::Debug for ModuleHash {
         write!(f, "ModuleHash({})", self.short())
     }
 }
+
+/// Guest instances that can exist at once (two per open store serve prepare and query, plus
+/// one per apply in progress).
+pub(crate) const POOL_INSTANCES: u32 = 1000;
 
 /// Limits applied to every guest call.
 #[derive(Debug, Clone)]
@@ -137,6 +141,24 @@ impl Runtime {
             .consume_fuel(true)
             .cranelift_nan_canonicalization(true)
             .max_wasm_stack(1 << 20);
+        // Every apply runs on a fresh instance: a pool of pre-reserved slots with
+        // copy-on-write memory images keeps instantiating to microseconds.
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_INSTANCES)
+            .total_core_instances(POOL_INSTANCES * 4)
+            .total_memories(POOL_INSTANCES)
+            .total_tables(POOL_INSTANCES * 4)
+            .max_memories_per_module(1)
+            .max_tables_per_module(4)
+            .table_elements(100_000)
+            .max_memory_size(limits.memory_bytes)
+            .linear_memory_keep_resident(64 << 10)
+            .table_keep_resident(64 << 10);
+        config
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool))
+            .memory_reservation(limits.memory_bytes as u64)
+            .memory_guard_size(2 << 20)
+            .memory_init_cow(true);
         let engine = Engine::new(&config).map_err(|e| ModuleError::Invalid(e.to_string()))?;
         let mut linker = Linker::new(&engine);
         StoreWorld::add_to_linker::<HostState, wasmtime::component::HasSelf<HostState>>(

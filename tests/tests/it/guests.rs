@@ -87,7 +87,7 @@ fn failing_applies_are_rejected_and_projection_goes_on() -> TestResult {
     // Writes of rejected applies were discarded; the three ok ops all counted.
     assert_eq!(
         store.call("get", &json!({}))?,
-        json!({"ok": 3, "half": false})
+        json!({"ok": 3, "half": false, "counted": 0})
     );
     let status = store.status()?;
     assert_eq!(status.projected, status.witnessed);

@@ -3,7 +3,9 @@
 //! Command `op {mode}` authors an intention whose ops are `mode`; `apply` then does what the
 //! mode says: `ok` (writes `ok` = count), `reject` (returns an error), `trap` (panics), `loop`
 //! (never returns), `alloc` (allocates until memory runs out), `big-write` (writes a 5 MiB
-//! value). Queries: `get` (reads `ok`), `huge` (returns 20 MB), `write` (calls `kv-set`),
+//! value), `count` (counts applies in a global and traps on the third one a single instance
+//! sees: a host that reuses instances across applies rejects it, one that starts each apply
+//! fresh never does). Queries: `get` (reads `ok`), `huge` (returns 20 MB), `write` (calls `kv-set`),
 //! `spin` (never returns).
 #![deny(missing_docs)]
 #![allow(clippy::panic, reason = "panicking on request is the point")]
@@ -81,6 +83,19 @@ impl StoreType for Evil {
                     std::hint::black_box(&hoard);
                 }
             }
+            b"count" => {
+                static APPLIES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+                let seen = APPLIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                if seen >= 3 {
+                    panic!("apply number {seen} on one instance");
+                }
+                let n = host
+                    .get(b"counted")
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                    .map_or(0, u64::from_le_bytes);
+                host.set(b"counted", &(n + 1).to_le_bytes());
+                Ok(())
+            }
             b"big-write" => {
                 host.set(b"big", &vec![0u8; 5 << 20]);
                 Ok(())
@@ -96,7 +111,11 @@ impl StoreType for Evil {
                     .get(b"ok")
                     .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
                     .map_or(0, u64::from_le_bytes);
-                Ok(json!({"ok": n, "half": host.get(b"half").is_some()}))
+                let counted = host
+                    .get(b"counted")
+                    .and_then(|v| <[u8; 8]>::try_from(v.as_slice()).ok())
+                    .map_or(0, u64::from_le_bytes);
+                Ok(json!({"ok": n, "half": host.get(b"half").is_some(), "counted": counted}))
             }
             "huge" => Ok(Value::String("x".repeat(20_000_000))),
             "write" => {
