@@ -243,6 +243,25 @@ async fn get_concurrently(
     Ok(count as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Bytes under `dir` by file name (files of the same name summed).
+fn file_bytes(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String, u64>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                todo.push(entry.path());
+            } else {
+                *out.entry(entry.file_name().to_string_lossy().into_owned())
+                    .or_insert(0) += meta.len();
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Total size of the files under `dir`.
 fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
     let mut total = 0;
@@ -338,6 +357,7 @@ async fn bench(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
     let mut client = daemon.client.clone();
     let store = create(&mut client, "bench").await?;
     let before = dir_bytes(&dir)?;
+    let files_before = file_bytes(&dir)?;
 
     // One caller, one durable put at a time.
     let mut latencies = Vec::with_capacity(seq_count as usize);
@@ -384,7 +404,18 @@ async fn bench(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
     daemon.stop().await?;
     let puts = seq_count + args.count;
     let bytes_per_put = dir_bytes(&dir)?.saturating_sub(before) as f64 / puts as f64;
-    out.progress(&format!("  {bytes_per_put:.0} bytes on disk per put"));
+    // Where the bytes go, by file name (log.db, state.db, system.db, …).
+    let mut by_file = serde_json::Map::new();
+    for (name, bytes) in file_bytes(&dir)? {
+        let grew = bytes.saturating_sub(files_before.get(&name).copied().unwrap_or(0));
+        if grew > 0 {
+            by_file.insert(name, json!((grew as f64 / puts as f64).round()));
+        }
+    }
+    out.progress(&format!(
+        "  {bytes_per_put:.0} bytes on disk per put ({})",
+        Value::Object(by_file.clone())
+    ));
     let oneshot = oneshot_get_ms(&dir, &store, seq_count)?;
     out.progress(&format!(
         "  one-shot `lattice get` with no daemon: {oneshot:.1} ms"
@@ -401,6 +432,7 @@ async fn bench(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
         "count": args.count,
         "seq_count": seq_count,
         "bytes_per_put": bytes_per_put.round(),
+        "bytes_per_put_by_file": by_file,
         "daemon_peak_rss_mib": peak_rss,
         "oneshot_get_ms": round2(oneshot),
     });

@@ -314,7 +314,11 @@ fn prepare(
     store_id: StoreId,
     key: &NodeKey,
 ) -> Result<(LogState, VecDeque<Hash>), OpenError> {
-    let txn = db.begin_write().map_err(storage)?;
+    let mut txn = db.begin_write().map_err(storage)?;
+    // Opening writes only what a crash may lose (tables, the store id and witness key of an
+    // empty log): no fsync here; the first durable commit persists it with everything else.
+    txn.set_durability(redb::Durability::None)
+        .map_err(storage)?;
     let tables = Tables::open(&txn).map_err(storage_of)?;
     let mut tables = tables;
     check_identity(&mut tables, store_id, key.public())?;

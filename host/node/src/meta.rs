@@ -115,7 +115,11 @@ impl MetaDb {
             }
             other => storage(other),
         })?;
-        let txn = db.begin_write().map_err(storage)?;
+        let mut txn = db.begin_write().map_err(storage)?;
+        // Creating the tables needs no fsync: lost in a crash, they are created again, and
+        // the next durable commit persists them with it.
+        txn.set_durability(redb::Durability::None)
+            .map_err(storage)?;
         txn.open_table(STORES).map_err(storage)?;
         txn.open_table(SETTINGS).map_err(storage)?;
         txn.open_table(ADDRS).map_err(storage)?;

@@ -201,14 +201,27 @@ impl Store {
         let creator = genesis_intention.intention().author();
         let genesis = StoreGenesis::decode(genesis_intention.intention().ops())
             .ok_or(NodeError::BadGenesis(id))?;
-        let data = StoreRuntime::open(runtime, &dir.state_path(&id), id, genesis.module)?;
-        let system = StoreRuntime::open_partition(
-            runtime,
-            &dir.system_path(&id),
-            id,
-            system_module,
-            Partition::System,
-        )?;
+        // The two partitions open side by side: each open waits on an fsync and loads a
+        // module, so together they take about as long as one.
+        let (data, system) = std::thread::scope(|scope| {
+            let system = scope.spawn(|| {
+                StoreRuntime::open_partition(
+                    runtime,
+                    &dir.system_path(&id),
+                    id,
+                    system_module,
+                    Partition::System,
+                )
+            });
+            let data = StoreRuntime::open(runtime, &dir.state_path(&id), id, genesis.module);
+            let system = system.join().unwrap_or_else(|_| {
+                Err(lattice_runtime::Error::Corrupt(
+                    "opening the system partition panicked".into(),
+                ))
+            });
+            (data, system)
+        });
+        let (data, system) = (data?, system?);
         let mut store = Store {
             id,
             genesis,

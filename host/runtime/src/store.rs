@@ -273,7 +273,9 @@ impl StoreRuntime {
         partition: Partition,
     ) -> Result<StoreRuntime, Error> {
         let db = redb::Builder::new().set_cache_size(16 << 20).create(path)?;
-        let txn = db.begin_write()?;
+        let mut txn = db.begin_write()?;
+        // Nothing here needs an fsync: tables and identity lost in a crash are written again.
+        txn.set_durability(Durability::None)?;
         let (cursor, log_count) = {
             let mut meta = txn.open_table(META)?;
             txn.open_table(DATA)?;

@@ -370,6 +370,23 @@ impl Replicator {
         }
     }
 
+    /// Like [`Replicator::remove_store`], and waits until the store's tasks have ended (and
+    /// let go of its log).
+    pub async fn remove_store_and_wait(&self, store: &StoreId) {
+        let Some(entry) = lock(&self.inner.stores).remove(store) else {
+            return;
+        };
+        let tasks: Vec<_> = lock(&entry.tasks).drain(..).collect();
+        drop(entry);
+        for t in &tasks {
+            t.abort();
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+        info!(store = %store.short(), "no longer replicating");
+    }
+
     /// Replaces a store's peer set (for [`Access::Members`]: who is allowed). Peers that are
     /// now in no store's set lose their connection at once; new ones are reconciled with soon.
     pub fn set_members(&self, store: &StoreId, members: Vec<PubKey>) {

@@ -208,30 +208,21 @@ impl StoreManager {
     /// Stops replicating a store and closes it, waiting until its log is closed.
     pub(super) async fn close(&self, id: &StoreId) -> Result<(), NodeError> {
         let _closing = self.inner.lifecycle.lock().await;
-        self.inner.replicator.remove_store(id);
+        self.inner.replicator.remove_store_and_wait(id).await;
         let Some(open) = lock(&self.inner.stores).remove(id) else {
             return Ok(());
         };
+        // The actor ends after the work queued before this; its store lets go of the log.
         open.actor.close().await;
         let log = open.log.clone();
         drop(open);
-        let deadline = tokio::time::Instant::now() + CLOSE_WAIT;
-        let mut log = log;
-        loop {
-            match Arc::try_unwrap(log) {
-                Ok(l) => {
-                    l.close()?;
-                    break;
-                }
-                Err(still) if tokio::time::Instant::now() < deadline => {
-                    log = still;
-                    // Sessions still hold the log; they end on their own shortly.
-                    tokio::task::yield_now().await;
-                }
-                Err(_) => {
-                    warn!(store = %id.short(), "log still in use after closing; it closes when the last session ends");
-                    break;
-                }
+        match Arc::try_unwrap(log) {
+            Ok(log) => tokio::task::spawn_blocking(move || log.close())
+                .await
+                .map_err(|e| NodeError::Meta(format!("closing a log failed: {e}")))??,
+            // A session serving a peer still reads it; the log closes when that ends.
+            Err(_) => {
+                debug!(store = %id.short(), "log still in use by a session; it closes when that ends")
             }
         }
         self.emit(NodeEvent::StoreClosed(*id));

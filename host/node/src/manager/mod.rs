@@ -40,8 +40,6 @@ use crate::store::{
 
 /// Watch events buffered per subscriber before it is told it lagged.
 pub const WATCH_BUFFER: usize = 1024;
-/// How long closing a store waits for replication tasks to let go of its log.
-const CLOSE_WAIT: Duration = Duration::from_secs(10);
 
 /// Something a running node did (for watchers, progress and tests).
 #[derive(Debug, Clone, PartialEq, Eq)]
