@@ -180,14 +180,14 @@ async fn create(client: &mut Client, name: &str) -> anyhow::Result<String> {
         .id)
 }
 
-/// Puts keys `from..to` with `inflight` callers, each one put at a time. Returns the rate.
-async fn put_concurrently(
+/// Puts keys `from..to` (or, with no `value`, reads them) with `inflight` callers, each one
+/// call at a time. Returns calls per second.
+async fn drive(
     client: &Client,
     store: &str,
-    from: u64,
-    to: u64,
+    (from, to): (u64, u64),
     inflight: u64,
-    value: &str,
+    value: Option<&str>,
 ) -> anyhow::Result<f64> {
     let next = Arc::new(AtomicU64::new(from));
     let start = Instant::now();
@@ -197,7 +197,7 @@ async fn put_concurrently(
             client.clone(),
             next.clone(),
             store.to_string(),
-            value.to_string(),
+            value.map(str::to_string),
         );
         callers.push(tokio::spawn(async move {
             loop {
@@ -205,7 +205,12 @@ async fn put_concurrently(
                 if i >= to {
                     return Ok::<_, anyhow::Error>(());
                 }
-                put(&mut client, &store, i, &value).await?;
+                match &value {
+                    Some(value) => put(&mut client, &store, i, value).await?,
+                    None => {
+                        get(&mut client, &store, i).await?;
+                    }
+                }
             }
         }));
     }
@@ -213,34 +218,6 @@ async fn put_concurrently(
         caller.await??;
     }
     Ok((to - from) as f64 / start.elapsed().as_secs_f64())
-}
-
-/// Reads `count` keys with `inflight` callers. Returns the rate.
-async fn get_concurrently(
-    client: &Client,
-    store: &str,
-    count: u64,
-    inflight: u64,
-) -> anyhow::Result<f64> {
-    let next = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let mut callers = Vec::new();
-    for _ in 0..inflight {
-        let (mut client, next, store) = (client.clone(), next.clone(), store.to_string());
-        callers.push(tokio::spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= count {
-                    return Ok::<_, anyhow::Error>(());
-                }
-                get(&mut client, &store, i).await?;
-            }
-        }));
-    }
-    for caller in callers {
-        caller.await??;
-    }
-    Ok(count as f64 / start.elapsed().as_secs_f64())
 }
 
 /// Bytes under `dir` by file name (files of the same name summed).
@@ -260,21 +237,6 @@ fn file_bytes(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String, u
         }
     }
     Ok(out)
-}
-
-/// Total size of the files under `dir`.
-fn dir_bytes(dir: &Path) -> anyhow::Result<u64> {
-    let mut total = 0;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let meta = entry.metadata()?;
-        total += if meta.is_dir() {
-            dir_bytes(&entry.path())?
-        } else {
-            meta.len()
-        };
-    }
-    Ok(total)
 }
 
 /// Median time of a one-shot `lattice get` on `dir` with no daemon running (the command
@@ -327,7 +289,7 @@ async fn open_first_read(
     let mut client = daemon.client.clone();
     let store = create(&mut client, "open").await?;
     out.progress(&format!("  filling a store with {size} puts…"));
-    put_concurrently(&client, &store, 0, size, inflight, value).await?;
+    drive(&client, &store, (0, size), inflight, Some(value)).await?;
     daemon.stop().await?;
     let daemon = Daemon::start(&dir).await?;
     let mut client = daemon.client.clone();
@@ -356,7 +318,6 @@ async fn bench(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
     let daemon = Daemon::start(&dir).await?;
     let mut client = daemon.client.clone();
     let store = create(&mut client, "bench").await?;
-    let before = dir_bytes(&dir)?;
     let files_before = file_bytes(&dir)?;
 
     // One caller, one durable put at a time.
@@ -376,13 +337,12 @@ async fn bench(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
     ));
 
     // Many callers at once.
-    let conc_rate = put_concurrently(
+    let conc_rate = drive(
         &client,
         &store,
-        seq_count,
-        seq_count + args.count,
+        (seq_count, seq_count + args.count),
         args.inflight,
-        &value,
+        Some(&value),
     )
     .await?;
     out.progress(&format!(
@@ -391,7 +351,7 @@ async fn bench(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
     ));
     // The API and actor round trip alone: reads with as many in flight.
     let reads = args.count.min(20_000);
-    let get_rate = get_concurrently(&client, &store, reads, args.inflight).await?;
+    let get_rate = drive(&client, &store, (0, reads), args.inflight, None).await?;
     out.progress(&format!(
         "  {} in flight: {get_rate:.0} gets/s (the API's own cost)",
         args.inflight
@@ -403,10 +363,13 @@ async fn bench(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
     let peak_rss = daemon.peak_rss_mib();
     daemon.stop().await?;
     let puts = seq_count + args.count;
-    let bytes_per_put = dir_bytes(&dir)?.saturating_sub(before) as f64 / puts as f64;
+    let files_after = file_bytes(&dir)?;
+    let total = |files: &std::collections::BTreeMap<String, u64>| files.values().sum::<u64>();
+    let bytes_per_put =
+        total(&files_after).saturating_sub(total(&files_before)) as f64 / puts as f64;
     // Where the bytes go, by file name (log.db, state.db, system.db, …).
     let mut by_file = serde_json::Map::new();
-    for (name, bytes) in file_bytes(&dir)? {
+    for (name, bytes) in files_after {
         let grew = bytes.saturating_sub(files_before.get(&name).copied().unwrap_or(0));
         if grew > 0 {
             by_file.insert(name, json!((grew as f64 / puts as f64).round()));

@@ -4,40 +4,17 @@
 
 use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod common;
+use common::{json, lattice, spawn_daemon};
+
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn lattice(dir: &Path, args: &[&str]) -> Result<Output, std::io::Error> {
-    Command::new(env!("CARGO_BIN_EXE_lattice"))
-        .arg("--data-dir")
-        .arg(dir)
-        .args(args)
-        .output()
-}
-
-/// Runs a command with `--json` and returns its last JSON line; fails with its stderr.
-fn json(dir: &Path, args: &[&str]) -> Result<Value, Box<dyn std::error::Error>> {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = lattice(dir, &full)?;
-    if !out.status.success() {
-        return Err(format!(
-            "lattice {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let text = String::from_utf8(out.stdout)?;
-    let last = text.lines().last().ok_or("no output")?;
-    Ok(serde_json::from_str(last)?)
-}
 
 /// Runs a command that must fail; returns its stderr.
 fn fails(dir: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
@@ -57,22 +34,8 @@ struct Daemon {
 impl Daemon {
     /// Starts a daemon and waits until it reports it is running.
     fn start(dir: &Path) -> Result<Daemon, Box<dyn std::error::Error>> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lattice"))
-            .arg("--data-dir")
-            .arg(dir)
-            // Quick anti-entropy: the test waits on convergence, not on the default period.
-            .args(["--json", "daemon", "--anti-entropy", "1"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let event: Value = serde_json::from_str(&line)
-            .map_err(|e| format!("daemon did not start ({e}): {line}"))?;
-        if event["event"] != "running" {
-            return Err(format!("unexpected first line: {line}").into());
-        }
+        // Quick anti-entropy: the test waits on convergence, not on the default period.
+        let child = spawn_daemon(dir, &["--anti-entropy", "1"])?;
         Ok(Daemon {
             dir: dir.to_path_buf(),
             child,

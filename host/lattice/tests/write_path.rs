@@ -4,9 +4,8 @@
 //! state the restarted node has matches a replay of its log.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead as _, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -15,6 +14,9 @@ use lattice_proto::v1;
 use lattice_proto::v1::store_service_client::StoreServiceClient;
 use serde_json::{Value, json};
 use tonic::transport::Channel;
+
+mod common;
+use common::{json, spawn_daemon};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -27,22 +29,9 @@ struct Daemon {
 
 impl Daemon {
     fn start(dir: &Path) -> Result<Daemon, Box<dyn std::error::Error>> {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_lattice"))
-            .arg("--data-dir")
-            .arg(dir)
-            .args(["--json", "daemon"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line)?;
-        let event: Value = serde_json::from_str(&line)
-            .map_err(|e| format!("daemon did not start ({e}): {line}"))?;
-        if event["event"] != "running" {
-            return Err(format!("unexpected first line: {line}").into());
-        }
-        Ok(Daemon { child })
+        Ok(Daemon {
+            child: spawn_daemon(dir, &[])?,
+        })
     }
 
     fn kill(mut self) -> TestResult {
@@ -59,27 +48,6 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
-}
-
-fn lattice_json(dir: &Path, args: &[&str]) -> Result<Value, Box<dyn std::error::Error>> {
-    let out = Command::new(env!("CARGO_BIN_EXE_lattice"))
-        .arg("--data-dir")
-        .arg(dir)
-        .arg("--json")
-        .args(args)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!(
-            "lattice {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        )
-        .into());
-    }
-    let text = String::from_utf8(out.stdout)?;
-    Ok(serde_json::from_str(
-        text.lines().last().ok_or("no output")?,
-    )?)
 }
 
 async fn connect(dir: &Path) -> Result<StoreServiceClient<Channel>, Box<dyn std::error::Error>> {
@@ -118,7 +86,7 @@ async fn call(
 async fn concurrent_callers_each_get_their_own_outcome_and_read_their_writes() -> TestResult {
     let dir = tempfile::tempdir()?;
     let daemon = Daemon::start(dir.path())?;
-    let store = lattice_json(
+    let store = json(
         dir.path(),
         &["store", "create", "--type", "kv", "--name", "busy"],
     )?["store"]
@@ -203,7 +171,7 @@ async fn concurrent_callers_each_get_their_own_outcome_and_read_their_writes() -
 async fn sigkill_under_sixteen_writers_loses_no_acknowledged_put() -> TestResult {
     let dir = tempfile::tempdir()?;
     let daemon = Daemon::start(dir.path())?;
-    let store = lattice_json(
+    let store = json(
         dir.path(),
         &["store", "create", "--type", "kv", "--name", "crashy"],
     )?["store"]
@@ -265,7 +233,7 @@ async fn sigkill_under_sixteen_writers_loses_no_acknowledged_put() -> TestResult
     }
 
     // Offline: the state caught up from the durable cursor equals a replay of the log.
-    let rebuilt = lattice_json(dir.path(), &["store", "rebuild", &store])?;
+    let rebuilt = json(dir.path(), &["store", "rebuild", &store])?;
     assert_eq!(
         rebuilt["digest_before"], rebuilt["digest_after"],
         "state after the crash differs from a replay of the log: {rebuilt}"

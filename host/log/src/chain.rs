@@ -69,11 +69,6 @@ impl ChainBuilder {
         self.author_seq == 0
     }
 
-    /// This node's newest intention: the witnessed tip or the last one built.
-    pub fn tip(&self) -> Option<Hash> {
-        (!self.prev.is_zero()).then_some(self.prev)
-    }
-
     /// Builds and signs the next intention of the chain: after its predecessor and deps, with
     /// a timestamp past every one issued or observed. Deps may be witnessed intentions or ones
     /// built earlier in this run.

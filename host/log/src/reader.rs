@@ -215,14 +215,22 @@ impl LogReader {
     /// # Errors
     /// [`Error`] on storage failure or a malformed entry.
     pub fn tip_entry(&self, author: &PubKey) -> Result<Option<(Hash, u64, Hlc)>, Error> {
-        let Some(hash) = self.tip(author)? else {
+        let txn = self.db.begin_read()?;
+        // The tips table holds the witness seq with the hash: no index lookup needed.
+        let Some((seq, hash)) = txn
+            .open_table(TIPS)?
+            .get(author.as_bytes())?
+            .map(|v| decode_tip(v.value()))
+        else {
             return Ok(None);
         };
-        let dag = self.dag()?;
-        let Some(seq) = dag.seq_of(&hash)? else {
-            return Ok(None);
-        };
-        Ok(dag.entry(seq)?.map(|e| (hash, e.author_seq, e.hlc)))
+        Ok(match txn.open_table(DAG)?.get(seq)? {
+            Some(v) => {
+                let e = DagEntry::decode(v.value())?;
+                Some((hash, e.author_seq, e.hlc))
+            }
+            None => None,
+        })
     }
 
     /// The highest timestamp this node issued or observed, as of the last commit.

@@ -465,22 +465,28 @@ impl<'a, 't> Batch<'a, 't> {
                     continue;
                 }
             };
-            match self.classify(signed.intention(), signed.hash())? {
-                Readiness::Ready(entry) => {
-                    let seq = self.witness(&signed, entry)?;
-                    out.push(Ok(Authored {
-                        hash: signed.hash(),
-                        seq,
-                        hlc: signed.intention().hlc(),
-                        intention: signed,
-                    }));
-                }
-                Readiness::Missing(_) | Readiness::Invalid(_) => {
-                    return Err(bug!("a locally built intention was not ready"));
-                }
+            match self.witness_local(signed)? {
+                Some(authored) => out.push(Ok(authored)),
+                None => return Err(bug!("a locally built intention was not ready")),
             }
         }
         Ok(out)
+    }
+
+    /// Witnesses one of this node's intentions when it continues the chain and cites only
+    /// witnessed deps; `None` (nothing written) when it does not.
+    fn witness_local(&mut self, signed: SignedIntention) -> Result<Option<Authored>, Error> {
+        let Readiness::Ready(entry) = self.classify(signed.intention(), signed.hash())? else {
+            return Ok(None);
+        };
+        self.state.clock.observe(signed.intention().hlc());
+        let seq = self.witness(&signed, entry)?;
+        Ok(Some(Authored {
+            hash: signed.hash(),
+            seq,
+            hlc: signed.intention().hlc(),
+            intention: signed,
+        }))
     }
 
     /// Witnesses local intentions built ahead of time, in order. One that no longer continues
@@ -493,27 +499,14 @@ impl<'a, 't> Batch<'a, 't> {
         let mut out = Vec::with_capacity(run.len());
         let mut broken = false;
         for built in run {
-            let signed = built.signed;
-            if broken {
-                out.push(Err(AuthorError::Stale(signed.hash())));
-                continue;
-            }
-            match self.classify(signed.intention(), signed.hash())? {
-                Readiness::Ready(entry) => {
-                    self.state.clock.observe(signed.intention().hlc());
-                    let seq = self.witness(&signed, entry)?;
-                    out.push(Ok(Authored {
-                        hash: signed.hash(),
-                        seq,
-                        hlc: signed.intention().hlc(),
-                        intention: signed,
-                    }));
-                }
-                Readiness::Missing(_) | Readiness::Invalid(_) => {
-                    broken = true;
-                    out.push(Err(AuthorError::Stale(signed.hash())));
-                }
-            }
+            let hash = built.signed.hash();
+            let authored = if broken {
+                None
+            } else {
+                self.witness_local(built.signed)?
+            };
+            broken = authored.is_none();
+            out.push(authored.ok_or(AuthorError::Stale(hash)));
         }
         Ok(out)
     }

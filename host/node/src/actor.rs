@@ -22,7 +22,7 @@ use tokio::sync::{broadcast, oneshot};
 use tracing::{debug, warn};
 
 use crate::error::NodeError;
-use crate::store::{Store, Written};
+use crate::store::{CallReply, Store};
 
 /// How often projected state is made durable (the log already is).
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -40,16 +40,6 @@ enum Msg {
     },
     /// Any other work on the store.
     Job(Job),
-}
-
-/// What a call of the store's type returned: a write (witnessed, projected) or a query's
-/// answer.
-#[derive(Debug, Clone)]
-pub enum CallReply {
-    /// A command: the reply and the intention it wrote.
-    Wrote(Written),
-    /// A query's answer.
-    Answer(Value),
 }
 
 /// Handle to one store's actor thread.
@@ -187,8 +177,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut calls: Vec<(String, Value)> = Vec::new();
-        let mut replies: Vec<oneshot::Sender<Result<CallReply, NodeError>>> = Vec::new();
+        let mut queued: Vec<Queued> = Vec::new();
         for msg in round {
             match msg {
                 Msg::Call {
@@ -201,24 +190,23 @@ fn run(
                         .and_then(|s| s.method_kind(&method).ok().flatten());
                     if kind == Some(MethodKind::Query) {
                         // Queries see every write queued before them.
-                        write_run(id, &mut slot, &mut calls, &mut replies, &watch);
+                        write_run(id, &mut slot, &mut queued, &watch);
                         let answer = match slot.as_mut() {
                             Some(store) => store.call(&method, &args).map(CallReply::Answer),
                             None => Err(NodeError::NotReady(id.to_string())),
                         };
                         let _ = reply.send(answer);
                     } else {
-                        calls.push((method, args));
-                        replies.push(reply);
+                        queued.push(((method, args), reply));
                     }
                 }
                 Msg::Job(job) => {
-                    write_run(id, &mut slot, &mut calls, &mut replies, &watch);
+                    write_run(id, &mut slot, &mut queued, &watch);
                     job(&mut slot);
                 }
             }
         }
-        write_run(id, &mut slot, &mut calls, &mut replies, &watch);
+        write_run(id, &mut slot, &mut queued, &watch);
         if let Some(store) = slot.as_mut() {
             pass_events(store, &watch);
         }
@@ -230,18 +218,23 @@ fn run(
     debug!("store actor stopped");
 }
 
+/// A command waiting for the next write run, with its caller's reply channel.
+type Queued = (
+    (String, Value),
+    oneshot::Sender<Result<CallReply, NodeError>>,
+);
+
 fn write_run(
     id: StoreId,
     slot: &mut Option<Store>,
-    calls: &mut Vec<(String, Value)>,
-    replies: &mut Vec<oneshot::Sender<Result<CallReply, NodeError>>>,
+    queued: &mut Vec<Queued>,
     watch: &broadcast::Sender<WatchEvent>,
 ) {
-    if calls.is_empty() {
+    if queued.is_empty() {
         return;
     }
-    let calls = std::mem::take(calls);
-    let replies = std::mem::take(replies);
+    let (calls, replies): (Vec<(String, Value)>, Vec<_>) =
+        std::mem::take(queued).into_iter().unzip();
     match slot.as_mut() {
         Some(store) => {
             let results = store.write_run(&calls);

@@ -36,7 +36,7 @@ mod meta;
 mod node;
 mod store;
 
-pub use actor::{CallReply, FLUSH_INTERVAL};
+pub use actor::FLUSH_INTERVAL;
 pub use data_dir::DataDir;
 pub use error::{NodeError, RejectKind};
 pub use genesis::StoreGenesis;
@@ -46,6 +46,6 @@ pub use manager::{Joined, NodeEvent, StoreManager, WATCH_BUFFER};
 pub use meta::{MetaDb, StoreRecord, StoreState};
 pub use node::{Node, StoreSummary};
 pub use store::{
-    ChildLink, ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention, Store,
-    StoreInfo, StoreStatus, Strategy, Written,
+    CallReply, ChildLink, ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention,
+    Store, StoreInfo, StoreStatus, Strategy, Written,
 };

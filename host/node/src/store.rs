@@ -52,6 +52,26 @@ pub struct Written {
     pub intention: SignedIntention,
 }
 
+/// What a call of a store's type (or of its system table) returned: a write, witnessed and
+/// projected, or a query's answer.
+#[derive(Debug, Clone)]
+pub enum CallReply {
+    /// A command: the reply and the intention it wrote.
+    Wrote(Written),
+    /// A query's answer.
+    Answer(Value),
+}
+
+impl CallReply {
+    /// The JSON reply: the write's (`hash`, `seq`, `hlc`, `events`) or the query's answer.
+    pub fn into_value(self) -> Value {
+        match self {
+            CallReply::Wrote(written) => written.value,
+            CallReply::Answer(value) => value,
+        }
+    }
+}
+
 /// A peer as the system table records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerInfo {
@@ -461,6 +481,12 @@ impl Store {
         std::mem::take(&mut self.system_events)
     }
 
+    /// True while the store's module is not installed here (nothing is projected onto the
+    /// data partition).
+    pub fn is_headless(&self) -> bool {
+        self.data.is_headless()
+    }
+
     /// The store type's description.
     ///
     /// # Errors
@@ -478,6 +504,7 @@ impl Store {
     /// Bad arguments, guest refusals, storage failures, or a headless store.
     pub fn call(&mut self, method: &str, args: &Value) -> Result<Value, NodeError> {
         self.call_in(Partition::Data, method, args)
+            .map(CallReply::into_value)
     }
 
     /// Calls a method of the system table (see the `system` guest): `peers`, `children`,
@@ -486,6 +513,19 @@ impl Store {
     /// # Errors
     /// As [`Store::call`].
     pub fn system_call(&mut self, method: &str, args: &Value) -> Result<Value, NodeError> {
+        self.call_in(Partition::System, method, args)
+            .map(CallReply::into_value)
+    }
+
+    /// As [`Store::system_call`], keeping the written intention (for gossip).
+    ///
+    /// # Errors
+    /// As [`Store::call`].
+    pub fn system_call_reply(
+        &mut self,
+        method: &str,
+        args: &Value,
+    ) -> Result<CallReply, NodeError> {
         self.call_in(Partition::System, method, args)
     }
 
@@ -501,12 +541,12 @@ impl Store {
         partition: Partition,
         method: &str,
         args: &Value,
-    ) -> Result<Value, NodeError> {
-        let descriptor = self.runtime_of(partition).describe()?;
-        let kind = descriptor.method(method).map(|m| m.kind);
-        if kind == Some(MethodKind::Query) {
+    ) -> Result<CallReply, NodeError> {
+        if self.runtime_of(partition).method_kind(method)? == Some(MethodKind::Query) {
             self.project()?;
-            return Ok(self.runtime_of(partition).query(method, args)?);
+            return Ok(CallReply::Answer(
+                self.runtime_of(partition).query(method, args)?,
+            ));
         }
         let heads: Vec<Hash> = self
             .log
@@ -526,7 +566,8 @@ impl Store {
             flags: prepared.flags,
         })?;
         let report = self.project()?;
-        self.outcome(partition, &written, Some(report.events.len()))
+        self.outcome(partition, written, Some(report.events.len()))
+            .map(CallReply::Wrote)
     }
 
     /// Makes both projections durable: one fsync each, covering every commit since the last
@@ -545,9 +586,9 @@ impl Store {
     fn outcome(
         &mut self,
         partition: Partition,
-        written: &Authored,
+        written: Authored,
         events: Option<usize>,
-    ) -> Result<Value, NodeError> {
+    ) -> Result<Written, NodeError> {
         let rejected = self
             .runtime_of(partition)
             .rejected(written.seq, 1)?
@@ -560,19 +601,22 @@ impl Store {
     /// As [`Store::outcome`], with the rejection already known.
     fn outcome_known(
         &self,
-        written: &Authored,
+        written: Authored,
         rejected: Option<String>,
         events: Option<usize>,
-    ) -> Result<Value, NodeError> {
+    ) -> Result<Written, NodeError> {
         if let Some(reason) = rejected {
             return Err(self.rejection(written.hash, reason)?);
         }
-        Ok(json!({
-            "hash": written.hash.to_string(),
-            "seq": written.seq,
-            "hlc": written.hlc.to_string(),
-            "events": events.unwrap_or(0),
-        }))
+        Ok(Written {
+            value: json!({
+                "hash": written.hash.to_string(),
+                "seq": written.seq,
+                "hlc": written.hlc.to_string(),
+                "events": events.unwrap_or(0),
+            }),
+            intention: written.intention,
+        })
     }
 
     /// The error for this node's own intention `hash`, rejected for `reason`.
@@ -591,7 +635,7 @@ impl Store {
     /// # Errors
     /// [`lattice_runtime::Error::Headless`] when the module is missing.
     pub fn method_kind(&mut self, method: &str) -> Result<Option<MethodKind>, NodeError> {
-        Ok(self.data.describe()?.method(method).map(|m| m.kind))
+        Ok(self.data.method_kind(method)?)
     }
 
     /// Runs a series of commands of the store's type as one group: each is prepared in turn,
@@ -617,9 +661,14 @@ impl Store {
                 .zip(results)
                 .map(|((method, args), done)| match done {
                     Some(r) => r,
-                    None => self
-                        .call(method, args)
-                        .and_then(|value| self.written(value)),
+                    None => match self.call_in(Partition::Data, method, args)? {
+                        CallReply::Wrote(written) => Ok(written),
+                        CallReply::Answer(_) => {
+                            Err(NodeError::Runtime(lattice_runtime::Error::BadArguments(
+                                format!("`{method}` is a query, not a command"),
+                            )))
+                        }
+                    },
                 })
                 .collect();
         }
@@ -636,24 +685,6 @@ impl Store {
                 })
             })
             .collect()
-    }
-
-    /// The intention a call's reply names, for gossip.
-    pub(crate) fn written(&self, value: Value) -> Result<Written, NodeError> {
-        let hash = value["hash"]
-            .as_str()
-            .and_then(|h| Hash::from_hex(h).ok())
-            .ok_or_else(|| {
-                NodeError::Runtime(lattice_runtime::Error::Corrupt(
-                    "a write's reply names no intention".into(),
-                ))
-            })?;
-        let intention = self.log.reader().get(&hash)?.ok_or_else(|| {
-            NodeError::Runtime(lattice_runtime::Error::Corrupt(
-                "a written intention is not in the log".into(),
-            ))
-        })?;
-        Ok(Written { value, intention })
     }
 
     /// Phase one of [`Store::write_run`]: prepare, build and apply each call. Calls the guest
@@ -725,55 +756,52 @@ impl Store {
             .map(|w| w.as_ref().ok().map(|a| a.seq))
             .collect();
         let mut report = ProjectReport::default();
-        let mut reasons: Vec<Option<String>> = Vec::new();
-        let committed = match seqs {
+        // Each intention's rejection reason when the applied run was committed as it is.
+        let reasons: Option<Vec<Option<String>>> = match seqs {
             Some(seqs) => {
-                let first = seqs.first().copied().unwrap_or(0);
-                let system_next = self.system.cursor() + 1 == first;
+                let system_next = seqs.first().is_some_and(|f| self.system.cursor() + 1 == *f);
                 match self.data.commit_run(&seqs, &mut report) {
-                    Ok(rejections) => {
-                        reasons = rejections;
+                    Ok(reasons) => {
                         if system_next && let Some(last) = seqs.last() {
                             self.system.skip_to(*last);
                         }
-                        true
+                        Some(reasons)
                     }
                     Err(e) => {
                         debug!(store = %self.id.short(), "write run projected from the log: {e}");
-                        false
+                        None
                     }
                 }
             }
-            None => false,
+            None => None,
         };
-        if !committed {
-            self.data.abort_run();
-            if let Err(e) = self.project() {
-                warn!(store = %self.id.short(), "projecting a write run failed: {e}");
+        match &reasons {
+            Some(_) => {
+                if let Some(kept) = self.data_events.as_mut() {
+                    kept.extend(report.events.iter().cloned());
+                }
             }
-        } else if let Some(kept) = self.data_events.as_mut() {
-            kept.extend(report.events.iter().cloned());
+            None => {
+                self.data.abort_run();
+                if let Err(e) = self.project() {
+                    warn!(store = %self.id.short(), "projecting a write run failed: {e}");
+                }
+            }
         }
         for (k, (i, outcome)) in slots.into_iter().zip(witnessed).enumerate() {
             results[i] = Some(match outcome {
                 Err(e) => Err(e.into()),
-                Ok(written) => {
-                    let events = report
-                        .events
-                        .iter()
-                        .filter(|e| e.seq == written.seq)
-                        .count();
-                    let value = match reasons.get(k) {
-                        Some(reason) if committed => {
-                            self.outcome_known(&written, reason.clone(), Some(events))
-                        }
-                        _ => self.outcome(Partition::Data, &written, None),
-                    };
-                    value.map(|value| Written {
-                        value,
-                        intention: written.intention,
-                    })
-                }
+                Ok(written) => match reasons.as_ref().and_then(|r| r.get(k)) {
+                    Some(reason) => {
+                        let events = report
+                            .events
+                            .iter()
+                            .filter(|e| e.seq == written.seq)
+                            .count();
+                        self.outcome_known(written, reason.clone(), Some(events))
+                    }
+                    None => self.outcome(Partition::Data, written, None),
+                },
             });
         }
     }
@@ -907,7 +935,7 @@ impl Store {
             id: self.id,
             name,
             module: self.genesis.module.to_string(),
-            headless: self.data.is_headless(),
+            headless: self.is_headless(),
             witnessed: log.head_seq,
             projected: self.data.cursor(),
             floating: log.floating,

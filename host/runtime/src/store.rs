@@ -20,7 +20,7 @@ use crate::bindings::lattice::store::types as wit;
 use crate::error::{CallError, Error};
 use crate::guest::GuestInstance;
 use crate::modules::{ModuleHash, Runtime};
-use crate::schema::StoreDescriptor;
+use crate::schema::{MethodKind, StoreDescriptor};
 
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
@@ -194,8 +194,8 @@ type ApplyOutcome = Result<Vec<(String, Vec<u8>)>, String>;
 /// the run.
 #[derive(Debug, Default)]
 struct Run {
-    applied: usize,
-    rejected: Vec<(usize, String)>,
+    /// Each intention's rejection reason (`None`: applied), in run order.
+    outcomes: Vec<Option<String>>,
     events: Vec<(usize, String, Vec<u8>)>,
     log_entries: Vec<Vec<u8>>,
 }
@@ -374,28 +374,43 @@ impl StoreRuntime {
     /// # Errors
     /// [`Error::Headless`] without a module; [`Error::Call`] when the guest fails.
     pub fn describe(&mut self) -> Result<StoreDescriptor, Error> {
-        if let Some(d) = &self.descriptor {
-            return Ok(d.clone());
+        Ok(self.descriptor()?.clone())
+    }
+
+    /// The kind of `method` (`None`: the type has no such method), from the cached descriptor.
+    ///
+    /// # Errors
+    /// As [`StoreRuntime::describe`].
+    pub fn method_kind(&mut self, method: &str) -> Result<Option<MethodKind>, Error> {
+        Ok(self.descriptor()?.method(method).map(|m| m.kind))
+    }
+
+    fn descriptor(&mut self) -> Result<&StoreDescriptor, Error> {
+        if self.descriptor.is_none() {
+            let d: StoreDescriptor = self.guest()?.describe()?.into();
+            self.descriptor = Some(d);
         }
-        let d: StoreDescriptor = self.guest()?.describe()?.into();
-        self.descriptor = Some(d.clone());
-        Ok(d)
+        self.descriptor
+            .as_ref()
+            .ok_or(Error::Corrupt("descriptor missing after describe".into()))
+    }
+
+    /// Gives the guest a snapshot of the committed state for one call, unless a run holds
+    /// one already (nothing commits during a run). Returns true when the caller must take it
+    /// back after the call.
+    fn lend_snapshot(&mut self) -> Result<bool, Error> {
+        if self.run.is_some() {
+            return Ok(false);
+        }
+        let snapshot = self.snapshot()?;
+        self.guest()?.host().snapshot = Some(snapshot);
+        Ok(true)
     }
 
     /// Checks a call against the cached descriptor and returns the method's kind.
-    fn check_call(
-        &mut self,
-        method: &str,
-        args: &serde_json::Value,
-    ) -> Result<crate::schema::MethodKind, Error> {
-        if self.descriptor.is_none() {
-            self.describe()?;
-        }
-        let descriptor = self
-            .descriptor
-            .as_ref()
-            .ok_or(Error::Corrupt("descriptor missing after describe".into()))?;
-        Ok(descriptor
+    fn check_call(&mut self, method: &str, args: &serde_json::Value) -> Result<MethodKind, Error> {
+        Ok(self
+            .descriptor()?
             .check_call(method, args)
             .map_err(Error::BadArguments)?
             .kind)
@@ -414,17 +429,18 @@ impl StoreRuntime {
         heads: &[Hash],
     ) -> Result<PreparedWrite, Error> {
         let kind = self.check_call(method, args)?;
-        if kind != crate::schema::MethodKind::Command {
+        if kind != MethodKind::Command {
             return Err(Error::BadArguments(format!(
                 "`{method}` is a query; use query, not a command"
             )));
         }
-        let snapshot = self.snapshot()?;
+        let lent = self.lend_snapshot()?;
         let guest = self.guest()?;
-        guest.host().snapshot = Some(snapshot);
         guest.host().heads = heads.iter().map(|h| h.as_bytes().to_vec()).collect();
         let result = guest.prepare(method, &args.to_string());
-        guest.host().snapshot = None;
+        if lent {
+            guest.host().snapshot = None;
+        }
         let prepared = result?;
         let mut deps = Vec::with_capacity(prepared.deps.len());
         for d in &prepared.deps {
@@ -454,16 +470,17 @@ impl StoreRuntime {
         args: &serde_json::Value,
     ) -> Result<serde_json::Value, Error> {
         let kind = self.check_call(method, args)?;
-        if kind != crate::schema::MethodKind::Query {
+        if kind != MethodKind::Query {
             return Err(Error::BadArguments(format!(
                 "`{method}` is a command, not a query"
             )));
         }
-        let snapshot = self.snapshot()?;
+        let lent = self.lend_snapshot()?;
         let guest = self.guest()?;
-        guest.host().snapshot = Some(snapshot);
         let result = guest.query(method, &args.to_string());
-        guest.host().snapshot = None;
+        if lent {
+            guest.host().snapshot = None;
+        }
         let text = result?;
         serde_json::from_str(&text).map_err(|e| {
             Error::Call(CallError::Guest(crate::GuestError::Internal(format!(
@@ -762,16 +779,11 @@ impl StoreRuntime {
             .run
             .take()
             .ok_or_else(|| Error::Corrupt("apply_in_run without begin_run".into()))?;
-        let index = run.applied;
-        run.applied += 1;
+        let index = run.outcomes.len();
+        // Reads in apply fall back to the snapshot `begin_run` took.
         let outcome = match refusal {
             Some(reason) => Ok(Err(reason)),
-            None => {
-                // Reads in apply fall back to a snapshot of the committed state.
-                let snapshot = self.snapshot()?;
-                self.guest()?.host().snapshot = Some(snapshot);
-                self.apply_one(signed, &mut run.log_entries)
-            }
+            None => self.apply_one(signed, &mut run.log_entries),
         };
         let rejected = match outcome {
             Ok(Ok(events)) => {
@@ -779,15 +791,13 @@ impl StoreRuntime {
                     .extend(events.into_iter().map(|(t, p)| (index, t, p)));
                 None
             }
-            Ok(Err(reason)) => {
-                run.rejected.push((index, reason.clone()));
-                Some(reason)
-            }
+            Ok(Err(reason)) => Some(reason),
             Err(e) => {
                 self.host_end();
                 return Err(e);
             }
         };
+        run.outcomes.push(rejected.clone());
         self.run = Some(run);
         Ok(rejected)
     }
@@ -811,27 +821,21 @@ impl StoreRuntime {
         let Some(run) = self.run.take() else {
             return Err(Error::Corrupt("commit_run without begin_run".into()));
         };
-        if !contiguous || seqs.len() != run.applied {
+        if !contiguous || seqs.len() != run.outcomes.len() {
             self.run = Some(run);
             return Err(Error::Corrupt(
                 "the run was not witnessed right after the cursor".into(),
             ));
         }
         let writes = self.host_end();
-        let mut reasons: Vec<Option<String>> = vec![None; run.applied];
-        for (i, reason) in &run.rejected {
-            if let Some(slot) = reasons.get_mut(*i) {
-                *slot = Some(reason.clone());
-            }
-        }
-        let rejected: Vec<(u64, String)> = run
-            .rejected
-            .into_iter()
-            .map(|(i, reason)| (seqs[i], reason))
+        let rejected: Vec<(u64, String)> = seqs
+            .iter()
+            .zip(&run.outcomes)
+            .filter_map(|(seq, reason)| Some((*seq, reason.clone()?)))
             .collect();
         let last = seqs.last().copied().unwrap_or(self.cursor);
         self.commit_projected(last, &writes, &run.log_entries, &rejected)?;
-        report.applied += (run.applied - rejected.len()) as u64;
+        report.applied += (run.outcomes.len() - rejected.len()) as u64;
         report.rejected += rejected.len() as u64;
         report.events.extend(
             run.events
@@ -843,7 +847,7 @@ impl StoreRuntime {
                 }),
         );
         report.cursor = self.cursor;
-        Ok(reasons)
+        Ok(run.outcomes)
     }
 
     /// Drops the run's applied writes (none reached `state.db`).

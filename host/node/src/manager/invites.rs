@@ -7,7 +7,6 @@ impl StoreManager {
     /// the system table and records the joiner durably, on the store's actor).
     pub(super) async fn answer_joins(self, mut joins: tokio::sync::mpsc::Receiver<JoinRequest>) {
         while let Some(request) = joins.recv().await {
-            let this = self.clone();
             let JoinRequest {
                 peer,
                 store,
@@ -16,7 +15,7 @@ impl StoreManager {
                 children,
                 reply,
             } = request;
-            let answer = this.accept_join(peer, store, secret, tip, &children).await;
+            let answer = self.accept_join(peer, store, secret, tip, &children).await;
             let _ = reply.send(answer);
         }
     }
@@ -174,25 +173,18 @@ impl StoreManager {
         }
         let known = self.inner.node.meta().get(&id)?;
         let this = self.clone();
-        let (log, tip) = tokio::task::spawn_blocking(move || {
+        let (log, tip, has_genesis) = off_workers("opening a store", move || {
             let log = Arc::new(this.inner.node.open_log(id)?);
             let tip = chain_position(&log, &me)?;
-            Ok::<_, NodeError>((log, tip))
+            let has_genesis = log.reader().is_witnessed(&Hash(id.0))?;
+            Ok((log, tip, has_genesis))
         })
-        .await
-        .map_err(|e| NodeError::Meta(format!("opening a store failed: {e}")))??;
+        .await?;
         if let Err(e) = self.present_token(&token, tip).await {
             drop(log);
             return Err(e);
         }
         self.reopen_left_children(&id)?;
-        let has_genesis = {
-            let log = log.clone();
-            tokio::task::spawn_blocking(move || log.reader().get(&Hash(id.0)))
-                .await
-                .map_err(|e| NodeError::Meta(format!("reading a log failed: {e}")))??
-                .is_some()
-        };
         let fetched = if !has_genesis {
             let (_, report) = self
                 .inner
@@ -206,9 +198,10 @@ impl StoreManager {
         };
         let this = self.clone();
         let opened = log.clone();
-        let store = tokio::task::spawn_blocking(move || this.inner.node.store_from_log(id, opened))
-            .await
-            .map_err(|e| NodeError::Meta(format!("opening a store failed: {e}")))??;
+        let store = off_workers("opening a store", move || {
+            this.inner.node.store_from_log(id, opened)
+        })
+        .await?;
         let record = StoreRecord {
             id,
             parent: None,
@@ -286,9 +279,10 @@ impl StoreManager {
     ) -> Result<Vec<(StoreId, u64)>, NodeError> {
         let this = self.clone();
         let root = *root;
-        tokio::task::spawn_blocking(move || this.descendant_tips_blocking(&root))
-            .await
-            .map_err(|e| NodeError::Meta(format!("reading chain positions failed: {e}")))?
+        off_workers("reading chain positions", move || {
+            this.descendant_tips_blocking(&root)
+        })
+        .await
     }
 
     fn descendant_tips_blocking(&self, root: &StoreId) -> Result<Vec<(StoreId, u64)>, NodeError> {

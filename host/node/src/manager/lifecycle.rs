@@ -13,18 +13,16 @@ impl StoreManager {
             }
             let this = self.clone();
             let id = record.id;
-            let (log, store) = tokio::task::spawn_blocking(move || {
+            let (log, store) = off_workers("opening a store", move || {
                 let log = Arc::new(this.inner.node.open_log(id)?);
-                let has_genesis = log.reader().get(&Hash(id.0))?.is_some();
-                let store = if has_genesis {
+                let store = if log.reader().is_witnessed(&Hash(id.0))? {
                     Some(this.inner.node.store_from_log(id, log.clone())?)
                 } else {
                     None
                 };
-                Ok::<_, NodeError>((log, store))
+                Ok((log, store))
             })
-            .await
-            .map_err(|e| NodeError::Meta(format!("opening a store failed: {e}")))??;
+            .await?;
             self.register_open(record.id, log.clone(), store, record.parent)?;
             log
         };
@@ -217,9 +215,7 @@ impl StoreManager {
         let log = open.log.clone();
         drop(open);
         match Arc::try_unwrap(log) {
-            Ok(log) => tokio::task::spawn_blocking(move || log.close())
-                .await
-                .map_err(|e| NodeError::Meta(format!("closing a log failed: {e}")))??,
+            Ok(log) => off_workers("closing a log", move || Ok(log.close()?)).await?,
             // A session serving a peer still reads it; the log closes when that ends.
             Err(_) => {
                 debug!(store = %id.short(), "log still in use by a session; it closes when that ends")
@@ -269,17 +265,16 @@ impl StoreManager {
         let this = self.clone();
         let name_owned = name.to_string();
         let spec = store_type.to_string();
-        let (module, store) = tokio::task::spawn_blocking(move || {
+        let (module, store) = off_workers("creating a store", move || {
             // Resolving a path installs the module (a Cranelift compile).
             let module = this.inner.node.resolve_type(&spec)?;
             let mut store = this.inner.node.create_child(module, &name_owned, parent)?;
             if !inherited.is_empty() {
                 store.system_call("batch", &json!({ "ops": inherited }))?;
             }
-            Ok::<_, NodeError>((module, store))
+            Ok((module, store))
         })
-        .await
-        .map_err(|e| NodeError::Meta(format!("creating a store failed: {e}")))??;
+        .await?;
         let id = store.id();
         let log = store.log().clone();
         self.insert_open(id, log, Some(store), parent).await?;
@@ -303,10 +298,10 @@ impl StoreManager {
     /// Module errors (not a component, does not compile or link).
     pub async fn install_module(&self, bytes: Vec<u8>) -> Result<ModuleHash, NodeError> {
         let this = self.clone();
-        let hash = tokio::task::spawn_blocking(move || this.inner.node.install_module(&bytes))
-            .await
-            .map_err(|e| NodeError::Meta(format!("installing a module failed: {e}")))??
-            .hash();
+        let hash = off_workers("installing a module", move || {
+            Ok(this.inner.node.install_module(&bytes)?.hash())
+        })
+        .await?;
         let open: Vec<(StoreId, Arc<OpenStore>)> = lock(&self.inner.stores)
             .iter()
             .map(|(k, v)| (*k, v.clone()))
@@ -315,7 +310,7 @@ impl StoreManager {
             let attached = store
                 .actor
                 .run(move |s| {
-                    if s.genesis().module != hash || !s.status()?.headless {
+                    if s.genesis().module != hash || !s.is_headless() {
                         return Ok(false);
                     }
                     s.project()?;

@@ -101,12 +101,13 @@ impl StoreManager {
                         return Ok(None);
                     }
                     debug!(child = %s.id().short(), changes = ops.len(), "passing membership to a child store");
-                    let value = s.system_call("batch", &json!({"ops": ops}))?;
-                    Ok(Some(s.written(value)?))
+                    Ok(Some(s.system_call_reply("batch", &json!({"ops": ops}))?))
                 })
                 .await;
             match written {
-                Ok(Some(w)) => self.publish(&w),
+                Ok(Some(reply)) => {
+                    self.publish(reply);
+                }
                 Ok(None) => {}
                 Err(NodeError::NotReady(_) | NodeError::NotOpen(_)) => continue,
                 Err(e) => return Err(e),
@@ -234,18 +235,16 @@ impl StoreManager {
         self.require_own_peers(id).await?;
         let me = self.inner.node.key().public();
         let peer = *peer;
-        let (result, written) = self
+        let reply = self
             .with_store(id, move |s| {
                 let cut = revocation_cut(s.log(), &peer, &me)?;
-                let value = s.system_call(
+                s.system_call_reply(
                     "set-peer-status",
                     &json!({"peer": peer.to_string(), "status": "revoked", "cut": cut}),
-                )?;
-                let written = s.written(value.clone())?;
-                Ok((value, written))
+                )
             })
             .await?;
-        self.publish(&written);
+        let result = self.publish(reply);
         self.update_members(id).await;
         self.mirror_membership(id).await?;
         Ok(result)

@@ -28,14 +28,14 @@ mod invites;
 mod lifecycle;
 mod membership;
 
-use crate::actor::{CallReply, StoreActor};
+use crate::actor::StoreActor;
 use crate::error::NodeError;
 use crate::invite::InviteToken;
 use crate::meta::{StoreRecord, StoreState};
 use crate::node::Node;
 use crate::store::{
-    ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention, Store, StoreStatus,
-    Written,
+    CallReply, ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention, Store,
+    StoreStatus,
 };
 
 /// Watch events buffered per subscriber before it is told it lagged.
@@ -99,6 +99,17 @@ impl std::fmt::Debug for StoreManager {
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panicked holder is a bug elsewhere; the guarded values stay usable.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Runs blocking node work (redb, fsyncs, Cranelift compiles) off the async workers; `what`
+/// names it in the error should the task panic.
+async fn off_workers<T: Send + 'static>(
+    what: &str,
+    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+) -> Result<T, NodeError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| NodeError::Meta(format!("{what} failed: {e}")))?
 }
 
 /// The newest position of `author`'s chain in `log` (0 when it has written nothing).
@@ -352,9 +363,12 @@ impl StoreManager {
         self.open_store(id)?.actor.run(f).await
     }
 
-    /// Gossips an intention this node wrote.
-    fn publish(&self, written: &Written) {
-        self.inner.replicator.publish(&written.intention);
+    /// Gossips the intention a call wrote (if any) and returns the call's JSON reply.
+    fn publish(&self, reply: CallReply) -> Value {
+        if let CallReply::Wrote(written) = &reply {
+            self.inner.replicator.publish(&written.intention);
+        }
+        reply.into_value()
     }
 
     /// Calls a method of a store's type; commands are gossiped to its peers. Concurrent
@@ -364,14 +378,11 @@ impl StoreManager {
     /// As [`Store::call`]; [`NodeError::NotOpen`].
     pub async fn call(&self, id: &StoreId, method: &str, args: &Value) -> Result<Value, NodeError> {
         let open = self.open_store(id)?;
-        match open.actor.call(method.to_string(), args.clone()).await? {
-            CallReply::Answer(value) => Ok(value),
-            CallReply::Wrote(written) => {
-                self.publish(&written);
-                self.emit(NodeEvent::StoreChanged(*id));
-                Ok(written.value)
-            }
+        let reply = open.actor.call(method.to_string(), args.clone()).await?;
+        if matches!(reply, CallReply::Wrote(_)) {
+            self.emit(NodeEvent::StoreChanged(*id));
         }
+        Ok(self.publish(reply))
     }
 
     /// Calls a system table method of a store (peers, children, …); commands are gossiped.
@@ -385,20 +396,10 @@ impl StoreManager {
         args: &Value,
     ) -> Result<Value, NodeError> {
         let (method, args) = (method.to_string(), args.clone());
-        let (value, written) = self
-            .with_store(id, move |s| {
-                let value = s.system_call(&method, &args)?;
-                let written = match value.get("hash") {
-                    Some(_) => Some(s.written(value.clone())?),
-                    None => None,
-                };
-                Ok((value, written))
-            })
+        let reply = self
+            .with_store(id, move |s| s.system_call_reply(&method, &args))
             .await?;
-        if let Some(written) = &written {
-            self.publish(written);
-        }
-        Ok(value)
+        Ok(self.publish(reply))
     }
 
     /// A store's status.
