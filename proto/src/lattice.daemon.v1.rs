@@ -51,9 +51,13 @@ pub struct StoreRef {
     pub module: ::prost::alloc::string::String,
     #[prost(string, tag = "4")]
     pub parent: ::prost::alloc::string::String,
-    /// active, archived or left.
+    /// active, archived or left; `damaged` when its files failed and it is not served.
     #[prost(string, tag = "5")]
     pub state: ::prost::alloc::string::String,
+    /// Why the store is damaged and not served (empty when it is fine); `lattice store repair`
+    /// (rpc StoreService.Repair) fixes it.
+    #[prost(string, tag = "6")]
+    pub damage: ::prost::alloc::string::String,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -204,6 +208,9 @@ pub struct StoreStatus {
     pub floating: u64,
     #[prost(uint64, tag = "10")]
     pub rejected: u64,
+    /// Why the store is damaged and not served (state `damaged`); empty when it is fine.
+    #[prost(string, tag = "11")]
+    pub damage: ::prost::alloc::string::String,
 }
 /// A witnessed intention, summarised.
 #[allow(clippy::all)]
@@ -996,6 +1003,24 @@ pub mod store_service_client {
                 .insert(GrpcMethod::new("lattice.daemon.v1.StoreService", "Delete"));
             self.inner.unary(req, path, codec).await
         }
+        /// Repairs a damaged store: projections rebuilt from the log; a log that does not open or
+        /// verify rebuilt from the intentions that still verify (peers send the rest). JSON reply:
+        /// {"store", "log_problem", "salvaged", "dropped", "projections_rebuilt"}.
+        pub async fn repair(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StoreRequest>,
+        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/lattice.daemon.v1.StoreService/Repair");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lattice.daemon.v1.StoreService", "Repair"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1096,6 +1121,13 @@ pub mod store_service_server {
             &self,
             request: tonic::Request<super::StoreRequest>,
         ) -> std::result::Result<tonic::Response<super::Empty>, tonic::Status>;
+        /// Repairs a damaged store: projections rebuilt from the log; a log that does not open or
+        /// verify rebuilt from the intentions that still verify (peers send the rest). JSON reply:
+        /// {"store", "log_problem", "salvaged", "dropped", "projections_rebuilt"}.
+        async fn repair(
+            &self,
+            request: tonic::Request<super::StoreRequest>,
+        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct StoreServiceServer<T> {
@@ -1727,6 +1759,44 @@ pub mod store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = DeleteSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.StoreService/Repair" => {
+                    #[allow(non_camel_case_types)]
+                    struct RepairSvc<T: StoreService>(pub Arc<T>);
+                    impl<T: StoreService> tonic::server::UnaryService<super::StoreRequest> for RepairSvc<T> {
+                        type Response = super::JsonReply;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::StoreRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as StoreService>::repair(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = RepairSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

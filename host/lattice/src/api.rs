@@ -69,6 +69,7 @@ fn status_of(e: NodeError) -> Status {
         NodeError::InviteExpired => (Code::FailedPrecondition, "invite_expired"),
         NodeError::StillOpen(_) => (Code::FailedPrecondition, "still_open"),
         NodeError::NotReady(_) => (Code::Unavailable, "not_ready"),
+        NodeError::Damaged { .. } => (Code::DataLoss, "damaged"),
         NodeError::AlreadyMember(_) => (Code::AlreadyExists, "already_member"),
         NodeError::Net(_)
         | NodeError::Replica(_)
@@ -92,6 +93,7 @@ fn store_ref(r: &StoreRecord) -> v1::StoreRef {
         module: r.module.to_string(),
         parent: r.parent.map(|p| p.to_string()).unwrap_or_default(),
         state: r.state.as_str().to_string(),
+        damage: String::new(),
     }
 }
 
@@ -232,6 +234,34 @@ impl node_service_server::NodeService for Api {
     }
 }
 
+impl Api {
+    /// The status of a store this node does not serve: closed (archived, left, unknown) or,
+    /// with `damage`, quarantined.
+    fn unserved_status(
+        &self,
+        id: &StoreId,
+        damage: Option<String>,
+    ) -> Result<Response<v1::StoreStatus>, Status> {
+        let record = self.manager.node().meta().get(id).map_err(status_of)?;
+        let state = match (&damage, &record) {
+            (Some(_), _) => "damaged",
+            (None, Some(r)) => r.state.as_str(),
+            (None, None) => "unknown",
+        };
+        Ok(Response::new(v1::StoreStatus {
+            store: id.to_string(),
+            name: record.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
+            module: record
+                .as_ref()
+                .map(|r| r.module.to_string())
+                .unwrap_or_default(),
+            state: state.to_string(),
+            damage: damage.unwrap_or_default(),
+            ..v1::StoreStatus::default()
+        }))
+    }
+}
+
 #[tonic::async_trait]
 impl store_service_server::StoreService for Api {
     async fn create(
@@ -265,7 +295,14 @@ impl store_service_server::StoreService for Api {
             .list()
             .map_err(status_of)?
             .iter()
-            .map(store_ref)
+            .map(|r| {
+                let mut item = store_ref(r);
+                if let Some(reason) = self.manager.damage(&r.id) {
+                    item.state = "damaged".into();
+                    item.damage = reason;
+                }
+                item
+            })
             .collect();
         Ok(Response::new(v1::StoreList { items }))
     }
@@ -287,23 +324,10 @@ impl store_service_server::StoreService for Api {
                 projected: s.projected,
                 floating: s.floating,
                 rejected: s.rejected,
+                damage: String::new(),
             })),
-            Err(NodeError::NotOpen(_)) => {
-                let record = self.manager.node().meta().get(&id).map_err(status_of)?;
-                Ok(Response::new(v1::StoreStatus {
-                    store: id.to_string(),
-                    name: record.as_ref().map(|r| r.name.clone()).unwrap_or_default(),
-                    module: record
-                        .as_ref()
-                        .map(|r| r.module.to_string())
-                        .unwrap_or_default(),
-                    state: record
-                        .map(|r| r.state.as_str())
-                        .unwrap_or("unknown")
-                        .to_string(),
-                    ..v1::StoreStatus::default()
-                }))
-            }
+            Err(NodeError::Damaged { reason, .. }) => self.unserved_status(&id, Some(reason)),
+            Err(NodeError::NotOpen(_)) => self.unserved_status(&id, None),
             Err(e) => Err(status_of(e)),
         }
     }
@@ -569,6 +593,26 @@ impl store_service_server::StoreService for Api {
         self.manager.delete(&id).map_err(status_of)?;
         Ok(Response::new(v1::Empty {}))
     }
+
+    async fn repair(
+        &self,
+        req: Request<v1::StoreRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let id = self.find(&req.into_inner().store)?;
+        let report = self.manager.repair(&id).await.map_err(status_of)?;
+        reply(repair_json(&id, &report))
+    }
+}
+
+/// The JSON a repair answers with (API and embedded CLI alike).
+pub(crate) fn repair_json(id: &StoreId, report: &lattice_node::RepairReport) -> Value {
+    json!({
+        "store": id.to_string(),
+        "log_problem": report.log_problem,
+        "salvaged": report.salvaged,
+        "dropped": report.dropped,
+        "projections_rebuilt": report.projections_rebuilt,
+    })
 }
 
 #[tonic::async_trait]

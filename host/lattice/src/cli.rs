@@ -253,6 +253,13 @@ pub(crate) enum StoreCommand {
         /// Store id (or unique prefix).
         store: String,
     },
+    /// Repair a damaged store: rebuild its projected state from the log, and a log that does
+    /// not open or verify from the intentions that still verify (its peers send the rest).
+    /// Works with the daemon running; `store list` shows which stores are damaged.
+    Repair {
+        /// Store id (or unique prefix).
+        store: String,
+    },
     /// Drop a store's projected state and rebuild it from the log (needs the daemon stopped).
     Rebuild {
         /// Store id (or unique prefix).

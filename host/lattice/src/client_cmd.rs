@@ -221,6 +221,9 @@ fn parse(reply: tonic::Response<v1::JsonReply>) -> anyhow::Result<Value> {
 
 /// The `--json` form of a store status (only `store` and `state` when it is not open).
 fn status_json(s: v1::StoreStatus) -> Value {
+    if !s.damage.is_empty() {
+        return json!({"store": s.store, "name": s.name, "state": s.state, "damage": s.damage});
+    }
     if !s.open {
         return json!({"store": s.store, "state": s.state});
     }
@@ -515,14 +518,15 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
             for r in list.items {
                 out.record(
                     &format!(
-                        "{}  {:<20} {:<8} module {}{}",
+                        "{}  {:<20} {:<8} module {}{}{}",
                         r.id,
                         r.name,
                         r.state,
                         short(&r.module),
-                        if r.parent.is_empty() { String::new() } else { format!("  child of {}", short(&r.parent)) }
+                        if r.parent.is_empty() { String::new() } else { format!("  child of {}", short(&r.parent)) },
+                        if r.damage.is_empty() { String::new() } else { format!("\n    {}; fix: lattice store repair {}", r.damage, short(&r.id)) }
                     ),
-                    json!({"store": r.id, "name": r.name, "state": r.state, "module": r.module, "parent": (!r.parent.is_empty()).then_some(&r.parent)}),
+                    json!({"store": r.id, "name": r.name, "state": r.state, "module": r.module, "parent": (!r.parent.is_empty()).then_some(&r.parent), "damage": (!r.damage.is_empty()).then_some(&r.damage)}),
                 );
             }
         }
@@ -545,6 +549,12 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
                     s["projected"],
                     s["floating"],
                     s["rejected"]
+                )
+            } else if let Some(damage) = s["damage"].as_str() {
+                format!(
+                    "store {} is damaged and not served: {damage}\nfix: lattice store repair {}",
+                    show(&s["store"]),
+                    show(&s["store"])
                 )
             } else {
                 format!(
@@ -749,6 +759,23 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
             out.record(
                 &format!("deleted the local data of {store}"),
                 json!({"store": store, "deleted": true}),
+            );
+        }
+        StoreCommand::Repair { store } => {
+            let r = parse(c.store.repair(store_req(store)).await.map_err(err)?)?;
+            let log = match r["log_problem"].as_str() {
+                None => "log verified and kept".to_string(),
+                Some(problem) => format!(
+                    "log rebuilt ({problem}): {} intentions kept, {} dropped; peers send the rest",
+                    r["salvaged"], r["dropped"]
+                ),
+            };
+            out.record(
+                &format!(
+                    "repaired {}: {log}; projected state rebuilt from the log",
+                    show(&r["store"])
+                ),
+                r,
             );
         }
         StoreCommand::Rebuild { .. } => bail!("rebuild runs without the daemon"),

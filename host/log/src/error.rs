@@ -41,6 +41,14 @@ pub enum OpenError {
         /// Short id of the key in the file.
         found: String,
     },
+    /// The file's bytes are damaged (redb's checks fail, or reading it panicked).
+    #[error("{path} is damaged: {reason}")]
+    Damaged {
+        /// The file path.
+        path: String,
+        /// What was found.
+        reason: String,
+    },
     /// The file uses a format version this build does not read.
     #[error("log format version {0} is not supported by this build")]
     UnsupportedFormat(u32),
@@ -264,3 +272,14 @@ macro_rules! bug {
     }};
 }
 pub(crate) use bug;
+
+impl From<crate::file::FileError> for OpenError {
+    fn from(err: crate::file::FileError) -> OpenError {
+        use crate::file::FileError;
+        match err {
+            FileError::AlreadyOpen { path } => OpenError::AlreadyOpen { path },
+            FileError::Damaged { path, reason } => OpenError::Damaged { path, reason },
+            FileError::Io { source, .. } => OpenError::Storage(storage(redb::Error::Io(source))),
+        }
+    }
+}

@@ -39,6 +39,7 @@ mod chain;
 mod config;
 mod dag;
 mod error;
+pub mod file;
 mod ingest;
 mod log;
 mod reader;

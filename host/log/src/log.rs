@@ -16,6 +16,7 @@ use tracing::{info, warn};
 use crate::chain::{Built, ChainBuilder};
 use crate::config::LogConfig;
 use crate::dag::FrontierCache;
+use crate::file::{CleanMark, contain, open_checked};
 
 /// Frontiers kept in memory for recently witnessed intentions.
 const FRONTIER_CACHE: usize = 4096;
@@ -44,6 +45,8 @@ pub struct Log {
     key: NodeKey,
     config: LogConfig,
     thread: Option<JoinHandle<()>>,
+    /// Last: written once the database above has closed.
+    _clean: CleanMark,
 }
 
 impl Log {
@@ -62,20 +65,11 @@ impl Log {
         key: NodeKey,
         config: LogConfig,
     ) -> Result<Log, OpenError> {
-        let db = match redb::Builder::new()
-            .set_cache_size(config.cache_bytes)
-            .create(path)
-        {
-            Ok(db) => db,
-            Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
-                return Err(OpenError::AlreadyOpen {
-                    path: path.display().to_string(),
-                });
-            }
-            Err(e) => return Err(OpenError::Storage(storage(e))),
-        };
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(config.cache_bytes);
+        let db = open_checked(path, &builder)?;
         let db = Arc::new(db);
-        let (state, queue) = prepare(&db, store_id, &key)?;
+        let (state, queue) = contain(path, || prepare(&db, store_id, &key))?;
         info!(store = %store_id.short(), head = state.head_seq, floating = state.floating.count, "log opened");
         let (tx, rx) = sync_channel(config.inbox.max(1));
         let actor = IngestActor {
@@ -100,6 +94,7 @@ impl Log {
             key,
             config,
             thread: Some(thread),
+            _clean: CleanMark::new(path),
         })
     }
 

@@ -10,6 +10,7 @@
 //! subscribers, and it makes the projected state durable every [`FLUSH_INTERVAL`] and when it
 //! stops.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
@@ -18,8 +19,8 @@ use std::time::{Duration, Instant};
 use lattice_model::StoreId;
 use lattice_runtime::{MethodKind, WatchEvent};
 use serde_json::Value;
-use tokio::sync::{broadcast, oneshot};
-use tracing::{debug, warn};
+use tokio::sync::{broadcast, oneshot, watch};
+use tracing::{debug, error, warn};
 
 use crate::error::NodeError;
 use crate::store::{CallReply, Store};
@@ -45,6 +46,8 @@ enum Msg {
 /// Handle to one store's actor thread.
 pub(crate) struct StoreActor {
     id: StoreId,
+    /// Set by the actor as it stops: `Some(None)` closed, `Some(Some(reason))` damaged.
+    stopped: watch::Receiver<Option<Option<String>>>,
     inbox: Mutex<Option<mpsc::Sender<Msg>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
@@ -61,26 +64,55 @@ impl StoreActor {
         watch: broadcast::Sender<WatchEvent>,
     ) -> Result<StoreActor, NodeError> {
         let (tx, rx) = mpsc::channel();
+        let (stop, stopped) = watch::channel(None);
         let thread = std::thread::Builder::new()
             .name(format!("store-{}", id.short()))
-            .spawn(move || run(id, store, rx, watch))
+            .spawn(move || {
+                let damage = run(id, store, rx, watch);
+                stop.send_replace(Some(damage));
+            })
             .map_err(|source| NodeError::Io {
                 path: format!("store actor thread for {}", id.short()),
                 source,
             })?;
         Ok(StoreActor {
             id,
+            stopped,
             inbox: Mutex::new(Some(tx)),
             thread: Mutex::new(Some(thread)),
         })
     }
 
+    /// Why the actor stopped serving the store, if a storage operation panicked.
+    pub(crate) fn damage(&self) -> Option<String> {
+        self.stopped.borrow().clone().flatten()
+    }
+
+    /// The error for a caller whose message the actor will not answer.
+    fn gone(&self) -> NodeError {
+        match self.damage() {
+            Some(reason) => NodeError::Damaged {
+                store: self.id.short(),
+                reason,
+            },
+            None => NodeError::NotOpen(self.id.to_string()),
+        }
+    }
+
+    /// As [`StoreActor::gone`], once the actor has said why it stopped (its reply channels
+    /// close while it unwinds, a moment before it records the damage).
+    async fn gone_after_stop(&self) -> NodeError {
+        let mut stopped = self.stopped.clone();
+        let _ = stopped.wait_for(Option::is_some).await;
+        self.gone()
+    }
+
     fn send(&self, msg: Msg) -> Result<(), NodeError> {
         lock(&self.inbox)
             .as_ref()
-            .ok_or_else(|| NodeError::NotOpen(self.id.to_string()))?
+            .ok_or_else(|| self.gone())?
             .send(msg)
-            .map_err(|_| NodeError::NotOpen(self.id.to_string()))
+            .map_err(|_| self.gone())
     }
 
     /// Calls a method of the store's type.
@@ -95,8 +127,10 @@ impl StoreActor {
             args,
             reply,
         })?;
-        rx.await
-            .map_err(|_| NodeError::NotOpen(self.id.to_string()))?
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(self.gone_after_stop().await),
+        }
     }
 
     /// Runs `f` on the store on the actor thread and returns its result.
@@ -128,8 +162,10 @@ impl StoreActor {
         self.send(Msg::Job(Box::new(move |slot| {
             let _ = reply.send(f(slot));
         })))?;
-        rx.await
-            .map_err(|_| NodeError::NotOpen(self.id.to_string()))?
+        match rx.await {
+            Ok(result) => result,
+            Err(_) => Err(self.gone_after_stop().await),
+        }
     }
 
     /// Stops the actor after the work queued before this call, makes state durable and waits
@@ -158,7 +194,7 @@ fn run(
     mut slot: Option<Store>,
     inbox: mpsc::Receiver<Msg>,
     watch: broadcast::Sender<WatchEvent>,
-) {
+) -> Option<String> {
     let _span = tracing::info_span!("store", store = %id.short()).entered();
     let mut flushed = Instant::now();
     loop {
@@ -177,38 +213,24 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut queued: Vec<Queued> = Vec::new();
-        for msg in round {
-            match msg {
-                Msg::Call {
-                    method,
-                    args,
-                    reply,
-                } => {
-                    let kind = slot
-                        .as_mut()
-                        .and_then(|s| s.method_kind(&method).ok().flatten());
-                    if kind == Some(MethodKind::Query) {
-                        // Queries see every write queued before them.
-                        write_run(id, &mut slot, &mut queued, &watch);
-                        let answer = match slot.as_mut() {
-                            Some(store) => store.call(&method, &args).map(CallReply::Answer),
-                            None => Err(NodeError::NotReady(id.to_string())),
-                        };
-                        let _ = reply.send(answer);
-                    } else {
-                        queued.push(((method, args), reply));
-                    }
-                }
-                Msg::Job(job) => {
-                    write_run(id, &mut slot, &mut queued, &watch);
-                    job(&mut slot);
-                }
+        // A panic below comes from a storage library reading damaged bytes: the store stops
+        // being served (callers get `Damaged`), the rest of the node goes on.
+        if let Err(payload) =
+            std::panic::catch_unwind(AssertUnwindSafe(|| handle(id, &mut slot, round, &watch)))
+        {
+            let reason = format!(
+                "a storage operation panicked: {}",
+                lattice_log::file::panic_text(payload.as_ref())
+            );
+            error!(
+                "store {} is damaged and no longer served: {reason}",
+                id.short()
+            );
+            if let Some(mut store) = slot.take() {
+                store.mark_damaged();
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(store)));
             }
-        }
-        write_run(id, &mut slot, &mut queued, &watch);
-        if let Some(store) = slot.as_mut() {
-            pass_events(store, &watch);
+            return Some(reason);
         }
         if flushed.elapsed() >= FLUSH_INTERVAL {
             flush(&mut slot, &mut flushed);
@@ -216,6 +238,49 @@ fn run(
     }
     flush(&mut slot, &mut flushed);
     debug!("store actor stopped");
+    None
+}
+
+/// Handles one round of messages (see the module docs).
+fn handle(
+    id: StoreId,
+    slot: &mut Option<Store>,
+    round: Vec<Msg>,
+    watch: &broadcast::Sender<WatchEvent>,
+) {
+    let mut queued: Vec<Queued> = Vec::new();
+    for msg in round {
+        match msg {
+            Msg::Call {
+                method,
+                args,
+                reply,
+            } => {
+                let kind = slot
+                    .as_mut()
+                    .and_then(|s| s.method_kind(&method).ok().flatten());
+                if kind == Some(MethodKind::Query) {
+                    // Queries see every write queued before them.
+                    write_run(id, slot, &mut queued, watch);
+                    let answer = match slot.as_mut() {
+                        Some(store) => store.call(&method, &args).map(CallReply::Answer),
+                        None => Err(NodeError::NotReady(id.to_string())),
+                    };
+                    let _ = reply.send(answer);
+                } else {
+                    queued.push(((method, args), reply));
+                }
+            }
+            Msg::Job(job) => {
+                write_run(id, slot, &mut queued, watch);
+                job(slot);
+            }
+        }
+    }
+    write_run(id, slot, &mut queued, watch);
+    if let Some(store) = slot.as_mut() {
+        pass_events(store, watch);
+    }
 }
 
 /// A command waiting for the next write run, with its caller's reply channel.

@@ -72,6 +72,16 @@ pub enum NodeError {
     /// The store is not open on this node (archived, left, or unknown).
     #[error("store {0} is not open on this node; `lattice store list` shows its state")]
     NotOpen(String),
+    /// The store's files are damaged; it is not served until repaired.
+    #[error(
+        "store {store} is damaged and not served: {reason}; run `lattice store repair {store}`"
+    )]
+    Damaged {
+        /// The store's short id.
+        store: String,
+        /// What was found.
+        reason: String,
+    },
     /// The store's genesis has not arrived yet (a child store being fetched).
     #[error("store {0} is still being fetched from its peers; try again shortly")]
     NotReady(String),
@@ -156,5 +166,11 @@ impl RejectKind {
             RejectKind::NotMember => "not_member",
             RejectKind::Revoked => "revoked",
         }
+    }
+}
+
+impl From<lattice_log::file::FileError> for NodeError {
+    fn from(err: lattice_log::file::FileError) -> NodeError {
+        NodeError::Runtime(lattice_runtime::Error::File(err))
     }
 }

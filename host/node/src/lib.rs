@@ -44,7 +44,7 @@ pub use identity::IdentityError;
 pub use invite::{InviteToken, MAX_ADDRS, TokenError};
 pub use manager::{Joined, NodeEvent, StoreManager, WATCH_BUFFER};
 pub use meta::{MetaDb, StoreRecord, StoreState};
-pub use node::{Node, StoreSummary};
+pub use node::{Node, RepairReport, StoreSummary};
 pub use store::{
     CallReply, ChildLink, ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention,
     Store, StoreInfo, StoreStatus, Strategy, Written,

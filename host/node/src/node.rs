@@ -1,13 +1,14 @@
 //! [`Node`]: a data directory opened with its identity, inventory (`meta.db`) and Wasm
 //! runtime; creates and opens stores.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lattice_log::{Incoming, Log, LogConfig, build_genesis, system_now_ms};
 use lattice_model::{Hash, NodeKey, StoreId};
 use lattice_runtime::{BUILTIN_MODULES, Limits, LoadedModule, ModuleHash, Runtime};
 use serde_json::json;
+use tracing::warn;
 
 use crate::data_dir::DataDir;
 use crate::error::NodeError;
@@ -61,6 +62,19 @@ fn ensure_builtin(runtime: &Runtime, name: &str) -> Result<ModuleHash, NodeError
     ensure_installed(runtime, bytes)
 }
 
+/// What [`Node::repair_store`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RepairReport {
+    /// Why the log was rebuilt (`None`: it opened and verified, and was kept).
+    pub log_problem: Option<String>,
+    /// Intentions read back from the damaged log and accepted again.
+    pub salvaged: u64,
+    /// Intentions read back but refused (damaged, or missing what they depend on).
+    pub dropped: u64,
+    /// Both projections were set aside to be projected again from the log.
+    pub projections_rebuilt: bool,
+}
+
 /// A store as listed by [`Node::list_stores`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreSummary {
@@ -74,6 +88,17 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     move |source| NodeError::Io {
         path: path.display().to_string(),
         source,
+    }
+}
+
+/// Moves `path` to `<path>.damaged` (replacing an older one); a missing file is fine.
+fn set_aside(path: &Path) -> Result<(), NodeError> {
+    let mut aside = path.as_os_str().to_owned();
+    aside.push(".damaged");
+    match std::fs::rename(path, &aside) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io(path)(e)),
     }
 }
 
@@ -346,13 +371,137 @@ impl Node {
         {
             ensure_installed(&self.runtime, bytes)?;
         }
-        Store::open(
-            &self.runtime,
-            &self.dir,
-            id,
-            log,
-            self.key.public(),
-            self.system_module,
-        )
+        // Projected state can always be rebuilt from the log: a damaged partition is set
+        // aside and projected again (at most once per partition).
+        let mut set_aside = 0;
+        loop {
+            let opened = lattice_log::file::contain(&self.dir.state_path(&id), || {
+                Store::open(
+                    &self.runtime,
+                    &self.dir,
+                    id,
+                    log.clone(),
+                    self.key.public(),
+                    self.system_module,
+                )
+            });
+            match opened {
+                Err(e) if set_aside < 2 && self.projection_damaged(&id, &e) => {
+                    set_aside += 1;
+                    let damaged = self.set_aside_projection(&id, &e)?;
+                    warn!(
+                        store = %id.short(),
+                        "{damaged} is damaged ({e}); rebuilding it from the log"
+                    );
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// The projection file (state.db or system.db) that `err` says is damaged, if any.
+    fn damaged_projection(&self, id: &StoreId, err: &NodeError) -> Option<PathBuf> {
+        use lattice_log::file::FileError;
+        use lattice_runtime::Error as RtError;
+        let state = self.dir.state_path(id);
+        let system = self.dir.system_path(id);
+        match err {
+            NodeError::Runtime(RtError::File(FileError::Damaged { path, .. })) => [state, system]
+                .into_iter()
+                .find(|p| p.display().to_string() == *path),
+            // A partition whose identity or cursor does not match the log: rebuild both.
+            NodeError::Runtime(RtError::Corrupt(_)) => Some(state),
+            _ => None,
+        }
+    }
+
+    fn projection_damaged(&self, id: &StoreId, err: &NodeError) -> bool {
+        self.damaged_projection(id, err).is_some()
+    }
+
+    /// Moves a damaged projection file to `<name>.damaged` (replacing an older one) and
+    /// returns its name. For an inconsistent state.db both partitions go.
+    fn set_aside_projection(&self, id: &StoreId, err: &NodeError) -> Result<String, NodeError> {
+        let Some(path) = self.damaged_projection(id, err) else {
+            return Ok(String::new());
+        };
+        let mut paths = vec![path.clone()];
+        if matches!(err, NodeError::Runtime(lattice_runtime::Error::Corrupt(_))) {
+            paths.push(self.dir.system_path(id));
+        }
+        for p in &paths {
+            set_aside(p)?;
+        }
+        Ok(path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default())
+    }
+
+    /// Repairs store `id`'s files (it must not be open): a log that does not open, or whose
+    /// witness chain does not verify, is set aside as `log.db.damaged` and rebuilt from the
+    /// intentions that can still be read from it (each one verified again on ingest; the
+    /// store's peers send the rest once it is open); both projections are set aside and are
+    /// projected again from the log when the store next opens.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownStore`] when there is no such store here; file system failures.
+    pub fn repair_store(&self, id: StoreId) -> Result<RepairReport, NodeError> {
+        let path = self.dir.log_path(&id);
+        if !self.dir.store_dir(&id).exists() {
+            return Err(NodeError::UnknownStore(id.to_string()));
+        }
+        let mut report = RepairReport::default();
+        let problem = match self.open_log(id) {
+            Ok(log) => {
+                let verified = log.reader().verify(|_, _| {});
+                let closed = log.close();
+                match (verified, closed) {
+                    (Ok(_), Ok(())) => None,
+                    (Err(e), _) | (Ok(_), Err(e)) => Some(e.to_string()),
+                }
+            }
+            Err(NodeError::LogOpen(lattice_log::OpenError::AlreadyOpen { path })) => {
+                return Err(NodeError::LogOpen(lattice_log::OpenError::AlreadyOpen {
+                    path,
+                }));
+            }
+            Err(e) => Some(e.to_string()),
+        };
+        if let Some(problem) = problem {
+            report.log_problem = Some(problem);
+            let salvaged = lattice_log::file::salvage(&path, id)?;
+            set_aside(&path)?;
+            let mut mark = path.as_os_str().to_owned();
+            mark.push(".clean");
+            let _ = std::fs::remove_file(PathBuf::from(mark));
+            let log = self.open_log(id)?;
+            let found = salvaged.len() as u64;
+            let results = log.ingest(
+                salvaged
+                    .into_iter()
+                    .map(|s| Incoming::new(s.as_bytes().to_vec()))
+                    .collect(),
+            )?;
+            log.close()?;
+            let kept = results.iter().filter(|r| r.is_ok()).count() as u64;
+            report.salvaged = kept;
+            report.dropped = found - kept;
+        }
+        self.discard_projections(&id)?;
+        report.projections_rebuilt = true;
+        Ok(report)
+    }
+
+    /// Sets both projections of store `id` aside (to `*.damaged`), so the next open projects
+    /// them again from the log.
+    ///
+    /// # Errors
+    /// When a file cannot be moved.
+    pub fn discard_projections(&self, id: &StoreId) -> Result<(), NodeError> {
+        for p in [self.dir.state_path(id), self.dir.system_path(id)] {
+            set_aside(&p)?;
+        }
+        Ok(())
     }
 }

@@ -1033,6 +1033,13 @@ impl Store {
         Ok(Hash::of(&[data.0, system.0].concat()))
     }
 
+    /// Keeps both projection files from being marked clean when they close, so the next open
+    /// checks them (a storage operation on them failed in a way that suggests damage).
+    pub fn mark_damaged(&mut self) {
+        self.data.mark_damaged();
+        self.system.mark_damaged();
+    }
+
     /// Forgets both projections and projects the whole log again.
     ///
     /// # Errors

@@ -99,6 +99,9 @@ pub enum Error {
     /// The log failed while projecting.
     #[error(transparent)]
     Log(#[from] lattice_log::Error),
+    /// `state.db` (or `system.db`) did not open: damaged, already open, or unreadable.
+    #[error(transparent)]
+    File(#[from] lattice_log::file::FileError),
     /// `state.db` belongs to another store or is malformed.
     #[error("state.db is inconsistent: {0}")]
     Corrupt(String),

@@ -12,6 +12,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use lattice_log::LogReader;
+use lattice_log::file::{CleanMark, contain, open_checked};
 use lattice_model::{Hash, IntentionFlags, PubKey, SignedIntention, StoreId};
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable, TableDefinition};
 use tracing::{debug, warn};
@@ -184,6 +185,8 @@ pub struct StoreRuntime {
     unsynced: bool,
     /// Writes applied ahead of witnessing (see [`StoreRuntime::begin_run`]).
     run: Option<Run>,
+    /// Last: written once the database above has closed.
+    clean: CleanMark,
 }
 
 /// What one apply did: the events it emitted (topic, payload), or the guest's reason to
@@ -272,40 +275,10 @@ impl StoreRuntime {
         module: ModuleHash,
         partition: Partition,
     ) -> Result<StoreRuntime, Error> {
-        let db = redb::Builder::new().set_cache_size(16 << 20).create(path)?;
-        let mut txn = db.begin_write()?;
-        // Nothing here needs an fsync: tables and identity lost in a crash are written again.
-        txn.set_durability(Durability::None)?;
-        let (cursor, log_count) = {
-            let mut meta = txn.open_table(META)?;
-            txn.open_table(DATA)?;
-            txn.open_table(REJECTED)?;
-            txn.open_table(LOG)?;
-            let found_store = meta.get("store_id")?.map(|v| v.value().to_vec());
-            match found_store {
-                None => {
-                    meta.insert("store_id", store_id.as_bytes().as_slice())?;
-                    meta.insert("module", module.0.as_slice())?;
-                }
-                Some(found) => {
-                    if found != store_id.as_bytes() {
-                        return Err(Error::Corrupt(format!(
-                            "state.db belongs to another store, not {}",
-                            store_id.short()
-                        )));
-                    }
-                    let found_module = meta.get("module")?.map(|v| v.value().to_vec());
-                    if found_module.as_deref() != Some(module.0.as_slice()) {
-                        return Err(Error::Corrupt(format!(
-                            "state.db was projected by another module, not {}",
-                            module.short()
-                        )));
-                    }
-                }
-            }
-            (meta_u64(&meta, "cursor")?, meta_u64(&meta, "log_count")?)
-        };
-        txn.commit()?;
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(16 << 20);
+        let db = open_checked(path, &builder)?;
+        let (cursor, log_count) = contain(path, || identify(&db, store_id, module))?;
         let mut store = StoreRuntime {
             runtime: runtime.clone(),
             store_id,
@@ -318,9 +291,16 @@ impl StoreRuntime {
             partition,
             unsynced: false,
             run: None,
+            clean: CleanMark::new(path),
         };
         store.attach()?;
         Ok(store)
+    }
+
+    /// Keeps the files from being marked clean when they close (they were found damaged while
+    /// open, so the next open checks them).
+    pub fn mark_damaged(&mut self) {
+        self.clean.disarm();
     }
 
     /// Loads the module if it is installed now (after a headless start). Returns true when the
@@ -960,4 +940,43 @@ impl StoreRuntime {
         }
         Ok(Hash(*hasher.finalize().as_bytes()))
     }
+}
+
+/// Creates the partition's tables and checks (or records) which store and module the file
+/// belongs to. Returns the projection cursor and the count of guest log lines.
+fn identify(db: &Database, store_id: StoreId, module: ModuleHash) -> Result<(u64, u64), Error> {
+    let mut txn = db.begin_write()?;
+    // Nothing here needs an fsync: tables and identity lost in a crash are written again.
+    txn.set_durability(Durability::None)?;
+    let found = {
+        let mut meta = txn.open_table(META)?;
+        txn.open_table(DATA)?;
+        txn.open_table(REJECTED)?;
+        txn.open_table(LOG)?;
+        let found_store = meta.get("store_id")?.map(|v| v.value().to_vec());
+        match found_store {
+            None => {
+                meta.insert("store_id", store_id.as_bytes().as_slice())?;
+                meta.insert("module", module.0.as_slice())?;
+            }
+            Some(found) => {
+                if found != store_id.as_bytes() {
+                    return Err(Error::Corrupt(format!(
+                        "state.db belongs to another store, not {}",
+                        store_id.short()
+                    )));
+                }
+                let found_module = meta.get("module")?.map(|v| v.value().to_vec());
+                if found_module.as_deref() != Some(module.0.as_slice()) {
+                    return Err(Error::Corrupt(format!(
+                        "state.db was projected by another module, not {}",
+                        module.short()
+                    )));
+                }
+            }
+        }
+        (meta_u64(&meta, "cursor")?, meta_u64(&meta, "log_count")?)
+    };
+    txn.commit()?;
+    Ok(found)
 }

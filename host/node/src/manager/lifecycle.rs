@@ -29,6 +29,61 @@ impl StoreManager {
         self.activate(record.id, log).await
     }
 
+    /// Opens a store of the inventory; a store that fails to open is quarantined (reported
+    /// damaged, not served) instead of stopping the node.
+    pub(super) async fn open_or_quarantine(&self, record: &StoreRecord) {
+        if let Err(e) = self.open_registered(record).await {
+            let reason = match e {
+                NodeError::LogOpen(lattice_log::OpenError::Damaged { path, reason }) => {
+                    format!("{path}: {reason}")
+                }
+                other => other.to_string(),
+            };
+            tracing::error!(
+                "store {} ({}) is damaged and not served: {reason}; run `lattice store repair {}`",
+                record.id.short(),
+                record.name,
+                record.id.short()
+            );
+            lock(&self.inner.damaged).insert(record.id, reason);
+        }
+    }
+
+    /// Repairs a store (see [`Node::repair_store`]) and opens it again: a damaged or
+    /// quarantined store is served again, with its projections rebuilt from the log and a
+    /// damaged log rebuilt from what still verifies (its peers send the rest).
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownStore`]; [`NodeError::Damaged`] when it still does not open;
+    /// file system failures.
+    pub async fn repair(&self, id: &StoreId) -> Result<crate::RepairReport, NodeError> {
+        let record = self
+            .inner
+            .node
+            .meta()
+            .get(id)?
+            .ok_or_else(|| NodeError::UnknownStore(id.to_string()))?;
+        self.close(id).await?;
+        lock(&self.inner.damaged).remove(id);
+        let this = self.clone();
+        let store = *id;
+        let report = off_workers("repairing a store", move || {
+            this.inner.node.repair_store(store)
+        })
+        .await?;
+        info!(store = %id.short(), ?report, "store repaired");
+        if record.state == StoreState::Active {
+            self.open_or_quarantine(&record).await;
+            if let Some(reason) = self.damage(id) {
+                return Err(NodeError::Damaged {
+                    store: id.short(),
+                    reason,
+                });
+            }
+        }
+        Ok(report)
+    }
+
     /// Registers an open store (the caller opened it) and starts replicating it.
     pub(super) async fn insert_open(
         &self,

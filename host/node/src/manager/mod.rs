@@ -78,6 +78,8 @@ struct Inner {
     /// Chain positions re-joining peers reported for child stores: where their
     /// re-activation in each child resumes (see [`StoreManager::mirror_membership`]).
     resume_at: Mutex<HashMap<(StoreId, PubKey), u64>>,
+    /// Stores that failed to open, with the reason: not served until repaired.
+    damaged: Mutex<HashMap<StoreId, String>>,
 }
 
 /// A running node; cheap to clone.
@@ -222,6 +224,7 @@ impl StoreManager {
             lifecycle: tokio::sync::Mutex::new(()),
             members: tokio::sync::Mutex::new(()),
             resume_at: Mutex::new(HashMap::new()),
+            damaged: Mutex::new(HashMap::new()),
         });
         let joins = inner.replicator.join_requests();
         let manager = StoreManager { inner };
@@ -248,7 +251,7 @@ impl StoreManager {
             for record in pending {
                 let parent_ready = record.parent.is_none_or(|p| manager.is_open(&p));
                 if parent_ready {
-                    manager.open_registered(&record).await?;
+                    manager.open_or_quarantine(&record).await;
                 } else {
                     later.push(record);
                 }
@@ -256,7 +259,7 @@ impl StoreManager {
             if later.len() == before {
                 // Orphans (parent archived or gone): open them on their own.
                 for record in &later {
-                    manager.open_registered(record).await?;
+                    manager.open_or_quarantine(record).await;
                 }
                 break;
             }
@@ -326,10 +329,27 @@ impl StoreManager {
     }
 
     fn open_store(&self, id: &StoreId) -> Result<Arc<OpenStore>, NodeError> {
+        if let Some(reason) = self.damage(id) {
+            return Err(NodeError::Damaged {
+                store: id.short(),
+                reason,
+            });
+        }
         lock(&self.inner.stores)
             .get(id)
             .cloned()
             .ok_or_else(|| NodeError::NotOpen(id.to_string()))
+    }
+
+    /// Why store `id` is not served, when its files are damaged (found at open, or by a
+    /// storage operation that failed while it ran). `lattice store repair` fixes it.
+    pub fn damage(&self, id: &StoreId) -> Option<String> {
+        if let Some(reason) = lock(&self.inner.damaged).get(id) {
+            return Some(reason.clone());
+        }
+        lock(&self.inner.stores)
+            .get(id)
+            .and_then(|open| open.actor.damage())
     }
 
     /// Finds an open or known store by id prefix.
