@@ -452,25 +452,18 @@ impl Node {
             return Err(NodeError::UnknownStore(id.to_string()));
         }
         let mut report = RepairReport::default();
-        let problem = match self.open_log(id) {
-            Ok(log) => {
-                let verified = log.reader().verify(|_, _| {});
-                let closed = log.close();
-                match (verified, closed) {
-                    (Ok(_), Ok(())) => None,
-                    (Err(e), _) | (Ok(_), Err(e)) => Some(e.to_string()),
-                }
-            }
-            Err(NodeError::LogOpen(lattice_log::OpenError::AlreadyOpen { path })) => {
-                return Err(NodeError::LogOpen(lattice_log::OpenError::AlreadyOpen {
-                    path,
-                }));
-            }
-            Err(e) => Some(e.to_string()),
+        let problem = if !path.exists() {
+            Some(format!("{} is missing", path.display()))
+        } else {
+            self.log_problem(id)?
         };
         if let Some(problem) = problem {
             report.log_problem = Some(problem);
-            let salvaged = lattice_log::file::salvage(&path, id)?;
+            let salvaged = if path.exists() {
+                lattice_log::file::salvage(&path, id)?
+            } else {
+                Vec::new()
+            };
             set_aside(&path)?;
             let mut mark = path.as_os_str().to_owned();
             mark.push(".clean");
@@ -491,6 +484,26 @@ impl Node {
         self.discard_projections(&id)?;
         report.projections_rebuilt = true;
         Ok(report)
+    }
+
+    /// What is wrong with store `id`'s log (`None`: it opens and its witness chain verifies).
+    fn log_problem(&self, id: StoreId) -> Result<Option<String>, NodeError> {
+        Ok(match self.open_log(id) {
+            Ok(log) => {
+                let verified = log.reader().verify(|_, _| {});
+                let closed = log.close();
+                match (verified, closed) {
+                    (Ok(_), Ok(())) => None,
+                    (Err(e), _) | (Ok(_), Err(e)) => Some(e.to_string()),
+                }
+            }
+            Err(NodeError::LogOpen(lattice_log::OpenError::AlreadyOpen { path })) => {
+                return Err(NodeError::LogOpen(lattice_log::OpenError::AlreadyOpen {
+                    path,
+                }));
+            }
+            Err(e) => Some(e.to_string()),
+        })
     }
 
     /// Sets both projections of store `id` aside (to `*.damaged`), so the next open projects

@@ -14,6 +14,13 @@ impl StoreManager {
             let this = self.clone();
             let id = record.id;
             let (log, store) = off_workers("opening a store", move || {
+                let path = this.inner.node.dir().log_path(&id);
+                if !path.exists() {
+                    return Err(NodeError::Damaged {
+                        store: id.short(),
+                        reason: format!("{} is missing", path.display()),
+                    });
+                }
                 let log = Arc::new(this.inner.node.open_log(id)?);
                 let store = if log.reader().is_witnessed(&Hash(id.0))? {
                     Some(this.inner.node.store_from_log(id, log.clone())?)
@@ -37,6 +44,7 @@ impl StoreManager {
                 NodeError::LogOpen(lattice_log::OpenError::Damaged { path, reason }) => {
                     format!("{path}: {reason}")
                 }
+                NodeError::Damaged { reason, .. } => reason,
                 other => other.to_string(),
             };
             tracing::error!(
@@ -454,8 +462,13 @@ impl StoreManager {
 
     /// Closes every store (waiting for each log to close), stops replication and the network.
     pub async fn shutdown(&self) {
-        for t in lock(&self.inner.tasks).drain(..) {
+        let tasks: Vec<JoinHandle<()>> = lock(&self.inner.tasks).drain(..).collect();
+        for t in &tasks {
             t.abort();
+        }
+        // Once they have ended, no task holds this manager any more.
+        for t in tasks {
+            let _ = t.await;
         }
         self.inner.replicator.shutdown();
         for id in self.open_ids() {
