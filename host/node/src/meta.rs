@@ -97,6 +97,8 @@ impl StoreRecord {
 #[derive(Debug)]
 pub struct MetaDb {
     db: Database,
+    /// Last: written once the database above has closed.
+    _clean: lattice_log::file::CleanMark,
 }
 
 fn storage(e: impl Into<redb::Error>) -> NodeError {
@@ -109,24 +111,35 @@ impl MetaDb {
     /// # Errors
     /// [`NodeError::Meta`] when it cannot be opened, e.g. because another process has it open.
     pub fn open(path: &Path) -> Result<MetaDb, NodeError> {
-        let db = Database::create(path).map_err(|e| match e {
-            redb::DatabaseError::DatabaseAlreadyOpen => {
+        use lattice_log::file::{FileError, contain, open_checked};
+        let db = open_checked(path, &redb::Builder::new()).map_err(|e| match e {
+            FileError::AlreadyOpen { .. } => {
                 NodeError::Locked(path.parent().unwrap_or(path).display().to_string())
             }
-            other => storage(other),
+            other => NodeError::Meta(other.to_string()),
         })?;
-        let mut txn = db.begin_write().map_err(storage)?;
-        // Creating the tables needs no fsync: lost in a crash, they are created again, and
-        // the next durable commit persists them with it.
-        txn.set_durability(redb::Durability::None)
-            .map_err(storage)?;
-        txn.open_table(STORES).map_err(storage)?;
-        txn.open_table(SETTINGS).map_err(storage)?;
-        txn.open_table(ADDRS).map_err(storage)?;
-        txn.commit().map_err(storage)?;
-        Ok(MetaDb { db })
+        contain(path, || create_tables(&db))?;
+        Ok(MetaDb {
+            db,
+            _clean: lattice_log::file::CleanMark::new(path),
+        })
     }
+}
 
+/// Creates the inventory's tables.
+fn create_tables(db: &Database) -> Result<(), NodeError> {
+    let mut txn = db.begin_write().map_err(storage)?;
+    // Creating the tables needs no fsync: lost in a crash, they are created again, and the
+    // next durable commit persists them with it.
+    txn.set_durability(redb::Durability::None)
+        .map_err(storage)?;
+    txn.open_table(STORES).map_err(storage)?;
+    txn.open_table(SETTINGS).map_err(storage)?;
+    txn.open_table(ADDRS).map_err(storage)?;
+    txn.commit().map_err(storage)
+}
+
+impl MetaDb {
     /// Adds or replaces a store's record.
     ///
     /// # Errors

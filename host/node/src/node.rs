@@ -117,16 +117,82 @@ impl Node {
     /// As [`Node::open`].
     pub fn open_with(dir: DataDir, limits: Limits) -> Result<Node, NodeError> {
         let key = dir.load_or_create_identity()?;
-        let meta = MetaDb::open(&dir.meta_path())?;
+        let meta_path = dir.meta_path();
+        let meta = match MetaDb::open(&meta_path) {
+            Ok(meta) => meta,
+            Err(NodeError::Locked(d)) => return Err(NodeError::Locked(d)),
+            Err(e) => {
+                warn!(
+                    "the node inventory {} is damaged ({e}); set aside as meta.db.damaged, rebuilding it from {}",
+                    meta_path.display(),
+                    dir.stores_dir().display()
+                );
+                set_aside(&meta_path)?;
+                MetaDb::open(&meta_path)?
+            }
+        };
         let runtime = Runtime::new(&dir.modules_dir(), limits)?;
         let system_module = ensure_builtin(&runtime, "system")?;
-        Ok(Node {
+        let node = Node {
             dir,
             key,
             runtime,
             meta,
             system_module,
-        })
+        };
+        let recovered = node.recover_inventory()?;
+        if !recovered.is_empty() {
+            warn!(
+                "{} stores were on disk but not in the inventory; added them back",
+                recovered.len()
+            );
+        }
+        Ok(node)
+    }
+
+    /// Adds an inventory record for every store directory that has none (an inventory lost,
+    /// emptied or set aside as damaged): name and module from its genesis, active, as a root
+    /// store (a child is re-attached to its parent when the parent opens and lists it). Only
+    /// unrecorded stores are read, so an ordinary start costs one directory listing.
+    ///
+    /// # Errors
+    /// When the store directory cannot be listed or the inventory written.
+    pub fn recover_inventory(&self) -> Result<Vec<StoreId>, NodeError> {
+        let known: std::collections::HashSet<StoreId> =
+            self.meta.list()?.into_iter().map(|r| r.id).collect();
+        let mut recovered = Vec::new();
+        for id in self.store_ids()? {
+            if known.contains(&id) {
+                continue;
+            }
+            // A damaged log still gets its record: the store is then reported damaged.
+            let genesis = if self.dir.log_path(&id).exists() {
+                self.read_genesis(id).ok().flatten()
+            } else {
+                None
+            };
+            let record = StoreRecord {
+                id,
+                parent: None,
+                module: genesis.as_ref().map_or(ModuleHash([0; 32]), |g| g.module),
+                name: genesis.map_or_else(|| "(recovered)".to_string(), |g| g.name),
+                state: StoreState::Active,
+            };
+            self.meta.put(&record)?;
+            recovered.push(id);
+        }
+        Ok(recovered)
+    }
+
+    /// The genesis of store `id` read from its log (`None` while it has not arrived).
+    fn read_genesis(&self, id: StoreId) -> Result<Option<StoreGenesis>, NodeError> {
+        let log = self.open_log(id)?;
+        let genesis = log
+            .reader()
+            .get(&Hash(id.0))?
+            .and_then(|g| StoreGenesis::decode(g.intention().ops()));
+        log.close()?;
+        Ok(genesis)
     }
 
     /// The inventory.
@@ -329,12 +395,7 @@ impl Node {
     pub fn list_stores(&self) -> Result<Vec<StoreSummary>, NodeError> {
         let mut out = Vec::new();
         for id in self.store_ids()? {
-            let log = self.open_log(id)?;
-            let genesis = log
-                .reader()
-                .get(&Hash(id.0))?
-                .and_then(|g| StoreGenesis::decode(g.intention().ops()));
-            log.close()?;
+            let genesis = self.read_genesis(id)?;
             out.push(StoreSummary { id, genesis });
         }
         Ok(out)

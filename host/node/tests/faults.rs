@@ -200,3 +200,60 @@ async fn a_log_whose_header_is_gone_is_rebuilt_from_its_bytes_without_loss() -> 
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_or_damaged_inventory_is_rebuilt_from_the_stores_on_disk() -> TestResult {
+    let root = tempfile::tempdir()?;
+    let base = root.path().join("base");
+    let (a, b) = pristine(&base).await?;
+    let child = {
+        let node = start(&base).await?;
+        let child = node.create("kv", "child", Some(a)).await?;
+        node.call(&child, "put", &json!({"key": "c", "value": "child"}))
+            .await?;
+        node.shutdown().await;
+        child
+    };
+    let cases: [(&str, Damage); 4] = [
+        ("deleted", Damage::Delete),
+        ("emptied", Damage::Truncate),
+        ("flipped", Damage::Flip),
+        ("flipped again", Damage::Flip),
+    ];
+    for (seed, (case, how)) in cases.into_iter().enumerate() {
+        let dir = root.path().join(format!("meta-{seed}"));
+        copy_dir(&base, &dir)?;
+        let meta = DataDir::new(&dir).meta_path();
+        if matches!(how, Damage::Truncate) {
+            std::fs::write(&meta, b"")?;
+        } else {
+            damage(&meta, how, &mut Rng(seed as u64 + 7))?;
+        }
+        let node = start(&dir).await?;
+        let list = node.list()?;
+        for id in [a, b, child] {
+            assert!(list.iter().any(|r| r.id == id), "{case}: {id} missing");
+        }
+        let record = list.iter().find(|r| r.id == child).cloned();
+        assert_eq!(record.and_then(|r| r.parent), Some(a), "{case}");
+        assert!(
+            list.iter().any(|r| r.name == "a"),
+            "{case}: names from the genesis"
+        );
+        for i in 0..KEYS {
+            assert_eq!(
+                get(&node, &a, &format!("k{i}")).await?,
+                format!("v{i}"),
+                "{case}"
+            );
+            assert_eq!(
+                get(&node, &b, &format!("k{i}")).await?,
+                format!("v{i}"),
+                "{case}"
+            );
+        }
+        assert_eq!(get(&node, &child, "c").await?, "child", "{case}");
+        node.shutdown().await;
+    }
+    Ok(())
+}

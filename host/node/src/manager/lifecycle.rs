@@ -236,6 +236,20 @@ impl StoreManager {
                 self.inner.node.meta().put(&record)?;
                 info!(parent = %id.short(), child = %child.id.short(), "opening child store");
                 Box::pin(self.open_registered(&record)).await?;
+            } else if child.status == ChildStatus::Active
+                && let Some(record) = known.filter(|r| r.parent.is_none() && !left)
+                && self.is_open(&child.id)
+            {
+                // Recorded as a root (an inventory rebuilt from disk): re-attach it to its
+                // parent, whose peers it shares.
+                info!(parent = %id.short(), child = %child.id.short(), "re-attaching a child store to its parent");
+                self.close(&child.id).await?;
+                let record = StoreRecord {
+                    parent: Some(*id),
+                    ..record
+                };
+                self.inner.node.meta().put(&record)?;
+                Box::pin(self.open_registered(&record)).await?;
             } else if child.status == ChildStatus::Archived && self.is_open(&child.id) {
                 info!(parent = %id.short(), child = %child.id.short(), "closing archived child store");
                 Box::pin(self.close_tree(&child.id, StoreState::Archived)).await?;
