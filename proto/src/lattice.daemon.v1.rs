@@ -1021,6 +1021,26 @@ pub mod store_service_client {
                 .insert(GrpcMethod::new("lattice.daemon.v1.StoreService", "Repair"));
             self.inner.unary(req, path, codec).await
         }
+        /// Checks a store's whole log while it runs: witness chain links, attestations, every
+        /// intention's hash and signature. JSON reply: {"store", "records", "attestations",
+        /// "intentions"}; a failed check is an error (code `damaged`).
+        pub async fn verify_log(
+            &mut self,
+            request: impl tonic::IntoRequest<super::StoreRequest>,
+        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/lattice.daemon.v1.StoreService/VerifyLog");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new(
+                "lattice.daemon.v1.StoreService",
+                "VerifyLog",
+            ));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1125,6 +1145,13 @@ pub mod store_service_server {
         /// verify rebuilt from the intentions that still verify (peers send the rest). JSON reply:
         /// {"store", "log_problem", "salvaged", "dropped", "projections_rebuilt"}.
         async fn repair(
+            &self,
+            request: tonic::Request<super::StoreRequest>,
+        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
+        /// Checks a store's whole log while it runs: witness chain links, attestations, every
+        /// intention's hash and signature. JSON reply: {"store", "records", "attestations",
+        /// "intentions"}; a failed check is an error (code `damaged`).
+        async fn verify_log(
             &self,
             request: tonic::Request<super::StoreRequest>,
         ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
@@ -1797,6 +1824,45 @@ pub mod store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = RepairSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.StoreService/VerifyLog" => {
+                    #[allow(non_camel_case_types)]
+                    struct VerifyLogSvc<T: StoreService>(pub Arc<T>);
+                    impl<T: StoreService> tonic::server::UnaryService<super::StoreRequest> for VerifyLogSvc<T> {
+                        type Response = super::JsonReply;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::StoreRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as StoreService>::verify_log(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = VerifyLogSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

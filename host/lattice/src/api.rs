@@ -602,6 +602,20 @@ impl store_service_server::StoreService for Api {
         let report = self.manager.repair(&id).await.map_err(status_of)?;
         reply(repair_json(&id, &report))
     }
+
+    async fn verify_log(
+        &self,
+        req: Request<v1::StoreRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let id = self.find(&req.into_inner().store)?;
+        let report = self.manager.verify_log(&id).await.map_err(status_of)?;
+        reply(json!({
+            "store": id.to_string(),
+            "records": report.records,
+            "attestations": report.attestations,
+            "intentions": report.intentions,
+        }))
+    }
 }
 
 /// The JSON a repair answers with (API and embedded CLI alike).
@@ -699,6 +713,12 @@ pub(crate) fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
+/// The largest store-service request (a call's JSON arguments: a 1 MiB value, escaped).
+pub(crate) const MAX_CALL_MESSAGE: usize = 16 << 20;
+/// The largest module-service request: a module of [`lattice_runtime::MAX_MODULE_BYTES`] and
+/// its framing.
+pub(crate) const MAX_INSTALL_MESSAGE: usize = lattice_runtime::MAX_MODULE_BYTES + (64 << 10);
+
 /// Serves the API on `listener` until `stop` is notified, then removes the socket file.
 ///
 /// # Errors
@@ -715,8 +735,14 @@ pub(crate) async fn serve_on(
     let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
     tonic::transport::Server::builder()
         .add_service(node_service_server::NodeServiceServer::new(api.clone()))
-        .add_service(store_service_server::StoreServiceServer::new(api.clone()))
-        .add_service(module_service_server::ModuleServiceServer::new(api))
+        .add_service(
+            store_service_server::StoreServiceServer::new(api.clone())
+                .max_decoding_message_size(MAX_CALL_MESSAGE),
+        )
+        .add_service(
+            module_service_server::ModuleServiceServer::new(api)
+                .max_decoding_message_size(MAX_INSTALL_MESSAGE),
+        )
         .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
         .await?;
     if let Some(path) = path {
@@ -752,7 +778,8 @@ impl Client {
             .ok()?;
         Some(Client {
             node: NodeServiceClient::new(channel.clone()),
-            store: StoreServiceClient::new(channel.clone()),
+            store: StoreServiceClient::new(channel.clone())
+                .max_decoding_message_size(MAX_CALL_MESSAGE),
             module: ModuleServiceClient::new(channel),
         })
     }

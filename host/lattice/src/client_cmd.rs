@@ -61,15 +61,113 @@ impl ClientCommand {
     }
 }
 
-impl Session {
-    async fn open(dir: &DataDir, embedded: bool, network: bool) -> anyhow::Result<Session> {
-        if !embedded && let Some(client) = Client::connect(&dir.root().join(SOCKET)).await {
-            return Ok(Session {
-                client,
-                embedded: None,
-            });
+/// How long a command waits for a data directory another process holds (a daemon starting or
+/// stopping, another one-shot command) before it gives up.
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(15);
+/// How often the lock and the socket are looked at again meanwhile.
+const LOCK_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// The file a starting daemon keeps (with its process id) until its socket answers.
+pub(crate) const STARTING: &str = "daemon.starting";
+
+/// True while a daemon that is alive says it is starting on `dir`.
+fn daemon_starting(dir: &DataDir) -> bool {
+    std::fs::read_to_string(dir.root().join(STARTING))
+        .ok()
+        .and_then(|pid| pid.trim().parse::<u32>().ok())
+        .is_some_and(|pid| std::path::Path::new(&format!("/proc/{pid}")).exists())
+}
+
+/// Marks `dir` as having a daemon starting, until dropped.
+pub(crate) struct StartingMark(std::path::PathBuf);
+
+impl StartingMark {
+    /// Writes the mark with this process's id.
+    pub(crate) fn new(dir: &DataDir) -> anyhow::Result<StartingMark> {
+        let path = dir.root().join(STARTING);
+        std::fs::write(&path, std::process::id().to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+        Ok(StartingMark(path))
+    }
+}
+
+impl Drop for StartingMark {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// What opening a data directory found.
+pub(crate) enum Opened {
+    /// This process holds the data directory now.
+    Node(Node),
+    /// A daemon serves it (only when a socket was given).
+    Daemon(Client),
+}
+
+/// Opens the node of `dir`. While another process holds the data directory, waits up to
+/// [`LOCK_WAIT`] for it to let go — or, with `socket`, for a daemon to answer there (one that
+/// is starting): the data-dir lock and the socket together decide, so a command never runs
+/// the node beside a daemon, and a daemon never fails because a one-shot command was running.
+///
+/// # Errors
+/// [`lattice_node::NodeError::Locked`] when the directory stays held; other open failures.
+pub(crate) async fn open_node(
+    dir: &DataDir,
+    socket: Option<&std::path::Path>,
+    out: &Output,
+) -> anyhow::Result<Opened> {
+    let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+    let mut told = false;
+    loop {
+        if let Some(socket) = socket {
+            if let Some(client) = Client::connect(socket).await {
+                return Ok(Opened::Daemon(client));
+            }
+            // A daemon is starting: leave the lock to it and wait for its socket.
+            if daemon_starting(dir) && tokio::time::Instant::now() < deadline {
+                if !told {
+                    out.progress("the daemon is starting; waiting for it…");
+                    told = true;
+                }
+                tokio::time::sleep(LOCK_POLL).await;
+                continue;
+            }
         }
-        let node = Node::open(dir.clone())?;
+        let d = dir.clone();
+        match tokio::task::spawn_blocking(move || Node::open(d)).await? {
+            Ok(node) => return Ok(Opened::Node(node)),
+            Err(lattice_node::NodeError::Locked(_)) if tokio::time::Instant::now() < deadline => {
+                if !told {
+                    out.progress(
+                        "the data directory is in use (a daemon starting or stopping, or another command); waiting for it…",
+                    );
+                    told = true;
+                }
+                tokio::time::sleep(LOCK_POLL).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+impl Session {
+    async fn open(
+        dir: &DataDir,
+        embedded: bool,
+        network: bool,
+        out: &Output,
+    ) -> anyhow::Result<Session> {
+        let socket = dir.root().join(SOCKET);
+        let node = match open_node(dir, (!embedded).then_some(socket.as_path()), out).await? {
+            Opened::Daemon(client) => {
+                return Ok(Session {
+                    client,
+                    embedded: None,
+                });
+            }
+            Opened::Node(node) => node,
+        };
         let manager = if network {
             StoreManager::start_iroh(
                 node,
@@ -125,7 +223,7 @@ pub(crate) fn run(
         .enable_all()
         .build()?;
     runtime.block_on(async {
-        let session = Session::open(dir, embedded, cmd.needs_network()).await?;
+        let session = Session::open(dir, embedded, cmd.needs_network(), out).await?;
         let result = dispatch(cmd, session.client.clone(), out).await;
         session.close().await;
         result
@@ -359,6 +457,20 @@ async fn dispatch(cmd: ClientCommand, mut c: Client, out: &Output) -> anyhow::Re
 async fn module(cmd: ModuleCommand, mut c: Client, out: &Output) -> anyhow::Result<()> {
     match cmd {
         ModuleCommand::Install { file } => {
+            let len = std::fs::metadata(&file)
+                .with_context(|| format!("reading {}", file.display()))?
+                .len();
+            if len > lattice_runtime::MAX_MODULE_BYTES as u64 {
+                return Err(crate::output::CliError::new(
+                    "module_too_large",
+                    format!(
+                        "{} is {len} bytes; the most a module may be is {} bytes (64 MiB)",
+                        file.display(),
+                        lattice_runtime::MAX_MODULE_BYTES
+                    ),
+                )
+                .into());
+            }
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let v = parse(

@@ -3,12 +3,13 @@
 use std::sync::Arc;
 
 use lattice_net::ReplicatorConfig;
-use lattice_node::{DataDir, Node, StoreManager};
+use lattice_node::{DataDir, StoreManager};
 use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::api::{self, Api, SOCKET};
 use crate::cli::DaemonArgs;
+use crate::client_cmd::{Opened, StartingMark, open_node};
 use crate::output::Output;
 
 pub(crate) fn run(args: DaemonArgs, dir: &DataDir, out: &Output) -> anyhow::Result<()> {
@@ -32,15 +33,38 @@ const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 async fn daemon(args: DaemonArgs, dir: &DataDir, out: &Output) -> anyhow::Result<()> {
     restrict(dir)?;
-    // Opening the node takes the data directory's lock: a second daemon stops here.
-    let node = Node::open(dir.clone())?;
+    // Opening the node takes the data directory's lock: a second daemon stops here (after
+    // waiting a little: the holder may be a one-shot command about to finish).
+    let socket = dir.root().join(SOCKET);
+    if crate::api::Client::connect(&socket).await.is_some() {
+        anyhow::bail!(
+            "a daemon already runs for {} (its socket {} answers); `lattice node stop` stops it",
+            dir.root().display(),
+            socket.display()
+        );
+    }
+    // One-shot commands arriving now wait for this daemon instead of taking the lock.
+    let starting = StartingMark::new(dir)?;
+    let node = match open_node(dir, None, out).await? {
+        Opened::Node(node) => node,
+        Opened::Daemon(_) => anyhow::bail!("a daemon already runs for {}", dir.root().display()),
+    };
     let config = ReplicatorConfig {
         anti_entropy: std::time::Duration::from_secs(args.anti_entropy),
         ..ReplicatorConfig::default()
     };
-    let manager = StoreManager::start_iroh(node, args.listen, config).await?;
+    let manager = StoreManager::start_iroh(node, args.listen, config)
+        .await
+        .map_err(|e| match e {
+            lattice_node::NodeError::Net(net) => anyhow::anyhow!(
+                "cannot listen for peers on {}: {net} (is the port taken, or the address not one of this machine's? `--listen 127.0.0.1:0` picks a free port)",
+                args.listen
+            ),
+            other => other.into(),
+        })?;
     let path = dir.root().join(SOCKET);
     let listener = api::bind(&path)?;
+    drop(starting);
     let api_stop = Arc::new(Notify::new());
     let server_stop = Arc::new(Notify::new());
     let api = Api::new(manager.clone(), api_stop.clone());

@@ -4,7 +4,10 @@ use anyhow::{Context as _, bail};
 use lattice_log::{Draft, Incoming, Log, LogConfig, build_genesis, system_now_ms};
 use lattice_model::{MAX_CAUSAL_DEPS, StoreId};
 use lattice_node::DataDir;
-use serde_json::json;
+use lattice_proto::v1;
+use serde_json::{Value, json};
+
+use crate::api::{Client, SOCKET};
 
 use crate::cli::LogCommand;
 use crate::output::Output;
@@ -59,8 +62,39 @@ fn resolve(dir: &DataDir, text: &str) -> anyhow::Result<StoreId> {
 
 fn open(dir: &DataDir, store: StoreId) -> anyhow::Result<Log> {
     let key = dir.load_or_create_identity()?;
-    Log::open(&dir.log_path(&store), store, key, LogConfig::default())
-        .with_context(|| format!("opening the log of store {}", store.short()))
+    match Log::open(&dir.log_path(&store), store, key, LogConfig::default()) {
+        Err(lattice_log::OpenError::AlreadyOpen { .. }) => bail!(
+            "the log of store {} is open in a running Lattice process (the daemon?); `lattice log verify` and `lattice store status` work through it, other `lattice log` commands need it stopped (`lattice node stop`)",
+            store.short()
+        ),
+        other => other.with_context(|| format!("opening the log of store {}", store.short())),
+    }
+}
+
+/// Verifies through the running daemon of `dir`, if one answers; `None` when none runs.
+fn verify_through_daemon(dir: &DataDir, store: StoreId) -> anyhow::Result<Option<Value>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let Some(mut client) = Client::connect(&dir.root().join(SOCKET)).await else {
+            return Ok(None);
+        };
+        let reply = client
+            .store
+            .verify_log(v1::StoreRequest {
+                store: store.to_string(),
+            })
+            .await
+            .map_err(|s| {
+                anyhow::anyhow!(
+                    "store {} failed verification: {}",
+                    store.short(),
+                    s.message()
+                )
+            })?;
+        Ok(Some(serde_json::from_str(&reply.into_inner().json)?))
+    })
 }
 
 fn create(dir: &DataDir, ops: String, out: &Output) -> anyhow::Result<()> {
@@ -137,23 +171,36 @@ fn status(dir: &DataDir, store: &str, out: &Output) -> anyhow::Result<()> {
 
 fn verify(dir: &DataDir, store: &str, out: &Output) -> anyhow::Result<()> {
     let store = resolve(dir, store)?;
-    let log = open(dir, store)?;
-    let report = log
-        .reader()
-        .verify(|done, total| out.progress(&format!("verified {done}/{total} records")))
-        .with_context(|| {
-            format!("store {} failed verification; its log.db is damaged — restore it or re-sync the store from a peer", store.short())
-        })?;
+    let (records, attestations, intentions) = match verify_through_daemon(dir, store)? {
+        Some(v) => (
+            v["records"].clone(),
+            v["attestations"].clone(),
+            v["intentions"].clone(),
+        ),
+        None => {
+            let log = open(dir, store)?;
+            let report = log
+                .reader()
+                .verify(|done, total| out.progress(&format!("verified {done}/{total} records")))
+                .with_context(|| {
+                    format!("store {} failed verification; its log.db is damaged — `lattice store repair {}` rebuilds it from what still verifies and its peers", store.short(), store.short())
+                })?;
+            (
+                report.records.into(),
+                report.attestations.into(),
+                report.intentions.into(),
+            )
+        }
+    };
     out.record(
         &format!(
-            "ok: {} records chained and attested ({} attestations), {} intention signatures valid",
-            report.records, report.attestations, report.intentions
+            "ok: {records} records chained and attested ({attestations} attestations), {intentions} intention signatures valid"
         ),
         json!({
             "ok": true,
-            "records": report.records,
-            "attestations": report.attestations,
-            "intentions": report.intentions,
+            "records": records,
+            "attestations": attestations,
+            "intentions": intentions,
         }),
     );
     Ok(())

@@ -27,6 +27,10 @@ pub const ALPN: &[u8] = b"lattice/sync/1";
 
 /// Queue of accepted connections between the router and [`Transport::accept`].
 const ACCEPT_QUEUE: usize = 64;
+/// How long dialling a peer may take. Peers are reached by direct addresses (loopback or
+/// LAN), where a QUIC handshake takes milliseconds; an address that does not answer fails
+/// this fast instead of after QUIC's idle timeout.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Gossip messages queued per topic in each direction.
 const TOPIC_QUEUE: usize = 1024;
 
@@ -144,14 +148,23 @@ impl Transport for IrohNet {
     fn connect(&self, peer: PubKey) -> BoxFuture<'_, Result<Arc<dyn Connection>, NetError>> {
         Box::pin(async move {
             let id = endpoint_id(&peer)?;
-            let conn =
-                self.endpoint
-                    .connect(id, ALPN)
-                    .await
-                    .map_err(|e| NetError::Unreachable {
+            let conn = match tokio::time::timeout(CONNECT_TIMEOUT, self.endpoint.connect(id, ALPN))
+                .await
+            {
+                Ok(connected) => connected.map_err(|e| NetError::Unreachable {
+                    peer: peer.short(),
+                    reason: e.to_string(),
+                })?,
+                Err(_) => {
+                    return Err(NetError::Unreachable {
                         peer: peer.short(),
-                        reason: e.to_string(),
-                    })?;
+                        reason: format!(
+                            "no answer within {} s at its known addresses",
+                            CONNECT_TIMEOUT.as_secs()
+                        ),
+                    });
+                }
+            };
             Ok(Arc::new(IrohConnection(conn)) as Arc<dyn Connection>)
         })
     }

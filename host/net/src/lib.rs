@@ -25,7 +25,7 @@ mod replicator;
 mod sim;
 mod transport;
 
-pub use iroh::{ALPN, IrohNet};
+pub use iroh::{ALPN, CONNECT_TIMEOUT, IrohNet};
 pub use mesh::{Events, Mesh, MeshError, MeshNode, MeshTransport, sim_transport};
 pub use replicator::{
     Access, JoinRequest, ReplicaError, ReplicaEvent, Replicator, ReplicatorConfig, topic_of,

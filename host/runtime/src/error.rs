@@ -21,6 +21,14 @@ pub enum ModuleError {
     /// A core module without wit-bindgen's component-type section cannot be made a component.
     #[error("core module cannot be made a component (build it with wit-bindgen against wit/): {0}")]
     NotComponentizable(String),
+    /// The module is larger than [`crate::MAX_MODULE_BYTES`].
+    #[error("module is {len} bytes; the most a module may be is {max} bytes (64 MiB)")]
+    TooLarge {
+        /// Its size.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The component does not compile or validate.
     #[error("component does not validate: {0}")]
     Invalid(String),

@@ -41,7 +41,7 @@ mod store;
 
 pub use error::{CallError, Error, GuestError, ModuleError, StorageError};
 pub use host::{MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_SCAN, MAX_VALUE_BYTES};
-pub use modules::{Limits, LoadedModule, ModuleHash, Runtime};
+pub use modules::{Limits, LoadedModule, MAX_MODULE_BYTES, ModuleHash, Runtime};
 pub use schema::{MethodInfo, MethodKind, ParamInfo, ParamKind, StoreDescriptor};
 pub use store::{
     AuthorFilter, Partition, PreparedWrite, ProjectReport, Refusal, StoreRuntime, WatchEvent,

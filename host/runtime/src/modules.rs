@@ -19,6 +19,9 @@ use crate::bindings::{Store as StoreWorld, StorePre};
 use crate::error::ModuleError;
 use crate::host::HostState;
 
+/// The largest module (component or core module) that installs: 64 MiB.
+pub const MAX_MODULE_BYTES: usize = 64 << 20;
+
 /// The BLAKE3 hash of a component's bytes: how stores name their type.
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ModuleHash(pub [u8; 32]);
@@ -226,6 +229,12 @@ impl Runtime {
     /// # Errors
     /// [`ModuleError`] naming why the bytes are refused; nothing is stored then.
     pub fn install(&self, bytes: &[u8]) -> Result<LoadedModule, ModuleError> {
+        if bytes.len() > MAX_MODULE_BYTES {
+            return Err(ModuleError::TooLarge {
+                len: bytes.len(),
+                max: MAX_MODULE_BYTES,
+            });
+        }
         let component_bytes = Self::componentize(bytes)?;
         let hash = ModuleHash::of(&component_bytes);
         let component = Component::new(&self.engine, &component_bytes)

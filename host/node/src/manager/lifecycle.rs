@@ -14,8 +14,11 @@ impl StoreManager {
             let this = self.clone();
             let id = record.id;
             let (log, store) = off_workers("opening a store", move || {
-                let path = this.inner.node.dir().log_path(&id);
-                if !path.exists() {
+                // A store not fetched yet has no files; one with projections but no log lost it.
+                let dir = this.inner.node.dir();
+                let path = dir.log_path(&id);
+                if !path.exists() && (dir.state_path(&id).exists() || dir.system_path(&id).exists())
+                {
                     return Err(NodeError::Damaged {
                         store: id.short(),
                         reason: format!("{} is missing", path.display()),

@@ -482,6 +482,25 @@ impl StoreManager {
         .await
     }
 
+    /// Checks the whole log of an open store (witness chain, attestations, every signature)
+    /// while it keeps running; `progress` gets (done, total) records.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`]; [`NodeError::Damaged`] naming what failed the check.
+    pub async fn verify_log(&self, id: &StoreId) -> Result<lattice_log::VerifyReport, NodeError> {
+        let log = self.open_store(id)?.log.clone();
+        let store = *id;
+        off_workers("verifying a log", move || {
+            log.reader()
+                .verify(|_, _| {})
+                .map_err(|e| NodeError::Damaged {
+                    store: store.short(),
+                    reason: format!("log.db fails verification: {e}"),
+                })
+        })
+        .await
+    }
+
     /// Every store in the inventory with its state.
     ///
     /// # Errors
