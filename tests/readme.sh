@@ -89,6 +89,10 @@ M=$(a --json module install tests/guests/dist/evil.wasm | field '["module"]')
 a module inspect "$M" | grep -q op
 step "store status"
 [ "$(a --json store status "$S" | field '["state"]')" = ready ]
+step "store repair (projections rebuilt, the log verified and kept) and log verify, daemon running"
+a --json store repair "$S" | field '["projections_rebuilt"]' | grep -q True
+[ "$(a --json get "$S" a | field '["value"]')" = 1 ]
+a log verify "$S" | grep -q '^ok'
 step "node stop"
 a node stop
 wait "$DAEMON" || true

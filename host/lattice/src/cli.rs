@@ -403,4 +403,7 @@ pub(crate) enum NodeCommand {
     },
     /// Stop the running daemon (it closes every store first).
     Stop,
+    /// Repair every store reported damaged (see `lattice store repair`). A lost or damaged
+    /// inventory (meta.db) is rebuilt from the stores on disk whenever the node starts.
+    Repair,
 }

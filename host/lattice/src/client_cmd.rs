@@ -428,6 +428,38 @@ async fn dispatch(cmd: ClientCommand, mut c: Client, out: &Output) -> anyhow::Re
                 .map_err(err)?;
             out.record(&format!("node name set to {name}"), json!({"name": name}));
         }
+        ClientCommand::Node(NodeCommand::Repair) => {
+            let list = c.store.list(v1::Empty {}).await.map_err(err)?.into_inner();
+            let total = list.items.len();
+            let damaged: Vec<v1::StoreRef> = list
+                .items
+                .into_iter()
+                .filter(|r| !r.damage.is_empty())
+                .collect();
+            if damaged.is_empty() {
+                out.record(
+                    &format!("no damaged stores ({total} in the inventory)"),
+                    json!({"repaired": []}),
+                );
+            }
+            for r in damaged {
+                out.progress(&format!(
+                    "repairing {} ({}): {}",
+                    short(&r.id),
+                    r.name,
+                    r.damage
+                ));
+                let report = parse(
+                    c.store
+                        .repair(v1::StoreRequest {
+                            store: r.id.clone(),
+                        })
+                        .await
+                        .map_err(err)?,
+                )?;
+                out.record(&format!("repaired {}", r.id), report);
+            }
+        }
         ClientCommand::Node(NodeCommand::Stop) => {
             let pid = c
                 .node

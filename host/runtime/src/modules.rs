@@ -207,10 +207,20 @@ impl Runtime {
         if layer == 1 {
             return Ok(bytes.to_vec());
         }
-        wit_component::ComponentEncoder::default()
-            .module(bytes)
-            .and_then(|e| e.validate(true).encode())
-            .map_err(|e| ModuleError::NotComponentizable(format!("{e:#}")))
+        // wit-component panics on some malformed metadata: such bytes are refused like any
+        // other that cannot be made a component.
+        let encoded = std::panic::catch_unwind(|| {
+            wit_component::ComponentEncoder::default()
+                .module(bytes)
+                .and_then(|e| e.validate(true).encode())
+        });
+        match encoded {
+            Ok(result) => result.map_err(|e| ModuleError::NotComponentizable(format!("{e:#}"))),
+            Err(payload) => Err(ModuleError::NotComponentizable(format!(
+                "its component-type metadata is malformed ({})",
+                lattice_log::file::panic_text(payload.as_ref())
+            ))),
+        }
     }
 
     /// Compiles and type-checks component bytes against the store world.

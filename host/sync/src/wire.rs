@@ -101,6 +101,23 @@ const REFUSED: u8 = 9;
 const JOIN: u8 = 10;
 const WELCOME: u8 = 11;
 
+/// Longest refusal reason kept, in bytes.
+const MAX_REASON: usize = 1024;
+
+/// A refusal reason as text: lossy UTF-8, clipped to [`MAX_REASON`] bytes at a character
+/// boundary (so a decoded reason encodes to the same reason).
+fn reason_text(bytes: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(&bytes[..bytes.len().min(MAX_REASON)]).into_owned();
+    if text.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 /// Most child-store tips in one [`Msg::Join`].
 pub const MAX_JOIN_CHILDREN: usize = 4096;
 
@@ -224,7 +241,7 @@ impl Msg {
             Msg::Done => out.push(DONE),
             Msg::Refused(reason) => {
                 out.push(REFUSED);
-                out.extend(reason.as_bytes());
+                out.extend(reason_text(reason.as_bytes()).as_bytes());
             }
             Msg::Join {
                 version,
@@ -319,7 +336,7 @@ impl Msg {
             DONE => Msg::Done,
             REFUSED => {
                 let text = input.take(input.0.len())?;
-                Msg::Refused(String::from_utf8_lossy(&text[..text.len().min(1024)]).into_owned())
+                Msg::Refused(reason_text(text))
             }
             JOIN => {
                 let version = input.u8()?;
@@ -437,6 +454,17 @@ impl GossipMsg {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_refusal_reason_decodes_to_one_that_encodes_back_the_same() {
+        // Found by the sync_frame fuzzer: invalid UTF-8 expands when made lossy.
+        let frame = include_bytes!("../tests/fuzz-regressions/sync_frame-refused-reason.bin");
+        let msg = Msg::decode(frame).unwrap();
+        assert_eq!(Msg::decode(&msg.encode()), Ok(msg.clone()));
+        if let Msg::Refused(reason) = msg {
+            assert!(reason.len() <= MAX_REASON);
+        }
+    }
 
     #[test]
     fn messages_round_trip_and_truncations_fail() {

@@ -17,8 +17,15 @@ impl Replicator {
             .store(&store)
             .map(|e| lock(&e.peers).clone())
             .unwrap_or_default();
+        // First contact with every member at once: an offline member costs its dial timeout
+        // on its own task, never a delay for the others (nor for nudges below). The set lives
+        // as long as this loop; dropping it ends what is still running.
+        let mut first = tokio::task::JoinSet::new();
         for peer in initial.into_iter().filter(|p| *p != me) {
-            let _ = self.sync(&store, &peer).await;
+            let this = self.clone();
+            first.spawn(async move {
+                let _ = this.sync(&store, &peer).await;
+            });
         }
         let mut tick = tokio::time::interval(self.inner.config.anti_entropy);
         tick.tick().await;
