@@ -13,13 +13,15 @@ use lattice_runtime::{
 };
 use lattice_system_types::{ChildItem, Items, PeerItem};
 use serde_json::{Value, json};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::error::{NodeError, RejectKind};
 use crate::genesis::StoreGenesis;
 
 /// Intentions read from the log per projection step.
 const PROJECT_BATCH: usize = 512;
+/// How often a long projection logs how far it is.
+const PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 /// Rounds of the membership fixed point (see [`Store::settle`]).
 const MAX_SETTLE_ROUNDS: u32 = 8;
 
@@ -423,7 +425,14 @@ impl Store {
             cursor: self.data.cursor(),
             ..ProjectReport::default()
         };
+        // Long catch-ups (a rebuilt projection, a big bootstrap) say how far they are.
+        let mut reported = std::time::Instant::now();
         loop {
+            if reported.elapsed() >= PROGRESS_EVERY {
+                reported = std::time::Instant::now();
+                let head = self.log.reader().status().map_or(0, |s| s.head_seq);
+                info!(store = %self.id.short(), "projecting: {} of {head} intentions", self.data.cursor());
+            }
             let from = if self.data.is_headless() {
                 self.system.cursor()
             } else {
