@@ -371,8 +371,9 @@ async fn bench(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
     let mut by_file = serde_json::Map::new();
     for (name, bytes) in files_after {
         let grew = bytes.saturating_sub(files_before.get(&name).copied().unwrap_or(0));
-        if grew > 0 {
-            by_file.insert(name, json!((grew as f64 / puts as f64).round()));
+        let per_put = (grew as f64 / puts as f64).round();
+        if per_put > 0.0 {
+            by_file.insert(name, json!(per_put));
         }
     }
     out.progress(&format!(
