@@ -300,7 +300,7 @@ fn err(status: tonic::Status) -> anyhow::Error {
             Code::Unknown | Code::Cancelled | Code::Unavailable => (
                 "daemon_unreachable".to_string(),
                 format!(
-                    "the daemon stopped answering ({}); whether the last write landed is unknown: check with `lattice store status` once it runs again",
+                    "the daemon stopped answering ({}): it died or was stopped during the call, so whether a write landed is unknown; read it back once a node runs again (`lattice get`, `lattice store history`) before writing it again",
                     status.message()
                 ),
             ),
