@@ -80,19 +80,22 @@ fn verify_through_daemon(dir: &DataDir, store: StoreId) -> anyhow::Result<Option
         let Some(mut client) = Client::connect(&dir.root().join(SOCKET)).await else {
             return Ok(None);
         };
-        let reply = client
+        let reply = match client
             .store
             .verify_log(v1::StoreRequest {
                 store: store.to_string(),
             })
             .await
-            .map_err(|s| {
-                anyhow::anyhow!(
-                    "store {} failed verification: {}",
-                    store.short(),
-                    s.message()
-                )
-            })?;
+        {
+            Ok(reply) => reply,
+            // Not open in the daemon (archived, left): its log is free to open here.
+            Err(s) if s.code() == tonic::Code::NotFound => return Ok(None),
+            Err(s) => bail!(
+                "store {} failed verification: {}",
+                store.short(),
+                s.message()
+            ),
+        };
         Ok(Some(serde_json::from_str(&reply.into_inner().json)?))
     })
 }

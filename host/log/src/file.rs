@@ -15,6 +15,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use lattice_model::{
     Hash, INTENTION_MAGIC, INTENTION_VERSION, MAX_SIGNED_INTENTION_LEN, MIN_SIGNED_INTENTION_LEN,
@@ -102,7 +103,14 @@ pub fn contain<T, E: From<FileError>>(
 fn classify(path: &Path, err: DatabaseError) -> FileError {
     let path_text = path.display().to_string();
     match err {
-        DatabaseError::DatabaseAlreadyOpen => FileError::AlreadyOpen { path: path_text },
+        DatabaseError::DatabaseAlreadyOpen | DatabaseError::LockProtocolMismatch => {
+            FileError::AlreadyOpen { path: path_text }
+        }
+        // A failure that is not about the bytes: not damage.
+        DatabaseError::Storage(StorageError::PreviousIo) => FileError::Io {
+            path: path_text,
+            source: std::io::Error::other("an earlier I/O error on this file"),
+        },
         // redb reports a file that is not (or no longer) a redb database as invalid data.
         DatabaseError::Storage(StorageError::Io(source))
             if source.kind() != std::io::ErrorKind::InvalidData
@@ -132,8 +140,11 @@ pub fn open_checked(path: &Path, builder: &redb::Builder) -> Result<Database, Fi
     let clean = existed && marked.is_some() && marked == fingerprint(path);
     contain(path, || {
         let mut db = builder.create(path).map_err(|e| classify(path, e))?;
-        if existed && !clean {
-            db.check_integrity().map_err(|e| classify(path, e))?;
+        if existed && !clean && !db.check_integrity().map_err(|e| classify(path, e))? {
+            tracing::warn!(
+                "{} was repaired by the storage engine (rolled back to its last complete commit)",
+                path.display()
+            );
         }
         Ok(db)
     })
@@ -174,7 +185,18 @@ pub fn salvage(path: &Path, store: StoreId) -> Result<Vec<SignedIntention>, File
         };
         for at in 0..scan_to {
             if let Some(signed) = intention_at(&window[at..], store) {
-                found.entry(signed.hash()).or_insert(signed);
+                // Stale or damaged copies share the hash (it covers the body, not the
+                // signature): keep one whose signature verifies.
+                match found.entry(signed.hash()) {
+                    Entry::Vacant(slot) => {
+                        slot.insert(signed);
+                    }
+                    Entry::Occupied(mut slot) => {
+                        if slot.get().verify().is_err() && signed.verify().is_ok() {
+                            slot.insert(signed);
+                        }
+                    }
+                }
             }
         }
         window.drain(..scan_to);

@@ -212,10 +212,14 @@ impl Log {
 
     fn shutdown(&mut self) -> Result<(), Error> {
         self.inbox.take();
-        if let Some(thread) = self.thread.take() {
-            thread.join().map_err(|_| Error::Internal {
+        if let Some(thread) = self.thread.take()
+            && thread.join().is_err()
+        {
+            // The actor died on something in the file: the next open checks it.
+            self._clean.disarm();
+            return Err(Error::Internal {
                 what: "the ingest actor panicked",
-            })?;
+            });
         }
         Ok(())
     }

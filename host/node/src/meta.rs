@@ -116,7 +116,8 @@ impl MetaDb {
             FileError::AlreadyOpen { .. } => {
                 NodeError::Locked(path.parent().unwrap_or(path).display().to_string())
             }
-            other => NodeError::Meta(other.to_string()),
+            FileError::Io { path, source } => NodeError::Io { path, source },
+            damaged => NodeError::from(damaged),
         })?;
         contain(path, || create_tables(&db))?;
         Ok(MetaDb {

@@ -4,6 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use lattice_log::file::FileError;
 use lattice_log::{Incoming, Log, LogConfig, build_genesis, system_now_ms};
 use lattice_model::{Hash, NodeKey, StoreId};
 use lattice_runtime::{BUILTIN_MODULES, Limits, LoadedModule, ModuleHash, Runtime};
@@ -91,6 +92,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     }
 }
 
+/// The clean mark of the file at `path` (see [`lattice_log::file::CleanMark`]).
+fn clean_mark(path: &Path) -> PathBuf {
+    let mut mark = path.as_os_str().to_owned();
+    mark.push(".clean");
+    PathBuf::from(mark)
+}
+
 /// Moves `path` to `<path>.damaged` (replacing an older one); a missing file is fine.
 fn set_aside(path: &Path) -> Result<(), NodeError> {
     let mut aside = path.as_os_str().to_owned();
@@ -120,8 +128,10 @@ impl Node {
         let meta_path = dir.meta_path();
         let meta = match MetaDb::open(&meta_path) {
             Ok(meta) => meta,
-            Err(NodeError::Locked(d)) => return Err(NodeError::Locked(d)),
-            Err(e) => {
+            // Only damaged bytes are set aside; I/O failures and locks are reported as they are.
+            Err(
+                e @ NodeError::Runtime(lattice_runtime::Error::File(FileError::Damaged { .. })),
+            ) => {
                 warn!(
                     "the node inventory {} is damaged ({e}); set aside as meta.db.damaged, rebuilding it from {}",
                     meta_path.display(),
@@ -130,6 +140,7 @@ impl Node {
                 set_aside(&meta_path)?;
                 MetaDb::open(&meta_path)?
             }
+            Err(e) => return Err(e),
         };
         let runtime = Runtime::new(&dir.modules_dir(), limits)?;
         let system_module = ensure_builtin(&runtime, "system")?;
@@ -436,7 +447,9 @@ impl Node {
         // aside and projected again (at most once per partition).
         let mut set_aside = 0;
         loop {
-            let opened = lattice_log::file::contain(&self.dir.state_path(&id), || {
+            // Each partition's open contains its own file's panics; one from elsewhere is
+            // not pinned on a file, and both partitions are rebuilt.
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 Store::open(
                     &self.runtime,
                     &self.dir,
@@ -445,6 +458,14 @@ impl Node {
                     self.key.public(),
                     self.system_module,
                 )
+            }))
+            .unwrap_or_else(|payload| {
+                Err(NodeError::Runtime(lattice_runtime::Error::Corrupt(
+                    format!(
+                        "opening the store panicked: {}",
+                        lattice_log::file::panic_text(payload.as_ref())
+                    ),
+                )))
             });
             match opened {
                 Err(e) if set_aside < 2 && self.projection_damaged(&id, &e) => {
@@ -516,6 +537,8 @@ impl Node {
         let problem = if !path.exists() {
             Some(format!("{} is missing", path.display()))
         } else {
+            // Checked from scratch: whatever the clean mark says.
+            let _ = std::fs::remove_file(clean_mark(&path));
             self.log_problem(id)?
         };
         if let Some(problem) = problem {
@@ -525,11 +548,11 @@ impl Node {
             } else {
                 Vec::new()
             };
-            set_aside(&path)?;
-            let mut mark = path.as_os_str().to_owned();
-            mark.push(".clean");
-            let _ = std::fs::remove_file(PathBuf::from(mark));
-            let log = self.open_log(id)?;
+            // The new log is built beside the old one and swapped in only when complete: a
+            // crash part-way leaves the damaged log in place for the next repair.
+            let fresh = self.dir.store_dir(&id).join("log.db.rebuilding");
+            let _ = std::fs::remove_file(&fresh);
+            let log = Log::open(&fresh, id, self.key.clone(), LogConfig::default())?;
             let found = salvaged.len() as u64;
             let results = log.ingest(
                 salvaged
@@ -541,6 +564,16 @@ impl Node {
             let kept = results.iter().filter(|r| r.is_ok()).count() as u64;
             report.salvaged = kept;
             report.dropped = found - kept;
+            if path.exists() {
+                let aside = self
+                    .dir
+                    .store_dir(&id)
+                    .join(format!("log.db.damaged-{}", system_now_ms()));
+                std::fs::rename(&path, &aside).map_err(io(&path))?;
+            }
+            let _ = std::fs::remove_file(clean_mark(&path));
+            std::fs::rename(&fresh, &path).map_err(io(&fresh))?;
+            let _ = std::fs::rename(clean_mark(&fresh), clean_mark(&path));
         }
         self.discard_projections(&id)?;
         report.projections_rebuilt = true;
@@ -551,11 +584,19 @@ impl Node {
     fn log_problem(&self, id: StoreId) -> Result<Option<String>, NodeError> {
         Ok(match self.open_log(id) {
             Ok(log) => {
-                let verified = log.reader().verify(|_, _| {});
+                let verified = lattice_log::file::contain(&self.dir.log_path(&id), || {
+                    log.reader()
+                        .verify(|_, _| {})
+                        .map_err(|e| FileError::Damaged {
+                            path: self.dir.log_path(&id).display().to_string(),
+                            reason: e.to_string(),
+                        })
+                });
                 let closed = log.close();
                 match (verified, closed) {
                     (Ok(_), Ok(())) => None,
-                    (Err(e), _) | (Ok(_), Err(e)) => Some(e.to_string()),
+                    (Err(e), _) => Some(e.to_string()),
+                    (Ok(_), Err(e)) => Some(e.to_string()),
                 }
             }
             Err(NodeError::LogOpen(lattice_log::OpenError::AlreadyOpen { path })) => {

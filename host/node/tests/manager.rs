@@ -438,11 +438,14 @@ async fn a_slow_guest_does_not_stall_other_stores() -> TestResult {
         node.call(&quick, "put", &json!({"key": key, "value": "v"}))
             .await?;
         assert_eq!(get(&node, &quick, &key).await, "v");
+        if i == 0 {
+            // The first write already answered while the slow guest still spins.
+            assert!(
+                !spinning.is_finished(),
+                "the other store answered only after the slow guest was done"
+            );
+        }
     }
-    assert!(
-        !spinning.is_finished(),
-        "the other store answered only after the slow guest was done"
-    );
     let spun = spinning.await?;
     assert!(spun.is_err(), "a spinning query ends in an error: {spun:?}");
     // The slow store still answers afterwards.

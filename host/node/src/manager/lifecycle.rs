@@ -8,7 +8,7 @@ impl StoreManager {
         let log = {
             // Opening and closing are serialised, so a store's files are never opened twice.
             let _opening = self.inner.lifecycle.lock().await;
-            if self.is_open(&record.id) {
+            if self.is_open(&record.id) || lock(&self.inner.repairing).contains(&record.id) {
                 return Ok(());
             }
             let this = self.clone();
@@ -42,7 +42,16 @@ impl StoreManager {
     /// Opens a store of the inventory; a store that fails to open is quarantined (reported
     /// damaged, not served) instead of stopping the node.
     pub(super) async fn open_or_quarantine(&self, record: &StoreRecord) {
-        if let Err(e) = self.open_registered(record).await {
+        let opened = self.open_registered(record).await;
+        if opened.is_ok() || self.is_open(&record.id) {
+            // Opened (a later failure, e.g. of a child, is not this store's damage).
+            lock(&self.inner.damaged).remove(&record.id);
+            if let Err(e) = opened {
+                warn!(store = %record.id.short(), "store opened, but acting on its system table failed: {e}");
+            }
+            return;
+        }
+        if let Err(e) = opened {
             let reason = match e {
                 NodeError::LogOpen(lattice_log::OpenError::Damaged { path, reason }) => {
                     format!("{path}: {reason}")
@@ -74,14 +83,18 @@ impl StoreManager {
             .meta()
             .get(id)?
             .ok_or_else(|| NodeError::UnknownStore(id.to_string()))?;
-        self.close(id).await?;
-        lock(&self.inner.damaged).remove(id);
-        let this = self.clone();
-        let store = *id;
-        let report = off_workers("repairing a store", move || {
-            this.inner.node.repair_store(store)
-        })
-        .await?;
+        // Nothing reopens the store while it is repaired (children, refresh, joins).
+        lock(&self.inner.repairing).insert(*id);
+        let repaired = self.repair_closed(id).await;
+        lock(&self.inner.repairing).remove(id);
+        let report = match repaired {
+            Ok(report) => report,
+            Err(e) => {
+                // Not served, and says so: the store stays quarantined with this reason.
+                lock(&self.inner.damaged).insert(*id, format!("repair failed: {e}"));
+                return Err(e);
+            }
+        };
         info!(store = %id.short(), ?report, "store repaired");
         if record.state == StoreState::Active {
             self.open_or_quarantine(&record).await;
@@ -93,6 +106,18 @@ impl StoreManager {
             }
         }
         Ok(report)
+    }
+
+    /// Closes store `id` and repairs its files (see [`StoreManager::repair`]).
+    async fn repair_closed(&self, id: &StoreId) -> Result<crate::RepairReport, NodeError> {
+        self.close(id).await?;
+        lock(&self.inner.damaged).remove(id);
+        let this = self.clone();
+        let store = *id;
+        off_workers("repairing a store", move || {
+            this.inner.node.repair_store(store)
+        })
+        .await
     }
 
     /// Registers an open store (the caller opened it) and starts replicating it.
@@ -228,6 +253,9 @@ impl StoreManager {
         for child in &children {
             let known = self.inner.node.meta().get(&child.id)?;
             let left = known.as_ref().is_some_and(|r| r.state == StoreState::Left);
+            if self.damage(&child.id).is_some() || lock(&self.inner.repairing).contains(&child.id) {
+                continue;
+            }
             if child.status == ChildStatus::Active && !self.is_open(&child.id) && !left {
                 let record = StoreRecord {
                     id: child.id,
@@ -238,7 +266,7 @@ impl StoreManager {
                 };
                 self.inner.node.meta().put(&record)?;
                 info!(parent = %id.short(), child = %child.id.short(), "opening child store");
-                Box::pin(self.open_registered(&record)).await?;
+                Box::pin(self.open_or_quarantine(&record)).await;
             } else if child.status == ChildStatus::Active
                 && let Some(record) = known.filter(|r| r.parent.is_none() && !left)
                 && self.is_open(&child.id)
@@ -249,10 +277,12 @@ impl StoreManager {
                 self.close(&child.id).await?;
                 let record = StoreRecord {
                     parent: Some(*id),
+                    name: child.alias.clone(),
+                    module: ModuleHash::from_hex(&child.module).unwrap_or(record.module),
                     ..record
                 };
                 self.inner.node.meta().put(&record)?;
-                Box::pin(self.open_registered(&record)).await?;
+                Box::pin(self.open_or_quarantine(&record)).await;
             } else if child.status == ChildStatus::Archived && self.is_open(&child.id) {
                 info!(parent = %id.short(), child = %child.id.short(), "closing archived child store");
                 Box::pin(self.close_tree(&child.id, StoreState::Archived)).await?;

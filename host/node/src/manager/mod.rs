@@ -80,6 +80,8 @@ struct Inner {
     resume_at: Mutex<HashMap<(StoreId, PubKey), u64>>,
     /// Stores that failed to open, with the reason: not served until repaired.
     damaged: Mutex<HashMap<StoreId, String>>,
+    /// Stores being repaired: closed, and not to be reopened until the repair is done.
+    repairing: Mutex<std::collections::HashSet<StoreId>>,
 }
 
 /// A running node; cheap to clone.
@@ -225,6 +227,7 @@ impl StoreManager {
             members: tokio::sync::Mutex::new(()),
             resume_at: Mutex::new(HashMap::new()),
             damaged: Mutex::new(HashMap::new()),
+            repairing: Mutex::new(std::collections::HashSet::new()),
         });
         let joins = inner.replicator.join_requests();
         let manager = StoreManager { inner };
