@@ -18,14 +18,20 @@ impl Replicator {
             .map(|e| lock(&e.peers).clone())
             .unwrap_or_default();
         // First contact with every member at once: an offline member costs its dial timeout
-        // on its own task, never a delay for the others (nor for nudges below). The set lives
-        // as long as this loop; dropping it ends what is still running.
-        let mut first = tokio::task::JoinSet::new();
-        for peer in initial.into_iter().filter(|p| *p != me) {
-            let this = self.clone();
-            first.spawn(async move {
-                let _ = this.sync(&store, &peer).await;
-            });
+        // on its own task, never a delay for the others (nor for nudges below). The tasks are
+        // the store's, so removing the store ends them and waits for them.
+        if let Some(entry) = self.store(&store) {
+            let first: Vec<JoinHandle<()>> = initial
+                .into_iter()
+                .filter(|p| *p != me)
+                .map(|peer| {
+                    let this = self.clone();
+                    tokio::spawn(async move {
+                        let _ = this.sync(&store, &peer).await;
+                    })
+                })
+                .collect();
+            lock(&entry.tasks).extend(first);
         }
         let mut tick = tokio::time::interval(self.inner.config.anti_entropy);
         tick.tick().await;
