@@ -618,8 +618,8 @@ impl store_service_server::StoreService for Api {
     }
 }
 
-/// The JSON a repair answers with (API and embedded CLI alike).
-pub(crate) fn repair_json(id: &StoreId, report: &lattice_node::RepairReport) -> Value {
+/// The JSON `StoreService.Repair` answers with.
+fn repair_json(id: &StoreId, report: &lattice_node::RepairReport) -> Value {
     json!({
         "store": id.to_string(),
         "log_problem": report.log_problem,

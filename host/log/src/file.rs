@@ -52,8 +52,8 @@ pub enum FileError {
     },
 }
 
-/// The clean mark's path for `path`.
-fn mark_path(path: &Path) -> PathBuf {
+/// The clean mark's path for the file at `path` (`<file>.clean`).
+pub fn clean_mark_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".clean");
     PathBuf::from(name)
@@ -136,7 +136,7 @@ fn classify(path: &Path, err: DatabaseError) -> FileError {
 /// I/O failure.
 pub fn open_checked(path: &Path, builder: &redb::Builder) -> Result<Database, FileError> {
     let existed = path.exists();
-    let marked = std::fs::read_to_string(mark_path(path)).ok();
+    let marked = std::fs::read_to_string(clean_mark_path(path)).ok();
     let clean = existed && marked.is_some() && marked == fingerprint(path);
     contain(path, || {
         let mut db = builder.create(path).map_err(|e| classify(path, e))?;
@@ -264,7 +264,7 @@ impl Drop for CleanMark {
         }
         if let Some(print) = fingerprint(&self.path) {
             // Best effort: a missing mark only costs a check at the next open.
-            let _ = std::fs::write(mark_path(&self.path), print);
+            let _ = std::fs::write(clean_mark_path(&self.path), print);
         }
     }
 }
@@ -299,7 +299,7 @@ mod tests {
         let path = dir.path().join("a.db");
         write_rows(&path);
         assert_eq!(
-            std::fs::read_to_string(mark_path(&path)).ok(),
+            std::fs::read_to_string(clean_mark_path(&path)).ok(),
             fingerprint(&path)
         );
         let db = open_checked(&path, &redb::Builder::new()).unwrap();
@@ -315,7 +315,7 @@ mod tests {
         drop(db);
         // Opening without a clean close leaves the mark stale.
         assert_ne!(
-            std::fs::read_to_string(mark_path(&path)).ok(),
+            std::fs::read_to_string(clean_mark_path(&path)).ok(),
             fingerprint(&path)
         );
     }

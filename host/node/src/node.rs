@@ -92,13 +92,6 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> NodeError + '_ {
     }
 }
 
-/// The clean mark of the file at `path` (see [`lattice_log::file::CleanMark`]).
-fn clean_mark(path: &Path) -> PathBuf {
-    let mut mark = path.as_os_str().to_owned();
-    mark.push(".clean");
-    PathBuf::from(mark)
-}
-
 /// Moves `path` to `<path>.damaged` (replacing an older one); a missing file is fine.
 fn set_aside(path: &Path) -> Result<(), NodeError> {
     let mut aside = path.as_os_str().to_owned();
@@ -445,7 +438,7 @@ impl Node {
         }
         // Projected state can always be rebuilt from the log: a damaged partition is set
         // aside and projected again (at most once per partition).
-        let mut set_aside = 0;
+        let mut attempts = 0;
         loop {
             // Each partition's open contains its own file's panics; one from elsewhere is
             // not pinned on a file, and both partitions are rebuilt.
@@ -467,57 +460,39 @@ impl Node {
                     ),
                 )))
             });
-            match opened {
-                Err(e) if set_aside < 2 && self.projection_damaged(&id, &e) => {
-                    set_aside += 1;
-                    let damaged = self.set_aside_projection(&id, &e)?;
-                    warn!(
-                        store = %id.short(),
-                        "{damaged} is damaged ({e}); rebuilding it from the log"
-                    );
-                }
-                other => return other,
+            let damaged = match &opened {
+                Err(e) if attempts < 2 => self.damaged_projections(&id, e),
+                _ => Vec::new(),
+            };
+            let Err(e) = &opened else { return opened };
+            if damaged.is_empty() {
+                return opened;
             }
+            attempts += 1;
+            for path in &damaged {
+                set_aside(path)?;
+            }
+            warn!(
+                store = %id.short(),
+                "{damaged:?} damaged ({e}); rebuilding from the log"
+            );
         }
     }
 
-    /// The projection file (state.db or system.db) that `err` says is damaged, if any.
-    fn damaged_projection(&self, id: &StoreId, err: &NodeError) -> Option<PathBuf> {
-        use lattice_log::file::FileError;
+    /// The projection files (state.db, system.db) that `err` says are damaged: the one named,
+    /// or both when a partition does not match the log or opening panicked elsewhere.
+    fn damaged_projections(&self, id: &StoreId, err: &NodeError) -> Vec<PathBuf> {
         use lattice_runtime::Error as RtError;
         let state = self.dir.state_path(id);
         let system = self.dir.system_path(id);
         match err {
             NodeError::Runtime(RtError::File(FileError::Damaged { path, .. })) => [state, system]
                 .into_iter()
-                .find(|p| p.display().to_string() == *path),
-            // A partition whose identity or cursor does not match the log: rebuild both.
-            NodeError::Runtime(RtError::Corrupt(_)) => Some(state),
-            _ => None,
+                .filter(|p| p.display().to_string() == *path)
+                .collect(),
+            NodeError::Runtime(RtError::Corrupt(_)) => vec![state, system],
+            _ => Vec::new(),
         }
-    }
-
-    fn projection_damaged(&self, id: &StoreId, err: &NodeError) -> bool {
-        self.damaged_projection(id, err).is_some()
-    }
-
-    /// Moves a damaged projection file to `<name>.damaged` (replacing an older one) and
-    /// returns its name. For an inconsistent state.db both partitions go.
-    fn set_aside_projection(&self, id: &StoreId, err: &NodeError) -> Result<String, NodeError> {
-        let Some(path) = self.damaged_projection(id, err) else {
-            return Ok(String::new());
-        };
-        let mut paths = vec![path.clone()];
-        if matches!(err, NodeError::Runtime(lattice_runtime::Error::Corrupt(_))) {
-            paths.push(self.dir.system_path(id));
-        }
-        for p in &paths {
-            set_aside(p)?;
-        }
-        Ok(path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default())
     }
 
     /// Repairs store `id`'s files (it must not be open): a log that does not open, or whose
@@ -538,7 +513,7 @@ impl Node {
             Some(format!("{} is missing", path.display()))
         } else {
             // Checked from scratch: whatever the clean mark says.
-            let _ = std::fs::remove_file(clean_mark(&path));
+            let _ = std::fs::remove_file(lattice_log::file::clean_mark_path(&path));
             self.log_problem(id)?
         };
         if let Some(problem) = problem {
@@ -571,9 +546,12 @@ impl Node {
                     .join(format!("log.db.damaged-{}", system_now_ms()));
                 std::fs::rename(&path, &aside).map_err(io(&path))?;
             }
-            let _ = std::fs::remove_file(clean_mark(&path));
+            let _ = std::fs::remove_file(lattice_log::file::clean_mark_path(&path));
             std::fs::rename(&fresh, &path).map_err(io(&fresh))?;
-            let _ = std::fs::rename(clean_mark(&fresh), clean_mark(&path));
+            let _ = std::fs::rename(
+                lattice_log::file::clean_mark_path(&fresh),
+                lattice_log::file::clean_mark_path(&path),
+            );
         }
         self.discard_projections(&id)?;
         report.projections_rebuilt = true;

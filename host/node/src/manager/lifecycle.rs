@@ -77,12 +77,7 @@ impl StoreManager {
     /// [`NodeError::UnknownStore`]; [`NodeError::Damaged`] when it still does not open;
     /// file system failures.
     pub async fn repair(&self, id: &StoreId) -> Result<crate::RepairReport, NodeError> {
-        let record = self
-            .inner
-            .node
-            .meta()
-            .get(id)?
-            .ok_or_else(|| NodeError::UnknownStore(id.to_string()))?;
+        let record = self.record(id)?;
         // Nothing reopens the store while it is repaired (children, refresh, joins).
         lock(&self.inner.repairing).insert(*id);
         let repaired = self.repair_closed(id).await;
@@ -106,6 +101,15 @@ impl StoreManager {
             }
         }
         Ok(report)
+    }
+
+    /// Store `id`'s inventory record.
+    fn record(&self, id: &StoreId) -> Result<StoreRecord, NodeError> {
+        self.inner
+            .node
+            .meta()
+            .get(id)?
+            .ok_or_else(|| NodeError::UnknownStore(id.to_string()))
     }
 
     /// Closes store `id` and repairs its files (see [`StoreManager::repair`]).
@@ -462,12 +466,7 @@ impl StoreManager {
     /// # Errors
     /// [`NodeError::NotAChild`] for a root store.
     pub async fn archive(&self, id: &StoreId, archived: bool) -> Result<(), NodeError> {
-        let record = self
-            .inner
-            .node
-            .meta()
-            .get(id)?
-            .ok_or_else(|| NodeError::UnknownStore(id.to_string()))?;
+        let record = self.record(id)?;
         let parent = record
             .parent
             .ok_or_else(|| NodeError::NotAChild(id.to_string()))?;
