@@ -11,7 +11,7 @@ use lattice_log::{
     Draft, Incoming, IngestResults, Ingested, Log, LogConfig, Pending, SyntheticDag, build_genesis,
     system_now_ms,
 };
-use lattice_model::{NodeKey, StoreId};
+use lattice_model::{Hash, NodeKey, StoreId};
 use serde_json::json;
 
 use crate::cli::BenchLogArgs;
@@ -120,6 +120,7 @@ pub(crate) fn log(args: BenchLogArgs, out: &Output) -> anyhow::Result<()> {
     if !reachable {
         bail!("genesis is not an ancestor of the head");
     }
+    let ancestor_p50_us = ancestry_sample(&log, status.head_seq)?;
     log.close()?;
     out.progress(&format!("ingested {} in {ingested_s:.2} s", n + 1));
 
@@ -171,7 +172,8 @@ pub(crate) fn log(args: BenchLogArgs, out: &Output) -> anyhow::Result<()> {
             "authored   {authored_per_s:>10.0} /s  (sign + witness + durable group commit)\n\
              ingested   {ingested_per_s:>10.0} /s  (batch signature check + durable group commit)\n\
              floating   {floating_per_s:>10.0} /s  (reversed delivery, resolved in cascades)\n\
-             is_ancestor(genesis, head) {ancestor_us:.0} µs over {} intentions\n\
+             is_ancestor(genesis, head) {ancestor_us:.0} µs over {} intentions (first query, cold)\n\
+             is_ancestor  {ancestor_p50_us:>8.1} µs  (median of {ANCESTRY_SAMPLES} random pairs)\n\
              peak RSS   {}",
             n + 1,
             rss_mib.map_or("unknown".to_string(), |m| format!("{m:.0} MiB")),
@@ -184,10 +186,43 @@ pub(crate) fn log(args: BenchLogArgs, out: &Output) -> anyhow::Result<()> {
             "ingested_per_s": ingested_per_s.round(),
             "floating_per_s": floating_per_s.round(),
             "is_ancestor_us": ancestor_us.round(),
+            "is_ancestor_p50_us": (ancestor_p50_us * 10.0).round() / 10.0,
             "peak_rss_mib": rss_mib.map(f64::round),
         }),
     );
     Ok(())
+}
+
+/// Random ancestry questions timed by [`ancestry_sample`].
+const ANCESTRY_SAMPLES: usize = 1000;
+
+/// Median time of [`ANCESTRY_SAMPLES`] `is_ancestor` questions between random witnessed
+/// intentions (older one first; either answer), picked by a fixed xorshift sequence.
+fn ancestry_sample(log: &Log, head_seq: u64) -> anyhow::Result<f64> {
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    let hash_at = |seq: u64| -> anyhow::Result<Hash> {
+        log.reader()
+            .records(seq, 1)?
+            .first()
+            .map(|r| r.intention)
+            .context("a witnessed seq has no record")
+    };
+    let mut times = Vec::with_capacity(ANCESTRY_SAMPLES);
+    for _ in 0..ANCESTRY_SAMPLES {
+        let (a, b) = (1 + next() % head_seq, 1 + next() % head_seq);
+        let (older, newer) = (hash_at(a.min(b))?, hash_at(a.max(b))?);
+        let q = Instant::now();
+        log.reader().is_ancestor(&older, &newer)?;
+        times.push(q.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    Ok(times.get(times.len() / 2).copied().unwrap_or_default())
 }
 
 fn wait_author(

@@ -2,37 +2,65 @@
 
 use super::*;
 
+/// A store's log and, once its genesis is witnessed, the store itself: its files opened.
+pub(super) type OpenedFiles = (Arc<Log>, Option<Store>);
+
+/// Opens a store's files (blocking: redb, module load). A store not fetched yet has no files;
+/// one with projections but no log has lost it and is damaged.
+pub(super) fn open_files(node: &Node, id: StoreId) -> Result<OpenedFiles, NodeError> {
+    let dir = node.dir();
+    let path = dir.log_path(&id);
+    if !path.exists() && (dir.state_path(&id).exists() || dir.system_path(&id).exists()) {
+        return Err(NodeError::Damaged {
+            store: id.short(),
+            reason: format!("{} is missing", path.display()),
+        });
+    }
+    let log = Arc::new(node.open_log(id)?);
+    let store = if log.reader().is_witnessed(&Hash(id.0))? {
+        Some(node.store_from_log(id, log.clone())?)
+    } else {
+        None
+    };
+    Ok((log, store))
+}
+
+/// Opens the files of every active store of the inventory, for a node about to start (while
+/// its network endpoint binds); what failed is quarantined as the manager starts.
+pub(super) fn preopen(
+    node: &Node,
+) -> Result<HashMap<StoreId, Result<OpenedFiles, NodeError>>, NodeError> {
+    Ok(node
+        .meta()
+        .list()?
+        .into_iter()
+        .filter(|r| r.state == StoreState::Active)
+        .map(|r| (r.id, open_files(node, r.id)))
+        .collect())
+}
+
 impl StoreManager {
-    /// Opens a store of the inventory and starts replicating it.
-    pub(super) async fn open_registered(&self, record: &StoreRecord) -> Result<(), NodeError> {
+    /// Opens a store of the inventory and starts replicating it; `opened` holds its files
+    /// when they were opened ahead ([`preopen`]).
+    pub(super) async fn open_registered(
+        &self,
+        record: &StoreRecord,
+        opened: Option<Result<OpenedFiles, NodeError>>,
+    ) -> Result<(), NodeError> {
         let log = {
             // Opening and closing are serialised, so a store's files are never opened twice.
             let _opening = self.inner.lifecycle.lock().await;
             if self.is_open(&record.id) || lock(&self.inner.repairing).contains(&record.id) {
                 return Ok(());
             }
-            let this = self.clone();
-            let id = record.id;
-            let (log, store) = off_workers("opening a store", move || {
-                // A store not fetched yet has no files; one with projections but no log lost it.
-                let dir = this.inner.node.dir();
-                let path = dir.log_path(&id);
-                if !path.exists() && (dir.state_path(&id).exists() || dir.system_path(&id).exists())
-                {
-                    return Err(NodeError::Damaged {
-                        store: id.short(),
-                        reason: format!("{} is missing", path.display()),
-                    });
+            let (log, store) = match opened {
+                Some(opened) => opened?,
+                None => {
+                    let this = self.clone();
+                    let id = record.id;
+                    off_workers("opening a store", move || open_files(&this.inner.node, id)).await?
                 }
-                let log = Arc::new(this.inner.node.open_log(id)?);
-                let store = if log.reader().is_witnessed(&Hash(id.0))? {
-                    Some(this.inner.node.store_from_log(id, log.clone())?)
-                } else {
-                    None
-                };
-                Ok((log, store))
-            })
-            .await?;
+            };
             self.register_open(record.id, log.clone(), store, record.parent)?;
             log
         };
@@ -42,7 +70,16 @@ impl StoreManager {
     /// Opens a store of the inventory; a store that fails to open is quarantined (reported
     /// damaged, not served) instead of stopping the node.
     pub(super) async fn open_or_quarantine(&self, record: &StoreRecord) {
-        let opened = self.open_registered(record).await;
+        self.open_or_quarantine_from(record, None).await;
+    }
+
+    /// As [`StoreManager::open_or_quarantine`], with the store's files when opened ahead.
+    pub(super) async fn open_or_quarantine_from(
+        &self,
+        record: &StoreRecord,
+        opened: Option<Result<OpenedFiles, NodeError>>,
+    ) {
+        let opened = self.open_registered(record, opened).await;
         if opened.is_ok() || self.is_open(&record.id) {
             // Opened (a later failure, e.g. of a child, is not this store's damage).
             lock(&self.inner.damaged).remove(&record.id);

@@ -149,25 +149,48 @@ impl StoreManager {
     ) -> Result<StoreManager, NodeError> {
         // With port 0, take the previous port again when it is free, so peers that know this
         // node's address reach it after a restart.
-        let previous = node
-            .meta()
-            .setting("listen")?
+        let previous_text = node.meta().setting("listen")?;
+        let previous = previous_text
+            .as_deref()
             .and_then(|a| a.parse::<SocketAddr>().ok())
             .filter(|a| listen.port() == 0 && a.ip() == listen.ip());
-        let net = match previous {
-            Some(addr) => match IrohNet::bind(node.key(), addr).await {
-                Ok(net) => net,
-                Err(e) => {
-                    debug!(%addr, "previous port unavailable ({e}); binding a new one");
-                    IrohNet::bind(node.key(), listen).await?
-                }
-            },
-            None => IrohNet::bind(node.key(), listen).await?,
+        let key = node.key().clone();
+        let binding = async {
+            match previous {
+                Some(addr) => match IrohNet::bind(&key, addr).await {
+                    Ok(net) => Ok(net),
+                    Err(e) => {
+                        debug!(%addr, "previous port unavailable ({e}); binding a new one");
+                        IrohNet::bind(&key, listen).await
+                    }
+                },
+                None => IrohNet::bind(&key, listen).await,
+            }
         };
-        if let Some(bound) = net.local().addrs.first() {
-            node.meta().set_setting("listen", &bound.to_string())?;
+        // The stores' files open while the endpoint binds.
+        let opening = tokio::task::spawn_blocking(move || {
+            let opened = lifecycle::preopen(&node);
+            (node, opened)
+        });
+        let (net, opening) = tokio::join!(binding, opening);
+        let (node, opened) =
+            opening.map_err(|e| NodeError::Meta(format!("opening the stores failed: {e}")))?;
+        let (net, opened) = (net?, opened?);
+        if let Some(bound) = net.local().addrs.first().map(ToString::to_string)
+            && previous_text.as_deref() != Some(bound.as_str())
+        {
+            node.meta().set_setting("listen", &bound)?;
         }
-        Self::start(node, net.clone(), net.clone(), Some(net), config).await
+        Self::start_with(
+            node,
+            net.clone(),
+            net.clone(),
+            Some(net),
+            true,
+            config,
+            opened,
+        )
+        .await
     }
 
     /// Starts a node with no network at all, for one-shot work on the local data (reads,
@@ -186,6 +209,7 @@ impl StoreManager {
             None,
             false,
             ReplicatorConfig::default(),
+            HashMap::new(),
         )
         .await
     }
@@ -202,7 +226,7 @@ impl StoreManager {
         iroh: Option<Arc<IrohNet>>,
         config: ReplicatorConfig,
     ) -> Result<StoreManager, NodeError> {
-        Self::start_with(node, transport, gossip, iroh, true, config).await
+        Self::start_with(node, transport, gossip, iroh, true, config, HashMap::new()).await
     }
 
     async fn start_with(
@@ -212,6 +236,7 @@ impl StoreManager {
         iroh: Option<Arc<IrohNet>>,
         online: bool,
         config: ReplicatorConfig,
+        mut opened: HashMap<StoreId, Result<lifecycle::OpenedFiles, NodeError>>,
     ) -> Result<StoreManager, NodeError> {
         let replicator = Replicator::start(transport, gossip, config);
         let (events, _) = broadcast::channel(1024);
@@ -254,7 +279,8 @@ impl StoreManager {
             for record in pending {
                 let parent_ready = record.parent.is_none_or(|p| manager.is_open(&p));
                 if parent_ready {
-                    manager.open_or_quarantine(&record).await;
+                    let files = opened.remove(&record.id);
+                    manager.open_or_quarantine_from(&record, files).await;
                 } else {
                     later.push(record);
                 }
@@ -262,7 +288,8 @@ impl StoreManager {
             if later.len() == before {
                 // Orphans (parent archived or gone): open them on their own.
                 for record in &later {
-                    manager.open_or_quarantine(record).await;
+                    let files = opened.remove(&record.id);
+                    manager.open_or_quarantine_from(record, files).await;
                 }
                 break;
             }
