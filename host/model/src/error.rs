@@ -65,6 +65,9 @@ pub enum DecodeError {
         /// How many bytes remain.
         extra: usize,
     },
+    /// A host op ([`crate::HostOp`]) breaks a rule of its encoding.
+    #[error("bad host op: {0}")]
+    BadHostOp(String),
     /// The structure is well-formed bytes but breaks an intention rule.
     #[error(transparent)]
     Invalid(#[from] IntentionError),
@@ -99,6 +102,9 @@ pub enum IntentionError {
     /// A genesis intention (store field zero) has a predecessor or deps.
     #[error("a genesis intention must have no predecessor and no deps")]
     GenesisWithParents,
+    /// The `host` flag is set without the `system` flag.
+    #[error("a host intention must belong to the system partition")]
+    HostOutsideSystem,
 }
 
 /// An intention could not be signed.

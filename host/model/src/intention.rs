@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | 0 | 2 | magic `"LI"` |
 //! | 2 | 1 | version `1` |
-//! | 3 | 1 | flags: bit 0 `ephemeral`, bit 1 `supersedes_all`, other bits 0 |
+//! | 3 | 1 | flags: bit 0 `ephemeral`, bit 1 `supersedes_all`, bit 2 `system`, bit 3 `host` (only with `system`), other bits 0 |
 //! | 4 | 32 | store id (all zero in a genesis intention) |
 //! | 36 | 32 | author public key |
 //! | 68 | 8 | HLC wall milliseconds |
@@ -57,12 +57,16 @@ pub struct IntentionFlags {
     /// The intention belongs to the store's system partition (peers, children, name), projected
     /// by the system table guest; otherwise it belongs to the data partition.
     pub system: bool,
+    /// A host intention of the system partition (an epoch or an ack, [`crate::HostOp`]): its
+    /// ops are the host's encoding and no guest applies it. Only valid with `system`.
+    pub host: bool,
 }
 
 impl IntentionFlags {
     const EPHEMERAL: u8 = 0b01;
     const SUPERSEDES_ALL: u8 = 0b10;
     const SYSTEM: u8 = 0b100;
+    const HOST: u8 = 0b1000;
 
     /// Encodes as the flags byte.
     pub fn to_byte(self) -> u8 {
@@ -73,21 +77,27 @@ impl IntentionFlags {
                 0
             })
             | (if self.system { Self::SYSTEM } else { 0 })
+            | (if self.host { Self::HOST } else { 0 })
     }
 
     /// Decodes the flags byte.
     ///
     /// # Errors
-    /// [`DecodeError::UnknownFlags`] when undefined bits are set.
+    /// [`DecodeError::UnknownFlags`] when undefined bits are set, or `host` without `system`.
     pub fn from_byte(byte: u8) -> Result<IntentionFlags, DecodeError> {
-        let unknown = byte & !(Self::EPHEMERAL | Self::SUPERSEDES_ALL | Self::SYSTEM);
+        let unknown = byte & !(Self::EPHEMERAL | Self::SUPERSEDES_ALL | Self::SYSTEM | Self::HOST);
         if unknown != 0 {
             return Err(DecodeError::UnknownFlags(unknown));
+        }
+        if byte & Self::HOST != 0 && byte & Self::SYSTEM == 0 {
+            // A host intention always belongs to the system partition.
+            return Err(DecodeError::UnknownFlags(Self::HOST));
         }
         Ok(IntentionFlags {
             ephemeral: byte & Self::EPHEMERAL != 0,
             supersedes_all: byte & Self::SUPERSEDES_ALL != 0,
             system: byte & Self::SYSTEM != 0,
+            host: byte & Self::HOST != 0,
         })
     }
 }
@@ -126,6 +136,9 @@ impl Intention {
         deps.sort_unstable();
         deps.dedup();
         check_rules(&store_id, &prev, &deps, ops.len())?;
+        if flags.host && !flags.system {
+            return Err(IntentionError::HostOutsideSystem);
+        }
         Ok(Intention {
             store_id,
             author,
@@ -423,7 +436,7 @@ mod tests {
             prev in arb_hash(),
             deps in proptest::collection::vec(arb_hash(), 0..20),
             ops in proptest::collection::vec(any::<u8>(), 0..300),
-            flags in 0u8..4,
+            flags in 0u8..16,
         ) -> (Intention, NodeKey) {
             let key = NodeKey::from_seed(seed);
             let store = if store == [0; 32] { [1; 32] } else { store };
@@ -433,6 +446,44 @@ mod tests {
                 .unwrap_or_else(|e| panic!("generator built an invalid intention: {e}"));
             (intention, key)
         }
+    }
+
+    #[test]
+    fn a_host_intention_belongs_to_the_system_partition() {
+        let host_only = IntentionFlags {
+            host: true,
+            ..IntentionFlags::default()
+        };
+        assert_eq!(
+            IntentionFlags::from_byte(host_only.to_byte()),
+            Err(DecodeError::UnknownFlags(0b1000))
+        );
+        let key = NodeKey::from_seed([3; 32]);
+        let build = |flags| {
+            Intention::new(
+                StoreId([1; 32]),
+                key.public(),
+                Hlc::new(1, 0),
+                Hash([2; 32]),
+                vec![],
+                vec![],
+                flags,
+            )
+        };
+        assert_eq!(build(host_only), Err(IntentionError::HostOutsideSystem));
+        let system_host = IntentionFlags {
+            system: true,
+            ..host_only
+        };
+        let intention = build(system_host).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            IntentionFlags::from_byte(system_host.to_byte()),
+            Ok(system_host)
+        );
+        assert_eq!(
+            Intention::decode(&intention.encode()).map(|i| i.flags()),
+            Ok(system_host)
+        );
     }
 
     proptest! {

@@ -35,6 +35,7 @@ mod codec;
 mod error;
 mod hash;
 mod hlc;
+mod host_op;
 mod intention;
 mod keys;
 mod witness;
@@ -42,6 +43,9 @@ mod witness;
 pub use error::{DecodeError, IntentionError, ParseHexError, SignError, SignatureError};
 pub use hash::{Hash, StoreId};
 pub use hlc::{Hlc, HlcClock, MAX_FUTURE_DRIFT_MS};
+pub use host_op::{
+    EpochCause, HOST_OP_MAGIC, HOST_OP_VERSION, HostOp, MAX_ACKED_EPOCHS, MAX_EPOCH_ACKERS,
+};
 pub use intention::{
     INTENTION_FIXED_LEN, INTENTION_MAGIC, INTENTION_VERSION, Intention, IntentionFlags,
     MAX_CAUSAL_DEPS, MAX_OPS_LEN, MAX_SIGNED_INTENTION_LEN, MIN_SIGNED_INTENTION_LEN,

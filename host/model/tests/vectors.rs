@@ -50,6 +50,7 @@ fn compute() -> Result<Value, Box<dyn std::error::Error>> {
             ephemeral: true,
             supersedes_all: false,
             system: false,
+            host: false,
         },
     )?;
     let write = SignedIntention::sign(write, &bob)?;

@@ -694,3 +694,55 @@ fn apply_outcomes_do_not_depend_on_what_an_instance_ran_before() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn host_intentions_reach_no_guest() -> TestResult {
+    use lattice_model::{EpochCause, Hash, HostOp, IntentionFlags};
+    let dir = tempfile::tempdir()?;
+    let node = Node::open(DataDir::new(dir.path()))?;
+    let kv = node.resolve_type("kv")?;
+    let mut store = node.create_store(kv, "epochs")?;
+    store.call("put", &json!({"key": "a", "value": "1"}))?;
+    let digest = store.state_digest()?;
+    let reader = store.log().reader();
+    let mut deps: Vec<Hash> = reader.tips()?.into_iter().map(|(_, h)| h).collect();
+    deps.push(Hash(store.id().0));
+    let epoch = HostOp::Epoch {
+        number: 0,
+        cause: EpochCause::Genesis,
+        required: vec![],
+    };
+    let system_host = IntentionFlags {
+        system: true,
+        host: true,
+        ..IntentionFlags::default()
+    };
+    store.log().author(lattice_log::Draft {
+        ops: epoch.encode(),
+        deps,
+        flags: system_host,
+    })?;
+    // A system write that is not the system guest's encoding: the guest would reject it.
+    let system = IntentionFlags {
+        system: true,
+        ..IntentionFlags::default()
+    };
+    let plain = store.log().author(lattice_log::Draft {
+        ops: epoch.encode(),
+        deps: vec![],
+        flags: system,
+    })?;
+    store.project()?;
+    let status = store.status()?;
+    assert_eq!(status.projected, status.witnessed);
+    let rejected = |store: &lattice_node::Store| -> Result<Vec<u64>, NodeError> {
+        Ok(store.rejected_details(100)?.iter().map(|r| r.seq).collect())
+    };
+    // Only the copy without the host flag reached the system guest (which refused it).
+    assert_eq!(rejected(&store)?, vec![plain.seq]);
+    assert_eq!(store.state_digest()?, digest);
+    store.rebuild()?;
+    assert_eq!(rejected(&store)?, vec![plain.seq]);
+    assert_eq!(store.state_digest()?, digest);
+    Ok(())
+}

@@ -436,6 +436,7 @@ impl StoreRuntime {
                 ephemeral: prepared.ephemeral,
                 supersedes_all: prepared.supersedes_all,
                 system: self.partition == Partition::System,
+                host: false,
             },
         })
     }
@@ -542,6 +543,14 @@ impl StoreRuntime {
         Ok(filter.reason(&author, info.author_seq))
     }
 
+    /// Whether this partition's guest applies `signed`: an intention of its partition that is
+    /// neither the genesis nor a host intention (epochs and acks are the host's own).
+    fn for_guest(signed: &SignedIntention, system: bool) -> bool {
+        let intention = signed.intention();
+        let flags = intention.flags();
+        flags.system == system && !flags.host && !intention.is_genesis()
+    }
+
     fn project_batch(
         &mut self,
         log: &LogReader,
@@ -553,8 +562,7 @@ impl StoreRuntime {
         let mut rejected: Vec<(u64, String)> = Vec::new();
         let mut refused = Vec::new();
         for (seq, signed) in batch {
-            if signed.intention().flags().system == system
-                && !signed.intention().is_genesis()
+            if Self::for_guest(signed, system)
                 && let Some(reason) = Self::refusal(log, signed, filter)?
             {
                 refused.push(*seq);
@@ -568,10 +576,7 @@ impl StoreRuntime {
         self.host_begin()?;
         for (seq, signed) in batch {
             last = *seq;
-            if signed.intention().is_genesis()
-                || signed.intention().flags().system != system
-                || refused.contains(seq)
-            {
+            if !Self::for_guest(signed, system) || refused.contains(seq) {
                 continue;
             }
             match self.apply_one(signed, &mut log_entries) {
