@@ -20,6 +20,9 @@ pub enum NodeError {
     /// Authoring failed.
     #[error(transparent)]
     Author(#[from] lattice_log::AuthorError),
+    /// A DAG query on the log failed.
+    #[error(transparent)]
+    Query(#[from] lattice_log::QueryError),
     /// A module could not be installed or loaded.
     #[error(transparent)]
     Module(#[from] lattice_runtime::ModuleError),

@@ -113,6 +113,24 @@ pub struct ChildLink {
     pub status: ChildStatus,
 }
 
+/// A store's current epoch and its settlement ([`Store::epoch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochStatus {
+    /// Its number.
+    pub number: u64,
+    /// The epoch intention's hash.
+    pub hash: Hash,
+    /// Required ackers whose chains do not reach it yet; settled when empty.
+    pub waiting: Vec<PubKey>,
+}
+
+impl EpochStatus {
+    /// Whether every required acker's chain reaches the epoch.
+    pub fn settled(&self) -> bool {
+        self.waiting.is_empty()
+    }
+}
+
 /// An intention the store type or the membership policy rejected.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RejectedIntention {
@@ -1030,6 +1048,45 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// The store's current epoch — the greatest projected by `(number, hash)` — and the
+    /// required ackers whose chains do not reach it yet (settled when none are left). `None`
+    /// before the first epoch. Cost: one `is_ancestor` per required acker.
+    ///
+    /// # Errors
+    /// Storage failures; a DAG query over its visit cap.
+    pub fn epoch(&self) -> Result<Option<EpochStatus>, NodeError> {
+        let Some(mark) = self.system.current_epoch()? else {
+            return Ok(None);
+        };
+        let required = match self.system.host_ops(mark.seq, 1)?.into_iter().next() {
+            Some(lattice_runtime::HostRecord {
+                op: lattice_model::HostOp::Epoch { required, .. },
+                ..
+            }) => required,
+            _ => {
+                return Err(NodeError::Runtime(lattice_runtime::Error::Corrupt(
+                    format!("the current epoch's record at seq {} is missing", mark.seq),
+                )));
+            }
+        };
+        let reader = self.log.reader();
+        let mut waiting = Vec::new();
+        for acker in required {
+            let reached = match reader.tip(&acker)? {
+                Some(tip) => reader.is_ancestor(&mark.hash, &tip)?,
+                None => false,
+            };
+            if !reached {
+                waiting.push(acker);
+            }
+        }
+        Ok(Some(EpochStatus {
+            number: mark.number,
+            hash: mark.hash,
+            waiting,
+        }))
     }
 
     /// A digest of the projected state (both partitions), to compare replicas.

@@ -707,17 +707,18 @@ fn host_intentions_reach_no_guest() -> TestResult {
     let reader = store.log().reader();
     let mut deps: Vec<Hash> = reader.tips()?.into_iter().map(|(_, h)| h).collect();
     deps.push(Hash(store.id().0));
+    let acker = lattice_model::NodeKey::from_seed([42; 32]);
     let epoch = HostOp::Epoch {
         number: 0,
         cause: EpochCause::Genesis,
-        required: vec![],
+        required: vec![acker.public()],
     };
     let system_host = IntentionFlags {
         system: true,
         host: true,
         ..IntentionFlags::default()
     };
-    store.log().author(lattice_log::Draft {
+    let written = store.log().author(lattice_log::Draft {
         ops: epoch.encode(),
         deps,
         flags: system_host,
@@ -741,8 +742,41 @@ fn host_intentions_reach_no_guest() -> TestResult {
     // Only the copy without the host flag reached the system guest (which refused it).
     assert_eq!(rejected(&store)?, vec![plain.seq]);
     assert_eq!(store.state_digest()?, digest);
+    // The epoch is current and waits for its one required acker, who has written nothing.
+    let current = store.epoch()?.ok_or("no current epoch")?;
+    assert_eq!(
+        (current.number, current.hash, current.waiting.clone()),
+        (0, written.hash, vec![acker.public()])
+    );
+    assert!(!current.settled());
     store.rebuild()?;
     assert_eq!(rejected(&store)?, vec![plain.seq]);
     assert_eq!(store.state_digest()?, digest);
+    assert_eq!(store.epoch()?, Some(current));
+
+    // The acker's ack cites the epoch: its chain reaches it, the epoch is settled.
+    let hlc = store
+        .log()
+        .reader()
+        .hlc_of(&written.hash)?
+        .ok_or("no hlc")?;
+    let ack = lattice_model::Intention::new(
+        store.id(),
+        acker.public(),
+        lattice_model::Hlc::new(hlc.wall_ms + 1, 0),
+        Hash::ZERO,
+        vec![written.hash],
+        HostOp::Ack {
+            epochs: vec![written.hash],
+        }
+        .encode(),
+        system_host,
+    )?;
+    let ack = lattice_model::SignedIntention::sign(ack, &acker)?;
+    feed(&store, std::slice::from_ref(&ack))?;
+    store.project()?;
+    let settled = store.epoch()?.ok_or("no current epoch")?;
+    assert!(settled.settled(), "still waiting for {:?}", settled.waiting);
+    assert_eq!(rejected(&store)?, vec![plain.seq]);
     Ok(())
 }

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use lattice_log::LogReader;
 use lattice_log::file::{CleanMark, contain, open_checked};
-use lattice_model::{Hash, IntentionFlags, PubKey, SignedIntention, StoreId};
+use lattice_model::{Hash, HostOp, IntentionFlags, PubKey, SignedIntention, StoreId};
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable, TableDefinition};
 use tracing::{debug, warn};
 
@@ -27,6 +27,10 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const DATA: TableDefinition<&[u8], &[u8]> = TableDefinition::new("data");
 const REJECTED: TableDefinition<u64, &str> = TableDefinition::new("rejected");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+/// Host intentions of this partition that decoded: `seq → hash [32] ‖ author [32] ‖ host op`.
+const HOST_OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("host_ops");
+/// `META` key of the greatest epoch by `(number, hash)`: `number u64 ‖ hash [32] ‖ seq u64`.
+const META_EPOCH: &str = "epoch";
 
 /// Witnessed intentions applied per `state.db` transaction.
 const PROJECT_BATCH: usize = 512;
@@ -560,6 +564,22 @@ impl StoreRuntime {
     ) -> Result<(), Error> {
         let system = self.partition == Partition::System;
         let mut rejected: Vec<(u64, String)> = Vec::new();
+        let mut host_ops: Vec<HostRecord> = Vec::new();
+        for (seq, signed) in batch {
+            let flags = signed.intention().flags();
+            if !(flags.host && flags.system == system) {
+                continue;
+            }
+            match HostOp::decode(signed.intention().ops()) {
+                Ok(op) => host_ops.push(HostRecord {
+                    seq: *seq,
+                    hash: signed.hash(),
+                    author: signed.intention().author(),
+                    op,
+                }),
+                Err(e) => rejected.push((*seq, e.to_string())),
+            }
+        }
         let mut refused = Vec::new();
         for (seq, signed) in batch {
             if Self::for_guest(signed, system)
@@ -600,7 +620,7 @@ impl StoreRuntime {
         }
         let writes = self.host_end();
         rejected.sort_by_key(|r| r.0);
-        self.commit_projected(last, &writes, &log_entries, &rejected)?;
+        self.commit_projected(last, &writes, &log_entries, &rejected, &host_ops)?;
         report.applied += applied;
         report.rejected += rejected.len() as u64;
         report.events.extend(events);
@@ -670,8 +690,10 @@ impl StoreRuntime {
         writes: &BTreeMap<Vec<u8>, Option<Vec<u8>>>,
         log_entries: &[Vec<u8>],
         rejected: &[(u64, String)],
+        host_ops: &[HostRecord],
     ) -> Result<(), Error> {
-        if writes.is_empty() && log_entries.is_empty() && rejected.is_empty() {
+        if writes.is_empty() && log_entries.is_empty() && rejected.is_empty() && host_ops.is_empty()
+        {
             if last != self.cursor {
                 self.cursor = last;
                 self.unsynced = true;
@@ -700,7 +722,30 @@ impl StoreRuntime {
             for (seq, reason) in rejected {
                 rej.insert(*seq, reason.as_str())?;
             }
+            let mut host = txn.open_table(HOST_OPS)?;
+            for record in host_ops {
+                host.insert(record.seq, record.encode().as_slice())?;
+            }
             let mut meta = txn.open_table(META)?;
+            let mut current = match meta.get(META_EPOCH)? {
+                Some(v) => Some(decode_epoch_mark(v.value())?),
+                None => None,
+            };
+            for record in host_ops {
+                if let HostOp::Epoch { number, .. } = record.op {
+                    let mark = EpochMark {
+                        number,
+                        hash: record.hash,
+                        seq: record.seq,
+                    };
+                    if current.is_none_or(|c| (c.number, c.hash) < (number, record.hash)) {
+                        current = Some(mark);
+                    }
+                }
+            }
+            if let Some(mark) = current {
+                meta.insert(META_EPOCH, mark.encode().as_slice())?;
+            }
             meta.insert("cursor", last.to_le_bytes().as_slice())?;
             let count = self.log_count + log_entries.len() as u64;
             meta.insert("log_count", count.to_le_bytes().as_slice())?;
@@ -819,7 +864,7 @@ impl StoreRuntime {
             .filter_map(|(seq, reason)| Some((*seq, reason.clone()?)))
             .collect();
         let last = seqs.last().copied().unwrap_or(self.cursor);
-        self.commit_projected(last, &writes, &run.log_entries, &rejected)?;
+        self.commit_projected(last, &writes, &run.log_entries, &rejected, &[])?;
         report.applied += (run.outcomes.len() - rejected.len()) as u64;
         report.rejected += rejected.len() as u64;
         report.events.extend(
@@ -867,11 +912,14 @@ impl StoreRuntime {
         txn.delete_table(DATA)?;
         txn.delete_table(REJECTED)?;
         txn.delete_table(LOG)?;
+        txn.delete_table(HOST_OPS)?;
         txn.open_table(DATA)?;
         txn.open_table(REJECTED)?;
         txn.open_table(LOG)?;
+        txn.open_table(HOST_OPS)?;
         {
             let mut meta = txn.open_table(META)?;
+            meta.remove(META_EPOCH)?;
             meta.insert("cursor", 0u64.to_le_bytes().as_slice())?;
             meta.insert("log_count", 0u64.to_le_bytes().as_slice())?;
         }
@@ -883,6 +931,39 @@ impl StoreRuntime {
             guest.host().log_next = 0;
         }
         Ok(())
+    }
+
+    /// The host intentions of this partition projected so far (epochs and acks), from
+    /// `from_seq` on, in witness order.
+    ///
+    /// # Errors
+    /// Storage failures; [`Error::Corrupt`] for a record that does not decode.
+    pub fn host_ops(&self, from_seq: u64, limit: usize) -> Result<Vec<HostRecord>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = match txn.open_table(HOST_OPS) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let mut out = Vec::new();
+        for row in table.range(from_seq..)?.take(limit) {
+            let (k, v) = row?;
+            out.push(HostRecord::decode(k.value(), v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// The greatest epoch projected so far, by `(number, hash)`.
+    ///
+    /// # Errors
+    /// Storage failures; [`Error::Corrupt`] for a damaged record.
+    pub fn current_epoch(&self) -> Result<Option<EpochMark>, Error> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        match meta.get(META_EPOCH)? {
+            Some(v) => Ok(Some(decode_epoch_mark(v.value())?)),
+            None => Ok(None),
+        }
     }
 
     /// Intentions whose apply failed, with the reason, from `from_seq` on.
@@ -984,4 +1065,83 @@ fn identify(db: &Database, store_id: StoreId, module: ModuleHash) -> Result<(u64
     };
     txn.commit()?;
     Ok(found)
+}
+
+/// A projected host intention ([`StoreRuntime::host_ops`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostRecord {
+    /// Its witness seq here.
+    pub seq: u64,
+    /// Its hash.
+    pub hash: Hash,
+    /// Its author.
+    pub author: PubKey,
+    /// What it says.
+    pub op: HostOp,
+}
+
+impl HostRecord {
+    fn encode(&self) -> Vec<u8> {
+        let op = self.op.encode();
+        let mut out = Vec::with_capacity(64 + op.len());
+        out.extend_from_slice(self.hash.as_bytes());
+        out.extend_from_slice(self.author.as_bytes());
+        out.extend_from_slice(&op);
+        out
+    }
+
+    fn decode(seq: u64, bytes: &[u8]) -> Result<HostRecord, Error> {
+        let corrupt = || Error::Corrupt(format!("host op record at seq {seq} is damaged"));
+        let hash = bytes.get(..32).ok_or_else(corrupt)?;
+        let author = bytes.get(32..64).ok_or_else(corrupt)?;
+        let op = HostOp::decode(bytes.get(64..).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
+        let mut h = [0u8; 32];
+        h.copy_from_slice(hash);
+        let mut a = [0u8; 32];
+        a.copy_from_slice(author);
+        Ok(HostRecord {
+            seq,
+            hash: Hash(h),
+            author: PubKey(a),
+            op,
+        })
+    }
+}
+
+/// The greatest epoch a partition has projected ([`StoreRuntime::current_epoch`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EpochMark {
+    /// Its number.
+    pub number: u64,
+    /// Its hash.
+    pub hash: Hash,
+    /// Its witness seq here.
+    pub seq: u64,
+}
+
+impl EpochMark {
+    fn encode(&self) -> [u8; 48] {
+        let mut out = [0u8; 48];
+        out[..8].copy_from_slice(&self.number.to_le_bytes());
+        out[8..40].copy_from_slice(self.hash.as_bytes());
+        out[40..].copy_from_slice(&self.seq.to_le_bytes());
+        out
+    }
+}
+
+fn decode_epoch_mark(bytes: &[u8]) -> Result<EpochMark, Error> {
+    let bytes: &[u8; 48] = bytes
+        .try_into()
+        .map_err(|_| Error::Corrupt("the current epoch record is damaged".into()))?;
+    let mut number = [0u8; 8];
+    number.copy_from_slice(&bytes[..8]);
+    let mut hash = [0u8; 32];
+    hash.copy_from_slice(&bytes[8..40]);
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&bytes[40..]);
+    Ok(EpochMark {
+        number: u64::from_le_bytes(number),
+        hash: Hash(hash),
+        seq: u64::from_le_bytes(seq),
+    })
 }
