@@ -211,6 +211,25 @@ pub struct StoreStatus {
     /// Why the store is damaged and not served (state `damaged`); empty when it is fine.
     #[prost(string, tag = "11")]
     pub damage: ::prost::alloc::string::String,
+    /// The store's current epoch; absent before its first (docs/epochs.md).
+    #[prost(message, optional, tag = "12")]
+    pub epoch: ::core::option::Option<EpochInfo>,
+}
+/// A store's current epoch and its settlement.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct EpochInfo {
+    #[prost(uint64, tag = "1")]
+    pub number: u64,
+    /// The epoch intention's hash (hex).
+    #[prost(string, tag = "2")]
+    pub hash: ::prost::alloc::string::String,
+    /// Required ackers (hex keys) whose chains do not reach the epoch yet.
+    #[prost(string, repeated, tag = "3")]
+    pub waiting: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// True when no required acker is waiting.
+    #[prost(bool, tag = "4")]
+    pub settled: bool,
 }
 /// A witnessed intention, summarised.
 #[allow(clippy::all)]

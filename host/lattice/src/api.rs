@@ -325,6 +325,12 @@ impl store_service_server::StoreService for Api {
                 floating: s.floating,
                 rejected: s.rejected,
                 damage: String::new(),
+                epoch: s.epoch.as_ref().map(|e| v1::EpochInfo {
+                    number: e.number,
+                    hash: e.hash.to_string(),
+                    waiting: e.waiting.iter().map(ToString::to_string).collect(),
+                    settled: e.settled(),
+                }),
             })),
             Err(NodeError::Damaged { reason, .. }) => self.unserved_status(&id, Some(reason)),
             Err(NodeError::NotOpen(_)) => self.unserved_status(&id, None),

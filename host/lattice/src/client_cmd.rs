@@ -325,11 +325,32 @@ fn status_json(s: v1::StoreStatus) -> Value {
     if !s.open {
         return json!({"store": s.store, "state": s.state});
     }
+    let epoch = s.epoch.map(
+        |e| json!({"number": e.number, "hash": e.hash, "settled": e.settled, "waiting": e.waiting}),
+    );
     json!({
         "store": s.store, "name": s.name, "module": s.module, "headless": s.headless,
         "witnessed": s.witnessed, "projected": s.projected, "floating": s.floating,
-        "rejected": s.rejected, "state": s.state,
+        "rejected": s.rejected, "state": s.state, "epoch": epoch,
     })
+}
+
+/// One line for `store status`: the current epoch and its settlement.
+fn epoch_text(epoch: &Value) -> String {
+    if epoch.is_null() {
+        return "none yet".to_string();
+    }
+    let waiting = epoch["waiting"].as_array().map_or(0, Vec::len);
+    let settled = if waiting == 0 {
+        "settled".to_string()
+    } else {
+        format!("waiting for {waiting} peer(s) to acknowledge")
+    };
+    format!(
+        "{} ({}…), {settled}",
+        epoch["number"],
+        show(&epoch["hash"]).chars().take(8).collect::<String>()
+    )
 }
 
 fn history_json(list: v1::IntentionList) -> Value {
@@ -684,7 +705,7 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
             );
             let text = if s.get("witnessed").is_some() {
                 format!(
-                    "store      {}\nname       {}\nmodule     {}\nstate      {}\nwitnessed  {}\nprojected  {}\nfloating   {}\nrejected   {}",
+                    "store      {}\nname       {}\nmodule     {}\nstate      {}\nwitnessed  {}\nprojected  {}\nfloating   {}\nrejected   {}\nepoch      {}",
                     show(&s["store"]),
                     show(&s["name"]),
                     show(&s["module"]),
@@ -692,7 +713,8 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
                     s["witnessed"],
                     s["projected"],
                     s["floating"],
-                    s["rejected"]
+                    s["rejected"],
+                    epoch_text(&s["epoch"])
                 )
             } else if let Some(damage) = s["damage"].as_str() {
                 format!(

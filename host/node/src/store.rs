@@ -129,6 +129,16 @@ impl EpochStatus {
     pub fn settled(&self) -> bool {
         self.waiting.is_empty()
     }
+
+    /// As JSON: `number`, `hash`, `settled`, `waiting` (hex keys).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "number": self.number,
+            "hash": self.hash.to_string(),
+            "settled": self.settled(),
+            "waiting": self.waiting.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
 }
 
 /// An intention the store type or the membership policy rejected.
@@ -186,6 +196,8 @@ pub struct StoreStatus {
     pub floating: u64,
     /// Intentions the guest rejected or the author policy refused (data partition).
     pub rejected: u64,
+    /// The current epoch and its settlement; `None` before the first.
+    pub epoch: Option<EpochStatus>,
 }
 
 impl StoreStatus {
@@ -212,6 +224,7 @@ impl StoreStatus {
             "floating": self.floating,
             "rejected": self.rejected,
             "state": self.state(),
+            "epoch": self.epoch.as_ref().map(EpochStatus::to_json),
         })
     }
 }
@@ -967,6 +980,7 @@ impl Store {
             projected: self.data.cursor(),
             floating: log.floating,
             rejected: self.data.rejected_count()?,
+            epoch: self.epoch()?,
         })
     }
 

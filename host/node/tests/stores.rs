@@ -737,7 +737,9 @@ fn host_intentions_reach_no_guest() -> TestResult {
     let status = store.status()?;
     assert_eq!(status.projected, status.witnessed);
     let rejected = |store: &lattice_node::Store| -> Result<Vec<u64>, NodeError> {
-        Ok(store.rejected_details(100)?.iter().map(|r| r.seq).collect())
+        let mut seqs: Vec<u64> = store.rejected_details(100)?.iter().map(|r| r.seq).collect();
+        seqs.sort_unstable();
+        Ok(seqs)
     };
     // Only the copy without the host flag reached the system guest (which refused it).
     assert_eq!(rejected(&store)?, vec![plain.seq]);
@@ -749,6 +751,9 @@ fn host_intentions_reach_no_guest() -> TestResult {
         (0, written.hash, vec![acker.public()])
     );
     assert!(!current.settled());
+    let status = store.status()?;
+    assert_eq!(status.epoch.as_ref(), Some(&current));
+    assert_eq!(status.to_json()["epoch"]["settled"], false);
     store.rebuild()?;
     assert_eq!(rejected(&store)?, vec![plain.seq]);
     assert_eq!(store.state_digest()?, digest);
@@ -777,6 +782,13 @@ fn host_intentions_reach_no_guest() -> TestResult {
     store.project()?;
     let settled = store.epoch()?.ok_or("no current epoch")?;
     assert!(settled.settled(), "still waiting for {:?}", settled.waiting);
-    assert_eq!(rejected(&store)?, vec![plain.seq]);
+    // The acker is no member here: its host intention is refused like any stranger's write.
+    assert_eq!(rejected(&store)?, vec![plain.seq, plain.seq + 1]);
+    assert!(
+        store
+            .rejected_details(100)?
+            .iter()
+            .any(|r| r.seq == plain.seq + 1 && r.author == acker.public())
+    );
     Ok(())
 }

@@ -570,6 +570,11 @@ impl StoreRuntime {
             if !(flags.host && flags.system == system) {
                 continue;
             }
+            // Only members write host intentions, as any other system write.
+            if let Some(reason) = Self::refusal(log, signed, filter)? {
+                rejected.push((*seq, reason));
+                continue;
+            }
             match HostOp::decode(signed.intention().ops()) {
                 Ok(op) => host_ops.push(HostRecord {
                     seq: *seq,
