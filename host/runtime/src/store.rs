@@ -732,24 +732,22 @@ impl StoreRuntime {
                 host.insert(record.seq, record.encode().as_slice())?;
             }
             let mut meta = txn.open_table(META)?;
-            let mut current = match meta.get(META_EPOCH)? {
-                Some(v) => Some(decode_epoch_mark(v.value())?),
-                None => None,
-            };
-            for record in host_ops {
-                if let HostOp::Epoch { number, .. } = record.op {
-                    let mark = EpochMark {
-                        number,
-                        hash: record.hash,
-                        seq: record.seq,
-                    };
-                    if current.is_none_or(|c| (c.number, c.hash) < (number, record.hash)) {
-                        current = Some(mark);
-                    }
+            let epochs = host_ops.iter().filter_map(|r| match r.op {
+                HostOp::Epoch { number, .. } => Some(EpochMark {
+                    number,
+                    hash: r.hash,
+                    seq: r.seq,
+                }),
+                _ => None,
+            });
+            if let Some(greatest) = epochs.max_by_key(|m| (m.number, m.hash)) {
+                let current = match meta.get(META_EPOCH)? {
+                    Some(v) => Some(decode_epoch_mark(v.value())?),
+                    None => None,
+                };
+                if current.is_none_or(|c| (c.number, c.hash) < (greatest.number, greatest.hash)) {
+                    meta.insert(META_EPOCH, greatest.encode().as_slice())?;
                 }
-            }
-            if let Some(mark) = current {
-                meta.insert(META_EPOCH, mark.encode().as_slice())?;
             }
             meta.insert("cursor", last.to_le_bytes().as_slice())?;
             let count = self.log_count + log_entries.len() as u64;
