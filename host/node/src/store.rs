@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use lattice_log::{Authored, Built, Draft, Log};
 use lattice_model::SignedIntention;
-use lattice_model::{Hash, PubKey, StoreId};
+use lattice_model::{Hash, IntentionFlags, PubKey, StoreId};
 use lattice_runtime::{
     AuthorFilter, MethodKind, Partition, ProjectReport, Refusal, Runtime, StoreDescriptor,
     StoreRuntime, WatchEvent,
@@ -40,6 +40,8 @@ pub struct Store {
     /// The genesis author: a member from the start.
     creator: PubKey,
     me: PubKey,
+    /// The last current epoch this node checked for its own acknowledgement.
+    epoch_checked: Option<Hash>,
 }
 
 pub use lattice_system_types::{ChildStatus, PeerStatus, StoreInfo, Strategy};
@@ -286,6 +288,7 @@ impl Store {
             data_events: None,
             creator,
             me,
+            epoch_checked: None,
         };
         store.filter = store.read_filter()?;
         store.project()?;
@@ -451,6 +454,68 @@ impl Store {
     /// # Errors
     /// Storage or host failures.
     pub fn project(&mut self) -> Result<ProjectReport, NodeError> {
+        let mut report = self.project_witnessed()?;
+        if self.acknowledge_epoch() {
+            // The ack is a host intention of the system partition: project it too.
+            let more = self.project_witnessed()?;
+            report.applied += more.applied;
+            report.rejected += more.rejected;
+            report.cursor = more.cursor;
+            report.events.extend(more.events);
+        }
+        Ok(report)
+    }
+
+    /// Writes this node's ack of the current epoch when the epoch requires it and this node's
+    /// chain does not reach it yet; checked once per new current epoch. Returns whether it
+    /// wrote one. A failure is logged: the next epoch, or a restart, asks again.
+    fn acknowledge_epoch(&mut self) -> bool {
+        let mark = match self.system.current_epoch() {
+            Ok(Some(mark)) if self.epoch_checked != Some(mark.hash) => mark,
+            Ok(_) => return false,
+            Err(e) => {
+                warn!(store = %self.id.short(), "reading the current epoch failed: {e}");
+                return false;
+            }
+        };
+        self.epoch_checked = Some(mark.hash);
+        let waiting = match self.epoch() {
+            Ok(Some(epoch)) => epoch.waiting,
+            Ok(None) => return false,
+            Err(e) => {
+                warn!(store = %self.id.short(), "checking epoch {} failed: {e}", mark.number);
+                return false;
+            }
+        };
+        if !waiting.contains(&self.me) {
+            return false;
+        }
+        let ack = Draft {
+            ops: lattice_model::HostOp::Ack {
+                epochs: vec![mark.hash],
+            }
+            .encode(),
+            deps: vec![mark.hash],
+            flags: IntentionFlags {
+                system: true,
+                host: true,
+                ..IntentionFlags::default()
+            },
+        };
+        match self.log.author(ack) {
+            Ok(_) => {
+                debug!(store = %self.id.short(), epoch = mark.number, "acknowledged the epoch");
+                true
+            }
+            Err(e) => {
+                warn!(store = %self.id.short(), "acknowledging epoch {} failed: {e}", mark.number);
+                false
+            }
+        }
+    }
+
+    /// The body of [`Store::project`]: projects what is witnessed, both partitions.
+    fn project_witnessed(&mut self) -> Result<ProjectReport, NodeError> {
         self.data.attach()?;
         let mut report = ProjectReport {
             cursor: self.data.cursor(),

@@ -792,3 +792,69 @@ fn host_intentions_reach_no_guest() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_required_peer_acknowledges_an_epoch_once_and_settles_it() -> TestResult {
+    use lattice_model::{EpochCause, Hash, HostOp, IntentionFlags};
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = Node::open(DataDir::new(dirs[0].path()))?;
+    let b = Node::open(DataDir::new(dirs[1].path()))?;
+    let mut sa = a.create_store(a.resolve_type("kv")?, "shared")?;
+    let bk = b.key().public();
+    sa.system_call(
+        "set-peer-status",
+        &json!({"peer": bk.to_string(), "status": "active"}),
+    )?;
+    let mut deps: Vec<Hash> = sa
+        .log()
+        .reader()
+        .tips()?
+        .into_iter()
+        .map(|(_, h)| h)
+        .collect();
+    deps.push(Hash(sa.id().0));
+    let epoch = sa.log().author(lattice_log::Draft {
+        ops: HostOp::Epoch {
+            number: 0,
+            cause: EpochCause::Genesis,
+            required: vec![bk],
+        }
+        .encode(),
+        deps,
+        flags: IntentionFlags {
+            system: true,
+            host: true,
+            ..IntentionFlags::default()
+        },
+    })?;
+    sa.project()?;
+    assert_eq!(sa.epoch()?.ok_or("no epoch on A")?.waiting, vec![bk]);
+
+    // B opens its replica: projecting the epoch that names it writes its ack, once.
+    b.resolve_type("kv")?;
+    let mut sb = replica_of(&b, &sa)?;
+    let acks = |store: &lattice_node::Store| -> Result<usize, Box<dyn std::error::Error>> {
+        Ok(all_of(store)?
+            .iter()
+            .filter(|s| {
+                s.intention().author() == bk
+                    && HostOp::decode(s.intention().ops()).is_ok_and(
+                        |op| matches!(op, HostOp::Ack { epochs } if epochs == vec![epoch.hash]),
+                    )
+            })
+            .count())
+    };
+    assert_eq!(acks(&sb)?, 1);
+    let on_b = sb.epoch()?.ok_or("no epoch on B")?;
+    assert!(on_b.settled() && on_b.hash == epoch.hash);
+    sb.project()?;
+    sb.call("put", &json!({"key": "k", "value": "v"}))?;
+    assert_eq!(acks(&sb)?, 1, "one ack per epoch");
+
+    // A receives it: the epoch is settled there too, and A wrote no ack of its own.
+    sync_into(&sb, &sa)?;
+    sa.project()?;
+    assert!(sa.epoch()?.ok_or("no epoch on A")?.settled());
+    assert_eq!(sa.rejected_details(100)?.len(), 0);
+    Ok(())
+}
