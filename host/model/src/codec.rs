@@ -38,6 +38,22 @@ impl<'a> Reader<'a> {
         Ok(out)
     }
 
+    /// Reads the 2-byte magic and the version byte that open every canonical encoding.
+    pub(crate) fn header(&mut self, magic: [u8; 2], version: u8) -> Result<(), DecodeError> {
+        let found = self.array::<2>()?;
+        if found != magic {
+            return Err(DecodeError::BadMagic {
+                found,
+                expected: magic,
+            });
+        }
+        let got = self.u8()?;
+        if got != version {
+            return Err(DecodeError::UnsupportedVersion(got));
+        }
+        Ok(())
+    }
+
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
         Ok(self.array::<1>()?[0])
     }

@@ -137,17 +137,7 @@ impl HostOp {
     /// an ack of no epoch, or lists over their limits.
     pub fn decode(bytes: &[u8]) -> Result<HostOp, DecodeError> {
         let mut r = Reader::new(bytes);
-        let magic = r.array::<2>()?;
-        if magic != HOST_OP_MAGIC {
-            return Err(DecodeError::BadMagic {
-                found: magic,
-                expected: HOST_OP_MAGIC,
-            });
-        }
-        let version = r.u8()?;
-        if version != HOST_OP_VERSION {
-            return Err(DecodeError::UnsupportedVersion(version));
-        }
+        r.header(HOST_OP_MAGIC, HOST_OP_VERSION)?;
         let op = match r.u8()? {
             KIND_EPOCH => {
                 let number = r.u64()?;

@@ -227,17 +227,7 @@ impl Intention {
     }
 
     fn decode_from(reader: &mut Reader<'_>) -> Result<Intention, DecodeError> {
-        let magic = reader.array::<2>()?;
-        if magic != INTENTION_MAGIC {
-            return Err(DecodeError::BadMagic {
-                found: magic,
-                expected: INTENTION_MAGIC,
-            });
-        }
-        let version = reader.u8()?;
-        if version != INTENTION_VERSION {
-            return Err(DecodeError::UnsupportedVersion(version));
-        }
+        reader.header(INTENTION_MAGIC, INTENTION_VERSION)?;
         let flags = IntentionFlags::from_byte(reader.u8()?)?;
         let store_id = StoreId(reader.array()?);
         let author = PubKey(reader.array()?);

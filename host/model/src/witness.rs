@@ -72,17 +72,7 @@ impl WitnessRecord {
             });
         }
         let mut reader = Reader::new(bytes);
-        let magic = reader.array::<2>()?;
-        if magic != WITNESS_MAGIC {
-            return Err(DecodeError::BadMagic {
-                found: magic,
-                expected: WITNESS_MAGIC,
-            });
-        }
-        let version = reader.u8()?;
-        if version != WITNESS_VERSION {
-            return Err(DecodeError::UnsupportedVersion(version));
-        }
+        reader.header(WITNESS_MAGIC, WITNESS_VERSION)?;
         let reserved = reader.u8()?;
         if reserved != 0 {
             return Err(DecodeError::Reserved(reserved));

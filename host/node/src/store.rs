@@ -470,32 +470,31 @@ impl Store {
     /// chain does not reach it yet; checked once per new current epoch. Returns whether it
     /// wrote one. A failure is logged: the next epoch, or a restart, asks again.
     fn acknowledge_epoch(&mut self) -> bool {
-        let mark = match self.system.current_epoch() {
-            Ok(Some(mark)) if self.epoch_checked != Some(mark.hash) => mark,
+        let record = match self.system.current_epoch() {
+            Ok(Some(record)) if self.epoch_checked != Some(record.hash) => record,
             Ok(_) => return false,
             Err(e) => {
                 warn!(store = %self.id.short(), "reading the current epoch failed: {e}");
                 return false;
             }
         };
-        self.epoch_checked = Some(mark.hash);
-        let waiting = match self.epoch() {
-            Ok(Some(epoch)) => epoch.waiting,
-            Ok(None) => return false,
+        self.epoch_checked = Some(record.hash);
+        let epoch = match self.epoch_status(record) {
+            Ok(epoch) => epoch,
             Err(e) => {
-                warn!(store = %self.id.short(), "checking epoch {} failed: {e}", mark.number);
+                warn!(store = %self.id.short(), "checking the current epoch failed: {e}");
                 return false;
             }
         };
-        if !waiting.contains(&self.me) {
+        if !epoch.waiting.contains(&self.me) {
             return false;
         }
         let ack = Draft {
             ops: lattice_model::HostOp::Ack {
-                epochs: vec![mark.hash],
+                epochs: vec![epoch.hash],
             }
             .encode(),
-            deps: vec![mark.hash],
+            deps: vec![epoch.hash],
             flags: IntentionFlags {
                 system: true,
                 host: true,
@@ -504,11 +503,11 @@ impl Store {
         };
         match self.log.author(ack) {
             Ok(_) => {
-                debug!(store = %self.id.short(), epoch = mark.number, "acknowledged the epoch");
+                debug!(store = %self.id.short(), epoch = epoch.number, "acknowledged the epoch");
                 true
             }
             Err(e) => {
-                warn!(store = %self.id.short(), "acknowledging epoch {} failed: {e}", mark.number);
+                warn!(store = %self.id.short(), "acknowledging epoch {} failed: {e}", epoch.number);
                 false
             }
         }
@@ -1136,36 +1135,39 @@ impl Store {
     /// # Errors
     /// Storage failures; a DAG query over its visit cap.
     pub fn epoch(&self) -> Result<Option<EpochStatus>, NodeError> {
-        let Some(mark) = self.system.current_epoch()? else {
-            return Ok(None);
-        };
-        let required = match self.system.host_ops(mark.seq, 1)?.into_iter().next() {
-            Some(lattice_runtime::HostRecord {
-                op: lattice_model::HostOp::Epoch { required, .. },
-                ..
-            }) => required,
-            _ => {
-                return Err(NodeError::Runtime(lattice_runtime::Error::Corrupt(
-                    format!("the current epoch's record at seq {} is missing", mark.seq),
-                )));
-            }
+        match self.system.current_epoch()? {
+            Some(record) => Ok(Some(self.epoch_status(record)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The settlement of the epoch `record` holds: which required ackers' chains do not reach
+    /// it yet (one `is_ancestor` each).
+    fn epoch_status(&self, record: lattice_runtime::HostRecord) -> Result<EpochStatus, NodeError> {
+        let lattice_model::HostOp::Epoch {
+            number, required, ..
+        } = record.op
+        else {
+            return Err(NodeError::Runtime(lattice_runtime::Error::Corrupt(
+                format!("the host op at seq {} is not an epoch", record.seq),
+            )));
         };
         let reader = self.log.reader();
         let mut waiting = Vec::new();
         for acker in required {
             let reached = match reader.tip(&acker)? {
-                Some(tip) => reader.is_ancestor(&mark.hash, &tip)?,
+                Some(tip) => reader.is_ancestor(&record.hash, &tip)?,
                 None => false,
             };
             if !reached {
                 waiting.push(acker);
             }
         }
-        Ok(Some(EpochStatus {
-            number: mark.number,
-            hash: mark.hash,
+        Ok(EpochStatus {
+            number,
+            hash: record.hash,
             waiting,
-        }))
+        })
     }
 
     /// A digest of the projected state (both partitions), to compare replicas.

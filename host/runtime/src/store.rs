@@ -29,7 +29,8 @@ const REJECTED: TableDefinition<u64, &str> = TableDefinition::new("rejected");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// Host intentions of this partition that decoded: `seq → hash [32] ‖ author [32] ‖ host op`.
 const HOST_OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("host_ops");
-/// `META` key of the greatest epoch by `(number, hash)`: `number u64 ‖ hash [32] ‖ seq u64`.
+/// `META` key of the current epoch, the greatest by `(number, hash)`: its seq in `HOST_OPS`
+/// (0, or absent, before the first).
 const META_EPOCH: &str = "epoch";
 
 /// Witnessed intentions applied per `state.db` transaction.
@@ -564,34 +565,29 @@ impl StoreRuntime {
     ) -> Result<(), Error> {
         let system = self.partition == Partition::System;
         let mut rejected: Vec<(u64, String)> = Vec::new();
+        let mut refused = Vec::new();
+        // Host intentions of this partition: recorded here, never applied by the guest.
         let mut host_ops: Vec<HostRecord> = Vec::new();
         for (seq, signed) in batch {
-            let flags = signed.intention().flags();
-            if !(flags.host && flags.system == system) {
+            let intention = signed.intention();
+            let flags = intention.flags();
+            if flags.system != system || intention.is_genesis() {
                 continue;
             }
-            // Only members write host intentions, as any other system write.
+            // Only members write, host intentions included.
             if let Some(reason) = Self::refusal(log, signed, filter)? {
-                rejected.push((*seq, reason));
-                continue;
-            }
-            match HostOp::decode(signed.intention().ops()) {
-                Ok(op) => host_ops.push(HostRecord {
-                    seq: *seq,
-                    hash: signed.hash(),
-                    author: signed.intention().author(),
-                    op,
-                }),
-                Err(e) => rejected.push((*seq, e.to_string())),
-            }
-        }
-        let mut refused = Vec::new();
-        for (seq, signed) in batch {
-            if Self::for_guest(signed, system)
-                && let Some(reason) = Self::refusal(log, signed, filter)?
-            {
                 refused.push(*seq);
                 rejected.push((*seq, reason));
+            } else if flags.host {
+                match HostOp::decode(intention.ops()) {
+                    Ok(op) => host_ops.push(HostRecord {
+                        seq: *seq,
+                        hash: signed.hash(),
+                        author: intention.author(),
+                        op,
+                    }),
+                    Err(e) => rejected.push((*seq, e.to_string())),
+                }
             }
         }
         let mut last = self.cursor;
@@ -732,21 +728,17 @@ impl StoreRuntime {
                 host.insert(record.seq, record.encode().as_slice())?;
             }
             let mut meta = txn.open_table(META)?;
-            let epochs = host_ops.iter().filter_map(|r| match r.op {
-                HostOp::Epoch { number, .. } => Some(EpochMark {
-                    number,
-                    hash: r.hash,
-                    seq: r.seq,
-                }),
-                _ => None,
-            });
-            if let Some(greatest) = epochs.max_by_key(|m| (m.number, m.hash)) {
-                let current = match meta.get(META_EPOCH)? {
-                    Some(v) => Some(decode_epoch_mark(v.value())?),
-                    None => None,
+            let greatest = host_ops
+                .iter()
+                .filter_map(|r| Some((r.epoch_order()?, r.seq)))
+                .max();
+            if let Some((order, seq)) = greatest {
+                let current = match meta_u64(&meta, META_EPOCH)? {
+                    0 => None,
+                    at => host_record(&host, at)?.and_then(|r| r.epoch_order()),
                 };
-                if current.is_none_or(|c| (c.number, c.hash) < (greatest.number, greatest.hash)) {
-                    meta.insert(META_EPOCH, greatest.encode().as_slice())?;
+                if current.is_none_or(|c| c < order) {
+                    meta.insert(META_EPOCH, seq.to_le_bytes().as_slice())?;
                 }
             }
             meta.insert("cursor", last.to_le_bytes().as_slice())?;
@@ -936,36 +928,22 @@ impl StoreRuntime {
         Ok(())
     }
 
-    /// The host intentions of this partition projected so far (epochs and acks), from
-    /// `from_seq` on, in witness order.
+    /// The current epoch's record: the greatest epoch projected so far, by `(number, hash)`.
     ///
     /// # Errors
-    /// Storage failures; [`Error::Corrupt`] for a record that does not decode.
-    pub fn host_ops(&self, from_seq: u64, limit: usize) -> Result<Vec<HostRecord>, Error> {
-        let txn = self.db.begin_read()?;
-        let table = match txn.open_table(HOST_OPS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for row in table.range(from_seq..)?.take(limit) {
-            let (k, v) = row?;
-            out.push(HostRecord::decode(k.value(), v.value())?);
-        }
-        Ok(out)
-    }
-
-    /// The greatest epoch projected so far, by `(number, hash)`.
-    ///
-    /// # Errors
-    /// Storage failures; [`Error::Corrupt`] for a damaged record.
-    pub fn current_epoch(&self) -> Result<Option<EpochMark>, Error> {
+    /// Storage failures; [`Error::Corrupt`] for a damaged or missing record.
+    pub fn current_epoch(&self) -> Result<Option<HostRecord>, Error> {
         let txn = self.db.begin_read()?;
         let meta = txn.open_table(META)?;
-        match meta.get(META_EPOCH)? {
-            Some(v) => Ok(Some(decode_epoch_mark(v.value())?)),
-            None => Ok(None),
+        let seq = meta_u64(&meta, META_EPOCH)?;
+        if seq == 0 {
+            return Ok(None);
+        }
+        match host_record(&txn.open_table(HOST_OPS)?, seq)? {
+            Some(record) if record.epoch_order().is_some() => Ok(Some(record)),
+            _ => Err(Error::Corrupt(format!(
+                "the current epoch's record at seq {seq} is missing"
+            ))),
         }
     }
 
@@ -1070,7 +1048,7 @@ fn identify(db: &Database, store_id: StoreId, module: ModuleHash) -> Result<(u64
     Ok(found)
 }
 
-/// A projected host intention ([`StoreRuntime::host_ops`]).
+/// A projected host intention (an epoch or an ack); see [`StoreRuntime::current_epoch`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HostRecord {
     /// Its witness seq here.
@@ -1095,56 +1073,40 @@ impl HostRecord {
 
     fn decode(seq: u64, bytes: &[u8]) -> Result<HostRecord, Error> {
         let corrupt = || Error::Corrupt(format!("host op record at seq {seq} is damaged"));
-        let hash = bytes.get(..32).ok_or_else(corrupt)?;
-        let author = bytes.get(32..64).ok_or_else(corrupt)?;
+        let hash: [u8; 32] = bytes
+            .get(..32)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(corrupt)?;
+        let author: [u8; 32] = bytes
+            .get(32..64)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(corrupt)?;
         let op = HostOp::decode(bytes.get(64..).ok_or_else(corrupt)?).map_err(|_| corrupt())?;
-        let mut h = [0u8; 32];
-        h.copy_from_slice(hash);
-        let mut a = [0u8; 32];
-        a.copy_from_slice(author);
         Ok(HostRecord {
             seq,
-            hash: Hash(h),
-            author: PubKey(a),
+            hash: Hash(hash),
+            author: PubKey(author),
             op,
         })
     }
-}
 
-/// The greatest epoch a partition has projected ([`StoreRuntime::current_epoch`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EpochMark {
-    /// Its number.
-    pub number: u64,
-    /// Its hash.
-    pub hash: Hash,
-    /// Its witness seq here.
-    pub seq: u64,
-}
-
-impl EpochMark {
-    fn encode(&self) -> [u8; 48] {
-        let mut out = [0u8; 48];
-        out[..8].copy_from_slice(&self.number.to_le_bytes());
-        out[8..40].copy_from_slice(self.hash.as_bytes());
-        out[40..].copy_from_slice(&self.seq.to_le_bytes());
-        out
+    /// An epoch's place in the order that picks the current one: `(number, hash)`; `None`
+    /// for an ack.
+    pub fn epoch_order(&self) -> Option<(u64, Hash)> {
+        match self.op {
+            HostOp::Epoch { number, .. } => Some((number, self.hash)),
+            _ => None,
+        }
     }
 }
 
-fn decode_epoch_mark(bytes: &[u8]) -> Result<EpochMark, Error> {
-    let bytes: &[u8; 48] = bytes
-        .try_into()
-        .map_err(|_| Error::Corrupt("the current epoch record is damaged".into()))?;
-    let mut number = [0u8; 8];
-    number.copy_from_slice(&bytes[..8]);
-    let mut hash = [0u8; 32];
-    hash.copy_from_slice(&bytes[8..40]);
-    let mut seq = [0u8; 8];
-    seq.copy_from_slice(&bytes[40..]);
-    Ok(EpochMark {
-        number: u64::from_le_bytes(number),
-        hash: Hash(hash),
-        seq: u64::from_le_bytes(seq),
-    })
+/// The host op record at `seq`, if any.
+fn host_record(
+    table: &impl ReadableTable<u64, &'static [u8]>,
+    seq: u64,
+) -> Result<Option<HostRecord>, Error> {
+    match table.get(seq)? {
+        Some(v) => Ok(Some(HostRecord::decode(seq, v.value())?)),
+        None => Ok(None),
+    }
 }

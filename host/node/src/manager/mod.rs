@@ -168,13 +168,12 @@ impl StoreManager {
             }
         };
         // The stores' files open while the endpoint binds.
-        let opening = tokio::task::spawn_blocking(move || {
+        let opening = off_workers("opening the stores", move || {
             let opened = lifecycle::preopen(&node);
-            (node, opened)
+            Ok((node, opened))
         });
         let (net, opening) = tokio::join!(binding, opening);
-        let (node, opened) =
-            opening.map_err(|e| NodeError::Meta(format!("opening the stores failed: {e}")))?;
+        let (node, opened) = opening?;
         let (net, opened) = (net?, opened?);
         if let Some(bound) = net.local().addrs.first().map(ToString::to_string)
             && previous_text.as_deref() != Some(bound.as_str())
