@@ -20,7 +20,10 @@
 //! at projection.
 //!
 //! Every applied change emits an event on the topic named by the key's first segment (`peer`,
-//! `child`, `store`, `invite`, `app`) with payload `{"key", "value"}`.
+//! `child`, `store`, `invite`, `app`) with payload `{"key", "value"}`. An intention that records
+//! the store's first peer, revokes a peer or re-activates a revoked one also emits one `epoch`
+//! event, `{"cause": "genesis"|"revocation"|"reactivation", "required": [active peer keys]}`:
+//! the host then writes an epoch that those peers must acknowledge (docs/epochs.md).
 #![deny(missing_docs)]
 
 use lattice_sdk::{
@@ -111,6 +114,34 @@ fn seq_arg(args: &Args, name: &str) -> Result<Option<u64>, StoreError> {
         None => Ok(None),
         Some(n) if n >= 0 => Ok(Some(n as u64)),
         Some(_) => Err(invalid(format!("`{name}` must not be negative"))),
+    }
+}
+
+fn is_status_key(key: &str) -> bool {
+    key.starts_with("peer/") && key.ends_with("/status")
+}
+
+/// The peer status a `peer/<k>/status` value records.
+fn status_of(value: Option<&Value>) -> Option<PeerStatus> {
+    value
+        .and_then(|v| v.get("status"))
+        .and_then(Value::as_str)
+        .and_then(PeerStatus::parse)
+}
+
+/// Why a peer status change from `before` to `now` needs an epoch: the store's first peer
+/// record (epoch 0), a revocation, or a revoked peer admitted again.
+fn epoch_cause(
+    first_peer: bool,
+    before: Option<PeerStatus>,
+    now: Option<PeerStatus>,
+) -> Option<&'static str> {
+    match (before, now) {
+        _ if first_peer => Some("genesis"),
+        (Some(PeerStatus::Revoked), Some(PeerStatus::Revoked)) => None,
+        (_, Some(PeerStatus::Revoked)) => Some("revocation"),
+        (Some(PeerStatus::Revoked), Some(_)) => Some("reactivation"),
+        _ => None,
     }
 }
 
@@ -571,8 +602,18 @@ impl StoreType for System {
             stamp(key, value.as_mut(), &author, &hex(&op.hash));
         }
         let t = table();
+        let first_peer = t.list_json(host, "peer/", 1)?.is_empty();
+        let mut cause = None;
         for entry in &entries {
+            let before = if is_status_key(&entry.0) {
+                status_of(t.get_json(host, &entry.0)?.0.as_ref())
+            } else {
+                None
+            };
             if let Some(now) = t.apply_entry(host, entry, op)? {
+                if is_status_key(&entry.0) {
+                    cause = cause.or(epoch_cause(first_peer, before, status_of(now.as_ref())));
+                }
                 let topic = match entry.0.split('/').next() {
                     Some("name" | "strategy") => "store",
                     Some(first) => first,
@@ -581,6 +622,18 @@ impl StoreType for System {
                 let event = json!({"key": entry.0, "value": now});
                 host.emit(topic, event.to_string().as_bytes());
             }
+        }
+        if let Some(cause) = cause {
+            let mut required = Vec::new();
+            for (key, value, _) in t.list_json(host, "peer/", usize::MAX)? {
+                if let ["peer", peer, "status"] = key.split('/').collect::<Vec<_>>().as_slice()
+                    && status_of(Some(&value)) == Some(PeerStatus::Active)
+                {
+                    required.push(peer.to_string());
+                }
+            }
+            let event = json!({"cause": cause, "required": required});
+            host.emit("epoch", event.to_string().as_bytes());
         }
         Ok(())
     }
@@ -709,7 +762,32 @@ mod tests {
         let peer = query(&host, "peer", json!({"peer": P}))?;
         assert_eq!(peer["status"], "active");
         assert_eq!(peer["refused"], json!([[6, 9]]));
-        assert_eq!(host.events.len(), 3);
+        // Each change emitted its `peer` event, and each asked for an epoch: the first peer
+        // record, the revocation (nobody active left to acknowledge), the re-activation.
+        let epochs: Vec<Value> = host
+            .events
+            .iter()
+            .filter(|(topic, _)| topic == "epoch")
+            .map(|(_, payload)| serde_json::from_slice(payload))
+            .collect::<Result<_, _>>()
+            .map_err(|e| StoreError::Internal(e.to_string()))?;
+        assert_eq!(
+            epochs,
+            vec![
+                json!({"cause": "genesis", "required": [P]}),
+                json!({"cause": "revocation", "required": []}),
+                json!({"cause": "reactivation", "required": [P]}),
+            ]
+        );
+        assert_eq!(host.events.len(), 6);
+        // Renaming a peer asks for no epoch.
+        call(
+            &mut host,
+            4,
+            "set-peer-name",
+            json!({"peer": "0101010101010101010101010101010101010101010101010101010101010101", "name": "x"}),
+        )?;
+        assert_eq!(host.events.len(), 7);
         Ok(())
     }
 

@@ -505,6 +505,26 @@ impl LogReader {
         dag::is_ancestor(&self.dag()?, ancestor, descendant, self.visit_cap)
     }
 
+    /// Returns, for every author, the highest position in its chain among `hash` and its
+    /// ancestors (sorted by author): what an intention's causal past holds of each chain.
+    ///
+    /// Walks down to the nearest reachability checkpoints, so the cost is the part of the DAG
+    /// above them, not the log below.
+    ///
+    /// # Errors
+    /// As [`LogReader::is_ancestor`].
+    pub fn reach(&self, hash: &Hash) -> Result<Vec<(PubKey, u64)>, QueryError> {
+        let dag = self.dag()?;
+        let seq = dag.seq_of(hash)?.ok_or(QueryError::Unknown(*hash))?;
+        if let Some(checkpoint) = dag.checkpoint(seq)? {
+            return Ok(checkpoint);
+        }
+        let entry = dag.entry(seq)?.ok_or(Error::Internal {
+            what: "a witnessed intention has no dag entry",
+        })?;
+        Ok(dag::frontier(&dag, seq, &entry, self.visit_cap)?)
+    }
+
     /// Returns a lowest common ancestor of `a` and `b` (largest generation among their common
     /// ancestors), or `None` when they have none.
     ///

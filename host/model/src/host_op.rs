@@ -9,9 +9,10 @@
 //! |---|---|---|
 //! | 0 | 2 | magic `"LH"` |
 //! | 2 | 1 | version `1` |
-//! | 3 | 1 | kind: `1` epoch, `2` ack |
+//! | 3 | 1 | kind: `1` epoch, `2` ack, `3` frontier |
 //!
-//! An epoch continues with `number u64 ‖ cause u8 ‖ n u16 ‖ n × 32-byte acker keys`
+//! A frontier has nothing more: it only gathers up to 256 tips as deps for an epoch of a
+//! store with more authors than one intention may cite. An epoch continues with `number u64 ‖ cause u8 ‖ n u16 ‖ n × 32-byte acker keys`
 //! (strictly ascending, `n` ≤ [`MAX_EPOCH_ACKERS`]); an ack with `n u16 ‖ n × 32-byte
 //! epoch hashes` (strictly ascending, 1 ≤ `n` ≤ [`MAX_ACKED_EPOCHS`]). Nothing may follow.
 //!
@@ -33,6 +34,7 @@ pub const MAX_ACKED_EPOCHS: usize = 255;
 
 const KIND_EPOCH: u8 = 1;
 const KIND_ACK: u8 = 2;
+const KIND_FRONTIER: u8 = 3;
 
 /// Why an epoch was written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -59,6 +61,31 @@ impl EpochCause {
             EpochCause::KeyChange => 3,
             EpochCause::PruneCut => 4,
         }
+    }
+
+    /// The cause as the system table names it (`genesis`, `revocation`, `reactivation`,
+    /// `key-change`, `prune-cut`).
+    pub fn name(self) -> &'static str {
+        match self {
+            EpochCause::Genesis => "genesis",
+            EpochCause::Revocation => "revocation",
+            EpochCause::Reactivation => "reactivation",
+            EpochCause::KeyChange => "key-change",
+            EpochCause::PruneCut => "prune-cut",
+        }
+    }
+
+    /// The cause named `name` (see [`EpochCause::name`]).
+    pub fn from_name(name: &str) -> Option<EpochCause> {
+        [
+            EpochCause::Genesis,
+            EpochCause::Revocation,
+            EpochCause::Reactivation,
+            EpochCause::KeyChange,
+            EpochCause::PruneCut,
+        ]
+        .into_iter()
+        .find(|c| c.name() == name)
     }
 
     fn from_byte(byte: u8) -> Result<EpochCause, DecodeError> {
@@ -96,6 +123,8 @@ pub enum HostOp {
         /// The epochs acknowledged.
         epochs: Vec<Hash>,
     },
+    /// Gathers tips (its deps) for an epoch that must cite more than one intention can.
+    Frontier,
 }
 
 impl HostOp {
@@ -125,6 +154,7 @@ impl HostOp {
                 hashes.dedup();
                 put_list(&mut out, hashes.iter().map(|h| h.as_bytes()));
             }
+            HostOp::Frontier => out.push(KIND_FRONTIER),
         }
         out
     }
@@ -162,6 +192,7 @@ impl HostOp {
                 }
                 HostOp::Ack { epochs }
             }
+            KIND_FRONTIER => HostOp::Frontier,
             other => {
                 return Err(DecodeError::BadHostOp(format!(
                     "unknown host op kind {other}"
@@ -233,6 +264,17 @@ mod tests {
                 epochs: vec![Hash([1; 32]), Hash([5; 32])]
             }
         );
+        assert_eq!(HostOp::Frontier.encode(), b"LH\x01\x03");
+        assert_eq!(HostOp::decode(b"LH\x01\x03")?, HostOp::Frontier);
+        assert!(HostOp::decode(b"LH\x01\x03\x00").is_err());
+        for cause in [
+            EpochCause::Genesis,
+            EpochCause::PruneCut,
+            EpochCause::KeyChange,
+        ] {
+            assert_eq!(EpochCause::from_name(cause.name()), Some(cause));
+        }
+        assert_eq!(EpochCause::from_name("whim"), None);
         Ok(())
     }
 

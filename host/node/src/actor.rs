@@ -22,6 +22,8 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};
 use tracing::{debug, error, warn};
 
+use lattice_net::Replicator;
+
 use crate::error::NodeError;
 use crate::store::{CallReply, Store};
 
@@ -31,6 +33,15 @@ pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
 const MAX_ROUND: usize = 1024;
 
 type Job = Box<dyn FnOnce(&mut Option<Store>) + Send>;
+
+/// Where an actor passes what its store produces besides replies.
+pub(crate) struct Outlets {
+    /// Subscribers to the data partition's watch events.
+    pub watch: broadcast::Sender<WatchEvent>,
+    /// Gossips the host intentions the store writes on its own (epochs, acks) and follows
+    /// its current epoch (the gossip topic rotates with it).
+    pub replicator: Replicator,
+}
 
 enum Msg {
     /// A method of the store's type.
@@ -61,14 +72,14 @@ impl StoreActor {
     pub(crate) fn spawn(
         id: StoreId,
         store: Option<Store>,
-        watch: broadcast::Sender<WatchEvent>,
+        outlets: Outlets,
     ) -> Result<StoreActor, NodeError> {
         let (tx, rx) = mpsc::channel();
         let (stop, stopped) = watch::channel(None);
         let thread = std::thread::Builder::new()
             .name(format!("store-{}", id.short()))
             .spawn(move || {
-                let damage = run(id, store, rx, watch);
+                let damage = run(id, store, rx, &outlets);
                 stop.send_replace(Some(damage));
             })
             .map_err(|source| NodeError::Io {
@@ -193,7 +204,7 @@ fn run(
     id: StoreId,
     mut slot: Option<Store>,
     inbox: mpsc::Receiver<Msg>,
-    watch: broadcast::Sender<WatchEvent>,
+    outlets: &Outlets,
 ) -> Option<String> {
     let _span = tracing::info_span!("store", store = %id.short()).entered();
     let mut flushed = Instant::now();
@@ -216,7 +227,7 @@ fn run(
         // A panic below comes from a storage library reading damaged bytes: the store stops
         // being served (callers get `Damaged`), the rest of the node goes on.
         if let Err(payload) =
-            std::panic::catch_unwind(AssertUnwindSafe(|| handle(id, &mut slot, round, &watch)))
+            std::panic::catch_unwind(AssertUnwindSafe(|| handle(id, &mut slot, round, outlets)))
         {
             let reason = format!(
                 "a storage operation panicked: {}",
@@ -242,12 +253,7 @@ fn run(
 }
 
 /// Handles one round of messages (see the module docs).
-fn handle(
-    id: StoreId,
-    slot: &mut Option<Store>,
-    round: Vec<Msg>,
-    watch: &broadcast::Sender<WatchEvent>,
-) {
+fn handle(id: StoreId, slot: &mut Option<Store>, round: Vec<Msg>, outlets: &Outlets) {
     let mut queued: Vec<Queued> = Vec::new();
     for msg in round {
         match msg {
@@ -261,7 +267,7 @@ fn handle(
                     .and_then(|s| s.method_kind(&method).ok().flatten());
                 if kind == Some(MethodKind::Query) {
                     // Queries see every write queued before them.
-                    write_run(id, slot, &mut queued, watch);
+                    write_run(id, slot, &mut queued, outlets);
                     let answer = match slot.as_mut() {
                         Some(store) => store.call(&method, &args).map(CallReply::Answer),
                         None => Err(NodeError::NotReady(id.to_string())),
@@ -272,14 +278,14 @@ fn handle(
                 }
             }
             Msg::Job(job) => {
-                write_run(id, slot, &mut queued, watch);
+                write_run(id, slot, &mut queued, outlets);
                 job(slot);
             }
         }
     }
-    write_run(id, slot, &mut queued, watch);
+    write_run(id, slot, &mut queued, outlets);
     if let Some(store) = slot.as_mut() {
-        pass_events(store, watch);
+        pass_events(store, outlets);
     }
 }
 
@@ -289,12 +295,7 @@ type Queued = (
     oneshot::Sender<Result<CallReply, NodeError>>,
 );
 
-fn write_run(
-    id: StoreId,
-    slot: &mut Option<Store>,
-    queued: &mut Vec<Queued>,
-    watch: &broadcast::Sender<WatchEvent>,
-) {
+fn write_run(id: StoreId, slot: &mut Option<Store>, queued: &mut Vec<Queued>, outlets: &Outlets) {
     if queued.is_empty() {
         return;
     }
@@ -304,7 +305,7 @@ fn write_run(
         Some(store) => {
             let results = store.write_run(&calls);
             // Watchers hear of a write before its caller does.
-            pass_events(store, watch);
+            pass_events(store, outlets);
             for (reply, result) in replies.into_iter().zip(results) {
                 let _ = reply.send(result.map(CallReply::Wrote));
             }
@@ -317,9 +318,15 @@ fn write_run(
     }
 }
 
-fn pass_events(store: &mut Store, watch: &broadcast::Sender<WatchEvent>) {
+fn pass_events(store: &mut Store, outlets: &Outlets) {
     for event in store.take_data_events() {
-        let _ = watch.send(event);
+        let _ = outlets.watch.send(event);
+    }
+    for intention in store.take_host_writes() {
+        outlets.replicator.publish(&intention);
+    }
+    if let Some(epoch) = store.take_epoch_change() {
+        outlets.replicator.set_epoch(&store.id(), epoch);
     }
 }
 

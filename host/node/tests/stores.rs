@@ -14,8 +14,9 @@ fn kv_put_get_survives_restart_and_rebuild() -> TestResult {
     let mut store = node.create_store(kv, "test")?;
     let id = store.id();
     let out = store.call("put", &json!({"key": "a", "value": "1"}))?;
-    // seq 1 is the genesis, seq 2 the creator's system entries (name, strategy, itself).
-    assert_eq!(out["seq"], 3);
+    // seq 1 is the genesis, seq 2 the creator's system entries (name, strategy, itself),
+    // seq 3 the epoch 0 they asked for.
+    assert_eq!(out["seq"], 4);
     store.call("put", &json!({"key": "b", "value": "2"}))?;
     store.call("delete", &json!({"key": "b"}))?;
     assert_eq!(
@@ -35,7 +36,7 @@ fn kv_put_get_survives_restart_and_rebuild() -> TestResult {
     let status = store.status()?;
     assert_eq!(
         (status.witnessed, status.projected, status.headless),
-        (5, 5, false)
+        (6, 6, false)
     );
     assert_eq!(store.state_digest()?, digest);
     let report = store.rebuild()?;
@@ -65,8 +66,8 @@ fn arguments_are_checked_against_the_schema() -> TestResult {
             "{method} {args}: {err:?}"
         );
     }
-    // Nothing was written (genesis and system entries only).
-    assert_eq!(store.status()?.witnessed, 2);
+    // Nothing was written (genesis, system entries and epoch 0 only).
+    assert_eq!(store.status()?.witnessed, 3);
     Ok(())
 }
 
@@ -118,7 +119,7 @@ fn a_headless_replica_witnesses_and_catches_up_when_the_module_arrives() -> Test
     let mut replica = b.open_store(id)?;
     let status = replica.status()?;
     assert!(status.headless);
-    assert_eq!((status.witnessed, status.projected), (12, 0));
+    assert_eq!((status.witnessed, status.projected), (13, 0));
     // The system partition is projected all the same: the peer set is known headless.
     assert_eq!(replica.peers()?.len(), 1);
     assert!(
@@ -707,9 +708,13 @@ fn host_intentions_reach_no_guest() -> TestResult {
     let reader = store.log().reader();
     let mut deps: Vec<Hash> = reader.tips()?.into_iter().map(|(_, h)| h).collect();
     deps.push(Hash(store.id().0));
+    // The store's creation wrote epoch 0, settled at once (the creator's own).
+    let first = store.epoch()?.ok_or("no epoch 0")?;
+    assert_eq!(first.number, 0);
+    assert!(first.settled());
     let acker = lattice_model::NodeKey::from_seed([42; 32]);
     let epoch = HostOp::Epoch {
-        number: 0,
+        number: 1,
         cause: EpochCause::Genesis,
         required: vec![acker.public()],
     };
@@ -733,6 +738,27 @@ fn host_intentions_reach_no_guest() -> TestResult {
         deps: vec![],
         flags: system,
     })?;
+    // Epochs whose number skips one, or that do not cite the genesis, are refused.
+    let skipping = store.log().author(lattice_log::Draft {
+        ops: HostOp::Epoch {
+            number: 3,
+            cause: EpochCause::Revocation,
+            required: vec![],
+        }
+        .encode(),
+        deps: vec![Hash(store.id().0), written.hash],
+        flags: system_host,
+    })?;
+    let rootless = store.log().author(lattice_log::Draft {
+        ops: HostOp::Epoch {
+            number: 2,
+            cause: EpochCause::Revocation,
+            required: vec![],
+        }
+        .encode(),
+        deps: vec![written.hash],
+        flags: system_host,
+    })?;
     store.project()?;
     let status = store.status()?;
     assert_eq!(status.projected, status.witnessed);
@@ -741,21 +767,38 @@ fn host_intentions_reach_no_guest() -> TestResult {
         seqs.sort_unstable();
         Ok(seqs)
     };
-    // Only the copy without the host flag reached the system guest (which refused it).
-    assert_eq!(rejected(&store)?, vec![plain.seq]);
+    // Only the copy without the host flag reached the system guest (which refused it); the
+    // two bad epochs were refused by the host, with the reason.
+    let refused = vec![plain.seq, skipping.seq, rootless.seq];
+    assert_eq!(rejected(&store)?, refused);
+    let reasons = store.rejected_details(100)?;
+    let reason_of = |seq: u64| {
+        reasons
+            .iter()
+            .find(|r| r.seq == seq)
+            .map(|r| r.reason.clone())
+    };
+    assert!(
+        reason_of(skipping.seq).is_some_and(|r| r.contains("make it 2")),
+        "{reasons:?}"
+    );
+    assert!(
+        reason_of(rootless.seq).is_some_and(|r| r.contains("genesis")),
+        "{reasons:?}"
+    );
     assert_eq!(store.state_digest()?, digest);
     // The epoch is current and waits for its one required acker, who has written nothing.
     let current = store.epoch()?.ok_or("no current epoch")?;
     assert_eq!(
         (current.number, current.hash, current.waiting.clone()),
-        (0, written.hash, vec![acker.public()])
+        (1, written.hash, vec![acker.public()])
     );
     assert!(!current.settled());
     let status = store.status()?;
     assert_eq!(status.epoch.as_ref(), Some(&current));
     assert_eq!(status.to_json()["epoch"]["settled"], false);
     store.rebuild()?;
-    assert_eq!(rejected(&store)?, vec![plain.seq]);
+    assert_eq!(rejected(&store)?, refused);
     assert_eq!(store.state_digest()?, digest);
     assert_eq!(store.epoch()?, Some(current));
 
@@ -783,12 +826,16 @@ fn host_intentions_reach_no_guest() -> TestResult {
     let settled = store.epoch()?.ok_or("no current epoch")?;
     assert!(settled.settled(), "still waiting for {:?}", settled.waiting);
     // The acker is no member here: its host intention is refused like any stranger's write.
-    assert_eq!(rejected(&store)?, vec![plain.seq, plain.seq + 1]);
+    let ack_seq = rootless.seq + 1;
+    assert_eq!(
+        rejected(&store)?,
+        vec![plain.seq, skipping.seq, rootless.seq, ack_seq]
+    );
     assert!(
         store
             .rejected_details(100)?
             .iter()
-            .any(|r| r.seq == plain.seq + 1 && r.author == acker.public())
+            .any(|r| r.seq == ack_seq && r.author == acker.public())
     );
     Ok(())
 }
@@ -815,7 +862,7 @@ fn a_required_peer_acknowledges_an_epoch_once_and_settles_it() -> TestResult {
     deps.push(Hash(sa.id().0));
     let epoch = sa.log().author(lattice_log::Draft {
         ops: HostOp::Epoch {
-            number: 0,
+            number: 1,
             cause: EpochCause::Genesis,
             required: vec![bk],
         }

@@ -107,6 +107,9 @@ pub enum Error {
     /// The log failed while projecting.
     #[error(transparent)]
     Log(#[from] lattice_log::Error),
+    /// A DAG query failed while checking a host intention.
+    #[error(transparent)]
+    Query(#[from] lattice_log::QueryError),
     /// `state.db` (or `system.db`) did not open: damaged, already open, or unreadable.
     #[error(transparent)]
     File(#[from] lattice_log::file::FileError),

@@ -29,6 +29,9 @@ const REJECTED: TableDefinition<u64, &str> = TableDefinition::new("rejected");
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 /// Host intentions of this partition that decoded: `seq → hash [32] ‖ author [32] ‖ host op`.
 const HOST_OPS: TableDefinition<u64, &[u8]> = TableDefinition::new("host_ops");
+/// Every projected epoch by number: `(number, seq) → hash`, to find the epochs a new one
+/// reaches, highest first.
+const EPOCHS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("epochs");
 /// `META` key of the current epoch, the greatest by `(number, hash)`: its seq in `HOST_OPS`
 /// (0, or absent, before the first).
 const META_EPOCH: &str = "epoch";
@@ -579,14 +582,23 @@ impl StoreRuntime {
                 refused.push(*seq);
                 rejected.push((*seq, reason));
             } else if flags.host {
-                match HostOp::decode(intention.ops()) {
-                    Ok(op) => host_ops.push(HostRecord {
+                let record = HostOp::decode(intention.ops())
+                    .map_err(|e| e.to_string())
+                    .map(|op| HostRecord {
                         seq: *seq,
                         hash: signed.hash(),
                         author: intention.author(),
                         op,
-                    }),
-                    Err(e) => rejected.push((*seq, e.to_string())),
+                    });
+                let checked = match record {
+                    Ok(record) => self
+                        .check_epoch(log, signed, &record, &host_ops)?
+                        .map(|()| record),
+                    Err(reason) => Err(reason),
+                };
+                match checked {
+                    Ok(record) => host_ops.push(record),
+                    Err(reason) => rejected.push((*seq, reason)),
                 }
             }
         }
@@ -626,6 +638,58 @@ impl StoreRuntime {
         report.rejected += rejected.len() as u64;
         report.events.extend(events);
         Ok(())
+    }
+
+    /// Checks an epoch against the DAG (other host ops pass): it must cite the genesis, and its
+    /// number must be 1 + the largest number among the epochs it reaches (0 when none), looking
+    /// at the epochs recorded and those earlier in this batch (`pending`). Everything an epoch
+    /// reaches is witnessed before it, so every peer gets the same answer. Returns the reason
+    /// to reject it.
+    fn check_epoch(
+        &self,
+        log: &LogReader,
+        signed: &SignedIntention,
+        record: &HostRecord,
+        pending: &[HostRecord],
+    ) -> Result<Result<(), String>, Error> {
+        let HostOp::Epoch { number, .. } = record.op else {
+            return Ok(Ok(()));
+        };
+        if !signed.intention().deps().contains(&Hash(self.store_id.0)) {
+            return Ok(Err("an epoch must cite the store's genesis".into()));
+        }
+        let mut reached: Option<u64> = None;
+        for (n, hash) in pending.iter().filter_map(HostRecord::epoch_order) {
+            if reached.is_none_or(|r| n > r) && log.is_ancestor(&hash, &record.hash)? {
+                reached = Some(n);
+            }
+        }
+        let txn = self.db.begin_read()?;
+        let epochs = txn.open_table(EPOCHS)?;
+        // Highest number first: the first one reached is the largest.
+        for entry in epochs.iter()?.rev() {
+            let (key, hash) = entry?;
+            let (n, _) = key.value();
+            if reached.is_some_and(|r| r >= n) {
+                break;
+            }
+            let hash: [u8; 32] = hash
+                .value()
+                .try_into()
+                .map_err(|_| Error::Corrupt(format!("epoch {n}'s record is damaged")))?;
+            if log.is_ancestor(&Hash(hash), &record.hash)? {
+                reached = Some(n);
+                break;
+            }
+        }
+        let expected = reached.map_or(0, |r| r + 1);
+        Ok(if number == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "epoch number {number} is wrong: the epochs it reaches make it {expected}"
+            ))
+        })
     }
 
     /// Readies the guest's host state for a pass of applies over the committed snapshot.
@@ -724,8 +788,12 @@ impl StoreRuntime {
                 rej.insert(*seq, reason.as_str())?;
             }
             let mut host = txn.open_table(HOST_OPS)?;
+            let mut epochs = txn.open_table(EPOCHS)?;
             for record in host_ops {
                 host.insert(record.seq, record.encode().as_slice())?;
+                if let Some((number, hash)) = record.epoch_order() {
+                    epochs.insert((number, record.seq), hash.as_bytes().as_slice())?;
+                }
             }
             let mut meta = txn.open_table(META)?;
             let greatest = host_ops
@@ -908,10 +976,12 @@ impl StoreRuntime {
         txn.delete_table(REJECTED)?;
         txn.delete_table(LOG)?;
         txn.delete_table(HOST_OPS)?;
+        txn.delete_table(EPOCHS)?;
         txn.open_table(DATA)?;
         txn.open_table(REJECTED)?;
         txn.open_table(LOG)?;
         txn.open_table(HOST_OPS)?;
+        txn.open_table(EPOCHS)?;
         {
             let mut meta = txn.open_table(META)?;
             meta.remove(META_EPOCH)?;
@@ -1020,6 +1090,8 @@ fn identify(db: &Database, store_id: StoreId, module: ModuleHash) -> Result<(u64
         txn.open_table(DATA)?;
         txn.open_table(REJECTED)?;
         txn.open_table(LOG)?;
+        txn.open_table(HOST_OPS)?;
+        txn.open_table(EPOCHS)?;
         let found_store = meta.get("store_id")?.map(|v| v.value().to_vec());
         match found_store {
             None => {

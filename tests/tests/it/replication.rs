@@ -299,7 +299,9 @@ async fn a_hostile_peer_is_banned_and_changes_nothing() -> TestResult {
     s.send(Msg::Done.encode()).await?;
     let _ = s.recv().await;
     // 4. Garbage gossip on the store's topic.
-    let topic = hostile.join(topic_of(&store), vec![victim.id()]).await?;
+    let topic = hostile
+        .join(topic_of(&store, None), vec![victim.id()])
+        .await?;
     topic.sender.send(vec![1, 2, 3]).await?;
     topic
         .sender

@@ -17,31 +17,56 @@ impl Replicator {
         }
     }
 
-    pub(super) async fn gossip_loop(self, store: StoreId, mut events: mpsc::Receiver<GossipEvent>) {
+    /// Takes in the store's gossip; rejoins when the topic ends (with backoff) and when the
+    /// store's epoch changes (at once, on the new epoch's topic).
+    pub(super) async fn gossip_loop(
+        self,
+        store: StoreId,
+        mut events: mpsc::Receiver<GossipEvent>,
+        mut epoch: watch::Receiver<Option<Hash>>,
+    ) {
         let mut backoff = self.inner.config.min_backoff;
         loop {
-            while let Some(event) = events.recv().await {
-                backoff = self.inner.config.min_backoff;
-                self.on_gossip(store, event).await;
-            }
-            // The topic ended (transport trouble): rejoin with backoff.
+            let rotated = tokio::select! {
+                event = events.recv() => match event {
+                    Some(event) => {
+                        backoff = self.inner.config.min_backoff;
+                        self.on_gossip(store, event).await;
+                        continue;
+                    }
+                    // The topic ended (transport trouble).
+                    None => false,
+                },
+                changed = epoch.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    true
+                }
+            };
             let Some(entry) = self.store(&store) else {
                 return;
             };
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(self.inner.config.max_backoff);
+            if !rotated {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(self.inner.config.max_backoff);
+            }
             let me = self.local().id;
             let peers: Vec<PubKey> = lock(&entry.peers)
                 .iter()
                 .copied()
                 .filter(|p| *p != me)
                 .collect();
-            match self.inner.gossip.join(topic_of(&store), peers).await {
+            let topic = topic_of(&store, epoch.borrow_and_update().as_ref());
+            match self.inner.gossip.join(topic, peers).await {
                 Ok(topic) => {
                     events = topic.events;
                     *lock(&entry.gossip) = topic.sender;
+                    if rotated {
+                        debug!(store = %store.short(), "gossip moved to the new epoch's topic");
+                    }
                 }
-                Err(e) => warn!(store = %store.short(), "rejoining gossip failed: {e}"),
+                Err(e) => warn!(store = %store.short(), "joining gossip failed: {e}"),
             }
         }
     }

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use lattice_log::{Incoming, Ingested, Log};
 use lattice_model::{Hash, PubKey, SignedIntention, StoreId};
 use lattice_sync::{GossipMsg, Opening, SessionError, SessionOptions, SessionReport};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -206,6 +206,8 @@ struct StoreEntry {
     filling: Mutex<HashSet<Hash>>,
     /// Peers to reconcile with soon (neighbour up, gap unresolved).
     nudge: mpsc::Sender<PubKey>,
+    /// The store's current epoch; the gossip topic follows it ([`topic_of`]).
+    epoch: watch::Sender<Option<Hash>>,
 }
 
 #[derive(Default)]
@@ -244,11 +246,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// The gossip topic of a store.
-pub fn topic_of(store: &StoreId) -> [u8; 32] {
+/// The gossip topic of a store in its current epoch: `blake3("lattice/gossip/v1/" ‖ store ‖
+/// epoch)`, or without the epoch before the store's first one. Topics rotate with epochs, so
+/// a peer revoked by an epoch (which never receives it) stops hearing live traffic.
+pub fn topic_of(store: &StoreId, epoch: Option<&Hash>) -> [u8; 32] {
     let mut h = blake3::Hasher::new();
     h.update(b"lattice/gossip/v1/");
     h.update(store.as_bytes());
+    if let Some(epoch) = epoch {
+        h.update(epoch.as_bytes());
+    }
     *h.finalize().as_bytes()
 }
 
@@ -338,8 +345,13 @@ impl Replicator {
         }
         let me = self.local().id;
         let neighbours: Vec<PubKey> = peers.iter().copied().filter(|p| *p != me).collect();
-        let topic = self.inner.gossip.join(topic_of(&store), neighbours).await?;
+        let topic = self
+            .inner
+            .gossip
+            .join(topic_of(&store, None), neighbours)
+            .await?;
         let (nudge_tx, nudge_rx) = mpsc::channel(256);
+        let (epoch_tx, epoch_rx) = watch::channel(None);
         let entry = Arc::new(StoreEntry {
             log,
             access,
@@ -348,10 +360,12 @@ impl Replicator {
             gossip: Mutex::new(topic.sender),
             filling: Mutex::new(HashSet::new()),
             nudge: nudge_tx,
+            epoch: epoch_tx,
         });
         lock(&self.inner.stores).insert(store, entry.clone());
         let this = self.clone();
-        let gossip_task = tokio::spawn(async move { this.gossip_loop(store, topic.events).await });
+        let gossip_task =
+            tokio::spawn(async move { this.gossip_loop(store, topic.events, epoch_rx).await });
         let this = self.clone();
         let ae_task = tokio::spawn(async move { this.anti_entropy_loop(store, nudge_rx).await });
         lock(&entry.tasks).extend([gossip_task, ae_task]);
@@ -417,6 +431,19 @@ impl Replicator {
                 info!(peer = %peer.short(), "closing the connection of a removed peer");
                 c.close("no longer a peer of any store here");
             }
+        }
+    }
+
+    /// Tells the replicator a store's current epoch: its gossip moves to the epoch's topic
+    /// ([`topic_of`]). Peers still on the old topic catch up through anti-entropy and move
+    /// when the epoch reaches them.
+    pub fn set_epoch(&self, store: &StoreId, epoch: Hash) {
+        if let Some(entry) = self.store(store) {
+            entry.epoch.send_if_modified(|now| {
+                let changed = *now != Some(epoch);
+                *now = Some(epoch);
+                changed
+            });
         }
     }
 

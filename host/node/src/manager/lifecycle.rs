@@ -191,7 +191,11 @@ impl StoreManager {
             s.keep_data_events();
             s
         });
-        let actor = StoreActor::spawn(id, store, watch.clone())?;
+        let outlets = Outlets {
+            watch: watch.clone(),
+            replicator: self.inner.replicator.clone(),
+        };
+        let actor = StoreActor::spawn(id, store, outlets)?;
         let open = Arc::new(OpenStore {
             log: log.clone(),
             actor,
@@ -209,6 +213,9 @@ impl StoreManager {
             .replicator
             .add_store_with(log, members, Access::Members)
             .await?;
+        if let Ok(Some(epoch)) = self.with_store(&id, |s| Ok(s.epoch_hash())).await {
+            self.inner.replicator.set_epoch(&id, epoch);
+        }
         self.emit(NodeEvent::StoreOpened(id));
         self.learn_addrs(&id).await;
         if let Err(e) = self.announce_addrs(&id).await {

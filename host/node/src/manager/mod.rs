@@ -28,7 +28,7 @@ mod invites;
 mod lifecycle;
 mod membership;
 
-use crate::actor::StoreActor;
+use crate::actor::{Outlets, StoreActor};
 use crate::error::NodeError;
 use crate::invite::InviteToken;
 use crate::meta::{StoreRecord, StoreState};

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use lattice_log::{Authored, Built, Draft, Log};
 use lattice_model::SignedIntention;
-use lattice_model::{Hash, IntentionFlags, PubKey, StoreId};
+use lattice_model::{Hash, PubKey, StoreId};
 use lattice_runtime::{
     AuthorFilter, MethodKind, Partition, ProjectReport, Refusal, Runtime, StoreDescriptor,
     StoreRuntime, WatchEvent,
@@ -17,6 +17,10 @@ use tracing::{debug, info, warn};
 
 use crate::error::{NodeError, RejectKind};
 use crate::genesis::StoreGenesis;
+
+mod epochs;
+
+pub use epochs::EpochStatus;
 
 /// Intentions read from the log per projection step.
 const PROJECT_BATCH: usize = 512;
@@ -42,6 +46,10 @@ pub struct Store {
     me: PubKey,
     /// The last current epoch this node checked for its own acknowledgement.
     epoch_checked: Option<Hash>,
+    /// The current epoch last reported by [`Store::take_epoch_change`].
+    epoch_announced: Option<Hash>,
+    /// Host intentions written on this node's own initiative, for [`Store::take_host_writes`].
+    host_writes: Vec<SignedIntention>,
 }
 
 pub use lattice_system_types::{ChildStatus, PeerStatus, StoreInfo, Strategy};
@@ -113,34 +121,6 @@ pub struct ChildLink {
     pub module: String,
     /// Active or archived.
     pub status: ChildStatus,
-}
-
-/// A store's current epoch and its settlement ([`Store::epoch`]).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EpochStatus {
-    /// Its number.
-    pub number: u64,
-    /// The epoch intention's hash.
-    pub hash: Hash,
-    /// Required ackers whose chains do not reach it yet; settled when empty.
-    pub waiting: Vec<PubKey>,
-}
-
-impl EpochStatus {
-    /// Whether every required acker's chain reaches the epoch.
-    pub fn settled(&self) -> bool {
-        self.waiting.is_empty()
-    }
-
-    /// As JSON: `number`, `hash`, `settled`, `waiting` (hex keys).
-    pub fn to_json(&self) -> Value {
-        json!({
-            "number": self.number,
-            "hash": self.hash.to_string(),
-            "settled": self.settled(),
-            "waiting": self.waiting.iter().map(ToString::to_string).collect::<Vec<_>>(),
-        })
-    }
 }
 
 /// An intention the store type or the membership policy rejected.
@@ -289,6 +269,8 @@ impl Store {
             creator,
             me,
             epoch_checked: None,
+            epoch_announced: None,
+            host_writes: Vec::new(),
         };
         store.filter = store.read_filter()?;
         store.project()?;
@@ -313,6 +295,10 @@ impl Store {
     /// The membership filter the system table implies: the creator, and every peer recorded
     /// `active`, `dormant` or `revoked`, minus its refused ranges. Peers only `invited` and
     /// keys never recorded are not members.
+    ///
+    /// A revoked peer's open refused range starts just past the *revocation's frontier*: the
+    /// newest of its intentions the revoking intention reaches. So whatever order intentions
+    /// arrive in, the peer's writes the revoker had seen stay and the rest go.
     ///
     /// Revocations are settled in order of the revoking intention (HLC, then hash): a
     /// revocation whose own intention falls in a range refused by an earlier one is void (two
@@ -352,9 +338,24 @@ impl Store {
             filter.admit(peer.key);
             for (from, to) in peer.refused {
                 // A void revocation keeps the ranges it closed, not the one it opened.
-                if !(void && to.is_none()) {
-                    filter.refuse(peer.key, from, to);
+                if void && to.is_none() {
+                    continue;
                 }
+                // The open range of a revocation starts past what the revoking intention's
+                // causal past holds of the peer's chain: its frontier, not the number the
+                // revoker recorded (equal for an honest revoker, which cites its whole view).
+                let from = match origin {
+                    Some((_, op, _, _)) if to.is_none() && peer.status == PeerStatus::Revoked => {
+                        reader
+                            .reach(&op)?
+                            .iter()
+                            .find(|(author, _)| *author == peer.key)
+                            .map_or(0, |(_, seq)| *seq)
+                            + 1
+                    }
+                    _ => from,
+                };
+                filter.refuse(peer.key, from, to);
             }
         }
         Ok(filter)
@@ -454,63 +455,27 @@ impl Store {
     /// # Errors
     /// Storage or host failures.
     pub fn project(&mut self) -> Result<ProjectReport, NodeError> {
+        let start = self.system_events.len();
         let mut report = self.project_witnessed()?;
+        let events = self.system_events.get(start..).unwrap_or_default().to_vec();
+        if self.write_requested_epoch(&events) {
+            // The epoch is a host intention of the system partition: project it too.
+            self.project_more(&mut report)?;
+        }
         if self.acknowledge_epoch() {
-            // The ack is a host intention of the system partition: project it too.
-            let more = self.project_witnessed()?;
-            report.applied += more.applied;
-            report.rejected += more.rejected;
-            report.cursor = more.cursor;
-            report.events.extend(more.events);
+            self.project_more(&mut report)?;
         }
         Ok(report)
     }
 
-    /// Writes this node's ack of the current epoch when the epoch requires it and this node's
-    /// chain does not reach it yet; checked once per new current epoch. Returns whether it
-    /// wrote one. A failure is logged: the next epoch, or a restart, asks again.
-    fn acknowledge_epoch(&mut self) -> bool {
-        let record = match self.system.current_epoch() {
-            Ok(Some(record)) if self.epoch_checked != Some(record.hash) => record,
-            Ok(_) => return false,
-            Err(e) => {
-                warn!(store = %self.id.short(), "reading the current epoch failed: {e}");
-                return false;
-            }
-        };
-        self.epoch_checked = Some(record.hash);
-        let epoch = match self.epoch_status(record) {
-            Ok(epoch) => epoch,
-            Err(e) => {
-                warn!(store = %self.id.short(), "checking the current epoch failed: {e}");
-                return false;
-            }
-        };
-        if !epoch.waiting.contains(&self.me) {
-            return false;
-        }
-        let ack = Draft {
-            ops: lattice_model::HostOp::Ack {
-                epochs: vec![epoch.hash],
-            }
-            .encode(),
-            deps: vec![epoch.hash],
-            flags: IntentionFlags {
-                system: true,
-                host: true,
-                ..IntentionFlags::default()
-            },
-        };
-        match self.log.author(ack) {
-            Ok(_) => {
-                debug!(store = %self.id.short(), epoch = epoch.number, "acknowledged the epoch");
-                true
-            }
-            Err(e) => {
-                warn!(store = %self.id.short(), "acknowledging epoch {} failed: {e}", epoch.number);
-                false
-            }
-        }
+    /// Projects what this store just wrote on its own, adding to `report`.
+    fn project_more(&mut self, report: &mut ProjectReport) -> Result<(), NodeError> {
+        let more = self.project_witnessed()?;
+        report.applied += more.applied;
+        report.rejected += more.rejected;
+        report.cursor = more.cursor;
+        report.events.extend(more.events);
+        Ok(())
     }
 
     /// The body of [`Store::project`]: projects what is witnessed, both partitions.
@@ -663,6 +628,11 @@ impl Store {
         let mut deps = prepared.deps;
         if self.log.reader().tip(&self.me)?.is_none() {
             deps.push(Hash(self.id.0));
+        }
+        if partition == Partition::System {
+            // A system write cites everything this node has: a revocation cuts the revoked
+            // peer's chain where this causal past ends (see `Store::read_filter`).
+            deps = self.frontier_deps(deps)?;
         }
         let written = self.log.author(Draft {
             ops: prepared.ops,
@@ -1126,48 +1096,6 @@ impl Store {
             });
         }
         Ok(out)
-    }
-
-    /// The store's current epoch — the greatest projected by `(number, hash)` — and the
-    /// required ackers whose chains do not reach it yet (settled when none are left). `None`
-    /// before the first epoch. Cost: one `is_ancestor` per required acker.
-    ///
-    /// # Errors
-    /// Storage failures; a DAG query over its visit cap.
-    pub fn epoch(&self) -> Result<Option<EpochStatus>, NodeError> {
-        match self.system.current_epoch()? {
-            Some(record) => Ok(Some(self.epoch_status(record)?)),
-            None => Ok(None),
-        }
-    }
-
-    /// The settlement of the epoch `record` holds: which required ackers' chains do not reach
-    /// it yet (one `is_ancestor` each).
-    fn epoch_status(&self, record: lattice_runtime::HostRecord) -> Result<EpochStatus, NodeError> {
-        let lattice_model::HostOp::Epoch {
-            number, required, ..
-        } = record.op
-        else {
-            return Err(NodeError::Runtime(lattice_runtime::Error::Corrupt(
-                format!("the host op at seq {} is not an epoch", record.seq),
-            )));
-        };
-        let reader = self.log.reader();
-        let mut waiting = Vec::new();
-        for acker in required {
-            let reached = match reader.tip(&acker)? {
-                Some(tip) => reader.is_ancestor(&record.hash, &tip)?,
-                None => false,
-            };
-            if !reached {
-                waiting.push(acker);
-            }
-        }
-        Ok(EpochStatus {
-            number,
-            hash: record.hash,
-            waiting,
-        })
     }
 
     /// A digest of the projected state (both partitions), to compare replicas.

@@ -1,0 +1,292 @@
+//! Epochs on one store (docs/epochs.md): writing the epoch the system table asks for, this
+//! node's acknowledgement of the epochs that name it, and settlement.
+
+use lattice_log::Draft;
+use lattice_model::{EpochCause, Hash, HostOp, IntentionFlags, MAX_CAUSAL_DEPS, PubKey};
+use lattice_runtime::{HostRecord, WatchEvent};
+use serde_json::{Value, json};
+use tracing::{debug, info, warn};
+
+use super::Store;
+use crate::error::NodeError;
+
+/// A store's current epoch and its settlement ([`Store::epoch`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EpochStatus {
+    /// Its number.
+    pub number: u64,
+    /// The epoch intention's hash.
+    pub hash: Hash,
+    /// Required ackers whose chains do not reach it yet; settled when empty.
+    pub waiting: Vec<PubKey>,
+}
+
+impl EpochStatus {
+    /// Whether every required acker's chain reaches the epoch.
+    pub fn settled(&self) -> bool {
+        self.waiting.is_empty()
+    }
+
+    /// As JSON: `number`, `hash`, `settled`, `waiting` (hex keys).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "number": self.number,
+            "hash": self.hash.to_string(),
+            "settled": self.settled(),
+            "waiting": self.waiting.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        })
+    }
+}
+
+/// What the system table asked for in an `epoch` event.
+struct EpochRequest {
+    cause: EpochCause,
+    required: Vec<PubKey>,
+}
+
+impl EpochRequest {
+    /// Reads `{"cause", "required": [hex keys]}`.
+    fn parse(payload: &[u8]) -> Option<EpochRequest> {
+        let value: Value = serde_json::from_slice(payload).ok()?;
+        let cause = EpochCause::from_name(value.get("cause")?.as_str()?)?;
+        let required = value
+            .get("required")?
+            .as_array()?
+            .iter()
+            .map(|k| k.as_str().and_then(super::parse_key))
+            .collect::<Option<Vec<PubKey>>>()?;
+        Some(EpochRequest { cause, required })
+    }
+}
+
+/// Flags of a host intention.
+fn host_flags() -> IntentionFlags {
+    IntentionFlags {
+        system: true,
+        host: true,
+        ..IntentionFlags::default()
+    }
+}
+
+impl Store {
+    /// The store's current epoch — the greatest projected by `(number, hash)` — and the
+    /// required ackers whose chains do not reach it yet (settled when none are left). `None`
+    /// before the first epoch. Cost: one `is_ancestor` per required acker.
+    ///
+    /// # Errors
+    /// Storage failures; a DAG query over its visit cap.
+    pub fn epoch(&self) -> Result<Option<EpochStatus>, NodeError> {
+        match self.system.current_epoch()? {
+            Some(record) => Ok(Some(self.epoch_status(record)?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The settlement of the epoch `record` holds: which required ackers' chains do not reach
+    /// it yet (one `is_ancestor` each).
+    fn epoch_status(&self, record: HostRecord) -> Result<EpochStatus, NodeError> {
+        let HostOp::Epoch {
+            number, required, ..
+        } = record.op
+        else {
+            return Err(NodeError::Runtime(lattice_runtime::Error::Corrupt(
+                format!("the host op at seq {} is not an epoch", record.seq),
+            )));
+        };
+        let reader = self.log.reader();
+        let mut waiting = Vec::new();
+        for acker in required {
+            let reached = match reader.tip(&acker)? {
+                Some(tip) => reader.is_ancestor(&record.hash, &tip)?,
+                None => false,
+            };
+            if !reached {
+                waiting.push(acker);
+            }
+        }
+        Ok(EpochStatus {
+            number,
+            hash: record.hash,
+            waiting,
+        })
+    }
+
+    /// Writes the epoch the system table asked for in `events` (those projected by this
+    /// pass), when the asking intention is this node's own and no epoch reaches it yet: only
+    /// the author of the triggering write makes the epoch, and a replay of an old request
+    /// (membership settled again, state rebuilt, a crash before the epoch was written) writes
+    /// one only if it is still missing. The newest request of this node covers the older ones.
+    /// Returns whether it wrote one. Failures are logged: the next projection asks again.
+    pub(super) fn write_requested_epoch(&mut self, events: &[WatchEvent]) -> bool {
+        match self.requested_epoch(events) {
+            Ok(Some((trigger, request))) => match self.write_epoch(trigger, request) {
+                Ok(()) => true,
+                Err(e) => {
+                    warn!(store = %self.id.short(), "writing an epoch failed: {e}");
+                    false
+                }
+            },
+            Ok(None) => false,
+            Err(e) => {
+                warn!(store = %self.id.short(), "checking for a requested epoch failed: {e}");
+                false
+            }
+        }
+    }
+
+    /// The newest epoch request among `events` that this node must answer, with the
+    /// intention that made it.
+    fn requested_epoch(
+        &self,
+        events: &[WatchEvent],
+    ) -> Result<Option<(Hash, EpochRequest)>, NodeError> {
+        let reader = self.log.reader();
+        for event in events.iter().rev().filter(|e| e.topic == "epoch") {
+            let Some((_, signed)) = reader.witnessed(event.seq, 1)?.into_iter().next() else {
+                continue;
+            };
+            if signed.intention().author() != self.me {
+                continue;
+            }
+            let trigger = signed.hash();
+            if let Some(current) = self.system.current_epoch()?
+                && reader.is_ancestor(&trigger, &current.hash)?
+            {
+                return Ok(None);
+            }
+            let Some(request) = EpochRequest::parse(&event.payload) else {
+                warn!(store = %self.id.short(), "the system table asked for an epoch in a form this host does not read");
+                return Ok(None);
+            };
+            return Ok(Some((trigger, request)));
+        }
+        Ok(None)
+    }
+
+    /// Writes an epoch citing the genesis and every author tip here (through frontier
+    /// intentions when there are more than one intention may cite), numbered one above the
+    /// current epoch (every projected epoch is below those tips).
+    fn write_epoch(&mut self, trigger: Hash, request: EpochRequest) -> Result<(), NodeError> {
+        let number = self
+            .system
+            .current_epoch()?
+            .and_then(|r| r.epoch_order())
+            .map_or(0, |(n, _)| n + 1);
+        let deps = self.frontier_deps(vec![Hash(self.id.0)])?;
+        let written = self.log.author(Draft {
+            ops: HostOp::Epoch {
+                number,
+                cause: request.cause,
+                required: request.required,
+            }
+            .encode(),
+            deps,
+            flags: host_flags(),
+        })?;
+        info!(
+            store = %self.id.short(),
+            number,
+            cause = request.cause.name(),
+            trigger = %trigger.short(),
+            "epoch written"
+        );
+        self.host_writes.push(written.intention);
+        Ok(())
+    }
+
+    /// `deps` and every other author's tip here: the deps of an intention that cites this
+    /// node's whole view (an epoch, a system write). When that is more than one intention may
+    /// cite, frontier host intentions gather the tips first and are cited instead.
+    pub(super) fn frontier_deps(&mut self, mut deps: Vec<Hash>) -> Result<Vec<Hash>, NodeError> {
+        deps.sort_unstable();
+        deps.dedup();
+        let mut tips: Vec<Hash> = self
+            .log
+            .reader()
+            .tips()?
+            .into_iter()
+            .filter(|(author, hash)| *author != self.me && deps.binary_search(hash).is_err())
+            .map(|(_, hash)| hash)
+            .collect();
+        while deps.len() + tips.len() > MAX_CAUSAL_DEPS {
+            let mut gathered = Vec::new();
+            for chunk in tips.chunks(MAX_CAUSAL_DEPS) {
+                let frontier = self.log.author(Draft {
+                    ops: HostOp::Frontier.encode(),
+                    deps: chunk.to_vec(),
+                    flags: host_flags(),
+                })?;
+                gathered.push(frontier.hash);
+                self.host_writes.push(frontier.intention);
+            }
+            tips = gathered;
+        }
+        deps.extend(tips);
+        Ok(deps)
+    }
+
+    /// Writes this node's ack of the current epoch when the epoch requires it and this node's
+    /// chain does not reach it yet; checked once per new current epoch. Returns whether it
+    /// wrote one. A failure is logged: the next epoch, or a restart, asks again.
+    pub(super) fn acknowledge_epoch(&mut self) -> bool {
+        let record = match self.system.current_epoch() {
+            Ok(Some(record)) if self.epoch_checked != Some(record.hash) => record,
+            Ok(_) => return false,
+            Err(e) => {
+                warn!(store = %self.id.short(), "reading the current epoch failed: {e}");
+                return false;
+            }
+        };
+        self.epoch_checked = Some(record.hash);
+        let epoch = match self.epoch_status(record) {
+            Ok(epoch) => epoch,
+            Err(e) => {
+                warn!(store = %self.id.short(), "checking the current epoch failed: {e}");
+                return false;
+            }
+        };
+        if !epoch.waiting.contains(&self.me) {
+            return false;
+        }
+        let ack = Draft {
+            ops: HostOp::Ack {
+                epochs: vec![epoch.hash],
+            }
+            .encode(),
+            deps: vec![epoch.hash],
+            flags: host_flags(),
+        };
+        match self.log.author(ack) {
+            Ok(written) => {
+                debug!(store = %self.id.short(), epoch = epoch.number, "acknowledged the epoch");
+                self.host_writes.push(written.intention);
+                true
+            }
+            Err(e) => {
+                warn!(store = %self.id.short(), "acknowledging epoch {} failed: {e}", epoch.number);
+                false
+            }
+        }
+    }
+
+    /// Takes the host intentions this store wrote on its own since the last call (epochs,
+    /// acks, frontiers), for the node to gossip.
+    pub fn take_host_writes(&mut self) -> Vec<lattice_model::SignedIntention> {
+        std::mem::take(&mut self.host_writes)
+    }
+
+    /// The current epoch's hash, as last projected (`None` before the first epoch).
+    pub fn epoch_hash(&self) -> Option<Hash> {
+        self.epoch_checked
+    }
+
+    /// The current epoch's hash when it changed since the last call (for the gossip topic).
+    pub fn take_epoch_change(&mut self) -> Option<Hash> {
+        let now = self.epoch_checked;
+        if now != self.epoch_announced {
+            self.epoch_announced = now;
+            return now;
+        }
+        None
+    }
+}
