@@ -1,10 +1,11 @@
 //! Stores end to end in embedded mode: real redb files, wasmtime with the built-in guests.
 
+mod common;
+
+use common::{TestResult, all_of, feed, permutations, replica_of, sync_into};
 use lattice_log::Incoming;
 use lattice_node::{DataDir, Node, NodeError};
 use serde_json::json;
-
-type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 #[test]
 fn kv_put_get_survives_restart_and_rebuild() -> TestResult {
@@ -193,29 +194,6 @@ fn install_refuses_bad_module_bytes() -> TestResult {
 }
 
 /// Every witnessed intention of `store`, in its witness order.
-fn all_of(
-    store: &lattice_node::Store,
-) -> Result<Vec<lattice_model::SignedIntention>, Box<dyn std::error::Error>> {
-    Ok(store
-        .log()
-        .reader()
-        .witnessed(1, 10_000)?
-        .into_iter()
-        .map(|(_, s)| s)
-        .collect())
-}
-
-fn feed(store: &lattice_node::Store, items: &[lattice_model::SignedIntention]) -> TestResult {
-    let incoming = items
-        .iter()
-        .map(|s| Incoming::new(s.as_bytes().to_vec()))
-        .collect();
-    for r in store.log().ingest(incoming)? {
-        r?;
-    }
-    Ok(())
-}
-
 #[test]
 fn a_revoked_peers_later_writes_are_not_projected_whatever_the_arrival_order() -> TestResult {
     // A creates the store; B gets a replica, is made active, writes k1 and k2.
@@ -320,34 +298,6 @@ fn a_revoked_peers_later_writes_are_not_projected_whatever_the_arrival_order() -
     sb.project()?;
     assert_eq!(sb.state_digest()?, sa.state_digest()?);
     Ok(())
-}
-
-/// Copies every intention `from` has that `to` lacks (in `from`'s witness order).
-fn sync_into(from: &lattice_node::Store, to: &lattice_node::Store) -> TestResult {
-    let have: std::collections::HashSet<_> = all_of(to)?.iter().map(|s| s.hash()).collect();
-    let missing: Vec<_> = all_of(from)?
-        .into_iter()
-        .filter(|s| !have.contains(&s.hash()))
-        .collect();
-    feed(to, &missing)
-}
-
-/// A replica of `source` on `node` (the module installed first).
-fn replica_of(
-    node: &Node,
-    source: &lattice_node::Store,
-) -> Result<lattice_node::Store, Box<dyn std::error::Error>> {
-    node.resolve_type("kv")?;
-    for r in node.ingest_replica(
-        source.id(),
-        all_of(source)?
-            .iter()
-            .map(|s| Incoming::new(s.as_bytes().to_vec()))
-            .collect(),
-    )? {
-        r?;
-    }
-    Ok(node.open_store(source.id())?)
 }
 
 fn is_rejected(
@@ -479,23 +429,6 @@ fn the_system_write_policy_holds_against_a_hostile_member() -> TestResult {
         sm.state_digest()?
     });
     Ok(())
-}
-
-/// Every order of `items` (small inputs only).
-fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
-    if items.len() <= 1 {
-        return vec![items.to_vec()];
-    }
-    let mut out = Vec::new();
-    for i in 0..items.len() {
-        let mut rest = items.to_vec();
-        let first = rest.remove(i);
-        for mut tail in permutations(&rest) {
-            tail.insert(0, first.clone());
-            out.push(tail);
-        }
-    }
-    out
 }
 
 /// Each peer's final status, and which of the three keys survived.
@@ -693,215 +626,5 @@ fn apply_outcomes_do_not_depend_on_what_an_instance_ran_before() -> TestResult {
             "one at a time: {one_at_a_time}"
         );
     }
-    Ok(())
-}
-
-#[test]
-fn host_intentions_reach_no_guest() -> TestResult {
-    use lattice_model::{EpochCause, Hash, HostOp, IntentionFlags};
-    let dir = tempfile::tempdir()?;
-    let node = Node::open(DataDir::new(dir.path()))?;
-    let kv = node.resolve_type("kv")?;
-    let mut store = node.create_store(kv, "epochs")?;
-    store.call("put", &json!({"key": "a", "value": "1"}))?;
-    let digest = store.state_digest()?;
-    let reader = store.log().reader();
-    let mut deps: Vec<Hash> = reader.tips()?.into_iter().map(|(_, h)| h).collect();
-    deps.push(Hash(store.id().0));
-    // The store's creation wrote epoch 0, settled at once (the creator's own).
-    let first = store.epoch()?.ok_or("no epoch 0")?;
-    assert_eq!(first.number, 0);
-    assert!(first.settled());
-    let acker = lattice_model::NodeKey::from_seed([42; 32]);
-    let epoch = HostOp::Epoch {
-        number: 1,
-        cause: EpochCause::Genesis,
-        required: vec![acker.public()],
-    };
-    let system_host = IntentionFlags {
-        system: true,
-        host: true,
-        ..IntentionFlags::default()
-    };
-    let written = store.log().author(lattice_log::Draft {
-        ops: epoch.encode(),
-        deps,
-        flags: system_host,
-    })?;
-    // A system write that is not the system guest's encoding: the guest would reject it.
-    let system = IntentionFlags {
-        system: true,
-        ..IntentionFlags::default()
-    };
-    let plain = store.log().author(lattice_log::Draft {
-        ops: epoch.encode(),
-        deps: vec![],
-        flags: system,
-    })?;
-    // Epochs whose number skips one, or that do not cite the genesis, are refused.
-    let skipping = store.log().author(lattice_log::Draft {
-        ops: HostOp::Epoch {
-            number: 3,
-            cause: EpochCause::Revocation,
-            required: vec![],
-        }
-        .encode(),
-        deps: vec![Hash(store.id().0), written.hash],
-        flags: system_host,
-    })?;
-    let rootless = store.log().author(lattice_log::Draft {
-        ops: HostOp::Epoch {
-            number: 2,
-            cause: EpochCause::Revocation,
-            required: vec![],
-        }
-        .encode(),
-        deps: vec![written.hash],
-        flags: system_host,
-    })?;
-    store.project()?;
-    let status = store.status()?;
-    assert_eq!(status.projected, status.witnessed);
-    let rejected = |store: &lattice_node::Store| -> Result<Vec<u64>, NodeError> {
-        let mut seqs: Vec<u64> = store.rejected_details(100)?.iter().map(|r| r.seq).collect();
-        seqs.sort_unstable();
-        Ok(seqs)
-    };
-    // Only the copy without the host flag reached the system guest (which refused it); the
-    // two bad epochs were refused by the host, with the reason.
-    let refused = vec![plain.seq, skipping.seq, rootless.seq];
-    assert_eq!(rejected(&store)?, refused);
-    let reasons = store.rejected_details(100)?;
-    let reason_of = |seq: u64| {
-        reasons
-            .iter()
-            .find(|r| r.seq == seq)
-            .map(|r| r.reason.clone())
-    };
-    assert!(
-        reason_of(skipping.seq).is_some_and(|r| r.contains("make it 2")),
-        "{reasons:?}"
-    );
-    assert!(
-        reason_of(rootless.seq).is_some_and(|r| r.contains("genesis")),
-        "{reasons:?}"
-    );
-    assert_eq!(store.state_digest()?, digest);
-    // The epoch is current and waits for its one required acker, who has written nothing.
-    let current = store.epoch()?.ok_or("no current epoch")?;
-    assert_eq!(
-        (current.number, current.hash, current.waiting.clone()),
-        (1, written.hash, vec![acker.public()])
-    );
-    assert!(!current.settled());
-    let status = store.status()?;
-    assert_eq!(status.epoch.as_ref(), Some(&current));
-    assert_eq!(status.to_json()["epoch"]["settled"], false);
-    store.rebuild()?;
-    assert_eq!(rejected(&store)?, refused);
-    assert_eq!(store.state_digest()?, digest);
-    assert_eq!(store.epoch()?, Some(current));
-
-    // The acker's ack cites the epoch: its chain reaches it, the epoch is settled.
-    let hlc = store
-        .log()
-        .reader()
-        .hlc_of(&written.hash)?
-        .ok_or("no hlc")?;
-    let ack = lattice_model::Intention::new(
-        store.id(),
-        acker.public(),
-        lattice_model::Hlc::new(hlc.wall_ms + 1, 0),
-        Hash::ZERO,
-        vec![written.hash],
-        HostOp::Ack {
-            epochs: vec![written.hash],
-        }
-        .encode(),
-        system_host,
-    )?;
-    let ack = lattice_model::SignedIntention::sign(ack, &acker)?;
-    feed(&store, std::slice::from_ref(&ack))?;
-    store.project()?;
-    let settled = store.epoch()?.ok_or("no current epoch")?;
-    assert!(settled.settled(), "still waiting for {:?}", settled.waiting);
-    // The acker is no member here: its host intention is refused like any stranger's write.
-    let ack_seq = rootless.seq + 1;
-    assert_eq!(
-        rejected(&store)?,
-        vec![plain.seq, skipping.seq, rootless.seq, ack_seq]
-    );
-    assert!(
-        store
-            .rejected_details(100)?
-            .iter()
-            .any(|r| r.seq == ack_seq && r.author == acker.public())
-    );
-    Ok(())
-}
-
-#[test]
-fn a_required_peer_acknowledges_an_epoch_once_and_settles_it() -> TestResult {
-    use lattice_model::{EpochCause, Hash, HostOp, IntentionFlags};
-    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
-    let a = Node::open(DataDir::new(dirs[0].path()))?;
-    let b = Node::open(DataDir::new(dirs[1].path()))?;
-    let mut sa = a.create_store(a.resolve_type("kv")?, "shared")?;
-    let bk = b.key().public();
-    sa.system_call(
-        "set-peer-status",
-        &json!({"peer": bk.to_string(), "status": "active"}),
-    )?;
-    let mut deps: Vec<Hash> = sa
-        .log()
-        .reader()
-        .tips()?
-        .into_iter()
-        .map(|(_, h)| h)
-        .collect();
-    deps.push(Hash(sa.id().0));
-    let epoch = sa.log().author(lattice_log::Draft {
-        ops: HostOp::Epoch {
-            number: 1,
-            cause: EpochCause::Genesis,
-            required: vec![bk],
-        }
-        .encode(),
-        deps,
-        flags: IntentionFlags {
-            system: true,
-            host: true,
-            ..IntentionFlags::default()
-        },
-    })?;
-    sa.project()?;
-    assert_eq!(sa.epoch()?.ok_or("no epoch on A")?.waiting, vec![bk]);
-
-    // B opens its replica: projecting the epoch that names it writes its ack, once.
-    b.resolve_type("kv")?;
-    let mut sb = replica_of(&b, &sa)?;
-    let acks = |store: &lattice_node::Store| -> Result<usize, Box<dyn std::error::Error>> {
-        Ok(all_of(store)?
-            .iter()
-            .filter(|s| {
-                s.intention().author() == bk
-                    && HostOp::decode(s.intention().ops()).is_ok_and(
-                        |op| matches!(op, HostOp::Ack { epochs } if epochs == vec![epoch.hash]),
-                    )
-            })
-            .count())
-    };
-    assert_eq!(acks(&sb)?, 1);
-    let on_b = sb.epoch()?.ok_or("no epoch on B")?;
-    assert!(on_b.settled() && on_b.hash == epoch.hash);
-    sb.project()?;
-    sb.call("put", &json!({"key": "k", "value": "v"}))?;
-    assert_eq!(acks(&sb)?, 1, "one ack per epoch");
-
-    // A receives it: the epoch is settled there too, and A wrote no ack of its own.
-    sync_into(&sb, &sa)?;
-    sa.project()?;
-    assert!(sa.epoch()?.ok_or("no epoch on A")?.settled());
-    assert_eq!(sa.rejected_details(100)?.len(), 0);
     Ok(())
 }

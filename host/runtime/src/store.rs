@@ -106,6 +106,13 @@ impl AuthorFilter {
         self.members.get(author).map_or(&[], Vec::as_slice)
     }
 
+    /// True when `author` is revoked now: its last refused range has no end.
+    pub fn is_revoked(&self, author: &PubKey) -> bool {
+        self.ranges(author)
+            .last()
+            .is_some_and(|(_, to)| to.is_none())
+    }
+
     /// Whether `author`'s intention at `author_seq` is refused, and why.
     pub fn verdict(&self, author: &PubKey, author_seq: u64) -> Option<Refusal> {
         if !self.admits(author) {

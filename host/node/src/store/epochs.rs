@@ -83,7 +83,7 @@ impl Store {
     }
 
     /// The settlement of the epoch `record` holds: which required ackers' chains do not reach
-    /// it yet (one `is_ancestor` each).
+    /// it yet (one `is_ancestor` each). A required acker revoked since is not waited for.
     fn epoch_status(&self, record: HostRecord) -> Result<EpochStatus, NodeError> {
         let HostOp::Epoch {
             number, required, ..
@@ -96,6 +96,9 @@ impl Store {
         let reader = self.log.reader();
         let mut waiting = Vec::new();
         for acker in required {
+            if self.filter.is_revoked(&acker) {
+                continue;
+            }
             let reached = match reader.tip(&acker)? {
                 Some(tip) => reader.is_ancestor(&record.hash, &tip)?,
                 None => false,
