@@ -1,6 +1,6 @@
 //! Helpers shared by the store tests: copying intentions between stores' logs by hand, so a
 //! test decides exactly what each node has seen and in which order.
-#![allow(dead_code)]
+#![allow(dead_code, reason = "each test binary uses its own subset")]
 
 use lattice_log::Incoming;
 use lattice_node::Node;
