@@ -180,7 +180,7 @@ pub struct ModuleRequest {
 }
 /// Status of one store.
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct StoreStatus {
     #[prost(string, tag = "1")]
     pub store: ::prost::alloc::string::String,
@@ -214,10 +214,16 @@ pub struct StoreStatus {
     /// The store's current epoch; absent before its first (docs/epochs.md).
     #[prost(message, optional, tag = "12")]
     pub epoch: ::core::option::Option<EpochInfo>,
+    /// Size of log.db on disk: the history kept.
+    #[prost(uint64, tag = "13")]
+    pub log_bytes: u64,
+    /// Size of state.db and system.db on disk: the projected state.
+    #[prost(uint64, tag = "14")]
+    pub state_bytes: u64,
 }
 /// A store's current epoch and its settlement.
 #[allow(clippy::all)]
-#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+#[derive(Clone, PartialEq, ::prost::Message)]
 pub struct EpochInfo {
     #[prost(uint64, tag = "1")]
     pub number: u64,
@@ -230,6 +236,21 @@ pub struct EpochInfo {
     /// True when no required acker is waiting.
     #[prost(bool, tag = "4")]
     pub settled: bool,
+    /// How far each active peer's chain is behind this epoch.
+    #[prost(message, repeated, tag = "5")]
+    pub lag: ::prost::alloc::vec::Vec<PeerLag>,
+}
+/// How far one peer is behind the current epoch.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PeerLag {
+    /// The peer's key (hex).
+    #[prost(string, tag = "1")]
+    pub peer: ::prost::alloc::string::String,
+    /// Epochs between the newest one its chain reaches and the current one (0: up to date);
+    /// 65 when it reaches none of the last 64.
+    #[prost(uint64, tag = "2")]
+    pub behind: u64,
 }
 /// A witnessed intention, summarised.
 #[allow(clippy::all)]

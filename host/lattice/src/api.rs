@@ -330,7 +330,17 @@ impl store_service_server::StoreService for Api {
                     hash: e.hash.to_string(),
                     waiting: e.waiting.iter().map(ToString::to_string).collect(),
                     settled: e.settled(),
+                    lag: s
+                        .lag
+                        .iter()
+                        .map(|l| v1::PeerLag {
+                            peer: l.peer.to_string(),
+                            behind: l.behind,
+                        })
+                        .collect(),
                 }),
+                log_bytes: s.log_bytes,
+                state_bytes: s.state_bytes,
             })),
             Err(NodeError::Damaged { reason, .. }) => self.unserved_status(&id, Some(reason)),
             Err(NodeError::NotOpen(_)) => self.unserved_status(&id, None),

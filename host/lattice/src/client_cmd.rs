@@ -325,13 +325,19 @@ fn status_json(s: v1::StoreStatus) -> Value {
     if !s.open {
         return json!({"store": s.store, "state": s.state});
     }
-    let epoch = s.epoch.map(
-        |e| json!({"number": e.number, "hash": e.hash, "settled": e.settled, "waiting": e.waiting}),
-    );
+    let epoch = s.epoch.map(|e| {
+        let lag: Vec<Value> = e
+            .lag
+            .iter()
+            .map(|l| json!({"peer": l.peer, "behind": l.behind}))
+            .collect();
+        json!({"number": e.number, "hash": e.hash, "settled": e.settled, "waiting": e.waiting, "lag": lag})
+    });
     json!({
         "store": s.store, "name": s.name, "module": s.module, "headless": s.headless,
         "witnessed": s.witnessed, "projected": s.projected, "floating": s.floating,
         "rejected": s.rejected, "state": s.state, "epoch": epoch,
+        "log_bytes": s.log_bytes, "state_bytes": s.state_bytes,
     })
 }
 
@@ -346,11 +352,49 @@ fn epoch_text(epoch: &Value) -> String {
     } else {
         format!("waiting for {waiting} peer(s) to acknowledge")
     };
+    let behind: Vec<String> = epoch["lag"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|l| l["behind"].as_u64().is_some_and(|b| b > 0))
+        .map(|l| {
+            let peer: String = show(&l["peer"]).chars().take(8).collect();
+            match l["behind"].as_u64() {
+                Some(b) if b > lattice_node::MAX_LAG_SHOWN => {
+                    format!("{peer}… more than {}", lattice_node::MAX_LAG_SHOWN)
+                }
+                Some(b) => format!("{peer}… {b}"),
+                None => String::new(),
+            }
+        })
+        .collect();
+    let lag = if behind.is_empty() {
+        String::new()
+    } else {
+        format!("; epochs behind: {}", behind.join(", "))
+    };
     format!(
-        "{} ({}…), {settled}",
+        "{} ({}…), {settled}{lag}",
         epoch["number"],
         show(&epoch["hash"]).chars().take(8).collect::<String>()
     )
+}
+
+/// Bytes as text in binary units (`1.5 MiB`).
+fn bytes_text(bytes: &Value) -> String {
+    let n = bytes.as_u64().unwrap_or(0) as f64;
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = n;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < units.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{n} B")
+    } else {
+        format!("{value:.1} {}", units[unit])
+    }
 }
 
 fn history_json(list: v1::IntentionList) -> Value {
@@ -705,7 +749,7 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
             );
             let text = if s.get("witnessed").is_some() {
                 format!(
-                    "store      {}\nname       {}\nmodule     {}\nstate      {}\nwitnessed  {}\nprojected  {}\nfloating   {}\nrejected   {}\nepoch      {}",
+                    "store      {}\nname       {}\nmodule     {}\nstate      {}\nwitnessed  {}\nprojected  {}\nfloating   {}\nrejected   {}\nepoch      {}\nlog        {}\nstate size {}",
                     show(&s["store"]),
                     show(&s["name"]),
                     show(&s["module"]),
@@ -714,7 +758,9 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
                     s["projected"],
                     s["floating"],
                     s["rejected"],
-                    epoch_text(&s["epoch"])
+                    epoch_text(&s["epoch"]),
+                    bytes_text(&s["log_bytes"]),
+                    bytes_text(&s["state_bytes"])
                 )
             } else if let Some(damage) = s["damage"].as_str() {
                 format!(

@@ -247,7 +247,11 @@ fn concurrent_epochs_are_both_valid_and_the_next_cites_both() -> TestResult {
 fn a_node_back_after_three_epochs_acknowledges_once_and_settles_them_all() -> TestResult {
     let (_dirs, nodes) = open_nodes(4)?;
     let mut s = shared_store(&nodes)?;
-    // C is away while A revokes, re-admits and revokes D again: epochs 1, 2, 3 (B keeps up).
+    // C names itself (a system write cites every tip, so its chain reaches epoch 0), then is
+    // away while A revokes, re-admits and revokes D again: epochs 1, 2, 3 (B keeps up).
+    let c = nodes[2].key().public().to_string();
+    s[2].system_call("set-peer-name", &json!({"peer": c, "name": "c"}))?;
+    sync_into(&s[2], &s[0])?;
     let d = nodes[3].key().public().to_string();
     for args in [
         json!({"peer": d, "status": "revoked", "cut": 0}),
@@ -264,6 +268,15 @@ fn a_node_back_after_three_epochs_acknowledges_once_and_settles_them_all() -> Te
     assert_eq!(three.number, 3);
     let ck = nodes[2].key().public();
     assert_eq!(three.waiting, vec![ck]);
+    // Status says who is behind, and by how much.
+    let status = s[0].status()?;
+    let lag = |status: &lattice_node::StoreStatus, key| {
+        status.lag.iter().find(|l| l.peer == key).map(|l| l.behind)
+    };
+    assert_eq!(lag(&status, ck), Some(3));
+    assert_eq!(lag(&status, nodes[1].key().public()), Some(0));
+    assert!(status.log_bytes > 0 && status.state_bytes > 0);
+    assert_eq!(status.to_json()["lag"].as_array().map(Vec::len), Some(3));
     // C returns and gets everything at once: one ack, for the newest epoch, settles it, and
     // (acknowledgement is transitive) every epoch before it.
     sync_into(&s[0], &s[2])?;
@@ -272,6 +285,7 @@ fn a_node_back_after_three_epochs_acknowledges_once_and_settles_them_all() -> Te
     sync_into(&s[2], &s[0])?;
     s[0].project()?;
     assert!(s[0].epoch()?.ok_or("no epoch")?.settled());
+    assert_eq!(lag(&s[0].status()?, ck), Some(0));
     let reader = s[0].log().reader();
     let c_tip = reader.tip(&ck)?.ok_or("no tip for C")?;
     for (_, epoch) in epochs_in(&s[0])? {

@@ -1024,6 +1024,25 @@ impl StoreRuntime {
         }
     }
 
+    /// Projected epochs, greatest `(number, seq)` first, at most `limit`: `(number, hash)`.
+    ///
+    /// # Errors
+    /// Storage failures; [`Error::Corrupt`] for a damaged record.
+    pub fn epochs_newest_first(&self, limit: usize) -> Result<Vec<(u64, Hash)>, Error> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for entry in txn.open_table(EPOCHS)?.iter()?.rev().take(limit) {
+            let (key, hash) = entry?;
+            let (number, _) = key.value();
+            let hash: [u8; 32] = hash
+                .value()
+                .try_into()
+                .map_err(|_| Error::Corrupt(format!("epoch {number}'s record is damaged")))?;
+            out.push((number, Hash(hash)));
+        }
+        Ok(out)
+    }
+
     /// Intentions whose apply failed, with the reason, from `from_seq` on.
     ///
     /// # Errors

@@ -38,6 +38,20 @@ impl EpochStatus {
     }
 }
 
+/// Most epochs looked back when measuring how far a peer is behind ([`Store::epoch_lag`]).
+pub const MAX_LAG_SHOWN: u64 = 64;
+
+/// How far one peer's chain is behind the current epoch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerLag {
+    /// The peer.
+    pub peer: PubKey,
+    /// Epochs between the newest one its chain reaches and the current one (0: it reaches the
+    /// current epoch; current + 1: it reaches none); [`MAX_LAG_SHOWN`] + 1 when it reaches
+    /// none of the last [`MAX_LAG_SHOWN`].
+    pub behind: u64,
+}
+
 /// What the system table asked for in an `epoch` event.
 struct EpochRequest {
     cause: EpochCause,
@@ -112,6 +126,48 @@ impl Store {
             hash: record.hash,
             waiting,
         })
+    }
+
+    /// How many epochs each active peer's chain is behind the current one (empty before the
+    /// first epoch). Cost: per peer, one `is_ancestor` per epoch it is behind, up to
+    /// [`MAX_LAG_SHOWN`].
+    ///
+    /// # Errors
+    /// Storage failures; a DAG query over its visit cap.
+    pub fn epoch_lag(&mut self) -> Result<Vec<PeerLag>, NodeError> {
+        let epochs = self
+            .system
+            .epochs_newest_first(usize::try_from(MAX_LAG_SHOWN).unwrap_or(usize::MAX))?;
+        let Some(&(current, _)) = epochs.first() else {
+            return Ok(Vec::new());
+        };
+        let mut lags = Vec::new();
+        let peers = self.peers()?;
+        let reader = self.log.reader();
+        for peer in peers
+            .iter()
+            .filter(|p| p.status == super::PeerStatus::Active)
+        {
+            // Reaching none of the epochs looked at: behind all of them, or more than shown.
+            let mut behind = if epochs.last().is_some_and(|(n, _)| *n == 0) {
+                current + 1
+            } else {
+                MAX_LAG_SHOWN + 1
+            };
+            if let Some(tip) = reader.tip(&peer.key)? {
+                for (number, hash) in &epochs {
+                    if reader.is_ancestor(hash, &tip)? {
+                        behind = current - number;
+                        break;
+                    }
+                }
+            }
+            lags.push(PeerLag {
+                peer: peer.key,
+                behind,
+            });
+        }
+        Ok(lags)
     }
 
     /// Writes the epoch the system table asked for in `events` (those projected by this

@@ -20,7 +20,7 @@ use crate::genesis::StoreGenesis;
 
 mod epochs;
 
-pub use epochs::EpochStatus;
+pub use epochs::{EpochStatus, MAX_LAG_SHOWN, PeerLag};
 
 /// Intentions read from the log per projection step.
 const PROJECT_BATCH: usize = 512;
@@ -50,6 +50,8 @@ pub struct Store {
     epoch_announced: Option<Hash>,
     /// Host intentions written on this node's own initiative, for [`Store::take_host_writes`].
     host_writes: Vec<SignedIntention>,
+    /// `log.db`, `state.db` and `system.db`, for their sizes.
+    files: [std::path::PathBuf; 3],
 }
 
 pub use lattice_system_types::{ChildStatus, PeerStatus, StoreInfo, Strategy};
@@ -180,6 +182,12 @@ pub struct StoreStatus {
     pub rejected: u64,
     /// The current epoch and its settlement; `None` before the first.
     pub epoch: Option<EpochStatus>,
+    /// How far each active peer's chain is behind the current epoch.
+    pub lag: Vec<PeerLag>,
+    /// Size of `log.db` on disk (the history kept).
+    pub log_bytes: u64,
+    /// Size of `state.db` and `system.db` on disk (the projected state).
+    pub state_bytes: u64,
 }
 
 impl StoreStatus {
@@ -207,6 +215,9 @@ impl StoreStatus {
             "rejected": self.rejected,
             "state": self.state(),
             "epoch": self.epoch.as_ref().map(EpochStatus::to_json),
+            "lag": self.lag.iter().map(|l| json!({"peer": l.peer.to_string(), "behind": l.behind})).collect::<Vec<_>>(),
+            "log_bytes": self.log_bytes,
+            "state_bytes": self.state_bytes,
         })
     }
 }
@@ -214,6 +225,11 @@ impl StoreStatus {
 /// The author-chain position of a witnessed intention (0 when unknown).
 fn chain_position_of(log: &Log, hash: &Hash) -> Result<u64, NodeError> {
     Ok(log.reader().dag_info(hash)?.map_or(0, |i| i.author_seq))
+}
+
+/// A file's size, 0 when it cannot be read (status is best effort).
+fn file_size(path: &std::path::Path) -> u64 {
+    std::fs::metadata(path).map_or(0, |m| m.len())
 }
 
 fn parse_key(text: &str) -> Option<PubKey> {
@@ -271,6 +287,7 @@ impl Store {
             epoch_checked: None,
             epoch_announced: None,
             host_writes: Vec::new(),
+            files: [dir.log_path(&id), dir.state_path(&id), dir.system_path(&id)],
         };
         store.filter = store.read_filter()?;
         store.project()?;
@@ -1015,6 +1032,9 @@ impl Store {
             floating: log.floating,
             rejected: self.data.rejected_count()?,
             epoch: self.epoch()?,
+            lag: self.epoch_lag()?,
+            log_bytes: file_size(&self.files[0]),
+            state_bytes: file_size(&self.files[1]) + file_size(&self.files[2]),
         })
     }
 
