@@ -256,6 +256,29 @@ async fn three_nodes_invite_join_children_revoke_leave_rejoin_and_restart() -> T
     .await?;
     assert_eq!(get(&a, &store, "from-c").await, "2");
     assert_eq!(get(&b, &store, "from-c").await, "2");
+    // The revocation wrote an epoch in the root and, mirrored, in the child and grandchild;
+    // A and B acknowledge each other's, so every one settles on both (C is not waited for).
+    until(
+        &[&a, &b],
+        "revocation epochs settled everywhere",
+        async || {
+            for node in [&a, &b] {
+                for id in [store, child, grandchild] {
+                    let settled = node
+                        .status(&id)
+                        .await
+                        .ok()
+                        .and_then(|s| s.epoch)
+                        .is_some_and(|e| e.number >= 1 && e.settled());
+                    if !settled {
+                        return false;
+                    }
+                }
+            }
+            true
+        },
+    )
+    .await?;
     let peers = a.peers(&store).await?;
     assert!(
         peers
