@@ -239,6 +239,10 @@ pub struct EpochInfo {
     /// How far each active peer's chain is behind this epoch.
     #[prost(message, repeated, tag = "5")]
     pub lag: ::prost::alloc::vec::Vec<PeerLag>,
+    /// The hash of the state at this epoch (hex; what this epoch reaches, the same on every
+    /// member); empty when this node does not hold it (headless, or a concurrent epoch).
+    #[prost(string, tag = "6")]
+    pub state: ::prost::alloc::string::String,
 }
 /// How far one peer is behind the current epoch.
 #[allow(clippy::all)]

@@ -330,6 +330,7 @@ impl store_service_server::StoreService for Api {
                     hash: e.hash.to_string(),
                     waiting: e.waiting.iter().map(ToString::to_string).collect(),
                     settled: e.settled(),
+                    state: e.state.map(|h| h.to_string()).unwrap_or_default(),
                     lag: s
                         .lag
                         .iter()

@@ -331,7 +331,8 @@ fn status_json(s: v1::StoreStatus) -> Value {
             .iter()
             .map(|l| json!({"peer": l.peer, "behind": l.behind}))
             .collect();
-        json!({"number": e.number, "hash": e.hash, "settled": e.settled, "waiting": e.waiting, "lag": lag})
+        let state = (!e.state.is_empty()).then_some(e.state);
+        json!({"number": e.number, "hash": e.hash, "settled": e.settled, "waiting": e.waiting, "lag": lag, "state": state})
     });
     json!({
         "store": s.store, "name": s.name, "module": s.module, "headless": s.headless,

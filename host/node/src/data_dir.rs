@@ -60,6 +60,16 @@ impl DataDir {
         self.store_dir(store).join("system.db")
     }
 
+    /// Path of one store's `epoch-state.db`: its data partition at the newest epoch.
+    pub fn epoch_state_path(&self, store: &StoreId) -> PathBuf {
+        self.store_dir(store).join("epoch-state.db")
+    }
+
+    /// Path of one store's `epoch-system.db`: its system partition at the newest epoch.
+    pub fn epoch_system_path(&self, store: &StoreId) -> PathBuf {
+        self.store_dir(store).join("epoch-system.db")
+    }
+
     /// Path of the node inventory `meta.db`.
     pub fn meta_path(&self) -> PathBuf {
         self.root.join("meta.db")

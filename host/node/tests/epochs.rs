@@ -125,6 +125,12 @@ fn a_revocation_keeps_what_the_revoker_saw_and_drops_the_rest_in_every_arrival_o
         "set-peer-status",
         &json!({"peer": ck, "status": "revoked", "cut": 0}),
     )?;
+    // The revoker's epoch cites everything it has: the state at the epoch is its live state.
+    let at_epoch = s[0]
+        .epoch()?
+        .and_then(|e| e.state)
+        .ok_or("no state at the epoch")?;
+    assert_eq!(at_epoch, s[0].state_digest()?);
     let known: std::collections::HashSet<_> = base.iter().map(SignedIntention::hash).collect();
     let new_of = |store: &Store| -> Result<Vec<SignedIntention>, Box<dyn std::error::Error>> {
         Ok(all_of(store)?
@@ -170,6 +176,11 @@ fn a_revocation_keeps_what_the_revoker_saw_and_drops_the_rest_in_every_arrival_o
         }
         expected(&mut replica).map_err(|e| format!("order {order:?}: {e}"))?;
         digests.push(replica.state_digest()?);
+        // The state at the epoch leaves out b1, which the epoch does not reach; it is the
+        // same whatever the order.
+        let epoch = replica.epoch()?.ok_or("no epoch")?;
+        assert_eq!(epoch.state, Some(at_epoch), "order {order:?}");
+        assert_ne!(epoch.state, Some(replica.state_digest()?));
         replica.close()?;
         std::fs::remove_dir_all(observer.dir().store_dir(&s[0].id()))?;
     }
@@ -501,5 +512,45 @@ fn a_required_peer_acknowledges_an_epoch_once_and_settles_it() -> TestResult {
     sa.project()?;
     assert!(sa.epoch()?.ok_or("no epoch on A")?.settled());
     assert_eq!(sa.rejected_details(100)?.len(), 0);
+    Ok(())
+}
+
+#[test]
+fn what_a_concurrent_epoch_reached_is_never_taken_back_by_a_revocation() -> TestResult {
+    // C writes c2, which B sees and A does not. A revokes C while B, not knowing, revokes D:
+    // B's epoch reaches c2, so c2 stays even though A's revocation does not reach it; c3,
+    // which C writes after and no epoch reaches, goes.
+    let (_dirs, nodes) = open_nodes(4)?;
+    let mut s = shared_store(&nodes)?;
+    let key = |n: usize| nodes[n].key().public().to_string();
+    s[2].call("put", &json!({"key": "c2", "value": "seen by b"}))?;
+    sync_into(&s[2], &s[1])?;
+    s[1].project()?;
+    s[0].system_call(
+        "set-peer-status",
+        &json!({"peer": key(2), "status": "revoked", "cut": 0}),
+    )?;
+    s[1].system_call(
+        "set-peer-status",
+        &json!({"peer": key(3), "status": "revoked", "cut": 0}),
+    )?;
+    s[2].call("put", &json!({"key": "c3", "value": "after"}))?;
+    for x in 0..3 {
+        for y in 0..3 {
+            if x != y {
+                sync_into(&s[x], &s[y])?;
+            }
+        }
+    }
+    let mut digests = Vec::new();
+    for store in &mut s[..2] {
+        store.project()?;
+        assert_eq!(value(store, "c2")?, "seen by b");
+        assert_eq!(value(store, "c3")?, json!(null));
+        digests.push(store.state_digest()?);
+        store.rebuild()?;
+        assert_eq!(store.state_digest()?, digests[digests.len() - 1]);
+    }
+    assert_eq!(digests[0], digests[1]);
     Ok(())
 }

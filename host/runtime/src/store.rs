@@ -36,6 +36,9 @@ const EPOCHS: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("epochs"
 /// (0, or absent, before the first).
 const META_EPOCH: &str = "epoch";
 
+/// `META` key of the caller's mark, written with [`StoreRuntime::apply_selected`].
+const META_MARK: &str = "mark";
+
 /// Witnessed intentions applied per `state.db` transaction.
 const PROJECT_BATCH: usize = 512;
 
@@ -104,6 +107,11 @@ impl AuthorFilter {
     /// The refused ranges of `author`.
     pub fn ranges(&self, author: &PubKey) -> &[(u64, Option<u64>)] {
         self.members.get(author).map_or(&[], Vec::as_slice)
+    }
+
+    /// True when some author has a refused range.
+    pub fn has_revocations(&self) -> bool {
+        self.members.values().any(|ranges| !ranges.is_empty())
     }
 
     /// True when `author` is revoked now: its last refused range has no end.
@@ -534,9 +542,43 @@ impl StoreRuntime {
             report.cursor = self.cursor;
             return Ok(());
         }
-        self.project_batch(log, &batch[start..], filter, report)?;
+        self.project_batch(log, &batch[start..], filter, report, None)?;
         report.cursor = self.cursor;
         Ok(())
+    }
+
+    /// Applies `items` — intentions the caller selected, ascending by witness seq, any of
+    /// them at or below the cursor — and then moves the cursor to `cursor`, recording `mark`
+    /// (the caller's own bytes, read back with [`StoreRuntime::mark`]) in the same
+    /// transaction. For a projection of a chosen subset of the log, such as the state at an
+    /// epoch. Headless stores do nothing.
+    ///
+    /// # Errors
+    /// As [`StoreRuntime::project`].
+    pub fn apply_selected(
+        &mut self,
+        log: &LogReader,
+        items: &[(u64, SignedIntention)],
+        filter: &AuthorFilter,
+        cursor: u64,
+        mark: &[u8],
+    ) -> Result<ProjectReport, Error> {
+        let mut report = ProjectReport::default();
+        if self.guest.is_some() {
+            self.project_batch(log, items, filter, &mut report, Some((cursor, mark)))?;
+        }
+        report.cursor = self.cursor;
+        Ok(report)
+    }
+
+    /// The mark last recorded by [`StoreRuntime::apply_selected`] (`None` before the first).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn mark(&self) -> Result<Option<Vec<u8>>, Error> {
+        let txn = self.db.begin_read()?;
+        let meta = txn.open_table(META)?;
+        Ok(meta.get(META_MARK)?.map(|v| v.value().to_vec()))
     }
 
     /// Why `filter` refuses `signed`, when it does.
@@ -566,12 +608,16 @@ impl StoreRuntime {
         flags.system == system && !flags.host && !intention.is_genesis()
     }
 
+    /// Applies the intentions of `batch` that belong to this partition and commits them with
+    /// the cursor at the batch's last seq — or, with `end`, at `end.0` together with the mark
+    /// `end.1` (see [`StoreRuntime::apply_selected`]).
     fn project_batch(
         &mut self,
         log: &LogReader,
         batch: &[(u64, SignedIntention)],
         filter: &AuthorFilter,
         report: &mut ProjectReport,
+        end: Option<(u64, &[u8])>,
     ) -> Result<(), Error> {
         let system = self.partition == Partition::System;
         let mut rejected: Vec<(u64, String)> = Vec::new();
@@ -640,7 +686,11 @@ impl StoreRuntime {
         }
         let writes = self.host_end();
         rejected.sort_by_key(|r| r.0);
-        self.commit_projected(last, &writes, &log_entries, &rejected, &host_ops)?;
+        let (last, mark) = match end {
+            Some((cursor, mark)) => (cursor, Some(mark)),
+            None => (last, None),
+        };
+        self.commit_projected(last, &writes, &log_entries, &rejected, &host_ops, mark)?;
         report.applied += applied;
         report.rejected += rejected.len() as u64;
         report.events.extend(events);
@@ -763,8 +813,13 @@ impl StoreRuntime {
         log_entries: &[Vec<u8>],
         rejected: &[(u64, String)],
         host_ops: &[HostRecord],
+        mark: Option<&[u8]>,
     ) -> Result<(), Error> {
-        if writes.is_empty() && log_entries.is_empty() && rejected.is_empty() && host_ops.is_empty()
+        if writes.is_empty()
+            && log_entries.is_empty()
+            && rejected.is_empty()
+            && host_ops.is_empty()
+            && mark.is_none()
         {
             if last != self.cursor {
                 self.cursor = last;
@@ -817,6 +872,9 @@ impl StoreRuntime {
                 }
             }
             meta.insert("cursor", last.to_le_bytes().as_slice())?;
+            if let Some(mark) = mark {
+                meta.insert(META_MARK, mark)?;
+            }
             let count = self.log_count + log_entries.len() as u64;
             meta.insert("log_count", count.to_le_bytes().as_slice())?;
         }
@@ -934,7 +992,7 @@ impl StoreRuntime {
             .filter_map(|(seq, reason)| Some((*seq, reason.clone()?)))
             .collect();
         let last = seqs.last().copied().unwrap_or(self.cursor);
-        self.commit_projected(last, &writes, &run.log_entries, &rejected, &[])?;
+        self.commit_projected(last, &writes, &run.log_entries, &rejected, &[], None)?;
         report.applied += (run.outcomes.len() - rejected.len()) as u64;
         report.rejected += rejected.len() as u64;
         report.events.extend(
@@ -992,6 +1050,7 @@ impl StoreRuntime {
         {
             let mut meta = txn.open_table(META)?;
             meta.remove(META_EPOCH)?;
+            meta.remove(META_MARK)?;
             meta.insert("cursor", 0u64.to_le_bytes().as_slice())?;
             meta.insert("log_count", 0u64.to_le_bytes().as_slice())?;
         }

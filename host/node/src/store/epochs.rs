@@ -7,7 +7,9 @@ use lattice_runtime::{HostRecord, WatchEvent};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
-use super::Store;
+use lattice_runtime::{Partition, StoreRuntime};
+
+use super::{Store, epoch_state};
 use crate::error::NodeError;
 
 /// A store's current epoch and its settlement ([`Store::epoch`]).
@@ -19,6 +21,9 @@ pub struct EpochStatus {
     pub hash: Hash,
     /// Required ackers whose chains do not reach it yet; settled when empty.
     pub waiting: Vec<PubKey>,
+    /// The hash of the state at this epoch, when this node holds it
+    /// ([`Store::epoch_state_hash`]).
+    pub state: Option<Hash>,
 }
 
 impl EpochStatus {
@@ -34,6 +39,7 @@ impl EpochStatus {
             "hash": self.hash.to_string(),
             "settled": self.settled(),
             "waiting": self.waiting.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            "state": self.state.map(|h| h.to_string()),
         })
     }
 }
@@ -91,7 +97,11 @@ impl Store {
     /// Storage failures; a DAG query over its visit cap.
     pub fn epoch(&self) -> Result<Option<EpochStatus>, NodeError> {
         match self.system.current_epoch()? {
-            Some(record) => Ok(Some(self.epoch_status(record)?)),
+            Some(record) => {
+                let mut status = self.epoch_status(record)?;
+                status.state = self.epoch_state_hash()?;
+                Ok(Some(status))
+            }
             None => Ok(None),
         }
     }
@@ -125,6 +135,7 @@ impl Store {
             number,
             hash: record.hash,
             waiting,
+            state: None,
         })
     }
 
@@ -168,6 +179,58 @@ impl Store {
             });
         }
         Ok(lags)
+    }
+
+    /// Brings the state at an epoch up to the current epoch (opening it on first use).
+    pub(super) fn advance_epoch_state(&mut self) -> Result<(), NodeError> {
+        let Some(target) = self.system.current_epoch()? else {
+            return Ok(());
+        };
+        if self.epoch_state.is_none() {
+            let system = StoreRuntime::open_partition(
+                &self.runtime,
+                &self.files.epoch_system,
+                self.id,
+                self.system_module,
+                Partition::System,
+            )?;
+            let data = StoreRuntime::open(
+                &self.runtime,
+                &self.files.epoch_state,
+                self.id,
+                self.genesis.module,
+            )?;
+            self.epoch_state = Some((data, system));
+        }
+        let Some((data, system)) = self.epoch_state.as_mut() else {
+            return Ok(());
+        };
+        let log = self.log.reader();
+        epoch_state::advance(system, log, &self.filter, &target)?;
+        epoch_state::advance(data, log, &self.filter, &target)?;
+        Ok(())
+    }
+
+    /// The hash of the state at the current epoch (data and system partitions), when this
+    /// node holds it: the same on every member that has the epoch, whatever else it has.
+    /// `None` before the first epoch, while headless, or while the current epoch is one
+    /// written concurrently with the one held.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn epoch_state_hash(&self) -> Result<Option<Hash>, NodeError> {
+        let (Some(current), Some((data, system))) =
+            (self.system.current_epoch()?, self.epoch_state.as_ref())
+        else {
+            return Ok(None);
+        };
+        for runtime in [data, system] {
+            if runtime.is_headless() || epoch_state::held_epoch(runtime)? != Some(current.hash) {
+                return Ok(None);
+            }
+        }
+        let (data, system) = (data.state_digest()?, system.state_digest()?);
+        Ok(Some(Hash::of(&[data.0, system.0].concat())))
     }
 
     /// Writes the epoch the system table asked for in `events` (those projected by this

@@ -18,6 +18,7 @@ use tracing::{debug, info, warn};
 use crate::error::{NodeError, RejectKind};
 use crate::genesis::StoreGenesis;
 
+mod epoch_state;
 mod epochs;
 
 pub use epochs::{EpochStatus, MAX_LAG_SHOWN, PeerLag};
@@ -50,8 +51,25 @@ pub struct Store {
     epoch_announced: Option<Hash>,
     /// Host intentions written on this node's own initiative, for [`Store::take_host_writes`].
     host_writes: Vec<SignedIntention>,
-    /// `log.db`, `state.db` and `system.db`, for their sizes.
-    files: [std::path::PathBuf; 3],
+    /// Where the store's files are.
+    files: StoreFiles,
+    /// Opens the state at an epoch on first use.
+    runtime: Runtime,
+    system_module: lattice_runtime::ModuleHash,
+    /// The state at the newest epoch (data, system partitions); opened when first needed.
+    epoch_state: Option<(StoreRuntime, StoreRuntime)>,
+    /// The current epoch the state at an epoch last tried to reach.
+    epoch_state_target: Option<Hash>,
+}
+
+/// The files of one store.
+#[derive(Debug, Clone)]
+struct StoreFiles {
+    log: std::path::PathBuf,
+    state: std::path::PathBuf,
+    system: std::path::PathBuf,
+    epoch_state: std::path::PathBuf,
+    epoch_system: std::path::PathBuf,
 }
 
 pub use lattice_system_types::{ChildStatus, PeerStatus, StoreInfo, Strategy};
@@ -287,7 +305,17 @@ impl Store {
             epoch_checked: None,
             epoch_announced: None,
             host_writes: Vec::new(),
-            files: [dir.log_path(&id), dir.state_path(&id), dir.system_path(&id)],
+            files: StoreFiles {
+                log: dir.log_path(&id),
+                state: dir.state_path(&id),
+                system: dir.system_path(&id),
+                epoch_state: dir.epoch_state_path(&id),
+                epoch_system: dir.epoch_system_path(&id),
+            },
+            runtime: runtime.clone(),
+            system_module,
+            epoch_state: None,
+            epoch_state_target: None,
         };
         store.filter = store.read_filter()?;
         store.project()?;
@@ -358,17 +386,12 @@ impl Store {
                 if void && to.is_none() {
                     continue;
                 }
-                // The open range of a revocation starts past what the revoking intention's
-                // causal past holds of the peer's chain: its frontier, not the number the
-                // revoker recorded (equal for an honest revoker, which cites its whole view).
+                // The open range of a revocation starts past its frontier, not at the number
+                // the revoker recorded (equal for an honest revoker, which cites its whole
+                // view); see `Store::revocation_frontier`.
                 let from = match origin {
                     Some((_, op, _, _)) if to.is_none() && peer.status == PeerStatus::Revoked => {
-                        reader
-                            .reach(&op)?
-                            .iter()
-                            .find(|(author, _)| *author == peer.key)
-                            .map_or(0, |(_, seq)| *seq)
-                            + 1
+                        self.revocation_frontier(&op, &peer.key)? + 1
                     }
                     _ => from,
                 };
@@ -376,6 +399,35 @@ impl Store {
             }
         }
         Ok(filter)
+    }
+
+    /// The newest position in `peer`'s chain that stays projected after the revocation
+    /// written in `revocation`: the newest the revocation reaches, or that any epoch another
+    /// author wrote concurrently with it (not reaching it) reaches — what an epoch's frontier
+    /// holds is never taken back, so the state at an epoch stays valid. Epochs the revocation reaches reach
+    /// no more of the peer than it does. Pure function of the log: one `reach` per epoch not
+    /// reached, one `is_ancestor` per epoch.
+    fn revocation_frontier(&self, revocation: &Hash, peer: &PubKey) -> Result<u64, NodeError> {
+        let reader = self.log.reader();
+        let position = |hash: &Hash| -> Result<u64, NodeError> {
+            Ok(reader
+                .reach(hash)?
+                .iter()
+                .find(|(author, _)| author == peer)
+                .map_or(0, |(_, seq)| *seq))
+        };
+        let mut cut = position(revocation)?;
+        for (_, epoch) in self.system.epochs_newest_first(usize::MAX)? {
+            // The peer's own epochs protect nothing of its own.
+            let by_peer = reader.dag_info(&epoch)?.is_some_and(|i| i.author == *peer);
+            if !by_peer
+                && !reader.is_ancestor(revocation, &epoch)?
+                && !reader.is_ancestor(&epoch, revocation)?
+            {
+                cut = cut.max(position(&epoch)?);
+            }
+        }
+        Ok(cut)
     }
 
     /// True when changing the filter from `old` to `new` may change what was already
@@ -482,6 +534,12 @@ impl Store {
         if self.acknowledge_epoch() {
             self.project_more(&mut report)?;
         }
+        if self.epoch_state_target != self.epoch_checked {
+            self.epoch_state_target = self.epoch_checked;
+            if let Err(e) = self.advance_epoch_state() {
+                warn!(store = %self.id.short(), "advancing the state at the epoch failed: {e}");
+            }
+        }
         Ok(report)
     }
 
@@ -524,7 +582,10 @@ impl Store {
             let mut system = ProjectReport::default();
             self.system
                 .apply_witnessed(self.log.reader(), &batch, &self.filter, &mut system)?;
-            let membership = system.events.iter().any(|e| e.topic == "peer");
+            // An epoch can move a revocation's frontier (see `Store::revocation_frontier`).
+            let membership = system.events.iter().any(|e| e.topic == "peer")
+                || (self.filter.has_revocations()
+                    && batch.iter().any(|(_, s)| s.intention().flags().host));
             self.system_events.extend(system.events);
             if membership || competing {
                 let fresh = self.read_filter()?;
@@ -669,6 +730,10 @@ impl Store {
     pub fn flush(&mut self) -> Result<(), NodeError> {
         self.data.flush()?;
         self.system.flush()?;
+        if let Some((data, system)) = self.epoch_state.as_mut() {
+            data.flush()?;
+            system.flush()?;
+        }
         Ok(())
     }
 
@@ -1033,8 +1098,16 @@ impl Store {
             rejected: self.data.rejected_count()?,
             epoch: self.epoch()?,
             lag: self.epoch_lag()?,
-            log_bytes: file_size(&self.files[0]),
-            state_bytes: file_size(&self.files[1]) + file_size(&self.files[2]),
+            log_bytes: file_size(&self.files.log),
+            state_bytes: [
+                &self.files.state,
+                &self.files.system,
+                &self.files.epoch_state,
+                &self.files.epoch_system,
+            ]
+            .into_iter()
+            .map(|p| file_size(p))
+            .sum(),
         })
     }
 
@@ -1133,6 +1206,10 @@ impl Store {
     pub fn mark_damaged(&mut self) {
         self.data.mark_damaged();
         self.system.mark_damaged();
+        if let Some((data, system)) = self.epoch_state.as_mut() {
+            data.mark_damaged();
+            system.mark_damaged();
+        }
     }
 
     /// Forgets both projections and projects the whole log again.
