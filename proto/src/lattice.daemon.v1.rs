@@ -243,6 +243,13 @@ pub struct EpochInfo {
     /// member); empty when this node does not hold it (headless, or a concurrent epoch).
     #[prost(string, tag = "6")]
     pub state: ::prost::alloc::string::String,
+    /// Settled, this node holds the state at the epoch, and every required member stated the
+    /// same hash of it: a signed checkpoint.
+    #[prost(bool, tag = "7")]
+    pub finalized: bool,
+    /// Members (hex keys) that stated another hash of the state at this epoch.
+    #[prost(string, repeated, tag = "8")]
+    pub disagreeing: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// How far one peer is behind the current epoch.
 #[allow(clippy::all)]

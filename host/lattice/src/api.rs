@@ -331,6 +331,8 @@ impl store_service_server::StoreService for Api {
                     waiting: e.waiting.iter().map(ToString::to_string).collect(),
                     settled: e.settled(),
                     state: e.state.map(|h| h.to_string()).unwrap_or_default(),
+                    finalized: e.finalized,
+                    disagreeing: e.disagreeing.iter().map(ToString::to_string).collect(),
                     lag: s
                         .lag
                         .iter()

@@ -332,7 +332,10 @@ fn status_json(s: v1::StoreStatus) -> Value {
             .map(|l| json!({"peer": l.peer, "behind": l.behind}))
             .collect();
         let state = (!e.state.is_empty()).then_some(e.state);
-        json!({"number": e.number, "hash": e.hash, "settled": e.settled, "waiting": e.waiting, "lag": lag, "state": state})
+        json!({
+            "number": e.number, "hash": e.hash, "settled": e.settled, "waiting": e.waiting,
+            "lag": lag, "state": state, "finalized": e.finalized, "disagreeing": e.disagreeing,
+        })
     });
     json!({
         "store": s.store, "name": s.name, "module": s.module, "headless": s.headless,
@@ -348,7 +351,12 @@ fn epoch_text(epoch: &Value) -> String {
         return "none yet".to_string();
     }
     let waiting = epoch["waiting"].as_array().map_or(0, Vec::len);
-    let settled = if waiting == 0 {
+    let disagreeing = epoch["disagreeing"].as_array().map_or(0, Vec::len);
+    let settled = if disagreeing > 0 {
+        format!("{disagreeing} peer(s) state another hash of its state")
+    } else if epoch["finalized"] == true {
+        "settled, final".to_string()
+    } else if waiting == 0 {
         "settled".to_string()
     } else {
         format!("waiting for {waiting} peer(s) to acknowledge")

@@ -159,6 +159,19 @@ pub enum IngestError {
         /// Short id of the predecessor (or zero).
         prev: String,
     },
+    /// The intention would fork an author's chain at a position a finalized epoch reaches:
+    /// it would change history every member signed off.
+    #[error(
+        "intention {hash} would change author {author}'s chain at position {position}, below a finalized epoch"
+    )]
+    BelowFinal {
+        /// Short id of the intention.
+        hash: String,
+        /// Short id of the author.
+        author: String,
+        /// The chain position it claims.
+        position: u64,
+    },
     /// The predecessor named in `prev` was written by another author.
     #[error("intention {hash} names {prev}, an intention of another author, as its predecessor")]
     ForeignPredecessor {

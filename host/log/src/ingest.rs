@@ -167,7 +167,13 @@ pub(crate) struct IngestActor {
     pub(crate) inbox: Receiver<Command>,
     pub(crate) settling: Vec<oneshot::Sender<()>>,
     pub(crate) frontiers: FrontierCache,
+    /// Shared with [`crate::Log::set_final_frontier`].
+    pub(crate) final_frontier: FinalFrontier,
 }
+
+/// Per author, the newest chain position a finalized epoch reaches; replaced whole.
+pub(crate) type FinalFrontier =
+    Arc<std::sync::Mutex<Arc<std::collections::HashMap<lattice_model::PubKey, u64>>>>;
 
 enum Reply {
     Settle(oneshot::Sender<()>),
@@ -305,6 +311,10 @@ impl IngestActor {
                 &mut self.frontiers,
                 now_ms,
             );
+            batch.final_frontier = self
+                .final_frontier
+                .lock()
+                .map_or_else(|p| p.into_inner().clone(), |f| f.clone());
             while let Some(cmd) = commands.pop_front() {
                 match cmd {
                     Command::Ingest { slots, reply } => {

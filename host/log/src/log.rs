@@ -45,6 +45,7 @@ pub struct Log {
     key: NodeKey,
     config: LogConfig,
     thread: Option<JoinHandle<()>>,
+    final_frontier: crate::ingest::FinalFrontier,
     /// Last: written once the database above has closed.
     _clean: CleanMark,
 }
@@ -72,7 +73,9 @@ impl Log {
         let (state, queue) = contain(path, || prepare(&db, store_id, &key))?;
         info!(store = %store_id.short(), head = state.head_seq, floating = state.floating.count, "log opened");
         let (tx, rx) = sync_channel(config.inbox.max(1));
+        let final_frontier = crate::ingest::FinalFrontier::default();
         let actor = IngestActor {
+            final_frontier: final_frontier.clone(),
             db: db.clone(),
             key: key.clone(),
             store_id,
@@ -94,8 +97,21 @@ impl Log {
             key,
             config,
             thread: Some(thread),
+            final_frontier,
             _clean: CleanMark::new(path),
         })
+    }
+
+    /// Sets, per author, the newest chain position a finalized epoch reaches: from the next
+    /// group commit on, an intention forking a chain at or below it is refused as
+    /// [`IngestError::BelowFinal`](crate::IngestError::BelowFinal). Kept in memory; the node
+    /// sets it again as it opens the store and projects its epochs.
+    pub fn set_final_frontier(&self, frontier: impl IntoIterator<Item = (PubKey, u64)>) {
+        let frontier = Arc::new(frontier.into_iter().collect());
+        match self.final_frontier.lock() {
+            Ok(mut f) => *f = frontier,
+            Err(p) => *p.into_inner() = frontier,
+        }
     }
 
     /// The store this log belongs to.

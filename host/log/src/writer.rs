@@ -2,7 +2,8 @@
 //! floating intentions and their resolution. Everything here runs on the ingest actor's
 //! thread inside one redb write transaction.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
 
 use lattice_model::{
     Hash, Hlc, Intention, NodeKey, PubKey, SignedIntention, StoreId, WitnessAttestation,
@@ -100,6 +101,9 @@ pub(crate) struct Batch<'a, 't> {
     start_seq: u64,
     /// Sync index keys of the intentions witnessed in this batch, added in `finish`.
     sync_keys: Vec<[u8; 40]>,
+    /// Per author, the newest chain position a finalized epoch reaches (see
+    /// [`crate::Log::set_final_frontier`]).
+    pub(crate) final_frontier: Arc<HashMap<PubKey, u64>>,
 }
 
 impl<'a, 't> Batch<'a, 't> {
@@ -123,6 +127,29 @@ impl<'a, 't> Batch<'a, 't> {
             now_ms,
             start_seq,
             sync_keys: Vec::new(),
+            final_frontier: Arc::default(),
+        }
+    }
+
+    /// The error for an intention that forks `author`'s chain at `position`: below a
+    /// finalized epoch it changes signed history, above it is an ordinary fork.
+    fn fork(&self, hash: Hash, author: PubKey, prev: Hash, position: u64) -> IngestError {
+        if self
+            .final_frontier
+            .get(&author)
+            .is_some_and(|f| position <= *f)
+        {
+            IngestError::BelowFinal {
+                hash: hash.short(),
+                author: author.short(),
+                position,
+            }
+        } else {
+            IngestError::ForkedChain {
+                hash: hash.short(),
+                author: author.short(),
+                prev: prev.short(),
+            }
         }
     }
 
@@ -157,11 +184,7 @@ impl<'a, 't> Batch<'a, 't> {
         let author_seq;
         if prev.is_zero() {
             if tip.is_some() {
-                return Ok(Readiness::Invalid(IngestError::ForkedChain {
-                    hash: hash.short(),
-                    author: author.short(),
-                    prev: prev.short(),
-                }));
+                return Ok(Readiness::Invalid(self.fork(hash, author, prev, 1)));
             }
             author_seq = 1;
         } else {
@@ -175,11 +198,12 @@ impl<'a, 't> Batch<'a, 't> {
                 }
                 Some((seq, p)) => {
                     if tip.map(|(_, h)| h) != Some(prev) {
-                        return Ok(Readiness::Invalid(IngestError::ForkedChain {
-                            hash: hash.short(),
-                            author: author.short(),
-                            prev: prev.short(),
-                        }));
+                        return Ok(Readiness::Invalid(self.fork(
+                            hash,
+                            author,
+                            prev,
+                            p.author_seq + 1,
+                        )));
                     }
                     generation = p.generation;
                     max_parent_hlc = p.hlc;

@@ -12,9 +12,11 @@
 //! | 3 | 1 | kind: `1` epoch, `2` ack, `3` frontier |
 //!
 //! A frontier has nothing more: it only gathers up to 256 tips as deps for an epoch of a
-//! store with more authors than one intention may cite. An epoch continues with `number u64 ‖ cause u8 ‖ n u16 ‖ n × 32-byte acker keys`
-//! (strictly ascending, `n` ≤ [`MAX_EPOCH_ACKERS`]); an ack with `n u16 ‖ n × 32-byte
-//! epoch hashes` (strictly ascending, 1 ≤ `n` ≤ [`MAX_ACKED_EPOCHS`]). Nothing may follow.
+//! store with more authors than one intention may cite. An epoch continues with `number u64 ‖
+//! cause u8 ‖ state [32] ‖ n u16 ‖ n × 32-byte acker keys` (strictly ascending, `n` ≤ [`MAX_EPOCH_ACKERS`]); an ack with `state [32] ‖
+//! n u16 ‖ n × 32-byte epoch hashes` (strictly ascending, 1 ≤ `n` ≤ [`MAX_ACKED_EPOCHS`]).
+//! `state` is the writer's hash of the state at the epoch (the newest one acked), all zero
+//! when it does not hold it. Nothing may follow.
 //!
 //! [`IntentionFlags::host`]: crate::IntentionFlags::host
 
@@ -115,6 +117,8 @@ pub enum HostOp {
         number: u64,
         /// Why it was written.
         cause: EpochCause,
+        /// The writer's hash of the state at this epoch ([`Hash::ZERO`]: not known).
+        state: Hash,
         /// The peers whose acknowledgement settles it, strictly ascending.
         required: Vec<PubKey>,
     },
@@ -122,6 +126,9 @@ pub enum HostOp {
     Ack {
         /// The epochs acknowledged.
         epochs: Vec<Hash>,
+        /// The writer's hash of the state at the newest epoch acknowledged ([`Hash::ZERO`]:
+        /// not known, as on a node without the store's module).
+        state: Hash,
     },
     /// Gathers tips (its deps) for an epoch that must cite more than one intention can.
     Frontier,
@@ -137,18 +144,21 @@ impl HostOp {
             HostOp::Epoch {
                 number,
                 cause,
+                state,
                 required,
             } => {
                 out.push(KIND_EPOCH);
                 out.extend_from_slice(&number.to_le_bytes());
                 out.push(cause.to_byte());
+                out.extend_from_slice(state.as_bytes());
                 let mut keys: Vec<&PubKey> = required.iter().collect();
                 keys.sort_unstable();
                 keys.dedup();
                 put_list(&mut out, keys.iter().map(|k| k.as_bytes()));
             }
-            HostOp::Ack { epochs } => {
+            HostOp::Ack { epochs, state } => {
                 out.push(KIND_ACK);
+                out.extend_from_slice(state.as_bytes());
                 let mut hashes: Vec<&Hash> = epochs.iter().collect();
                 hashes.sort_unstable();
                 hashes.dedup();
@@ -172,6 +182,7 @@ impl HostOp {
             KIND_EPOCH => {
                 let number = r.u64()?;
                 let cause = EpochCause::from_byte(r.u8()?)?;
+                let state = Hash(r.array::<32>()?);
                 let required = take_list(&mut r, MAX_EPOCH_ACKERS, "acker")?
                     .into_iter()
                     .map(PubKey)
@@ -179,10 +190,12 @@ impl HostOp {
                 HostOp::Epoch {
                     number,
                     cause,
+                    state,
                     required,
                 }
             }
             KIND_ACK => {
+                let state = Hash(r.array::<32>()?);
                 let epochs: Vec<Hash> = take_list(&mut r, MAX_ACKED_EPOCHS, "epoch")?
                     .into_iter()
                     .map(Hash)
@@ -190,7 +203,7 @@ impl HostOp {
                 if epochs.is_empty() {
                     return Err(DecodeError::BadHostOp("an ack names no epoch".into()));
                 }
-                HostOp::Ack { epochs }
+                HostOp::Ack { epochs, state }
             }
             KIND_FRONTIER => HostOp::Frontier,
             other => {
@@ -243,6 +256,7 @@ mod tests {
         HostOp::Epoch {
             number,
             cause: EpochCause::Revocation,
+            state: Hash([0x5a; 32]),
             required,
         }
     }
@@ -257,11 +271,13 @@ mod tests {
         );
         let ack = HostOp::Ack {
             epochs: vec![Hash([5; 32]), Hash([1; 32])],
+            state: Hash([7; 32]),
         };
         assert_eq!(
             HostOp::decode(&ack.encode())?,
             HostOp::Ack {
-                epochs: vec![Hash([1; 32]), Hash([5; 32])]
+                epochs: vec![Hash([1; 32]), Hash([5; 32])],
+                state: Hash([7; 32]),
             }
         );
         assert_eq!(HostOp::Frontier.encode(), b"LH\x01\x03");
@@ -283,10 +299,11 @@ mod tests {
         let mut expected = b"LH\x01\x01".to_vec();
         expected.extend_from_slice(&2u64.to_le_bytes());
         expected.push(1);
+        expected.extend_from_slice(&[0x5a; 32]);
         expected.extend_from_slice(&1u16.to_le_bytes());
         expected.extend_from_slice(&[0x11; 32]);
         assert_eq!(epoch(2, vec![PubKey([0x11; 32])]).encode(), expected);
-        assert_eq!(expected.len(), 47);
+        assert_eq!(expected.len(), 79);
     }
 
     #[test]
@@ -314,7 +331,11 @@ mod tests {
             HostOp::decode(&trailing),
             Err(DecodeError::TrailingBytes { extra: 1 })
         ));
-        let empty_ack = HostOp::Ack { epochs: vec![] }.encode();
+        let empty_ack = HostOp::Ack {
+            epochs: vec![],
+            state: Hash::ZERO,
+        }
+        .encode();
         assert!(matches!(
             HostOp::decode(&empty_ack),
             Err(DecodeError::BadHostOp(_))

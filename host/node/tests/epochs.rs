@@ -93,7 +93,37 @@ fn the_creator_writes_epoch_zero_and_revocations_write_the_next() -> TestResult 
     assert_eq!(acks_by(&s[0], nodes[0].key().public())?, 1);
     sync_into(&s[0], &s[1])?;
     s[1].project()?;
-    assert!(s[1].epoch()?.ok_or("no epoch on B")?.settled());
+    let on_b = s[1].epoch()?.ok_or("no epoch on B")?;
+    assert!(on_b.settled());
+    // B stated the state at the epoch in it, A in its ack: the same hash, so it is final.
+    assert!(on_b.finalized, "{on_b:?}");
+    assert!(s[0].epoch()?.ok_or("no epoch on A")?.finalized);
+    assert_eq!(s[0].epoch()?.and_then(|e| e.state), on_b.state);
+    // A rewrite of B's chain below the finalized epoch is refused on ingest, by name.
+    let b = &nodes[1];
+    let fork = lattice_model::Intention::new(
+        s[0].id(),
+        b.key().public(),
+        lattice_model::Hlc::new(1, 0),
+        lattice_model::Hash::ZERO,
+        vec![lattice_model::Hash(s[0].id().0)],
+        b"rewritten".to_vec(),
+        lattice_model::IntentionFlags::default(),
+    )?;
+    let fork = SignedIntention::sign(fork, b.key())?;
+    let results = s[0]
+        .log()
+        .ingest(vec![lattice_log::Incoming::new(fork.as_bytes().to_vec())])?;
+    assert!(
+        matches!(
+            results.as_slice(),
+            [Err(lattice_log::IngestError::BelowFinal {
+                position: 1,
+                ..
+            })]
+        ),
+        "{results:?}"
+    );
     // A rebuild finds the same epochs and writes nothing new.
     let before = all_of(&s[1])?.len();
     s[1].rebuild()?;
@@ -325,6 +355,7 @@ fn host_intentions_reach_no_guest() -> TestResult {
     let epoch = HostOp::Epoch {
         number: 1,
         cause: EpochCause::Genesis,
+        state: Hash::ZERO,
         required: vec![acker.public()],
     };
     let system_host = IntentionFlags {
@@ -352,6 +383,7 @@ fn host_intentions_reach_no_guest() -> TestResult {
         ops: HostOp::Epoch {
             number: 3,
             cause: EpochCause::Revocation,
+            state: Hash::ZERO,
             required: vec![],
         }
         .encode(),
@@ -362,6 +394,7 @@ fn host_intentions_reach_no_guest() -> TestResult {
         ops: HostOp::Epoch {
             number: 2,
             cause: EpochCause::Revocation,
+            state: Hash::ZERO,
             required: vec![],
         }
         .encode(),
@@ -425,6 +458,7 @@ fn host_intentions_reach_no_guest() -> TestResult {
         vec![written.hash],
         HostOp::Ack {
             epochs: vec![written.hash],
+            state: Hash::ZERO,
         }
         .encode(),
         system_host,
@@ -473,6 +507,7 @@ fn a_required_peer_acknowledges_an_epoch_once_and_settles_it() -> TestResult {
         ops: HostOp::Epoch {
             number: 1,
             cause: EpochCause::Genesis,
+            state: Hash::ZERO,
             required: vec![bk],
         }
         .encode(),
@@ -495,7 +530,7 @@ fn a_required_peer_acknowledges_an_epoch_once_and_settles_it() -> TestResult {
             .filter(|s| {
                 s.intention().author() == bk
                     && HostOp::decode(s.intention().ops()).is_ok_and(
-                        |op| matches!(op, HostOp::Ack { epochs } if epochs == vec![epoch.hash]),
+                        |op| matches!(op, HostOp::Ack { epochs, .. } if epochs == vec![epoch.hash]),
                     )
             })
             .count())
@@ -552,5 +587,53 @@ fn what_a_concurrent_epoch_reached_is_never_taken_back_by_a_revocation() -> Test
         assert_eq!(store.state_digest()?, digests[digests.len() - 1]);
     }
     assert_eq!(digests[0], digests[1]);
+    Ok(())
+}
+
+#[test]
+fn an_ack_stating_another_state_is_reported_and_blocks_finality() -> TestResult {
+    use lattice_model::{Hash, Hlc, IntentionFlags, SignedIntention};
+    let (_dirs, nodes) = open_nodes(3)?;
+    let mut s = shared_store(&nodes)?;
+    // A revokes C: epoch 1 needs A and B. B acknowledges with a state hash of its own making.
+    s[0].system_call(
+        "set-peer-status",
+        &json!({"peer": nodes[2].key().public().to_string(), "status": "revoked", "cut": 0}),
+    )?;
+    let epoch = s[0].epoch()?.ok_or("no epoch")?;
+    let hlc = s[0].log().reader().hlc_of(&epoch.hash)?.ok_or("no hlc")?;
+    let b = &nodes[1];
+    let prev = s[0]
+        .log()
+        .reader()
+        .tip(&b.key().public())?
+        .unwrap_or(Hash::ZERO);
+    let forged = lattice_model::Intention::new(
+        s[0].id(),
+        b.key().public(),
+        Hlc::new(hlc.wall_ms + 1, 0),
+        prev,
+        vec![epoch.hash],
+        HostOp::Ack {
+            epochs: vec![epoch.hash],
+            state: Hash([0xee; 32]),
+        }
+        .encode(),
+        IntentionFlags {
+            system: true,
+            host: true,
+            ..IntentionFlags::default()
+        },
+    )?;
+    feed(&s[0], &[SignedIntention::sign(forged, b.key())?])?;
+    s[0].project()?;
+    let status = s[0].epoch()?.ok_or("no epoch")?;
+    assert!(status.settled());
+    assert_eq!(status.disagreeing, vec![b.key().public()]);
+    assert!(!status.finalized);
+    assert_eq!(
+        s[0].status()?.to_json()["epoch"]["disagreeing"][0],
+        b.key().public().to_string()
+    );
     Ok(())
 }

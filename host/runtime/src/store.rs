@@ -1083,6 +1083,20 @@ impl StoreRuntime {
         }
     }
 
+    /// Projected host ops from witness seq `from` on, at most `limit`, in seq order.
+    ///
+    /// # Errors
+    /// Storage failures; [`Error::Corrupt`] for a damaged record.
+    pub fn host_records(&self, from: u64, limit: usize) -> Result<Vec<HostRecord>, Error> {
+        let txn = self.db.begin_read()?;
+        let mut out = Vec::new();
+        for entry in txn.open_table(HOST_OPS)?.range(from..)?.take(limit) {
+            let (seq, bytes) = entry?;
+            out.push(HostRecord::decode(seq.value(), bytes.value())?);
+        }
+        Ok(out)
+    }
+
     /// Projected epochs, greatest `(number, seq)` first, at most `limit`: `(number, hash)`.
     ///
     /// # Errors

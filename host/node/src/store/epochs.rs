@@ -24,6 +24,12 @@ pub struct EpochStatus {
     /// The hash of the state at this epoch, when this node holds it
     /// ([`Store::epoch_state_hash`]).
     pub state: Option<Hash>,
+    /// Members whose epoch or ack states another hash of the state at this epoch than
+    /// [`EpochStatus::state`]: a replica that diverged (or a hostile member).
+    pub disagreeing: Vec<PubKey>,
+    /// Settled, this node holds the state, and every required member stated the same hash
+    /// (one without the store's module states none): a signed checkpoint of the state.
+    pub finalized: bool,
 }
 
 impl EpochStatus {
@@ -40,6 +46,8 @@ impl EpochStatus {
             "settled": self.settled(),
             "waiting": self.waiting.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "state": self.state.map(|h| h.to_string()),
+            "finalized": self.finalized,
+            "disagreeing": self.disagreeing.iter().map(ToString::to_string).collect::<Vec<_>>(),
         })
     }
 }
@@ -98,12 +106,48 @@ impl Store {
     pub fn epoch(&self) -> Result<Option<EpochStatus>, NodeError> {
         match self.system.current_epoch()? {
             Some(record) => {
+                let statements = self.state_statements(&record)?;
+                let required = match &record.op {
+                    HostOp::Epoch { required, .. } => required.clone(),
+                    _ => Vec::new(),
+                };
                 let mut status = self.epoch_status(record)?;
                 status.state = self.epoch_state_hash()?;
+                if let Some(ours) = status.state {
+                    status.disagreeing = statements
+                        .iter()
+                        .filter(|(_, stated)| *stated != Hash::ZERO && *stated != ours)
+                        .map(|(peer, _)| *peer)
+                        .collect();
+                    let stated: Vec<PubKey> = statements.iter().map(|(p, _)| *p).collect();
+                    status.finalized = status.settled()
+                        && status.disagreeing.is_empty()
+                        && required
+                            .iter()
+                            .all(|p| stated.contains(p) || self.filter.is_revoked(p));
+                }
                 Ok(Some(status))
             }
             None => Ok(None),
         }
+    }
+
+    /// What members stated as the hash of the state at the epoch `record` holds: its writer in
+    /// the epoch, each acker in its ack (the acks come after the epoch here, so this reads the
+    /// host ops from the epoch on).
+    fn state_statements(&self, record: &HostRecord) -> Result<Vec<(PubKey, Hash)>, NodeError> {
+        let mut out = Vec::new();
+        if let HostOp::Epoch { state, .. } = record.op {
+            out.push((record.author, state));
+        }
+        for later in self.system.host_records(record.seq + 1, usize::MAX)? {
+            if let HostOp::Ack { epochs, state } = &later.op
+                && epochs.contains(&record.hash)
+            {
+                out.push((later.author, *state));
+            }
+        }
+        Ok(out)
     }
 
     /// The settlement of the epoch `record` holds: which required ackers' chains do not reach
@@ -136,6 +180,8 @@ impl Store {
             hash: record.hash,
             waiting,
             state: None,
+            disagreeing: Vec::new(),
+            finalized: false,
         })
     }
 
@@ -182,10 +228,7 @@ impl Store {
     }
 
     /// Brings the state at an epoch up to the current epoch (opening it on first use).
-    pub(super) fn advance_epoch_state(&mut self) -> Result<(), NodeError> {
-        let Some(target) = self.system.current_epoch()? else {
-            return Ok(());
-        };
+    fn advance_epoch_state(&mut self, target: &HostRecord) -> Result<(), NodeError> {
         if self.epoch_state.is_none() {
             let system = StoreRuntime::open_partition(
                 &self.runtime,
@@ -206,8 +249,8 @@ impl Store {
             return Ok(());
         };
         let log = self.log.reader();
-        epoch_state::advance(system, log, &self.filter, &target)?;
-        epoch_state::advance(data, log, &self.filter, &target)?;
+        epoch_state::advance(system, log, &self.filter, target)?;
+        epoch_state::advance(data, log, &self.filter, target)?;
         Ok(())
     }
 
@@ -295,10 +338,20 @@ impl Store {
             .and_then(|r| r.epoch_order())
             .map_or(0, |(n, _)| n + 1);
         let deps = self.frontier_deps(vec![Hash(self.id.0)])?;
+        // Everything witnessed here is below the epoch, so the live state is the state at
+        // it — when all of it is projected.
+        let complete =
+            !self.data.is_headless() && self.data.cursor() == self.log.reader().status()?.head_seq;
+        let state = if complete {
+            self.state_digest()?
+        } else {
+            Hash::ZERO
+        };
         let written = self.log.author(Draft {
             ops: HostOp::Epoch {
                 number,
                 cause: request.cause,
+                state,
                 required: request.required,
             }
             .encode(),
@@ -347,10 +400,11 @@ impl Store {
         Ok(deps)
     }
 
-    /// Writes this node's ack of the current epoch when the epoch requires it and this node's
-    /// chain does not reach it yet; checked once per new current epoch. Returns whether it
-    /// wrote one. A failure is logged: the next epoch, or a restart, asks again.
-    pub(super) fn acknowledge_epoch(&mut self) -> bool {
+    /// Acts on a new current epoch, once per epoch: brings the state at an epoch up to it, and
+    /// writes this node's ack (carrying that state's hash) when the epoch requires one and this
+    /// node's chain does not reach it yet. Returns whether it wrote an ack. Failures are
+    /// logged: the next epoch, or a restart, tries again.
+    pub(super) fn on_new_epoch(&mut self) -> bool {
         let record = match self.system.current_epoch() {
             Ok(Some(record)) if self.epoch_checked != Some(record.hash) => record,
             Ok(_) => return false,
@@ -360,6 +414,9 @@ impl Store {
             }
         };
         self.epoch_checked = Some(record.hash);
+        if let Err(e) = self.advance_epoch_state(&record) {
+            warn!(store = %self.id.short(), "advancing the state at the epoch failed: {e}");
+        }
         let epoch = match self.epoch_status(record) {
             Ok(epoch) => epoch,
             Err(e) => {
@@ -370,9 +427,11 @@ impl Store {
         if !epoch.waiting.contains(&self.me) {
             return false;
         }
+        let state = self.epoch_state_hash().ok().flatten().unwrap_or(Hash::ZERO);
         let ack = Draft {
             ops: HostOp::Ack {
                 epochs: vec![epoch.hash],
+                state,
             }
             .encode(),
             deps: vec![epoch.hash],
@@ -387,6 +446,29 @@ impl Store {
             Err(e) => {
                 warn!(store = %self.id.short(), "acknowledging epoch {} failed: {e}", epoch.number);
                 false
+            }
+        }
+    }
+
+    /// Sets the current epoch's frontier on the log once the epoch is finalized, so forks of
+    /// the history it reaches are refused on ingest. Failures are logged.
+    pub(super) fn check_finality(&mut self) {
+        let epoch = match self.epoch() {
+            Ok(Some(epoch)) if epoch.finalized && self.finalized != Some(epoch.hash) => epoch,
+            Ok(_) => return,
+            Err(e) => {
+                warn!(store = %self.id.short(), "checking finality failed: {e}");
+                return;
+            }
+        };
+        match self.log.reader().reach(&epoch.hash) {
+            Ok(reach) => {
+                self.log.set_final_frontier(reach);
+                self.finalized = Some(epoch.hash);
+                info!(store = %self.id.short(), number = epoch.number, "epoch finalized");
+            }
+            Err(e) => {
+                warn!(store = %self.id.short(), "reading a finalized epoch's frontier failed: {e}")
             }
         }
     }

@@ -58,8 +58,10 @@ pub struct Store {
     system_module: lattice_runtime::ModuleHash,
     /// The state at the newest epoch (data, system partitions); opened when first needed.
     epoch_state: Option<(StoreRuntime, StoreRuntime)>,
-    /// The current epoch the state at an epoch last tried to reach.
-    epoch_state_target: Option<Hash>,
+    /// Host intentions were projected since finality was last checked.
+    finality_unchecked: bool,
+    /// The newest epoch found finalized (its frontier is set on the log).
+    finalized: Option<Hash>,
 }
 
 /// The files of one store.
@@ -315,7 +317,8 @@ impl Store {
             runtime: runtime.clone(),
             system_module,
             epoch_state: None,
-            epoch_state_target: None,
+            finality_unchecked: true,
+            finalized: None,
         };
         store.filter = store.read_filter()?;
         store.project()?;
@@ -528,17 +531,14 @@ impl Store {
         let mut report = self.project_witnessed()?;
         let events = self.system_events.get(start..).unwrap_or_default().to_vec();
         if self.write_requested_epoch(&events) {
-            // The epoch is a host intention of the system partition: project it too.
             self.project_more(&mut report)?;
         }
-        if self.acknowledge_epoch() {
+        if self.on_new_epoch() {
+            // The ack is a host intention of the system partition: project it too.
             self.project_more(&mut report)?;
         }
-        if self.epoch_state_target != self.epoch_checked {
-            self.epoch_state_target = self.epoch_checked;
-            if let Err(e) = self.advance_epoch_state() {
-                warn!(store = %self.id.short(), "advancing the state at the epoch failed: {e}");
-            }
+        if std::mem::take(&mut self.finality_unchecked) {
+            self.check_finality();
         }
         Ok(report)
     }
@@ -582,10 +582,11 @@ impl Store {
             let mut system = ProjectReport::default();
             self.system
                 .apply_witnessed(self.log.reader(), &batch, &self.filter, &mut system)?;
+            let host = batch.iter().any(|(_, s)| s.intention().flags().host);
+            self.finality_unchecked |= host;
             // An epoch can move a revocation's frontier (see `Store::revocation_frontier`).
             let membership = system.events.iter().any(|e| e.topic == "peer")
-                || (self.filter.has_revocations()
-                    && batch.iter().any(|(_, s)| s.intention().flags().host));
+                || (self.filter.has_revocations() && host);
             self.system_events.extend(system.events);
             if membership || competing {
                 let fresh = self.read_filter()?;
