@@ -124,6 +124,18 @@ fn the_creator_writes_epoch_zero_and_revocations_write_the_next() -> TestResult 
         ),
         "{results:?}"
     );
+    // Reopened, the store leaves the state at the epoch for its first flush (off the path to
+    // the first answer); then it is the same as before.
+    let id = s[1].id();
+    let held = s[1].epoch()?.and_then(|e| e.state);
+    let store = s.remove(1);
+    store.close()?;
+    let mut reopened = nodes[1].open_store(id)?;
+    assert_eq!(reopened.epoch()?.and_then(|e| e.state), None);
+    reopened.flush()?;
+    assert_eq!(reopened.epoch()?.and_then(|e| e.state), held);
+    assert!(held.is_some());
+    s.insert(1, reopened);
     // A rebuild finds the same epochs and writes nothing new.
     let before = all_of(&s[1])?.len();
     s[1].rebuild()?;

@@ -413,18 +413,26 @@ impl Store {
                 return false;
             }
         };
+        let opening = self.epoch_checked.is_none();
         self.epoch_checked = Some(record.hash);
-        if let Err(e) = self.advance_epoch_state(&record) {
-            warn!(store = %self.id.short(), "advancing the state at the epoch failed: {e}");
-        }
-        let epoch = match self.epoch_status(record) {
+        let epoch = match self.epoch_status(record.clone()) {
             Ok(epoch) => epoch,
             Err(e) => {
                 warn!(store = %self.id.short(), "checking the current epoch failed: {e}");
                 return false;
             }
         };
-        if !epoch.waiting.contains(&self.me) {
+        let must_ack = epoch.waiting.contains(&self.me);
+        if opening && !must_ack {
+            // As the store opens, the state at the epoch is almost always up to date already:
+            // leave opening its files to the first flush, off the path to the first answer.
+            self.epoch_state_due = true;
+            return false;
+        }
+        if let Err(e) = self.advance_epoch_state(&record) {
+            warn!(store = %self.id.short(), "advancing the state at the epoch failed: {e}");
+        }
+        if !must_ack {
             return false;
         }
         let state = self.epoch_state_hash().ok().flatten().unwrap_or(Hash::ZERO);
@@ -447,6 +455,24 @@ impl Store {
                 warn!(store = %self.id.short(), "acknowledging epoch {} failed: {e}", epoch.number);
                 false
             }
+        }
+    }
+
+    /// Brings the state at an epoch up to date when opening the store left that for later
+    /// (see [`Store::flush`]).
+    pub(super) fn advance_when_due(&mut self) {
+        if !std::mem::take(&mut self.epoch_state_due) {
+            return;
+        }
+        match self.system.current_epoch() {
+            Ok(Some(record)) => {
+                if let Err(e) = self.advance_epoch_state(&record) {
+                    warn!(store = %self.id.short(), "advancing the state at the epoch failed: {e}");
+                }
+                self.check_finality();
+            }
+            Ok(None) => {}
+            Err(e) => warn!(store = %self.id.short(), "reading the current epoch failed: {e}"),
         }
     }
 

@@ -60,6 +60,8 @@ pub struct Store {
     epoch_state: Option<(StoreRuntime, StoreRuntime)>,
     /// Host intentions were projected since finality was last checked.
     finality_unchecked: bool,
+    /// The state at an epoch waits to be brought up to date by the next flush.
+    epoch_state_due: bool,
     /// The newest epoch found finalized (its frontier is set on the log).
     finalized: Option<Hash>,
 }
@@ -318,6 +320,7 @@ impl Store {
             system_module,
             epoch_state: None,
             finality_unchecked: true,
+            epoch_state_due: false,
             finalized: None,
         };
         store.filter = store.read_filter()?;
@@ -723,12 +726,15 @@ impl Store {
             .map(CallReply::Wrote)
     }
 
-    /// Makes both projections durable: one fsync each, covering every commit since the last
-    /// flush (the log is their write-ahead log; see docs/architecture.md "Durability").
+    /// Makes both projections (and the state at an epoch) durable: one fsync each, covering
+    /// every commit since the last flush (the log is their write-ahead log; see
+    /// docs/architecture.md "Durability"). First brings the state at an epoch up to date if
+    /// opening the store left that for later.
     ///
     /// # Errors
     /// Storage failures.
     pub fn flush(&mut self) -> Result<(), NodeError> {
+        self.advance_when_due();
         self.data.flush()?;
         self.system.flush()?;
         if let Some((data, system)) = self.epoch_state.as_mut() {
