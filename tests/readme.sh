@@ -91,7 +91,7 @@ step "store status (the revocation above wrote epoch 1)"
 [ "$(a --json store status "$S" | field '["state"]')" = ready ]
 [ "$(a --json store status "$S" | field '["epoch"]["number"]')" -ge 1 ]
 a store status "$S" | grep -q '^epoch'
-a store status "$S" | grep -q '^log
+a store status "$S" | grep -q '^log '
 step "store repair (projections rebuilt, the log verified and kept) and log verify, daemon running"
 a --json store repair "$S" | field '["projections_rebuilt"]' | grep -q True
 [ "$(a --json get "$S" a | field '["value"]')" = 1 ]
