@@ -357,10 +357,17 @@ impl store_service_server::StoreService for Api {
     ) -> Result<Response<v1::JsonReply>, Status> {
         let id = self.find(&req.into_inner().store)?;
         let descriptor = self.manager.describe(&id).await.map_err(status_of)?;
-        let status = self.manager.status(&id).await.map_err(status_of)?;
+        // The inventory names the module; a full status (epochs, lag, sizes) is not needed.
+        let record = self
+            .manager
+            .node()
+            .meta()
+            .get(&id)
+            .map_err(status_of)?
+            .ok_or_else(|| status_of(NodeError::NotOpen(id.to_string())))?;
         reply(json!({
-            "store": status.id.to_string(),
-            "module": status.module,
+            "store": id.to_string(),
+            "module": record.module.to_string(),
             "descriptor": descriptor.to_json(),
         }))
     }
