@@ -66,6 +66,40 @@ pub struct PeerLag {
     pub behind: u64,
 }
 
+/// What a store tracks of its epochs between calls.
+#[derive(Debug)]
+pub(super) struct EpochTracking {
+    /// The last current epoch acted on (acknowledged if required).
+    pub(super) checked: Option<Hash>,
+    /// The current epoch last reported by [`Store::take_epoch_change`].
+    pub(super) announced: Option<Hash>,
+    /// Host intentions written on this node's own initiative, for [`Store::take_host_writes`].
+    pub(super) host_writes: Vec<lattice_model::SignedIntention>,
+    /// The state at the newest epoch (data, system partitions); opened when first needed.
+    pub(super) state: Option<(StoreRuntime, StoreRuntime)>,
+    /// The state at an epoch waits to be brought up to date by the next flush.
+    pub(super) state_due: bool,
+    /// Host intentions were projected since finality was last checked.
+    pub(super) finality_unchecked: bool,
+    /// The newest epoch found finalized (its frontier is set on the log).
+    pub(super) finalized: Option<Hash>,
+}
+
+impl Default for EpochTracking {
+    fn default() -> EpochTracking {
+        EpochTracking {
+            checked: None,
+            announced: None,
+            host_writes: Vec::new(),
+            state: None,
+            state_due: false,
+            // Checked once as the store opens.
+            finality_unchecked: true,
+            finalized: None,
+        }
+    }
+}
+
 /// What the system table asked for in an `epoch` event.
 struct EpochRequest {
     cause: EpochCause,
@@ -229,7 +263,7 @@ impl Store {
 
     /// Brings the state at an epoch up to the current epoch (opening it on first use).
     fn advance_epoch_state(&mut self, target: &HostRecord) -> Result<(), NodeError> {
-        if self.epoch_state.is_none() {
+        if self.epochs.state.is_none() {
             let system = StoreRuntime::open_partition(
                 &self.runtime,
                 &self.files.epoch_system,
@@ -243,9 +277,9 @@ impl Store {
                 self.id,
                 self.genesis.module,
             )?;
-            self.epoch_state = Some((data, system));
+            self.epochs.state = Some((data, system));
         }
-        let Some((data, system)) = self.epoch_state.as_mut() else {
+        let Some((data, system)) = self.epochs.state.as_mut() else {
             return Ok(());
         };
         let log = self.log.reader();
@@ -263,7 +297,7 @@ impl Store {
     /// Storage failures.
     pub fn epoch_state_hash(&self) -> Result<Option<Hash>, NodeError> {
         let (Some(current), Some((data, system))) =
-            (self.system.current_epoch()?, self.epoch_state.as_ref())
+            (self.system.current_epoch()?, self.epochs.state.as_ref())
         else {
             return Ok(None);
         };
@@ -365,7 +399,7 @@ impl Store {
             trigger = %trigger.short(),
             "epoch written"
         );
-        self.host_writes.push(written.intention);
+        self.epochs.host_writes.push(written.intention);
         Ok(())
     }
 
@@ -392,7 +426,7 @@ impl Store {
                     flags: host_flags(),
                 })?;
                 gathered.push(frontier.hash);
-                self.host_writes.push(frontier.intention);
+                self.epochs.host_writes.push(frontier.intention);
             }
             tips = gathered;
         }
@@ -406,15 +440,15 @@ impl Store {
     /// logged: the next epoch, or a restart, tries again.
     pub(super) fn on_new_epoch(&mut self) -> bool {
         let record = match self.system.current_epoch() {
-            Ok(Some(record)) if self.epoch_checked != Some(record.hash) => record,
+            Ok(Some(record)) if self.epochs.checked != Some(record.hash) => record,
             Ok(_) => return false,
             Err(e) => {
                 warn!(store = %self.id.short(), "reading the current epoch failed: {e}");
                 return false;
             }
         };
-        let opening = self.epoch_checked.is_none();
-        self.epoch_checked = Some(record.hash);
+        let opening = self.epochs.checked.is_none();
+        self.epochs.checked = Some(record.hash);
         let epoch = match self.epoch_status(record.clone()) {
             Ok(epoch) => epoch,
             Err(e) => {
@@ -426,7 +460,7 @@ impl Store {
         if opening && !must_ack {
             // As the store opens, the state at the epoch is almost always up to date already:
             // leave opening its files to the first flush, off the path to the first answer.
-            self.epoch_state_due = true;
+            self.epochs.state_due = true;
             return false;
         }
         if let Err(e) = self.advance_epoch_state(&record) {
@@ -448,7 +482,7 @@ impl Store {
         match self.log.author(ack) {
             Ok(written) => {
                 debug!(store = %self.id.short(), epoch = epoch.number, "acknowledged the epoch");
-                self.host_writes.push(written.intention);
+                self.epochs.host_writes.push(written.intention);
                 true
             }
             Err(e) => {
@@ -461,7 +495,7 @@ impl Store {
     /// Brings the state at an epoch up to date when opening the store left that for later
     /// (see [`Store::flush`]).
     pub(super) fn advance_when_due(&mut self) {
-        if !std::mem::take(&mut self.epoch_state_due) {
+        if !std::mem::take(&mut self.epochs.state_due) {
             return;
         }
         match self.system.current_epoch() {
@@ -480,7 +514,9 @@ impl Store {
     /// the history it reaches are refused on ingest. Failures are logged.
     pub(super) fn check_finality(&mut self) {
         let epoch = match self.epoch() {
-            Ok(Some(epoch)) if epoch.finalized && self.finalized != Some(epoch.hash) => epoch,
+            Ok(Some(epoch)) if epoch.finalized && self.epochs.finalized != Some(epoch.hash) => {
+                epoch
+            }
             Ok(_) => return,
             Err(e) => {
                 warn!(store = %self.id.short(), "checking finality failed: {e}");
@@ -490,7 +526,7 @@ impl Store {
         match self.log.reader().reach(&epoch.hash) {
             Ok(reach) => {
                 self.log.set_final_frontier(reach);
-                self.finalized = Some(epoch.hash);
+                self.epochs.finalized = Some(epoch.hash);
                 info!(store = %self.id.short(), number = epoch.number, "epoch finalized");
             }
             Err(e) => {
@@ -502,19 +538,19 @@ impl Store {
     /// Takes the host intentions this store wrote on its own since the last call (epochs,
     /// acks, frontiers), for the node to gossip.
     pub fn take_host_writes(&mut self) -> Vec<lattice_model::SignedIntention> {
-        std::mem::take(&mut self.host_writes)
+        std::mem::take(&mut self.epochs.host_writes)
     }
 
     /// The current epoch's hash, as last projected (`None` before the first epoch).
     pub fn epoch_hash(&self) -> Option<Hash> {
-        self.epoch_checked
+        self.epochs.checked
     }
 
     /// The current epoch's hash when it changed since the last call (for the gossip topic).
     pub fn take_epoch_change(&mut self) -> Option<Hash> {
-        let now = self.epoch_checked;
-        if now != self.epoch_announced {
-            self.epoch_announced = now;
+        let now = self.epochs.checked;
+        if now != self.epochs.announced {
+            self.epochs.announced = now;
             return now;
         }
         None

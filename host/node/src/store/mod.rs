@@ -45,25 +45,13 @@ pub struct Store {
     /// The genesis author: a member from the start.
     creator: PubKey,
     me: PubKey,
-    /// The last current epoch this node checked for its own acknowledgement.
-    epoch_checked: Option<Hash>,
-    /// The current epoch last reported by [`Store::take_epoch_change`].
-    epoch_announced: Option<Hash>,
-    /// Host intentions written on this node's own initiative, for [`Store::take_host_writes`].
-    host_writes: Vec<SignedIntention>,
     /// Where the store's files are.
     files: StoreFiles,
     /// Opens the state at an epoch on first use.
     runtime: Runtime,
     system_module: lattice_runtime::ModuleHash,
-    /// The state at the newest epoch (data, system partitions); opened when first needed.
-    epoch_state: Option<(StoreRuntime, StoreRuntime)>,
-    /// Host intentions were projected since finality was last checked.
-    finality_unchecked: bool,
-    /// The state at an epoch waits to be brought up to date by the next flush.
-    epoch_state_due: bool,
-    /// The newest epoch found finalized (its frontier is set on the log).
-    finalized: Option<Hash>,
+    /// What this store tracks of its epochs (see `epochs.rs`).
+    epochs: epochs::EpochTracking,
 }
 
 /// The files of one store.
@@ -306,9 +294,6 @@ impl Store {
             data_events: None,
             creator,
             me,
-            epoch_checked: None,
-            epoch_announced: None,
-            host_writes: Vec::new(),
             files: StoreFiles {
                 log: dir.log_path(&id),
                 state: dir.state_path(&id),
@@ -318,10 +303,7 @@ impl Store {
             },
             runtime: runtime.clone(),
             system_module,
-            epoch_state: None,
-            finality_unchecked: true,
-            epoch_state_due: false,
-            finalized: None,
+            epochs: epochs::EpochTracking::default(),
         };
         store.filter = store.read_filter()?;
         store.project()?;
@@ -540,7 +522,7 @@ impl Store {
             // The ack is a host intention of the system partition: project it too.
             self.project_more(&mut report)?;
         }
-        if std::mem::take(&mut self.finality_unchecked) {
+        if std::mem::take(&mut self.epochs.finality_unchecked) {
             self.check_finality();
         }
         Ok(report)
@@ -586,7 +568,7 @@ impl Store {
             self.system
                 .apply_witnessed(self.log.reader(), &batch, &self.filter, &mut system)?;
             let host = batch.iter().any(|(_, s)| s.intention().flags().host);
-            self.finality_unchecked |= host;
+            self.epochs.finality_unchecked |= host;
             // An epoch can move a revocation's frontier (see `Store::revocation_frontier`).
             let membership = system.events.iter().any(|e| e.topic == "peer")
                 || (self.filter.has_revocations() && host);
@@ -737,7 +719,7 @@ impl Store {
         self.advance_when_due();
         self.data.flush()?;
         self.system.flush()?;
-        if let Some((data, system)) = self.epoch_state.as_mut() {
+        if let Some((data, system)) = self.epochs.state.as_mut() {
             data.flush()?;
             system.flush()?;
         }
@@ -1213,7 +1195,7 @@ impl Store {
     pub fn mark_damaged(&mut self) {
         self.data.mark_damaged();
         self.system.mark_damaged();
-        if let Some((data, system)) = self.epoch_state.as_mut() {
+        if let Some((data, system)) = self.epochs.state.as_mut() {
             data.mark_damaged();
             system.mark_damaged();
         }
