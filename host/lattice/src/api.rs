@@ -237,12 +237,17 @@ impl node_service_server::NodeService for Api {
 impl Api {
     /// The status of a store this node does not serve: closed (archived, left, unknown) or,
     /// with `damage`, quarantined.
+    /// The store's record in the node's inventory (`meta.db`), if it has one.
+    fn record(&self, id: &StoreId) -> Result<Option<lattice_node::StoreRecord>, Status> {
+        self.manager.node().meta().get(id).map_err(status_of)
+    }
+
     fn unserved_status(
         &self,
         id: &StoreId,
         damage: Option<String>,
     ) -> Result<Response<v1::StoreStatus>, Status> {
-        let record = self.manager.node().meta().get(id).map_err(status_of)?;
+        let record = self.record(id)?;
         let state = match (&damage, &record) {
             (Some(_), _) => "damaged",
             (None, Some(r)) => r.state.as_str(),
@@ -280,11 +285,7 @@ impl store_service_server::StoreService for Api {
             .await
             .map_err(status_of)?;
         let record = self
-            .manager
-            .node()
-            .meta()
-            .get(&id)
-            .map_err(status_of)?
+            .record(&id)?
             .ok_or_else(|| Status::internal("the new store is not in the inventory"))?;
         Ok(Response::new(store_ref(&record)))
     }
@@ -359,11 +360,7 @@ impl store_service_server::StoreService for Api {
         let descriptor = self.manager.describe(&id).await.map_err(status_of)?;
         // The inventory names the module; a full status (epochs, lag, sizes) is not needed.
         let record = self
-            .manager
-            .node()
-            .meta()
-            .get(&id)
-            .map_err(status_of)?
+            .record(&id)?
             .ok_or_else(|| status_of(NodeError::NotOpen(id.to_string())))?;
         reply(json!({
             "store": id.to_string(),

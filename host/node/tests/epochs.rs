@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{TestResult, all_of, feed, permutations, replica_of, sync_into};
+use common::{TestResult, all_of, exchange, feed, permutations, replica_of, sync_into};
 use lattice_model::{HostOp, SignedIntention};
 use lattice_node::{DataDir, Node, NodeError, Store};
 use serde_json::json;
@@ -231,13 +231,7 @@ fn a_revocation_keeps_what_the_revoker_saw_and_drops_the_rest_in_every_arrival_o
         "digests differ by order"
     );
     // The three nodes agree once they have everything.
-    for x in 0..3 {
-        for y in 0..3 {
-            if x != y {
-                sync_into(&s[x], &s[y])?;
-            }
-        }
-    }
+    exchange(&s)?;
     for store in &mut s {
         store.project()?;
         expected(store)?;
@@ -582,13 +576,7 @@ fn what_a_concurrent_epoch_reached_is_never_taken_back_by_a_revocation() -> Test
         &json!({"peer": key(3), "status": "revoked", "cut": 0}),
     )?;
     s[2].call("put", &json!({"key": "c3", "value": "after"}))?;
-    for x in 0..3 {
-        for y in 0..3 {
-            if x != y {
-                sync_into(&s[x], &s[y])?;
-            }
-        }
-    }
+    exchange(&s[..3])?;
     let mut digests = Vec::new();
     for store in &mut s[..2] {
         store.project()?;

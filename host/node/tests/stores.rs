@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestResult, all_of, feed, permutations, replica_of, sync_into};
+use common::{TestResult, all_of, exchange, feed, permutations, replica_of, sync_into};
 use lattice_log::Incoming;
 use lattice_node::{DataDir, Node, NodeError};
 use serde_json::json;
@@ -529,13 +529,7 @@ fn mutual_revocations(
         replica.close()?;
     }
     assert!(outcomes.windows(2).all(|w| w[0] == w[1]), "{outcomes:?}");
-    for x in 0..3 {
-        for y in 0..3 {
-            if x != y {
-                sync_into(&stores[x], &stores[y])?;
-            }
-        }
-    }
+    exchange(&stores)?;
     for store in &mut stores {
         store.project()?;
         assert_eq!(store.state_digest()?, outcomes[0].0);

@@ -725,16 +725,11 @@ impl StoreRuntime {
         let epochs = txn.open_table(EPOCHS)?;
         // Highest number first: the first one reached is the largest.
         for entry in epochs.iter()?.rev() {
-            let (key, hash) = entry?;
-            let (n, _) = key.value();
+            let (n, hash) = epoch_entry(entry?)?;
             if reached.is_some_and(|r| r >= n) {
                 break;
             }
-            let hash: [u8; 32] = hash
-                .value()
-                .try_into()
-                .map_err(|_| Error::Corrupt(format!("epoch {n}'s record is damaged")))?;
-            if log.is_ancestor(&Hash(hash), &record.hash)? {
+            if log.is_ancestor(&hash, &record.hash)? {
                 reached = Some(n);
                 break;
             }
@@ -1105,13 +1100,7 @@ impl StoreRuntime {
         let txn = self.db.begin_read()?;
         let mut out = Vec::new();
         for entry in txn.open_table(EPOCHS)?.iter()?.rev().take(limit) {
-            let (key, hash) = entry?;
-            let (number, _) = key.value();
-            let hash: [u8; 32] = hash
-                .value()
-                .try_into()
-                .map_err(|_| Error::Corrupt(format!("epoch {number}'s record is damaged")))?;
-            out.push((number, Hash(hash)));
+            out.push(epoch_entry(entry?)?);
         }
         Ok(out)
     }
@@ -1269,6 +1258,21 @@ impl HostRecord {
             _ => None,
         }
     }
+}
+
+/// An `EPOCHS` row as `(number, hash)`.
+fn epoch_entry(
+    (key, hash): (
+        redb::AccessGuard<'_, (u64, u64)>,
+        redb::AccessGuard<'_, &'static [u8]>,
+    ),
+) -> Result<(u64, Hash), Error> {
+    let (number, _) = key.value();
+    let hash: [u8; 32] = hash
+        .value()
+        .try_into()
+        .map_err(|_| Error::Corrupt(format!("epoch {number}'s record is damaged")))?;
+    Ok((number, Hash(hash)))
 }
 
 /// The host op record at `seq`, if any.

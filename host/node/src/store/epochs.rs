@@ -121,6 +121,14 @@ impl EpochRequest {
     }
 }
 
+/// The members an epoch record requires acknowledgements from (none for other host ops).
+fn required_of(record: &HostRecord) -> &[PubKey] {
+    match &record.op {
+        HostOp::Epoch { required, .. } => required,
+        _ => &[],
+    }
+}
+
 /// Flags of a host intention.
 fn host_flags() -> IntentionFlags {
     IntentionFlags {
@@ -141,12 +149,8 @@ impl Store {
         match self.system.current_epoch()? {
             Some(record) => {
                 let statements = self.state_statements(&record)?;
-                let required = match &record.op {
-                    HostOp::Epoch { required, .. } => required.clone(),
-                    _ => Vec::new(),
-                };
-                let mut status = self.epoch_status(record)?;
-                status.state = self.epoch_state_hash()?;
+                let mut status = self.epoch_status(&record)?;
+                status.state = self.epoch_state_hash_at(&record.hash)?;
                 if let Some(ours) = status.state {
                     status.disagreeing = statements
                         .iter()
@@ -156,7 +160,7 @@ impl Store {
                     let stated: Vec<PubKey> = statements.iter().map(|(p, _)| *p).collect();
                     status.finalized = status.settled()
                         && status.disagreeing.is_empty()
-                        && required
+                        && required_of(&record)
                             .iter()
                             .all(|p| stated.contains(p) || self.filter.is_revoked(p));
                 }
@@ -186,27 +190,24 @@ impl Store {
 
     /// The settlement of the epoch `record` holds: which required ackers' chains do not reach
     /// it yet (one `is_ancestor` each). A required acker revoked since is not waited for.
-    fn epoch_status(&self, record: HostRecord) -> Result<EpochStatus, NodeError> {
-        let HostOp::Epoch {
-            number, required, ..
-        } = record.op
-        else {
+    fn epoch_status(&self, record: &HostRecord) -> Result<EpochStatus, NodeError> {
+        let HostOp::Epoch { number, .. } = record.op else {
             return Err(NodeError::Runtime(lattice_runtime::Error::Corrupt(
                 format!("the host op at seq {} is not an epoch", record.seq),
             )));
         };
         let reader = self.log.reader();
         let mut waiting = Vec::new();
-        for acker in required {
-            if self.filter.is_revoked(&acker) {
+        for acker in required_of(record) {
+            if self.filter.is_revoked(acker) {
                 continue;
             }
-            let reached = match reader.tip(&acker)? {
+            let reached = match reader.tip(acker)? {
                 Some(tip) => reader.is_ancestor(&record.hash, &tip)?,
                 None => false,
             };
             if !reached {
-                waiting.push(acker);
+                waiting.push(*acker);
             }
         }
         Ok(EpochStatus {
@@ -296,27 +297,33 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn epoch_state_hash(&self) -> Result<Option<Hash>, NodeError> {
-        let (Some(current), Some((data, system))) =
-            (self.system.current_epoch()?, self.epochs.state.as_ref())
-        else {
+        match self.system.current_epoch()? {
+            Some(current) => self.epoch_state_hash_at(&current.hash),
+            None => Ok(None),
+        }
+    }
+
+    /// As [`Store::epoch_state_hash`], for the current epoch `epoch` already read.
+    fn epoch_state_hash_at(&self, epoch: &Hash) -> Result<Option<Hash>, NodeError> {
+        let Some((data, system)) = self.epochs.state.as_ref() else {
             return Ok(None);
         };
         for runtime in [data, system] {
-            if runtime.is_headless() || epoch_state::held_epoch(runtime)? != Some(current.hash) {
+            if runtime.is_headless() || epoch_state::held_epoch(runtime)? != Some(*epoch) {
                 return Ok(None);
             }
         }
-        let (data, system) = (data.state_digest()?, system.state_digest()?);
-        Ok(Some(Hash::of(&[data.0, system.0].concat())))
+        Ok(Some(super::digest_of(data, system)?))
     }
 
-    /// Writes the epoch the system table asked for in `events` (those projected by this
-    /// pass), when the asking intention is this node's own and no epoch reaches it yet: only
+    /// Writes the epoch the system table asked for in the system events from `start` on (those
+    /// projected by this pass), when the asking intention is this node's own and no epoch reaches it yet: only
     /// the author of the triggering write makes the epoch, and a replay of an old request
     /// (membership settled again, state rebuilt, a crash before the epoch was written) writes
     /// one only if it is still missing. The newest request of this node covers the older ones.
     /// Returns whether it wrote one. Failures are logged: the next projection asks again.
-    pub(super) fn write_requested_epoch(&mut self, events: &[WatchEvent]) -> bool {
+    pub(super) fn write_requested_epoch(&mut self, start: usize) -> bool {
+        let events = self.system_events.get(start..).unwrap_or_default();
         match self.requested_epoch(events) {
             Ok(Some((trigger, request))) => match self.write_epoch(trigger, request) {
                 Ok(()) => true,
@@ -449,7 +456,7 @@ impl Store {
         };
         let opening = self.epochs.checked.is_none();
         self.epochs.checked = Some(record.hash);
-        let epoch = match self.epoch_status(record.clone()) {
+        let epoch = match self.epoch_status(&record) {
             Ok(epoch) => epoch,
             Err(e) => {
                 warn!(store = %self.id.short(), "checking the current epoch failed: {e}");
@@ -469,7 +476,11 @@ impl Store {
         if !must_ack {
             return false;
         }
-        let state = self.epoch_state_hash().ok().flatten().unwrap_or(Hash::ZERO);
+        let state = self
+            .epoch_state_hash_at(&record.hash)
+            .ok()
+            .flatten()
+            .unwrap_or(Hash::ZERO);
         let ack = Draft {
             ops: HostOp::Ack {
                 epochs: vec![epoch.hash],

@@ -237,6 +237,13 @@ fn chain_position_of(log: &Log, hash: &Hash) -> Result<u64, NodeError> {
     Ok(log.reader().dag_info(hash)?.map_or(0, |i| i.author_seq))
 }
 
+/// The digest of a store's state held in `data` and `system`: `BLAKE3(data digest ‖ system
+/// digest)` (docs/protocol.md, "the state at an epoch").
+fn digest_of(data: &StoreRuntime, system: &StoreRuntime) -> Result<Hash, NodeError> {
+    let (data, system) = (data.state_digest()?, system.state_digest()?);
+    Ok(Hash::of(&[data.0, system.0].concat()))
+}
+
 /// A file's size, 0 when it cannot be read (status is best effort).
 fn file_size(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
@@ -514,8 +521,7 @@ impl Store {
     pub fn project(&mut self) -> Result<ProjectReport, NodeError> {
         let start = self.system_events.len();
         let mut report = self.project_witnessed()?;
-        let events = self.system_events.get(start..).unwrap_or_default().to_vec();
-        if self.write_requested_epoch(&events) {
+        if self.write_requested_epoch(start) {
             self.project_more(&mut report)?;
         }
         if self.on_new_epoch() {
@@ -1185,9 +1191,7 @@ impl Store {
     /// # Errors
     /// Storage failures.
     pub fn state_digest(&self) -> Result<Hash, NodeError> {
-        let data = self.data.state_digest()?;
-        let system = self.system.state_digest()?;
-        Ok(Hash::of(&[data.0, system.0].concat()))
+        digest_of(&self.data, &self.system)
     }
 
     /// Keeps both projection files from being marked clean when they close, so the next open

@@ -42,6 +42,18 @@ pub fn sync_into(from: &lattice_node::Store, to: &lattice_node::Store) -> TestRe
     feed(to, &missing)
 }
 
+/// Copies between every ordered pair of `stores`, so each has what any of them had.
+pub fn exchange(stores: &[lattice_node::Store]) -> TestResult {
+    for from in stores {
+        for to in stores {
+            if !std::ptr::eq(from, to) {
+                sync_into(from, to)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A replica of `source` on `node` (the module installed first).
 pub fn replica_of(
     node: &Node,
