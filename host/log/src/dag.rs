@@ -27,6 +27,11 @@ pub(crate) trait DagRead {
     fn hash_at(&self, seq: u64) -> Result<Option<Hash>, Error>;
     fn entry(&self, seq: u64) -> Result<Option<DagEntry>, Error>;
     fn checkpoint(&self, seq: u64) -> Result<Option<Vec<(PubKey, u64)>>, Error>;
+    /// The prune floor as a frontier, when pruning deleted anything: a parent with no DAG
+    /// entry was pruned, and counts as reaching this (every pruned intention is below it, and
+    /// everything below it is final, so over-counting what a walk reaches there changes no
+    /// answer a caller acts on).
+    fn pruned_floor(&self) -> Option<&[(PubKey, u64)]>;
 }
 
 /// The four tables DAG queries read, opened in a read or a write transaction.
@@ -39,6 +44,8 @@ pub(crate) struct DagTables<W, D, I, C> {
     pub(crate) index: I,
     /// `seq → checkpoint`.
     pub(crate) checkpoints: C,
+    /// The prune floor as a frontier; empty while nothing was pruned.
+    pub(crate) floor: Arc<Vec<(PubKey, u64)>>,
 }
 
 impl<W, D, I, C> DagRead for DagTables<W, D, I, C>
@@ -69,6 +76,32 @@ where
             None => Ok(None),
         }
     }
+    fn pruned_floor(&self) -> Option<&[(PubKey, u64)]> {
+        (!self.floor.is_empty()).then_some(self.floor.as_slice())
+    }
+}
+
+/// One step of a walk down the DAG at a seq.
+enum Step {
+    /// The seq's entry.
+    Entry(DagEntry),
+    /// What the seq reaches is known without walking further (a checkpoint, or the prune
+    /// floor for a pruned parent).
+    Reach(Vec<(PubKey, u64)>),
+}
+
+/// Reads the entry at `seq`, or what it reaches when it has a checkpoint or was pruned.
+fn step<D: DagRead>(dag: &D, seq: u64) -> Result<Step, Error> {
+    if let Some(cp) = dag.checkpoint(seq)? {
+        return Ok(Step::Reach(cp));
+    }
+    match dag.entry(seq)? {
+        Some(e) => Ok(Step::Entry(e)),
+        None => match dag.pruned_floor() {
+            Some(floor) => Ok(Step::Reach(floor.to_vec())),
+            None => Err(no_entry()),
+        },
+    }
 }
 
 /// Decodes a stored witness record.
@@ -83,10 +116,14 @@ fn seq_of<D: DagRead>(dag: &D, hash: &Hash) -> Result<u64, QueryError> {
     dag.seq_of(hash)?.ok_or(QueryError::Unknown(*hash))
 }
 
-fn need<D: DagRead>(dag: &D, seq: u64) -> Result<DagEntry, Error> {
-    dag.entry(seq)?.ok_or(Error::Internal {
+fn no_entry() -> Error {
+    Error::Internal {
         what: "a witnessed intention has no dag entry",
-    })
+    }
+}
+
+fn need<D: DagRead>(dag: &D, seq: u64) -> Result<DagEntry, Error> {
+    dag.entry(seq)?.ok_or_else(no_entry)
 }
 
 fn hash_at<D: DagRead>(dag: &D, seq: u64) -> Result<Hash, Error> {
@@ -116,14 +153,16 @@ pub(crate) fn frontier<D: DagRead>(
                 what: "frontier walk exceeded the visit cap",
             });
         }
-        if let Some(cp) = dag.checkpoint(s)? {
-            for (author, aseq) in cp {
-                let slot = best.entry(author).or_insert(0);
-                *slot = (*slot).max(aseq);
+        let e = match step(dag, s)? {
+            Step::Reach(cp) => {
+                for (author, aseq) in cp {
+                    let slot = best.entry(author).or_insert(0);
+                    *slot = (*slot).max(aseq);
+                }
+                continue;
             }
-            continue;
-        }
-        let e = need(dag, s)?;
+            Step::Entry(e) => e,
+        };
         let slot = best.entry(e.author).or_insert(0);
         *slot = (*slot).max(e.author_seq);
         queue.extend(e.parents.iter().copied());
@@ -185,7 +224,21 @@ pub(crate) fn is_ancestor<D: DagRead>(
                 if seen.len() > cap {
                     return Err(QueryError::TooLarge(cap));
                 }
-                queue.push_back((*p, need(dag, *p)?));
+                match dag.entry(*p)? {
+                    Some(pe) => queue.push_back((*p, pe)),
+                    // A pruned parent reaches the prune floor.
+                    None => match dag.pruned_floor() {
+                        Some(floor)
+                            if floor
+                                .iter()
+                                .any(|(au, s)| *au == a.author && *s >= a.author_seq) =>
+                        {
+                            return Ok(true);
+                        }
+                        Some(_) => {}
+                        None => return Err(no_entry().into()),
+                    },
+                }
             }
         }
     }
@@ -226,7 +279,16 @@ impl<'d, D: DagRead> Painter<'d, D> {
         if self.paint.len() >= self.cap {
             return Err(QueryError::TooLarge(self.cap));
         }
-        let e = need(self.dag, seq)?;
+        let e = match self.dag.entry(seq)? {
+            Some(e) => e,
+            // A pruned parent: nothing to walk; painted as reached by both so it never
+            // counts as pending.
+            None if self.dag.pruned_floor().is_some() => {
+                self.paint.insert(seq, BOTH);
+                return Ok(BOTH);
+            }
+            None => return Err(no_entry().into()),
+        };
         self.heap.push((e.generation, seq));
         self.parents.insert(seq, (e.generation, e.parents));
         self.paint.insert(seq, color);
@@ -347,13 +409,19 @@ impl FrontierCache {
         }
     }
 
-    fn of<D: DagRead>(&mut self, dag: &D, seq: u64, cap: usize) -> Result<Frontier, Error> {
+    /// The frontier of the witnessed intention at `seq` (cached).
+    pub(crate) fn of<D: DagRead>(
+        &mut self,
+        dag: &D,
+        seq: u64,
+        cap: usize,
+    ) -> Result<Frontier, Error> {
         if let Some(f) = self.map.get(&seq) {
             return Ok(f.clone());
         }
-        let f: Frontier = match dag.checkpoint(seq)? {
-            Some(cp) => Arc::new(cp),
-            None => Arc::new(frontier(dag, seq, &need(dag, seq)?, cap)?),
+        let f: Frontier = match step(dag, seq)? {
+            Step::Reach(cp) => Arc::new(cp),
+            Step::Entry(e) => Arc::new(frontier(dag, seq, &e, cap)?),
         };
         self.insert(seq, f.clone());
         Ok(f)

@@ -172,6 +172,15 @@ pub enum IngestError {
         /// The chain position it claims.
         position: u64,
     },
+    /// The intention lies at or below what this log pruned (a final epoch reaches it and it
+    /// was deleted here, or it forks the chain there): it is not needed, and never stored again.
+    #[error("intention {hash} of author {author} lies below what this log pruned")]
+    Pruned {
+        /// Short id of the intention.
+        hash: String,
+        /// Short id of the author.
+        author: String,
+    },
     /// The predecessor named in `prev` was written by another author.
     #[error("intention {hash} names {prev}, an intention of another author, as its predecessor")]
     ForeignPredecessor {

@@ -22,7 +22,7 @@ use tracing::{debug, error};
 
 use crate::config::LogConfig;
 use crate::dag::FrontierCache;
-use crate::error::{AuthorError, Error, IngestError};
+use crate::error::{AuthorError, Error, IngestError, QueryError};
 use crate::writer::{Batch, LogState, Tables, stranded_floating};
 
 /// An intention received from elsewhere, as bytes.
@@ -111,6 +111,11 @@ pub(crate) enum Command {
     },
     /// Answered once no floating intention is left to re-check.
     Settle { reply: oneshot::Sender<()> },
+    /// One step of pruning.
+    Prune {
+        target: crate::prune::PruneTarget,
+        reply: oneshot::Sender<Result<crate::prune::PruneStep, QueryError>>,
+    },
 }
 
 impl Command {
@@ -128,7 +133,7 @@ impl Command {
                 run.len(),
                 run.iter().map(|b| b.signed.as_bytes().len()).sum(),
             ),
-            Command::Settle { .. } => (0, 0),
+            Command::Settle { .. } | Command::Prune { .. } => (0, 0),
         }
     }
 }
@@ -185,6 +190,10 @@ enum Reply {
     Built(
         oneshot::Sender<Result<Vec<Result<Authored, AuthorError>>, Error>>,
         Vec<Result<Authored, AuthorError>>,
+    ),
+    Prune(
+        oneshot::Sender<Result<crate::prune::PruneStep, QueryError>>,
+        Result<crate::prune::PruneStep, QueryError>,
     ),
 }
 
@@ -249,6 +258,9 @@ impl IngestActor {
                         Reply::Built(tx, results) => {
                             let _ = tx.send(Ok(results));
                         }
+                        Reply::Prune(tx, result) => {
+                            let _ = tx.send(result);
+                        }
                         Reply::Settle(_) => {}
                     }
                 }
@@ -265,6 +277,9 @@ impl IngestActor {
                         }
                         Reply::Built(tx, _) => {
                             let _ = tx.send(Err(err.clone()));
+                        }
+                        Reply::Prune(tx, _) => {
+                            let _ = tx.send(Err(QueryError::Log(err.clone())));
                         }
                         Reply::Settle(tx) => self.settling.push(tx),
                     }
@@ -334,6 +349,13 @@ impl IngestActor {
                         replies.push(Reply::Ingest(reply, results));
                     }
                     Command::Settle { reply } => self.settling.push(reply),
+                    Command::Prune { target, reply } => match batch.prune(&target) {
+                        Err(QueryError::Log(e)) => {
+                            replies.push(Reply::Prune(reply, Ok(Default::default())));
+                            return Err(e);
+                        }
+                        result => replies.push(Reply::Prune(reply, result)),
+                    },
                     Command::WitnessBuilt { run, reply } => match batch.witness_built(run) {
                         Ok(results) => replies.push(Reply::Built(reply, results)),
                         Err(e) => {
@@ -384,6 +406,9 @@ impl IngestActor {
                     }
                     Command::WitnessBuilt { reply, .. } => Reply::Built(reply, Vec::new()),
                     Command::Settle { reply } => Reply::Settle(reply),
+                    Command::Prune { reply, .. } => {
+                        Reply::Prune(reply, Err(QueryError::Log(e.clone())))
+                    }
                 })
                 .collect();
             (e, rest)

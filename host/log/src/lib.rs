@@ -42,6 +42,7 @@ mod error;
 pub mod file;
 mod ingest;
 mod log;
+mod prune;
 mod reader;
 mod sync_index;
 mod synth;
@@ -55,6 +56,7 @@ pub use error::{
 };
 pub use ingest::{Authored, Draft, Incoming, IngestResults, Ingested, Pending};
 pub use log::{Log, build_genesis};
+pub use prune::{KeepFn, PruneStep, PruneTarget};
 pub use reader::{DagInfo, LogReader, LogStatus, SeqBytes, VerifyReport};
 pub use sync_index::{SyncItem, SyncSnapshot};
 pub use synth::{SplitMix64, SyntheticDag};

@@ -21,11 +21,12 @@ use crate::file::{CleanMark, contain, open_checked};
 /// Frontiers kept in memory for recently witnessed intentions.
 const FRONTIER_CACHE: usize = 4096;
 use crate::error::{
-    AuthorError, CorruptError, Error, IngestError, OpenError, StorageError, storage,
+    AuthorError, CorruptError, Error, IngestError, OpenError, QueryError, StorageError, storage,
 };
 use crate::ingest::{
     Authored, Command, Draft, Incoming, IngestActor, IngestResults, Pending, Slot, Verified,
 };
+use crate::prune::{PruneStep, PruneTarget};
 use crate::reader::LogReader;
 use crate::tables::{
     FORMAT_VERSION, FloatingCounters, META_CLOCK, META_FLOATING, META_FORMAT, META_STORE,
@@ -197,6 +198,37 @@ impl Log {
     /// [`AuthorError`] when a dep is not witnessed, a limit is exceeded or the log failed.
     pub fn author(&self, draft: Draft) -> Result<Authored, AuthorError> {
         self.submit_author(draft).wait().map_err(AuthorError::Log)?
+    }
+
+    /// Queues one step of pruning below an epoch (see [`PruneTarget`]): at most
+    /// `target.step` intentions are looked at, in one transaction between write batches.
+    /// Call again until [`PruneStep::done`].
+    pub fn submit_prune(&self, target: PruneTarget) -> Pending<Result<PruneStep, QueryError>> {
+        let (tx, rx) = oneshot::channel();
+        if let Err(e) = self.send(Command::Prune { target, reply: tx }) {
+            let (tx, rx) = oneshot::channel();
+            let _ = tx.send(Err(QueryError::Log(e)));
+            return Pending(rx);
+        }
+        Pending(rx)
+    }
+
+    /// Prunes below an epoch, step after step, until done; returns the totals.
+    ///
+    /// # Errors
+    /// [`QueryError::Unknown`] when the epoch is not witnessed here; storage failures.
+    pub fn prune(&self, target: PruneTarget) -> Result<PruneStep, QueryError> {
+        let mut total = PruneStep::default();
+        loop {
+            let step = self.submit_prune(target.clone()).wait()??;
+            total.scanned += step.scanned;
+            total.deleted += step.deleted;
+            total.bytes += step.bytes;
+            if step.done {
+                total.done = true;
+                return Ok(total);
+            }
+        }
     }
 
     /// Waits until every floating intention whose wait is over has been re-checked (the
@@ -452,19 +484,24 @@ fn check_tail(
     let last = decode(raw.value())?;
     drop(raw);
     let mut chain = if seq > 1 {
-        let raw =
-            tables
-                .chain
-                .witness
-                .get(seq - 1)
-                .map_err(storage)?
-                .ok_or(CorruptError::Chain(lattice_model::ChainError::SeqGap {
+        match tables.chain.witness.get(seq - 1).map_err(storage)? {
+            Some(raw) => {
+                let before = decode(raw.value())?;
+                lattice_model::ChainVerifier::resume(store_id, before.seq, before.hash())
+            }
+            // The record before was pruned: the link to it cannot be checked any more.
+            None if !tables.floor.0.is_empty() => {
+                lattice_model::ChainVerifier::resume(store_id, seq - 1, last.prev)
+            }
+            None => {
+                return Err(CorruptError::Chain(lattice_model::ChainError::SeqGap {
                     prev_seq: seq - 2,
                     expected: seq - 1,
                     found: seq,
-                }))?;
-        let before = decode(raw.value())?;
-        lattice_model::ChainVerifier::resume(store_id, before.seq, before.hash())
+                })
+                .into());
+            }
+        }
     } else {
         lattice_model::ChainVerifier::new(store_id)
     };

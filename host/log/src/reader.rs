@@ -15,7 +15,7 @@ use crate::error::{CorruptError, Error, QueryError};
 use crate::sync_index::SyncSnapshot;
 use crate::tables::{
     ATTESTATIONS, CHECKPOINTS, DAG, DagEntry, FLOATING, FloatingCounters, INDEX, INTENTIONS, META,
-    META_CLOCK, META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_hlc, decode_tip,
+    META_CLOCK, META_FLOATING, META_WITNESS_KEY, TIPS, WITNESS, decode_hlc, decode_tip, read_floor,
 };
 
 /// A witnessed intention's sequence number and stored bytes.
@@ -53,7 +53,7 @@ pub struct DagInfo {
     pub author_seq: u64,
     /// Its author.
     pub author: PubKey,
-    /// `prev` (when not zero) followed by its deps.
+    /// `prev` (when not zero) followed by its deps; those pruned since are left out.
     pub parents: Vec<Hash>,
 }
 
@@ -66,6 +66,8 @@ pub struct VerifyReport {
     pub attestations: u64,
     /// Intentions whose hash and author signature verified.
     pub intentions: u64,
+    /// Places where pruned records left a gap (the chain is checked on either side).
+    pub pruned_gaps: u64,
 }
 
 type ReadDag = DagTables<
@@ -88,11 +90,13 @@ impl LogReader {
 
     fn dag(&self) -> Result<ReadDag, Error> {
         let txn = self.db.begin_read()?;
+        let floor = Arc::new(read_floor(&txn.open_table(META)?)?.frontier());
         Ok(ReadDag {
             witness: txn.open_table(WITNESS)?,
             dag: txn.open_table(DAG)?,
             index: txn.open_table(INDEX)?,
             checkpoints: txn.open_table(CHECKPOINTS)?,
+            floor,
         })
     }
 
@@ -180,15 +184,18 @@ impl LogReader {
         let Some(e) = dag.entry(seq)? else {
             return Ok(None);
         };
-        let parents = e
-            .parents
-            .iter()
-            .map(|p| {
-                dag.hash_at(*p)?.ok_or(Error::Internal {
-                    what: "a dag parent has no witness record",
-                })
-            })
-            .collect::<Result<_, _>>()?;
+        let mut parents = Vec::with_capacity(e.parents.len());
+        for p in &e.parents {
+            match dag.hash_at(*p)? {
+                Some(hash) => parents.push(hash),
+                None if dag.pruned_floor().is_some() => {}
+                None => {
+                    return Err(Error::Internal {
+                        what: "a dag parent has no witness record",
+                    });
+                }
+            }
+        }
         Ok(Some(DagInfo {
             seq,
             generation: e.generation,
@@ -411,9 +418,15 @@ impl LogReader {
             if !seen.insert(seq) {
                 continue;
             }
-            let entry = dag.entry(seq)?.ok_or(Error::Internal {
-                what: "a witnessed intention has no dag entry",
-            })?;
+            // A pruned parent: the peer needs a snapshot for what lies below, not this walk.
+            let Some(entry) = dag.entry(seq)? else {
+                if dag.pruned_floor().is_some() {
+                    continue;
+                }
+                return Err(Error::Internal {
+                    what: "a witnessed intention has no dag entry",
+                });
+            };
             if held
                 .get(&entry.author)
                 .is_some_and(|&h| h >= entry.author_seq)
@@ -564,6 +577,7 @@ impl LogReader {
         let dag = txn.open_table(DAG)?;
         let index = txn.open_table(INDEX)?;
         let total = witness.len()?;
+        let pruned = !read_floor(&meta)?.0.is_empty();
         let mut chain = ChainVerifier::new(self.store_id);
         let mut report = VerifyReport::default();
         let mut pending: Vec<(PubKey, Hash, Signature)> = Vec::with_capacity(256);
@@ -582,6 +596,11 @@ impl LogReader {
         for row in witness.iter()? {
             let (_, v) = row?;
             let record = decode_record(v.value())?;
+            if pruned && record.seq > chain.last_seq() + 1 {
+                // Records between were pruned: the chain resumes at this one's link.
+                chain = ChainVerifier::resume(self.store_id, record.seq - 1, record.prev);
+                report.pruned_gaps += 1;
+            }
             chain.push(&record).map_err(CorruptError::from)?;
             report.records += 1;
             let missing = || CorruptError::MissingIntention {

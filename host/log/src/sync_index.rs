@@ -59,6 +59,22 @@ pub(crate) fn add256(a: &mut [u8; 32], b: &[u8; 32]) {
     }
 }
 
+/// Subtracts `b` from `a` as 256-bit little-endian integers, wrapping (undoes [`add256`]).
+pub(crate) fn sub256(a: &mut [u8; 32], b: &[u8; 32]) {
+    let mut borrow = 0u64;
+    for lane in 0..4 {
+        let r = lane * 8..lane * 8 + 8;
+        let mut x = [0u8; 8];
+        x.copy_from_slice(&a[r.clone()]);
+        let mut y = [0u8; 8];
+        y.copy_from_slice(&b[r.clone()]);
+        let (d, b1) = u64::from_le_bytes(x).overflowing_sub(u64::from_le_bytes(y));
+        let (d, b2) = d.overflowing_sub(borrow);
+        a[r].copy_from_slice(&d.to_le_bytes());
+        borrow = u64::from(b1 | b2);
+    }
+}
+
 fn encode_bucket(count: u64, sum: &[u8; 32]) -> [u8; 40] {
     let mut v = [0u8; 40];
     v[..8].copy_from_slice(&count.to_le_bytes());
@@ -115,6 +131,55 @@ pub(crate) fn insert_many(
             buckets.insert(&bound, &encode_bucket(count, &sum))?;
         } else {
             recut(items, buckets, bound, next_bound)?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes items (pruned intentions) from the index inside the pruning transaction: each
+/// bucket's count and sum are adjusted by subtraction, and a bucket left empty goes (its
+/// range joins the bucket before it), so the bucket rows follow what remains.
+pub(crate) fn remove_many(
+    items: &mut Table<'_, &'static [u8; 40], ()>,
+    buckets: &mut Table<'_, &'static [u8; 40], &'static [u8; 40]>,
+    mut keys: Vec<[u8; 40]>,
+) -> Result<(), Error> {
+    keys.sort_unstable();
+    keys.dedup();
+    let mut i = 0;
+    while i < keys.len() {
+        let key = keys[i];
+        let Some((bound, mut count, mut sum)) =
+            (match buckets.range::<&[u8; 40]>(..=&key)?.next_back() {
+                Some(row) => {
+                    let (k, v) = row?;
+                    let (count, sum) = decode_bucket(v.value());
+                    Some((*k.value(), count, sum))
+                }
+                None => None,
+            })
+        else {
+            i += 1;
+            continue;
+        };
+        let next_bound = match buckets
+            .range::<&[u8; 40]>((Bound::Excluded(&bound), Bound::Unbounded))?
+            .next()
+        {
+            Some(row) => Some(*row?.0.value()),
+            None => None,
+        };
+        while i < keys.len() && next_bound.is_none_or(|nb| keys[i] < nb) {
+            if items.remove(&keys[i])?.is_some() {
+                count = count.saturating_sub(1);
+                sub256(&mut sum, &split_key(&keys[i]).1);
+            }
+            i += 1;
+        }
+        if count == 0 && bound != [0u8; 40] {
+            buckets.remove(&bound)?;
+        } else {
+            buckets.insert(&bound, &encode_bucket(count, &sum))?;
         }
     }
     Ok(())

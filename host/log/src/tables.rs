@@ -43,6 +43,14 @@ pub(crate) const WAITS: MultimapTableDefinition<&[u8; 32], &[u8; 32]> =
 pub(crate) const ARRIVALS: TableDefinition<u64, &[u8; 32]> =
     TableDefinition::new("floating_arrivals");
 
+/// `META` key of the prune floor: what pruning has deleted below (see [`PruneFloor`]).
+pub(crate) const META_PRUNE_FLOOR: &str = "prune_floor";
+/// `META` key of the progress of the prune pass under way (see [`PruneProgress`]).
+pub(crate) const META_PRUNE_PROGRESS: &str = "prune_progress";
+/// Intentions a prune pass scanned and kept because they were not below its floor (written
+/// concurrently with the epoch): `seq → ()`, scanned again by the next pass.
+pub(crate) const PRUNE_PENDING: TableDefinition<u64, ()> = TableDefinition::new("prune_pending");
+
 /// Every intention whose author seq is a multiple of this stores a reachability checkpoint.
 pub(crate) const CHECKPOINT_EVERY: u64 = 32;
 
@@ -216,6 +224,112 @@ pub(crate) fn decode_checkpoint(bytes: &[u8]) -> Result<Vec<(PubKey, u64)>, Corr
         .chunks_exact(40)
         .map(|c| Ok((PubKey(array_at(c, 0, T)?), u64_at(c, 32, T)?)))
         .collect()
+}
+
+/// What pruning deleted below: per author, the chain position of the newest intention an
+/// epoch reaches (its *boundary*, which stays) and that intention's HLC. Every intention of the
+/// author at or below the position that is not kept is gone; an arriving intention of the
+/// author dated at or before the boundary's HLC is at or below it (chains are dated in
+/// increasing order). Layout: `(author [32] | position u64 | hlc [12])·n`, sorted by author.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct PruneFloor(pub(crate) Vec<(PubKey, u64, Hlc)>);
+
+impl PruneFloor {
+    const ROW: usize = 32 + 8 + 12;
+
+    pub(crate) fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.0.len() * Self::ROW);
+        for (author, position, hlc) in &self.0 {
+            out.extend_from_slice(author.as_bytes());
+            out.extend_from_slice(&position.to_le_bytes());
+            out.extend_from_slice(&hlc.to_bytes());
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<PruneFloor, CorruptError> {
+        const T: &str = "meta";
+        if !bytes.len().is_multiple_of(Self::ROW) {
+            return Err(malformed(T));
+        }
+        bytes
+            .chunks_exact(Self::ROW)
+            .map(|c| {
+                Ok((
+                    PubKey(array_at(c, 0, T)?),
+                    u64_at(c, 32, T)?,
+                    Hlc::from_bytes(array_at(c, 40, T)?),
+                ))
+            })
+            .collect::<Result<_, _>>()
+            .map(PruneFloor)
+    }
+
+    /// The author's boundary: its chain position and HLC.
+    pub(crate) fn boundary(&self, author: &PubKey) -> Option<(u64, Hlc)> {
+        self.0
+            .binary_search_by(|(a, _, _)| a.cmp(author))
+            .ok()
+            .map(|i| (self.0[i].1, self.0[i].2))
+    }
+
+    /// The floor as a reachability frontier (per author, the position), for DAG walks that
+    /// meet a pruned parent.
+    pub(crate) fn frontier(&self) -> Vec<(PubKey, u64)> {
+        self.0.iter().map(|(a, p, _)| (*a, *p)).collect()
+    }
+}
+
+/// The prune pass under way: the epoch it prunes below (its witness seq), the next seq of
+/// the log to scan, and how far the intentions left pending by earlier passes were scanned
+/// again (`pending_next` up to `pending_end`). Layout: four u64.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct PruneProgress {
+    pub(crate) epoch_seq: u64,
+    pub(crate) next_seq: u64,
+    pub(crate) pending_next: u64,
+    pub(crate) pending_end: u64,
+}
+
+impl PruneProgress {
+    pub(crate) fn encode(&self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, v) in [
+            self.epoch_seq,
+            self.next_seq,
+            self.pending_next,
+            self.pending_end,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            out[i * 8..i * 8 + 8].copy_from_slice(&v.to_le_bytes());
+        }
+        out
+    }
+
+    pub(crate) fn decode(bytes: &[u8]) -> Result<PruneProgress, CorruptError> {
+        const T: &str = "meta";
+        if bytes.len() != 32 {
+            return Err(malformed(T));
+        }
+        Ok(PruneProgress {
+            epoch_seq: u64_at(bytes, 0, T)?,
+            next_seq: u64_at(bytes, 8, T)?,
+            pending_next: u64_at(bytes, 16, T)?,
+            pending_end: u64_at(bytes, 24, T)?,
+        })
+    }
+}
+
+/// Reads the prune floor (empty while nothing was pruned).
+pub(crate) fn read_floor(
+    meta: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+) -> Result<PruneFloor, crate::error::Error> {
+    Ok(match meta.get(META_PRUNE_FLOOR)? {
+        Some(v) => PruneFloor::decode(v.value())?,
+        None => PruneFloor::default(),
+    })
 }
 
 pub(crate) fn decode_hlc(bytes: &[u8]) -> Result<Hlc, CorruptError> {

@@ -19,8 +19,9 @@ use crate::ingest::{Authored, Draft, Ingested, Verified};
 use crate::sync_index;
 use crate::tables::{
     ARRIVALS, ATTESTATIONS, CHECKPOINT_EVERY, CHECKPOINTS, DAG, DagEntry, FLOATING,
-    FloatingCounters, FloatingEntry, INDEX, INTENTIONS, META, META_CLOCK, META_FLOATING, TIPS,
-    WAITS, WITNESS, decode_tip, encode_checkpoint, encode_tip,
+    FloatingCounters, FloatingEntry, INDEX, INTENTIONS, META, META_CLOCK, META_FLOATING,
+    PRUNE_PENDING, PruneFloor, TIPS, WAITS, WITNESS, decode_tip, encode_checkpoint, encode_tip,
+    read_floor,
 };
 
 /// In-memory summary of the log that the actor keeps between batches. A batch works on a copy
@@ -54,17 +55,23 @@ pub(crate) struct Tables<'t> {
     pub(crate) arrivals: Table<'t, u64, &'static [u8; 32]>,
     pub(crate) sync_items: Table<'t, &'static [u8; 40], ()>,
     pub(crate) sync_buckets: Table<'t, &'static [u8; 40], &'static [u8; 40]>,
+    pub(crate) prune_pending: Table<'t, u64, ()>,
+    /// What pruning deleted below (read when the transaction began).
+    pub(crate) floor: PruneFloor,
 }
 
 impl<'t> Tables<'t> {
     pub(crate) fn open(txn: &'t WriteTransaction) -> Result<Tables<'t>, Error> {
+        let meta = txn.open_table(META)?;
+        let floor = read_floor(&meta)?;
         Ok(Tables {
-            meta: txn.open_table(META)?,
+            meta,
             chain: DagTables {
                 witness: txn.open_table(WITNESS)?,
                 dag: txn.open_table(DAG)?,
                 index: txn.open_table(INDEX)?,
                 checkpoints: txn.open_table(CHECKPOINTS)?,
+                floor: Arc::new(floor.frontier()),
             },
             intentions: txn.open_table(INTENTIONS)?,
             attestations: txn.open_table(ATTESTATIONS)?,
@@ -74,6 +81,8 @@ impl<'t> Tables<'t> {
             arrivals: txn.open_table(ARRIVALS)?,
             sync_items: txn.open_table(sync_index::SYNC_ITEMS)?,
             sync_buckets: txn.open_table(sync_index::SYNC_BUCKETS)?,
+            prune_pending: txn.open_table(PRUNE_PENDING)?,
+            floor,
         })
     }
 }
@@ -101,6 +110,8 @@ pub(crate) struct Batch<'a, 't> {
     start_seq: u64,
     /// Sync index keys of the intentions witnessed in this batch, added in `finish`.
     sync_keys: Vec<[u8; 40]>,
+    /// Sync index keys of the intentions pruned in this batch, removed in `finish`.
+    pub(crate) sync_pruned: Vec<[u8; 40]>,
     /// Per author, the newest chain position a finalized epoch reaches (see
     /// [`crate::Log::set_final_frontier`]).
     pub(crate) final_frontier: Arc<HashMap<PubKey, u64>>,
@@ -127,6 +138,7 @@ impl<'a, 't> Batch<'a, 't> {
             now_ms,
             start_seq,
             sync_keys: Vec::new(),
+            sync_pruned: Vec::new(),
             final_frontier: Arc::default(),
         }
     }
@@ -134,6 +146,17 @@ impl<'a, 't> Batch<'a, 't> {
     /// The error for an intention that forks `author`'s chain at `position`: below a
     /// finalized epoch it changes signed history, above it is an ordinary fork.
     fn fork(&self, hash: Hash, author: PubKey, prev: Hash, position: u64) -> IngestError {
+        if self
+            .tables
+            .floor
+            .boundary(&author)
+            .is_some_and(|(floor, _)| position <= floor)
+        {
+            return IngestError::Pruned {
+                hash: hash.short(),
+                author: author.short(),
+            };
+        }
         if self
             .final_frontier
             .get(&author)
@@ -189,6 +212,19 @@ impl<'a, 't> Batch<'a, 't> {
             author_seq = 1;
         } else {
             match self.lookup(&prev)? {
+                // Dated at or before the author's pruned boundary: at or below it (chains are
+                // dated in increasing order), so deleted here or a fork there.
+                None if self
+                    .tables
+                    .floor
+                    .boundary(&author)
+                    .is_some_and(|(_, hlc)| intention.hlc() <= hlc) =>
+                {
+                    return Ok(Readiness::Invalid(IngestError::Pruned {
+                        hash: hash.short(),
+                        author: author.short(),
+                    }));
+                }
                 None => return Ok(Readiness::Missing(prev)),
                 Some((_, p)) if p.author != author => {
                     return Ok(Readiness::Invalid(IngestError::ForeignPredecessor {
@@ -537,6 +573,11 @@ impl<'a, 't> Batch<'a, 't> {
 
     /// Attests the new head (when anything was witnessed) and persists counters.
     pub(crate) fn finish(mut self, key: &NodeKey) -> Result<LogState, Error> {
+        sync_index::remove_many(
+            &mut self.tables.sync_items,
+            &mut self.tables.sync_buckets,
+            std::mem::take(&mut self.sync_pruned),
+        )?;
         sync_index::insert_many(
             &mut self.tables.sync_items,
             &mut self.tables.sync_buckets,

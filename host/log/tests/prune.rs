@@ -1,0 +1,199 @@
+//! Pruning against real redb files: what goes and what stays below an epoch, the sync
+//! index's sums after deletion, refusing pruned intentions sent again, writing on after a
+//! prune, reopening and verifying a pruned log, and a later pass taking what an earlier one kept.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use lattice_log::{
+    Draft, Incoming, IngestError, Ingested, Log, LogConfig, PruneTarget, build_genesis,
+    system_now_ms,
+};
+use lattice_model::{Hash, Hlc, Intention, IntentionFlags, NodeKey, SignedIntention, StoreId};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn add256(a: &mut [u8; 32], b: &[u8; 32]) {
+    let mut carry = 0u128;
+    for lane in 0..4 {
+        let x = u64::from_le_bytes(a[lane * 8..lane * 8 + 8].try_into().unwrap_or([0; 8])) as u128;
+        let y = u64::from_le_bytes(b[lane * 8..lane * 8 + 8].try_into().unwrap_or([0; 8])) as u128;
+        let s = x + y + carry;
+        a[lane * 8..lane * 8 + 8].copy_from_slice(&(s as u64).to_le_bytes());
+        carry = s >> 64;
+    }
+}
+
+fn foreign(
+    key: &NodeKey,
+    store: StoreId,
+    prev: Hash,
+    deps: Vec<Hash>,
+) -> Result<SignedIntention, Box<dyn std::error::Error>> {
+    // Dated after everything witnessed so far (a chain's dates increase).
+    static COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let hlc = Hlc::new(
+        system_now_ms() + 1,
+        COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+    );
+    let i = Intention::new(
+        store,
+        key.public(),
+        hlc,
+        prev,
+        deps,
+        b"b".to_vec(),
+        IntentionFlags::default(),
+    )?;
+    Ok(SignedIntention::sign(i, key)?)
+}
+
+fn ingest_one(
+    log: &Log,
+    signed: &SignedIntention,
+) -> Result<Result<Ingested, IngestError>, Box<dyn std::error::Error>> {
+    let mut results = log.ingest(vec![Incoming::new(signed.as_bytes().to_vec())])?;
+    results.pop().ok_or_else(|| "no result".into())
+}
+
+fn epoch(log: &Log, deps: Vec<Hash>) -> Result<Hash, Box<dyn std::error::Error>> {
+    let flags = IntentionFlags {
+        system: true,
+        ..IntentionFlags::default()
+    };
+    Ok(log
+        .author(Draft {
+            ops: b"epoch".to_vec(),
+            deps,
+            flags,
+        })?
+        .hash)
+}
+
+fn prune(log: &Log, epoch: Hash, keep: &[Hash]) -> Result<u64, Box<dyn std::error::Error>> {
+    let keep: HashSet<Hash> = keep.iter().copied().collect();
+    let step = log.prune(PruneTarget {
+        epoch,
+        keep: Arc::new(move |h| keep.contains(h)),
+        step: 700,
+    })?;
+    assert!(step.done);
+    Ok(step.deleted)
+}
+
+/// The sync index holds exactly `expected`, and its sums are theirs.
+fn check_sync_index(log: &Log, expected: &[Hash]) -> TestResult {
+    let snap = log.reader().sync_snapshot()?;
+    assert_eq!(snap.len(), expected.len() as u64);
+    let mut sum = [0u8; 32];
+    for h in expected {
+        add256(&mut sum, h.as_bytes());
+    }
+    assert_eq!(snap.sum(0, snap.len())?, sum);
+    let mut seen = HashSet::new();
+    snap.for_each(0, snap.len(), &mut |(_, h), _| {
+        seen.insert(Hash(h));
+        true
+    })?;
+    assert_eq!(seen, expected.iter().copied().collect());
+    Ok(())
+}
+
+#[test]
+fn pruning_deletes_what_lies_below_the_epoch_and_keeps_what_is_needed() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("log.db");
+    let node = NodeKey::from_seed([1; 32]);
+    let other = NodeKey::from_seed([2; 32]);
+    let genesis = build_genesis(&node, b"test".to_vec(), system_now_ms())?;
+    let store = StoreId::from(genesis.hash());
+    let log = Log::open(&path, store, node.clone(), LogConfig::default())?;
+    log.ingest(vec![Incoming::new(genesis.as_bytes().to_vec())])?;
+
+    // Another author's chain of three, then 5,000 of our own writes (several sync buckets).
+    let b1 = foreign(&other, store, Hash::ZERO, vec![genesis.hash()])?;
+    let b2 = foreign(&other, store, b1.hash(), vec![])?;
+    let b3 = foreign(&other, store, b2.hash(), vec![])?;
+    for b in [&b1, &b2, &b3] {
+        assert!(matches!(
+            ingest_one(&log, b)?,
+            Ok(Ingested::Witnessed { .. })
+        ));
+    }
+    let pending: Vec<_> = (0..5000u32)
+        .map(|i| {
+            log.submit_author(Draft {
+                ops: i.to_le_bytes().to_vec(),
+                ..Draft::default()
+            })
+        })
+        .collect();
+    let mut writes = Vec::new();
+    for p in pending {
+        writes.push(p.wait()??.hash);
+    }
+    let e1 = epoch(&log, vec![genesis.hash(), b3.hash()])?;
+
+    // Two writes the state still names stay; so do the genesis, the epoch and b3 (the other
+    // author's boundary: its next intention names it).
+    let kept = [writes[100], writes[4000]];
+    assert_eq!(prune(&log, e1, &kept)?, 5000 - 2 + 2);
+    let remaining = [genesis.hash(), b3.hash(), writes[100], writes[4000], e1];
+    assert_eq!(log.reader().witnessed_count()?, remaining.len() as u64);
+    for h in remaining {
+        assert!(log.reader().get(&h)?.is_some(), "{h:?} was kept");
+    }
+    for h in [writes[0], writes[4999], b1.hash(), b2.hash()] {
+        assert!(log.reader().get(&h)?.is_none());
+    }
+    check_sync_index(&log, &remaining)?;
+    let report = log.reader().verify(|_, _| {})?;
+    assert!(report.pruned_gaps >= 1);
+    assert_eq!(report.intentions, remaining.len() as u64);
+
+    // Sent again, a pruned intention is refused as such, not floated.
+    for gone in [&b2] {
+        assert!(matches!(
+            ingest_one(&log, gone)?,
+            Err(IngestError::Pruned { .. })
+        ));
+    }
+    assert_eq!(log.reader().status()?.floating, 0);
+
+    // Writing goes on: our next write continues from the epoch and may cite a kept write;
+    // the other author's next continues from its boundary. DAG queries walk past the gap.
+    let x = log
+        .author(Draft {
+            ops: b"after".to_vec(),
+            deps: vec![writes[4000]],
+            ..Draft::default()
+        })?
+        .hash;
+    let b4 = foreign(&other, store, b3.hash(), vec![x])?;
+    assert!(matches!(
+        ingest_one(&log, &b4)?,
+        Ok(Ingested::Witnessed { .. })
+    ));
+    assert!(log.reader().is_ancestor(&genesis.hash(), &b4.hash())?);
+    assert!(log.reader().is_ancestor(&writes[100], &x)?);
+    let reach = log.reader().reach(&b4.hash())?;
+    assert!(reach.contains(&(other.public(), 4)));
+
+    // A second pass below the same epoch finds nothing more.
+    assert_eq!(prune(&log, e1, &kept)?, 0);
+
+    // Reopening checks the tail across the gap; verify still passes.
+    log.close()?;
+    let log = Log::open(&path, store, node.clone(), LogConfig::default())?;
+    log.reader().verify(|_, _| {})?;
+
+    // A later epoch with nothing kept takes the writes the first pass kept and b3 (b4 is the
+    // other author's boundary now).
+    let e2 = epoch(&log, vec![genesis.hash(), b4.hash()])?;
+    assert_eq!(prune(&log, e2, &[])?, 4);
+    let remaining = [genesis.hash(), e1, b4.hash(), e2];
+    assert_eq!(log.reader().witnessed_count()?, remaining.len() as u64);
+    check_sync_index(&log, &remaining)?;
+    log.reader().verify(|_, _| {})?;
+    Ok(())
+}
