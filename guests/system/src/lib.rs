@@ -49,6 +49,8 @@ pub const MAX_REFUSED: usize = 64;
 pub struct System;
 
 const CHILD_STATUSES: &[&str] = &["active", "archived"];
+/// Pruning policies: none, keep the newest N final epochs' history, keep N ms of history.
+const PRUNE_MODES: &[&str] = &["off", "keep-epochs", "keep-ms"];
 
 fn table() -> LwwTable {
     LwwTable::new(TABLE)
@@ -282,6 +284,28 @@ fn entries_for(host: &dyn Host, method: &str, args: &Args) -> Result<Vec<Entry>,
             )]
         }
         "release-app" => vec![(format!("app/{}", args.text("app_id")?), None)],
+        "request-epoch" => {
+            one_of(args, "cause", &["prune-cut"])?;
+            let nonce = seq_arg(args, "nonce")?.ok_or_else(|| {
+                invalid("`nonce` is required (any number new to this store)".into())
+            })?;
+            vec![(
+                "epoch/request".into(),
+                Some(json!({"cause": "prune-cut", "nonce": nonce})),
+            )]
+        }
+        "set-prune-policy" => {
+            let mode = one_of(args, "mode", PRUNE_MODES)?;
+            let keep = seq_arg(args, "keep")?;
+            let value = match (mode.as_str(), keep) {
+                ("off", _) => json!({"mode": "off"}),
+                (mode, Some(keep)) if keep >= 1 => json!({"mode": mode, "keep": keep}),
+                (mode, _) => {
+                    return Err(invalid(format!("`{mode}` needs `keep` (at least 1)")));
+                }
+            };
+            vec![("prune/policy".into(), Some(value))]
+        }
         "batch" => {
             let Some(Value::Array(items)) = args.get("ops") else {
                 return Err(invalid(
@@ -421,6 +445,27 @@ fn validate(key: &str, value: Option<&Value>) -> Result<(), StoreError> {
             }
         }
         ["app", app] if is_app_id(app) => check_id(key, value, "by"),
+        ["epoch", "request"] => {
+            if text_field(value, "cause") == Some("prune-cut")
+                && value.get("nonce").and_then(Value::as_u64).is_some()
+            {
+                Ok(())
+            } else {
+                Err(reject(key, "an epoch request is {cause: prune-cut, nonce}"))
+            }
+        }
+        ["prune", "policy"] => {
+            let mode = text_field(value, "mode");
+            let keep = value.get("keep").and_then(Value::as_u64);
+            match (mode, keep) {
+                (Some("off"), None) => Ok(()),
+                (Some(m), Some(k)) if PRUNE_MODES.contains(&m) && m != "off" && k >= 1 => Ok(()),
+                _ => Err(reject(
+                    key,
+                    "a prune policy is {mode: off} or {mode: keep-epochs|keep-ms, keep ≥ 1}",
+                )),
+            }
+        }
         _ => Err(reject(key, "unknown key")),
     }
 }
@@ -566,6 +611,12 @@ impl StoreType for System {
                 method("claim-app", Command, "claim an app id for this store",
                     vec![param("app_id", Text, "the app id"), id("by", "claimer key")], "{}"),
                 method("release-app", Command, "release an app id", vec![param("app_id", Text, "the app id")], "{}"),
+                method("request-epoch", Command, "ask for an epoch now (a pruning cut)",
+                    vec![param("cause", Text, "prune-cut"),
+                         param("nonce", Integer, "any number new to this store")], "{}"),
+                method("set-prune-policy", Command, "when history below final epochs is deleted",
+                    vec![param("mode", Text, "off | keep-epochs | keep-ms"),
+                         optional_param("keep", Integer, "epochs kept, or ms of history kept")], "{}"),
                 method("batch", Command, "several of the above as one intention",
                     vec![param("ops", Json, "[{\"method\", \"args\"}]")], "{}"),
                 method("peers", Query, "every peer with status, name and refused ranges", vec![],
@@ -578,6 +629,8 @@ impl StoreType for System {
                 method("invite", Query, "an invite by hash", vec![id("hash", "blake3 of the secret")],
                     "{\"status\", \"expires_ms\", \"invited_by\", \"claimed_by\"} | null"),
                 method("apps", Query, "app-id claims", vec![], "{\"items\": [{\"app_id\", \"by\"}]}"),
+                method("prune-policy", Query, "when history is pruned", vec![],
+                    "{\"mode\": \"off\" | \"keep-epochs\" | \"keep-ms\", \"keep\"}"),
             ],
         }
     }
@@ -613,6 +666,9 @@ impl StoreType for System {
             if let Some(now) = t.apply_entry(host, entry, op)? {
                 if is_status_key(&entry.0) {
                     cause = cause.or(epoch_cause(first_peer, before, status_of(now.as_ref())));
+                }
+                if entry.0 == "epoch/request" {
+                    cause = cause.or(Some("prune-cut"));
                 }
                 let topic = match entry.0.split('/').next() {
                     Some("name" | "strategy") => "store",
@@ -690,6 +746,10 @@ impl StoreType for System {
                     .collect();
                 Ok(json!({"items": items}))
             }
+            "prune-policy" => Ok(t
+                .get_json(host, "prune/policy")?
+                .0
+                .unwrap_or_else(|| json!({"mode": "off"}))),
             other => Err(StoreError::UnknownMethod(other.into())),
         }
     }
@@ -724,6 +784,67 @@ mod tests {
 
     const P: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+    #[test]
+    fn a_prune_cut_asks_for_an_epoch_and_the_policy_is_kept() -> Result<(), StoreError> {
+        let mut host = MemoryHost::new();
+        call(
+            &mut host,
+            1,
+            "set-peer-status",
+            json!({"peer": P, "status": "active"}),
+        )?;
+        call(
+            &mut host,
+            2,
+            "request-epoch",
+            json!({"cause": "prune-cut", "nonce": 7}),
+        )?;
+        let last_epoch: Value = host
+            .events
+            .iter()
+            .rev()
+            .find(|(topic, _)| topic == "epoch")
+            .map(|(_, payload)| serde_json::from_slice(payload))
+            .transpose()
+            .map_err(|e| StoreError::Internal(e.to_string()))?
+            .ok_or_else(|| StoreError::Internal("no epoch event".into()))?;
+        assert_eq!(last_epoch, json!({"cause": "prune-cut", "required": [P]}));
+        assert!(matches!(
+            System::prepare(
+                &host,
+                "request-epoch",
+                &Args::from_json(json!({"cause": "other", "nonce": 1}))
+            ),
+            Err(StoreError::InvalidArgument(_))
+        ));
+
+        assert_eq!(
+            query(&host, "prune-policy", json!({}))?,
+            json!({"mode": "off"})
+        );
+        call(
+            &mut host,
+            3,
+            "set-prune-policy",
+            json!({"mode": "keep-epochs", "keep": 2}),
+        )?;
+        assert_eq!(
+            query(&host, "prune-policy", json!({}))?,
+            json!({"mode": "keep-epochs", "keep": 2})
+        );
+        for bad in [
+            json!({"mode": "keep-ms"}),
+            json!({"mode": "keep-ms", "keep": 0}),
+            json!({"mode": "sometimes"}),
+        ] {
+            assert!(matches!(
+                System::prepare(&host, "set-prune-policy", &Args::from_json(bad)),
+                Err(StoreError::InvalidArgument(_))
+            ));
+        }
+        Ok(())
+    }
 
     #[test]
     fn revoke_then_reactivate_keeps_the_refused_range() -> Result<(), StoreError> {

@@ -1059,6 +1059,84 @@ impl StoreRuntime {
         Ok(())
     }
 
+    /// Replaces this partition's projected state (data, rejections, guest log), cursor and
+    /// mark with `source`'s, in one durable transaction: the live state restarts from the
+    /// state at an epoch when the history below it was pruned. Cost grows with the state,
+    /// not with history. Host records stay as they are (only the data partition is restored;
+    /// the system partition keeps its whole history).
+    ///
+    /// # Errors
+    /// Storage failures (nothing changes then).
+    pub fn restore_from(&mut self, source: &StoreRuntime) -> Result<(), Error> {
+        self.abort_run();
+        let from = source.db.begin_read()?;
+        let (cursor, log_count, mark) = {
+            let meta = from.open_table(META)?;
+            (
+                meta_u64(&meta, "cursor")?,
+                meta_u64(&meta, "log_count")?,
+                meta.get(META_MARK)?.map(|v| v.value().to_vec()),
+            )
+        };
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.delete_table(DATA)?;
+        txn.delete_table(REJECTED)?;
+        txn.delete_table(LOG)?;
+        {
+            let mut data = txn.open_table(DATA)?;
+            for row in from.open_table(DATA)?.iter()? {
+                let (k, v) = row?;
+                data.insert(k.value(), v.value())?;
+            }
+            let mut rejected = txn.open_table(REJECTED)?;
+            for row in from.open_table(REJECTED)?.iter()? {
+                let (k, v) = row?;
+                rejected.insert(k.value(), v.value())?;
+            }
+            let mut log = txn.open_table(LOG)?;
+            for row in from.open_table(LOG)?.iter()? {
+                let (k, v) = row?;
+                log.insert(k.value(), v.value())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert("cursor", cursor.to_le_bytes().as_slice())?;
+            meta.insert("log_count", log_count.to_le_bytes().as_slice())?;
+            match &mark {
+                Some(mark) => meta.insert(META_MARK, mark.as_slice())?,
+                None => meta.remove(META_MARK)?,
+            };
+        }
+        txn.commit()?;
+        self.cursor = cursor;
+        self.log_count = log_count;
+        self.unsynced = false;
+        if let Some(guest) = self.guest.as_mut() {
+            guest.host().log_next = log_count;
+        }
+        Ok(())
+    }
+
+    /// Calls `visit` with every key and value of the projected state and every guest log
+    /// entry, in order: what the state names (pruning keeps every intention whose hash
+    /// appears in it).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn visit_state(&self, visit: &mut dyn FnMut(&[u8])) -> Result<(), Error> {
+        let txn = self.db.begin_read()?;
+        for row in txn.open_table(DATA)?.iter()? {
+            let (k, v) = row?;
+            visit(k.value());
+            visit(v.value());
+        }
+        for row in txn.open_table(LOG)?.iter()? {
+            let (_, v) = row?;
+            visit(v.value());
+        }
+        Ok(())
+    }
+
     /// The current epoch's record: the greatest epoch projected so far, by `(number, hash)`.
     ///
     /// # Errors
