@@ -228,7 +228,7 @@ pub enum AuthorError {
 }
 
 /// A DAG query could not be answered.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueryError {
     /// The intention is not witnessed in this log.

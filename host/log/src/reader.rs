@@ -486,6 +486,17 @@ impl LogReader {
         ))
     }
 
+    /// What pruning deleted below: per author, the chain position of its boundary (empty
+    /// while nothing was pruned). Intentions at or below it that are not witnessed here any
+    /// more are gone for good; the state they made lives in the state at an epoch.
+    ///
+    /// # Errors
+    /// Storage failure or a malformed record.
+    pub fn pruned_floor(&self) -> Result<Vec<(PubKey, u64)>, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(read_floor(&txn.open_table(META)?)?.frontier())
+    }
+
     /// Opens a consistent view of the sync index (witnessed intentions sorted by
     /// `(HLC wall ms, hash)`, with range sums) for set reconciliation.
     ///

@@ -138,6 +138,12 @@ pub enum NodeError {
     /// A node cannot revoke itself.
     #[error("this node cannot revoke itself; use `lattice store leave` to leave the store")]
     RevokeSelf,
+    /// History below the store's prune floor is gone here and the state at the epoch that
+    /// replaces it is missing or damaged: the store must be fetched again from a peer.
+    #[error(
+        "store {0}: its history was pruned and the state at its epoch is missing; leave the store and join it again from a peer"
+    )]
+    PrunedStateMissing(String),
     /// A file or directory operation failed.
     #[error("{path}: {source}")]
     Io {

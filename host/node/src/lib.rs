@@ -46,6 +46,7 @@ pub use manager::{Joined, NodeEvent, StoreManager, WATCH_BUFFER};
 pub use meta::{MetaDb, StoreRecord, StoreState};
 pub use node::{Node, RepairReport, StoreSummary};
 pub use store::{
-    CallReply, ChildLink, ChildStatus, EpochStatus, IntentionSummary, MAX_LAG_SHOWN, PeerInfo,
-    PeerLag, PeerStatus, RejectedIntention, Store, StoreInfo, StoreStatus, Strategy, Written,
+    CallReply, ChildLink, ChildStatus, EpochStatus, IntentionSummary, MAX_LAG_SHOWN, PRUNE_STEP,
+    PeerInfo, PeerLag, PeerStatus, PruneReport, RejectedIntention, Store, StoreInfo, StoreStatus,
+    Strategy, Written,
 };

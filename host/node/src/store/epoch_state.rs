@@ -76,6 +76,15 @@ pub(super) fn held_epoch(runtime: &StoreRuntime) -> Result<Option<Hash>, NodeErr
     })
 }
 
+/// The witnessed intentions a partition's state at an epoch has not applied although they
+/// lie at or below its cursor (not reached by its epoch).
+pub(super) fn pending_of(runtime: &StoreRuntime) -> Result<Vec<u64>, NodeError> {
+    Ok(match runtime.mark()? {
+        Some(bytes) => Mark::decode(&bytes)?.pending,
+        None => Vec::new(),
+    })
+}
+
 /// Advances one partition's state at an epoch to `target` (a projected epoch), when `target`
 /// reaches the epoch it holds; a concurrent epoch is skipped (a later epoch citing both comes).
 /// Returns whether the state now holds `target`. Headless partitions do nothing.

@@ -263,7 +263,7 @@ impl Store {
     }
 
     /// Brings the state at an epoch up to the current epoch (opening it on first use).
-    fn advance_epoch_state(&mut self, target: &HostRecord) -> Result<(), NodeError> {
+    pub(super) fn advance_epoch_state(&mut self, target: &HostRecord) -> Result<(), NodeError> {
         if self.epochs.state.is_none() {
             let system = StoreRuntime::open_partition(
                 &self.runtime,
@@ -278,6 +278,11 @@ impl Store {
                 self.id,
                 self.genesis.module,
             )?;
+            // A fresh state at an epoch would replay the log from its start: with history
+            // pruned, that would silently miss what was deleted.
+            if data.cursor() == 0 && self.is_pruned()? {
+                return Err(NodeError::PrunedStateMissing(self.id.short()));
+            }
             self.epochs.state = Some((data, system));
         }
         let Some((data, system)) = self.epochs.state.as_mut() else {

@@ -20,8 +20,10 @@ use crate::genesis::StoreGenesis;
 
 mod epoch_state;
 mod epochs;
+mod prune;
 
 pub use epochs::{EpochStatus, MAX_LAG_SHOWN, PeerLag};
+pub use prune::{PRUNE_STEP, PruneReport};
 
 /// Intentions read from the log per projection step.
 const PROJECT_BATCH: usize = 512;
@@ -52,6 +54,8 @@ pub struct Store {
     system_module: lattice_runtime::ModuleHash,
     /// What this store tracks of its epochs (see `epochs.rs`).
     epochs: epochs::EpochTracking,
+    /// The prune pass under way (see `prune.rs`).
+    pruning: Option<prune::PruneRun>,
 }
 
 /// The files of one store.
@@ -311,8 +315,14 @@ impl Store {
             runtime: runtime.clone(),
             system_module,
             epochs: epochs::EpochTracking::default(),
+            pruning: None,
         };
         store.filter = store.read_filter()?;
+        // A live state started afresh (lost or repaired) in a pruned store starts from the
+        // state at the epoch, not from the log's start.
+        if store.data.cursor() == 0 && !store.data.is_headless() && store.is_pruned()? {
+            store.restore_data_from_epoch_state()?;
+        }
         store.project()?;
         Ok(store)
     }
@@ -503,6 +513,9 @@ impl Store {
         }
         self.filter = filter;
         self.data.reset()?;
+        if !self.data.is_headless() && self.is_pruned()? {
+            self.restore_data_from_epoch_state()?;
+        }
         Ok(())
     }
 

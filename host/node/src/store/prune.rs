@@ -1,0 +1,334 @@
+//! Pruning a store's log below a final epoch (docs/epochs.md, "Pruning"), in bounded steps
+//! the store actor runs between write runs, and restoring the live state from the state at
+//! an epoch when membership is settled again after history was pruned.
+//!
+//! What may go: intentions a final epoch reaches (every required member acknowledged it and
+//! stated the same state hash), so every member has them and the state at the epoch holds
+//! what they did. What stays besides what the log always keeps (genesis, system partition,
+//! each author's boundary): every intention whose hash the projected state still names —
+//! the state at the epoch or the live state. Honest writers cite only what their state names
+//! (a key's heads) or authors' tips, so no new write cites a deleted intention.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use lattice_log::{PruneStep, PruneTarget};
+use lattice_model::Hash;
+use lattice_runtime::StoreRuntime;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tracing::{debug, info, warn};
+
+use super::{Store, epoch_state};
+use crate::error::NodeError;
+
+/// Intentions looked at per prune step: one `log.db` transaction, short enough that a write
+/// run queued behind it waits a few milliseconds.
+pub const PRUNE_STEP: usize = 2048;
+
+/// What a prune pass did, or why it did not run ([`Store::prune_now`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PruneReport {
+    /// The number of the epoch pruned below, when a pass ran.
+    pub epoch: Option<u64>,
+    /// Intentions looked at.
+    pub scanned: u64,
+    /// Intentions deleted.
+    pub deleted: u64,
+    /// Bytes of signed intentions deleted.
+    pub bytes: u64,
+    /// Why nothing was pruned, when nothing could be.
+    pub not_now: Option<String>,
+    /// How long the pass took, in ms.
+    pub took_ms: u64,
+}
+
+impl PruneReport {
+    fn not_now(why: impl Into<String>) -> PruneReport {
+        PruneReport {
+            not_now: Some(why.into()),
+            ..PruneReport::default()
+        }
+    }
+
+    /// The report as JSON (`epoch`, `scanned`, `deleted`, `bytes`, `not_now`, `took_ms`).
+    pub fn to_json(&self) -> Value {
+        json!({
+            "epoch": self.epoch,
+            "scanned": self.scanned,
+            "deleted": self.deleted,
+            "bytes": self.bytes,
+            "not_now": self.not_now,
+            "took_ms": self.took_ms,
+        })
+    }
+}
+
+/// A pass under way on the store actor.
+#[derive(Debug)]
+pub(super) struct PruneRun {
+    target: PruneTarget,
+    number: u64,
+    total: PruneStep,
+    started: Instant,
+    waiters: Vec<oneshot::Sender<Result<PruneReport, NodeError>>>,
+}
+
+/// A set of hashes the projected state names, built from every 32-byte window of its bytes
+/// (guests store hashes in any layout): a Bloom filter, so a false positive only keeps one
+/// more intention.
+struct Named {
+    bits: Vec<u64>,
+    mask: u64,
+}
+
+impl Named {
+    fn new(state_bytes: usize) -> Named {
+        // About 16 bits per window: under 1% false positives with two probes.
+        let wanted = (state_bytes.max(1 << 16) as u64 * 16).next_power_of_two();
+        let bits = wanted.min(1 << 31);
+        Named {
+            bits: vec![0; (bits / 64) as usize],
+            mask: bits - 1,
+        }
+    }
+
+    fn probes(window: &[u8]) -> (u64, u64) {
+        let mut a = [0u8; 8];
+        let mut b = [0u8; 8];
+        a.copy_from_slice(&window[..8]);
+        b.copy_from_slice(&window[8..16]);
+        (u64::from_le_bytes(a), u64::from_le_bytes(b))
+    }
+
+    fn add_windows(&mut self, bytes: &[u8]) {
+        for window in bytes.windows(32) {
+            let (a, b) = Named::probes(window);
+            for p in [a & self.mask, b & self.mask] {
+                self.bits[(p / 64) as usize] |= 1 << (p % 64);
+            }
+        }
+    }
+
+    fn contains(&self, hash: &Hash) -> bool {
+        let (a, b) = Named::probes(hash.as_bytes());
+        [a & self.mask, b & self.mask]
+            .into_iter()
+            .all(|p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
+    }
+
+    /// Every hash named by `states`.
+    fn of(states: &[&StoreRuntime]) -> Result<Named, NodeError> {
+        let mut size = 0usize;
+        for state in states {
+            state.visit_state(&mut |bytes| size += bytes.len())?;
+        }
+        let mut named = Named::new(size);
+        for state in states {
+            state.visit_state(&mut |bytes| named.add_windows(bytes))?;
+        }
+        Ok(named)
+    }
+}
+
+impl Store {
+    /// Prunes below the newest final epoch now, all steps at once (embedded use and tests;
+    /// a running node prunes in steps between write runs, see [`Store::begin_prune`]).
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn prune_now(&mut self) -> Result<PruneReport, NodeError> {
+        let (tx, mut rx) = oneshot::channel();
+        self.begin_prune(Some(tx))?;
+        while self.is_pruning() {
+            self.prune_step();
+        }
+        rx.try_recv().unwrap_or_else(|_| {
+            Ok(PruneReport::not_now(
+                "the prune pass ended without a report",
+            ))
+        })
+    }
+
+    /// True while a prune pass is under way ([`Store::prune_step`] moves it on).
+    pub fn is_pruning(&self) -> bool {
+        self.pruning.is_some()
+    }
+
+    /// Starts a prune pass below the newest final epoch; `waiter` hears the report when it
+    /// ends, or at once why it cannot run now. Joins a pass already under way.
+    ///
+    /// # Errors
+    /// Storage failures while preparing the pass.
+    pub fn begin_prune(
+        &mut self,
+        waiter: Option<oneshot::Sender<Result<PruneReport, NodeError>>>,
+    ) -> Result<(), NodeError> {
+        if let Some(run) = self.pruning.as_mut() {
+            run.waiters.extend(waiter);
+            return Ok(());
+        }
+        match self.prune_target()? {
+            Ok((target, number)) => {
+                self.pruning = Some(PruneRun {
+                    target,
+                    number,
+                    total: PruneStep::default(),
+                    started: Instant::now(),
+                    waiters: waiter.into_iter().collect(),
+                });
+            }
+            Err(why) => {
+                debug!(store = %self.id.short(), "not pruning: {why}");
+                if let Some(w) = waiter {
+                    let _ = w.send(Ok(PruneReport::not_now(why)));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one step of the pass under way (one `log.db` transaction of at most
+    /// [`PRUNE_STEP`] intentions) and answers its waiters when it ends.
+    pub fn prune_step(&mut self) {
+        let Some(run) = self.pruning.as_mut() else {
+            return;
+        };
+        let step = self
+            .log
+            .submit_prune(run.target.clone())
+            .wait()
+            .map_err(lattice_log::QueryError::from)
+            .and_then(|r| r);
+        let finished = match step {
+            Ok(step) => {
+                run.total.scanned += step.scanned;
+                run.total.deleted += step.deleted;
+                run.total.bytes += step.bytes;
+                step.done.then(|| {
+                    Ok(PruneReport {
+                        epoch: Some(run.number),
+                        scanned: run.total.scanned,
+                        deleted: run.total.deleted,
+                        bytes: run.total.bytes,
+                        not_now: None,
+                        took_ms: run.started.elapsed().as_millis() as u64,
+                    })
+                })
+            }
+            Err(e) => Some(Err(e)),
+        };
+        if let Some(result) = finished {
+            let Some(run) = self.pruning.take() else {
+                return;
+            };
+            match &result {
+                Ok(r) => info!(
+                    store = %self.id.short(),
+                    epoch = run.number,
+                    deleted = r.deleted,
+                    bytes = r.bytes,
+                    ms = r.took_ms,
+                    "pruned below the epoch"
+                ),
+                Err(e) => warn!(store = %self.id.short(), "pruning failed: {e}"),
+            }
+            for w in run.waiters {
+                let _ = w.send(result.clone().map_err(NodeError::Query));
+            }
+        }
+    }
+
+    /// What to prune below now, or why nothing can be: the newest final epoch, when the
+    /// state at an epoch holds it (or a later one) and the live state has applied it, both
+    /// made durable first.
+    fn prune_target(&mut self) -> Result<Result<(PruneTarget, u64), String>, NodeError> {
+        if self.data.is_headless() {
+            return Ok(Err(
+                "the store's module is not installed here, so it keeps its whole history".into(),
+            ));
+        }
+        self.flush()?;
+        let Some(finalized) = self.epochs.finalized else {
+            return Ok(Err("no epoch is final yet: every required member must acknowledge one with the same state".into()));
+        };
+        let reader = self.log.reader();
+        let Some(info) = reader.dag_info(&finalized)? else {
+            return Ok(Err("the final epoch is not witnessed here".into()));
+        };
+        let number = self
+            .system
+            .epochs_newest_first(usize::MAX)?
+            .into_iter()
+            .find(|(_, h)| *h == finalized)
+            .map_or(0, |(n, _)| n);
+        if self.epochs.state.is_none()
+            && let Some(current) = self.system.current_epoch()?
+        {
+            self.advance_epoch_state(&current)?;
+        }
+        let reader = self.log.reader();
+        let Some((data_at, system_at)) = self.epochs.state.as_ref() else {
+            return Ok(Err("the state at the epoch is not open yet".into()));
+        };
+        let holds = epoch_state::held_epoch(data_at)?;
+        if !holds
+            .is_some_and(|h| h == finalized || reader.is_ancestor(&finalized, &h).unwrap_or(false))
+        {
+            return Ok(Err(
+                "the state at the epoch has not reached the final epoch yet".into(),
+            ));
+        }
+        if self.data.cursor() < info.seq {
+            return Ok(Err(
+                "the live state has not applied the final epoch yet".into()
+            ));
+        }
+        let named = Named::of(&[data_at, system_at, &self.data, &self.system])?;
+        let target = PruneTarget {
+            epoch: finalized,
+            keep: Arc::new(move |h| named.contains(h)),
+            step: PRUNE_STEP,
+        };
+        Ok(Ok((target, number)))
+    }
+
+    /// True when this store's log was pruned (its history below the floor is gone).
+    pub(super) fn is_pruned(&self) -> Result<bool, NodeError> {
+        Ok(!self.log.reader().pruned_floor()?.is_empty())
+    }
+
+    /// After the data partition was reset in a pruned store: restores it from the state at
+    /// the epoch and applies the intentions that state left pending (witnessed before its
+    /// epoch but not reached by it); projection goes on from there.
+    pub(super) fn restore_data_from_epoch_state(&mut self) -> Result<(), NodeError> {
+        let id = self.id.short();
+        let missing = || NodeError::PrunedStateMissing(id.clone());
+        if self.epochs.state.is_none()
+            && let Some(current) = self.system.current_epoch()?
+        {
+            self.advance_epoch_state(&current)?;
+        }
+        let Some((data_at, _)) = self.epochs.state.as_ref() else {
+            return Err(missing());
+        };
+        if epoch_state::held_epoch(data_at)?.is_none() {
+            return Err(missing());
+        }
+        self.data.restore_from(data_at)?;
+        let reader = self.log.reader();
+        let mut pending = Vec::new();
+        for seq in epoch_state::pending_of(data_at)? {
+            pending.extend(
+                reader
+                    .witnessed(seq, 1)?
+                    .into_iter()
+                    .filter(|(s, _)| *s == seq),
+            );
+        }
+        let cursor = self.data.cursor();
+        self.data
+            .apply_selected(reader, &pending, &self.filter, cursor, &[])?;
+        Ok(())
+    }
+}
