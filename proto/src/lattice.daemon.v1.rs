@@ -74,6 +74,29 @@ pub struct StoreRequest {
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PruneRequest {
+    /// Store id or unique prefix.
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    /// Ask for a prune-cut epoch first.
+    #[prost(bool, tag = "2")]
+    pub cut: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct PrunePolicyRequest {
+    /// Store id or unique prefix.
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    /// `off`, `keep-epochs` or `keep-ms`; empty to read the policy.
+    #[prost(string, tag = "2")]
+    pub mode: ::prost::alloc::string::String,
+    /// Epochs, or ms, of history kept (at least 1; not for `off`).
+    #[prost(uint64, tag = "3")]
+    pub keep: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HistoryRequest {
     #[prost(string, tag = "1")]
     pub store: ::prost::alloc::string::String,
@@ -1092,6 +1115,45 @@ pub mod store_service_client {
             ));
             self.inner.unary(req, path, codec).await
         }
+        /// Prunes a store's history below its newest final epoch; with `cut`, first asks for a
+        /// prune-cut epoch (final at once when this node is the only active member). Writes go on
+        /// meanwhile. JSON reply: {"store", "epoch", "scanned", "deleted", "bytes", "not_now",
+        /// "took_ms", "log_bytes"}; `not_now` says why nothing could go yet.
+        pub async fn prune(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PruneRequest>,
+        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/lattice.daemon.v1.StoreService/Prune");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lattice.daemon.v1.StoreService", "Prune"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Reads, or with `mode` set changes, a store's prune policy (kept in its system table, the
+        /// same on every member): `off`, `keep-epochs` (`keep` epochs of history) or `keep-ms`
+        /// (`keep` ms of history). JSON reply: {"store", "mode", "keep"}.
+        pub async fn prune_policy(
+            &mut self,
+            request: impl tonic::IntoRequest<super::PrunePolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/lattice.daemon.v1.StoreService/PrunePolicy");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new(
+                "lattice.daemon.v1.StoreService",
+                "PrunePolicy",
+            ));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -1205,6 +1267,21 @@ pub mod store_service_server {
         async fn verify_log(
             &self,
             request: tonic::Request<super::StoreRequest>,
+        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
+        /// Prunes a store's history below its newest final epoch; with `cut`, first asks for a
+        /// prune-cut epoch (final at once when this node is the only active member). Writes go on
+        /// meanwhile. JSON reply: {"store", "epoch", "scanned", "deleted", "bytes", "not_now",
+        /// "took_ms", "log_bytes"}; `not_now` says why nothing could go yet.
+        async fn prune(
+            &self,
+            request: tonic::Request<super::PruneRequest>,
+        ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
+        /// Reads, or with `mode` set changes, a store's prune policy (kept in its system table, the
+        /// same on every member): `off`, `keep-epochs` (`keep` epochs of history) or `keep-ms`
+        /// (`keep` ms of history). JSON reply: {"store", "mode", "keep"}.
+        async fn prune_policy(
+            &self,
+            request: tonic::Request<super::PrunePolicyRequest>,
         ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
     }
     #[derive(Debug)]
@@ -1914,6 +1991,83 @@ pub mod store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = VerifyLogSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.StoreService/Prune" => {
+                    #[allow(non_camel_case_types)]
+                    struct PruneSvc<T: StoreService>(pub Arc<T>);
+                    impl<T: StoreService> tonic::server::UnaryService<super::PruneRequest> for PruneSvc<T> {
+                        type Response = super::JsonReply;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PruneRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as StoreService>::prune(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PruneSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.StoreService/PrunePolicy" => {
+                    #[allow(non_camel_case_types)]
+                    struct PrunePolicySvc<T: StoreService>(pub Arc<T>);
+                    impl<T: StoreService> tonic::server::UnaryService<super::PrunePolicyRequest> for PrunePolicySvc<T> {
+                        type Response = super::JsonReply;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::PrunePolicyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as StoreService>::prune_policy(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PrunePolicySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -51,6 +51,7 @@ fn status_of(e: NodeError) -> Status {
         }
         NodeError::UnknownStore(_) | NodeError::NotOpen(_) => (Code::NotFound, "not_found"),
         NodeError::NotAPeer(_) => (Code::NotFound, "not_a_peer"),
+        NodeError::PrunedStateMissing(_) => (Code::FailedPrecondition, "pruned_state_missing"),
         NodeError::RevokeSelf => (Code::InvalidArgument, "revoke_self"),
         NodeError::Ambiguous(_) => (Code::InvalidArgument, "ambiguous"),
         NodeError::Token(_) => (Code::InvalidArgument, "bad_token"),
@@ -624,6 +625,36 @@ impl store_service_server::StoreService for Api {
         let id = self.find(&req.into_inner().store)?;
         let report = self.manager.repair(&id).await.map_err(status_of)?;
         reply(repair_json(&id, &report))
+    }
+
+    async fn prune(
+        &self,
+        req: Request<v1::PruneRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let req = req.into_inner();
+        let id = self.find(&req.store)?;
+        let report = self.manager.prune(&id, req.cut).await.map_err(status_of)?;
+        let status = self.manager.status(&id).await.map_err(status_of)?;
+        let mut out = report.to_json();
+        out["store"] = json!(id.to_string());
+        out["log_bytes"] = json!(status.log_bytes);
+        reply(out)
+    }
+
+    async fn prune_policy(
+        &self,
+        req: Request<v1::PrunePolicyRequest>,
+    ) -> Result<Response<v1::JsonReply>, Status> {
+        let req = req.into_inner();
+        let id = self.find(&req.store)?;
+        let set = (!req.mode.is_empty()).then_some((req.mode, req.keep));
+        let mut out = self
+            .manager
+            .prune_policy(&id, set)
+            .await
+            .map_err(status_of)?;
+        out["store"] = json!(id.to_string());
+        reply(out)
     }
 
     async fn verify_log(

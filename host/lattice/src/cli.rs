@@ -260,6 +260,32 @@ pub(crate) enum StoreCommand {
         /// Store id (or unique prefix).
         store: String,
     },
+    /// Delete a store's history below its newest final epoch (an epoch every member
+    /// acknowledged with the same state), keeping what the state still names. By default
+    /// first asks for a prune-cut epoch, final at once when this node is the store's only
+    /// active member; with other members, prune again once they acknowledged it (or set a
+    /// policy with `lattice store prune-policy`). Writes go on meanwhile.
+    Prune {
+        /// Store id (or unique prefix).
+        store: String,
+        /// Prune below the newest final epoch as it is, without asking for a new one.
+        #[arg(long)]
+        no_cut: bool,
+    },
+    /// Show or set when a store prunes on its own, as an epoch becomes final: `off` (the
+    /// default), `keep-epochs --keep N` (history of the newest N final epochs stays) or
+    /// `keep-ms --keep N` (N ms of history stays). Kept in the system table: the same on
+    /// every member.
+    PrunePolicy {
+        /// Store id (or unique prefix).
+        store: String,
+        /// `off`, `keep-epochs` or `keep-ms`; omit to show the policy.
+        #[arg(value_parser = ["off", "keep-epochs", "keep-ms"])]
+        mode: Option<String>,
+        /// Epochs, or ms, of history kept (at least 1).
+        #[arg(long, default_value_t = 1)]
+        keep: u64,
+    },
     /// Drop a store's projected state and rebuild it from the log (needs the daemon stopped).
     Rebuild {
         /// Store id (or unique prefix).

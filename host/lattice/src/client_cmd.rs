@@ -999,6 +999,51 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
                 r,
             );
         }
+        StoreCommand::Prune { store, no_cut } => {
+            let r = parse(
+                c.store
+                    .prune(v1::PruneRequest {
+                        store,
+                        cut: !no_cut,
+                    })
+                    .await
+                    .map_err(err)?,
+            )?;
+            let text = match r["not_now"].as_str() {
+                Some(why) => format!("nothing pruned in {}: {why}", show(&r["store"])),
+                None => format!(
+                    "pruned {} below epoch {}: {} of {} intentions looked at deleted ({} bytes) in {} ms; log now {} bytes",
+                    show(&r["store"]),
+                    r["epoch"],
+                    r["deleted"],
+                    r["scanned"],
+                    r["bytes"],
+                    r["took_ms"],
+                    r["log_bytes"]
+                ),
+            };
+            out.record(&text, r);
+        }
+        StoreCommand::PrunePolicy { store, mode, keep } => {
+            let r = parse(
+                c.store
+                    .prune_policy(v1::PrunePolicyRequest {
+                        store,
+                        mode: mode.unwrap_or_default(),
+                        keep,
+                    })
+                    .await
+                    .map_err(err)?,
+            )?;
+            let policy = match (r["mode"].as_str(), r["keep"].as_u64()) {
+                (Some("keep-epochs"), Some(n)) => {
+                    format!("keeps the history of the newest {n} final epoch(s)")
+                }
+                (Some("keep-ms"), Some(n)) => format!("keeps {n} ms of history"),
+                _ => "off: prunes only when asked (`lattice store prune`)".to_string(),
+            };
+            out.record(&format!("{}: prune policy {policy}", show(&r["store"])), r);
+        }
         StoreCommand::Rebuild { .. } => bail!("rebuild runs without the daemon"),
     }
     Ok(())

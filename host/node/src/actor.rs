@@ -209,15 +209,24 @@ fn run(
     let _span = tracing::info_span!("store", store = %id.short()).entered();
     let mut flushed = Instant::now();
     loop {
-        let first = match inbox.recv_timeout(FLUSH_INTERVAL) {
-            Ok(msg) => msg,
-            Err(RecvTimeoutError::Timeout) => {
+        // While a prune pass is under way the actor does not wait for messages: it runs one
+        // prune step per round, between write runs.
+        let pruning = slot.as_ref().is_some_and(Store::is_pruning);
+        let wait = if pruning {
+            Duration::ZERO
+        } else {
+            FLUSH_INTERVAL
+        };
+        let mut round = Vec::new();
+        match inbox.recv_timeout(wait) {
+            Ok(msg) => round.push(msg),
+            Err(RecvTimeoutError::Timeout) if !pruning => {
                 flush(&mut slot, &mut flushed);
                 continue;
             }
+            Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => break,
-        };
-        let mut round = vec![first];
+        }
         while round.len() < MAX_ROUND {
             match inbox.try_recv() {
                 Ok(msg) => round.push(msg),
@@ -285,6 +294,7 @@ fn handle(id: StoreId, slot: &mut Option<Store>, round: Vec<Msg>, outlets: &Outl
     }
     write_run(id, slot, &mut queued, outlets);
     if let Some(store) = slot.as_mut() {
+        store.prune_step();
         pass_events(store, outlets);
     }
 }

@@ -209,3 +209,47 @@ fn members_prune_after_every_ack_and_converge_with_an_unpruned_peer() -> TestRes
     }
     Ok(())
 }
+
+#[test]
+fn a_prune_policy_prunes_as_epochs_become_final() -> TestResult {
+    let (_dir, node) = open_node()?;
+    let mut store = node.create_store(node.resolve_type("kv")?, "policy")?;
+    store.system_call(
+        "set-prune-policy",
+        &json!({"mode": "keep-epochs", "keep": 2}),
+    )?;
+    fill(&mut store, "a", 500, 10)?;
+    let count = |s: &Store| s.log().reader().witnessed_count();
+    // The first cut's epoch is the newest of two: keeping two epochs' history, the pass
+    // prunes below epoch 0, which reaches nothing that can go.
+    cut(&mut store, 1)?;
+    let first = count(&store)?;
+    while store.is_pruning() {
+        store.prune_step();
+    }
+    assert_eq!(count(&store)?, first);
+    let digest = store.state_digest()?;
+    fill(&mut store, "b", 500, 10)?;
+    let before = count(&store)?;
+    // The second cut makes the first one old enough: its history goes, in steps.
+    cut(&mut store, 2)?;
+    assert!(
+        store.is_pruning(),
+        "a pass starts as the epoch becomes final"
+    );
+    while store.is_pruning() {
+        store.prune_step();
+    }
+    let after = count(&store)?;
+    assert!(
+        after + 480 <= before,
+        "the first 500 puts (but the heads they leave) went: {before} → {after}"
+    );
+    // What the second batch wrote stays: its history is the newest epoch's.
+    let listed = listing(&mut store)?;
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(10));
+    assert_ne!(store.state_digest()?, digest);
+    store.rebuild()?;
+    assert_eq!(listing(&mut store)?, listed);
+    Ok(())
+}

@@ -511,6 +511,51 @@ impl StoreManager {
         .await
     }
 
+    /// Prunes a store's history below its newest final epoch (docs/epochs.md, "Pruning").
+    /// With `cut`, first asks for a prune-cut epoch, which is final at once when this node is
+    /// the store's only active member (otherwise once every member acknowledged it: prune
+    /// again then, or let the store's prune policy do it). The pass runs in steps between
+    /// write runs; the reply comes when it is done, or at once saying why nothing can go now.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`]; storage failures.
+    pub async fn prune(&self, id: &StoreId, cut: bool) -> Result<crate::PruneReport, NodeError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.with_store(id, move |s| {
+            if cut {
+                s.request_prune_cut()?;
+            }
+            s.begin_prune(Some(tx))
+        })
+        .await?;
+        rx.await.map_err(|_| NodeError::NotOpen(id.to_string()))?
+    }
+
+    /// A store's prune policy (`{"mode", "keep"}`), after setting it to `set` (mode, keep)
+    /// when given: a system-table write every member projects.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`]; [`NodeError::Rejected`] or an invalid-argument error for a
+    /// policy the system table refuses.
+    pub async fn prune_policy(
+        &self,
+        id: &StoreId,
+        set: Option<(String, u64)>,
+    ) -> Result<Value, NodeError> {
+        self.with_store(id, move |s| {
+            if let Some((mode, keep)) = set {
+                let args = if mode == "off" {
+                    json!({"mode": mode})
+                } else {
+                    json!({"mode": mode, "keep": keep})
+                };
+                s.system_call("set-prune-policy", &args)?;
+            }
+            s.system_query("prune-policy", &json!({}))
+        })
+        .await
+    }
+
     /// Checks the whole log of an open store (witness chain, attestations, every signature)
     /// while it keeps running; `progress` gets (done, total) records.
     ///

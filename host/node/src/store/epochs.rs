@@ -544,6 +544,7 @@ impl Store {
                 self.log.set_final_frontier(reach);
                 self.epochs.finalized = Some(epoch.hash);
                 info!(store = %self.id.short(), number = epoch.number, "epoch finalized");
+                self.prune_by_policy();
             }
             Err(e) => {
                 warn!(store = %self.id.short(), "reading a finalized epoch's frontier failed: {e}")

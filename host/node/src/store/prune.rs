@@ -64,6 +64,17 @@ impl PruneReport {
     }
 }
 
+/// Which final epoch a pass prunes below.
+#[derive(Debug, Clone, Copy)]
+enum Policy {
+    /// The newest final epoch (`lattice store prune`).
+    Newest,
+    /// The final epoch this many epochs back (1: the newest).
+    KeepEpochs(u64),
+    /// The newest final epoch at least this many ms old.
+    KeepMs(u64),
+}
+
 /// A pass under way on the store actor.
 #[derive(Debug)]
 pub(super) struct PruneRun {
@@ -168,7 +179,7 @@ impl Store {
             run.waiters.extend(waiter);
             return Ok(());
         }
-        match self.prune_target()? {
+        match self.prune_target(Policy::Newest)? {
             Ok((target, number)) => {
                 self.pruning = Some(PruneRun {
                     target,
@@ -239,10 +250,92 @@ impl Store {
         }
     }
 
-    /// What to prune below now, or why nothing can be: the newest final epoch, when the
-    /// state at an epoch holds it (or a later one) and the live state has applied it, both
-    /// made durable first.
-    fn prune_target(&mut self) -> Result<Result<(PruneTarget, u64), String>, NodeError> {
+    /// Asks the system table for a prune cut: an epoch the active members acknowledge (final
+    /// at once when this node is the only one).
+    ///
+    /// # Errors
+    /// As [`Store::system_call`].
+    pub fn request_prune_cut(&mut self) -> Result<(), NodeError> {
+        self.system_call(
+            "request-epoch",
+            &json!({"cause": "prune-cut", "nonce": lattice_log::system_now_ms()}),
+        )?;
+        self.project()?;
+        Ok(())
+    }
+
+    /// Starts a pass when the store's prune policy (system table `prune-policy`) asks for
+    /// one: called when an epoch becomes final. Failures are logged.
+    pub(super) fn prune_by_policy(&mut self) {
+        if self.pruning.is_some() || self.data.is_headless() {
+            return;
+        }
+        let policy = match self.system_query("prune-policy", &json!({})) {
+            Ok(v) => v,
+            Err(e) => {
+                debug!(store = %self.id.short(), "no prune policy read: {e}");
+                return;
+            }
+        };
+        let keep = policy.get("keep").and_then(Value::as_u64).unwrap_or(0);
+        let policy = match policy.get("mode").and_then(Value::as_str) {
+            Some("keep-epochs") => Policy::KeepEpochs(keep.max(1)),
+            Some("keep-ms") => Policy::KeepMs(keep),
+            _ => return,
+        };
+        match self.prune_target(policy) {
+            Ok(Ok((target, number))) => {
+                debug!(store = %self.id.short(), epoch = number, "pruning by policy");
+                self.pruning = Some(PruneRun {
+                    target,
+                    number,
+                    total: PruneStep::default(),
+                    started: Instant::now(),
+                    waiters: Vec::new(),
+                });
+            }
+            Ok(Err(why)) => debug!(store = %self.id.short(), "not pruning by policy: {why}"),
+            Err(e) => warn!(store = %self.id.short(), "preparing to prune failed: {e}"),
+        }
+    }
+
+    /// The epoch `policy` prunes below: one the newest final epoch reaches (or itself).
+    fn policy_epoch(
+        &self,
+        finalized: Hash,
+        policy: Policy,
+    ) -> Result<Option<(u64, Hash)>, NodeError> {
+        let reader = self.log.reader();
+        let epochs = self.system.epochs_newest_first(usize::MAX)?;
+        let Some(&(newest, _)) = epochs.iter().find(|(_, h)| *h == finalized) else {
+            return Ok(None);
+        };
+        let now = lattice_log::system_now_ms();
+        for (number, hash) in epochs {
+            if number > newest || !(hash == finalized || reader.is_ancestor(&hash, &finalized)?) {
+                continue;
+            }
+            let fits = match policy {
+                Policy::Newest => true,
+                Policy::KeepEpochs(n) => number + (n - 1) <= newest,
+                Policy::KeepMs(ms) => reader
+                    .hlc_of(&hash)?
+                    .is_some_and(|hlc| hlc.wall_ms.saturating_add(ms) <= now),
+            };
+            if fits {
+                return Ok(Some((number, hash)));
+            }
+        }
+        Ok(None)
+    }
+
+    /// What to prune below now, or why nothing can be: the epoch `policy` picks among those
+    /// the newest final epoch reaches, when the state at an epoch holds that final epoch (or
+    /// a later one) and the live state has applied it, both made durable first.
+    fn prune_target(
+        &mut self,
+        policy: Policy,
+    ) -> Result<Result<(PruneTarget, u64), String>, NodeError> {
         if self.data.is_headless() {
             return Ok(Err(
                 "the store's module is not installed here, so it keeps its whole history".into(),
@@ -256,12 +349,11 @@ impl Store {
         let Some(info) = reader.dag_info(&finalized)? else {
             return Ok(Err("the final epoch is not witnessed here".into()));
         };
-        let number = self
-            .system
-            .epochs_newest_first(usize::MAX)?
-            .into_iter()
-            .find(|(_, h)| *h == finalized)
-            .map_or(0, |(n, _)| n);
+        let Some((number, below)) = self.policy_epoch(finalized, policy)? else {
+            return Ok(Err(
+                "no final epoch is old enough for the store's prune policy".into(),
+            ));
+        };
         if self.epochs.state.is_none()
             && let Some(current) = self.system.current_epoch()?
         {
@@ -286,7 +378,7 @@ impl Store {
         }
         let named = Named::of(&[data_at, system_at, &self.data, &self.system])?;
         let target = PruneTarget {
-            epoch: finalized,
+            epoch: below,
             keep: Arc::new(move |h| named.contains(h)),
             step: PRUNE_STEP,
         };
