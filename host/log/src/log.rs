@@ -10,7 +10,7 @@ use lattice_model::{
     Hash, HlcClock, Intention, IntentionFlags, NodeKey, PubKey, SignedIntention, StoreId,
     WitnessAttestation, WitnessRecord, verify_batch,
 };
-use redb::{Database, ReadableTable};
+use redb::{Database, ReadableDatabase as _, ReadableTable};
 use tracing::{info, warn};
 
 use crate::chain::{Built, ChainBuilder};
@@ -29,8 +29,8 @@ use crate::ingest::{
 use crate::prune::{PruneStep, PruneTarget};
 use crate::reader::LogReader;
 use crate::tables::{
-    FORMAT_VERSION, FloatingCounters, META_CLOCK, META_FLOATING, META_FORMAT, META_STORE,
-    META_WITNESS_KEY, decode_hlc,
+    FORMAT_VERSION, FloatingCounters, META, META_CLOCK, META_COMPACT_DUE, META_FLOATING,
+    META_FORMAT, META_STORE, META_WITNESS_KEY, decode_hlc,
 };
 use crate::writer::{LogState, Tables, stranded_floating};
 
@@ -69,7 +69,8 @@ impl Log {
     ) -> Result<Log, OpenError> {
         let mut builder = redb::Builder::new();
         builder.set_cache_size(config.cache_bytes);
-        let db = open_checked(path, &builder)?;
+        let mut db = open_checked(path, &builder)?;
+        contain(path, || compact_if_due(&mut db))?;
         let db = Arc::new(db);
         let (state, queue) = contain(path, || prepare(&db, store_id, &key))?;
         info!(store = %store_id.short(), head = state.head_seq, floating = state.floating.count, "log opened");
@@ -451,6 +452,43 @@ fn check_identity(
             found: PubKey(found).short(),
         });
     }
+    Ok(())
+}
+
+/// Compacts the file when pruning freed pages since the last compaction, so disk use follows
+/// what is left (redb reuses freed pages but keeps the file's high-water size otherwise).
+/// Nothing else has the database open yet. Cost grows with what is left.
+fn compact_if_due(db: &mut Database) -> Result<(), OpenError> {
+    let due = {
+        let txn = db.begin_read().map_err(storage)?;
+        match txn.open_table(META) {
+            Ok(meta) => meta.get(META_COMPACT_DUE).map_err(storage)?.is_some(),
+            Err(redb::TableError::TableDoesNotExist(_)) => false,
+            Err(e) => return Err(storage(e).into()),
+        }
+    };
+    if !due {
+        return Ok(());
+    }
+    let before = std::time::Instant::now();
+    match db.compact() {
+        Ok(_) => {}
+        // Not fatal: the file stays larger; the next open tries again.
+        Err(e) => {
+            warn!(%e, "compacting the log after pruning failed");
+            return Ok(());
+        }
+    }
+    let txn = db.begin_write().map_err(storage)?;
+    {
+        let mut meta = txn.open_table(META).map_err(storage)?;
+        meta.remove(META_COMPACT_DUE).map_err(storage)?;
+    }
+    txn.commit().map_err(storage)?;
+    info!(
+        ms = before.elapsed().as_millis() as u64,
+        "log compacted after pruning"
+    );
     Ok(())
 }
 

@@ -28,7 +28,9 @@ use redb::ReadableTable;
 use crate::dag::DagRead;
 use crate::error::{CorruptError, Error, QueryError};
 use crate::sync_index;
-use crate::tables::{DagEntry, META_PRUNE_FLOOR, META_PRUNE_PROGRESS, PruneFloor, PruneProgress};
+use crate::tables::{
+    DagEntry, META_COMPACT_DUE, META_PRUNE_FLOOR, META_PRUNE_PROGRESS, PruneFloor, PruneProgress,
+};
 use crate::writer::Batch;
 
 /// True for an intention below the epoch that must stay (the caller's projected state still
@@ -147,6 +149,11 @@ impl Batch<'_, '_> {
             progress.next_seq = end;
         }
         step.done = progress.pending_next >= progress.pending_end && progress.next_seq >= epoch_seq;
+        if step.deleted > 0 {
+            self.tables
+                .meta
+                .insert(META_COMPACT_DUE, [1u8].as_slice())?;
+        }
         self.tables
             .meta
             .insert(META_PRUNE_PROGRESS, progress.encode().as_slice())?;

@@ -45,6 +45,9 @@ pub(crate) const ARRIVALS: TableDefinition<u64, &[u8; 32]> =
 
 /// `META` key of the prune floor: what pruning has deleted below (see [`PruneFloor`]).
 pub(crate) const META_PRUNE_FLOOR: &str = "prune_floor";
+/// `META` key present when pruning freed pages since the file was last compacted: the next
+/// open compacts it (the file keeps its high-water size until then).
+pub(crate) const META_COMPACT_DUE: &str = "compact_due";
 /// `META` key of the progress of the prune pass under way (see [`PruneProgress`]).
 pub(crate) const META_PRUNE_PROGRESS: &str = "prune_progress";
 /// Intentions a prune pass scanned and kept because they were not below its floor (written

@@ -133,6 +133,7 @@ fn pruning_deletes_what_lies_below_the_epoch_and_keeps_what_is_needed() -> TestR
         writes.push(p.wait()??.hash);
     }
     let e1 = epoch(&log, vec![genesis.hash(), b3.hash()])?;
+    let size_before = std::fs::metadata(&path)?.len();
 
     // Two writes the state still names stay; so do the genesis, the epoch and b3 (the other
     // author's boundary: its next intention names it).
@@ -182,10 +183,15 @@ fn pruning_deletes_what_lies_below_the_epoch_and_keeps_what_is_needed() -> TestR
     // A second pass below the same epoch finds nothing more.
     assert_eq!(prune(&log, e1, &kept)?, 0);
 
-    // Reopening checks the tail across the gap; verify still passes.
+    // Reopening compacts the file and checks the tail across the gap; verify still passes.
     log.close()?;
     let log = Log::open(&path, store, node.clone(), LogConfig::default())?;
     log.reader().verify(|_, _| {})?;
+    let size_after = std::fs::metadata(&path)?.len();
+    assert!(
+        size_after * 2 < size_before,
+        "the file shrinks: {size_before} → {size_after} bytes"
+    );
 
     // A later epoch with nothing kept takes the writes the first pass kept and b3 (b4 is the
     // other author's boundary now).
