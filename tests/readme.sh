@@ -96,6 +96,15 @@ step "store repair (projections rebuilt, the log verified and kept) and log veri
 a --json store repair "$S" | field '["projections_rebuilt"]' | grep -q True
 [ "$(a --json get "$S" a | field '["value"]')" = 1 ]
 a log verify "$S" | grep -q '^ok'
+step "store prune-policy / prune (this node is the store's only active member: the cut is final at once)"
+a store prune-policy "$S" keep-epochs --keep 2
+[ "$(a --json store prune-policy "$S" | field '["mode"]')" = keep-epochs ]
+a store prune-policy "$S" off
+PRUNED=$(a --json store prune "$S")
+[ "$(echo "$PRUNED" | field '["not_now"]')" = None ]
+[ "$(echo "$PRUNED" | field '["deleted"]')" -ge 1 ]
+[ "$(a --json get "$S" a | field '["value"]')" = 1 ]
+a log verify "$S" | grep -q '^ok'
 step "node stop"
 a node stop
 wait "$DAEMON" || true

@@ -328,6 +328,20 @@ pub(crate) enum BenchCommand {
     /// Durable kv puts through a real daemon's gRPC API (one caller, then many in flight),
     /// disk bytes per put, and process start to first answered read. Prints one JSON object.
     Daemon(BenchDaemonArgs),
+    /// One store on three embedded nodes: puts over a set of keys, a prune cut every member
+    /// acknowledges, then pruning: disk before and after, the longest prune step, and a new
+    /// peer's bootstrap time.
+    Prune(BenchPruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchPruneArgs {
+    /// Puts, spread over the three nodes.
+    #[arg(long, default_value_t = 1_000_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub(crate) writes: u64,
+    /// Keys the puts cycle over.
+    #[arg(long, default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) keys: u64,
 }
 
 #[derive(Debug, Args)]
