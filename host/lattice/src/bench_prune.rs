@@ -152,7 +152,7 @@ pub(crate) fn run(args: BenchPruneArgs, out: &Output) -> anyhow::Result<()> {
             }
             done += n;
         }
-        if done % (RUN * 3 * 8) == 0 || done >= writes {
+        if done.is_multiple_of(RUN * 3 * 8) || done >= writes {
             exchange(&mut stores, &mut cursors)?;
         }
         if reported.elapsed() >= Duration::from_secs(5) {

@@ -153,7 +153,7 @@ fn pruning_deletes_what_lies_below_the_epoch_and_keeps_what_is_needed() -> TestR
     assert_eq!(report.intentions, remaining.len() as u64);
 
     // Sent again, a pruned intention is refused as such, not floated.
-    for gone in [&b2] {
+    for gone in [&b1, &b2] {
         assert!(matches!(
             ingest_one(&log, gone)?,
             Err(IngestError::Pruned { .. })

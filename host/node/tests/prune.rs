@@ -126,7 +126,7 @@ fn members_prune_after_every_ack_and_converge_with_an_unpruned_peer() -> TestRes
         )?;
     }
     let mut b = replica_of(&b_node, &a)?;
-    let mut c = replica_of(&c_node, &a)?;
+    let c = replica_of(&c_node, &a)?;
     fill(&mut a, "a", 600, 40)?;
     fill(&mut b, "b", 600, 40)?;
     let mut s = vec![a, b, c];
