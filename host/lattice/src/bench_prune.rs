@@ -21,26 +21,39 @@ const RUN: usize = 256;
 /// Intentions copied per ingest.
 const COPY: usize = 4096;
 
-/// Copies what `from` witnessed after `cursor` into `to` (witness order is causal, so
-/// nothing floats) and projects it; returns the new cursor.
-fn copy(from: &Store, to: &mut Store, mut cursor: u64) -> anyhow::Result<u64> {
+/// Hands `take` what `from` witnessed after `cursor`, in witness order (a causal order, so
+/// nothing floats where it lands), a batch at a time; returns the new cursor.
+fn each_batch(
+    from: &Store,
+    mut cursor: u64,
+    mut take: impl FnMut(Vec<Incoming>) -> anyhow::Result<()>,
+) -> anyhow::Result<u64> {
     loop {
         let batch = from.log().reader().witnessed(cursor + 1, COPY)?;
         let Some(&(last, _)) = batch.last() else {
-            break;
+            return Ok(cursor);
         };
-        let items = batch
-            .iter()
-            .map(|(_, s)| Incoming::new(s.as_bytes().to_vec()))
-            .collect();
+        take(
+            batch
+                .iter()
+                .map(|(_, s)| Incoming::new(s.as_bytes().to_vec()))
+                .collect(),
+        )?;
+        cursor = last;
+    }
+}
+
+/// Copies what `from` witnessed after `cursor` into `to` and projects it.
+fn copy(from: &Store, to: &mut Store, cursor: u64) -> anyhow::Result<u64> {
+    let cursor = each_batch(from, cursor, |items| {
         for r in to.log().ingest(items)? {
             match r {
                 Ok(_) | Err(IngestError::Pruned { .. }) => {}
                 Err(e) => bail!("copying between nodes: {e}"),
             }
         }
-        cursor = last;
-    }
+        Ok(())
+    })?;
     to.project()?;
     Ok(cursor)
 }
@@ -74,23 +87,14 @@ fn exchange(
 /// projected as it opens).
 fn replicate(node: &Node, source: &Store) -> anyhow::Result<Store> {
     node.resolve_type("kv")?;
-    let mut from = 0;
-    loop {
-        let batch = source.log().reader().witnessed(from + 1, COPY)?;
-        let Some(&(last, _)) = batch.last() else {
-            break;
-        };
-        for r in node.ingest_replica(
-            source.id(),
-            batch
-                .iter()
-                .map(|(_, s)| Incoming::new(s.as_bytes().to_vec()))
-                .collect(),
-        )? {
+    let log = node.open_log(source.id())?;
+    each_batch(source, 0, |items| {
+        for r in log.ingest(items)? {
             r?;
         }
-        from = last;
-    }
+        Ok(())
+    })?;
+    log.close()?;
     Ok(node.open_store(source.id())?)
 }
 

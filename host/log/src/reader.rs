@@ -319,6 +319,24 @@ impl LogReader {
         Ok(out)
     }
 
+    /// Returns the intention witnessed at `seq`, if it is still here (pruning deletes some).
+    ///
+    /// # Errors
+    /// [`Error`] on storage failure or a stored intention that does not decode.
+    pub fn witnessed_at(&self, seq: u64) -> Result<Option<SignedIntention>, Error> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(INTENTIONS)?;
+        let Some(v) = table.get(seq)? else {
+            return Ok(None);
+        };
+        Ok(Some(SignedIntention::decode(v.value()).map_err(
+            |source| CorruptError::Decode {
+                what: "intention",
+                source,
+            },
+        )?))
+    }
+
     /// Returns the stored bytes of those `hashes` that are witnessed here, with their witness
     /// sequence numbers, in witness order (a causal order: every intention after its parents).
     /// Unknown hashes are skipped. One read transaction.

@@ -122,7 +122,7 @@ pub(super) fn advance(
     while !old.is_empty() {
         let mut chosen = Vec::new();
         for seq in old.drain(..old.len().min(STEP)) {
-            let Some((_, signed)) = log.witnessed(seq, 1)?.into_iter().next() else {
+            let Some(signed) = log.witnessed_at(seq)? else {
                 continue;
             };
             if below(&signed)? {

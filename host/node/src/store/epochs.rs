@@ -353,7 +353,7 @@ impl Store {
     ) -> Result<Option<(Hash, EpochRequest)>, NodeError> {
         let reader = self.log.reader();
         for event in events.iter().rev().filter(|e| e.topic == "epoch") {
-            let Some((_, signed)) = reader.witnessed(event.seq, 1)?.into_iter().next() else {
+            let Some(signed) = reader.witnessed_at(event.seq)? else {
                 continue;
             };
             if signed.intention().author() != self.me {

@@ -1183,7 +1183,8 @@ impl Store {
         let reader = self.log.reader();
         let mut out = Vec::with_capacity(all.len());
         for (seq, partition, reason) in all {
-            let Some((_, signed)) = reader.witnessed(seq, 1)?.into_iter().next() else {
+            // A rejected intention pruned since is not listed.
+            let Some(signed) = reader.witnessed_at(seq)? else {
                 continue;
             };
             let i = signed.intention();

@@ -85,6 +85,22 @@ pub(super) struct PruneRun {
     waiters: Vec<oneshot::Sender<Result<PruneReport, NodeError>>>,
 }
 
+impl PruneRun {
+    fn new(
+        target: PruneTarget,
+        number: u64,
+        waiters: Vec<oneshot::Sender<Result<PruneReport, NodeError>>>,
+    ) -> PruneRun {
+        PruneRun {
+            target,
+            number,
+            total: PruneStep::default(),
+            started: Instant::now(),
+            waiters,
+        }
+    }
+}
+
 /// A set of hashes the projected state names, built from every 32-byte window of its bytes
 /// (guests store hashes in any layout): a Bloom filter, so a false positive only keeps one
 /// more intention.
@@ -181,13 +197,7 @@ impl Store {
         }
         match self.prune_target(Policy::Newest)? {
             Ok((target, number)) => {
-                self.pruning = Some(PruneRun {
-                    target,
-                    number,
-                    total: PruneStep::default(),
-                    started: Instant::now(),
-                    waiters: waiter.into_iter().collect(),
-                });
+                self.pruning = Some(PruneRun::new(target, number, waiter.into_iter().collect()));
             }
             Err(why) => {
                 debug!(store = %self.id.short(), "not pruning: {why}");
@@ -286,13 +296,7 @@ impl Store {
         match self.prune_target(policy) {
             Ok(Ok((target, number))) => {
                 debug!(store = %self.id.short(), epoch = number, "pruning by policy");
-                self.pruning = Some(PruneRun {
-                    target,
-                    number,
-                    total: PruneStep::default(),
-                    started: Instant::now(),
-                    waiters: Vec::new(),
-                });
+                self.pruning = Some(PruneRun::new(target, number, Vec::new()));
             }
             Ok(Err(why)) => debug!(store = %self.id.short(), "not pruning by policy: {why}"),
             Err(e) => warn!(store = %self.id.short(), "preparing to prune failed: {e}"),
@@ -411,12 +415,7 @@ impl Store {
         let reader = self.log.reader();
         let mut pending = Vec::new();
         for seq in epoch_state::pending_of(data_at)? {
-            pending.extend(
-                reader
-                    .witnessed(seq, 1)?
-                    .into_iter()
-                    .filter(|(s, _)| *s == seq),
-            );
+            pending.extend(reader.witnessed_at(seq)?.map(|signed| (seq, signed)));
         }
         let cursor = self.data.cursor();
         self.data
