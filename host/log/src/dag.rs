@@ -45,7 +45,36 @@ pub(crate) struct DagTables<W, D, I, C> {
     /// `seq → checkpoint`.
     pub(crate) checkpoints: C,
     /// The prune floor as a frontier; empty while nothing was pruned.
-    pub(crate) floor: Arc<Vec<(PubKey, u64)>>,
+    pub(crate) floor: Floor,
+}
+
+/// The prune floor as DAG walks need it: known when the tables were opened (the writer), or
+/// read from `meta` the first time a walk meets a pruned parent (readers walk often and
+/// rarely meet one). A floor that cannot be read counts as empty, so the walk reports the
+/// missing entry.
+pub(crate) enum Floor {
+    /// Read already.
+    Known(Arc<Vec<(PubKey, u64)>>),
+    /// Read on first need, in the read transaction the other tables came from.
+    Lazy(
+        redb::ReadTransaction,
+        std::cell::OnceCell<Vec<(PubKey, u64)>>,
+    ),
+}
+
+impl Floor {
+    fn get(&self) -> &[(PubKey, u64)] {
+        match self {
+            Floor::Known(floor) => floor,
+            Floor::Lazy(txn, cell) => cell.get_or_init(|| {
+                txn.open_table(crate::tables::META)
+                    .map_err(Error::from)
+                    .and_then(|meta| crate::tables::read_floor(&meta))
+                    .map(|f| f.frontier())
+                    .unwrap_or_default()
+            }),
+        }
+    }
 }
 
 impl<W, D, I, C> DagRead for DagTables<W, D, I, C>
@@ -77,7 +106,8 @@ where
         }
     }
     fn pruned_floor(&self) -> Option<&[(PubKey, u64)]> {
-        (!self.floor.is_empty()).then_some(self.floor.as_slice())
+        let floor = self.floor.get();
+        (!floor.is_empty()).then_some(floor)
     }
 }
 

@@ -103,7 +103,7 @@ impl Batch<'_, '_> {
             self.tables
                 .meta
                 .insert(META_PRUNE_FLOOR, floor.encode().as_slice())?;
-            self.tables.chain.floor = Arc::new(floor.frontier());
+            self.tables.chain.floor = crate::dag::Floor::Known(Arc::new(floor.frontier()));
             self.tables.floor = floor;
             progress = PruneProgress {
                 epoch_seq,

@@ -10,7 +10,7 @@ use redb::{
     Database, ReadOnlyTable, ReadableDatabase as _, ReadableTable, ReadableTableMetadata as _,
 };
 
-use crate::dag::{self, DagRead, DagTables};
+use crate::dag::{self, DagRead, DagTables, Floor};
 use crate::error::{CorruptError, Error, QueryError};
 use crate::sync_index::SyncSnapshot;
 use crate::tables::{
@@ -90,13 +90,12 @@ impl LogReader {
 
     fn dag(&self) -> Result<ReadDag, Error> {
         let txn = self.db.begin_read()?;
-        let floor = Arc::new(read_floor(&txn.open_table(META)?)?.frontier());
         Ok(ReadDag {
             witness: txn.open_table(WITNESS)?,
             dag: txn.open_table(DAG)?,
             index: txn.open_table(INDEX)?,
             checkpoints: txn.open_table(CHECKPOINTS)?,
-            floor,
+            floor: Floor::Lazy(txn, std::cell::OnceCell::new()),
         })
     }
 

@@ -13,7 +13,7 @@ use redb::{MultimapTable, ReadableMultimapTable as _, ReadableTable, Table, Writ
 use tracing::{debug, warn};
 
 use crate::config::LogConfig;
-use crate::dag::{DagRead, DagTables, FrontierCache, decode_record};
+use crate::dag::{DagRead, DagTables, Floor, FrontierCache, decode_record};
 use crate::error::{AuthorError, CorruptError, Error, IngestError, bug};
 use crate::ingest::{Authored, Draft, Ingested, Verified};
 use crate::sync_index;
@@ -71,7 +71,7 @@ impl<'t> Tables<'t> {
                 dag: txn.open_table(DAG)?,
                 index: txn.open_table(INDEX)?,
                 checkpoints: txn.open_table(CHECKPOINTS)?,
-                floor: Arc::new(floor.frontier()),
+                floor: Floor::Known(Arc::new(floor.frontier())),
             },
             intentions: txn.open_table(INTENTIONS)?,
             attestations: txn.open_table(ATTESTATIONS)?,

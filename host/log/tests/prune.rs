@@ -2,6 +2,9 @@
 //! index's sums after deletion, refusing pruned intentions sent again, writing on after a
 //! prune, reopening and verifying a pruned log, and a later pass taking what an earlier one kept.
 
+mod common;
+use common::add256;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
@@ -12,17 +15,6 @@ use lattice_log::{
 use lattice_model::{Hash, Hlc, Intention, IntentionFlags, NodeKey, SignedIntention, StoreId};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn add256(a: &mut [u8; 32], b: &[u8; 32]) {
-    let mut carry = 0u128;
-    for lane in 0..4 {
-        let x = u64::from_le_bytes(a[lane * 8..lane * 8 + 8].try_into().unwrap_or([0; 8])) as u128;
-        let y = u64::from_le_bytes(b[lane * 8..lane * 8 + 8].try_into().unwrap_or([0; 8])) as u128;
-        let s = x + y + carry;
-        a[lane * 8..lane * 8 + 8].copy_from_slice(&(s as u64).to_le_bytes());
-        carry = s >> 64;
-    }
-}
 
 fn foreign(
     key: &NodeKey,

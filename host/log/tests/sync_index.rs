@@ -1,21 +1,13 @@
 //! The sync index against a naive sorted list: rank, range sums and lower bounds stay right
 //! across bucket splits and any delivery order, and floating intentions are never indexed.
 
+mod common;
+use common::add256;
+
 use lattice_log::{Incoming, Log, LogConfig, SplitMix64, SyntheticDag};
 use lattice_model::NodeKey;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-fn add256(a: &mut [u8; 32], b: &[u8; 32]) {
-    let mut carry = 0u128;
-    for lane in 0..4 {
-        let x = u64::from_le_bytes(a[lane * 8..lane * 8 + 8].try_into().unwrap_or([0; 8])) as u128;
-        let y = u64::from_le_bytes(b[lane * 8..lane * 8 + 8].try_into().unwrap_or([0; 8])) as u128;
-        let s = x + y + carry;
-        a[lane * 8..lane * 8 + 8].copy_from_slice(&(s as u64).to_le_bytes());
-        carry = s >> 64;
-    }
-}
 
 #[test]
 fn snapshot_queries_match_a_naive_sorted_list() -> TestResult {

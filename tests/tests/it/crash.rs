@@ -15,6 +15,44 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const ROUNDS: u64 = 30;
 
+/// Runs a helper process, collects the lines it prints (each one an acknowledged step),
+/// kills it with SIGKILL once `kill_after` arrived, and returns every line it printed,
+/// including those already in the pipe at the kill (acknowledged before it, too).
+fn lines_until_killed(
+    command: &mut Command,
+    kill_after: usize,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = Vec::new();
+    while lines.len() < kill_after {
+        match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(line) => lines.push(line),
+            Err(e) => {
+                let _ = child.kill();
+                return Err(format!("the helper stalled: {e}").into());
+            }
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    reader.join().map_err(|_| "reader thread panicked")?;
+    lines.extend(rx.try_iter());
+    Ok(lines)
+}
+
 #[test]
 fn acknowledged_writes_survive_sigkill_at_random_moments() -> TestResult {
     let seed = test_seed(0xC4A5_u64);
@@ -26,39 +64,15 @@ fn acknowledged_writes_survive_sigkill_at_random_moments() -> TestResult {
     let mut authored: Vec<Hash> = Vec::new();
     let mut foreign: Vec<Hash> = Vec::new();
     for round in 0..ROUNDS {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_author-loop"))
-            .arg(&path)
-            .arg(seed.to_string())
-            .arg(round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
         let kill_after = 1 + rng.below(1500);
-        let mut lines = Vec::new();
-        while lines.len() < kill_after {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => lines.push(line),
-                Err(e) => {
-                    let _ = child.kill();
-                    return Err(format!("seed {seed} round {round}: writer stalled: {e}").into());
-                }
-            }
-        }
-        child.kill()?;
-        child.wait()?;
-        // Lines already in the pipe were acknowledged before the kill, too.
-        reader.join().map_err(|_| "reader thread panicked")?;
-        lines.extend(rx.try_iter());
+        let lines = lines_until_killed(
+            Command::new(env!("CARGO_BIN_EXE_author-loop"))
+                .arg(&path)
+                .arg(seed.to_string())
+                .arg(round.to_string()),
+            kill_after,
+        )
+        .map_err(|e| format!("seed {seed} round {round}: {e}"))?;
         for line in &lines {
             let (kind, hash) = line.split_once(' ').ok_or("bad line")?;
             let hash = Hash::from_hex(hash)?;
@@ -139,37 +153,13 @@ fn pruning_killed_at_random_moments_loses_nothing_it_should_keep() -> TestResult
     let mut written: Vec<(Hash, u64)> = Vec::new();
     let mut pruned_steps = 0usize;
     for round in 0..12u64 {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_prune-loop"))
-            .arg(&path)
-            .arg(round.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()?;
-        let stdout = child.stdout.take().ok_or("no stdout")?;
-        let (tx, rx) = mpsc::channel();
-        let reader = std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let kill_after = 20 + rng.below(300);
-        let mut lines = Vec::new();
-        while lines.len() < kill_after {
-            match rx.recv_timeout(Duration::from_secs(60)) {
-                Ok(line) => lines.push(line),
-                Err(e) => {
-                    let _ = child.kill();
-                    return Err(format!("seed {seed} round {round}: pruner stalled: {e}").into());
-                }
-            }
-        }
-        child.kill()?;
-        child.wait()?;
-        reader.join().map_err(|_| "reader thread panicked")?;
-        lines.extend(rx.try_iter());
+        let lines = lines_until_killed(
+            Command::new(env!("CARGO_BIN_EXE_prune-loop"))
+                .arg(&path)
+                .arg(round.to_string()),
+            20 + rng.below(300),
+        )
+        .map_err(|e| format!("seed {seed} round {round}: {e}"))?;
         for line in &lines {
             let mut parts = line.split(' ');
             match (parts.next(), parts.next(), parts.next()) {

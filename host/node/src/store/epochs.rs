@@ -262,6 +262,16 @@ impl Store {
         Ok(lags)
     }
 
+    /// Opens the state at an epoch (brought up to the current epoch) when it is not open yet.
+    pub(super) fn open_epoch_state(&mut self) -> Result<(), NodeError> {
+        if self.epochs.state.is_none()
+            && let Some(current) = self.system.current_epoch()?
+        {
+            self.advance_epoch_state(&current)?;
+        }
+        Ok(())
+    }
+
     /// Brings the state at an epoch up to the current epoch (opening it on first use).
     pub(super) fn advance_epoch_state(&mut self, target: &HostRecord) -> Result<(), NodeError> {
         if self.epochs.state.is_none() {

@@ -144,13 +144,10 @@ impl Named {
             .all(|p| self.bits[(p / 64) as usize] & (1 << (p % 64)) != 0)
     }
 
-    /// Every hash named by `states`.
-    fn of(states: &[&StoreRuntime]) -> Result<Named, NodeError> {
-        let mut size = 0usize;
-        for state in states {
-            state.visit_state(&mut |bytes| size += bytes.len())?;
-        }
-        let mut named = Named::new(size);
+    /// Every hash named by `states`, whose files hold at most `size` bytes (sizes the
+    /// filter without reading the states twice).
+    fn of(states: &[&StoreRuntime], size: u64) -> Result<Named, NodeError> {
+        let mut named = Named::new(usize::try_from(size).unwrap_or(usize::MAX));
         for state in states {
             state.visit_state(&mut |bytes| named.add_windows(bytes))?;
         }
@@ -358,19 +355,16 @@ impl Store {
                 "no final epoch is old enough for the store's prune policy".into(),
             ));
         };
-        if self.epochs.state.is_none()
-            && let Some(current) = self.system.current_epoch()?
-        {
-            self.advance_epoch_state(&current)?;
-        }
+        self.open_epoch_state()?;
         let reader = self.log.reader();
         let Some((data_at, system_at)) = self.epochs.state.as_ref() else {
             return Ok(Err("the state at the epoch is not open yet".into()));
         };
-        let holds = epoch_state::held_epoch(data_at)?;
-        if !holds
-            .is_some_and(|h| h == finalized || reader.is_ancestor(&finalized, &h).unwrap_or(false))
-        {
+        let holds = match epoch_state::held_epoch(data_at)? {
+            Some(h) => h == finalized || reader.is_ancestor(&finalized, &h)?,
+            None => false,
+        };
+        if !holds {
             return Ok(Err(
                 "the state at the epoch has not reached the final epoch yet".into(),
             ));
@@ -380,7 +374,16 @@ impl Store {
                 "the live state has not applied the final epoch yet".into()
             ));
         }
-        let named = Named::of(&[data_at, system_at, &self.data, &self.system])?;
+        let size = [
+            &self.files.state,
+            &self.files.system,
+            &self.files.epoch_state,
+            &self.files.epoch_system,
+        ]
+        .into_iter()
+        .map(|p| super::file_size(p))
+        .sum();
+        let named = Named::of(&[data_at, system_at, &self.data, &self.system], size)?;
         let target = PruneTarget {
             epoch: below,
             keep: Arc::new(move |h| named.contains(h)),
@@ -400,11 +403,7 @@ impl Store {
     pub(super) fn restore_data_from_epoch_state(&mut self) -> Result<(), NodeError> {
         let id = self.id.short();
         let missing = || NodeError::PrunedStateMissing(id.clone());
-        if self.epochs.state.is_none()
-            && let Some(current) = self.system.current_epoch()?
-        {
-            self.advance_epoch_state(&current)?;
-        }
+        self.open_epoch_state()?;
         let Some((data_at, _)) = self.epochs.state.as_ref() else {
             return Err(missing());
         };
