@@ -162,14 +162,58 @@ fn hash_at<D: DagRead>(dag: &D, seq: u64) -> Result<Hash, Error> {
     })
 }
 
-/// Computes the reachability frontier of the intention at `seq` by walking down to
-/// checkpoints: for each author, the highest author seq among it and its ancestors.
+/// The reach of `entry` read down its own chain: the raises recorded on each intention
+/// merged into the nearest checkpoint (or frontier `known` already holds, or the prune floor)
+/// below it — at most [`CHECKPOINT_EVERY`](crate::tables::CHECKPOINT_EVERY) entries, however
+/// far its dependencies point. `None` when an entry on the way predates recorded raises.
+fn chain_reach<D: DagRead>(
+    dag: &D,
+    entry: &DagEntry,
+    known: impl Fn(u64) -> Option<Frontier>,
+) -> Result<Option<Vec<(PubKey, u64)>>, Error> {
+    let Some(raises) = &entry.raises else {
+        return Ok(None);
+    };
+    let mut acc = merge(&[(entry.author, entry.author_seq)], raises);
+    let mut below = prev_seq(entry);
+    while let Some(s) = below {
+        if let Some(f) = known(s) {
+            return Ok(Some(merge(&acc, &f)));
+        }
+        let e = match step(dag, s)? {
+            Step::Reach(cp) => return Ok(Some(merge(&acc, &cp))),
+            Step::Entry(e) => e,
+        };
+        let Some(raises) = &e.raises else {
+            return Ok(None);
+        };
+        acc = merge(&acc, raises);
+        below = prev_seq(&e);
+    }
+    Ok(Some(acc))
+}
+
+/// The witness seq of the author's previous intention (the first parent), if any.
+fn prev_seq(entry: &DagEntry) -> Option<u64> {
+    if entry.author_seq > 1 {
+        entry.parents.first().copied()
+    } else {
+        None
+    }
+}
+
+/// Computes the reachability frontier of the intention at `seq`: for each author, the
+/// highest author seq among it and its ancestors. Read down its chain (see [`chain_reach`]);
+/// entries written before raises were recorded are walked down to checkpoints instead.
 pub(crate) fn frontier<D: DagRead>(
     dag: &D,
     seq: u64,
     entry: &DagEntry,
     cap: usize,
 ) -> Result<Vec<(PubKey, u64)>, Error> {
+    if let Some(reach) = chain_reach(dag, entry, |_| None)? {
+        return Ok(reach);
+    }
     let mut best: HashMap<PubKey, u64> = HashMap::new();
     best.insert(entry.author, entry.author_seq);
     let mut seen: HashSet<u64> = HashSet::from([seq]);
@@ -183,19 +227,20 @@ pub(crate) fn frontier<D: DagRead>(
                 what: "frontier walk exceeded the visit cap",
             });
         }
-        let e = match step(dag, s)? {
-            Step::Reach(cp) => {
-                for (author, aseq) in cp {
-                    let slot = best.entry(author).or_insert(0);
-                    *slot = (*slot).max(aseq);
+        let reach = match step(dag, s)? {
+            Step::Reach(cp) => cp,
+            Step::Entry(e) => match chain_reach(dag, &e, |_| None)? {
+                Some(reach) => reach,
+                None => {
+                    queue.extend(e.parents.iter().copied());
+                    vec![(e.author, e.author_seq)]
                 }
-                continue;
-            }
-            Step::Entry(e) => e,
+            },
         };
-        let slot = best.entry(e.author).or_insert(0);
-        *slot = (*slot).max(e.author_seq);
-        queue.extend(e.parents.iter().copied());
+        for (author, aseq) in reach {
+            let slot = best.entry(author).or_insert(0);
+            *slot = (*slot).max(aseq);
+        }
     }
     let mut out: Vec<_> = best.into_iter().collect();
     out.sort_unstable();
@@ -451,25 +496,45 @@ impl FrontierCache {
         }
         let f: Frontier = match step(dag, seq)? {
             Step::Reach(cp) => Arc::new(cp),
-            Step::Entry(e) => Arc::new(frontier(dag, seq, &e, cap)?),
+            Step::Entry(e) => match chain_reach(dag, &e, |s| self.map.get(&s).cloned())? {
+                Some(reach) => Arc::new(reach),
+                None => Arc::new(frontier(dag, seq, &e, cap)?),
+            },
         };
         self.insert(seq, f.clone());
         Ok(f)
     }
 
-    /// Computes (and caches) the frontier of a newly witnessed intention.
+    /// Computes (and caches) the frontier of an intention about to be witnessed at `seq`, and
+    /// records in `entry` what it raises over the author's previous intention.
     pub(crate) fn compute<D: DagRead>(
         &mut self,
         dag: &D,
         seq: u64,
-        entry: &DagEntry,
+        entry: &mut DagEntry,
         cap: usize,
     ) -> Result<Frontier, Error> {
-        let mut merged: Vec<(PubKey, u64)> = vec![(entry.author, entry.author_seq)];
-        for p in &entry.parents {
+        let prev = prev_seq(entry);
+        let base = match prev {
+            Some(prev) => self.of(dag, prev, cap)?,
+            None => Frontier::default(),
+        };
+        let mut merged = merge(&[(entry.author, entry.author_seq)], &base);
+        for p in &entry.parents[usize::from(prev.is_some())..] {
             let f = self.of(dag, *p, cap)?;
             merged = merge(&merged, &f);
         }
+        let held = |author: &PubKey| {
+            base.binary_search_by(|(a, _)| a.cmp(author))
+                .map_or(0, |i| base[i].1)
+        };
+        entry.raises = Some(
+            merged
+                .iter()
+                .filter(|(author, aseq)| *author != entry.author && *aseq > held(author))
+                .copied()
+                .collect(),
+        );
         let f = Arc::new(merged);
         self.insert(seq, f.clone());
         Ok(f)

@@ -63,6 +63,8 @@ pub struct SyntheticDag {
     wall_ms: u64,
     max_deps: usize,
     payload: usize,
+    /// Every intention generated so far, when dependencies may reach back into history.
+    history: Option<Vec<(Hash, Hlc)>>,
 }
 
 /// Wall time of the first synthetic intention (2020-09-13), far from any drift limit.
@@ -103,7 +105,15 @@ impl SyntheticDag {
             wall_ms: BASE_WALL_MS,
             max_deps,
             payload,
+            history: None,
         }
+    }
+
+    /// Lets half of the dependencies cite a uniformly chosen earlier intention instead of a
+    /// tip, as a key-value store's writes cite the heads of keys written long ago.
+    pub fn with_old_deps(mut self) -> SyntheticDag {
+        self.history = Some(Vec::new());
+        self
     }
 
     /// The store id (hash of the genesis).
@@ -133,7 +143,19 @@ impl SyntheticDag {
         if self.authors[who].tip.is_none() {
             deps.push(self.genesis.hash());
         }
+        let mut after = Hlc::ZERO;
         for _ in 0..want {
+            if let Some(history) = &self.history
+                && !history.is_empty()
+                && self.rng.below(2) == 0
+            {
+                let (h, hlc) = history[self.rng.below(history.len())];
+                if !deps.contains(&h) {
+                    deps.push(h);
+                    after = after.max(hlc);
+                }
+                continue;
+            }
             let other = self.rng.below(self.authors.len());
             if other != who
                 && let Some((h, _)) = self.authors[other].tip
@@ -146,7 +168,11 @@ impl SyntheticDag {
             *b = self.rng.next_u64() as u8;
         }
         let store = self.store_id;
-        self.make(who, store, payload, deps)
+        let signed = self.make(who, store, payload, deps, after);
+        if let Some(history) = &mut self.history {
+            history.push((signed.hash(), signed.intention().hlc()));
+        }
+        signed
     }
 
     fn make(
@@ -155,9 +181,10 @@ impl SyntheticDag {
         store: StoreId,
         ops: Vec<u8>,
         deps: Vec<Hash>,
+        after: Hlc,
     ) -> SignedIntention {
         self.wall_ms += self.rng.below(3) as u64;
-        let mut after = self.authors[who].tip.map_or(Hlc::ZERO, |(_, h)| h);
+        let mut after = after.max(self.authors[who].tip.map_or(Hlc::ZERO, |(_, h)| h));
         for dep in &deps {
             if *dep == self.genesis.hash() {
                 after = after.max(self.genesis.intention().hlc());

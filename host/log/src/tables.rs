@@ -79,10 +79,8 @@ fn array_at<const N: usize>(
     Ok(raw)
 }
 
-/// DAG facts about one witnessed intention, stored under its witness seq.
-///
-/// Layout: `generation u64 | author_seq u64 | author [32] | hlc [12] | n u16 | parents
-/// [u64·n]` where parents are the witness seqs of `prev` (when not zero) and the deps.
+/// DAG facts about one witnessed intention, stored under its witness seq (layout at
+/// [`DagEntry::encode`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct DagEntry {
     /// 1 + the largest generation among parents (1 with no parents).
@@ -91,14 +89,25 @@ pub(crate) struct DagEntry {
     pub(crate) author_seq: u64,
     pub(crate) author: PubKey,
     pub(crate) hlc: Hlc,
+    /// Parents by witness seq; the first is the author's previous intention when
+    /// `author_seq > 1`.
     pub(crate) parents: Vec<u64>,
+    /// What the intention's reach adds to its previous intention's (sorted by author, the
+    /// author itself left out), so the reach of any intention is its chain's nearest
+    /// checkpoint plus the raises above it, without walking other chains. `None` in entries
+    /// written before raises were recorded (those are walked).
+    pub(crate) raises: Option<Vec<(PubKey, u64)>>,
 }
 
 impl DagEntry {
     const FIXED: usize = 8 + 8 + 32 + 12 + 2;
 
+    /// Layout: `generation u64 | author_seq u64 | author [32] | hlc [12] | n u16 | parent
+    /// seq u64·n`, then when raises are recorded `m u16 | (author [32] | author seq u64)·m`.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(Self::FIXED + 8 * self.parents.len());
+        let raises = self.raises.as_deref().unwrap_or_default();
+        let mut out =
+            Vec::with_capacity(Self::FIXED + 8 * self.parents.len() + 2 + 40 * raises.len());
         out.extend_from_slice(&self.generation.to_le_bytes());
         out.extend_from_slice(&self.author_seq.to_le_bytes());
         out.extend_from_slice(self.author.as_bytes());
@@ -108,15 +117,29 @@ impl DagEntry {
         for p in &self.parents {
             out.extend_from_slice(&p.to_le_bytes());
         }
+        if let Some(raises) = &self.raises {
+            // at most one per author a parent reaches: bounded by the store's authors
+            out.extend_from_slice(&(raises.len() as u16).to_le_bytes());
+            out.extend_from_slice(&encode_checkpoint(raises));
+        }
         out
     }
 
     pub(crate) fn decode(bytes: &[u8]) -> Result<DagEntry, CorruptError> {
         const T: &str = "dag";
         let count = u16::from_le_bytes(array_at::<2>(bytes, Self::FIXED - 2, T)?) as usize;
-        if bytes.len() != Self::FIXED + 8 * count {
-            return Err(malformed(T));
-        }
+        let end = Self::FIXED + 8 * count;
+        let raises = match bytes.len().checked_sub(end) {
+            Some(0) => None,
+            Some(_) => {
+                let m = u16::from_le_bytes(array_at::<2>(bytes, end, T)?) as usize;
+                if bytes.len() != end + 2 + 40 * m {
+                    return Err(malformed(T));
+                }
+                Some(decode_checkpoint(&bytes[end + 2..]).map_err(|_| malformed(T))?)
+            }
+            None => return Err(malformed(T)),
+        };
         let parents = (0..count)
             .map(|i| u64_at(bytes, Self::FIXED + 8 * i, T))
             .collect::<Result<_, _>>()?;
@@ -126,6 +149,7 @@ impl DagEntry {
             author: PubKey(array_at(bytes, 16, T)?),
             hlc: Hlc::from_bytes(array_at(bytes, 48, T)?),
             parents,
+            raises,
         })
     }
 }
@@ -351,10 +375,24 @@ mod tests {
             author: PubKey([1; 32]),
             hlc: Hlc::new(9, 1),
             parents: vec![2, 3],
+            raises: None,
         };
         let bytes = entry.encode();
         assert_eq!(DagEntry::decode(&bytes)?, entry);
         assert!(DagEntry::decode(&bytes[..bytes.len() - 1]).is_err());
+        let entry = DagEntry {
+            raises: Some(vec![(PubKey([2; 32]), 7), (PubKey([3; 32]), 1)]),
+            ..entry
+        };
+        let bytes = entry.encode();
+        assert_eq!(DagEntry::decode(&bytes)?, entry);
+        assert!(DagEntry::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(DagEntry::decode(&bytes[..bytes.len() - 40]).is_err());
+        let empty = DagEntry {
+            raises: Some(Vec::new()),
+            ..entry
+        };
+        assert_eq!(DagEntry::decode(&empty.encode())?, empty);
         Ok(())
     }
 }

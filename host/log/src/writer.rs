@@ -269,6 +269,7 @@ impl<'a, 't> Batch<'a, 't> {
             author,
             hlc: intention.hlc(),
             parents,
+            raises: None,
         }))
     }
 
@@ -278,9 +279,15 @@ impl<'a, 't> Batch<'a, 't> {
     }
 
     /// Appends a ready intention to the witness log and every index.
-    fn witness(&mut self, signed: &SignedIntention, entry: DagEntry) -> Result<u64, Error> {
+    fn witness(&mut self, signed: &SignedIntention, mut entry: DagEntry) -> Result<u64, Error> {
         let hash = signed.hash();
         let seq = self.state.head_seq + 1;
+        let frontier = self.frontiers.compute(
+            &self.tables.chain,
+            seq,
+            &mut entry,
+            self.config.query_visit_cap,
+        )?;
         let record = WitnessRecord {
             store_id: self.store_id,
             seq,
@@ -303,9 +310,6 @@ impl<'a, 't> Batch<'a, 't> {
             .insert(entry.author.as_bytes(), &encode_tip(seq, &hash))?;
         self.sync_keys
             .push(sync_index::item_key(entry.hlc.wall_ms, hash.as_bytes()));
-        let frontier =
-            self.frontiers
-                .compute(&self.tables.chain, seq, &entry, self.config.query_visit_cap)?;
         if entry.author_seq.is_multiple_of(CHECKPOINT_EVERY) {
             self.tables
                 .chain

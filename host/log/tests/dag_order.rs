@@ -5,7 +5,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 use lattice_log::{Incoming, Ingested, Log, LogConfig, SplitMix64, SyntheticDag};
-use lattice_model::{Hash, NodeKey, SignedIntention};
+use lattice_model::{Hash, NodeKey, PubKey, SignedIntention};
 use proptest::prelude::*;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
@@ -44,6 +44,33 @@ fn ancestors(parents: &HashMap<Hash, Vec<Hash>>, of: Hash) -> HashSet<Hash> {
     seen
 }
 
+/// Each intention's position in its author's chain (intentions come parents first).
+fn chain_positions(all: &[SignedIntention]) -> HashMap<Hash, u64> {
+    let mut pos: HashMap<Hash, u64> = HashMap::new();
+    for s in all {
+        let prev = s.intention().prev();
+        let p = if prev.is_zero() { 1 } else { pos[&prev] + 1 };
+        pos.insert(s.hash(), p);
+    }
+    pos
+}
+
+/// What `reach` must answer: per author, the highest chain position among ancestors-or-self.
+fn naive_reach(
+    all: &[SignedIntention],
+    positions: &HashMap<Hash, u64>,
+    ancestors: &HashSet<Hash>,
+) -> Vec<(PubKey, u64)> {
+    let mut best: HashMap<PubKey, u64> = HashMap::new();
+    for s in all.iter().filter(|s| ancestors.contains(&s.hash())) {
+        let slot = best.entry(s.intention().author()).or_insert(0);
+        *slot = (*slot).max(positions[&s.hash()]);
+    }
+    let mut out: Vec<_> = best.into_iter().collect();
+    out.sort_unstable();
+    out
+}
+
 fn check_queries(seed: u64, n: usize, authors: usize, probes: usize) -> TestResult {
     let (dag, all) = generate(seed, n, authors);
     let dir = tempfile::tempdir()?;
@@ -57,6 +84,7 @@ fn check_queries(seed: u64, n: usize, authors: usize, probes: usize) -> TestResu
         .iter()
         .map(|s| (s.hash(), s.intention().parents().collect()))
         .collect();
+    let positions = chain_positions(&all);
     let reader = log.reader();
     let mut rng = SplitMix64::new(seed ^ 0xDA6);
     for _ in 0..probes {
@@ -64,6 +92,11 @@ fn check_queries(seed: u64, n: usize, authors: usize, probes: usize) -> TestResu
         let b = all[rng.below(all.len())].hash();
         let anc_a = ancestors(&parents, a);
         let anc_b = ancestors(&parents, b);
+        assert_eq!(
+            reader.reach(&b)?,
+            naive_reach(&all, &positions, &anc_b),
+            "seed {seed}: reach"
+        );
         assert_eq!(
             reader.is_ancestor(&a, &b)?,
             anc_b.contains(&a),
@@ -118,6 +151,38 @@ proptest! {
 fn dag_queries_agree_on_a_deep_dag_with_checkpoints() -> TestResult {
     // Long enough that every author passes several checkpoints.
     check_queries(7, 1500, 3, 300)
+}
+
+#[test]
+fn reach_agrees_on_a_dag_longer_than_the_frontier_cache() -> TestResult {
+    // More intentions than the writer caches frontiers for, with dependencies reaching far
+    // back, so frontiers are also read down chains from raises and checkpoints.
+    let mut dag = SyntheticDag::new(23, 4, 3, 8).with_old_deps();
+    let mut all = vec![dag.genesis().clone()];
+    all.extend((0..6000).map(|_| dag.next_intention()));
+    let dir = tempfile::tempdir()?;
+    let log = open(&dag, &dir, LogConfig::default())?;
+    for chunk in all.chunks(500) {
+        log.ingest(
+            chunk
+                .iter()
+                .map(|s| Incoming::new(s.as_bytes().to_vec()))
+                .collect(),
+        )?;
+    }
+    let parents: HashMap<Hash, Vec<Hash>> = all
+        .iter()
+        .map(|s| (s.hash(), s.intention().parents().collect()))
+        .collect();
+    let positions = chain_positions(&all);
+    let reader = log.reader();
+    let mut rng = SplitMix64::new(23);
+    for _ in 0..60 {
+        let b = all[rng.below(all.len())].hash();
+        let expected = naive_reach(&all, &positions, &ancestors(&parents, b));
+        assert_eq!(reader.reach(&b)?, expected, "reach of {b:?}");
+    }
+    Ok(())
 }
 
 #[test]
