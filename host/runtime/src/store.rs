@@ -874,8 +874,8 @@ impl StoreRuntime {
             meta.insert("log_count", count.to_le_bytes().as_slice())?;
         }
         txn.commit()?;
-        if !rejected.is_empty() {
-            warn!(store = %self.store_id.short(), count = rejected.len(), "guest rejected intentions");
+        if let Some((seq, reason)) = rejected.first() {
+            warn!(store = %self.store_id.short(), count = rejected.len(), first = seq, %reason, "guest rejected intentions");
         }
         self.cursor = last;
         self.log_count += log_entries.len() as u64;
