@@ -181,6 +181,16 @@ pub enum IngestError {
         /// Short id of the author.
         author: String,
     },
+    /// An intention a pruned peer sent to root this log ([`crate::Log::root`]) that cannot
+    /// stand on its floor: a parent is missing where the floor says nothing was pruned, its
+    /// stated chain position contradicts the chain, or the log is rooted at another floor.
+    #[error("intention {hash} cannot be rooted here: {reason}")]
+    Unrooted {
+        /// Short id of the intention.
+        hash: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// The predecessor named in `prev` was written by another author.
     #[error("intention {hash} names {prev}, an intention of another author, as its predecessor")]
     ForeignPredecessor {

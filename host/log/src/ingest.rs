@@ -111,6 +111,12 @@ pub(crate) enum Command {
     },
     /// Answered once no floating intention is left to re-check.
     Settle { reply: oneshot::Sender<()> },
+    /// Held intentions of a pruned peer, witnessed on its floor ([`crate::Log::root`]).
+    Root {
+        floor: crate::tables::PruneFloor,
+        items: Vec<(Slot, u64)>,
+        reply: oneshot::Sender<Result<IngestResults, Error>>,
+    },
     /// One step of pruning.
     Prune {
         target: crate::prune::PruneTarget,
@@ -126,6 +132,13 @@ impl Command {
                 slots
                     .iter()
                     .map(|s| s.as_ref().map_or(0, |v| v.0.as_bytes().len()))
+                    .sum(),
+            ),
+            Command::Root { items, .. } => (
+                items.len(),
+                items
+                    .iter()
+                    .map(|(s, _)| s.as_ref().map_or(0, |v| v.0.as_bytes().len()))
                     .sum(),
             ),
             Command::Author { draft, .. } => (1, draft.ops.len()),
@@ -348,6 +361,37 @@ impl IngestActor {
                         }
                         replies.push(Reply::Ingest(reply, results));
                     }
+                    Command::Root {
+                        floor,
+                        items,
+                        reply,
+                    } => {
+                        let rooted = match batch.install_floor(&floor) {
+                            Ok(rooted) => rooted,
+                            Err(e) => {
+                                replies.push(Reply::Ingest(reply, Vec::new()));
+                                return Err(e);
+                            }
+                        };
+                        let mut results = Vec::with_capacity(items.len());
+                        for (slot, position) in items {
+                            results.push(match slot {
+                                Ok(verified) if !rooted => Err(IngestError::Unrooted {
+                                    hash: verified.0.hash().short(),
+                                    reason: "this log is rooted at another floor",
+                                }),
+                                Ok(verified) => match batch.root(verified, position) {
+                                    Ok(r) => r,
+                                    Err(e) => {
+                                        replies.push(Reply::Ingest(reply, Vec::new()));
+                                        return Err(e);
+                                    }
+                                },
+                                Err(refused) => Err(refused),
+                            });
+                        }
+                        replies.push(Reply::Ingest(reply, results));
+                    }
                     Command::Settle { reply } => self.settling.push(reply),
                     Command::Prune { target, reply } => match batch.prune(&target) {
                         Err(QueryError::Log(e)) => {
@@ -400,7 +444,9 @@ impl IngestActor {
             let rest = commands
                 .into_iter()
                 .map(|cmd| match cmd {
-                    Command::Ingest { reply, .. } => Reply::Ingest(reply, Vec::new()),
+                    Command::Ingest { reply, .. } | Command::Root { reply, .. } => {
+                        Reply::Ingest(reply, Vec::new())
+                    }
                     Command::Author { reply, .. } => {
                         Reply::Author(reply, Err(AuthorError::Log(e.clone())))
                     }

@@ -28,9 +28,10 @@ use crate::ingest::{
 };
 use crate::prune::{PruneStep, PruneTarget};
 use crate::reader::LogReader;
+use crate::rooted::{FloorMarks, RootedItem};
 use crate::tables::{
     FORMAT_VERSION, FloatingCounters, META, META_CLOCK, META_COMPACT_DUE, META_FLOATING,
-    META_FORMAT, META_STORE, META_WITNESS_KEY, decode_hlc,
+    META_FORMAT, META_STORE, META_WITNESS_KEY, PruneFloor, decode_hlc,
 };
 use crate::writer::{LogState, Tables, stranded_floating};
 
@@ -155,6 +156,32 @@ impl Log {
     /// [`Error`] when the log failed (nothing of the batch was kept) or is closed.
     pub fn ingest(&self, items: Vec<Incoming>) -> Result<IngestResults, Error> {
         self.submit_ingest(items).wait()?
+    }
+
+    /// Roots this log at a pruned peer's floor: installs `floor` (when the log has none) and
+    /// witnesses `items`, the intentions that peer holds in its witness order, counting every
+    /// parent not witnessed here as pruned there (see the `rooted` module docs). Send the
+    /// held intentions in several calls as they arrive; each is durable when it returns.
+    ///
+    /// Returns one result per item, in order: [`IngestError::Unrooted`] for one that cannot
+    /// stand on the floor (or when this log is rooted at another floor).
+    ///
+    /// # Errors
+    /// [`Error`] when the log failed (nothing of the call was kept) or is closed.
+    pub fn root(&self, floor: &FloorMarks, items: Vec<RootedItem>) -> Result<IngestResults, Error> {
+        let mut floor = PruneFloor(floor.clone());
+        floor.0.sort_by(|a, b| a.0.cmp(&b.0));
+        floor.0.dedup_by(|a, b| a.0 == b.0);
+        let positions: Vec<u64> = items.iter().map(|i| i.position).collect();
+        let incoming = items.into_iter().map(|i| Incoming::new(i.bytes)).collect();
+        let slots = precheck(incoming, self.store_id, (self.config.now_ms)());
+        let (tx, rx) = oneshot::channel();
+        self.send(Command::Root {
+            floor,
+            items: slots.into_iter().zip(positions).collect(),
+            reply: tx,
+        })?;
+        rx.recv().map_err(|_| Error::Closed)?
     }
 
     /// Queues a local intention for authoring; the reply arrives once it is durable.

@@ -514,6 +514,16 @@ impl LogReader {
         Ok(read_floor(&txn.open_table(META)?)?.frontier())
     }
 
+    /// The prune floor with each boundary's HLC (empty while nothing was pruned): what a
+    /// joiner installs with [`crate::Log::root`] to stand on this log's floor.
+    ///
+    /// # Errors
+    /// Storage failure or a malformed record.
+    pub fn prune_floor(&self) -> Result<crate::FloorMarks, Error> {
+        let txn = self.db.begin_read()?;
+        Ok(read_floor(&txn.open_table(META)?)?.0)
+    }
+
     /// Opens a consistent view of the sync index (witnessed intentions sorted by
     /// `(HLC wall ms, hash)`, with range sums) for set reconciliation.
     ///

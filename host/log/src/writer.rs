@@ -176,7 +176,7 @@ impl<'a, 't> Batch<'a, 't> {
         }
     }
 
-    fn tip(&self, author: &PubKey) -> Result<Option<(u64, Hash)>, Error> {
+    pub(crate) fn tip(&self, author: &PubKey) -> Result<Option<(u64, Hash)>, Error> {
         Ok(self
             .tables
             .tips
@@ -185,7 +185,7 @@ impl<'a, 't> Batch<'a, 't> {
     }
 
     /// The seq and DAG entry of a witnessed hash.
-    fn lookup(&self, hash: &Hash) -> Result<Option<(u64, DagEntry)>, Error> {
+    pub(crate) fn lookup(&self, hash: &Hash) -> Result<Option<(u64, DagEntry)>, Error> {
         let Some(seq) = self.tables.chain.seq_of(hash)? else {
             return Ok(None);
         };
@@ -273,13 +273,17 @@ impl<'a, 't> Batch<'a, 't> {
         }))
     }
 
-    fn is_known(&self, hash: &Hash) -> Result<bool, Error> {
+    pub(crate) fn is_known(&self, hash: &Hash) -> Result<bool, Error> {
         Ok(self.tables.chain.index.get(hash.as_bytes())?.is_some()
             || self.tables.floating.get(hash.as_bytes())?.is_some())
     }
 
     /// Appends a ready intention to the witness log and every index.
-    fn witness(&mut self, signed: &SignedIntention, mut entry: DagEntry) -> Result<u64, Error> {
+    pub(crate) fn witness(
+        &mut self,
+        signed: &SignedIntention,
+        mut entry: DagEntry,
+    ) -> Result<u64, Error> {
         let hash = signed.hash();
         let seq = self.state.head_seq + 1;
         let frontier = self.frontiers.compute(

@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::sync::Arc;
 
 use lattice_log::{
-    Draft, Incoming, IngestError, Ingested, Log, LogConfig, PruneTarget, build_genesis,
+    Draft, Incoming, IngestError, Ingested, Log, LogConfig, PruneTarget, RootedItem, build_genesis,
     system_now_ms,
 };
 use lattice_model::{Hash, Hlc, Intention, IntentionFlags, NodeKey, SignedIntention, StoreId};
@@ -193,5 +193,163 @@ fn pruning_deletes_what_lies_below_the_epoch_and_keeps_what_is_needed() -> TestR
     assert_eq!(log.reader().witnessed_count()?, remaining.len() as u64);
     check_sync_index(&log, &remaining)?;
     log.reader().verify(|_, _| {})?;
+    Ok(())
+}
+
+/// Every intention `log` holds, in its witness order, with its chain position.
+fn held(log: &Log) -> Result<Vec<RootedItem>, Box<dyn std::error::Error>> {
+    let reader = log.reader();
+    let mut out = Vec::new();
+    for (_, signed) in reader.witnessed(1, usize::MAX)? {
+        let position = reader
+            .dag_info(&signed.hash())?
+            .ok_or("held without dag info")?
+            .author_seq;
+        out.push(RootedItem {
+            bytes: signed.as_bytes().to_vec(),
+            position,
+        });
+    }
+    Ok(out)
+}
+
+#[test]
+fn a_fresh_log_roots_on_a_pruned_logs_floor_and_goes_on_from_there() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let node = NodeKey::from_seed([1; 32]);
+    let other = NodeKey::from_seed([2; 32]);
+    let genesis = build_genesis(&node, b"test".to_vec(), system_now_ms())?;
+    let store = StoreId::from(genesis.hash());
+    let log = Log::open(
+        &dir.path().join("log.db"),
+        store,
+        node.clone(),
+        LogConfig::default(),
+    )?;
+    log.ingest(vec![Incoming::new(genesis.as_bytes().to_vec())])?;
+    let b1 = foreign(&other, store, Hash::ZERO, vec![genesis.hash()])?;
+    let b2 = foreign(&other, store, b1.hash(), vec![])?;
+    ingest_one(&log, &b1)??;
+    ingest_one(&log, &b2)??;
+    let mut writes = Vec::new();
+    for i in 0..300u32 {
+        writes.push(
+            log.author(Draft {
+                ops: i.to_le_bytes().to_vec(),
+                ..Draft::default()
+            })?
+            .hash,
+        );
+    }
+    let e1 = epoch(&log, vec![genesis.hash(), b2.hash()])?;
+    // The tail: writes after the epoch, one citing a kept write below it, and the other
+    // author's next citing a write that gets pruned (a dep pruned under a held intention).
+    let t1 = log
+        .author(Draft {
+            ops: b"t1".to_vec(),
+            deps: vec![writes[50]],
+            ..Draft::default()
+        })?
+        .hash;
+    let b3 = foreign(&other, store, b2.hash(), vec![writes[299]])?;
+    ingest_one(&log, &b3)??;
+    prune(&log, e1, &[writes[50]])?;
+    assert!(log.reader().get(&writes[299])?.is_none());
+    let floor = log.reader().prune_floor()?;
+    let items = held(&log)?;
+
+    // A fresh log on another node, rooted on the floor with what the pruned log holds.
+    let joiner = Log::open(
+        &dir.path().join("joiner.db"),
+        store,
+        NodeKey::from_seed([3; 32]),
+        LogConfig::default(),
+    )?;
+    for chunk in items.chunks(3) {
+        for r in joiner.root(&floor, chunk.to_vec())? {
+            assert!(matches!(r?, Ingested::Witnessed { .. }));
+        }
+    }
+    let (source, rooted) = (log.reader(), joiner.reader());
+    assert_eq!(rooted.witnessed_count()?, source.witnessed_count()?);
+    assert_eq!(rooted.tips()?, source.tips()?);
+    assert_eq!(rooted.prune_floor()?, floor);
+    for item in &items {
+        let hash = SignedIntention::decode(&item.bytes)?.hash();
+        assert_eq!(
+            rooted.reach(&hash)?,
+            source.reach(&hash)?,
+            "reach of {hash:?}"
+        );
+        assert_eq!(
+            rooted.dag_info(&hash)?.map(|i| i.author_seq),
+            Some(item.position)
+        );
+    }
+    assert!(rooted.is_ancestor(&writes[50], &t1)?);
+    assert!(rooted.is_ancestor(&e1, &t1)?);
+    rooted.verify(|_, _| {})?;
+
+    // Rooting again with the same items changes nothing; another floor is refused.
+    for r in joiner.root(&floor, items.clone())? {
+        assert_eq!(r?, Ingested::Duplicate);
+    }
+    let mut other_floor = floor.clone();
+    other_floor[0].1 += 1;
+    for r in joiner.root(&other_floor, items[..1].to_vec())? {
+        assert!(matches!(r, Err(IngestError::Unrooted { .. })));
+    }
+
+    // It goes on like any log: the other author's next write is witnessed, a pruned
+    // intention sent again is refused as pruned, and its own writes continue.
+    let b4 = foreign(&other, store, b3.hash(), vec![t1])?;
+    assert!(matches!(
+        ingest_one(&joiner, &b4)?,
+        Ok(Ingested::Witnessed { .. })
+    ));
+    assert!(matches!(
+        ingest_one(&joiner, &b1)?,
+        Err(IngestError::Pruned { .. })
+    ));
+    joiner.author(Draft {
+        ops: b"mine".to_vec(),
+        deps: vec![b4.hash()],
+        ..Draft::default()
+    })?;
+    joiner.close()?;
+    let joiner = Log::open(
+        &dir.path().join("joiner.db"),
+        store,
+        NodeKey::from_seed([3; 32]),
+        LogConfig::default(),
+    )?;
+    joiner.reader().verify(|_, _| {})?;
+
+    // What cannot stand on the floor is refused: a stated position past the author's
+    // boundary, and an intention whose predecessor is missing above the floor.
+    let fresh = Log::open(
+        &dir.path().join("fresh.db"),
+        store,
+        NodeKey::from_seed([4; 32]),
+        LogConfig::default(),
+    )?;
+    let kept = items
+        .iter()
+        .find(|i| SignedIntention::decode(&i.bytes).is_ok_and(|s| s.hash() == writes[50]))
+        .ok_or("the kept write is held")?
+        .clone();
+    let tail = items
+        .iter()
+        .find(|i| SignedIntention::decode(&i.bytes).is_ok_and(|s| s.hash() == t1))
+        .ok_or("the tail write is held")?
+        .clone();
+    let too_far = RootedItem {
+        position: 10_000,
+        ..kept
+    };
+    let results = fresh.root(&floor, vec![items[0].clone(), too_far, tail])?;
+    assert!(matches!(results[0], Ok(Ingested::Witnessed { .. })));
+    assert!(matches!(results[1], Err(IngestError::Unrooted { .. })));
+    assert!(matches!(results[2], Err(IngestError::Unrooted { .. })));
     Ok(())
 }
