@@ -52,6 +52,7 @@ fn status_of(e: NodeError) -> Status {
         NodeError::UnknownStore(_) | NodeError::NotOpen(_) => (Code::NotFound, "not_found"),
         NodeError::NotAPeer(_) => (Code::NotFound, "not_a_peer"),
         NodeError::PrunedStateMissing(_) => (Code::FailedPrecondition, "pruned_state_missing"),
+        NodeError::SnapshotRefused { .. } => (Code::FailedPrecondition, "snapshot_refused"),
         NodeError::RevokeSelf => (Code::InvalidArgument, "revoke_self"),
         NodeError::Ambiguous(_) => (Code::InvalidArgument, "ambiguous"),
         NodeError::Token(_) => (Code::InvalidArgument, "bad_token"),

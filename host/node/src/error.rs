@@ -144,6 +144,14 @@ pub enum NodeError {
         "store {0}: its history was pruned and the state at its epoch is missing; leave the store and join it again from a peer"
     )]
     PrunedStateMissing(String),
+    /// A snapshot offered to join a store was not taken (nothing of it was kept).
+    #[error("store {store}: the snapshot was refused: {why}")]
+    SnapshotRefused {
+        /// Short id of the store.
+        store: String,
+        /// Why.
+        why: String,
+    },
     /// A file or directory operation failed.
     #[error("{path}: {source}")]
     Io {

@@ -47,6 +47,6 @@ pub use meta::{MetaDb, StoreRecord, StoreState};
 pub use node::{Node, RepairReport, StoreSummary};
 pub use store::{
     CallReply, ChildLink, ChildStatus, EpochStatus, IntentionSummary, MAX_LAG_SHOWN, PRUNE_STEP,
-    PeerInfo, PeerLag, PeerStatus, PruneReport, RejectedIntention, Store, StoreInfo, StoreStatus,
-    Strategy, Written,
+    PeerInfo, PeerLag, PeerStatus, PruneReport, RejectedIntention, Snapshot, Store, StoreInfo,
+    StoreStatus, Strategy, Written,
 };

@@ -15,7 +15,7 @@ use crate::data_dir::DataDir;
 use crate::error::NodeError;
 use crate::genesis::StoreGenesis;
 use crate::meta::{MetaDb, StoreRecord, StoreState};
-use crate::store::Store;
+use crate::store::{Snapshot, Store};
 
 /// An opened node. Holds `meta.db` open, so one process at a time owns a data directory.
 #[derive(Debug)]
@@ -366,6 +366,79 @@ impl Node {
         )?)
     }
 
+    /// A store of a built-in type never waits for its module: installs it from the binary
+    /// when the log's genesis names one that is not installed. Returns the genesis.
+    fn install_builtin_for(
+        &self,
+        id: StoreId,
+        log: &Log,
+    ) -> Result<Option<StoreGenesis>, NodeError> {
+        let genesis = log
+            .reader()
+            .get(&Hash(id.0))?
+            .and_then(|g| StoreGenesis::decode(g.intention().ops()));
+        if let Some(genesis) = &genesis
+            && !self.runtime.is_installed(&genesis.module)
+            && let Some((_, bytes)) = BUILTIN_MODULES
+                .iter()
+                .find(|(_, b)| ModuleHash::of(b) == genesis.module)
+        {
+            ensure_installed(&self.runtime, bytes)?;
+        }
+        Ok(genesis)
+    }
+
+    /// Joins a store from a member's [`Snapshot`] instead of its history: roots the log on
+    /// the member's floor, makes the snapshot the state at its epoch, opens the store (the
+    /// tail projected on top) and checks the state at the epoch hashes to what the members
+    /// signed. Nothing is kept when any step fails. The caller records the store in the
+    /// inventory as for any join.
+    ///
+    /// # Errors
+    /// [`NodeError::SnapshotRefused`] when the store is here already, an intention cannot
+    /// stand on the floor, the store type is not installed or the hash differs; storage and
+    /// module failures.
+    pub fn store_from_snapshot(&self, snapshot: &Snapshot) -> Result<Store, NodeError> {
+        let id = snapshot.store;
+        if self.dir.log_path(&id).exists() {
+            return Err(NodeError::SnapshotRefused {
+                store: id.short(),
+                why: "the store is here already".into(),
+            });
+        }
+        let opened = (|| {
+            let log = Arc::new(self.open_log(id)?);
+            // The genesis comes first among the held intentions: rooted alone, it names the
+            // store type, which must be installed before the state is loaded.
+            let first = snapshot.held.iter().take(1).cloned().collect();
+            for r in log.root(&snapshot.floor, first)? {
+                r.map_err(|e| NodeError::SnapshotRefused {
+                    store: id.short(),
+                    why: e.to_string(),
+                })?;
+            }
+            let genesis = self.install_builtin_for(id, &log)?;
+            let genesis = genesis.ok_or(NodeError::BadGenesis(id))?;
+            crate::store::install_snapshot(
+                &log,
+                snapshot,
+                &self.runtime,
+                &self.dir.epoch_state_path(&id),
+                genesis.module,
+            )?;
+            let mut store = self.store_from_log(id, log)?;
+            store.check_snapshot(&snapshot.epoch)?;
+            Ok(store)
+        })();
+        if opened.is_err() {
+            let dir = self.dir.store_dir(&id);
+            if let Err(e) = std::fs::remove_dir_all(&dir) {
+                warn!(path = %dir.display(), "could not remove a refused snapshot's files: {e}");
+            }
+        }
+        opened
+    }
+
     /// Finds a store by full id or unique prefix.
     ///
     /// # Errors
@@ -424,18 +497,7 @@ impl Node {
     /// # Errors
     /// [`NodeError::BadGenesis`] without a genesis; storage and module failures.
     pub fn store_from_log(&self, id: StoreId, log: Arc<Log>) -> Result<Store, NodeError> {
-        // A store of a built-in type never waits for its module: install it from the binary.
-        if let Some(genesis) = log
-            .reader()
-            .get(&Hash(id.0))?
-            .and_then(|g| StoreGenesis::decode(g.intention().ops()))
-            && !self.runtime.is_installed(&genesis.module)
-            && let Some((_, bytes)) = BUILTIN_MODULES
-                .iter()
-                .find(|(_, b)| ModuleHash::of(b) == genesis.module)
-        {
-            ensure_installed(&self.runtime, bytes)?;
-        }
+        self.install_builtin_for(id, &log)?;
         // Projected state can always be rebuilt from the log: a damaged partition is set
         // aside and projected again (at most once per partition).
         let mut attempts = 0;

@@ -44,8 +44,8 @@ pub use host::{MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_SCAN, MAX_VALUE_BYTES};
 pub use modules::{Limits, LoadedModule, MAX_MODULE_BYTES, ModuleHash, Runtime};
 pub use schema::{MethodInfo, MethodKind, ParamInfo, ParamKind, StoreDescriptor};
 pub use store::{
-    AuthorFilter, HostRecord, Partition, PreparedWrite, ProjectReport, Refusal, StoreRuntime,
-    WatchEvent,
+    AuthorFilter, HostRecord, Partition, PreparedWrite, ProjectReport, Refusal, StateRows,
+    StoreRuntime, WatchEvent,
 };
 
 /// The built-in store types, embedded in the binary: `(type name, component bytes)`.

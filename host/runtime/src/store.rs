@@ -1117,6 +1117,65 @@ impl StoreRuntime {
         Ok(())
     }
 
+    /// The projected state as a snapshot carries it: every key and value in key order and
+    /// every guest log entry in order (what [`StoreRuntime::state_digest`] hashes), with the
+    /// cursor. Cost grows with the state.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn state_rows(&self) -> Result<StateRows, Error> {
+        let txn = self.db.begin_read()?;
+        let mut rows = StateRows::default();
+        for row in txn.open_table(DATA)?.iter()? {
+            let (k, v) = row?;
+            rows.data.push((k.value().to_vec(), v.value().to_vec()));
+        }
+        for row in txn.open_table(LOG)?.iter()? {
+            let (_, v) = row?;
+            rows.log.push(v.value().to_vec());
+        }
+        Ok(rows)
+    }
+
+    /// Replaces this partition's projected state with `rows` (a snapshot's), its cursor with
+    /// `cursor` and its mark with `mark`, in one durable transaction; rejections are
+    /// cleared. Host records stay as they are.
+    ///
+    /// # Errors
+    /// Storage failures (nothing changes then).
+    pub fn load_rows(&mut self, rows: &StateRows, cursor: u64, mark: &[u8]) -> Result<(), Error> {
+        self.abort_run();
+        let mut txn = self.db.begin_write()?;
+        txn.set_durability(Durability::Immediate)?;
+        txn.delete_table(DATA)?;
+        txn.delete_table(REJECTED)?;
+        txn.delete_table(LOG)?;
+        let log_count = rows.log.len() as u64;
+        {
+            let mut data = txn.open_table(DATA)?;
+            for (k, v) in &rows.data {
+                data.insert(k.as_slice(), v.as_slice())?;
+            }
+            txn.open_table(REJECTED)?;
+            let mut log = txn.open_table(LOG)?;
+            for (i, line) in rows.log.iter().enumerate() {
+                log.insert(i as u64, line.as_slice())?;
+            }
+            let mut meta = txn.open_table(META)?;
+            meta.insert("cursor", cursor.to_le_bytes().as_slice())?;
+            meta.insert("log_count", log_count.to_le_bytes().as_slice())?;
+            meta.insert(META_MARK, mark)?;
+        }
+        txn.commit()?;
+        self.cursor = cursor;
+        self.log_count = log_count;
+        self.unsynced = false;
+        if let Some(guest) = self.guest.as_mut() {
+            guest.host().log_next = log_count;
+        }
+        Ok(())
+    }
+
     /// Calls `visit` with every key and value of the projected state and every guest log
     /// entry, in order: what the state names (pruning keeps every intention whose hash
     /// appears in it).
@@ -1231,15 +1290,11 @@ impl StoreRuntime {
         let mut hasher = blake3::Hasher::new();
         for row in txn.open_table(DATA)?.iter()? {
             let (k, v) = row?;
-            hasher.update(&(k.value().len() as u64).to_le_bytes());
-            hasher.update(k.value());
-            hasher.update(&(v.value().len() as u64).to_le_bytes());
-            hasher.update(v.value());
+            hash_parts(&mut hasher, &[k.value(), v.value()]);
         }
         for row in txn.open_table(LOG)?.iter()? {
             let (_, v) = row?;
-            hasher.update(&(v.value().len() as u64).to_le_bytes());
-            hasher.update(v.value());
+            hash_parts(&mut hasher, &[v.value()]);
         }
         Ok(Hash(*hasher.finalize().as_bytes()))
     }
@@ -1284,6 +1339,37 @@ fn identify(db: &Database, store_id: StoreId, module: ModuleHash) -> Result<(u64
     };
     txn.commit()?;
     Ok(found)
+}
+
+/// A partition's projected state as rows ([`StoreRuntime::state_rows`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StateRows {
+    /// Every key and value, in key order.
+    pub data: Vec<(Vec<u8>, Vec<u8>)>,
+    /// Every guest log entry, in order.
+    pub log: Vec<Vec<u8>>,
+}
+
+impl StateRows {
+    /// The digest [`StoreRuntime::state_digest`] gives for a state holding these rows.
+    pub fn digest(&self) -> Hash {
+        let mut hasher = blake3::Hasher::new();
+        for (k, v) in &self.data {
+            hash_parts(&mut hasher, &[k, v]);
+        }
+        for line in &self.log {
+            hash_parts(&mut hasher, &[line]);
+        }
+        Hash(*hasher.finalize().as_bytes())
+    }
+}
+
+/// Feeds each part, length-prefixed, to a state digest.
+fn hash_parts(hasher: &mut blake3::Hasher, parts: &[&[u8]]) {
+    for part in parts {
+        hasher.update(&(part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
 }
 
 /// A projected host intention (an epoch or an ack); see [`StoreRuntime::current_epoch`].

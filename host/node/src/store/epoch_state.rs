@@ -172,3 +172,21 @@ pub(super) fn advance(
         from = last + 1;
     }
 }
+
+/// Makes `runtime` the state at `epoch` (witnessed here at `epoch_seq`) from a snapshot's
+/// `rows`, with `pending` the intentions witnessed here up to the epoch that it does not
+/// reach (applied when the live state is restored from it).
+///
+/// # Errors
+/// Storage failures.
+pub(super) fn load(
+    runtime: &mut StoreRuntime,
+    rows: &lattice_runtime::StateRows,
+    epoch: Hash,
+    epoch_seq: u64,
+    pending: Vec<u64>,
+) -> Result<(), NodeError> {
+    let mark = Mark { epoch, pending };
+    runtime.load_rows(rows, epoch_seq, &mark.encode())?;
+    Ok(())
+}

@@ -21,9 +21,12 @@ use crate::genesis::StoreGenesis;
 mod epoch_state;
 mod epochs;
 mod prune;
+mod snapshot;
 
 pub use epochs::{EpochStatus, MAX_LAG_SHOWN, PeerLag};
 pub use prune::{PRUNE_STEP, PruneReport};
+pub use snapshot::Snapshot;
+pub(crate) use snapshot::install as install_snapshot;
 
 /// Intentions read from the log per projection step.
 const PROJECT_BATCH: usize = 512;
@@ -321,7 +324,13 @@ impl Store {
         // A live state started afresh (lost or repaired) in a pruned store starts from the
         // state at the epoch, not from the log's start.
         if store.data.cursor() == 0 && !store.data.is_headless() && store.is_pruned()? {
-            store.restore_data_from_epoch_state()?;
+            if store.system.cursor() == 0 {
+                // Rooted on a snapshot: membership first, from the (never pruned) system
+                // partition; settling restores the live state from the state at the epoch.
+                store.settle()?;
+            } else {
+                store.restore_data_from_epoch_state()?;
+            }
         }
         store.project()?;
         Ok(store)
