@@ -18,7 +18,7 @@ use std::task::{Context, Poll};
 
 use lattice_model::{Hash, Hlc, IntentionFlags, NodeKey, SignedIntention, StoreId};
 use redb::{Database, Durability};
-use tracing::{debug, error};
+use tracing::{debug, error, warn};
 
 use crate::config::LogConfig;
 use crate::dag::FrontierCache;
@@ -187,6 +187,8 @@ pub(crate) struct IngestActor {
     pub(crate) frontiers: FrontierCache,
     /// Shared with [`crate::Log::set_final_frontier`].
     pub(crate) final_frontier: FinalFrontier,
+    /// Whether the last commit was not made durable (prune steps alone).
+    pub(crate) undurable: bool,
 }
 
 /// Per author, the newest chain position a finalized epoch reaches; replaced whole.
@@ -250,6 +252,17 @@ impl IngestActor {
                 for reply in self.settling.drain(..) {
                     let _ = reply.send(());
                 }
+            }
+        }
+        if self.undurable {
+            let synced = (|| -> Result<(), Error> {
+                let mut txn = self.db.begin_write()?;
+                txn.set_durability(Durability::Immediate)?;
+                txn.commit()?;
+                Ok(())
+            })();
+            if let Err(err) = synced {
+                warn!(%err, "could not make the last prune steps durable; the next pass redoes them");
             }
         }
         debug!("ingest actor stopped");
@@ -325,10 +338,20 @@ impl IngestActor {
         replies: &mut Vec<Reply>,
     ) -> Result<LogState, (Error, Vec<Reply>)> {
         let now_ms = (self.config.now_ms)();
+        // A batch of prune steps alone need not reach the disk now (an fsync per step made
+        // some steps take 100 ms in a large log): a step lost in a crash is done again by the
+        // next pass, and redb keeps commits atomic and in order, so the floor recorded before
+        // a step never lags what it deleted. The next durable commit, or the actor's exit,
+        // makes them durable.
+        let lazy = commands.iter().all(|c| matches!(c, Command::Prune { .. }));
         let mut commands: VecDeque<Command> = commands.into();
         let result = (|| -> Result<LogState, Error> {
             let mut txn = self.db.begin_write()?;
-            txn.set_durability(Durability::Immediate)?;
+            txn.set_durability(if lazy {
+                Durability::None
+            } else {
+                Durability::Immediate
+            })?;
             let tables = Tables::open(&txn)?;
             let mut batch = Batch::new(
                 tables,
@@ -440,6 +463,9 @@ impl IngestActor {
             txn.commit()?;
             Ok(state)
         })();
+        if result.is_ok() {
+            self.undurable = lazy;
+        }
         result.map_err(|e| {
             let rest = commands
                 .into_iter()

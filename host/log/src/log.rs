@@ -79,6 +79,7 @@ impl Log {
         let final_frontier = crate::ingest::FinalFrontier::default();
         let actor = IngestActor {
             final_frontier: final_frontier.clone(),
+            undurable: false,
             db: db.clone(),
             key: key.clone(),
             store_id,

@@ -47,6 +47,7 @@ pub use meta::{MetaDb, StoreRecord, StoreState};
 pub use node::{Node, RepairReport, StoreSummary};
 pub use store::{
     CallReply, ChildLink, ChildStatus, EpochStatus, IntentionSummary, MAX_LAG_SHOWN, PRUNE_STEP,
-    PeerInfo, PeerLag, PeerStatus, PruneReport, RejectedIntention, Snapshot, Store, StoreInfo,
-    StoreStatus, Strategy, Written,
+    PRUNE_STEP_BUDGET, PRUNE_STEP_FIRST, PeerInfo, PeerLag, PeerStatus, PruneReport,
+    RejectedIntention, Snapshot, SnapshotDecodeError, Store, StoreInfo, StoreStatus, Strategy,
+    Written,
 };

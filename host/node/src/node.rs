@@ -400,12 +400,20 @@ impl Node {
     /// module failures.
     pub fn store_from_snapshot(&self, snapshot: &Snapshot) -> Result<Store, NodeError> {
         let id = snapshot.store;
+        let dir = self.dir.store_dir(&id);
+        let marker = joining_marker(&dir);
         if self.dir.log_path(&id).exists() {
-            return Err(NodeError::SnapshotRefused {
-                store: id.short(),
-                why: "the store is here already".into(),
-            });
+            if !marker.exists() {
+                return Err(NodeError::SnapshotRefused {
+                    store: id.short(),
+                    why: "the store is here already".into(),
+                });
+            }
+            // An earlier join from a snapshot was interrupted: start again from nothing.
+            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
         }
+        std::fs::create_dir_all(&dir).map_err(io(&dir))?;
+        durable_write(&marker, b"a join from a snapshot is under way\n").map_err(io(&marker))?;
         let opened = (|| {
             let log = Arc::new(self.open_log(id)?);
             // The genesis comes first among the held intentions: rooted alone, it names the
@@ -428,10 +436,11 @@ impl Node {
             )?;
             let mut store = self.store_from_log(id, log)?;
             store.check_snapshot(&snapshot.epoch)?;
+            std::fs::remove_file(&marker).map_err(io(&marker))?;
+            sync_dir(&dir).map_err(io(&dir))?;
             Ok(store)
         })();
         if opened.is_err() {
-            let dir = self.dir.store_dir(&id);
             if let Err(e) = std::fs::remove_dir_all(&dir) {
                 warn!(path = %dir.display(), "could not remove a refused snapshot's files: {e}");
             }
@@ -486,6 +495,12 @@ impl Node {
     pub fn open_store(&self, id: StoreId) -> Result<Store, NodeError> {
         if !self.dir.log_path(&id).exists() {
             return Err(NodeError::UnknownStore(id.to_string()));
+        }
+        if joining_marker(&self.dir.store_dir(&id)).exists() {
+            return Err(NodeError::SnapshotRefused {
+                store: id.short(),
+                why: "joining it from a snapshot was interrupted; offer the snapshot again".into(),
+            });
         }
         let log = self.open_log(id)?;
         self.store_from_log(id, Arc::new(log))
@@ -659,4 +674,27 @@ impl Node {
         }
         Ok(())
     }
+}
+
+/// The file present in a store's directory while it is being joined from a snapshot: a store
+/// with it is incomplete (an interrupted join), never opened, and replaced by the next join.
+fn joining_marker(store_dir: &std::path::Path) -> PathBuf {
+    store_dir.join("joining")
+}
+
+/// Writes `bytes` to `path` and makes the file and its directory entry durable.
+fn durable_write(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut file = std::fs::File::create(path)?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    match path.parent() {
+        Some(dir) => sync_dir(dir),
+        None => Ok(()),
+    }
+}
+
+/// Makes the entries of `dir` durable (created or removed files).
+fn sync_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
 }

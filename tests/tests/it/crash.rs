@@ -213,3 +213,123 @@ fn pruning_killed_at_random_moments_loses_nothing_it_should_keep() -> TestResult
     assert!(pruned_steps > 0, "seed {seed}: no prune step ran");
     Ok(())
 }
+
+/// Runs a helper process, collects its lines for `run_for`, kills it with SIGKILL and returns
+/// every line it printed (a fault injected at a random moment, not a synchronisation).
+fn lines_for(
+    command: &mut Command,
+    run_for: Duration,
+) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    let mut child = command
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().ok_or("no stdout")?;
+    let (tx, rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let deadline = std::time::Instant::now() + run_for;
+    let mut lines = Vec::new();
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) => break,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                let _ = child.kill();
+                return Err("the helper exited".into());
+            }
+        }
+    }
+    child.kill()?;
+    child.wait()?;
+    reader.join().map_err(|_| "reader thread panicked")?;
+    lines.extend(rx.try_iter());
+    Ok(lines)
+}
+
+#[test]
+fn a_join_from_a_snapshot_killed_at_random_moments_restarts_cleanly() -> TestResult {
+    use lattice_node::{DataDir, Node, NodeError};
+    use serde_json::json;
+
+    let seed = test_seed(0x5A9_u64);
+    eprintln!("snapshot crash test seed {seed} (replay with LATTICE_TEST_SEED={seed})");
+    // A pruned store on a lone member, with a tail above its epoch, and its snapshot.
+    let member_dir = tempfile::tempdir()?;
+    let member = Node::open(DataDir::new(member_dir.path()))?;
+    let mut store = member.create_store(member.resolve_type("kv")?, "crash")?;
+    let put = |store: &mut lattice_node::Store, tag: &str, n: usize| -> TestResult {
+        let calls: Vec<(String, serde_json::Value)> = (0..n)
+            .map(|i| {
+                let key = format!("k{}", i % 100);
+                (
+                    "put".to_string(),
+                    json!({"key": key, "value": format!("{tag}{i}")}),
+                )
+            })
+            .collect();
+        for r in store.write_run(&calls) {
+            r?;
+        }
+        Ok(())
+    };
+    put(&mut store, "a", 3000)?;
+    store.system_call("request-epoch", &json!({"cause": "prune-cut", "nonce": 1}))?;
+    store.project()?;
+    assert!(store.prune_now()?.deleted > 2000);
+    put(&mut store, "b", 200)?;
+    let expected = store.state_digest()?;
+    let snapshot = store.snapshot()?;
+    let id = snapshot.store;
+    let file = member_dir.path().join("snapshot.bin");
+    std::fs::write(&file, snapshot.encode())?;
+
+    let dir = tempfile::tempdir()?;
+    let mut rng = SplitMix64::new(seed);
+    let (mut complete, mut interrupted) = (0, 0);
+    for round in 0..10 {
+        let run_for = Duration::from_millis(50 + rng.below(1500) as u64);
+        let lines = lines_for(
+            Command::new(env!("CARGO_BIN_EXE_snapshot-join-loop"))
+                .arg(&file)
+                .arg(dir.path()),
+            run_for,
+        )
+        .map_err(|e| format!("seed {seed} round {round}: {e}"))?;
+        for line in &lines {
+            if let Some(digest) = line.strip_prefix("J ") {
+                assert_eq!(digest, expected.to_string(), "seed {seed} round {round}");
+            }
+        }
+        // Whatever the moment: a complete store with the right state, or an interrupted join
+        // that the next offer of the snapshot replaces cleanly.
+        let node = Node::open(DataDir::new(dir.path()))?;
+        let joined = match node.open_store(id) {
+            Ok(store) => {
+                complete += 1;
+                store
+            }
+            Err(NodeError::UnknownStore(_) | NodeError::SnapshotRefused { .. }) => {
+                interrupted += 1;
+                node.store_from_snapshot(&snapshot)
+                    .map_err(|e| format!("seed {seed} round {round}: {e}"))?
+            }
+            Err(e) => return Err(format!("seed {seed} round {round}: {e}").into()),
+        };
+        assert_eq!(
+            joined.state_digest()?,
+            expected,
+            "seed {seed} round {round}"
+        );
+        joined.log().reader().verify(|_, _| {})?;
+        joined.close()?;
+    }
+    eprintln!("snapshot crash test: {complete} complete, {interrupted} interrupted");
+    Ok(())
+}

@@ -24,9 +24,9 @@ mod prune;
 mod snapshot;
 
 pub use epochs::{EpochStatus, MAX_LAG_SHOWN, PeerLag};
-pub use prune::{PRUNE_STEP, PruneReport};
-pub use snapshot::Snapshot;
+pub use prune::{PRUNE_STEP, PRUNE_STEP_BUDGET, PRUNE_STEP_FIRST, PruneReport};
 pub(crate) use snapshot::install as install_snapshot;
+pub use snapshot::{Snapshot, SnapshotDecodeError};
 
 /// Intentions read from the log per projection step.
 const PROJECT_BATCH: usize = 512;

@@ -22,9 +22,29 @@ use tracing::{debug, info, warn};
 use super::{Store, epoch_state};
 use crate::error::NodeError;
 
-/// Intentions looked at per prune step: one `log.db` transaction, short enough that a write
-/// run queued behind it waits a few milliseconds.
+/// Most intentions looked at per prune step (one `log.db` transaction). A pass starts at
+/// [`PRUNE_STEP_FIRST`] and sizes each step from the last one's duration so a step takes
+/// about [`PRUNE_STEP_BUDGET`]: a step's cost grows with the log (random-key index deletes
+/// touch more leaves in a larger file), and a write run queued behind it waits that long.
 pub const PRUNE_STEP: usize = 2048;
+/// Intentions looked at by a pass's first step.
+pub const PRUNE_STEP_FIRST: usize = 256;
+/// Fewest intentions looked at per step.
+const PRUNE_STEP_MIN: usize = 32;
+/// How long a prune step should take.
+pub const PRUNE_STEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(25);
+
+/// The next step's size after a step of `size` took `took`: halved past the budget, doubled
+/// well below it.
+fn next_step_size(size: usize, took: std::time::Duration) -> usize {
+    if took > PRUNE_STEP_BUDGET {
+        (size / 2).max(PRUNE_STEP_MIN)
+    } else if took < PRUNE_STEP_BUDGET / 3 {
+        (size * 2).min(PRUNE_STEP)
+    } else {
+        size
+    }
+}
 
 /// What a prune pass did, or why it did not run ([`Store::prune_now`]).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -207,17 +227,20 @@ impl Store {
     }
 
     /// Runs one step of the pass under way (one `log.db` transaction of at most
-    /// [`PRUNE_STEP`] intentions) and answers its waiters when it ends.
+    /// [`PRUNE_STEP`] intentions, sized to take about [`PRUNE_STEP_BUDGET`]) and answers its
+    /// waiters when it ends.
     pub fn prune_step(&mut self) {
         let Some(run) = self.pruning.as_mut() else {
             return;
         };
+        let began = Instant::now();
         let step = self
             .log
             .submit_prune(run.target.clone())
             .wait()
             .map_err(lattice_log::QueryError::from)
             .and_then(|r| r);
+        run.target.step = next_step_size(run.target.step, began.elapsed());
         let finished = match step {
             Ok(step) => {
                 run.total.scanned += step.scanned;
@@ -387,7 +410,7 @@ impl Store {
         let target = PruneTarget {
             epoch: below,
             keep: Arc::new(move |h| named.contains(h)),
-            step: PRUNE_STEP,
+            step: PRUNE_STEP_FIRST,
         };
         Ok(Ok((target, number)))
     }
@@ -420,5 +443,23 @@ impl Store {
         self.data
             .apply_selected(reader, &pending, &self.filter, cursor, &[])?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn steps_shrink_past_the_budget_and_grow_well_below_it() {
+        assert_eq!(next_step_size(256, Duration::from_millis(60)), 128);
+        assert_eq!(
+            next_step_size(PRUNE_STEP_MIN, Duration::from_secs(1)),
+            PRUNE_STEP_MIN
+        );
+        assert_eq!(next_step_size(256, Duration::from_millis(2)), 512);
+        assert_eq!(next_step_size(PRUNE_STEP, Duration::ZERO), PRUNE_STEP);
+        assert_eq!(next_step_size(256, Duration::from_millis(20)), 256);
     }
 }
