@@ -5,7 +5,7 @@
 use std::io::{BufRead as _, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use lattice_log::{Incoming, Log, LogConfig, SplitMix64};
 use lattice_model::Hash;
@@ -15,12 +15,20 @@ type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const ROUNDS: u64 = 30;
 
+/// When the crash tests kill their helper.
+enum Kill {
+    /// Once this many lines arrived.
+    AfterLines(usize),
+    /// After this long (a fault injected at a random moment, not a synchronisation).
+    After(Duration),
+}
+
 /// Runs a helper process, collects the lines it prints (each one an acknowledged step),
-/// kills it with SIGKILL once `kill_after` arrived, and returns every line it printed,
-/// including those already in the pipe at the kill (acknowledged before it, too).
+/// kills it with SIGKILL at `kill`, and returns every line it printed, including those
+/// already in the pipe at the kill (acknowledged before it, too).
 fn lines_until_killed(
     command: &mut Command,
-    kill_after: usize,
+    kill: Kill,
 ) -> Result<Vec<String>, Box<dyn std::error::Error>> {
     let mut child = command
         .stdout(Stdio::piped())
@@ -36,13 +44,31 @@ fn lines_until_killed(
             }
         }
     });
+    let stalled = Duration::from_secs(60);
+    let deadline = match kill {
+        Kill::After(run_for) => Some(Instant::now() + run_for),
+        Kill::AfterLines(_) => None,
+    };
     let mut lines = Vec::new();
-    while lines.len() < kill_after {
-        match rx.recv_timeout(Duration::from_secs(60)) {
+    loop {
+        if let Kill::AfterLines(n) = kill
+            && lines.len() >= n
+        {
+            break;
+        }
+        let wait = match deadline {
+            Some(at) => match at.checked_duration_since(Instant::now()) {
+                Some(left) => left,
+                None => break,
+            },
+            None => stalled,
+        };
+        match rx.recv_timeout(wait) {
             Ok(line) => lines.push(line),
+            Err(mpsc::RecvTimeoutError::Timeout) if deadline.is_some() => break,
             Err(e) => {
                 let _ = child.kill();
-                return Err(format!("the helper stalled: {e}").into());
+                return Err(format!("the helper stalled or exited: {e}").into());
             }
         }
     }
@@ -70,7 +96,7 @@ fn acknowledged_writes_survive_sigkill_at_random_moments() -> TestResult {
                 .arg(&path)
                 .arg(seed.to_string())
                 .arg(round.to_string()),
-            kill_after,
+            Kill::AfterLines(kill_after),
         )
         .map_err(|e| format!("seed {seed} round {round}: {e}"))?;
         for line in &lines {
@@ -157,7 +183,7 @@ fn pruning_killed_at_random_moments_loses_nothing_it_should_keep() -> TestResult
             Command::new(env!("CARGO_BIN_EXE_prune-loop"))
                 .arg(&path)
                 .arg(round.to_string()),
-            20 + rng.below(300),
+            Kill::AfterLines(20 + rng.below(300)),
         )
         .map_err(|e| format!("seed {seed} round {round}: {e}"))?;
         for line in &lines {
@@ -214,45 +240,6 @@ fn pruning_killed_at_random_moments_loses_nothing_it_should_keep() -> TestResult
     Ok(())
 }
 
-/// Runs a helper process, collects its lines for `run_for`, kills it with SIGKILL and returns
-/// every line it printed (a fault injected at a random moment, not a synchronisation).
-fn lines_for(
-    command: &mut Command,
-    run_for: Duration,
-) -> Result<Vec<String>, Box<dyn std::error::Error>> {
-    let mut child = command
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()?;
-    let stdout = child.stdout.take().ok_or("no stdout")?;
-    let (tx, rx) = mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if tx.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let deadline = std::time::Instant::now() + run_for;
-    let mut lines = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
-        match rx.recv_timeout(left) {
-            Ok(line) => lines.push(line),
-            Err(mpsc::RecvTimeoutError::Timeout) => break,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let _ = child.kill();
-                return Err("the helper exited".into());
-            }
-        }
-    }
-    child.kill()?;
-    child.wait()?;
-    reader.join().map_err(|_| "reader thread panicked")?;
-    lines.extend(rx.try_iter());
-    Ok(lines)
-}
-
 #[test]
 fn a_join_from_a_snapshot_killed_at_random_moments_restarts_cleanly() -> TestResult {
     use lattice_node::{DataDir, Node, NodeError};
@@ -295,11 +282,11 @@ fn a_join_from_a_snapshot_killed_at_random_moments_restarts_cleanly() -> TestRes
     let (mut complete, mut interrupted) = (0, 0);
     for round in 0..10 {
         let run_for = Duration::from_millis(50 + rng.below(1500) as u64);
-        let lines = lines_for(
+        let lines = lines_until_killed(
             Command::new(env!("CARGO_BIN_EXE_snapshot-join-loop"))
                 .arg(&file)
                 .arg(dir.path()),
-            run_for,
+            Kill::After(run_for),
         )
         .map_err(|e| format!("seed {seed} round {round}: {e}"))?;
         for line in &lines {

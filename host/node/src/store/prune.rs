@@ -32,7 +32,7 @@ pub const PRUNE_STEP_FIRST: usize = 256;
 /// Fewest intentions looked at per step.
 const PRUNE_STEP_MIN: usize = 32;
 /// How long a prune step should take.
-pub const PRUNE_STEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(25);
+pub const PRUNE_STEP_BUDGET: std::time::Duration = std::time::Duration::from_millis(15);
 
 /// The next step's size after a step of `size` took `took`: halved past the budget, doubled
 /// well below it.
@@ -453,13 +453,13 @@ mod tests {
 
     #[test]
     fn steps_shrink_past_the_budget_and_grow_well_below_it() {
-        assert_eq!(next_step_size(256, Duration::from_millis(60)), 128);
+        assert_eq!(next_step_size(256, Duration::from_millis(40)), 128);
         assert_eq!(
             next_step_size(PRUNE_STEP_MIN, Duration::from_secs(1)),
             PRUNE_STEP_MIN
         );
-        assert_eq!(next_step_size(256, Duration::from_millis(2)), 512);
+        assert_eq!(next_step_size(256, Duration::from_millis(1)), 512);
         assert_eq!(next_step_size(PRUNE_STEP, Duration::ZERO), PRUNE_STEP);
-        assert_eq!(next_step_size(256, Duration::from_millis(20)), 256);
+        assert_eq!(next_step_size(256, Duration::from_millis(10)), 256);
     }
 }

@@ -240,23 +240,12 @@ impl Store {
         let reader = self.log.reader();
         let floor = reader.prune_floor()?;
         let mut held = Vec::new();
-        let mut from = 1;
-        loop {
-            let batch = reader.witnessed(from, BATCH)?;
-            let Some(&(last, _)) = batch.last() else {
-                break;
-            };
-            for (_, signed) in batch {
-                let info = reader
-                    .dag_info(&signed.hash())?
-                    .ok_or_else(|| refused(self.id, "a held intention has no chain position"))?;
-                held.push(RootedItem {
-                    bytes: signed.as_bytes().to_vec(),
-                    position: info.author_seq,
-                });
-            }
-            from = last + 1;
-        }
+        each_held(reader, u64::MAX, |_, signed, position| {
+            held.push(RootedItem {
+                bytes: signed.as_bytes().to_vec(),
+                position,
+            });
+        })?;
         Ok(Snapshot {
             store: self.id,
             epoch: status.hash,
@@ -291,6 +280,33 @@ impl Store {
     }
 }
 
+/// Calls `visit` with every intention `reader` holds up to seq `until`, in witness order,
+/// with its seq and chain position, reading a batch at a time.
+fn each_held(
+    reader: &lattice_log::LogReader,
+    until: u64,
+    mut visit: impl FnMut(u64, &lattice_model::SignedIntention, u64),
+) -> Result<(), NodeError> {
+    let mut from = 1;
+    while from <= until {
+        let batch = reader.witnessed(from, BATCH)?;
+        let Some(&(last, _)) = batch.last() else {
+            break;
+        };
+        for (seq, signed) in batch.iter().filter(|(seq, _)| *seq <= until) {
+            let position = reader
+                .dag_info(&signed.hash())?
+                .ok_or(NodeError::Log(lattice_log::Error::Internal {
+                    what: "a held intention has no chain position",
+                }))?
+                .author_seq;
+            visit(*seq, signed, position);
+        }
+        from = last + 1;
+    }
+    Ok(())
+}
+
 /// Roots `log` (fresh) on `snapshot`'s floor with the intentions it holds and makes its state
 /// the state at the epoch in `epoch_state_path` (projected by `module`'s runtime). The store
 /// opened on the log afterwards restores its live state from there; check it with
@@ -314,21 +330,12 @@ pub(crate) fn install(
         .ok_or_else(|| refused(store, "its epoch is not among the intentions it holds"))?;
     let reach: HashMap<PubKey, u64> = reader.reach(&snapshot.epoch)?.into_iter().collect();
     let mut pending = Vec::new();
-    let mut from = 1;
-    while from <= epoch.seq {
-        let batch = reader.witnessed(from, BATCH)?;
-        let Some(&(last, _)) = batch.last() else {
-            break;
-        };
-        for (seq, signed) in batch.into_iter().filter(|(seq, _)| *seq <= epoch.seq) {
-            let position = reader.dag_info(&signed.hash())?.map_or(0, |i| i.author_seq);
-            let author = signed.intention().author();
-            if reach.get(&author).is_none_or(|r| position > *r) {
-                pending.push(seq);
-            }
+    each_held(reader, epoch.seq, |seq, signed, position| {
+        let author = signed.intention().author();
+        if reach.get(&author).is_none_or(|r| position > *r) {
+            pending.push(seq);
         }
-        from = last + 1;
-    }
+    })?;
     let mut at = StoreRuntime::open(runtime, epoch_state_path, store, module)?;
     if at.is_headless() {
         return Err(refused(store, "its store type is not installed here"));
