@@ -171,7 +171,7 @@ impl Log {
     /// [`Error`] when the log failed (nothing of the call was kept) or is closed.
     pub fn root(&self, floor: &FloorMarks, items: Vec<RootedItem>) -> Result<IngestResults, Error> {
         let mut floor = PruneFloor(floor.clone());
-        floor.0.sort_by(|a, b| a.0.cmp(&b.0));
+        floor.0.sort_by_key(|a| a.0);
         floor.0.dedup_by(|a, b| a.0 == b.0);
         let positions: Vec<u64> = items.iter().map(|i| i.position).collect();
         let incoming = items.into_iter().map(|i| Incoming::new(i.bytes)).collect();

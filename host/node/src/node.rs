@@ -440,10 +440,10 @@ impl Node {
             sync_dir(&dir).map_err(io(&dir))?;
             Ok(store)
         })();
-        if opened.is_err() {
-            if let Err(e) = std::fs::remove_dir_all(&dir) {
-                warn!(path = %dir.display(), "could not remove a refused snapshot's files: {e}");
-            }
+        if opened.is_err()
+            && let Err(e) = std::fs::remove_dir_all(&dir)
+        {
+            warn!(path = %dir.display(), "could not remove a refused snapshot's files: {e}");
         }
         opened
     }
