@@ -15,7 +15,7 @@ use crate::data_dir::DataDir;
 use crate::error::NodeError;
 use crate::genesis::StoreGenesis;
 use crate::meta::{MetaDb, StoreRecord, StoreState};
-use crate::store::{Snapshot, Store};
+use crate::store::{Snapshot, Store, snapshot_refused};
 
 /// An opened node. Holds `meta.db` open, so one process at a time owns a data directory.
 #[derive(Debug)]
@@ -404,10 +404,7 @@ impl Node {
         let marker = joining_marker(&dir);
         if self.dir.log_path(&id).exists() {
             if !marker.exists() {
-                return Err(NodeError::SnapshotRefused {
-                    store: id.short(),
-                    why: "the store is here already".into(),
-                });
+                return Err(snapshot_refused(id, "the store is here already"));
             }
             // An earlier join from a snapshot was interrupted: start again from nothing.
             std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
@@ -420,10 +417,7 @@ impl Node {
             // store type, which must be installed before the state is loaded.
             let first = snapshot.held.iter().take(1).cloned().collect();
             for r in log.root(&snapshot.floor, first)? {
-                r.map_err(|e| NodeError::SnapshotRefused {
-                    store: id.short(),
-                    why: e.to_string(),
-                })?;
+                r.map_err(|e| snapshot_refused(id, e.to_string()))?;
             }
             let genesis = self.install_builtin_for(id, &log)?;
             let genesis = genesis.ok_or(NodeError::BadGenesis(id))?;
@@ -497,10 +491,10 @@ impl Node {
             return Err(NodeError::UnknownStore(id.to_string()));
         }
         if joining_marker(&self.dir.store_dir(&id)).exists() {
-            return Err(NodeError::SnapshotRefused {
-                store: id.short(),
-                why: "joining it from a snapshot was interrupted; offer the snapshot again".into(),
-            });
+            return Err(snapshot_refused(
+                id,
+                "joining it from a snapshot was interrupted; offer the snapshot again",
+            ));
         }
         let log = self.open_log(id)?;
         self.store_from_log(id, Arc::new(log))

@@ -25,8 +25,8 @@ mod snapshot;
 
 pub use epochs::{EpochStatus, MAX_LAG_SHOWN, PeerLag};
 pub use prune::{PRUNE_STEP, PRUNE_STEP_BUDGET, PRUNE_STEP_FIRST, PruneReport};
-pub(crate) use snapshot::install as install_snapshot;
 pub use snapshot::{Snapshot, SnapshotDecodeError};
+pub(crate) use snapshot::{install as install_snapshot, refused as snapshot_refused};
 
 /// Intentions read from the log per projection step.
 const PROJECT_BATCH: usize = 512;

@@ -212,7 +212,8 @@ impl<'b> Reader<'b> {
     }
 }
 
-fn refused(store: StoreId, why: impl Into<String>) -> NodeError {
+/// The error for a snapshot of `store` that is not taken, and why.
+pub(crate) fn refused(store: StoreId, why: impl Into<String>) -> NodeError {
     NodeError::SnapshotRefused {
         store: store.short(),
         why: why.into(),
