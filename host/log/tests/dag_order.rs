@@ -44,6 +44,13 @@ fn ancestors(parents: &HashMap<Hash, Vec<Hash>>, of: Hash) -> HashSet<Hash> {
     seen
 }
 
+/// Each intention's parents (`prev` and deps).
+fn parents_of(all: &[SignedIntention]) -> HashMap<Hash, Vec<Hash>> {
+    all.iter()
+        .map(|s| (s.hash(), s.intention().parents().collect()))
+        .collect()
+}
+
 /// Each intention's position in its author's chain (intentions come parents first).
 fn chain_positions(all: &[SignedIntention]) -> HashMap<Hash, u64> {
     let mut pos: HashMap<Hash, u64> = HashMap::new();
@@ -80,10 +87,7 @@ fn check_queries(seed: u64, n: usize, authors: usize, probes: usize) -> TestResu
             .map(|s| Incoming::new(s.as_bytes().to_vec()))
             .collect(),
     )?;
-    let parents: HashMap<Hash, Vec<Hash>> = all
-        .iter()
-        .map(|s| (s.hash(), s.intention().parents().collect()))
-        .collect();
+    let parents = parents_of(&all);
     let positions = chain_positions(&all);
     let reader = log.reader();
     let mut rng = SplitMix64::new(seed ^ 0xDA6);
@@ -170,10 +174,7 @@ fn reach_agrees_on_a_dag_longer_than_the_frontier_cache() -> TestResult {
                 .collect(),
         )?;
     }
-    let parents: HashMap<Hash, Vec<Hash>> = all
-        .iter()
-        .map(|s| (s.hash(), s.intention().parents().collect()))
-        .collect();
+    let parents = parents_of(&all);
     let positions = chain_positions(&all);
     let reader = log.reader();
     let mut rng = SplitMix64::new(23);

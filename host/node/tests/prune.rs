@@ -5,28 +5,10 @@
 
 mod common;
 
-use common::{TestResult, all_of, exchange, replica_of};
+use common::{TestResult, all_of, exchange, fill, replica_of};
 use lattice_log::{Incoming, IngestError};
 use lattice_node::{DataDir, Node, NodeError, Store};
 use serde_json::json;
-
-/// `count` puts over `keys` keys, in write runs.
-fn fill(store: &mut Store, tag: &str, count: usize, keys: usize) -> TestResult {
-    let calls: Vec<(String, serde_json::Value)> = (0..count)
-        .map(|i| {
-            (
-                "put".to_string(),
-                json!({"key": format!("k{}", i % keys), "value": format!("{tag}-{i}")}),
-            )
-        })
-        .collect();
-    for run in calls.chunks(256) {
-        for r in store.write_run(run) {
-            r?;
-        }
-    }
-    Ok(())
-}
 
 /// Asks for a prune cut: an epoch the active members acknowledge.
 fn cut(store: &mut Store, nonce: u64) -> TestResult {

@@ -4,27 +4,10 @@
 
 mod common;
 
-use common::{TestResult, all_of, replica_of};
+use common::{TestResult, all_of, fill, replica_of};
 use lattice_log::Incoming;
 use lattice_node::{DataDir, Node, NodeError, Store};
 use serde_json::json;
-
-fn fill(store: &mut Store, tag: &str, count: usize, keys: usize) -> TestResult {
-    let calls: Vec<(String, serde_json::Value)> = (0..count)
-        .map(|i| {
-            (
-                "put".to_string(),
-                json!({"key": format!("k{}", i % keys), "value": format!("{tag}-{i}")}),
-            )
-        })
-        .collect();
-    for run in calls.chunks(256) {
-        for r in store.write_run(run) {
-            r?;
-        }
-    }
-    Ok(())
-}
 
 fn open_node() -> Result<(tempfile::TempDir, Node), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;

@@ -88,3 +88,21 @@ pub fn permutations<T: Clone>(items: &[T]) -> Vec<Vec<T>> {
     }
     out
 }
+
+/// `count` puts over `keys` keys (`k0`, `k1`, …, values `<tag>-<i>`), in write runs.
+pub fn fill(store: &mut lattice_node::Store, tag: &str, count: usize, keys: usize) -> TestResult {
+    let calls: Vec<(String, serde_json::Value)> = (0..count)
+        .map(|i| {
+            (
+                "put".to_string(),
+                serde_json::json!({"key": format!("k{}", i % keys), "value": format!("{tag}-{i}")}),
+            )
+        })
+        .collect();
+    for run in calls.chunks(256) {
+        for r in store.write_run(run) {
+            r?;
+        }
+    }
+    Ok(())
+}
