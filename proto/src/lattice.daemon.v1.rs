@@ -162,7 +162,7 @@ pub struct JoinRequest {
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct JoinProgress {
-    /// Intentions fetched so far.
+    /// Intentions fetched so far (on the last message from a snapshot: the intentions it held).
     #[prost(uint64, tag = "1")]
     pub fetched: u64,
     /// Set on the last message: the store joined.
@@ -170,6 +170,10 @@ pub struct JoinProgress {
     pub store: ::prost::alloc::string::String,
     #[prost(bool, tag = "3")]
     pub done: bool,
+    /// Set on the last message when the store was joined from a snapshot (the inviter pruned
+    /// its history): the snapshot's size in bytes; 0 when it was bootstrapped from history.
+    #[prost(uint64, tag = "4")]
+    pub snapshot_bytes: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

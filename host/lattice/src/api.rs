@@ -541,6 +541,7 @@ impl store_service_server::StoreService for Api {
                     fetched: joined.fetched,
                     store: joined.store.to_string(),
                     done: true,
+                    snapshot_bytes: joined.snapshot_bytes,
                 }),
                 Err(e) => Err(status_of(e)),
             };

@@ -672,12 +672,20 @@ async fn join(c: &mut Client, token: String, out: &Output) -> anyhow::Result<()>
     while let Some(item) = stream.next().await {
         let p = item.map_err(err)?;
         if p.done {
+            let how = if p.snapshot_bytes > 0 {
+                format!(
+                    "from a snapshot of {} bytes holding {} intentions: the inviter pruned its history",
+                    p.snapshot_bytes, p.fetched
+                )
+            } else {
+                format!("{} intentions fetched", p.fetched)
+            };
             out.record(
                 &format!(
-                    "joined store {} ({} intentions fetched); its child stores open as they arrive",
-                    p.store, p.fetched
+                    "joined store {} ({how}); its child stores open as they arrive",
+                    p.store
                 ),
-                json!({"store": p.store, "fetched": p.fetched}),
+                json!({"store": p.store, "fetched": p.fetched, "snapshot_bytes": p.snapshot_bytes}),
             );
             return Ok(());
         }

@@ -25,6 +25,9 @@ use crate::dag::FrontierCache;
 use crate::error::{AuthorError, Error, IngestError, QueryError};
 use crate::writer::{Batch, LogState, Tables, stranded_floating};
 
+/// A transaction taking this long is reported (at debug level) with how its time split.
+const SLOW_TRANSACTION: std::time::Duration = std::time::Duration::from_millis(40);
+
 /// An intention received from elsewhere, as bytes.
 #[derive(Debug, Clone)]
 pub struct Incoming {
@@ -344,7 +347,9 @@ impl IngestActor {
         // a step never lags what it deleted. The next durable commit, or the actor's exit,
         // makes them durable.
         let lazy = commands.iter().all(|c| matches!(c, Command::Prune { .. }));
+        let count = commands.len();
         let mut commands: VecDeque<Command> = commands.into();
+        let began = std::time::Instant::now();
         let result = (|| -> Result<LogState, Error> {
             let mut txn = self.db.begin_write()?;
             txn.set_durability(if lazy {
@@ -459,8 +464,21 @@ impl IngestActor {
                 }
             }
             batch.resolve(self.config.max_resolve_per_batch)?;
+            let commands_took = began.elapsed();
             let state = batch.finish(&self.key)?;
+            let body = began.elapsed();
             txn.commit()?;
+            let took = began.elapsed();
+            if took >= SLOW_TRANSACTION {
+                debug!(
+                    commands = count,
+                    lazy,
+                    commands_ms = commands_took.as_millis() as u64,
+                    finish_ms = (body - commands_took).as_millis() as u64,
+                    commit_ms = (took - body).as_millis() as u64,
+                    "slow log transaction"
+                );
+            }
             Ok(state)
         })();
         if result.is_ok() {

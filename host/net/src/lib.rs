@@ -28,7 +28,8 @@ mod transport;
 pub use iroh::{ALPN, CONNECT_TIMEOUT, IrohNet};
 pub use mesh::{Events, Mesh, MeshError, MeshNode, MeshTransport, sim_transport};
 pub use replicator::{
-    Access, JoinRequest, ReplicaError, ReplicaEvent, Replicator, ReplicatorConfig, topic_of,
+    Access, JoinRequest, ReplicaError, ReplicaEvent, Replicator, ReplicatorConfig, SnapshotRequest,
+    topic_of,
 };
 pub use sim::{SimConfig, SimNetwork, SimNode};
 pub use transport::{

@@ -407,7 +407,7 @@ impl Node {
                 return Err(snapshot_refused(id, "the store is here already"));
             }
             // An earlier join from a snapshot was interrupted: start again from nothing.
-            std::fs::remove_dir_all(&dir).map_err(io(&dir))?;
+            self.remove_store_files(&id)?;
         }
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         durable_write(&marker, b"a join from a snapshot is under way\n").map_err(io(&marker))?;
@@ -440,6 +440,19 @@ impl Node {
             warn!(path = %dir.display(), "could not remove a refused snapshot's files: {e}");
         }
         opened
+    }
+
+    /// Removes every file of store `id` here (nothing happens when there are none). The
+    /// store must not be open.
+    ///
+    /// # Errors
+    /// [`NodeError::Io`].
+    pub fn remove_store_files(&self, id: &StoreId) -> Result<(), NodeError> {
+        let dir = self.dir.store_dir(id);
+        match std::fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&dir)(e)),
+            _ => Ok(()),
+        }
     }
 
     /// Finds a store by full id or unique prefix.

@@ -478,3 +478,62 @@ async fn a_slow_guest_does_not_stall_other_stores() -> TestResult {
     node.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_of_a_pruned_store_gets_a_snapshot_over_the_network() -> TestResult {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path()).await?;
+    let b = start(dirs[1].path()).await?;
+
+    // A, the only member, writes over a few keys many times and prunes its history.
+    let store = a.create("kv", "pruned", None).await?;
+    for i in 0..300 {
+        a.call(
+            &store,
+            "put",
+            &json!({"key": format!("k{}", i % 10), "value": format!("v{i}")}),
+        )
+        .await?;
+    }
+    let report = a.prune(&store, true).await?;
+    assert!(report.not_now.is_none(), "{report:?}");
+    assert!(report.deleted > 250, "{report:?}");
+
+    // B joins: A can only give a snapshot, and B's state is A's byte for byte.
+    let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
+    let joined = b.join(&token, |_| {}).await?;
+    assert_eq!(joined.store, store);
+    assert!(joined.snapshot_bytes > 0, "{joined:?}");
+    assert!(joined.fetched < 100, "{joined:?}");
+    assert_eq!(b.state_digest(&store).await?, a.state_digest(&store).await?);
+    assert_eq!(get(&b, &store, "k3").await, "v293");
+    assert_eq!(b.status(&store).await?.state(), "ready");
+
+    // Both write on; each sees the other's writes.
+    b.call(&store, "put", &json!({"key": "from-b", "value": "hi"}))
+        .await?;
+    a.call(&store, "put", &json!({"key": "from-a", "value": "ho"}))
+        .await?;
+    until(&[&a, &b], "both writes everywhere", async || {
+        all_read(&[&a, &b], &store, "from-b", "hi").await
+            && all_read(&[&a, &b], &store, "from-a", "ho").await
+    })
+    .await?;
+    until(&[&a, &b], "the same state", async || {
+        matches!(
+            (a.state_digest(&store).await, b.state_digest(&store).await),
+            (Ok(x), Ok(y)) if x == y
+        )
+    })
+    .await?;
+
+    // B restarts on what it joined with.
+    b.shutdown().await;
+    drop(b);
+    let b = start(dirs[1].path()).await?;
+    assert_eq!(get(&b, &store, "k3").await, "v293");
+    assert_eq!(get(&b, &store, "from-a").await, "ho");
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}

@@ -6,7 +6,8 @@
 //! are `(HLC wall ms, intention hash)`), over the log's persisted sync index
 //! ([`lattice_log::SyncSnapshot`]) so no round reads the whole log; the session protocol
 //! ([`Msg`]): fetch of wanted intentions and of missing causal chains, bootstrap from witness
-//! records, pushes, and the two-sided done exchange; gossip messages ([`GossipMsg`]).
+//! records, pushes, and the two-sided done exchange; snapshot fetches (an opaque encoded
+//! snapshot in parts, [`fetch_snapshot`]); gossip messages ([`GossipMsg`]).
 //!
 //! **Does not touch:** sockets, tokio, iroh. Sessions run over any [`Frames`] carrier and
 //! write to the log only through its validated ingest path.
@@ -40,14 +41,16 @@
 
 mod reconcile;
 mod session;
+mod snapshot;
 mod wire;
 
 pub use reconcile::{FRAME_LIMIT, Initiator, ItemSet, Responder, Step, SyncError, VecSet};
 pub use session::{
-    Frames, LinkError, Opening, SessionError, SessionOptions, SessionReport, accept, bootstrap,
-    fetch_chain, reconcile, refuse, request_join, serve, welcome,
+    Frames, LinkError, Opening, PRUNED_RECORDS, SessionError, SessionOptions, SessionReport,
+    accept, bootstrap, fetch_chain, reconcile, refuse, request_join, serve, welcome,
 };
+pub use snapshot::{fetch_snapshot, no_snapshot, send_snapshot};
 pub use wire::{
     BATCH_BYTES, FrameError, GossipMsg, MAX_FRAME, MAX_GOSSIP, MAX_HASHES, MAX_JOIN_CHILDREN, Msg,
-    SESSION_VERSION,
+    SESSION_VERSION, SNAPSHOT_PART,
 };

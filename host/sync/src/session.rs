@@ -105,6 +105,9 @@ const CHAIN_MAX_ITEMS: usize = 20_000;
 const CHAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Ingest batches in flight before the client waits for the oldest.
 const INGEST_WINDOW: usize = 4;
+/// The reason a server with a pruned log gives for not serving witness-record pages.
+pub const PRUNED_RECORDS: &str =
+    "this member pruned its history; join from a snapshot of it instead";
 /// Chain requests per session before giving up on a gap.
 const CHAIN_ROUNDS: usize = 64;
 
@@ -535,6 +538,9 @@ pub enum Opening {
         /// Its positions in the child stores of the store it holds.
         children: Vec<(StoreId, u64)>,
     },
+    /// A snapshot fetch for a store: answer with [`crate::send_snapshot`],
+    /// [`crate::no_snapshot`] or [`refuse`].
+    Snapshot(StoreId),
 }
 
 /// Reads the client's first frame on a served stream.
@@ -561,9 +567,14 @@ pub async fn accept<F: Frames>(io: &mut F) -> Result<Opening, SessionError> {
             tip,
             children,
         }),
-        Msg::Open { version, .. } | Msg::Join { version, .. } => Err(SessionError::Misbehaved(
-            format!("session version {version} is not supported"),
-        )),
+        Msg::SnapshotOpen { version, store } if version == SESSION_VERSION => {
+            Ok(Opening::Snapshot(store))
+        }
+        Msg::Open { version, .. }
+        | Msg::Join { version, .. }
+        | Msg::SnapshotOpen { version, .. } => Err(SessionError::Misbehaved(format!(
+            "session version {version} is not supported"
+        ))),
         _ => Err(unexpected("open")),
     }
 }
@@ -668,6 +679,10 @@ pub async fn serve<F: Frames>(
                 )?;
                 sent += link.send_intentions(items, true).await?;
             }
+            Msg::Records { .. } if !log.reader().prune_floor()?.is_empty() => {
+                // Pages of a pruned witness log have gaps no client can check.
+                link.send(&Msg::Refused(PRUNED_RECORDS.into())).await?;
+            }
             Msg::Records { from_seq, limit } => {
                 let (records, attestation) = log
                     .reader()
@@ -688,7 +703,10 @@ pub async fn serve<F: Frames>(
             | Msg::RecordPage { .. }
             | Msg::Refused(_)
             | Msg::Join { .. }
-            | Msg::Welcome => {
+            | Msg::Welcome
+            | Msg::SnapshotOpen { .. }
+            | Msg::SnapshotPart { .. }
+            | Msg::NoSnapshot => {
                 return Err(unexpected("a request"));
             }
         }

@@ -87,7 +87,28 @@ pub enum Msg {
     },
     /// The join was accepted: the client is now a peer of the store and may bootstrap it.
     Welcome,
+    /// First client frame of a snapshot fetch: the client (a peer of `store`) asks for the
+    /// state at the server's final epoch and what the server holds of the log.
+    SnapshotOpen {
+        /// Session protocol version ([`SESSION_VERSION`]).
+        version: u8,
+        /// The store.
+        store: StoreId,
+    },
+    /// One part of an encoded snapshot: parts arrive in order, each at most
+    /// [`SNAPSHOT_PART`] bytes, until their lengths add up to `total`.
+    SnapshotPart {
+        /// Length of the whole encoded snapshot, the same in every part.
+        total: u64,
+        /// The next bytes.
+        bytes: Vec<u8>,
+    },
+    /// The server's log is whole (it pruned nothing): bootstrap from its witness records.
+    NoSnapshot,
 }
+
+/// Most bytes of a snapshot in one [`Msg::SnapshotPart`] (1 MiB).
+pub const SNAPSHOT_PART: usize = 1024 * 1024;
 
 const OPEN: u8 = 1;
 const RECONCILE: u8 = 2;
@@ -100,6 +121,9 @@ const DONE: u8 = 8;
 const REFUSED: u8 = 9;
 const JOIN: u8 = 10;
 const WELCOME: u8 = 11;
+const SNAPSHOT_OPEN: u8 = 12;
+const SNAPSHOT_PART_TAG: u8 = 13;
+const NO_SNAPSHOT: u8 = 14;
 
 /// Longest refusal reason kept, in bytes.
 const MAX_REASON: usize = 1024;
@@ -263,6 +287,18 @@ impl Msg {
                 }
             }
             Msg::Welcome => out.push(WELCOME),
+            Msg::SnapshotOpen { version, store } => {
+                out.push(SNAPSHOT_OPEN);
+                out.push(*version);
+                out.extend(store.as_bytes());
+            }
+            Msg::SnapshotPart { total, bytes } => {
+                out.reserve(9 + bytes.len());
+                out.push(SNAPSHOT_PART_TAG);
+                out.extend(total.to_le_bytes());
+                out.extend(bytes);
+            }
+            Msg::NoSnapshot => out.push(NO_SNAPSHOT),
         }
         out
     }
@@ -357,6 +393,22 @@ impl Msg {
                 }
             }
             WELCOME => Msg::Welcome,
+            SNAPSHOT_OPEN => Msg::SnapshotOpen {
+                version: input.u8()?,
+                store: StoreId(input.array()?),
+            },
+            SNAPSHOT_PART_TAG => {
+                let total = input.u64()?;
+                let bytes = input.take(input.0.len())?;
+                if bytes.len() > SNAPSHOT_PART {
+                    return Err(FrameError("snapshot part larger than SNAPSHOT_PART"));
+                }
+                Msg::SnapshotPart {
+                    total,
+                    bytes: bytes.to_vec(),
+                }
+            }
+            NO_SNAPSHOT => Msg::NoSnapshot,
             _ => return Err(FrameError("unknown message tag")),
         };
         input.end()?;
@@ -511,13 +563,27 @@ mod tests {
                 children: vec![(StoreId([3; 32]), 4)],
             },
             Msg::Welcome,
+            Msg::SnapshotOpen {
+                version: 1,
+                store: StoreId([5; 32]),
+            },
+            Msg::SnapshotPart {
+                total: 10,
+                bytes: vec![1, 2, 3],
+            },
+            Msg::NoSnapshot,
         ];
         for msg in all {
             let bytes = msg.encode();
             assert_eq!(Msg::decode(&bytes).unwrap(), msg);
             let fixed = !matches!(
                 msg,
-                Msg::Reconcile(_) | Msg::Refused(_) | Msg::Done | Msg::Welcome
+                Msg::Reconcile(_)
+                    | Msg::Refused(_)
+                    | Msg::Done
+                    | Msg::Welcome
+                    | Msg::SnapshotPart { .. }
+                    | Msg::NoSnapshot
             );
             if fixed {
                 for cut in 0..bytes.len() {
@@ -530,6 +596,12 @@ mod tests {
                 assert!(Msg::decode(&longer).is_err());
             }
         }
+        // A snapshot part over the limit is refused.
+        let big = Msg::SnapshotPart {
+            total: 1 << 30,
+            bytes: vec![0; SNAPSHOT_PART + 1],
+        };
+        assert!(Msg::decode(&big.encode()).is_err());
         // A huge count with no bytes behind it is refused before allocating.
         let mut want = vec![WANT];
         want.extend(u32::MAX.to_le_bytes());

@@ -7,8 +7,9 @@ use std::collections::BTreeSet;
 use lattice_log::{Incoming, Log, LogConfig, SplitMix64, SyntheticDag};
 use lattice_model::{Hash, NodeKey, SignedIntention};
 use lattice_sync::{
-    Frames, LinkError, Msg, Opening, SessionError, SessionOptions, accept, bootstrap, fetch_chain,
-    reconcile, refuse, request_join, serve, welcome,
+    Frames, LinkError, Msg, Opening, SNAPSHOT_PART, SessionError, SessionOptions, accept,
+    bootstrap, fetch_chain, fetch_snapshot, no_snapshot, reconcile, refuse, request_join,
+    send_snapshot, serve, welcome,
 };
 use tokio::sync::mpsc;
 
@@ -362,5 +363,169 @@ async fn join_is_answered_with_welcome_or_the_refusal_reason() -> TestResult {
             Err(e) => return Err(e.into()),
         }
     }
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_snapshot_arrives_whole_in_parts_or_not_at_all() -> TestResult {
+    let store = lattice_model::StoreId([6; 32]);
+    let blob: Vec<u8> = (0..SNAPSHOT_PART * 5 / 2)
+        .map(|i| (i % 251) as u8)
+        .collect();
+
+    // Served whole: the same bytes, in three parts, progress after each.
+    let (mut client, mut server) = pair();
+    let sent = blob.clone();
+    let serving = tokio::spawn(async move {
+        assert_eq!(accept(&mut server).await?, Opening::Snapshot(store));
+        send_snapshot(&mut server, &sent).await
+    });
+    let mut seen = Vec::new();
+    let got = fetch_snapshot(&mut client, store, 1 << 30, |n, total| {
+        seen.push((n, total))
+    })
+    .await?;
+    serving.await??;
+    assert_eq!(got.as_deref(), Some(&blob[..]));
+    let total = blob.len() as u64;
+    assert_eq!(
+        seen,
+        vec![
+            (SNAPSHOT_PART as u64, total),
+            (2 * SNAPSHOT_PART as u64, total),
+            (total, total)
+        ]
+    );
+
+    // A whole log has no snapshot; a refusal carries its reason; a snapshot over the limit
+    // is not taken.
+    let (mut client, mut server) = pair();
+    let serving = tokio::spawn(async move {
+        accept(&mut server).await?;
+        no_snapshot(&mut server).await
+    });
+    assert_eq!(
+        fetch_snapshot(&mut client, store, 1 << 30, |_, _| {}).await?,
+        None
+    );
+    serving.await??;
+    let (mut client, mut server) = pair();
+    let serving = tokio::spawn(async move {
+        accept(&mut server).await?;
+        refuse(&mut server, "its current epoch is not final").await
+    });
+    let refused = fetch_snapshot(&mut client, store, 1 << 30, |_, _| {}).await;
+    assert!(
+        matches!(&refused, Err(SessionError::Refused(r)) if r == "its current epoch is not final"),
+        "{refused:?}"
+    );
+    serving.await??;
+    let (mut client, mut server) = pair();
+    let sent = blob.clone();
+    let serving = tokio::spawn(async move {
+        accept(&mut server).await?;
+        send_snapshot(&mut server, &sent).await
+    });
+    let too_big = fetch_snapshot(&mut client, store, 1000, |_, _| {}).await;
+    assert!(
+        matches!(too_big, Err(SessionError::Refused(_))),
+        "{too_big:?}"
+    );
+    drop(client);
+    let _ = serving.await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn snapshot_parts_that_do_not_add_up_are_misbehaviour() -> TestResult {
+    let store = lattice_model::StoreId([6; 32]);
+    let part = |total: u64, bytes: Vec<u8>| Msg::SnapshotPart { total, bytes }.encode();
+    let cases: Vec<(&str, Vec<Vec<u8>>)> = vec![
+        (
+            "more than the total",
+            vec![part(4, vec![1, 2, 3]), part(4, vec![4, 5])],
+        ),
+        (
+            "totals differ",
+            vec![part(6, vec![1, 2, 3]), part(7, vec![4, 5, 6])],
+        ),
+        (
+            "an empty part",
+            vec![part(6, vec![1, 2, 3]), part(6, vec![])],
+        ),
+        (
+            "another message",
+            vec![part(6, vec![1, 2, 3]), Msg::Done.encode()],
+        ),
+        (
+            "no snapshot after a part",
+            vec![part(6, vec![1]), Msg::NoSnapshot.encode()],
+        ),
+    ];
+    for (what, frames) in cases {
+        let (mut client, mut server) = pair();
+        let serving = tokio::spawn(async move {
+            accept(&mut server).await?;
+            for f in frames {
+                server.send(f).await?;
+            }
+            Ok::<_, SessionError>(server)
+        });
+        let got = fetch_snapshot(&mut client, store, 1 << 30, |_, _| {}).await;
+        assert!(
+            matches!(got, Err(SessionError::Misbehaved(_))),
+            "{what}: {got:?}"
+        );
+        drop(serving.await??);
+    }
+    // The stream ending early is a link failure, not a snapshot.
+    let (mut client, mut server) = pair();
+    let serving = tokio::spawn(async move {
+        accept(&mut server).await?;
+        server.send(part(6, vec![1, 2, 3])).await?;
+        Ok::<_, SessionError>(())
+    });
+    let got = fetch_snapshot(&mut client, store, 1 << 30, |_, _| {}).await;
+    serving.await??;
+    assert!(matches!(got, Err(SessionError::Link(_))), "{got:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_pruned_log_refuses_record_pages_instead_of_serving_gaps() -> TestResult {
+    let f = fixture(25, 400);
+    let (a, b) = (f.open("a.db", 1), f.open("b.db", 2));
+    feed(&a, &f.all);
+    let epoch = f.all[300].hash();
+    let step = a.prune(lattice_log::PruneTarget {
+        epoch,
+        keep: std::sync::Arc::new(|_| false),
+        step: 128,
+    })?;
+    assert!(step.deleted > 0, "{step:?}");
+    let witness = NodeKey::from_seed([1; 32]).public();
+    let (client, server) = pair();
+    let (c, s) = tokio::join!(
+        async {
+            // The client's end goes when it gives up, which ends the server's session.
+            let mut client = client;
+            bootstrap(
+                &mut client,
+                &b,
+                &witness,
+                &SessionOptions::default(),
+                |_| {},
+            )
+            .await
+        },
+        serve_one(server, &a)
+    );
+    assert!(
+        matches!(&c, Err(SessionError::Refused(r)) if r == lattice_sync::PRUNED_RECORDS),
+        "{c:?}"
+    );
+    // The server is not at fault, and the client took nothing.
+    drop(s);
+    assert_eq!(b.reader().witnessed_count()?, 0);
     Ok(())
 }

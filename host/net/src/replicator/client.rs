@@ -30,6 +30,27 @@ impl Replicator {
         .await
     }
 
+    /// Fetches a snapshot of `store` from `peer` (this node must be a peer of the store
+    /// there): the encoded snapshot, or `None` when `peer`'s log is whole (bootstrap from it
+    /// instead). `progress` hears (bytes received, total).
+    ///
+    /// # Errors
+    /// [`ReplicaError::Session`] with [`SessionError::Refused`] and the peer's reason (or when
+    /// the snapshot is larger than [`ReplicatorConfig::max_snapshot`]); network errors.
+    pub async fn fetch_snapshot(
+        &self,
+        store: &StoreId,
+        peer: &PubKey,
+        mut progress: impl FnMut(u64, u64) + Send,
+    ) -> Result<Option<Vec<u8>>, ReplicaError> {
+        let max = self.inner.config.max_snapshot;
+        let store = *store;
+        self.session(peer, &store, async |s: &mut Stream| {
+            lattice_sync::fetch_snapshot(s, store, max, &mut progress).await
+        })
+        .await
+    }
+
     /// Runs one client session on a new stream to `peer`, with timeout and accounting.
     pub(super) async fn session<T, F>(
         &self,

@@ -54,6 +54,8 @@ pub struct ReplicatorConfig {
     /// Reconcile on its own (on start, on neighbour up, periodically). Benchmarks turn it off
     /// to time sessions they start themselves.
     pub auto_sync: bool,
+    /// Largest encoded snapshot this node fetches (it is held in memory while it arrives).
+    pub max_snapshot: u64,
 }
 
 impl Default for ReplicatorConfig {
@@ -68,6 +70,7 @@ impl Default for ReplicatorConfig {
             max_backoff: Duration::from_secs(60),
             session_timeout: Duration::from_secs(600),
             auto_sync: true,
+            max_snapshot: 2 << 30,
         }
     }
 }
@@ -194,6 +197,23 @@ pub struct JoinRequest {
 /// How long a served join waits for the node's answer.
 const JOIN_ANSWER_WAIT: Duration = Duration::from_secs(30);
 
+/// A peer of a store asks for a snapshot of it (to join without the history this node
+/// pruned): the node answers through `reply` with the encoded snapshot, `None` when its log
+/// of the store is whole (the peer bootstraps from witness records instead), or `Err` with
+/// the reason shown to the peer. Received from [`Replicator::snapshot_requests`].
+#[derive(Debug)]
+pub struct SnapshotRequest {
+    /// The peer asking.
+    pub peer: PubKey,
+    /// The store.
+    pub store: StoreId,
+    /// Where the answer goes.
+    pub reply: tokio::sync::oneshot::Sender<Result<Option<Vec<u8>>, String>>,
+}
+
+/// How long a served snapshot fetch waits for the node to make the snapshot.
+const SNAPSHOT_ANSWER_WAIT: Duration = Duration::from_secs(120);
+
 struct StoreEntry {
     log: Arc<Log>,
     access: Access,
@@ -230,6 +250,7 @@ struct Inner {
     events: broadcast::Sender<ReplicaEvent>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     joins: Mutex<Option<mpsc::Sender<JoinRequest>>>,
+    snapshots: Mutex<Option<mpsc::Sender<SnapshotRequest>>>,
     /// Offline: no sessions either way, gossip neither sent nor taken.
     offline: std::sync::atomic::AtomicBool,
 }
@@ -288,6 +309,7 @@ impl Replicator {
             events,
             tasks: Mutex::new(Vec::new()),
             joins: Mutex::new(None),
+            snapshots: Mutex::new(None),
             offline: std::sync::atomic::AtomicBool::new(false),
         });
         let r = Replicator { inner };
@@ -452,6 +474,14 @@ impl Replicator {
     pub fn join_requests(&self) -> mpsc::Receiver<JoinRequest> {
         let (tx, rx) = mpsc::channel(16);
         *lock(&self.inner.joins) = Some(tx);
+        rx
+    }
+
+    /// Snapshot requests from now on (replacing an earlier receiver); while nobody takes
+    /// them, every snapshot fetch is refused.
+    pub fn snapshot_requests(&self) -> mpsc::Receiver<SnapshotRequest> {
+        let (tx, rx) = mpsc::channel(4);
+        *lock(&self.inner.snapshots) = Some(tx);
         rx
     }
 

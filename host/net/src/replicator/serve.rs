@@ -34,6 +34,63 @@ impl Replicator {
         }
     }
 
+    /// Asks the node for a snapshot of `store` for `peer` and waits (bounded) for it.
+    async fn ask_snapshot(&self, peer: PubKey, store: StoreId) -> Result<Option<Vec<u8>>, String> {
+        let Some(snapshots) = lock(&self.inner.snapshots).clone() else {
+            return Err("this node does not serve snapshots".into());
+        };
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        if snapshots
+            .send(SnapshotRequest { peer, store, reply })
+            .await
+            .is_err()
+        {
+            return Err("this node is shutting down".into());
+        }
+        match tokio::time::timeout(SNAPSHOT_ANSWER_WAIT, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err("this node is shutting down".into()),
+            Err(_) => Err("making the snapshot took too long; try again".into()),
+        }
+    }
+
+    /// Serves a snapshot fetch of `store` to `peer` (a peer of the store here).
+    async fn serve_snapshot(&self, peer: PubKey, store: StoreId, stream: &mut Stream) {
+        let Some(entry) = self.store(&store) else {
+            let _ = lattice_sync::refuse(stream, "this node does not replicate that store").await;
+            return;
+        };
+        if !entry.allows(&peer) {
+            let _ = lattice_sync::refuse(
+                stream,
+                "you are not a peer of this store here; ask a member for an invite",
+            )
+            .await;
+            return;
+        }
+        let sent = match self.ask_snapshot(peer, store).await {
+            Ok(Some(encoded)) => {
+                let sent = tokio::time::timeout(
+                    self.inner.config.session_timeout,
+                    lattice_sync::send_snapshot(stream, &encoded),
+                )
+                .await;
+                if matches!(sent, Ok(Ok(()))) {
+                    info!(peer = %peer.short(), store = %store.short(), bytes = encoded.len(), "snapshot sent");
+                }
+                sent.unwrap_or_else(|_| Err(SessionError::Link("timed out".into())))
+            }
+            Ok(None) => lattice_sync::no_snapshot(stream).await,
+            Err(reason) => {
+                info!(peer = %peer.short(), store = %store.short(), "no snapshot given: {reason}");
+                lattice_sync::refuse(stream, &reason).await
+            }
+        };
+        if let Err(e) = sent {
+            debug!(peer = %peer.short(), "sending a snapshot failed: {e}");
+        }
+    }
+
     // ---- background loops ----
 
     pub(super) async fn accept_loop(self) {
@@ -97,6 +154,10 @@ impl Replicator {
                         lattice_sync::refuse(stream, &reason).await
                     }
                 };
+                return;
+            }
+            Ok(Opening::Snapshot(store)) => {
+                self.serve_snapshot(peer, store, stream).await;
                 return;
             }
             Err(e) => {

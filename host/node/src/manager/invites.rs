@@ -20,6 +20,36 @@ impl StoreManager {
         }
     }
 
+    /// Answers snapshot requests the replicator receives, each on its own task (making one
+    /// runs on the store's actor).
+    pub(super) async fn answer_snapshots(
+        self,
+        mut requests: tokio::sync::mpsc::Receiver<SnapshotRequest>,
+    ) {
+        while let Some(SnapshotRequest { peer, store, reply }) = requests.recv().await {
+            let this = self.clone();
+            tokio::spawn(async move {
+                let answer = this.snapshot_for(&store).await.map_err(|e| e.to_string());
+                if let Err(reason) = &answer {
+                    debug!(peer = %peer.short(), store = %store.short(), "no snapshot: {reason}");
+                }
+                let _ = reply.send(answer);
+            });
+        }
+    }
+
+    /// The encoded snapshot of store `id` a joiner bootstraps from, or `None` when this
+    /// node's log of it is whole (a joiner bootstraps from its witness records then).
+    async fn snapshot_for(&self, id: &StoreId) -> Result<Option<Vec<u8>>, NodeError> {
+        self.with_store(id, |s| {
+            if s.log().reader().prune_floor()?.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(s.snapshot()?.encode()))
+        })
+        .await
+    }
+
     /// Issues a one-time invite to store `id`, valid for `ttl`. Only the secret's hash is
     /// recorded (in the system table, so any peer can see an invite was issued).
     ///
@@ -169,15 +199,21 @@ impl StoreManager {
             return Ok(Joined {
                 store: id,
                 fetched: 0,
+                snapshot_bytes: 0,
             });
         }
         let known = self.inner.node.meta().get(&id)?;
+        // A store left here keeps its log (and its chain position, which the inviter needs);
+        // a new one gets none until it knows how it bootstraps.
         let this = self.clone();
         let (log, tip, has_genesis) = off_workers("opening a store", move || {
+            if !this.inner.node.dir().log_path(&id).exists() {
+                return Ok((None, 0, false));
+            }
             let log = Arc::new(this.inner.node.open_log(id)?);
             let tip = chain_position(&log, &me)?;
             let has_genesis = log.reader().is_witnessed(&Hash(id.0))?;
-            Ok((log, tip, has_genesis))
+            Ok((Some(log), tip, has_genesis))
         })
         .await?;
         if let Err(e) = self.present_token(&token, tip).await {
@@ -185,23 +221,48 @@ impl StoreManager {
             return Err(e);
         }
         self.reopen_left_children(&id)?;
-        let fetched = if !has_genesis {
-            let (_, report) = self
-                .inner
-                .replicator
-                .bootstrap(&log, &[token.inviter], &mut progress)
-                .await
-                .map_err(NodeError::Bootstrap)?;
-            report.witnessed
-        } else {
-            0
+        let snapshot = match has_genesis {
+            true => None,
+            false => self.fetch_snapshot(&id, &token.inviter).await?,
         };
+        let snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.len() as u64);
         let this = self.clone();
-        let opened = log.clone();
-        let store = off_workers("opening a store", move || {
-            this.inner.node.store_from_log(id, opened)
-        })
-        .await?;
+        let (store, fetched) = match snapshot {
+            Some(encoded) => {
+                off_workers("joining from a snapshot", move || {
+                    this.store_from_encoded_snapshot(id, log, &encoded)
+                })
+                .await?
+            }
+            None => {
+                let log = match log {
+                    Some(log) => log,
+                    None => {
+                        off_workers("opening a store", move || {
+                            Ok(Arc::new(this.inner.node.open_log(id)?))
+                        })
+                        .await?
+                    }
+                };
+                let mut fetched = 0;
+                if !has_genesis {
+                    let (_, report) = self
+                        .inner
+                        .replicator
+                        .bootstrap(&log, &[token.inviter], &mut progress)
+                        .await
+                        .map_err(NodeError::Bootstrap)?;
+                    fetched = report.witnessed;
+                }
+                let this = self.clone();
+                let store = off_workers("opening a store", move || {
+                    this.inner.node.store_from_log(id, log)
+                })
+                .await?;
+                (store, fetched)
+            }
+        };
+        let log = store.log().clone();
         let record = StoreRecord {
             id,
             parent: None,
@@ -227,7 +288,67 @@ impl StoreManager {
         }
         let _ = self.inner.replicator.sync(&id, &token.inviter).await;
         self.refresh(&id).await?;
-        Ok(Joined { store: id, fetched })
+        Ok(Joined {
+            store: id,
+            fetched,
+            snapshot_bytes,
+        })
+    }
+
+    /// Asks the inviter for a snapshot: `None` when its log is whole (bootstrap from its
+    /// history then) or it does not serve snapshots.
+    async fn fetch_snapshot(
+        &self,
+        id: &StoreId,
+        inviter: &PubKey,
+    ) -> Result<Option<Vec<u8>>, NodeError> {
+        match self
+            .inner
+            .replicator
+            .fetch_snapshot(id, inviter, |_, _| {})
+            .await
+        {
+            Ok(got) => Ok(got),
+            Err(ReplicaError::Session(lattice_sync::SessionError::Refused(reason))) => Err(
+                NodeError::JoinRefused(format!("the inviter has no snapshot to give: {reason}")),
+            ),
+            Err(e) => {
+                debug!(store = %id.short(), "no snapshot from the inviter, bootstrapping: {e}");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Makes store `id` from an encoded snapshot a member sent. `log` is what this node had
+    /// of the store (a log without a genesis holds nothing): closed and removed first.
+    /// Returns the store and how many intentions the snapshot held.
+    fn store_from_encoded_snapshot(
+        &self,
+        id: StoreId,
+        log: Option<Arc<Log>>,
+        encoded: &[u8],
+    ) -> Result<(Store, u64), NodeError> {
+        let snapshot = Snapshot::decode(encoded).map_err(|e| NodeError::SnapshotRefused {
+            store: id.short(),
+            why: e.to_string(),
+        })?;
+        if snapshot.store != id {
+            return Err(NodeError::SnapshotRefused {
+                store: id.short(),
+                why: "it is a snapshot of another store".into(),
+            });
+        }
+        if let Some(log) = log {
+            Arc::try_unwrap(log)
+                .map_err(|_| NodeError::SnapshotRefused {
+                    store: id.short(),
+                    why: "the store's log is in use here".into(),
+                })?
+                .close()?;
+            self.inner.node.remove_store_files(&id)?;
+        }
+        let store = self.inner.node.store_from_snapshot(&snapshot)?;
+        Ok((store, snapshot.held.len() as u64))
     }
 
     /// Presents an invite token to its inviter (which records this node as an active peer,

@@ -536,17 +536,7 @@ impl StoreManager {
         if self.is_open(id) {
             return Err(NodeError::StillOpen(id.to_string()));
         }
-        let dir = self.inner.node.dir().store_dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(source) => {
-                return Err(NodeError::Io {
-                    path: dir.display().to_string(),
-                    source,
-                });
-            }
-        }
+        self.inner.node.remove_store_files(id)?;
         self.inner.node.meta().remove(id)
     }
 

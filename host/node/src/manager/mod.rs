@@ -16,7 +16,7 @@ use lattice_log::{Log, system_now_ms};
 use lattice_model::{Hash, PubKey, StoreId};
 use lattice_net::{
     Access, Gossip, IrohNet, JoinRequest, PeerAddr, ReplicaError, ReplicaEvent, Replicator,
-    ReplicatorConfig, Transport,
+    ReplicatorConfig, SnapshotRequest, Transport,
 };
 use lattice_runtime::{ModuleHash, WatchEvent};
 use serde_json::{Value, json};
@@ -34,8 +34,8 @@ use crate::invite::InviteToken;
 use crate::meta::{StoreRecord, StoreState};
 use crate::node::Node;
 use crate::store::{
-    CallReply, ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention, Store,
-    StoreStatus,
+    CallReply, ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention, Snapshot,
+    Store, StoreStatus,
 };
 
 /// Watch events buffered per subscriber before it is told it lagged.
@@ -131,6 +131,9 @@ pub struct Joined {
     pub store: StoreId,
     /// Intentions fetched by the bootstrap (0 for a re-join that kept its data).
     pub fetched: u64,
+    /// Size of the snapshot the store was joined from (0: bootstrapped from the inviter's
+    /// history); a member that pruned its history gives a snapshot.
+    pub snapshot_bytes: u64,
 }
 
 /// The refusal an inviter gives a peer that is a member already (the joiner maps it to
@@ -254,8 +257,11 @@ impl StoreManager {
             repairing: Mutex::new(std::collections::HashSet::new()),
         });
         let joins = inner.replicator.join_requests();
+        let snapshots = inner.replicator.snapshot_requests();
         let manager = StoreManager { inner };
         let answering = tokio::spawn(manager.clone().answer_joins(joins));
+        lock(&manager.inner.tasks).push(answering);
+        let answering = tokio::spawn(manager.clone().answer_snapshots(snapshots));
         lock(&manager.inner.tasks).push(answering);
         for text in manager.inner.node.meta().addrs()? {
             match text.parse::<PeerAddr>() {
