@@ -32,16 +32,17 @@ pub(crate) fn run(args: BenchDaemonArgs, out: &Output) -> anyhow::Result<()> {
 }
 
 /// A `lattice daemon` child process.
-struct Daemon {
+pub(crate) struct Daemon {
     /// Taken by [`Daemon::stop`].
     child: Option<Child>,
-    client: Client,
+    /// A client of its API.
+    pub(crate) client: Client,
     started: Instant,
 }
 
 impl Daemon {
     /// Starts a daemon on `dir` and connects once it says it is running.
-    async fn start(dir: &Path) -> anyhow::Result<Daemon> {
+    pub(crate) async fn start(dir: &Path) -> anyhow::Result<Daemon> {
         let exe = std::env::current_exe().context("finding the lattice binary")?;
         let started = Instant::now();
         let mut child = Command::new(exe)
@@ -84,7 +85,7 @@ impl Daemon {
     }
 
     /// Asks the daemon to stop and waits for the process to exit.
-    async fn stop(mut self) -> anyhow::Result<()> {
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
         self.client
             .node
             .shutdown(v1::Empty {})

@@ -3,7 +3,10 @@
 //! acknowledges, and a prune pass on the first node. Reports disk before and after, the
 //! state's size, the longest prune step (how long a write can wait behind pruning), and how
 //! long a new peer takes to bootstrap from the full history and, after pruning, from a
-//! snapshot (the state at the epoch plus what the pruned node holds).
+//! snapshot (the state at the epoch plus what the pruned node holds). Last, what a user
+//! gets: real daemons on the nodes' data directories, and a fresh node joining through the
+//! API over iroh loopback, once from an unpruned member (its history) and once from the
+//! pruned one (a snapshot).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,8 +15,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use lattice_log::{Incoming, IngestError};
 use lattice_node::{DataDir, Node, Store};
-use serde_json::json;
+use lattice_proto::v1;
+use serde_json::{Value, json};
+use tokio_stream::StreamExt as _;
 
+use crate::bench_daemon::Daemon;
 use crate::cli::BenchPruneArgs;
 use crate::output::Output;
 
@@ -99,6 +105,85 @@ fn replicate(node: &Node, source: &Store) -> anyhow::Result<Store> {
     Ok(node.open_store(source.id())?)
 }
 
+/// A join through the daemons' API, timed from the join request to its last answer.
+struct ApiJoin {
+    seconds: f64,
+    fetched: u64,
+    snapshot_bytes: u64,
+}
+
+/// Reads `key` of `store` through a daemon's API.
+async fn api_get(daemon: &mut Daemon, store: &str, key: &str) -> anyhow::Result<Value> {
+    let reply = daemon
+        .client
+        .store
+        .call(v1::CallRequest {
+            store: store.to_string(),
+            method: "get".into(),
+            args_json: json!({"key": key}).to_string(),
+            words: Vec::new(),
+        })
+        .await
+        .with_context(|| format!("get {key}"))?
+        .into_inner();
+    Ok(serde_json::from_str(&reply.json)?)
+}
+
+/// Starts daemons on `inviter` (a node of `store`) and `joiner` (fresh), has the first invite
+/// the second and the second join through the API, and checks that both read `key` alike.
+async fn join_through_api(
+    inviter: &Path,
+    joiner: &Path,
+    store: &str,
+    key: &str,
+) -> anyhow::Result<ApiJoin> {
+    let mut a = Daemon::start(inviter).await?;
+    let mut b = Daemon::start(joiner).await?;
+    let token = a
+        .client
+        .store
+        .invite(v1::InviteRequest {
+            store: store.to_string(),
+            ttl_seconds: 600,
+        })
+        .await
+        .context("inviting through the API")?
+        .into_inner()
+        .token;
+    let start = Instant::now();
+    let mut stream = b
+        .client
+        .store
+        .join(v1::JoinRequest { token })
+        .await
+        .context("joining through the API")?
+        .into_inner();
+    let mut done = None;
+    while let Some(p) = stream.next().await {
+        let p = p.context("joining through the API")?;
+        if p.done {
+            done = Some(p);
+            break;
+        }
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let done = done.context("the join ended without its last answer")?;
+    let (there, here) = (
+        api_get(&mut a, store, key).await?,
+        api_get(&mut b, store, key).await?,
+    );
+    if there != here || here["value"].is_null() {
+        bail!("the joined node reads {here} for {key}, the inviter {there}");
+    }
+    a.stop().await?;
+    b.stop().await?;
+    Ok(ApiJoin {
+        seconds,
+        fetched: done.fetched,
+        snapshot_bytes: done.snapshot_bytes,
+    })
+}
+
 fn file_size(path: &Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len())
 }
@@ -111,7 +196,7 @@ pub(crate) fn run(args: BenchPruneArgs, out: &Output) -> anyhow::Result<()> {
         "lattice bench prune: {writes} puts over {keys} keys on 3 nodes, data in {}",
         tmp.path().display()
     ));
-    let dirs: Vec<DataDir> = (0..5)
+    let dirs: Vec<DataDir> = (0..7)
         .map(|i| DataDir::new(tmp.path().join(format!("node{i}"))))
         .collect();
     let nodes: Vec<Node> = dirs[..3]
@@ -240,6 +325,44 @@ pub(crate) fn run(args: BenchPruneArgs, out: &Output) -> anyhow::Result<()> {
     }
     let speedup = bootstrap_s_before / bootstrap_s_after.max(1e-9);
 
+    // What a user gets: daemons on the data directories, a fresh node joining through the
+    // API over iroh loopback from an unpruned member and from the pruned one.
+    let held = snapshot.held.len();
+    for store in stores {
+        store.close()?;
+    }
+    for store in [reopened, joined] {
+        store.close()?;
+    }
+    drop((nodes, joiner, late));
+    out.progress("  joining through the daemons' API (from history, then from a snapshot)…");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let key = format!("key{:06}", (writes.max(1) - 1) % keys.max(1));
+    let store = id.to_string();
+    let from_history = runtime.block_on(join_through_api(
+        dirs[1].root(),
+        dirs[5].root(),
+        &store,
+        &key,
+    ))?;
+    let from_snapshot = runtime.block_on(join_through_api(
+        dirs[0].root(),
+        dirs[6].root(),
+        &store,
+        &key,
+    ))?;
+    if from_history.snapshot_bytes != 0 || from_snapshot.snapshot_bytes == 0 {
+        bail!(
+            "the joins did not take the expected paths (snapshot bytes {} from history, {} from the pruned node)",
+            from_history.snapshot_bytes,
+            from_snapshot.snapshot_bytes
+        );
+    }
+    let api_speedup = from_history.seconds / from_snapshot.seconds.max(1e-9);
+
     let figures = json!({
         "writes": writes,
         "keys": keys,
@@ -261,7 +384,12 @@ pub(crate) fn run(args: BenchPruneArgs, out: &Output) -> anyhow::Result<()> {
         "bootstrap_s_after": bootstrap_s_after,
         "bootstrap_speedup": speedup,
         "snapshot_bytes": snapshot_bytes,
-        "snapshot_intentions": snapshot.held.len(),
+        "snapshot_intentions": held,
+        "join_s_history_api": from_history.seconds,
+        "join_fetched_history_api": from_history.fetched,
+        "join_s_snapshot_api": from_snapshot.seconds,
+        "join_snapshot_bytes_api": from_snapshot.snapshot_bytes,
+        "join_speedup_api": api_speedup,
     });
     out.record(
         &format!(
@@ -270,10 +398,15 @@ pub(crate) fn run(args: BenchPruneArgs, out: &Output) -> anyhow::Result<()> {
              ({intentions_before} → {intentions_after} intentions; state {state_bytes} B, log/state {:.2})\n\
              \x20 prune {prune_s:.2} s in {steps} steps, longest step {:.1} ms (a write waits at most that); reopen with compaction {reopen_s:.2} s\n\
              \x20 bootstrap of a new peer: from the full history {bootstrap_s_before:.2} s; from a snapshot {bootstrap_s_after:.2} s \
-             ({snapshot_bytes} B, {} intentions held), {speedup:.1}× faster",
+             ({snapshot_bytes} B, {held} intentions held), {speedup:.1}× faster\n\
+             \x20 a new node joining through the daemons' API over iroh loopback: from an unpruned member \
+             {:.2} s ({} intentions), from the pruned one {:.2} s (snapshot of {} B), {api_speedup:.1}× faster",
             log_bytes_after as f64 / state_bytes.max(1) as f64,
             max_step.as_secs_f64() * 1e3,
-            snapshot.held.len(),
+            from_history.seconds,
+            from_history.fetched,
+            from_snapshot.seconds,
+            from_snapshot.snapshot_bytes,
         ),
         figures,
     );

@@ -45,6 +45,12 @@ impl DataDir {
         self.stores_dir().join(store.to_string())
     }
 
+    /// Where a store's files wait while it catches up through a snapshot
+    /// ([`crate::Node::rebase_on_snapshot`]); not a store directory.
+    pub fn behind_dir(&self, store: &StoreId) -> PathBuf {
+        self.stores_dir().join(format!("{store}.behind"))
+    }
+
     /// Path of one store's `log.db`.
     pub fn log_path(&self, store: &StoreId) -> PathBuf {
         self.store_dir(store).join("log.db")

@@ -5,11 +5,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lattice_log::file::FileError;
-use lattice_log::{Incoming, Log, LogConfig, build_genesis, system_now_ms};
-use lattice_model::{Hash, NodeKey, StoreId};
+use std::collections::HashMap;
+
+use lattice_log::{Incoming, Ingested, Log, LogConfig, build_genesis, system_now_ms};
+use lattice_model::{Hash, NodeKey, PubKey, StoreId};
 use lattice_runtime::{BUILTIN_MODULES, Limits, LoadedModule, ModuleHash, Runtime};
 use serde_json::json;
-use tracing::warn;
+use tracing::{debug, info, warn};
 
 use crate::data_dir::DataDir;
 use crate::error::NodeError;
@@ -442,6 +444,117 @@ impl Node {
         opened
     }
 
+    /// Catches store `id` (here, not open) up through a snapshot of a member that pruned
+    /// history this node never had: sets its files aside, joins from the snapshot as a new
+    /// node would ([`Node::store_from_snapshot`]), then takes over every intention only the
+    /// old log had above the member's floor (this node's writes it never sent, and whatever
+    /// else the member lacks) and lets the old files go. Returns the store and how many
+    /// intentions were taken over.
+    ///
+    /// Interrupted, the next open of the store finishes the take-over, or returns to the old
+    /// files when the new store was not whole yet ([`Node::open_store`]).
+    ///
+    /// # Errors
+    /// As [`Node::store_from_snapshot`] (the old files are put back); storage failures.
+    pub fn rebase_on_snapshot(&self, snapshot: &Snapshot) -> Result<(Store, u64), NodeError> {
+        let id = snapshot.store;
+        let (dir, aside) = (self.dir.store_dir(&id), self.dir.behind_dir(&id));
+        if aside.exists() {
+            return Err(snapshot_refused(
+                id,
+                "an earlier catch-up of this store is unfinished; open it first",
+            ));
+        }
+        std::fs::rename(&dir, &aside).map_err(io(&dir))?;
+        let stores = self.dir.stores_dir();
+        sync_dir(&stores).map_err(io(&stores))?;
+        let mut store = match self.store_from_snapshot(snapshot) {
+            Ok(store) => store,
+            Err(e) => {
+                std::fs::rename(&aside, &dir).map_err(io(&aside))?;
+                sync_dir(&stores).map_err(io(&stores))?;
+                return Err(e);
+            }
+        };
+        let taken = self.take_over(&aside, store.log())?;
+        store.project()?;
+        std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+        Ok((store, taken))
+    }
+
+    /// Settles a catch-up through a snapshot that was interrupted: back to the old files
+    /// when the new store is not whole, otherwise the take-over is finished.
+    pub(crate) fn settle_rebase(&self, id: StoreId) -> Result<(), NodeError> {
+        let aside = self.dir.behind_dir(&id);
+        if !aside.exists() {
+            return Ok(());
+        }
+        let dir = self.dir.store_dir(&id);
+        if !self.dir.log_path(&id).exists() || joining_marker(&dir).exists() {
+            self.remove_store_files(&id)?;
+            std::fs::rename(&aside, &dir).map_err(io(&aside))?;
+            let stores = self.dir.stores_dir();
+            sync_dir(&stores).map_err(io(&stores))?;
+            info!(store = %id.short(), "an interrupted catch-up was undone; the store catches up again");
+            return Ok(());
+        }
+        let log = self.open_log(id)?;
+        let taken = self.take_over(&aside, &log)?;
+        log.close()?;
+        std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+        info!(store = %id.short(), taken, "an interrupted catch-up was finished");
+        Ok(())
+    }
+
+    /// Ingests into `log` (rooted on a member's floor) every intention the log in `aside`
+    /// holds at or above that floor, in its witness order; returns how many were new.
+    fn take_over(&self, aside: &Path, log: &Log) -> Result<u64, NodeError> {
+        let id = log.store_id();
+        let floor: HashMap<PubKey, u64> = log
+            .reader()
+            .prune_floor()?
+            .into_iter()
+            .map(|(author, at, _)| (author, at))
+            .collect();
+        let old = Log::open(
+            &aside.join("log.db"),
+            id,
+            self.key.clone(),
+            LogConfig::default(),
+        )?;
+        let reader = old.reader();
+        let mut taken = 0;
+        let mut from = 1;
+        loop {
+            let batch = reader.witnessed(from, 2048)?;
+            let Some(&(last, _)) = batch.last() else {
+                break;
+            };
+            let mut items = Vec::new();
+            for (_, signed) in &batch {
+                let intention = signed.intention();
+                let below = reader.dag_info(&signed.hash())?.is_some_and(|info| {
+                    floor
+                        .get(&intention.author())
+                        .is_some_and(|at| info.author_seq < *at)
+                });
+                if !below {
+                    items.push(Incoming::new(signed.as_bytes().to_vec()));
+                }
+            }
+            for result in log.ingest(items)? {
+                match result {
+                    Ok(Ingested::Witnessed { .. } | Ingested::Floating { .. }) => taken += 1,
+                    Ok(_) => {}
+                    Err(e) => debug!(store = %id.short(), "not taken over: {e}"),
+                }
+            }
+            from = last + 1;
+        }
+        old.close()?;
+        Ok(taken)
+    }
+
     /// Removes every file of store `id` here (nothing happens when there are none). The
     /// store must not be open.
     ///
@@ -500,6 +613,7 @@ impl Node {
     /// # Errors
     /// [`NodeError`] on storage failures or a missing genesis.
     pub fn open_store(&self, id: StoreId) -> Result<Store, NodeError> {
+        self.settle_rebase(id)?;
         if !self.dir.log_path(&id).exists() {
             return Err(NodeError::UnknownStore(id.to_string()));
         }

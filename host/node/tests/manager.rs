@@ -537,3 +537,88 @@ async fn a_joiner_of_a_pruned_store_gets_a_snapshot_over_the_network() -> TestRe
     b.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_behind_a_pruned_floor_catches_up_through_a_snapshot() -> TestResult {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path()).await?;
+    let c = start(dirs[1].path()).await?;
+    let store = a.create("kv", "away", None).await?;
+    a.call(&store, "put", &json!({"key": "k0", "value": "early"}))
+        .await?;
+    let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
+    c.join(&token, |_| {}).await?;
+    assert_eq!(get(&c, &store, "k0").await, "early");
+
+    // C steps away (dormant: its acknowledgement is no longer needed) and goes offline.
+    let c_key = c.node().key().public();
+    c.system_call(
+        &store,
+        "set-peer-status",
+        &json!({"peer": c_key.to_string(), "status": "dormant"}),
+    )
+    .await?;
+    until(&[&a, &c], "A to see C dormant", async || {
+        a.peers(&store).await.is_ok_and(|peers| {
+            peers
+                .iter()
+                .any(|p| p.key == c_key && p.status == lattice_node::PeerStatus::Dormant)
+        })
+    })
+    .await?;
+    c.shutdown().await;
+    drop(c);
+    // Offline, C writes something A never hears of.
+    {
+        let node = Node::open(DataDir::new(dirs[1].path()))?;
+        let mut away = node.open_store(store)?;
+        away.call(
+            "put",
+            &json!({"key": "from-c", "value": "written while away"}),
+        )?;
+        away.close()?;
+    }
+
+    // Meanwhile A, now the only active member, writes on and prunes its history.
+    for i in 0..300 {
+        a.call(
+            &store,
+            "put",
+            &json!({"key": format!("k{}", i % 10), "value": format!("v{i}")}),
+        )
+        .await?;
+    }
+    let report = a.prune(&store, true).await?;
+    assert!(report.deleted > 250, "{report:?}");
+
+    // C comes back: A cannot give it the history it pruned, so C catches up through a
+    // snapshot of A, keeping its own write, which then reaches A.
+    let c = start(dirs[1].path()).await?;
+    until(
+        &[&a, &c],
+        "C to catch up and A to get C's write",
+        async || {
+            get(&c, &store, "k3").await == "v293"
+                && all_read(&[&a, &c], &store, "from-c", "written while away").await
+        },
+    )
+    .await?;
+    until(&[&a, &c], "the same state", async || {
+        matches!(
+            (a.state_digest(&store).await, c.state_digest(&store).await),
+            (Ok(x), Ok(y)) if x == y
+        )
+    })
+    .await?;
+    assert_eq!(get(&c, &store, "k0").await, "v290");
+    assert_eq!(c.status(&store).await?.state(), "ready");
+    // Nothing was left aside.
+    assert!(!DataDir::new(dirs[1].path()).behind_dir(&store).exists());
+    a.shutdown().await;
+    c.shutdown().await;
+    Ok(())
+}

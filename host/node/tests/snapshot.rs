@@ -134,3 +134,79 @@ fn a_joiner_of_a_pruned_store_bootstraps_from_a_snapshot_byte_for_byte() -> Test
     assert_eq!(k.state_digest()?, digest);
     Ok(())
 }
+
+/// Copies the files of one directory (a store's directory is flat).
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> TestResult {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        std::fs::copy(entry.path(), to.join(entry.file_name()))?;
+    }
+    Ok(())
+}
+
+#[test]
+fn a_member_behind_the_floor_rebases_on_a_snapshot_and_keeps_its_own_writes() -> TestResult {
+    let (_da, a_node) = open_node()?;
+    let (dc, c_node) = open_node()?;
+    let mut a = a_node.create_store(a_node.resolve_type("kv")?, "shared")?;
+    // C is a member whose acknowledgement is not needed (dormant): A prunes without it.
+    a.system_call(
+        "set-peer-status",
+        &json!({"peer": c_node.key().public().to_string(), "status": "dormant"}),
+    )?;
+    let mut c = replica_of(&c_node, &a)?;
+    fill(&mut a, "a", 300, 20)?;
+    offer(&a, &c)?;
+    c.project()?;
+    // C writes something A never hears of; A writes on, cuts and prunes.
+    c.call("put", &json!({"key": "from-c", "value": "mine"}))?;
+    fill(&mut a, "a2", 600, 20)?;
+    a.request_prune_cut()?;
+    assert!(a.epoch()?.ok_or("no epoch")?.finalized);
+    let pruned = a.prune_now()?;
+    assert!(pruned.deleted > 500, "{pruned:?}");
+    // What A still holds cannot stand on C's log: C is behind A's floor.
+    offer(&a, &c)?;
+    assert!(c.log().reader().status()?.floating > 0);
+
+    let snapshot = a.snapshot()?;
+    let id = c.id();
+    c.close()?;
+    let (mut c, taken) = c_node.rebase_on_snapshot(&snapshot)?;
+    assert!(taken >= 1, "C's own write is taken over");
+    assert_eq!(c.call("get", &json!({"key": "from-c"}))?["value"], "mine");
+    assert_eq!(c.log().reader().status()?.floating, 0);
+    let dir = DataDir::new(dc.path());
+    assert!(!dir.behind_dir(&id).exists());
+    // A gets C's write; both hold the same state.
+    offer(&c, &a)?;
+    a.project()?;
+    c.project()?;
+    assert_eq!(a.call("get", &json!({"key": "from-c"}))?["value"], "mine");
+    assert_eq!(a.state_digest()?, c.state_digest()?);
+    let digest = c.state_digest()?;
+
+    // A catch-up interrupted before the new store was whole is undone at the next open.
+    c.close()?;
+    std::fs::rename(dir.store_dir(&id), dir.behind_dir(&id))?;
+    std::fs::create_dir_all(dir.store_dir(&id))?;
+    std::fs::write(dir.store_dir(&id).join("joining"), b"interrupted")?;
+    let c = c_node.open_store(id)?;
+    assert_eq!(c.state_digest()?, digest);
+    assert!(!dir.behind_dir(&id).exists());
+
+    // One interrupted after it was: the next open takes over what only the old log had.
+    c.close()?;
+    let copy = dc.path().join("copy");
+    copy_dir(&dir.store_dir(&id), &copy)?;
+    let mut c = c_node.open_store(id)?;
+    c.call("put", &json!({"key": "later", "value": "kept"}))?;
+    c.close()?;
+    std::fs::rename(dir.store_dir(&id), dir.behind_dir(&id))?;
+    std::fs::rename(&copy, dir.store_dir(&id))?;
+    let mut c = c_node.open_store(id)?;
+    assert_eq!(c.call("get", &json!({"key": "later"}))?["value"], "kept");
+    assert!(!dir.behind_dir(&id).exists());
+    Ok(())
+}

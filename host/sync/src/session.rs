@@ -6,7 +6,7 @@
 //! after everything pushed to it is durable. A stream that ends before both `Done`s is a
 //! failed session ([`SessionError::Link`]), never a successful one.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 
 use lattice_log::{
@@ -134,6 +134,12 @@ pub struct SessionReport {
     pub need: u64,
     /// Intentions refused for now but maybe later (clock drift).
     pub deferred: u64,
+    /// Intentions received that this log pruned already (an unpruned peer's history).
+    pub pruned: u64,
+    /// Reconcile: the server pruned history this side never had (this side's chain
+    /// position of some author is below the server's floor), so the server cannot fill
+    /// the gaps: catch up through a snapshot of it.
+    pub behind: bool,
 }
 
 /// Frames with byte counts and decoding.
@@ -282,6 +288,8 @@ fn tally(report: &mut SessionReport, results: IngestResults) -> Result<(), Sessi
             Err(e) if e.is_retryable() => report.deferred += 1,
             // Another branch of a fork may be witnessed by an honest peer: not its fault.
             Err(IngestError::ForkedChain { .. }) => report.deferred += 1,
+            // An honest peer that pruned less still holds (and offers) history pruned here.
+            Err(IngestError::Pruned { .. }) => report.pruned += 1,
             Err(e) => return Err(SessionError::Misbehaved(e.to_string())),
         }
     }
@@ -350,6 +358,25 @@ pub async fn reconcile<F: Frames>(
     }
     let mut ingest = Ingestor::new(log);
     want(&mut link, &mut ingest, &need).await?;
+    ingest.drain().await?;
+    // A server that pruned history this side still has, or that left what it sent floating
+    // here, tells its floor: nothing it pruned is pushed to it again, and this side learns
+    // whether it fell behind what the server can give.
+    let mut behind = false;
+    if !have.is_empty() || ingest.report.floating > 0 {
+        link.send(&Msg::FloorQuery).await?;
+        let floor = match link.recv().await? {
+            Msg::Floor(floor) => floor,
+            _ => return Err(unexpected("floor")),
+        };
+        if !floor.is_empty() {
+            have = below_floor_dropped(log, have, &floor)?;
+            let here: HashMap<PubKey, u64> = log.reader().frontier()?.into_iter().collect();
+            behind = floor
+                .iter()
+                .any(|(author, at)| here.get(author).copied().unwrap_or(0) < *at);
+        }
+    }
     let mut sent = 0;
     if !have.is_empty() {
         let mut batch = Vec::new();
@@ -369,7 +396,30 @@ pub async fn reconcile<F: Frames>(
     report.have = have.len() as u64;
     report.need = need.len() as u64;
     report.sent = sent;
+    report.behind = behind;
     Ok(report)
+}
+
+/// `have` without the intentions the server pruned: those below its floor for their author.
+fn below_floor_dropped(
+    log: &Log,
+    have: Vec<Hash>,
+    floor: &[(PubKey, u64)],
+) -> Result<Vec<Hash>, SessionError> {
+    let floor: HashMap<PubKey, u64> = floor.iter().copied().collect();
+    let reader = log.reader();
+    let mut kept = Vec::with_capacity(have.len());
+    for hash in have {
+        let pruned = reader.dag_info(&hash)?.is_some_and(|info| {
+            floor
+                .get(&info.author)
+                .is_some_and(|at| info.author_seq < *at)
+        });
+        if !pruned {
+            kept.push(hash);
+        }
+    }
+    Ok(kept)
 }
 
 /// Pushes intentions in causal (witness) order; `last` marks the end of the push.
@@ -694,6 +744,15 @@ pub async fn serve<F: Frames>(
                 .await?;
             }
             Msg::Intentions { items, .. } => ingest.push(items).await?,
+            Msg::FloorQuery => {
+                let floor = log
+                    .reader()
+                    .prune_floor()?
+                    .into_iter()
+                    .map(|(author, at, _)| (author, at))
+                    .collect();
+                link.send(&Msg::Floor(floor)).await?;
+            }
             Msg::Done => {
                 ingest.drain().await?;
                 link.send(&Msg::Done).await?;
@@ -706,7 +765,8 @@ pub async fn serve<F: Frames>(
             | Msg::Welcome
             | Msg::SnapshotOpen { .. }
             | Msg::SnapshotPart { .. }
-            | Msg::NoSnapshot => {
+            | Msg::NoSnapshot
+            | Msg::Floor(_) => {
                 return Err(unexpected("a request"));
             }
         }

@@ -105,6 +105,11 @@ pub enum Msg {
     },
     /// The server's log is whole (it pruned nothing): bootstrap from its witness records.
     NoSnapshot,
+    /// Asks for the server's prune floor (client, within a session).
+    FloorQuery,
+    /// The server's prune floor: per author, the chain position of its boundary, below which
+    /// the server pruned that author's intentions (empty: it pruned nothing).
+    Floor(Vec<(PubKey, u64)>),
 }
 
 /// Most bytes of a snapshot in one [`Msg::SnapshotPart`] (1 MiB).
@@ -124,6 +129,8 @@ const WELCOME: u8 = 11;
 const SNAPSHOT_OPEN: u8 = 12;
 const SNAPSHOT_PART_TAG: u8 = 13;
 const NO_SNAPSHOT: u8 = 14;
+const FLOOR_QUERY: u8 = 15;
+const FLOOR: u8 = 16;
 
 /// Longest refusal reason kept, in bytes.
 const MAX_REASON: usize = 1024;
@@ -202,6 +209,23 @@ fn get_hashes(input: &mut Input<'_>) -> Result<Vec<Hash>, FrameError> {
     (0..n).map(|_| input.array().map(Hash)).collect()
 }
 
+/// Per-author chain positions: count u32 (at most [`MAX_HASHES`]), then (key, position u64).
+fn put_positions(out: &mut Vec<u8>, positions: &[(PubKey, u64)]) {
+    let positions = &positions[..positions.len().min(MAX_HASHES)];
+    out.extend((positions.len() as u32).to_le_bytes());
+    for (author, pos) in positions {
+        out.extend(author.as_bytes());
+        out.extend(pos.to_le_bytes());
+    }
+}
+
+fn get_positions(input: &mut Input<'_>) -> Result<Vec<(PubKey, u64)>, FrameError> {
+    let n = input.count(40, MAX_HASHES)?;
+    (0..n)
+        .map(|_| Ok((PubKey(input.array()?), input.u64()?)))
+        .collect()
+}
+
 impl Msg {
     /// Encodes the message as one frame.
     pub fn encode(&self) -> Vec<u8> {
@@ -233,11 +257,7 @@ impl Msg {
             Msg::Chain { targets, frontier } => {
                 out.push(CHAIN);
                 put_hashes(&mut out, targets);
-                out.extend((frontier.len() as u32).to_le_bytes());
-                for (author, pos) in frontier {
-                    out.extend(author.as_bytes());
-                    out.extend(pos.to_le_bytes());
-                }
+                put_positions(&mut out, frontier);
             }
             Msg::Records { from_seq, limit } => {
                 out.push(RECORDS);
@@ -299,6 +319,11 @@ impl Msg {
                 out.extend(bytes);
             }
             Msg::NoSnapshot => out.push(NO_SNAPSHOT),
+            Msg::FloorQuery => out.push(FLOOR_QUERY),
+            Msg::Floor(marks) => {
+                out.push(FLOOR);
+                put_positions(&mut out, marks);
+            }
         }
         out
     }
@@ -335,11 +360,7 @@ impl Msg {
             }
             CHAIN => {
                 let targets = get_hashes(&mut input)?;
-                let n = input.count(40, MAX_HASHES)?;
-                let mut frontier = Vec::with_capacity(n);
-                for _ in 0..n {
-                    frontier.push((PubKey(input.array()?), input.u64()?));
-                }
+                let frontier = get_positions(&mut input)?;
                 Msg::Chain { targets, frontier }
             }
             RECORDS => Msg::Records {
@@ -409,6 +430,8 @@ impl Msg {
                 }
             }
             NO_SNAPSHOT => Msg::NoSnapshot,
+            FLOOR_QUERY => Msg::FloorQuery,
+            FLOOR => Msg::Floor(get_positions(&mut input)?),
             _ => return Err(FrameError("unknown message tag")),
         };
         input.end()?;
@@ -572,6 +595,8 @@ mod tests {
                 bytes: vec![1, 2, 3],
             },
             Msg::NoSnapshot,
+            Msg::FloorQuery,
+            Msg::Floor(vec![(PubKey([8; 32]), 41), (PubKey([9; 32]), 2)]),
         ];
         for msg in all {
             let bytes = msg.encode();
@@ -584,6 +609,7 @@ mod tests {
                     | Msg::Welcome
                     | Msg::SnapshotPart { .. }
                     | Msg::NoSnapshot
+                    | Msg::FloorQuery
             );
             if fixed {
                 for cut in 0..bytes.len() {

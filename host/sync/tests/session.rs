@@ -529,3 +529,37 @@ async fn a_pruned_log_refuses_record_pages_instead_of_serving_gaps() -> TestResu
     assert_eq!(b.reader().witnessed_count()?, 0);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_pruned_peer_is_not_sent_what_it_pruned_and_a_peer_behind_it_learns_so() -> TestResult {
+    let o = SessionOptions::default();
+    let f = fixture(26, 600);
+    let (a, b) = (f.open("a.db", 1), f.open("b.db", 2));
+    feed(&a, &f.all);
+    feed(&b, &f.all[..200]);
+    let pruned = a.prune(lattice_log::PruneTarget {
+        epoch: f.all[500].hash(),
+        keep: std::sync::Arc::new(|_| false),
+        step: 128,
+    })?;
+    assert!(pruned.deleted > 100, "{pruned:?}");
+
+    // B, with only old history, reconciles with A: what A pruned is not pushed to it, and
+    // B learns it is behind A's floor (what A sends cannot stand on B's log).
+    let (mut client, server) = pair();
+    let (c, s) = tokio::join!(reconcile(&mut client, &b, &o), serve_one(server, &a));
+    let (c, s) = (c?, s?);
+    assert!(c.behind, "{c:?}");
+    assert_eq!((c.have, c.sent), (0, 0), "{c:?}");
+    assert_eq!(s.witnessed + s.pruned, 0, "{s:?}");
+    assert!(c.floating > 0, "{c:?}");
+
+    // A reconciles with B: B's old history comes back and is refused as pruned, which is
+    // no fault of B's; A is not behind B (B pruned nothing).
+    let (mut client, server) = pair();
+    let (c, s) = tokio::join!(reconcile(&mut client, &a, &o), serve_one(server, &b));
+    let (c, _) = (c?, s?);
+    assert!(c.pruned > 0, "{c:?}");
+    assert!(!c.behind, "{c:?}");
+    Ok(())
+}

@@ -319,6 +319,54 @@ impl StoreManager {
         }
     }
 
+    /// Catches store `id` up through a snapshot of `peer`, a member that pruned history
+    /// this node never had (a reconciliation with it said so): the store is closed, rebuilt
+    /// from the snapshot with what only this node had taken over ([`Node::rebase_on_snapshot`])
+    /// and opened again. Returns how many intentions were taken over; does nothing while the
+    /// store is being repaired or caught up already.
+    ///
+    /// # Errors
+    /// [`NodeError::JoinRefused`] when `peer` gives no snapshot (the store stays as it was);
+    /// snapshot and storage failures (the old files are put back and opened again).
+    pub async fn catch_up(&self, id: &StoreId, peer: &PubKey) -> Result<u64, NodeError> {
+        let record = self.record(id)?;
+        let Some(encoded) = self.fetch_snapshot(id, peer).await? else {
+            return Err(NodeError::JoinRefused(
+                "the peer's log is whole, so there is nothing to catch up through".into(),
+            ));
+        };
+        let snapshot = decode_snapshot(*id, &encoded)?;
+        if !lock(&self.inner.repairing).insert(*id) {
+            return Ok(0);
+        }
+        let rebased = async {
+            self.close(id).await?;
+            let this = self.clone();
+            off_workers("catching up through a snapshot", move || {
+                this.inner.node.rebase_on_snapshot(&snapshot)
+            })
+            .await
+        }
+        .await;
+        lock(&self.inner.repairing).remove(id);
+        match rebased {
+            Ok((store, taken)) => {
+                info!(store = %id.short(), peer = %peer.short(), taken, "caught up through a snapshot");
+                self.insert_open(*id, store.log().clone(), Some(store), record.parent)
+                    .await?;
+                self.refresh(id).await?;
+                Ok(taken)
+            }
+            Err(e) => {
+                warn!(store = %id.short(), "catching up through a snapshot failed: {e}");
+                if record.state == StoreState::Active {
+                    self.open_or_quarantine(&record).await;
+                }
+                Err(e)
+            }
+        }
+    }
+
     /// Makes store `id` from an encoded snapshot a member sent. `log` is what this node had
     /// of the store (a log without a genesis holds nothing): closed and removed first.
     /// Returns the store and how many intentions the snapshot held.
@@ -328,16 +376,7 @@ impl StoreManager {
         log: Option<Arc<Log>>,
         encoded: &[u8],
     ) -> Result<(Store, u64), NodeError> {
-        let snapshot = Snapshot::decode(encoded).map_err(|e| NodeError::SnapshotRefused {
-            store: id.short(),
-            why: e.to_string(),
-        })?;
-        if snapshot.store != id {
-            return Err(NodeError::SnapshotRefused {
-                store: id.short(),
-                why: "it is a snapshot of another store".into(),
-            });
-        }
+        let snapshot = decode_snapshot(id, encoded)?;
         if let Some(log) = log {
             Arc::try_unwrap(log)
                 .map_err(|_| NodeError::SnapshotRefused {
@@ -448,4 +487,19 @@ impl StoreManager {
         }
         Ok(())
     }
+}
+
+/// An encoded snapshot of store `id` a peer sent, decoded.
+fn decode_snapshot(id: StoreId, encoded: &[u8]) -> Result<Snapshot, NodeError> {
+    let snapshot = Snapshot::decode(encoded).map_err(|e| NodeError::SnapshotRefused {
+        store: id.short(),
+        why: e.to_string(),
+    })?;
+    if snapshot.store != id {
+        return Err(NodeError::SnapshotRefused {
+            store: id.short(),
+            why: "it is a snapshot of another store".into(),
+        });
+    }
+    Ok(snapshot)
 }

@@ -8,6 +8,7 @@ pub(super) type OpenedFiles = (Arc<Log>, Option<Store>);
 /// Opens a store's files (blocking: redb, module load). A store not fetched yet has no files;
 /// one with projections but no log has lost it and is damaged.
 pub(super) fn open_files(node: &Node, id: StoreId) -> Result<OpenedFiles, NodeError> {
+    node.settle_rebase(id)?;
     let dir = node.dir();
     let path = dir.log_path(&id);
     if !path.exists() && (dir.state_path(&id).exists() || dir.system_path(&id).exists()) {
@@ -141,7 +142,7 @@ impl StoreManager {
     }
 
     /// Store `id`'s inventory record.
-    fn record(&self, id: &StoreId) -> Result<StoreRecord, NodeError> {
+    pub(super) fn record(&self, id: &StoreId) -> Result<StoreRecord, NodeError> {
         self.inner
             .node
             .meta()

@@ -305,6 +305,21 @@ impl StoreManager {
         let task = tokio::spawn(async move {
             loop {
                 let store = match rx.recv().await {
+                    Ok(ReplicaEvent::Synced {
+                        store,
+                        peer,
+                        report,
+                    }) if report.behind => {
+                        // The peer pruned history this node never had: catch up through a
+                        // snapshot of it (on its own task; the store closes meanwhile).
+                        let this = this.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = this.catch_up(&store, &peer).await {
+                                warn!(store = %store.short(), peer = %peer.short(), "could not catch up through a snapshot: {e}");
+                            }
+                        });
+                        continue;
+                    }
                     Ok(
                         ReplicaEvent::Synced { store, .. }
                         | ReplicaEvent::Served { store, .. }
