@@ -1,12 +1,11 @@
 //! [`Node`]: a data directory opened with its identity, inventory (`meta.db`) and Wasm
 //! runtime; creates and opens stores.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use lattice_log::file::FileError;
-use std::collections::HashMap;
-
 use lattice_log::{Incoming, Ingested, Log, LogConfig, build_genesis, system_now_ms};
 use lattice_model::{Hash, NodeKey, PubKey, StoreId};
 use lattice_runtime::{BUILTIN_MODULES, Limits, LoadedModule, ModuleHash, Runtime};

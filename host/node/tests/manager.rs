@@ -583,17 +583,24 @@ async fn a_member_behind_a_pruned_floor_catches_up_through_a_snapshot() -> TestR
         away.close()?;
     }
 
-    // Meanwhile A, now the only active member, writes on and prunes its history.
-    for i in 0..300 {
-        a.call(
-            &store,
-            "put",
-            &json!({"key": format!("k{}", i % 10), "value": format!("v{i}")}),
-        )
-        .await?;
+    // Meanwhile A, now the only active member, writes on and prunes its history below three
+    // more epochs (each a prune cut, final at once).
+    let mut deleted = 0;
+    for round in 0..3 {
+        for i in round * 100..(round + 1) * 100 {
+            a.call(
+                &store,
+                "put",
+                &json!({"key": format!("k{}", i % 10), "value": format!("v{i}")}),
+            )
+            .await?;
+        }
+        let report = a.prune(&store, true).await?;
+        assert!(report.not_now.is_none(), "{report:?}");
+        deleted += report.deleted;
     }
-    let report = a.prune(&store, true).await?;
-    assert!(report.deleted > 250, "{report:?}");
+    assert!(deleted > 250, "{deleted}");
+    let epoch = a.status(&store).await?.epoch.ok_or("no epoch")?;
 
     // C comes back: A cannot give it the history it pruned, so C catches up through a
     // snapshot of A, keeping its own write, which then reaches A.
@@ -615,7 +622,12 @@ async fn a_member_behind_a_pruned_floor_catches_up_through_a_snapshot() -> TestR
     })
     .await?;
     assert_eq!(get(&c, &store, "k0").await, "v290");
-    assert_eq!(c.status(&store).await?.state(), "ready");
+    let status = c.status(&store).await?;
+    assert_eq!(status.state(), "ready");
+    // C stands on A's newest epoch (three past the one it left at), final there too.
+    let at_c = status.epoch.ok_or("no epoch at C")?;
+    assert_eq!((at_c.number, at_c.hash), (epoch.number, epoch.hash));
+    assert!(at_c.finalized, "{at_c:?}");
     // Nothing was left aside.
     assert!(!DataDir::new(dirs[1].path()).behind_dir(&store).exists());
     a.shutdown().await;

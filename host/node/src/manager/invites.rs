@@ -223,7 +223,14 @@ impl StoreManager {
         self.reopen_left_children(&id)?;
         let snapshot = match has_genesis {
             true => None,
-            false => self.fetch_snapshot(&id, &token.inviter).await?,
+            false => self
+                .fetch_snapshot(&id, &token.inviter)
+                .await
+                .map_err(|reason| {
+                    NodeError::JoinRefused(format!(
+                        "the inviter pruned its history and gives no snapshot now: {reason}"
+                    ))
+                })?,
         };
         let snapshot_bytes = snapshot.as_ref().map_or(0, |s| s.len() as u64);
         let this = self.clone();
@@ -295,25 +302,20 @@ impl StoreManager {
         })
     }
 
-    /// Asks the inviter for a snapshot: `None` when its log is whole (bootstrap from its
-    /// history then) or it does not serve snapshots.
-    async fn fetch_snapshot(
-        &self,
-        id: &StoreId,
-        inviter: &PubKey,
-    ) -> Result<Option<Vec<u8>>, NodeError> {
+    /// Asks `peer` for a snapshot of store `id`: `Ok(None)` when its log is whole (bootstrap
+    /// from its history then) or it could not give one over this connection; `Err` with its
+    /// reason when it refused.
+    async fn fetch_snapshot(&self, id: &StoreId, peer: &PubKey) -> Result<Option<Vec<u8>>, String> {
         match self
             .inner
             .replicator
-            .fetch_snapshot(id, inviter, |_, _| {})
+            .fetch_snapshot(id, peer, |_, _| {})
             .await
         {
             Ok(got) => Ok(got),
-            Err(ReplicaError::Session(lattice_sync::SessionError::Refused(reason))) => Err(
-                NodeError::JoinRefused(format!("the inviter has no snapshot to give: {reason}")),
-            ),
+            Err(ReplicaError::Session(lattice_sync::SessionError::Refused(reason))) => Err(reason),
             Err(e) => {
-                debug!(store = %id.short(), "no snapshot from the inviter, bootstrapping: {e}");
+                debug!(store = %id.short(), peer = %peer.short(), "no snapshot: {e}");
                 Ok(None)
             }
         }
@@ -326,15 +328,23 @@ impl StoreManager {
     /// store is being repaired or caught up already.
     ///
     /// # Errors
-    /// [`NodeError::JoinRefused`] when `peer` gives no snapshot (the store stays as it was);
-    /// snapshot and storage failures (the old files are put back and opened again).
+    /// [`NodeError::SnapshotRefused`] when `peer` gives no snapshot or it is not taken (the
+    /// store stays as it was, its old files opened again); storage failures.
     pub async fn catch_up(&self, id: &StoreId, peer: &PubKey) -> Result<u64, NodeError> {
         let record = self.record(id)?;
-        let Some(encoded) = self.fetch_snapshot(id, peer).await? else {
-            return Err(NodeError::JoinRefused(
-                "the peer's log is whole, so there is nothing to catch up through".into(),
-            ));
-        };
+        if lock(&self.inner.repairing).contains(id) {
+            return Ok(0);
+        }
+        let encoded = self
+            .fetch_snapshot(id, peer)
+            .await
+            .map_err(|reason| snapshot_refused(*id, format!("the peer gives none now: {reason}")))?
+            .ok_or_else(|| {
+                snapshot_refused(
+                    *id,
+                    "the peer gave none (its log is whole, or it was not reachable)",
+                )
+            })?;
         let snapshot = decode_snapshot(*id, &encoded)?;
         if !lock(&self.inner.repairing).insert(*id) {
             return Ok(0);
@@ -379,10 +389,7 @@ impl StoreManager {
         let snapshot = decode_snapshot(id, encoded)?;
         if let Some(log) = log {
             Arc::try_unwrap(log)
-                .map_err(|_| NodeError::SnapshotRefused {
-                    store: id.short(),
-                    why: "the store's log is in use here".into(),
-                })?
+                .map_err(|_| snapshot_refused(id, "the store's log is in use here"))?
                 .close()?;
             self.inner.node.remove_store_files(&id)?;
         }
@@ -491,15 +498,9 @@ impl StoreManager {
 
 /// An encoded snapshot of store `id` a peer sent, decoded.
 fn decode_snapshot(id: StoreId, encoded: &[u8]) -> Result<Snapshot, NodeError> {
-    let snapshot = Snapshot::decode(encoded).map_err(|e| NodeError::SnapshotRefused {
-        store: id.short(),
-        why: e.to_string(),
-    })?;
+    let snapshot = Snapshot::decode(encoded).map_err(|e| snapshot_refused(id, e.to_string()))?;
     if snapshot.store != id {
-        return Err(NodeError::SnapshotRefused {
-            store: id.short(),
-            why: "it is a snapshot of another store".into(),
-        });
+        return Err(snapshot_refused(id, "it is a snapshot of another store"));
     }
     Ok(snapshot)
 }

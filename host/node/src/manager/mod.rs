@@ -35,7 +35,7 @@ use crate::meta::{StoreRecord, StoreState};
 use crate::node::Node;
 use crate::store::{
     CallReply, ChildStatus, IntentionSummary, PeerInfo, PeerStatus, RejectedIntention, Snapshot,
-    Store, StoreStatus,
+    Store, StoreStatus, snapshot_refused,
 };
 
 /// Watch events buffered per subscriber before it is told it lagged.
