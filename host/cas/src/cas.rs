@@ -1,0 +1,430 @@
+//! [`Cas`]: the blob store of one node.
+//!
+//! Layout under its directory: `cas.db` (the index, see `index.rs`), `blobs/<first two hex
+//! digits>/<hash>.data` and `.obao` (the bytes and their hash tree), `tmp/` (puts under way;
+//! emptied at open). A put streams the bytes to `tmp/`, computes the hash tree, moves both
+//! files into place (made durable first) and then records the store's entry; so an entry
+//! always has its files, and files without an entry are only ever a put's leftovers.
+
+use std::fs::File;
+use std::io::{BufWriter, Read, Write};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use lattice_model::{Hash, StoreId};
+use redb::{Database, ReadableDatabase, ReadableTable};
+use tracing::warn;
+
+use crate::error::CasError;
+use crate::index::{self, BLOBS, BlobRow, ENTRIES, EntryRow, entry_key, split_entry_key};
+use crate::verify::{self, ReadFailure};
+
+/// A blob as a store sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BlobInfo {
+    /// Its BLAKE3 hash (its name).
+    pub hash: Hash,
+    /// Its size in bytes.
+    pub size: u64,
+    /// How many times the store pinned it (kept while above 0).
+    pub pins: u32,
+    /// How many references the store's state declares to it (kept while above 0).
+    pub refs: u32,
+    /// When the store first held it (ms since the Unix epoch).
+    pub added_ms: u64,
+}
+
+/// What a garbage collection removed ([`Cas::collect`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CollectReport {
+    /// Stores' holds on blobs that nothing kept, dropped.
+    pub released: u64,
+    /// Blobs no store held any more, deleted from disk.
+    pub deleted: u64,
+    /// Bytes of blob data deleted.
+    pub bytes: u64,
+}
+
+/// The blob store of one node: BLAKE3-addressed blobs on disk, each reachable only by the
+/// stores that hold it.
+#[derive(Debug)]
+pub struct Cas {
+    dir: PathBuf,
+    db: Database,
+    next_tmp: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn not_found(store: &StoreId, hash: &Hash) -> CasError {
+    CasError::NotFound {
+        hash: hash.short(),
+        store: store.short(),
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), CasError> {
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(CasError::io(dir))
+}
+
+impl Cas {
+    /// Opens (or creates) the blob store in `dir`; leftovers of interrupted puts go.
+    ///
+    /// # Errors
+    /// [`CasError::Io`] for the directories, [`CasError::Index`] for `cas.db`.
+    pub fn open(dir: &Path) -> Result<Cas, CasError> {
+        std::fs::create_dir_all(dir.join("blobs")).map_err(CasError::io(dir))?;
+        let tmp = dir.join("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(CasError::io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(CasError::io(&tmp))?;
+        let db = Database::create(dir.join("cas.db"))?;
+        let txn = db.begin_write()?;
+        txn.open_table(BLOBS)?;
+        txn.open_table(ENTRIES)?;
+        txn.commit()?;
+        Ok(Cas {
+            dir: dir.to_path_buf(),
+            db,
+            next_tmp: AtomicU64::new(0),
+        })
+    }
+
+    fn paths(&self, hash: &Hash) -> (PathBuf, PathBuf, PathBuf) {
+        let hex = hash.to_string();
+        let shard = self.dir.join("blobs").join(&hex[..2]);
+        (
+            shard.join(format!("{hex}.data")),
+            shard.join(format!("{hex}.obao")),
+            shard,
+        )
+    }
+
+    /// Puts the bytes `data` yields as a blob of `store`, streaming them to disk (never held
+    /// whole in memory). Putting a blob the node has already costs the read and the hash.
+    ///
+    /// # Errors
+    /// [`CasError::Input`] when `data` fails; file and index errors.
+    pub fn put(&self, store: &StoreId, mut data: impl Read) -> Result<BlobInfo, CasError> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp_data = self.dir.join("tmp").join(format!("{n}.data"));
+        let tmp_obao = self.dir.join("tmp").join(format!("{n}.obao"));
+        let result = self.put_via(store, &mut data, &tmp_data, &tmp_obao);
+        for path in [&tmp_data, &tmp_obao] {
+            if let Err(e) = std::fs::remove_file(path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(path = %path.display(), "could not remove a put's temporary file: {e}");
+            }
+        }
+        result
+    }
+
+    fn put_via(
+        &self,
+        store: &StoreId,
+        data: &mut impl Read,
+        tmp_data: &Path,
+        tmp_obao: &Path,
+    ) -> Result<BlobInfo, CasError> {
+        let file = File::create(tmp_data).map_err(CasError::io(tmp_data))?;
+        let mut writer = BufWriter::with_capacity(1 << 20, file);
+        let mut buf = vec![0u8; 1 << 16];
+        let mut size = 0u64;
+        loop {
+            let n = match data.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(CasError::Input(e)),
+            };
+            writer
+                .write_all(&buf[..n])
+                .map_err(CasError::io(tmp_data))?;
+            size += n as u64;
+        }
+        let file = writer
+            .into_inner()
+            .map_err(|e| CasError::io(tmp_data)(e.into_error()))?;
+        file.sync_all().map_err(CasError::io(tmp_data))?;
+        let obao = File::create(tmp_obao).map_err(CasError::io(tmp_obao))?;
+        let file = File::open(tmp_data).map_err(CasError::io(tmp_data))?;
+        let root = verify::make_outboard(&file, size, obao).map_err(CasError::io(tmp_obao))?;
+        File::open(tmp_obao)
+            .and_then(|f| f.sync_all())
+            .map_err(CasError::io(tmp_obao))?;
+        let hash = Hash(*root.as_bytes());
+        let (data_path, obao_path, shard) = self.paths(&hash);
+        let on_disk = {
+            let txn = self.db.begin_read()?;
+            txn.open_table(BLOBS)?.get(hash.as_bytes())?.is_some()
+        };
+        if !on_disk {
+            std::fs::create_dir_all(&shard).map_err(CasError::io(&shard))?;
+            // The hash tree first: a data file is never in place without its tree.
+            std::fs::rename(tmp_obao, &obao_path).map_err(CasError::io(&obao_path))?;
+            std::fs::rename(tmp_data, &data_path).map_err(CasError::io(&data_path))?;
+            sync_dir(&shard)?;
+        }
+        self.hold(store, &hash, size)
+    }
+
+    /// Records `store`'s hold on `hash` (`size` bytes, files in place).
+    fn hold(&self, store: &StoreId, hash: &Hash, size: u64) -> Result<BlobInfo, CasError> {
+        let txn = self.db.begin_write()?;
+        let entry = {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut blobs = txn.open_table(BLOBS)?;
+            let key = entry_key(store, hash);
+            let existing = entries.get(&key)?.map(|v| EntryRow::decode(v.value()));
+            match existing {
+                Some(entry) => entry,
+                None => {
+                    let entry = EntryRow {
+                        pins: 0,
+                        refs: 0,
+                        added_ms: now_ms(),
+                    };
+                    entries.insert(&key, &entry.encode())?;
+                    let holders = blobs
+                        .get(hash.as_bytes())?
+                        .map_or(0, |v| BlobRow::decode(v.value()).holders);
+                    let row = BlobRow {
+                        size,
+                        holders: holders + 1,
+                    };
+                    blobs.insert(hash.as_bytes(), &row.encode())?;
+                    entry
+                }
+            }
+        };
+        txn.commit()?;
+        Ok(info(*hash, size, entry))
+    }
+
+    /// The blob `hash` as `store` holds it, or `None`.
+    ///
+    /// # Errors
+    /// [`CasError::Index`].
+    pub fn stat(&self, store: &StoreId, hash: &Hash) -> Result<Option<BlobInfo>, CasError> {
+        Ok(
+            index::lookup(&self.db, store, hash)?
+                .map(|(entry, blob)| info(*hash, blob.size, entry)),
+        )
+    }
+
+    /// Writes bytes `range` of blob `hash` of `store` to `out`, every byte checked against
+    /// the hash first. Returns the bytes written.
+    ///
+    /// # Errors
+    /// [`CasError::NotFound`] when `store` does not hold it; [`CasError::OutOfRange`];
+    /// [`CasError::Damaged`] when the bytes on disk do not match (nothing damaged is
+    /// written; what came before the damaged window was); [`CasError::Output`].
+    pub fn read(
+        &self,
+        store: &StoreId,
+        hash: &Hash,
+        range: Range<u64>,
+        out: &mut impl Write,
+    ) -> Result<u64, CasError> {
+        let (_, blob) =
+            index::lookup(&self.db, store, hash)?.ok_or_else(|| not_found(store, hash))?;
+        if range.start > range.end || range.end > blob.size {
+            return Err(CasError::OutOfRange {
+                hash: hash.short(),
+                start: range.start,
+                end: range.end,
+                size: blob.size,
+            });
+        }
+        let (data_path, obao_path, _) = self.paths(hash);
+        let damaged = |reason: String| CasError::Damaged {
+            hash: hash.short(),
+            reason,
+        };
+        let data = File::open(&data_path).map_err(|e| damaged(format!("its data: {e}")))?;
+        let obao = File::open(&obao_path).map_err(|e| damaged(format!("its hash tree: {e}")))?;
+        let len = data.metadata().map_err(CasError::io(&data_path))?.len();
+        if len != blob.size {
+            return Err(damaged(format!(
+                "its data file has {len} bytes, not {}",
+                blob.size
+            )));
+        }
+        let root = blake3::Hash::from_bytes(hash.0);
+        verify::read_verified(&data, &obao, root, blob.size, range, out).map_err(|f| match f {
+            ReadFailure::Damaged(reason) => damaged(reason),
+            ReadFailure::Output(e) => CasError::Output(e),
+        })
+    }
+
+    /// Checks every byte of blob `hash` of `store` against its hash.
+    ///
+    /// # Errors
+    /// As [`Cas::read`].
+    pub fn verify(&self, store: &StoreId, hash: &Hash) -> Result<(), CasError> {
+        let size = self
+            .stat(store, hash)?
+            .ok_or_else(|| not_found(store, hash))?
+            .size;
+        self.read(store, hash, 0..size, &mut std::io::sink())?;
+        Ok(())
+    }
+
+    /// Changes `store`'s pins on `hash` by `delta` (never below 0); returns the blob.
+    ///
+    /// # Errors
+    /// [`CasError::NotFound`]; [`CasError::Index`].
+    pub fn pin(&self, store: &StoreId, hash: &Hash, delta: i32) -> Result<BlobInfo, CasError> {
+        self.adjust(store, hash, |e| {
+            e.pins = e.pins.saturating_add_signed(delta)
+        })
+    }
+
+    /// Changes the count of references `store`'s state declares to `hash` by `delta` (never
+    /// below 0); returns the blob.
+    ///
+    /// # Errors
+    /// [`CasError::NotFound`]; [`CasError::Index`].
+    pub fn reference(
+        &self,
+        store: &StoreId,
+        hash: &Hash,
+        delta: i32,
+    ) -> Result<BlobInfo, CasError> {
+        self.adjust(store, hash, |e| {
+            e.refs = e.refs.saturating_add_signed(delta)
+        })
+    }
+
+    fn adjust(
+        &self,
+        store: &StoreId,
+        hash: &Hash,
+        change: impl FnOnce(&mut EntryRow),
+    ) -> Result<BlobInfo, CasError> {
+        let txn = self.db.begin_write()?;
+        let result = {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let blobs = txn.open_table(BLOBS)?;
+            let key = entry_key(store, hash);
+            let mut entry = entries
+                .get(&key)?
+                .map(|v| EntryRow::decode(v.value()))
+                .ok_or_else(|| not_found(store, hash))?;
+            let size = blobs
+                .get(hash.as_bytes())?
+                .map_or(0, |v| BlobRow::decode(v.value()).size);
+            change(&mut entry);
+            entries.insert(&key, &entry.encode())?;
+            info(*hash, size, entry)
+        };
+        txn.commit()?;
+        Ok(result)
+    }
+
+    /// The blobs `store` holds, in hash order.
+    ///
+    /// # Errors
+    /// [`CasError::Index`].
+    pub fn list(&self, store: &StoreId) -> Result<Vec<BlobInfo>, CasError> {
+        let txn = self.db.begin_read()?;
+        let entries = txn.open_table(ENTRIES)?;
+        let blobs = txn.open_table(BLOBS)?;
+        let from = entry_key(store, &Hash([0; 32]));
+        let to = entry_key(store, &Hash([0xff; 32]));
+        let mut out = Vec::new();
+        for row in entries.range::<&[u8; 64]>(&from..=&to)? {
+            let (k, v) = row?;
+            let (_, hash) = split_entry_key(k.value());
+            let size = blobs
+                .get(hash.as_bytes())?
+                .map_or(0, |v| BlobRow::decode(v.value()).size);
+            out.push(info(hash, size, EntryRow::decode(v.value())));
+        }
+        Ok(out)
+    }
+
+    /// Drops every store's hold on a blob that nothing keeps (no pin, no reference) and
+    /// that it has held for at least `grace_ms`, and deletes blobs no store holds any more.
+    ///
+    /// # Errors
+    /// [`CasError::Index`]; a blob file that cannot be deleted.
+    pub fn collect(&self, grace_ms: u64) -> Result<CollectReport, CasError> {
+        let now = now_ms();
+        let mut report = CollectReport::default();
+        let mut gone = Vec::new();
+        let txn = self.db.begin_write()?;
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut blobs = txn.open_table(BLOBS)?;
+            let loose: Vec<[u8; 64]> = entries
+                .iter()?
+                .filter_map(|row| match row {
+                    Ok((k, v)) => {
+                        let entry = EntryRow::decode(v.value());
+                        (entry.is_loose() && entry.added_ms.saturating_add(grace_ms) <= now)
+                            .then(|| Ok(*k.value()))
+                    }
+                    Err(e) => Some(Err(e)),
+                })
+                .collect::<Result<_, _>>()?;
+            for key in loose {
+                entries.remove(&key)?;
+                report.released += 1;
+                let (_, hash) = split_entry_key(&key);
+                let Some(row) = blobs
+                    .get(hash.as_bytes())?
+                    .map(|v| BlobRow::decode(v.value()))
+                else {
+                    continue;
+                };
+                if row.holders <= 1 {
+                    blobs.remove(hash.as_bytes())?;
+                    report.deleted += 1;
+                    report.bytes += row.size;
+                    gone.push(hash);
+                } else {
+                    let row = BlobRow {
+                        holders: row.holders - 1,
+                        ..row
+                    };
+                    blobs.insert(hash.as_bytes(), &row.encode())?;
+                }
+            }
+        }
+        txn.commit()?;
+        // The index no longer names them; their files go after (a crash in between leaves
+        // files nothing names, which a later put of the same bytes reuses or replaces).
+        for hash in gone {
+            let (data, obao, _) = self.paths(&hash);
+            for path in [data, obao] {
+                match std::fs::remove_file(&path) {
+                    Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(CasError::io(&path)(e));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+fn info(hash: Hash, size: u64, entry: EntryRow) -> BlobInfo {
+    BlobInfo {
+        hash,
+        size,
+        pins: entry.pins,
+        refs: entry.refs,
+        added_ms: entry.added_ms,
+    }
+}

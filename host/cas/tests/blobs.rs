@@ -1,0 +1,258 @@
+//! The blob store on disk: sizes around every boundary round-trip, reads of any range are
+//! verified, stores reach only their own blobs, damage is detected and never handed out,
+//! pins and references keep blobs through collection.
+
+use std::path::Path;
+
+use lattice_cas::{Cas, CasError};
+use lattice_model::{Hash, StoreId};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+const A: StoreId = StoreId([1; 32]);
+const B: StoreId = StoreId([2; 32]);
+
+/// Deterministic bytes that differ in every position.
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+fn read_all(
+    cas: &Cas,
+    store: &StoreId,
+    hash: &Hash,
+    range: std::ops::Range<u64>,
+) -> Result<Vec<u8>, CasError> {
+    let mut out = Vec::new();
+    cas.read(store, hash, range, &mut out)?;
+    Ok(out)
+}
+
+/// Data files under the store's `blobs/`.
+fn data_files(dir: &Path) -> usize {
+    let Ok(shards) = std::fs::read_dir(dir.join("blobs")) else {
+        return 0;
+    };
+    shards
+        .flatten()
+        .flat_map(|s| std::fs::read_dir(s.path()).into_iter().flatten().flatten())
+        .filter(|f| f.path().extension().is_some_and(|e| e == "data"))
+        .count()
+}
+
+#[test]
+fn blobs_of_every_boundary_size_round_trip_and_any_range_reads_back() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cas = Cas::open(dir.path())?;
+    let kib = 1024;
+    let mib = 1024 * 1024;
+    for size in [
+        0,
+        1,
+        kib - 1,
+        kib,
+        kib + 1,
+        16 * kib - 1,
+        16 * kib,
+        16 * kib + 1,
+        mib,
+        mib + 7,
+        3 * mib + 5,
+    ] {
+        let data = bytes(size, size as u8);
+        let blob = cas.put(&A, &data[..])?;
+        assert_eq!(
+            blob.hash,
+            Hash(*blake3::hash(&data).as_bytes()),
+            "size {size}"
+        );
+        assert_eq!(blob.size, size as u64);
+        assert_eq!(
+            read_all(&cas, &A, &blob.hash, 0..size as u64)?,
+            data,
+            "size {size}"
+        );
+        let n = size as u64;
+        for (start, end) in [
+            (0, n.min(1)),
+            (n / 3, n / 2),
+            (n.saturating_sub(1), n),
+            (n / 2, n),
+            (n.min(mib as u64 - 3), n.min(mib as u64 + 5)),
+            (n.min(16 * kib as u64), n.min(16 * kib as u64)),
+        ] {
+            assert_eq!(
+                read_all(&cas, &A, &blob.hash, start..end)?,
+                &data[start as usize..end as usize],
+                "size {size}, range {start}..{end}"
+            );
+        }
+        cas.verify(&A, &blob.hash)?;
+        let past = cas.read(&A, &blob.hash, 0..n + 1, &mut Vec::new());
+        assert!(matches!(past, Err(CasError::OutOfRange { .. })), "{past:?}");
+    }
+    Ok(())
+}
+
+#[test]
+fn a_store_reaches_only_the_blobs_it_holds_and_equal_bytes_are_kept_once() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cas = Cas::open(dir.path())?;
+    let data = bytes(40_000, 9);
+    let blob = cas.put(&A, &data[..])?;
+    assert!(cas.stat(&B, &blob.hash)?.is_none());
+    let refused = cas.read(&B, &blob.hash, 0..10, &mut Vec::new());
+    assert!(
+        matches!(refused, Err(CasError::NotFound { .. })),
+        "{refused:?}"
+    );
+    assert!(cas.list(&B)?.is_empty());
+    // B puts the same bytes: now both reach it, and one copy is on disk.
+    let again = cas.put(&B, &data[..])?;
+    assert_eq!(again.hash, blob.hash);
+    assert_eq!(read_all(&cas, &B, &blob.hash, 0..40_000)?, data);
+    assert_eq!(data_files(dir.path()), 1);
+    assert_eq!(cas.list(&A)?.len(), 1);
+    // It survives a reopen; leftovers of an interrupted put are cleared.
+    drop(cas);
+    std::fs::write(dir.path().join("tmp").join("7.data"), b"half a put")?;
+    let cas = Cas::open(dir.path())?;
+    assert_eq!(read_all(&cas, &A, &blob.hash, 100..200)?, &data[100..200]);
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
+    Ok(())
+}
+
+/// A reader that fails after `ok` bytes.
+struct Failing {
+    ok: usize,
+}
+
+impl std::io::Read for Failing {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.ok == 0 {
+            return Err(std::io::Error::other("the source went away"));
+        }
+        let n = buf.len().min(self.ok);
+        buf[..n].fill(7);
+        self.ok -= n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn a_put_whose_source_fails_keeps_nothing() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cas = Cas::open(dir.path())?;
+    let failed = cas.put(&A, Failing { ok: 200_000 });
+    assert!(matches!(failed, Err(CasError::Input(_))), "{failed:?}");
+    assert!(cas.list(&A)?.is_empty());
+    assert_eq!(data_files(dir.path()), 0);
+    assert_eq!(std::fs::read_dir(dir.path().join("tmp"))?.count(), 0);
+    Ok(())
+}
+
+/// The data file of `hash`.
+fn data_path(dir: &Path, hash: &Hash) -> std::path::PathBuf {
+    let hex = hash.to_string();
+    dir.join("blobs")
+        .join(&hex[..2])
+        .join(format!("{hex}.data"))
+}
+
+#[test]
+fn damaged_bytes_on_disk_are_found_and_never_handed_out() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cas = Cas::open(dir.path())?;
+    let mib = 1024 * 1024;
+    let data = bytes(3 * mib + 11, 3);
+    let blob = cas.put(&A, &data[..])?;
+    let path = data_path(dir.path(), &blob.hash);
+    let mut damaged = std::fs::read(&path)?;
+    let at = 2 * mib + 100;
+    damaged[at] ^= 0x40;
+    std::fs::write(&path, &damaged)?;
+
+    // Windows before the damage still read; the damaged one is refused, and what was
+    // written before it is exactly the good bytes.
+    assert_eq!(read_all(&cas, &A, &blob.hash, 0..mib as u64)?, &data[..mib]);
+    let mut out = Vec::new();
+    let whole = cas.read(&A, &blob.hash, 0..data.len() as u64, &mut out);
+    assert!(matches!(whole, Err(CasError::Damaged { .. })), "{whole:?}");
+    assert!(
+        out.len() <= at && data.starts_with(&out),
+        "{} bytes out",
+        out.len()
+    );
+    assert!(matches!(
+        cas.verify(&A, &blob.hash),
+        Err(CasError::Damaged { .. })
+    ));
+
+    // A truncated data file or a damaged hash tree is found too.
+    std::fs::write(&path, &data[..mib])?;
+    assert!(matches!(
+        cas.verify(&A, &blob.hash),
+        Err(CasError::Damaged { .. })
+    ));
+    std::fs::write(&path, &data)?;
+    cas.verify(&A, &blob.hash)?;
+    let obao = path.with_extension("obao");
+    let mut tree = std::fs::read(&obao)?;
+    tree[70] ^= 1;
+    std::fs::write(&obao, &tree)?;
+    assert!(matches!(
+        cas.verify(&A, &blob.hash),
+        Err(CasError::Damaged { .. })
+    ));
+    Ok(())
+}
+
+#[test]
+fn collection_keeps_pinned_and_referenced_blobs_and_drops_the_rest() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cas = Cas::open(dir.path())?;
+    let pinned = cas.put(&A, &bytes(5000, 1)[..])?;
+    let referenced = cas.put(&A, &bytes(5000, 2)[..])?;
+    let loose = cas.put(&A, &bytes(5000, 3)[..])?;
+    let shared = cas.put(&A, &bytes(5000, 4)[..])?;
+    cas.put(&B, &bytes(5000, 4)[..])?;
+    assert_eq!(cas.pin(&A, &pinned.hash, 1)?.pins, 1);
+    assert_eq!(cas.reference(&A, &referenced.hash, 2)?.refs, 2);
+    cas.pin(&B, &shared.hash, 1)?;
+    // Within the grace period nothing goes.
+    assert_eq!(cas.collect(60_000)?.released, 0);
+    assert_eq!(data_files(dir.path()), 4);
+
+    let report = cas.collect(0)?;
+    assert_eq!(
+        (report.released, report.deleted, report.bytes),
+        (2, 1, 5000)
+    );
+    assert!(cas.stat(&A, &pinned.hash)?.is_some());
+    assert!(cas.stat(&A, &referenced.hash)?.is_some());
+    assert!(cas.stat(&A, &loose.hash)?.is_none());
+    assert!(
+        cas.stat(&A, &shared.hash)?.is_none(),
+        "A's hold on the shared blob went"
+    );
+    assert_eq!(
+        read_all(&cas, &B, &shared.hash, 0..10)?,
+        &bytes(5000, 4)[..10]
+    );
+    assert_eq!(data_files(dir.path()), 3);
+
+    // Unpinned and unreferenced (never below zero), they go at the next collection.
+    cas.pin(&A, &pinned.hash, -5)?;
+    assert_eq!(cas.reference(&A, &referenced.hash, -1)?.refs, 1);
+    cas.reference(&A, &referenced.hash, -1)?;
+    assert_eq!(cas.collect(0)?.deleted, 2);
+    assert!(cas.list(&A)?.is_empty());
+    let missing = cas.pin(&A, &loose.hash, 1);
+    assert!(
+        matches!(missing, Err(CasError::NotFound { .. })),
+        "{missing:?}"
+    );
+    Ok(())
+}
