@@ -162,19 +162,7 @@ impl Cas {
             .and_then(|f| f.sync_all())
             .map_err(CasError::io(tmp_obao))?;
         let hash = Hash(*root.as_bytes());
-        let (data_path, obao_path, shard) = self.paths(&hash);
-        let on_disk = {
-            let txn = self.db.begin_read()?;
-            txn.open_table(BLOBS)?.get(hash.as_bytes())?.is_some()
-        };
-        if !on_disk {
-            std::fs::create_dir_all(&shard).map_err(CasError::io(&shard))?;
-            // The hash tree first: a data file is never in place without its tree.
-            std::fs::rename(tmp_obao, &obao_path).map_err(CasError::io(&obao_path))?;
-            std::fs::rename(tmp_data, &data_path).map_err(CasError::io(&data_path))?;
-            sync_dir(&shard)?;
-        }
-        self.hold(store, &hash, size)
+        self.adopt(store, &hash, size, tmp_data, tmp_obao)
     }
 
     /// Records `store`'s hold on `hash` (`size` bytes, files in place).
@@ -235,16 +223,39 @@ impl Cas {
         range: Range<u64>,
         out: &mut impl Write,
     ) -> Result<u64, CasError> {
-        let (_, blob) =
-            index::lookup(&self.db, store, hash)?.ok_or_else(|| not_found(store, hash))?;
-        if range.start > range.end || range.end > blob.size {
+        let (data, obao, size) = self.open_blob(store, hash)?;
+        if range.start > range.end || range.end > size {
             return Err(CasError::OutOfRange {
                 hash: hash.short(),
                 start: range.start,
                 end: range.end,
-                size: blob.size,
+                size,
             });
         }
+        let damaged = |reason: String| CasError::Damaged {
+            hash: hash.short(),
+            reason,
+        };
+        let root = blake3::Hash::from_bytes(hash.0);
+        verify::read_verified(&data, &obao, root, size, range, out).map_err(|f| match f {
+            ReadFailure::Damaged(reason) => damaged(reason),
+            ReadFailure::Output(e) => CasError::Output(e),
+        })
+    }
+
+    /// The directory the store keeps its files in.
+    pub(crate) fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The data and hash-tree files of blob `hash` of `store`, and its size.
+    pub(crate) fn open_blob(
+        &self,
+        store: &StoreId,
+        hash: &Hash,
+    ) -> Result<(File, File, u64), CasError> {
+        let (_, blob) =
+            index::lookup(&self.db, store, hash)?.ok_or_else(|| not_found(store, hash))?;
         let (data_path, obao_path, _) = self.paths(hash);
         let damaged = |reason: String| CasError::Damaged {
             hash: hash.short(),
@@ -259,11 +270,36 @@ impl Cas {
                 blob.size
             )));
         }
-        let root = blake3::Hash::from_bytes(hash.0);
-        verify::read_verified(&data, &obao, root, blob.size, range, out).map_err(|f| match f {
-            ReadFailure::Damaged(reason) => damaged(reason),
-            ReadFailure::Output(e) => CasError::Output(e),
-        })
+        Ok((data, obao, blob.size))
+    }
+
+    /// Moves a blob's files (durable, verified) into place, unless they are there already,
+    /// and records `store`'s hold on it.
+    pub(crate) fn adopt(
+        &self,
+        store: &StoreId,
+        hash: &Hash,
+        size: u64,
+        data: &Path,
+        obao: &Path,
+    ) -> Result<BlobInfo, CasError> {
+        let (data_path, obao_path, shard) = self.paths(hash);
+        let on_disk = {
+            let txn = self.db.begin_read()?;
+            txn.open_table(BLOBS)?.get(hash.as_bytes())?.is_some()
+        };
+        if on_disk {
+            for path in [data, obao] {
+                std::fs::remove_file(path).map_err(CasError::io(path))?;
+            }
+        } else {
+            std::fs::create_dir_all(&shard).map_err(CasError::io(&shard))?;
+            // The hash tree first: a data file is never in place without its tree.
+            std::fs::rename(obao, &obao_path).map_err(CasError::io(&obao_path))?;
+            std::fs::rename(data, &data_path).map_err(CasError::io(&data_path))?;
+            sync_dir(&shard)?;
+        }
+        self.hold(store, hash, size)
     }
 
     /// Checks every byte of blob `hash` of `store` against its hash.

@@ -37,7 +37,10 @@
 mod cas;
 mod error;
 mod index;
+mod transfer;
 mod verify;
 
+pub use bao_tree::{ChunkNum, ChunkRanges};
 pub use cas::{BlobInfo, Cas, CollectReport};
 pub use error::CasError;
+pub use transfer::{BadPart, IncomingBlob};

@@ -256,3 +256,94 @@ fn collection_keeps_pinned_and_referenced_blobs_and_drops_the_rest() -> TestResu
     );
     Ok(())
 }
+
+/// Chunk ranges of `[from, to)` KiB.
+fn kib(from: u64, to: u64) -> lattice_cas::ChunkRanges {
+    lattice_cas::ChunkRanges::from(lattice_cas::ChunkNum(from)..lattice_cas::ChunkNum(to))
+}
+
+#[test]
+fn a_blob_moves_as_verified_parts_and_an_interrupted_transfer_resumes() -> TestResult {
+    let (from_dir, to_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let sender = Cas::open(from_dir.path())?;
+    let data = bytes(1024 * 1024 + 300, 5);
+    let blob = sender.put(&A, &data[..])?;
+    let chunks = (data.len() as u64).div_ceil(1024);
+
+    // The first half arrives, then the receiver goes away.
+    let receiver = Cas::open(to_dir.path())?;
+    let mut incoming = receiver.receive(&blob.hash, blob.size)?;
+    assert_eq!(incoming.missing(), kib(0, chunks));
+    let mut part = Vec::new();
+    sender.encode(&A, &blob.hash, &kib(0, 512), &mut part)?;
+    incoming.take(&kib(0, 512), &part)??;
+    assert_eq!(incoming.received_bytes(), 512 * 1024);
+    drop((incoming, receiver));
+
+    // Back again, it asks only for what it lacks, and the blob is whole.
+    let receiver = Cas::open(to_dir.path())?;
+    let mut incoming = receiver.receive(&blob.hash, blob.size)?;
+    assert_eq!(incoming.missing(), kib(512, chunks));
+    let mut part = Vec::new();
+    sender.encode(&A, &blob.hash, &incoming.missing(), &mut part)?;
+    incoming.take(&kib(512, chunks), &part)??;
+    assert!(incoming.is_complete());
+    let got = incoming.finish(&receiver, &B)?;
+    assert_eq!((got.hash, got.size), (blob.hash, blob.size));
+    assert_eq!(read_all(&receiver, &B, &blob.hash, 0..blob.size)?, data);
+    assert!(
+        receiver.stat(&A, &blob.hash)?.is_none(),
+        "received for B only"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_bad_part_is_refused_and_what_verified_before_it_is_kept() -> TestResult {
+    let (from_dir, to_dir) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let sender = Cas::open(from_dir.path())?;
+    let data = bytes(256 * 1024, 6);
+    let blob = sender.put(&A, &data[..])?;
+    let receiver = Cas::open(to_dir.path())?;
+    let mut incoming = receiver.receive(&blob.hash, blob.size)?;
+    let mut part = Vec::new();
+    sender.encode(&A, &blob.hash, &kib(0, 256), &mut part)?;
+    // A hostile sender changes one byte near the end of the stream.
+    let at = part.len() - 100;
+    part[at] ^= 0xff;
+    let refused = incoming.take(&kib(0, 256), &part)?;
+    assert!(refused.is_err(), "{refused:?}");
+    let kept = incoming.received_bytes();
+    assert!((128 * 1024..256 * 1024).contains(&kept), "{kept}");
+    // The rest, asked again from an honest sender, completes it.
+    let missing = incoming.missing();
+    let mut part = Vec::new();
+    sender.encode(&A, &blob.hash, &missing, &mut part)?;
+    incoming.take(&missing, &part)??;
+    let got = incoming.finish(&receiver, &A)?;
+    receiver.verify(&A, &got.hash)?;
+    // A stream cut short is refused too; an incomplete blob is not finished.
+    let other = sender.put(&A, &bytes(100_000, 7)[..])?;
+    let mut incoming = receiver.receive(&other.hash, other.size)?;
+    let mut part = Vec::new();
+    sender.encode(&A, &other.hash, &kib(0, 98), &mut part)?;
+    assert!(
+        incoming
+            .take(&kib(0, 98), &part[..part.len() / 2])?
+            .is_err()
+    );
+    assert!(matches!(
+        incoming.finish(&receiver, &A),
+        Err(CasError::Damaged { .. })
+    ));
+    // An empty blob is complete at once, and only under its own hash.
+    let empty = sender.put(&A, &b""[..])?;
+    let got = receiver.receive(&empty.hash, 0)?.finish(&receiver, &A)?;
+    assert_eq!(got.size, 0);
+    let forged = receiver.receive(&blob.hash, 0)?.finish(&receiver, &A);
+    assert!(
+        matches!(forged, Err(CasError::Damaged { .. })),
+        "{forged:?}"
+    );
+    Ok(())
+}

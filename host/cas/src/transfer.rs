@@ -1,0 +1,243 @@
+//! Moving blobs between nodes as verified ranges: the sender encodes chunk ranges of a blob
+//! with their hash-tree nodes ([`Cas::encode`]); the receiver checks every part against the
+//! blob's hash as it writes it into a partial blob ([`IncomingBlob`]), so a bad chunk is
+//! found at once and what was verified before it stays. Partial blobs live in `partial/`
+//! across restarts: receiving again starts from what the files hold that still verifies.
+//!
+//! Ranges are in 1 KiB chunks ([`ChunkRanges`]); a transfer's unit is a 16 KiB group.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::PathBuf;
+
+use bao_tree::io::outboard::PreOrderOutboard;
+use bao_tree::io::sync::{decode_ranges, encode_ranges_validated, valid_ranges};
+use bao_tree::{ChunkNum, ChunkRanges};
+use lattice_model::{Hash, StoreId};
+use range_collections::range_set::RangeSetRange;
+
+use crate::cas::{BlobInfo, Cas};
+use crate::error::CasError;
+use crate::verify;
+
+/// A blob being received: `hash` of `size` bytes, its data and hash tree filled in as
+/// verified parts arrive ([`Cas::receive`]).
+#[derive(Debug)]
+pub struct IncomingBlob {
+    hash: Hash,
+    size: u64,
+    data_path: PathBuf,
+    obao_path: PathBuf,
+    data: File,
+    obao: File,
+    have: ChunkRanges,
+}
+
+/// A part of a blob did not verify: the sender is at fault (what verified before it was kept).
+#[derive(Debug, thiserror::Error)]
+#[error("a part of blob {hash} does not verify: {reason}")]
+pub struct BadPart {
+    /// Short hash of the blob.
+    pub hash: String,
+    /// What the check found.
+    pub reason: String,
+}
+
+impl Cas {
+    /// Writes chunk `ranges` of blob `hash` of `store` to `out` as a verified stream (the
+    /// chunk groups those ranges touch, with the hash-tree nodes that prove them), each
+    /// checked against the hash before it is written. Returns the blob's size.
+    ///
+    /// # Errors
+    /// [`CasError::NotFound`]; [`CasError::Damaged`] when the bytes on disk do not match
+    /// (what was written before is a valid prefix of the stream).
+    pub fn encode(
+        &self,
+        store: &StoreId,
+        hash: &Hash,
+        ranges: &ChunkRanges,
+        out: &mut impl Write,
+    ) -> Result<u64, CasError> {
+        let (data, obao, size) = self.open_blob(store, hash)?;
+        let outboard = PreOrderOutboard {
+            root: blake3::Hash::from_bytes(hash.0),
+            tree: verify::tree(size),
+            data: &obao,
+        };
+        encode_ranges_validated(&data, &outboard, ranges, out).map_err(|e| CasError::Damaged {
+            hash: hash.short(),
+            reason: e.to_string(),
+        })?;
+        Ok(size)
+    }
+
+    /// Starts or resumes receiving blob `hash` of `size` bytes: the partial files are opened
+    /// (created when new) and what they hold that verifies counts as received.
+    ///
+    /// # Errors
+    /// File errors.
+    pub fn receive(&self, hash: &Hash, size: u64) -> Result<IncomingBlob, CasError> {
+        let dir = self.dir().join("partial");
+        std::fs::create_dir_all(&dir).map_err(CasError::io(&dir))?;
+        let hex = hash.to_string();
+        let data_path = dir.join(format!("{hex}.{size}.data"));
+        let obao_path = dir.join(format!("{hex}.{size}.obao"));
+        let open = |path: &PathBuf| {
+            OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(path)
+                .map_err(CasError::io(path))
+        };
+        let (data, obao) = (open(&data_path)?, open(&obao_path)?);
+        // Full length from the start: parts not received read as zeros, which never verify.
+        let tree = verify::tree(size);
+        data.set_len(size).map_err(CasError::io(&data_path))?;
+        obao.set_len(tree.outboard_size())
+            .map_err(CasError::io(&obao_path))?;
+        let mut blob = IncomingBlob {
+            hash: *hash,
+            size,
+            data_path,
+            obao_path,
+            data,
+            obao,
+            have: ChunkRanges::empty(),
+        };
+        blob.have = blob.verified(&ChunkRanges::all())?;
+        Ok(blob)
+    }
+}
+
+impl IncomingBlob {
+    /// Its hash.
+    pub fn hash(&self) -> Hash {
+        self.hash
+    }
+
+    /// Its size.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Every chunk of the blob.
+    fn all(&self) -> ChunkRanges {
+        ChunkRanges::from(ChunkNum(0)..verify::tree(self.size).chunks())
+    }
+
+    /// The chunks not received yet.
+    pub fn missing(&self) -> ChunkRanges {
+        self.all() - self.have.clone()
+    }
+
+    /// Bytes received and verified so far.
+    pub fn received_bytes(&self) -> u64 {
+        let chunks = verify::tree(self.size).chunks().0;
+        let mut total = 0u64;
+        for range in self.have.iter() {
+            let (start, end) = match range {
+                RangeSetRange::Range(r) => (r.start.0, r.end.0),
+                RangeSetRange::RangeFrom(r) => (r.start.0, chunks),
+            };
+            let end = end.min(chunks);
+            let bytes = end.saturating_sub(start) * 1024;
+            // The last chunk may be short.
+            let short = if end == chunks && end > start {
+                chunks * 1024 - self.size
+            } else {
+                0
+            };
+            total += bytes - short;
+        }
+        total
+    }
+
+    /// True when every chunk was received.
+    pub fn is_complete(&self) -> bool {
+        self.missing().is_empty()
+    }
+
+    /// The chunks of `ranges` the partial files hold that verify.
+    fn verified(&self, ranges: &ChunkRanges) -> Result<ChunkRanges, CasError> {
+        let outboard = PreOrderOutboard {
+            root: blake3::Hash::from_bytes(self.hash.0),
+            tree: verify::tree(self.size),
+            data: &self.obao,
+        };
+        let mut have = ChunkRanges::empty();
+        for range in valid_ranges(outboard, &self.data, ranges) {
+            let range = range.map_err(CasError::io(&self.data_path))?;
+            have |= ChunkRanges::from(range);
+        }
+        Ok(have)
+    }
+
+    /// Takes a verified stream of chunk `ranges` (what [`Cas::encode`] wrote for them),
+    /// checking every part against the blob's hash as it writes it.
+    ///
+    /// # Errors
+    /// `Ok(Err(BadPart))` when a part does not verify or the stream ends early (the
+    /// sender's fault; what verified before it is kept); `Err` for local file errors.
+    pub fn take(
+        &mut self,
+        ranges: &ChunkRanges,
+        encoded: &[u8],
+    ) -> Result<Result<(), BadPart>, CasError> {
+        let mut outboard = PreOrderOutboard {
+            root: blake3::Hash::from_bytes(self.hash.0),
+            tree: verify::tree(self.size),
+            data: &mut self.obao,
+        };
+        match decode_ranges(encoded, ranges, &mut self.data, &mut outboard) {
+            Ok(()) => {
+                self.have |= ranges.clone() & self.all();
+                Ok(Ok(()))
+            }
+            Err(bao_tree::io::DecodeError::Io(e)) => Err(CasError::io(&self.data_path)(e)),
+            Err(e) => {
+                self.have |= self.verified(ranges)?;
+                Ok(Err(BadPart {
+                    hash: self.hash.short(),
+                    reason: e.to_string(),
+                }))
+            }
+        }
+    }
+
+    /// Makes the received blob a blob of `store` (it must be complete).
+    ///
+    /// # Errors
+    /// [`CasError::Damaged`] when it is not complete or does not verify whole; file and
+    /// index errors.
+    pub fn finish(self, cas: &Cas, store: &StoreId) -> Result<BlobInfo, CasError> {
+        if self.size == 0 && self.hash.0 != *blake3::hash(&[]).as_bytes() {
+            return Err(CasError::Damaged {
+                hash: self.hash.short(),
+                reason: "an empty blob has another hash".into(),
+            });
+        }
+        if !self.is_complete() {
+            return Err(CasError::Damaged {
+                hash: self.hash.short(),
+                reason: format!(
+                    "only {} of {} bytes were received",
+                    self.received_bytes(),
+                    self.size
+                ),
+            });
+        }
+        for (file, path) in [(&self.data, &self.data_path), (&self.obao, &self.obao_path)] {
+            file.sync_all().map_err(CasError::io(path))?;
+        }
+        drop((self.data, self.obao));
+        cas.adopt(
+            store,
+            &self.hash,
+            self.size,
+            &self.data_path,
+            &self.obao_path,
+        )
+    }
+}
