@@ -71,6 +71,31 @@ impl Cas {
         Ok(size)
     }
 
+    /// What an earlier transfer of blob `hash` left here, to resume, if anything.
+    ///
+    /// # Errors
+    /// File errors.
+    pub fn partial(&self, hash: &Hash) -> Result<Option<IncomingBlob>, CasError> {
+        let dir = self.dir().join("partial");
+        let prefix = format!("{hash}.");
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(CasError::io(&dir)(e)),
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let size = name
+                .strip_prefix(&prefix)
+                .and_then(|rest| rest.strip_suffix(".data"))
+                .and_then(|size| size.parse::<u64>().ok());
+            if let Some(size) = size {
+                return self.receive(hash, size).map(Some);
+            }
+        }
+        Ok(None)
+    }
+
     /// Starts or resumes receiving blob `hash` of `size` bytes: the partial files are opened
     /// (created when new) and what they hold that verifies counts as received.
     ///
@@ -184,6 +209,19 @@ impl IncomingBlob {
         &mut self,
         ranges: &ChunkRanges,
         encoded: &[u8],
+    ) -> Result<Result<(), BadPart>, CasError> {
+        self.take_from(ranges, encoded)
+    }
+
+    /// As [`IncomingBlob::take`], reading the stream from `encoded` as it comes (memory
+    /// stays flat: each part is written once verified).
+    ///
+    /// # Errors
+    /// As [`IncomingBlob::take`].
+    pub fn take_from(
+        &mut self,
+        ranges: &ChunkRanges,
+        encoded: impl std::io::Read,
     ) -> Result<Result<(), BadPart>, CasError> {
         let mut outboard = PreOrderOutboard {
             root: blake3::Hash::from_bytes(self.hash.0),

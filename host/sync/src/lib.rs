@@ -51,6 +51,6 @@ pub use session::{
 };
 pub use snapshot::{fetch_snapshot, no_snapshot, send_snapshot};
 pub use wire::{
-    BATCH_BYTES, FrameError, GossipMsg, MAX_FRAME, MAX_GOSSIP, MAX_HASHES, MAX_JOIN_CHILDREN, Msg,
-    SESSION_VERSION, SNAPSHOT_PART,
+    BATCH_BYTES, FrameError, GossipMsg, MAX_BLOB_RANGES, MAX_FRAME, MAX_GOSSIP, MAX_HASHES,
+    MAX_JOIN_CHILDREN, Msg, SESSION_VERSION, SNAPSHOT_PART,
 };

@@ -591,6 +591,16 @@ pub enum Opening {
     /// A snapshot fetch for a store: answer with [`crate::send_snapshot`],
     /// [`crate::no_snapshot`] or [`refuse`].
     Snapshot(StoreId),
+    /// A blob fetch: chunk ranges of blob `hash` of `store` ([`crate::Msg::BlobGet`]);
+    /// answer with `BlobSize`, `BlobData`… and `BlobDone`, or [`refuse`].
+    Blob {
+        /// The store.
+        store: StoreId,
+        /// The blob.
+        hash: Hash,
+        /// The chunk ranges wanted.
+        ranges: Vec<(u64, u64)>,
+    },
 }
 
 /// Reads the client's first frame on a served stream.
@@ -620,9 +630,20 @@ pub async fn accept<F: Frames>(io: &mut F) -> Result<Opening, SessionError> {
         Msg::SnapshotOpen { version, store } if version == SESSION_VERSION => {
             Ok(Opening::Snapshot(store))
         }
+        Msg::BlobGet {
+            version,
+            store,
+            hash,
+            ranges,
+        } if version == SESSION_VERSION => Ok(Opening::Blob {
+            store,
+            hash,
+            ranges,
+        }),
         Msg::Open { version, .. }
         | Msg::Join { version, .. }
-        | Msg::SnapshotOpen { version, .. } => Err(SessionError::Misbehaved(format!(
+        | Msg::SnapshotOpen { version, .. }
+        | Msg::BlobGet { version, .. } => Err(SessionError::Misbehaved(format!(
             "session version {version} is not supported"
         ))),
         _ => Err(unexpected("open")),
@@ -766,7 +787,11 @@ pub async fn serve<F: Frames>(
             | Msg::SnapshotOpen { .. }
             | Msg::SnapshotPart { .. }
             | Msg::NoSnapshot
-            | Msg::Floor(_) => {
+            | Msg::Floor(_)
+            | Msg::BlobGet { .. }
+            | Msg::BlobSize(_)
+            | Msg::BlobData(_)
+            | Msg::BlobDone => {
                 return Err(unexpected("a request"));
             }
         }

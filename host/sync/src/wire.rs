@@ -110,7 +110,29 @@ pub enum Msg {
     /// The server's prune floor: per author, the chain position of its boundary, below which
     /// the server pruned that author's intentions (empty: it pruned nothing).
     Floor(Vec<(PubKey, u64)>),
+    /// First client frame of a blob fetch: chunk ranges (1 KiB chunks, `[start, end)`,
+    /// ascending, `end` = `u64::MAX` for "to the end") of blob `hash` of `store`.
+    BlobGet {
+        /// Session protocol version ([`SESSION_VERSION`]).
+        version: u8,
+        /// The store the blob belongs to.
+        store: StoreId,
+        /// The blob.
+        hash: Hash,
+        /// The chunk ranges wanted (at most [`MAX_BLOB_RANGES`]).
+        ranges: Vec<(u64, u64)>,
+    },
+    /// The blob's size, first in the answer to a [`Msg::BlobGet`].
+    BlobSize(u64),
+    /// The next bytes of the verified stream of the ranges asked for (at most
+    /// [`SNAPSHOT_PART`] bytes).
+    BlobData(Vec<u8>),
+    /// The end of the stream.
+    BlobDone,
 }
+
+/// Most chunk ranges in one [`Msg::BlobGet`].
+pub const MAX_BLOB_RANGES: usize = 4096;
 
 /// Most bytes of a snapshot in one [`Msg::SnapshotPart`] (1 MiB).
 pub const SNAPSHOT_PART: usize = 1024 * 1024;
@@ -131,6 +153,10 @@ const SNAPSHOT_PART_TAG: u8 = 13;
 const NO_SNAPSHOT: u8 = 14;
 const FLOOR_QUERY: u8 = 15;
 const FLOOR: u8 = 16;
+const BLOB_GET: u8 = 17;
+const BLOB_SIZE: u8 = 18;
+const BLOB_DATA: u8 = 19;
+const BLOB_DONE: u8 = 20;
 
 /// Longest refusal reason kept, in bytes.
 const MAX_REASON: usize = 1024;
@@ -324,6 +350,33 @@ impl Msg {
                 out.push(FLOOR);
                 put_positions(&mut out, marks);
             }
+            Msg::BlobGet {
+                version,
+                store,
+                hash,
+                ranges,
+            } => {
+                out.push(BLOB_GET);
+                out.push(*version);
+                out.extend(store.as_bytes());
+                out.extend(hash.as_bytes());
+                let ranges = &ranges[..ranges.len().min(MAX_BLOB_RANGES)];
+                out.extend((ranges.len() as u32).to_le_bytes());
+                for (start, end) in ranges {
+                    out.extend(start.to_le_bytes());
+                    out.extend(end.to_le_bytes());
+                }
+            }
+            Msg::BlobSize(size) => {
+                out.push(BLOB_SIZE);
+                out.extend(size.to_le_bytes());
+            }
+            Msg::BlobData(bytes) => {
+                out.reserve(1 + bytes.len());
+                out.push(BLOB_DATA);
+                out.extend(bytes);
+            }
+            Msg::BlobDone => out.push(BLOB_DONE),
         }
         out
     }
@@ -432,6 +485,31 @@ impl Msg {
             NO_SNAPSHOT => Msg::NoSnapshot,
             FLOOR_QUERY => Msg::FloorQuery,
             FLOOR => Msg::Floor(get_positions(&mut input)?),
+            BLOB_GET => {
+                let version = input.u8()?;
+                let store = StoreId(input.array()?);
+                let hash = Hash(input.array()?);
+                let n = input.count(16, MAX_BLOB_RANGES)?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    ranges.push((input.u64()?, input.u64()?));
+                }
+                Msg::BlobGet {
+                    version,
+                    store,
+                    hash,
+                    ranges,
+                }
+            }
+            BLOB_SIZE => Msg::BlobSize(input.u64()?),
+            BLOB_DATA => {
+                let bytes = input.take(input.0.len())?;
+                if bytes.len() > SNAPSHOT_PART {
+                    return Err(FrameError("blob data larger than SNAPSHOT_PART"));
+                }
+                Msg::BlobData(bytes.to_vec())
+            }
+            BLOB_DONE => Msg::BlobDone,
             _ => return Err(FrameError("unknown message tag")),
         };
         input.end()?;
@@ -597,6 +675,15 @@ mod tests {
             Msg::NoSnapshot,
             Msg::FloorQuery,
             Msg::Floor(vec![(PubKey([8; 32]), 41), (PubKey([9; 32]), 2)]),
+            Msg::BlobGet {
+                version: 1,
+                store: StoreId([1; 32]),
+                hash: Hash([2; 32]),
+                ranges: vec![(0, 16), (32, u64::MAX)],
+            },
+            Msg::BlobSize(12345),
+            Msg::BlobData(vec![1, 2, 3]),
+            Msg::BlobDone,
         ];
         for msg in all {
             let bytes = msg.encode();
@@ -610,6 +697,8 @@ mod tests {
                     | Msg::SnapshotPart { .. }
                     | Msg::NoSnapshot
                     | Msg::FloorQuery
+                    | Msg::BlobData(_)
+                    | Msg::BlobDone
             );
             if fixed {
                 for cut in 0..bytes.len() {

@@ -4,6 +4,7 @@
     reason = "tests report seeds and progress on stderr"
 )]
 
+mod blobs;
 mod crash;
 mod guests;
 mod replication;

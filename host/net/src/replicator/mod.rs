@@ -14,6 +14,7 @@
 //!   client presenting an invite secret) are decided by the node, which receives them as [`JoinRequest`]s.
 
 mod anti_entropy;
+mod blobs;
 mod client;
 mod gossip;
 mod peers;
@@ -161,6 +162,9 @@ pub enum ReplicaError {
     /// The peer is not a member of the store (members-only stores sync with members only).
     #[error("peer {0} is not a member of this store")]
     NotMember(String),
+    /// The node's blob store failed.
+    #[error(transparent)]
+    Blob(#[from] lattice_cas::CasError),
 }
 
 /// Who may replicate a store with this node.
@@ -251,6 +255,8 @@ struct Inner {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     joins: Mutex<Option<mpsc::Sender<JoinRequest>>>,
     snapshots: Mutex<Option<mpsc::Sender<SnapshotRequest>>>,
+    /// The node's blob store, once given ([`Replicator::set_cas`]).
+    cas: Mutex<Option<Arc<lattice_cas::Cas>>>,
     /// Offline: no sessions either way, gossip neither sent nor taken.
     offline: std::sync::atomic::AtomicBool,
 }
@@ -310,6 +316,7 @@ impl Replicator {
             tasks: Mutex::new(Vec::new()),
             joins: Mutex::new(None),
             snapshots: Mutex::new(None),
+            cas: Mutex::new(None),
             offline: std::sync::atomic::AtomicBool::new(false),
         });
         let r = Replicator { inner };

@@ -160,6 +160,14 @@ impl Replicator {
                 self.serve_snapshot(peer, store, stream).await;
                 return;
             }
+            Ok(Opening::Blob {
+                store,
+                hash,
+                ranges,
+            }) => {
+                self.serve_blob(peer, store, hash, ranges, stream).await;
+                return;
+            }
             Err(e) => {
                 if e.is_misbehaviour() {
                     self.strike(&peer, &e.to_string());

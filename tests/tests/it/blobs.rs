@@ -1,0 +1,97 @@
+//! Blobs between iroh nodes on loopback: a member fetches a blob of a store they share,
+//! verified as it arrives, completing what an earlier transfer left; other stores' blobs
+//! and missing blobs are refused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lattice_cas::{Cas, ChunkNum, ChunkRanges};
+use lattice_log::SyntheticDag;
+use lattice_model::{Hash, StoreId};
+use lattice_net::{Mesh, MeshTransport, ReplicaError, ReplicatorConfig};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[2] ^ seed)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_fetches_a_blob_verified_and_resumes_what_was_left() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let dag = SyntheticDag::new(7, 2, 1, 10);
+    let config = ReplicatorConfig {
+        auto_sync: false,
+        anti_entropy: Duration::from_secs(3600),
+        ..ReplicatorConfig::default()
+    };
+    let mesh = Mesh::start(
+        dir.path(),
+        2,
+        MeshTransport::Iroh,
+        config,
+        dag.genesis().clone(),
+    )
+    .await?;
+    let store = mesh.store_id();
+    let cas: Vec<Arc<Cas>> = (0..2)
+        .map(|i| Cas::open(&dir.path().join(format!("cas{i}"))).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    for (node, cas) in mesh.nodes.iter().zip(&cas) {
+        node.replicator.set_cas(cas.clone());
+    }
+    let data = bytes(5 * 1024 * 1024 + 123, 1);
+    let blob = cas[0].put(&store, &data[..])?;
+    let from = [mesh.nodes[0].id()];
+
+    // A whole blob, streamed and verified.
+    let got = mesh.nodes[1]
+        .replicator
+        .fetch_blob(&store, &blob.hash, &from)
+        .await?;
+    assert_eq!((got.hash, got.size), (blob.hash, blob.size));
+    let mut out = Vec::new();
+    cas[1].read(&store, &blob.hash, 0..blob.size, &mut out)?;
+    assert_eq!(out, data);
+
+    // A transfer that stopped half way is completed from where it stopped.
+    let second = bytes(3 * 1024 * 1024, 2);
+    let other = cas[0].put(&store, &second[..])?;
+    let mut incoming = cas[1].receive(&other.hash, other.size)?;
+    let half = ChunkRanges::from(ChunkNum(0)..ChunkNum(1536));
+    let mut part = Vec::new();
+    cas[0].encode(&store, &other.hash, &half, &mut part)?;
+    incoming.take(&half, &part)??;
+    drop(incoming);
+    let got = mesh.nodes[1]
+        .replicator
+        .fetch_blob(&store, &other.hash, &from)
+        .await?;
+    assert_eq!(got.size, other.size);
+    cas[1].verify(&store, &other.hash)?;
+
+    // Blobs of a store the asker is not a peer of, and blobs nobody has, are not given.
+    let elsewhere = StoreId([9; 32]);
+    let foreign = cas[0].put(&elsewhere, &b"not yours"[..])?;
+    let refused = mesh.nodes[1]
+        .replicator
+        .fetch_blob(&elsewhere, &foreign.hash, &from)
+        .await;
+    assert!(
+        matches!(refused, Err(ReplicaError::NoPeer(_))),
+        "{refused:?}"
+    );
+    let missing = mesh.nodes[1]
+        .replicator
+        .fetch_blob(&store, &Hash([5; 32]), &from)
+        .await;
+    assert!(
+        matches!(missing, Err(ReplicaError::NoPeer(_))),
+        "{missing:?}"
+    );
+    assert!(cas[1].stat(&store, &Hash([5; 32]))?.is_none());
+    mesh.stop().await;
+    Ok(())
+}
