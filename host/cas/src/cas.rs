@@ -53,6 +53,7 @@ pub struct Cas {
     dir: PathBuf,
     db: Database,
     next_tmp: AtomicU64,
+    receiving: std::sync::Arc<crate::transfer::Receiving>,
 }
 
 fn now_ms() -> u64 {
@@ -95,6 +96,7 @@ impl Cas {
             dir: dir.to_path_buf(),
             db,
             next_tmp: AtomicU64::new(0),
+            receiving: std::sync::Arc::default(),
         })
     }
 
@@ -241,6 +243,11 @@ impl Cas {
             ReadFailure::Damaged(reason) => damaged(reason),
             ReadFailure::Output(e) => CasError::Output(e),
         })
+    }
+
+    /// Who is receiving which blob.
+    pub(crate) fn receiving(&self) -> &std::sync::Arc<crate::transfer::Receiving> {
+        &self.receiving
     }
 
     /// The directory the store keeps its files in.

@@ -36,6 +36,12 @@ pub enum CasError {
         /// What the check found.
         reason: String,
     },
+    /// Another transfer of the blob is still under way here.
+    #[error("blob {hash} is being received already; try again when that transfer ends")]
+    Busy {
+        /// Short hash of the blob.
+        hash: String,
+    },
     /// A file or directory could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -6,12 +6,16 @@
 //!
 //! Ranges are in 1 KiB chunks ([`ChunkRanges`]); a transfer's unit is a 16 KiB group.
 
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
 
 use bao_tree::io::outboard::PreOrderOutboard;
-use bao_tree::io::sync::{decode_ranges, encode_ranges_validated, valid_ranges};
+use bao_tree::io::sync::{WriteAt, decode_ranges, encode_ranges_validated, valid_ranges};
 use bao_tree::{ChunkNum, ChunkRanges};
 use lattice_model::{Hash, StoreId};
 use range_collections::range_set::RangeSetRange;
@@ -24,6 +28,8 @@ use crate::verify;
 /// verified parts arrive ([`Cas::receive`]).
 #[derive(Debug)]
 pub struct IncomingBlob {
+    _turn: ReceiveTurn,
+    received: Option<Arc<AtomicU64>>,
     hash: Hash,
     size: u64,
     data_path: PathBuf,
@@ -31,6 +37,80 @@ pub struct IncomingBlob {
     data: File,
     obao: File,
     have: ChunkRanges,
+}
+
+/// The blobs being received right now: one receiver per blob at a time.
+#[derive(Debug, Default)]
+pub(crate) struct Receiving {
+    blobs: Mutex<HashSet<Hash>>,
+    done: Condvar,
+}
+
+/// How long [`Cas::receive`] waits for another receiver of the same blob to finish.
+const RECEIVE_WAIT: Duration = Duration::from_secs(60);
+
+/// A receiver's turn on one blob, given back when dropped.
+#[derive(Debug)]
+struct ReceiveTurn {
+    receiving: Arc<Receiving>,
+    hash: Hash,
+}
+
+impl ReceiveTurn {
+    fn take(receiving: &Arc<Receiving>, hash: &Hash) -> Result<ReceiveTurn, CasError> {
+        let mut blobs = receiving.blobs.lock().unwrap_or_else(|p| p.into_inner());
+        let deadline = std::time::Instant::now() + RECEIVE_WAIT;
+        while blobs.contains(hash) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return Err(CasError::Busy { hash: hash.short() });
+            }
+            blobs = receiving
+                .done
+                .wait_timeout(blobs, left)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        blobs.insert(*hash);
+        Ok(ReceiveTurn {
+            receiving: receiving.clone(),
+            hash: *hash,
+        })
+    }
+}
+
+impl Drop for ReceiveTurn {
+    fn drop(&mut self) {
+        let mut blobs = self
+            .receiving
+            .blobs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        blobs.remove(&self.hash);
+        self.receiving.done.notify_all();
+    }
+}
+
+/// Counts the data bytes written through it.
+struct Counting<'a, W> {
+    inner: W,
+    written: u64,
+    shared: Option<&'a AtomicU64>,
+}
+
+impl<W: WriteAt> WriteAt for Counting<'_, W> {
+    fn write_at(&mut self, pos: u64, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write_at(pos, buf)?;
+        self.written += n as u64;
+        if let Some(shared) = self.shared {
+            shared.fetch_add(n as u64, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
 }
 
 /// A part of a blob did not verify: the sender is at fault (what verified before it was kept).
@@ -97,11 +177,14 @@ impl Cas {
     }
 
     /// Starts or resumes receiving blob `hash` of `size` bytes: the partial files are opened
-    /// (created when new) and what they hold that verifies counts as received.
+    /// (created when new) and what they hold that verifies counts as received. One receiver
+    /// per blob at a time: this waits (up to a minute) for an earlier one to be dropped.
     ///
     /// # Errors
-    /// File errors.
+    /// [`CasError::Busy`] when another receiver of the blob does not finish in time; file
+    /// errors.
     pub fn receive(&self, hash: &Hash, size: u64) -> Result<IncomingBlob, CasError> {
+        let turn = ReceiveTurn::take(self.receiving(), hash)?;
         let dir = self.dir().join("partial");
         std::fs::create_dir_all(&dir).map_err(CasError::io(&dir))?;
         let hex = hash.to_string();
@@ -123,6 +206,8 @@ impl Cas {
         obao.set_len(tree.outboard_size())
             .map_err(CasError::io(&obao_path))?;
         let mut blob = IncomingBlob {
+            _turn: turn,
+            received: None,
             hash: *hash,
             size,
             data_path,
@@ -145,6 +230,11 @@ impl IncomingBlob {
     /// Its size.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Adds the data bytes of every part taken from now on to `counter` (progress).
+    pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
+        self.received = Some(counter);
     }
 
     /// Every chunk of the blob.
@@ -200,7 +290,9 @@ impl IncomingBlob {
     }
 
     /// Takes a verified stream of chunk `ranges` (what [`Cas::encode`] wrote for them),
-    /// checking every part against the blob's hash as it writes it.
+    /// checking every part against the blob's hash as it writes it. Returns the data bytes
+    /// written (whole 16 KiB groups: a little more than `ranges` when they start or end
+    /// inside a group).
     ///
     /// # Errors
     /// `Ok(Err(BadPart))` when a part does not verify or the stream ends early (the
@@ -209,7 +301,7 @@ impl IncomingBlob {
         &mut self,
         ranges: &ChunkRanges,
         encoded: &[u8],
-    ) -> Result<Result<(), BadPart>, CasError> {
+    ) -> Result<Result<u64, BadPart>, CasError> {
         self.take_from(ranges, encoded)
     }
 
@@ -222,16 +314,23 @@ impl IncomingBlob {
         &mut self,
         ranges: &ChunkRanges,
         encoded: impl std::io::Read,
-    ) -> Result<Result<(), BadPart>, CasError> {
+    ) -> Result<Result<u64, BadPart>, CasError> {
         let mut outboard = PreOrderOutboard {
             root: blake3::Hash::from_bytes(self.hash.0),
             tree: verify::tree(self.size),
             data: &mut self.obao,
         };
-        match decode_ranges(encoded, ranges, &mut self.data, &mut outboard) {
+        let mut target = Counting {
+            inner: &mut self.data,
+            written: 0,
+            shared: self.received.as_deref(),
+        };
+        let decoded = decode_ranges(encoded, ranges, &mut target, &mut outboard);
+        let written = target.written;
+        match decoded {
             Ok(()) => {
                 self.have |= ranges.clone() & self.all();
-                Ok(Ok(()))
+                Ok(Ok(written))
             }
             Err(bao_tree::io::DecodeError::Io(e)) => Err(CasError::io(&self.data_path)(e)),
             Err(e) => {

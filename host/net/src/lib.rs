@@ -28,8 +28,8 @@ mod transport;
 pub use iroh::{ALPN, CONNECT_TIMEOUT, IrohNet};
 pub use mesh::{Events, Mesh, MeshError, MeshNode, MeshTransport, sim_transport};
 pub use replicator::{
-    Access, JoinRequest, ReplicaError, ReplicaEvent, Replicator, ReplicatorConfig, SnapshotRequest,
-    topic_of,
+    Access, FetchedBlob, JoinRequest, ReplicaError, ReplicaEvent, Replicator, ReplicatorConfig,
+    SnapshotRequest, topic_of,
 };
 pub use sim::{SimConfig, SimNetwork, SimNode};
 pub use transport::{

@@ -49,8 +49,9 @@ async fn a_member_fetches_a_blob_verified_and_resumes_what_was_left() -> TestRes
     // A whole blob, streamed and verified.
     let got = mesh.nodes[1]
         .replicator
-        .fetch_blob(&store, &blob.hash, &from)
+        .fetch_blob(&store, &blob.hash, &from, None)
         .await?;
+    let got = got.info;
     assert_eq!((got.hash, got.size), (blob.hash, blob.size));
     let mut out = Vec::new();
     cas[1].read(&store, &blob.hash, 0..blob.size, &mut out)?;
@@ -67,9 +68,11 @@ async fn a_member_fetches_a_blob_verified_and_resumes_what_was_left() -> TestRes
     drop(incoming);
     let got = mesh.nodes[1]
         .replicator
-        .fetch_blob(&store, &other.hash, &from)
+        .fetch_blob(&store, &other.hash, &from, None)
         .await?;
-    assert_eq!(got.size, other.size);
+    assert_eq!(got.info.size, other.size);
+    // Only the second half came this time.
+    assert_eq!(got.received, other.size - 1536 * 1024, "{got:?}");
     cas[1].verify(&store, &other.hash)?;
 
     // Blobs of a store the asker is not a peer of, and blobs nobody has, are not given.
@@ -77,7 +80,7 @@ async fn a_member_fetches_a_blob_verified_and_resumes_what_was_left() -> TestRes
     let foreign = cas[0].put(&elsewhere, &b"not yours"[..])?;
     let refused = mesh.nodes[1]
         .replicator
-        .fetch_blob(&elsewhere, &foreign.hash, &from)
+        .fetch_blob(&elsewhere, &foreign.hash, &from, None)
         .await;
     assert!(
         matches!(refused, Err(ReplicaError::NoPeer(_))),
@@ -85,7 +88,7 @@ async fn a_member_fetches_a_blob_verified_and_resumes_what_was_left() -> TestRes
     );
     let missing = mesh.nodes[1]
         .replicator
-        .fetch_blob(&store, &Hash([5; 32]), &from)
+        .fetch_blob(&store, &Hash([5; 32]), &from, None)
         .await;
     assert!(
         matches!(missing, Err(ReplicaError::NoPeer(_))),

@@ -7,6 +7,7 @@
 //! from the partial files.
 
 use std::io::{Read, Write};
+use std::sync::atomic::AtomicU64;
 
 use lattice_cas::{BlobInfo, Cas, CasError, ChunkNum, ChunkRanges};
 use lattice_sync::{Frames, SNAPSHOT_PART};
@@ -100,10 +101,22 @@ impl Write for FrameWriter {
 
 /// How a blob fetch from one peer ended, short of a session error.
 enum Fetched {
-    /// The blob is whole here.
-    Done(BlobInfo),
+    /// The blob is whole here; this many data bytes came in this time.
+    Done(BlobInfo, u64),
     /// The local blob store failed.
     Local(CasError),
+}
+
+/// A blob fetched ([`Replicator::fetch_blob`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchedBlob {
+    /// The blob, now held by the store here.
+    pub info: BlobInfo,
+    /// Data bytes received for it this time (0 when it was here already; less than its
+    /// size when an earlier transfer was resumed).
+    pub received: u64,
+    /// The peer that gave it (`None` when it was here already).
+    pub peer: Option<PubKey>,
 }
 
 impl Replicator {
@@ -118,7 +131,8 @@ impl Replicator {
     }
 
     /// Fetches blob `hash` of `store` from the first of `peers` that has it, resuming from
-    /// what an earlier transfer left; the blob becomes the store's here.
+    /// what an earlier transfer left; the blob becomes the store's here. `progress`, when
+    /// given, counts the data bytes as they are verified and written.
     ///
     /// # Errors
     /// [`ReplicaError::NoPeer`] when no peer could give it (a peer that sent a bad part is
@@ -128,22 +142,34 @@ impl Replicator {
         store: &StoreId,
         hash: &Hash,
         peers: &[PubKey],
-    ) -> Result<BlobInfo, ReplicaError> {
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<FetchedBlob, ReplicaError> {
         let cas = self.cas().ok_or(ReplicaError::NoPeer(
             "serve blobs: this node has no blob store",
         ))?;
-        if let Some(have) = cas.stat(store, hash)? {
-            return Ok(have);
+        if let Some(info) = cas.stat(store, hash)? {
+            return Ok(FetchedBlob {
+                info,
+                received: 0,
+                peer: None,
+            });
         }
         for peer in peers {
             let (cas, store_id, hash) = (cas.clone(), *store, *hash);
+            let progress = progress.clone();
             let got = self
                 .session(peer, store, async move |s: &mut Stream| {
-                    fetch_from(s, cas, store_id, hash).await
+                    fetch_from(s, cas, store_id, hash, progress).await
                 })
                 .await;
             match got {
-                Ok(Fetched::Done(info)) => return Ok(info),
+                Ok(Fetched::Done(info, received)) => {
+                    return Ok(FetchedBlob {
+                        info,
+                        received,
+                        peer: Some(*peer),
+                    });
+                }
                 Ok(Fetched::Local(e)) => return Err(ReplicaError::Blob(e)),
                 Err(e) => {
                     debug!(peer = %peer.short(), blob = %hash.short(), "blob fetch failed: {e}")
@@ -252,6 +278,7 @@ async fn fetch_from(
     cas: Arc<Cas>,
     store: StoreId,
     hash: Hash,
+    progress: Option<Arc<AtomicU64>>,
 ) -> Result<Fetched, SessionError> {
     // What an earlier transfer left, if its size is known: ask only for the rest.
     let resumed = {
@@ -288,6 +315,9 @@ async fn fetch_from(
     let (tx, rx) = mpsc::channel(PIPE);
     let decoding = tokio::task::spawn_blocking(move || {
         let mut incoming = cas.receive(&hash, size)?;
+        if let Some(counter) = progress {
+            incoming.count_into(counter);
+        }
         let wanted = asked & incoming.missing();
         let reader = FrameReader {
             rx,
@@ -296,7 +326,9 @@ async fn fetch_from(
         };
         let taken = incoming.take_from(&wanted, reader)?;
         let outcome = match taken {
-            Ok(()) if incoming.is_complete() => Some(incoming.finish(&cas, &store)?),
+            Ok(written) if incoming.is_complete() => {
+                Some((incoming.finish(&cas, &store)?, written))
+            }
             _ => None,
         };
         Ok::<_, CasError>((taken, outcome))
@@ -332,7 +364,7 @@ async fn fetch_from(
         return Err(SessionError::Misbehaved(bad.to_string()));
     }
     match outcome {
-        Some(info) => Ok(Fetched::Done(info)),
+        Some((info, written)) => Ok(Fetched::Done(info, written)),
         None if ended => Err(SessionError::Misbehaved(
             "the peer ended the blob before sending all of it".into(),
         )),

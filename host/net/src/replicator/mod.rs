@@ -15,6 +15,8 @@
 
 mod anti_entropy;
 mod blobs;
+
+pub use blobs::FetchedBlob;
 mod client;
 mod gossip;
 mod peers;
