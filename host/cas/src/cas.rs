@@ -17,7 +17,9 @@ use redb::{Database, ReadableDatabase, ReadableTable};
 use tracing::warn;
 
 use crate::error::CasError;
-use crate::index::{self, BLOBS, BlobRow, ENTRIES, EntryRow, entry_key, split_entry_key};
+use crate::index::{
+    self, BLOBS, BlobRow, ENTRIES, EntryRow, INLINE, INLINE_MAX, entry_key, split_entry_key,
+};
 use crate::verify::{self, ReadFailure};
 
 /// A blob as a store sees it.
@@ -91,6 +93,7 @@ impl Cas {
         let txn = db.begin_write()?;
         txn.open_table(BLOBS)?;
         txn.open_table(ENTRIES)?;
+        txn.open_table(INLINE)?;
         txn.commit()?;
         Ok(Cas {
             dir: dir.to_path_buf(),
@@ -137,10 +140,21 @@ impl Cas {
         tmp_data: &Path,
         tmp_obao: &Path,
     ) -> Result<BlobInfo, CasError> {
+        // A small blob stays in memory and goes inline; a bigger one streams to a file.
+        let mut head = Vec::new();
+        (&mut *data)
+            .take(INLINE_MAX + 1)
+            .read_to_end(&mut head)
+            .map_err(CasError::Input)?;
+        if head.len() as u64 <= INLINE_MAX {
+            let hash = Hash(*blake3::hash(&head).as_bytes());
+            return self.hold_inline(store, &hash, &head);
+        }
         let file = File::create(tmp_data).map_err(CasError::io(tmp_data))?;
         let mut writer = BufWriter::with_capacity(1 << 20, file);
+        writer.write_all(&head).map_err(CasError::io(tmp_data))?;
         let mut buf = vec![0u8; 1 << 16];
-        let mut size = 0u64;
+        let mut size = head.len() as u64;
         loop {
             let n = match data.read(&mut buf) {
                 Ok(0) => break,
@@ -170,34 +184,89 @@ impl Cas {
     /// Records `store`'s hold on `hash` (`size` bytes, files in place).
     fn hold(&self, store: &StoreId, hash: &Hash, size: u64) -> Result<BlobInfo, CasError> {
         let txn = self.db.begin_write()?;
-        let entry = {
-            let mut entries = txn.open_table(ENTRIES)?;
-            let mut blobs = txn.open_table(BLOBS)?;
-            let key = entry_key(store, hash);
-            let existing = entries.get(&key)?.map(|v| EntryRow::decode(v.value()));
-            match existing {
-                Some(entry) => entry,
-                None => {
-                    let entry = EntryRow {
-                        pins: 0,
-                        refs: 0,
-                        added_ms: now_ms(),
-                    };
-                    entries.insert(&key, &entry.encode())?;
-                    let holders = blobs
-                        .get(hash.as_bytes())?
-                        .map_or(0, |v| BlobRow::decode(v.value()).holders);
-                    let row = BlobRow {
-                        size,
-                        holders: holders + 1,
-                    };
-                    blobs.insert(hash.as_bytes(), &row.encode())?;
-                    entry
-                }
-            }
-        };
+        let entry = hold_in(&txn, store, hash, size)?;
         txn.commit()?;
         Ok(info(*hash, size, entry))
+    }
+
+    /// Keeps `bytes` (at most [`INLINE_MAX`]) inline as blob `hash` and records `store`'s
+    /// hold on it, in one commit. The caller checked the hash.
+    pub(crate) fn hold_inline(
+        &self,
+        store: &StoreId,
+        hash: &Hash,
+        bytes: &[u8],
+    ) -> Result<BlobInfo, CasError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut inline = txn.open_table(INLINE)?;
+            if inline.get(hash.as_bytes())?.is_none() {
+                inline.insert(hash.as_bytes(), bytes)?;
+            }
+        }
+        let entry = hold_in(&txn, store, hash, bytes.len() as u64)?;
+        txn.commit()?;
+        Ok(info(*hash, bytes.len() as u64, entry))
+    }
+
+    /// Keeps verified small blobs inline and records `store`'s hold on each, in one commit.
+    ///
+    /// # Errors
+    /// [`CasError::Damaged`] for a blob over the inline size or whose bytes do not hash to
+    /// its name (nothing is committed then); [`CasError::Index`].
+    pub fn hold_inline_many(
+        &self,
+        store: &StoreId,
+        blobs: &[crate::SmallBlob],
+    ) -> Result<Vec<BlobInfo>, CasError> {
+        for blob in blobs {
+            if blob.bytes.len() as u64 > INLINE_MAX
+                || blake3::hash(&blob.bytes).as_bytes() != blob.hash.as_bytes()
+            {
+                return Err(CasError::Damaged {
+                    hash: blob.hash.short(),
+                    reason: "it is not a small blob with that hash".into(),
+                });
+            }
+        }
+        let txn = self.db.begin_write()?;
+        let mut out = Vec::with_capacity(blobs.len());
+        {
+            let mut inline = txn.open_table(INLINE)?;
+            for blob in blobs {
+                if inline.get(blob.hash.as_bytes())?.is_none() {
+                    inline.insert(blob.hash.as_bytes(), blob.bytes.as_slice())?;
+                }
+            }
+        }
+        for blob in blobs {
+            let size = blob.bytes.len() as u64;
+            let entry = hold_in(&txn, store, &blob.hash, size)?;
+            out.push(info(blob.hash, size, entry));
+        }
+        txn.commit()?;
+        Ok(out)
+    }
+
+    /// The bytes of inline blob `hash` of `store`, checked against the hash.
+    pub(crate) fn inline_bytes(&self, store: &StoreId, hash: &Hash) -> Result<Vec<u8>, CasError> {
+        index::lookup(&self.db, store, hash)?.ok_or_else(|| not_found(store, hash))?;
+        let txn = self.db.begin_read()?;
+        let bytes = txn
+            .open_table(INLINE)?
+            .get(hash.as_bytes())?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| CasError::Damaged {
+                hash: hash.short(),
+                reason: "its bytes are missing from the index".into(),
+            })?;
+        if blake3::hash(&bytes).as_bytes() != hash.as_bytes() {
+            return Err(CasError::Damaged {
+                hash: hash.short(),
+                reason: "its bytes in the index do not hash to its name".into(),
+            });
+        }
+        Ok(bytes)
     }
 
     /// The blob `hash` as `store` holds it, or `None`.
@@ -225,7 +294,10 @@ impl Cas {
         range: Range<u64>,
         out: &mut impl Write,
     ) -> Result<u64, CasError> {
-        let (data, obao, size) = self.open_blob(store, hash)?;
+        let size = self
+            .stat(store, hash)?
+            .ok_or_else(|| not_found(store, hash))?
+            .size;
         if range.start > range.end || range.end > size {
             return Err(CasError::OutOfRange {
                 hash: hash.short(),
@@ -234,6 +306,13 @@ impl Cas {
                 size,
             });
         }
+        if size <= INLINE_MAX {
+            let bytes = self.inline_bytes(store, hash)?;
+            let slice = &bytes[range.start as usize..range.end as usize];
+            out.write_all(slice).map_err(CasError::Output)?;
+            return Ok(slice.len() as u64);
+        }
+        let (data, obao, size) = self.open_blob(store, hash)?;
         let damaged = |reason: String| CasError::Damaged {
             hash: hash.short(),
             reason,
@@ -409,6 +488,7 @@ impl Cas {
         {
             let mut entries = txn.open_table(ENTRIES)?;
             let mut blobs = txn.open_table(BLOBS)?;
+            let mut inline = txn.open_table(INLINE)?;
             let loose: Vec<[u8; 64]> = entries
                 .iter()?
                 .filter_map(|row| match row {
@@ -434,7 +514,11 @@ impl Cas {
                     blobs.remove(hash.as_bytes())?;
                     report.deleted += 1;
                     report.bytes += row.size;
-                    gone.push(hash);
+                    if row.size <= INLINE_MAX {
+                        inline.remove(hash.as_bytes())?;
+                    } else {
+                        gone.push(hash);
+                    }
                 } else {
                     let row = BlobRow {
                         holders: row.holders - 1,
@@ -460,6 +544,37 @@ impl Cas {
         }
         Ok(report)
     }
+}
+
+/// Records `store`'s hold on `hash` (`size` bytes) in `txn`: a new hold counts one more
+/// holder of the blob.
+fn hold_in(
+    txn: &redb::WriteTransaction,
+    store: &StoreId,
+    hash: &Hash,
+    size: u64,
+) -> Result<EntryRow, CasError> {
+    let mut entries = txn.open_table(ENTRIES)?;
+    let mut blobs = txn.open_table(BLOBS)?;
+    let key = entry_key(store, hash);
+    if let Some(entry) = entries.get(&key)?.map(|v| EntryRow::decode(v.value())) {
+        return Ok(entry);
+    }
+    let entry = EntryRow {
+        pins: 0,
+        refs: 0,
+        added_ms: now_ms(),
+    };
+    entries.insert(&key, &entry.encode())?;
+    let holders = blobs
+        .get(hash.as_bytes())?
+        .map_or(0, |v| BlobRow::decode(v.value()).holders);
+    let row = BlobRow {
+        size,
+        holders: holders + 1,
+    };
+    blobs.insert(hash.as_bytes(), &row.encode())?;
+    Ok(entry)
 }
 
 fn info(hash: Hash, size: u64, entry: EntryRow) -> BlobInfo {

@@ -42,6 +42,9 @@ pub enum CasError {
         /// Short hash of the blob.
         hash: String,
     },
+    /// The thread doing the work stopped before it finished (the node is shutting down).
+    #[error("the blob store's work was stopped (the node is shutting down)")]
+    Stopped,
     /// A file or directory could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

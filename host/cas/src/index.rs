@@ -4,6 +4,7 @@
 //!   the last).
 //! - `entries`: store id ‖ blob hash → pins u32 ‖ refs u32 ‖ added ms u64. A store reaches
 //!   a blob only through its own entry.
+//! - `inline`: blob hash → bytes, for blobs of at most 16 KiB (no files).
 
 use lattice_model::{Hash, StoreId};
 use redb::{ReadableDatabase, TableDefinition};
@@ -12,6 +13,12 @@ use crate::error::CasError;
 
 pub(crate) const BLOBS: TableDefinition<&[u8; 32], &[u8; 12]> = TableDefinition::new("blobs");
 pub(crate) const ENTRIES: TableDefinition<&[u8; 64], &[u8; 16]> = TableDefinition::new("entries");
+/// Blobs of at most [`INLINE_MAX`] bytes live here (hash → bytes), not in files: one commit
+/// holds a small blob whole.
+pub(crate) const INLINE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("inline");
+
+/// Largest blob kept inline in the index (one 16 KiB hash-tree group: it needs no tree).
+pub(crate) const INLINE_MAX: u64 = 16 * 1024;
 
 /// One blob on disk.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -43,4 +43,4 @@ mod verify;
 pub use bao_tree::{ChunkNum, ChunkRanges};
 pub use cas::{BlobInfo, Cas, CollectReport};
 pub use error::CasError;
-pub use transfer::{BadPart, IncomingBlob};
+pub use transfer::{BadPart, Finished, IncomingBlob, SmallBlob};

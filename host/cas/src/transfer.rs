@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use bao_tree::io::outboard::PreOrderOutboard;
+use bao_tree::io::outboard::{PostOrderMemOutboard, PreOrderOutboard};
 use bao_tree::io::sync::{WriteAt, decode_ranges, encode_ranges_validated, valid_ranges};
 use bao_tree::{ChunkNum, ChunkRanges};
 use lattice_model::{Hash, StoreId};
@@ -22,6 +22,7 @@ use range_collections::range_set::RangeSetRange;
 
 use crate::cas::{BlobInfo, Cas};
 use crate::error::CasError;
+use crate::index::INLINE_MAX;
 use crate::verify;
 
 /// A blob being received: `hash` of `size` bytes, its data and hash tree filled in as
@@ -32,11 +33,40 @@ pub struct IncomingBlob {
     received: Option<Arc<AtomicU64>>,
     hash: Hash,
     size: u64,
-    data_path: PathBuf,
-    obao_path: PathBuf,
-    data: File,
-    obao: File,
+    parts: Parts,
     have: ChunkRanges,
+}
+
+/// Where a blob being received is written.
+#[derive(Debug)]
+enum Parts {
+    /// Partial files in `partial/` (kept across restarts, so a transfer resumes).
+    Files {
+        data_path: PathBuf,
+        obao_path: PathBuf,
+        data: File,
+        obao: File,
+    },
+    /// Memory, for a blob kept inline (at most 16 KiB: started again if interrupted).
+    Memory { data: Vec<u8>, obao: Vec<u8> },
+}
+
+/// A received small blob, verified, not yet committed ([`IncomingBlob::finish_or_defer`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmallBlob {
+    /// Its hash.
+    pub hash: Hash,
+    /// Its bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// A received blob, finished.
+#[derive(Debug)]
+pub enum Finished {
+    /// Held by the store now.
+    Held(BlobInfo),
+    /// Small: verified, to be committed by the caller.
+    Inline(SmallBlob),
 }
 
 /// The blobs being received right now: one receiver per blob at a time.
@@ -138,16 +168,30 @@ impl Cas {
         ranges: &ChunkRanges,
         out: &mut impl Write,
     ) -> Result<u64, CasError> {
+        let damaged = |e: bao_tree::io::EncodeError| CasError::Damaged {
+            hash: hash.short(),
+            reason: e.to_string(),
+        };
+        let size = self
+            .stat(store, hash)?
+            .ok_or_else(|| CasError::NotFound {
+                hash: hash.short(),
+                store: store.short(),
+            })?
+            .size;
+        if size <= INLINE_MAX {
+            let bytes = self.inline_bytes(store, hash)?;
+            let outboard = PostOrderMemOutboard::create(&bytes, verify::BLOCK);
+            encode_ranges_validated(&bytes[..], &outboard, ranges, out).map_err(damaged)?;
+            return Ok(size);
+        }
         let (data, obao, size) = self.open_blob(store, hash)?;
         let outboard = PreOrderOutboard {
             root: blake3::Hash::from_bytes(hash.0),
             tree: verify::tree(size),
             data: &obao,
         };
-        encode_ranges_validated(&data, &outboard, ranges, out).map_err(|e| CasError::Damaged {
-            hash: hash.short(),
-            reason: e.to_string(),
-        })?;
+        encode_ranges_validated(&data, &outboard, ranges, out).map_err(damaged)?;
         Ok(size)
     }
 
@@ -185,38 +229,51 @@ impl Cas {
     /// errors.
     pub fn receive(&self, hash: &Hash, size: u64) -> Result<IncomingBlob, CasError> {
         let turn = ReceiveTurn::take(self.receiving(), hash)?;
-        let dir = self.dir().join("partial");
-        std::fs::create_dir_all(&dir).map_err(CasError::io(&dir))?;
-        let hex = hash.to_string();
-        let data_path = dir.join(format!("{hex}.{size}.data"));
-        let obao_path = dir.join(format!("{hex}.{size}.obao"));
-        let open = |path: &PathBuf| {
-            OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .open(path)
-                .map_err(CasError::io(path))
-        };
-        let (data, obao) = (open(&data_path)?, open(&obao_path)?);
-        // Full length from the start: parts not received read as zeros, which never verify.
         let tree = verify::tree(size);
-        data.set_len(size).map_err(CasError::io(&data_path))?;
-        obao.set_len(tree.outboard_size())
-            .map_err(CasError::io(&obao_path))?;
+        let parts = if size <= INLINE_MAX {
+            Parts::Memory {
+                data: vec![0; size as usize],
+                obao: vec![0; tree.outboard_size() as usize],
+            }
+        } else {
+            let dir = self.dir().join("partial");
+            std::fs::create_dir_all(&dir).map_err(CasError::io(&dir))?;
+            let hex = hash.to_string();
+            let data_path = dir.join(format!("{hex}.{size}.data"));
+            let obao_path = dir.join(format!("{hex}.{size}.obao"));
+            let open = |path: &PathBuf| {
+                OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(path)
+                    .map_err(CasError::io(path))
+            };
+            let (data, obao) = (open(&data_path)?, open(&obao_path)?);
+            // Full length from the start: parts not received read as zeros, which never
+            // verify.
+            data.set_len(size).map_err(CasError::io(&data_path))?;
+            obao.set_len(tree.outboard_size())
+                .map_err(CasError::io(&obao_path))?;
+            Parts::Files {
+                data_path,
+                obao_path,
+                data,
+                obao,
+            }
+        };
         let mut blob = IncomingBlob {
             _turn: turn,
             received: None,
             hash: *hash,
             size,
-            data_path,
-            obao_path,
-            data,
-            obao,
+            parts,
             have: ChunkRanges::empty(),
         };
-        blob.have = blob.verified(&ChunkRanges::all())?;
+        if matches!(blob.parts, Parts::Files { .. }) {
+            blob.have = blob.verified(&ChunkRanges::all())?;
+        }
         Ok(blob)
     }
 }
@@ -274,16 +331,34 @@ impl IncomingBlob {
         self.missing().is_empty()
     }
 
-    /// The chunks of `ranges` the partial files hold that verify.
+    /// The chunks of `ranges` the parts hold that verify.
     fn verified(&self, ranges: &ChunkRanges) -> Result<ChunkRanges, CasError> {
-        let outboard = PreOrderOutboard {
-            root: blake3::Hash::from_bytes(self.hash.0),
-            tree: verify::tree(self.size),
-            data: &self.obao,
+        let root = blake3::Hash::from_bytes(self.hash.0);
+        let tree = verify::tree(self.size);
+        let found: Vec<std::io::Result<std::ops::Range<ChunkNum>>> = match &self.parts {
+            Parts::Files { data, obao, .. } => {
+                let outboard = PreOrderOutboard {
+                    root,
+                    tree,
+                    data: obao,
+                };
+                valid_ranges(outboard, data, ranges).into_iter().collect()
+            }
+            Parts::Memory { data, obao } => {
+                let outboard = PreOrderOutboard {
+                    root,
+                    tree,
+                    data: obao,
+                };
+                valid_ranges(outboard, data, ranges).into_iter().collect()
+            }
         };
         let mut have = ChunkRanges::empty();
-        for range in valid_ranges(outboard, &self.data, ranges) {
-            let range = range.map_err(CasError::io(&self.data_path))?;
+        for range in found {
+            let range = range.map_err(|e| CasError::Damaged {
+                hash: self.hash.short(),
+                reason: format!("reading what was received: {e}"),
+            })?;
             have |= ChunkRanges::from(range);
         }
         Ok(have)
@@ -315,24 +390,42 @@ impl IncomingBlob {
         ranges: &ChunkRanges,
         encoded: impl std::io::Read,
     ) -> Result<Result<u64, BadPart>, CasError> {
-        let mut outboard = PreOrderOutboard {
-            root: blake3::Hash::from_bytes(self.hash.0),
-            tree: verify::tree(self.size),
-            data: &mut self.obao,
+        let root = blake3::Hash::from_bytes(self.hash.0);
+        let tree = verify::tree(self.size);
+        let shared = self.received.as_deref();
+        let (decoded, written) = match &mut self.parts {
+            Parts::Files { data, obao, .. } => decode_into(
+                encoded,
+                ranges,
+                data,
+                PreOrderOutboard {
+                    root,
+                    tree,
+                    data: obao,
+                },
+                shared,
+            ),
+            Parts::Memory { data, obao } => decode_into(
+                encoded,
+                ranges,
+                data,
+                PreOrderOutboard {
+                    root,
+                    tree,
+                    data: obao,
+                },
+                shared,
+            ),
         };
-        let mut target = Counting {
-            inner: &mut self.data,
-            written: 0,
-            shared: self.received.as_deref(),
-        };
-        let decoded = decode_ranges(encoded, ranges, &mut target, &mut outboard);
-        let written = target.written;
         match decoded {
             Ok(()) => {
                 self.have |= ranges.clone() & self.all();
                 Ok(Ok(written))
             }
-            Err(bao_tree::io::DecodeError::Io(e)) => Err(CasError::io(&self.data_path)(e)),
+            Err(bao_tree::io::DecodeError::Io(e)) => Err(CasError::Damaged {
+                hash: self.hash.short(),
+                reason: format!("writing what was received: {e}"),
+            }),
             Err(e) => {
                 self.have |= self.verified(ranges)?;
                 Ok(Err(BadPart {
@@ -349,6 +442,19 @@ impl IncomingBlob {
     /// [`CasError::Damaged`] when it is not complete or does not verify whole; file and
     /// index errors.
     pub fn finish(self, cas: &Cas, store: &StoreId) -> Result<BlobInfo, CasError> {
+        match self.finish_or_defer(cas, store)? {
+            Finished::Held(info) => Ok(info),
+            Finished::Inline(blob) => cas.hold_inline(store, &blob.hash, &blob.bytes),
+        }
+    }
+
+    /// As [`IncomingBlob::finish`], except that a small (inline) blob is handed back instead
+    /// of committed, so a caller receiving many commits them together
+    /// ([`Cas::hold_inline_many`]).
+    ///
+    /// # Errors
+    /// As [`IncomingBlob::finish`].
+    pub fn finish_or_defer(self, cas: &Cas, store: &StoreId) -> Result<Finished, CasError> {
         if self.size == 0 && self.hash.0 != *blake3::hash(&[]).as_bytes() {
             return Err(CasError::Damaged {
                 hash: self.hash.short(),
@@ -365,16 +471,42 @@ impl IncomingBlob {
                 ),
             });
         }
-        for (file, path) in [(&self.data, &self.data_path), (&self.obao, &self.obao_path)] {
-            file.sync_all().map_err(CasError::io(path))?;
+        match self.parts {
+            Parts::Memory { data, .. } => Ok(Finished::Inline(SmallBlob {
+                hash: self.hash,
+                bytes: data,
+            })),
+            Parts::Files {
+                data_path,
+                obao_path,
+                data,
+                obao,
+            } => {
+                for (file, path) in [(&data, &data_path), (&obao, &obao_path)] {
+                    file.sync_all().map_err(CasError::io(path))?;
+                }
+                drop((data, obao));
+                cas.adopt(store, &self.hash, self.size, &data_path, &obao_path)
+                    .map(Finished::Held)
+            }
         }
-        drop((self.data, self.obao));
-        cas.adopt(
-            store,
-            &self.hash,
-            self.size,
-            &self.data_path,
-            &self.obao_path,
-        )
     }
+}
+
+/// Decodes `encoded` (a verified stream of `ranges`) into `data` and `outboard`, counting
+/// the data bytes written (also into `shared`).
+fn decode_into<D: WriteAt, O: bao_tree::io::sync::Outboard + bao_tree::io::sync::OutboardMut>(
+    encoded: impl std::io::Read,
+    ranges: &ChunkRanges,
+    data: D,
+    outboard: O,
+    shared: Option<&AtomicU64>,
+) -> (Result<(), bao_tree::io::DecodeError>, u64) {
+    let mut target = Counting {
+        inner: data,
+        written: 0,
+        shared,
+    };
+    let decoded = decode_ranges(encoded, ranges, &mut target, outboard);
+    (decoded, target.written)
 }

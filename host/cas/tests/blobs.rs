@@ -213,11 +213,11 @@ fn damaged_bytes_on_disk_are_found_and_never_handed_out() -> TestResult {
 fn collection_keeps_pinned_and_referenced_blobs_and_drops_the_rest() -> TestResult {
     let dir = tempfile::tempdir()?;
     let cas = Cas::open(dir.path())?;
-    let pinned = cas.put(&A, &bytes(5000, 1)[..])?;
-    let referenced = cas.put(&A, &bytes(5000, 2)[..])?;
-    let loose = cas.put(&A, &bytes(5000, 3)[..])?;
-    let shared = cas.put(&A, &bytes(5000, 4)[..])?;
-    cas.put(&B, &bytes(5000, 4)[..])?;
+    let pinned = cas.put(&A, &bytes(20_000, 1)[..])?;
+    let referenced = cas.put(&A, &bytes(20_000, 2)[..])?;
+    let loose = cas.put(&A, &bytes(20_000, 3)[..])?;
+    let shared = cas.put(&A, &bytes(20_000, 4)[..])?;
+    cas.put(&B, &bytes(20_000, 4)[..])?;
     assert_eq!(cas.pin(&A, &pinned.hash, 1)?.pins, 1);
     assert_eq!(cas.reference(&A, &referenced.hash, 2)?.refs, 2);
     cas.pin(&B, &shared.hash, 1)?;
@@ -228,7 +228,7 @@ fn collection_keeps_pinned_and_referenced_blobs_and_drops_the_rest() -> TestResu
     let report = cas.collect(0)?;
     assert_eq!(
         (report.released, report.deleted, report.bytes),
-        (2, 1, 5000)
+        (2, 1, 20_000)
     );
     assert!(cas.stat(&A, &pinned.hash)?.is_some());
     assert!(cas.stat(&A, &referenced.hash)?.is_some());
@@ -239,7 +239,7 @@ fn collection_keeps_pinned_and_referenced_blobs_and_drops_the_rest() -> TestResu
     );
     assert_eq!(
         read_all(&cas, &B, &shared.hash, 0..10)?,
-        &bytes(5000, 4)[..10]
+        &bytes(20_000, 4)[..10]
     );
     assert_eq!(data_files(dir.path()), 3);
 
@@ -249,6 +249,15 @@ fn collection_keeps_pinned_and_referenced_blobs_and_drops_the_rest() -> TestResu
     cas.reference(&A, &referenced.hash, -1)?;
     assert_eq!(cas.collect(0)?.deleted, 2);
     assert!(cas.list(&A)?.is_empty());
+    // Small blobs live in the index, not in files, and go the same way.
+    let small = cas.put(&A, &bytes(100, 8)[..])?;
+    assert_eq!(data_files(dir.path()), 1, "only B's blob has files");
+    assert_eq!(
+        read_all(&cas, &A, &small.hash, 10..20)?,
+        &bytes(100, 8)[10..20]
+    );
+    assert_eq!(cas.collect(0)?.deleted, 1);
+    assert!(cas.stat(&A, &small.hash)?.is_none());
     let missing = cas.pin(&A, &loose.hash, 1);
     assert!(
         matches!(missing, Err(CasError::NotFound { .. })),

@@ -332,6 +332,23 @@ pub(crate) enum BenchCommand {
     /// acknowledges, then pruning: disk before and after, the longest prune step, and a new
     /// peer's bootstrap time.
     Prune(BenchPruneArgs),
+    /// Blobs between two nodes over iroh on loopback: one big blob fetched whole (and once
+    /// interrupted at half and resumed), many small ones, against a plain stream copy of the
+    /// same bytes. Prints one JSON object with --json.
+    Cas(BenchCasArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchCasArgs {
+    /// Size of the big blob, in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub(crate) big_mib: u64,
+    /// Small blobs.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) small: u64,
+    /// Size of each small blob, in KiB.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(crate) small_kib: u64,
 }
 
 #[derive(Debug, Args)]

@@ -7,6 +7,7 @@
 
 mod api;
 mod bench;
+mod bench_cas;
 mod bench_daemon;
 mod bench_prune;
 mod bench_store;
@@ -94,6 +95,7 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
         cli::Command::Bench(cli::BenchCommand::Sync(args)) => bench_sync::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Daemon(args)) => bench_daemon::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Prune(args)) => bench_prune::run(args, out),
+        cli::Command::Bench(cli::BenchCommand::Cas(args)) => bench_cas::run(args, out),
         cli::Command::Log(cmd) => log_cmd::run(cmd, &data_dir, out),
         cli::Command::Store(cli::StoreCommand::Rebuild { store }) => {
             rebuild(&data_dir, &store, out)

@@ -17,6 +17,24 @@ use super::*;
 
 /// Frames in flight between the network and the thread that verifies or encodes them.
 const PIPE: usize = 8;
+/// Small blobs received on one stream that are committed together.
+const SMALL_BATCH: usize = 256;
+
+/// Commits received small blobs of `store` in one transaction.
+async fn hold_small(
+    cas: &Arc<Cas>,
+    store: StoreId,
+    blobs: Vec<lattice_cas::SmallBlob>,
+) -> Result<(), CasError> {
+    if blobs.is_empty() {
+        return Ok(());
+    }
+    let cas = cas.clone();
+    match tokio::task::spawn_blocking(move || cas.hold_inline_many(&store, &blobs)).await {
+        Ok(held) => held.map(|_| ()),
+        Err(_) => Err(CasError::Stopped),
+    }
+}
 
 /// Chunk ranges as the wire carries them (`[start, end)`, `u64::MAX` for "to the end").
 pub(super) fn to_pairs(ranges: &ChunkRanges) -> Vec<(u64, u64)> {
@@ -103,6 +121,8 @@ impl Write for FrameWriter {
 enum Fetched {
     /// The blob is whole here; this many data bytes came in this time.
     Done(BlobInfo, u64),
+    /// A small blob arrived and verified; the caller commits it (with others).
+    Small(lattice_cas::SmallBlob),
     /// The local blob store failed.
     Local(CasError),
 }
@@ -155,15 +175,34 @@ impl Replicator {
             });
         }
         for peer in peers {
-            let (cas, store_id, hash) = (cas.clone(), *store, *hash);
+            let (session_cas, store_id, hash) = (cas.clone(), *store, *hash);
             let progress = progress.clone();
             let got = self
                 .session(peer, store, async move |s: &mut Stream| {
-                    fetch_from(s, cas, store_id, hash, progress).await
+                    fetch_from(s, session_cas, store_id, hash, progress).await
                 })
                 .await;
             match got {
                 Ok(Fetched::Done(info, received)) => {
+                    return Ok(FetchedBlob {
+                        info,
+                        received,
+                        peer: Some(*peer),
+                    });
+                }
+                Ok(Fetched::Small(blob)) => {
+                    let received = blob.bytes.len() as u64;
+                    let cas = cas.clone();
+                    let store = *store;
+                    let held = tokio::task::spawn_blocking(move || {
+                        cas.hold_inline_many(&store, std::slice::from_ref(&blob))
+                    })
+                    .await
+                    .map_err(|_| ReplicaError::Blob(CasError::Stopped))??;
+                    let info = held
+                        .into_iter()
+                        .next()
+                        .ok_or(ReplicaError::NoPeer("give the blob"))?;
                     return Ok(FetchedBlob {
                         info,
                         received,
@@ -179,7 +218,62 @@ impl Replicator {
         Err(ReplicaError::NoPeer("give the blob"))
     }
 
-    /// Serves a blob fetch of `store` to `peer` (a peer of the store here).
+    /// Fetches blobs `hashes` of `store` from `peer`, one after another on one stream (a
+    /// blob the store holds here already is skipped). Returns the data bytes received.
+    ///
+    /// # Errors
+    /// The first failure: [`ReplicaError::Session`] (a bad part strikes the peer),
+    /// [`ReplicaError::Blob`] for the local blob store.
+    pub async fn fetch_blobs(
+        &self,
+        store: &StoreId,
+        hashes: &[Hash],
+        peer: &PubKey,
+    ) -> Result<u64, ReplicaError> {
+        let cas = self.cas().ok_or(ReplicaError::NoPeer(
+            "serve blobs: this node has no blob store",
+        ))?;
+        let mut wanted = Vec::with_capacity(hashes.len());
+        for hash in hashes {
+            if cas.stat(store, hash)?.is_none() {
+                wanted.push(*hash);
+            }
+        }
+        if wanted.is_empty() {
+            return Ok(0);
+        }
+        let store_id = *store;
+        let fetched = self
+            .session(peer, store, async move |s: &mut Stream| {
+                let mut received = 0;
+                let mut small = Vec::new();
+                for hash in wanted {
+                    match fetch_from(s, cas.clone(), store_id, hash, None).await? {
+                        Fetched::Done(_, bytes) => received += bytes,
+                        Fetched::Small(blob) => {
+                            received += blob.bytes.len() as u64;
+                            small.push(blob);
+                        }
+                        Fetched::Local(e) => return Ok(Err(e)),
+                    }
+                    // Small blobs are committed together, a batch at a time.
+                    if small.len() >= SMALL_BATCH
+                        && let Err(e) = hold_small(&cas, store_id, std::mem::take(&mut small)).await
+                    {
+                        return Ok(Err(e));
+                    }
+                }
+                if let Err(e) = hold_small(&cas, store_id, small).await {
+                    return Ok(Err(e));
+                }
+                Ok(Ok(received))
+            })
+            .await?;
+        Ok(fetched?)
+    }
+
+    /// Serves blob fetches of `store` to `peer` (a peer of the store here): the opening
+    /// request, then each further `BlobGet` for the same store on the stream, in turn.
     pub(super) async fn serve_blob(
         &self,
         peer: PubKey,
@@ -200,23 +294,46 @@ impl Replicator {
             let _ = lattice_sync::refuse(stream, reason).await;
             return;
         }
-        let Some(ranges) = from_pairs(&ranges) else {
-            self.strike(&peer, "malformed blob ranges");
-            return;
-        };
         let Some(cas) = self.cas() else { return };
-        let served = tokio::time::timeout(
-            self.inner.config.session_timeout,
-            serve_from(stream, cas, store, hash, ranges),
-        )
-        .await;
-        match served {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                debug!(peer = %peer.short(), blob = %hash.short(), "serving a blob failed: {e}")
+        let (mut hash, mut ranges) = (hash, ranges);
+        let deadline = tokio::time::Instant::now() + self.inner.config.session_timeout;
+        loop {
+            let Some(wanted) = from_pairs(&ranges) else {
+                self.strike(&peer, "malformed blob ranges");
+                return;
+            };
+            let served = tokio::time::timeout_at(
+                deadline,
+                serve_from(stream, cas.clone(), store, hash, wanted),
+            )
+            .await;
+            match served {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    debug!(peer = %peer.short(), blob = %hash.short(), "serving a blob failed: {e}");
+                    return;
+                }
+                Err(_) => {
+                    debug!(peer = %peer.short(), blob = %hash.short(), "serving blobs timed out");
+                    return;
+                }
             }
-            Err(_) => {
-                debug!(peer = %peer.short(), blob = %hash.short(), "serving a blob timed out")
+            // The next request on this stream, if any.
+            let next = match tokio::time::timeout_at(deadline, stream.recv()).await {
+                Ok(Ok(Some(frame))) => lattice_sync::Msg::decode(&frame),
+                _ => return,
+            };
+            match next {
+                Ok(lattice_sync::Msg::BlobGet {
+                    store: asked,
+                    hash: h,
+                    ranges: r,
+                    ..
+                }) if asked == store => (hash, ranges) = (h, r),
+                _ => {
+                    self.strike(&peer, "expected the next blob request");
+                    return;
+                }
             }
         }
     }
@@ -327,7 +444,7 @@ async fn fetch_from(
         let taken = incoming.take_from(&wanted, reader)?;
         let outcome = match taken {
             Ok(written) if incoming.is_complete() => {
-                Some((incoming.finish(&cas, &store)?, written))
+                Some((incoming.finish_or_defer(&cas, &store)?, written))
             }
             _ => None,
         };
@@ -364,7 +481,8 @@ async fn fetch_from(
         return Err(SessionError::Misbehaved(bad.to_string()));
     }
     match outcome {
-        Some((info, written)) => Ok(Fetched::Done(info, written)),
+        Some((lattice_cas::Finished::Held(info), written)) => Ok(Fetched::Done(info, written)),
+        Some((lattice_cas::Finished::Inline(blob), _)) => Ok(Fetched::Small(blob)),
         None if ended => Err(SessionError::Misbehaved(
             "the peer ended the blob before sending all of it".into(),
         )),

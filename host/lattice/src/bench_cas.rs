@@ -1,0 +1,282 @@
+//! `lattice bench cas`: blobs between two nodes over iroh on loopback. One big blob fetched
+//! whole (verified as it arrives), the same size again interrupted at half and resumed, many
+//! small blobs fetched with several in flight, and the ceiling: the same bytes as a plain
+//! stream copy between two iroh endpoints on loopback in the same run.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use lattice_cas::Cas;
+use lattice_log::SyntheticDag;
+use lattice_model::{Hash, NodeKey};
+use lattice_net::{IrohNet, Mesh, MeshTransport, ReplicatorConfig, Transport};
+use lattice_sync::Frames as _;
+use serde_json::json;
+
+use crate::cli::BenchCasArgs;
+use crate::output::Output;
+
+const MIB: u64 = 1024 * 1024;
+/// Streams fetching small blobs at once.
+const SMALL_INFLIGHT: usize = 32;
+
+/// `size` bytes of a cheap pseudo-random pattern (xorshift), produced as they are read.
+struct Pattern {
+    left: u64,
+    state: u64,
+}
+
+impl Pattern {
+    fn new(size: u64, seed: u64) -> Pattern {
+        Pattern {
+            left: size,
+            state: seed | 1,
+        }
+    }
+}
+
+impl Read for Pattern {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        for chunk in buf[..n].chunks_mut(8) {
+            self.state ^= self.state << 13;
+            self.state ^= self.state >> 7;
+            self.state ^= self.state << 17;
+            chunk.copy_from_slice(&self.state.to_le_bytes()[..chunk.len()]);
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+pub(crate) fn run(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(args, out))
+}
+
+fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / 1e6 / seconds.max(1e-9)
+}
+
+/// Seconds to copy `size` bytes of the pattern over one plain stream between two fresh iroh
+/// endpoints on loopback (1 MiB frames, as the blob transfer sends).
+async fn raw_copy(size: u64) -> anyhow::Result<f64> {
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let a = IrohNet::bind(&NodeKey::from_seed([11; 32]), loopback).await?;
+    let b = IrohNet::bind(&NodeKey::from_seed([12; 32]), loopback).await?;
+    b.add_peer(&a.local());
+    let receiver = a.clone();
+    let receiving = tokio::spawn(async move {
+        let conn = receiver.accept().await.context("no connection came")?;
+        let mut stream = conn.accept().await?;
+        let mut got = 0u64;
+        while let Some(frame) = stream.recv().await? {
+            got += frame.len() as u64;
+        }
+        anyhow::Ok(got)
+    });
+    let start = Instant::now();
+    let conn = b.connect(a.local().id).await?;
+    let mut stream = conn.open().await?;
+    let mut pattern = Pattern::new(size, 3);
+    let mut frame = vec![0u8; MIB as usize];
+    loop {
+        let n = pattern.read(&mut frame)?;
+        if n == 0 {
+            break;
+        }
+        stream.send(frame[..n].to_vec()).await?;
+    }
+    stream.finish().await;
+    let got = receiving.await??;
+    let seconds = start.elapsed().as_secs_f64();
+    if got != size {
+        bail!("the plain copy moved {got} bytes, not {size}");
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(seconds)
+}
+
+async fn bench(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let big = args.big_mib * MIB;
+    out.progress(&format!(
+        "lattice bench cas: a {} MiB blob and {} × {} KiB blobs between two nodes over iroh on loopback",
+        args.big_mib, args.small, args.small_kib
+    ));
+    let dag = SyntheticDag::new(5, 2, 1, 10);
+    let config = ReplicatorConfig {
+        auto_sync: false,
+        anti_entropy: Duration::from_secs(3600),
+        ..ReplicatorConfig::default()
+    };
+    let mesh = Mesh::start(
+        tmp.path(),
+        2,
+        MeshTransport::Iroh,
+        config,
+        dag.genesis().clone(),
+    )
+    .await?;
+    let store = mesh.store_id();
+    let cas: Vec<Arc<Cas>> = (0..2)
+        .map(|i| Cas::open(&tmp.path().join(format!("cas{i}"))).map(Arc::new))
+        .collect::<Result<_, _>>()?;
+    for (node, cas) in mesh.nodes.iter().zip(&cas) {
+        node.replicator.set_cas(cas.clone());
+    }
+    let from = [mesh.nodes[0].id()];
+    let fetcher = &mesh.nodes[1].replicator;
+    let put = |seed: u64, size: u64| {
+        let cas = cas[0].clone();
+        tokio::task::spawn_blocking(move || cas.put(&store, Pattern::new(size, seed)))
+    };
+
+    // The big blob: put on the first node, fetched whole by the second.
+    let start = Instant::now();
+    let blob = put(1, big).await??;
+    let put_s = start.elapsed().as_secs_f64();
+    out.progress("  fetching the big blob…");
+    let start = Instant::now();
+    let fetched = fetcher.fetch_blob(&store, &blob.hash, &from, None).await?;
+    let big_s = start.elapsed().as_secs_f64();
+    if fetched.received != big {
+        bail!(
+            "the big blob came with {} bytes, not {big}",
+            fetched.received
+        );
+    }
+    let checker = cas[1].clone();
+    let hash = blob.hash;
+    tokio::task::spawn_blocking(move || checker.verify(&store, &hash)).await??;
+
+    // The same size again, interrupted at half and resumed.
+    out.progress("  interrupting a transfer at half, then resuming it…");
+    let second = put(2, big).await??;
+    let counter = Arc::new(AtomicU64::new(0));
+    let interrupted = {
+        let (replicator, counter) = (fetcher.clone(), counter.clone());
+        let hash = second.hash;
+        tokio::spawn(async move {
+            replicator
+                .fetch_blob(&store, &hash, &from, Some(counter))
+                .await
+        })
+    };
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    while counter.load(Ordering::Relaxed) < big / 2 && !interrupted.is_finished() {
+        tick.tick().await;
+    }
+    interrupted.abort();
+    let _ = interrupted.await;
+    let verified_before = {
+        let cas = cas[1].clone();
+        let hash = second.hash;
+        // Waits for the interrupted receiver to let go of the blob.
+        tokio::task::spawn_blocking(move || {
+            cas.partial(&hash)
+                .map(|p| p.map_or(0, |p| p.received_bytes()))
+        })
+        .await??
+    };
+    let resumed = fetcher
+        .fetch_blob(&store, &second.hash, &from, None)
+        .await?;
+    let refetched = resumed
+        .received
+        .saturating_sub(second.size - verified_before.min(second.size));
+
+    // Small blobs, several in flight.
+    out.progress(&format!("  {} small blobs…", args.small));
+    let small_size = args.small_kib * 1024;
+    let start = Instant::now();
+    let small: Vec<Hash> = {
+        let cas = cas[0].clone();
+        let count = args.small;
+        tokio::task::spawn_blocking(move || {
+            (0..count)
+                .map(|i| {
+                    cas.put(&store, Pattern::new(small_size, 100 + i))
+                        .map(|b| b.hash)
+                })
+                .collect::<Result<Vec<Hash>, _>>()
+        })
+        .await??
+    };
+    let small_put_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    // Each of several streams fetches its share, one blob after another.
+    let share = small.len().div_ceil(SMALL_INFLIGHT).max(1);
+    let mut workers = Vec::new();
+    for part in small.chunks(share) {
+        let (replicator, part, peer) = (fetcher.clone(), part.to_vec(), from[0]);
+        workers.push(tokio::spawn(async move {
+            replicator.fetch_blobs(&store, &part, &peer).await
+        }));
+    }
+    let mut small_received = 0;
+    for w in workers {
+        small_received += w.await??;
+    }
+    if small_received != args.small * small_size {
+        bail!(
+            "the small blobs came with {small_received} bytes, not {}",
+            args.small * small_size
+        );
+    }
+    let small_s = start.elapsed().as_secs_f64();
+    for hash in small.iter().take(10) {
+        if cas[1].stat(&store, hash)?.is_none() {
+            bail!("a small blob did not arrive");
+        }
+    }
+    mesh.stop().await;
+
+    out.progress("  the same bytes as a plain stream copy…");
+    let raw_s = raw_copy(big).await?;
+
+    let big_mbps = mb_per_s(big, big_s);
+    let raw_mbps = mb_per_s(big, raw_s);
+    let small_per_s = args.small as f64 / small_s.max(1e-9);
+    let figures = json!({
+        "big_bytes": big,
+        "big_s": big_s,
+        "big_mb_per_s": big_mbps,
+        "put_mb_per_s": mb_per_s(big, put_s),
+        "raw_mb_per_s": raw_mbps,
+        "big_vs_raw": big_mbps / raw_mbps.max(1e-9),
+        "resume_verified_bytes": verified_before,
+        "resume_received_bytes": resumed.received,
+        "resume_refetched_bytes": refetched,
+        "small_count": args.small,
+        "small_bytes": small_size,
+        "small_per_s": small_per_s,
+        "small_put_per_s": args.small as f64 / small_put_s.max(1e-9),
+    });
+    out.record(
+        &format!(
+            "cas: a {} MiB blob fetched at {big_mbps:.0} MB/s (a plain stream copy: {raw_mbps:.0} MB/s, {:.0}%); put at {:.0} MB/s\n\
+             \x20 resumed after an interruption at half: {verified_before} bytes kept, {} fetched again of them\n\
+             \x20 {} × {} KiB blobs: {small_per_s:.0} fetched/s ({SMALL_INFLIGHT} in flight), {:.0} put/s",
+            args.big_mib,
+            100.0 * big_mbps / raw_mbps.max(1e-9),
+            mb_per_s(big, put_s),
+            refetched,
+            args.small,
+            args.small_kib,
+            args.small as f64 / small_put_s.max(1e-9),
+        ),
+        figures,
+    );
+    Ok(())
+}
