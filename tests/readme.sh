@@ -110,9 +110,10 @@ a node stop
 wait "$DAEMON" || true
 DAEMON=""
 
-step "bench store / sync (small)"
+step "bench store / sync / cas (small)"
 "$L" bench store --type kv --count 2000
 "$L" bench sync --count 2000 --diff 0.01
+"$L" bench cas --big-mib 16 --small 200 --json | field '["resume_refetched_bytes"]'
 
 step "log create / append / status / verify"
 LOG=$(a --json log create --ops "my first store" | field '["store"]')
