@@ -51,6 +51,11 @@ impl DataDir {
         self.stores_dir().join(format!("{store}.behind"))
     }
 
+    /// The node's blob store (`lattice-cas`).
+    pub fn cas_dir(&self) -> PathBuf {
+        self.root.join("cas")
+    }
+
     /// Path of one store's `log.db`.
     pub fn log_path(&self, store: &StoreId) -> PathBuf {
         self.store_dir(store).join("log.db")

@@ -69,6 +69,18 @@ pub enum NodeError {
     /// Fetching a joined store from the inviter failed.
     #[error("bootstrap failed: {0}")]
     Bootstrap(#[source] lattice_net::ReplicaError),
+    /// The blob store failed, or this node has none.
+    #[error("blobs: {0}")]
+    Blob(#[from] lattice_cas::CasError),
+    /// No peer of the store could give a blob.
+    #[error("no peer of the store could give blob {hash}: {source}")]
+    BlobUnavailable {
+        /// Short hash of the blob.
+        hash: String,
+        /// What the last attempt said.
+        #[source]
+        source: lattice_net::ReplicaError,
+    },
     /// The system has no randomness to draw an invite secret from.
     #[error("no randomness for an invite secret: {0}")]
     Randomness(String),

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use lattice_cas::Cas;
 use lattice_log::file::FileError;
 use lattice_log::{Incoming, Ingested, Log, LogConfig, build_genesis, system_now_ms};
 use lattice_model::{Hash, NodeKey, PubKey, StoreId};
@@ -26,6 +27,7 @@ pub struct Node {
     runtime: Runtime,
     meta: MetaDb,
     system_module: ModuleHash,
+    cas: Option<Arc<Cas>>,
 }
 
 /// The one store among `ids` whose id starts with `text` (case and surrounding spaces
@@ -104,6 +106,32 @@ fn set_aside(path: &Path) -> Result<(), NodeError> {
     }
 }
 
+/// Opens the blob store in `dir`; a damaged index is set aside (its blobs are fetched again
+/// from peers as stores need them). A blob store that cannot be opened at all leaves the
+/// node without blobs rather than down.
+fn open_cas(dir: &Path) -> Option<Arc<Cas>> {
+    match Cas::open(dir) {
+        Ok(cas) => return Some(Arc::new(cas)),
+        Err(e @ lattice_cas::CasError::Index(_)) => {
+            warn!(
+                "the blob index in {} is damaged ({e}); set aside as cas.db.damaged",
+                dir.display()
+            );
+            if let Err(e) = set_aside(&dir.join("cas.db")) {
+                warn!("could not set the blob index aside: {e}");
+            }
+        }
+        Err(e) => warn!("the blob store in {} cannot be opened: {e}", dir.display()),
+    }
+    match Cas::open(dir) {
+        Ok(cas) => Some(Arc::new(cas)),
+        Err(e) => {
+            tracing::error!("running without a blob store: {e}");
+            None
+        }
+    }
+}
+
 impl Node {
     /// Opens the data directory (creating it and the identity on first use).
     ///
@@ -138,12 +166,14 @@ impl Node {
         };
         let runtime = Runtime::new(&dir.modules_dir(), limits)?;
         let system_module = ensure_builtin(&runtime, "system")?;
+        let cas = open_cas(&dir.cas_dir());
         let node = Node {
             dir,
             key,
             runtime,
             meta,
             system_module,
+            cas,
         };
         let recovered = node.recover_inventory()?;
         if !recovered.is_empty() {
@@ -234,6 +264,12 @@ impl Node {
     /// The Wasm runtime (module store).
     pub fn runtime(&self) -> &Runtime {
         &self.runtime
+    }
+
+    /// The node's blob store (`None` when it could not be opened: the node runs without
+    /// blobs, and says why in its log).
+    pub fn cas(&self) -> Option<&Arc<Cas>> {
+        self.cas.as_ref()
     }
 
     /// Installs module bytes (a component, or a core module made into one).

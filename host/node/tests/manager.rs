@@ -634,3 +634,41 @@ async fn a_member_behind_a_pruned_floor_catches_up_through_a_snapshot() -> TestR
     c.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_gets_a_blob_of_the_store_from_its_peers() -> TestResult {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path()).await?;
+    let b = start(dirs[1].path()).await?;
+    let store = a.create("kv", "with blobs", None).await?;
+    let data: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
+    let blob = a
+        .put_blob(&store, std::io::Cursor::new(data.clone()))
+        .await?;
+    let small = a.put_blob(&store, &b"a small one"[..]).await?;
+
+    // Not a member yet: B has no such store to ask for.
+    let early = b.fetch_blob(&store, &blob.hash).await;
+    assert!(matches!(early, Err(NodeError::NotOpen(_))), "{early:?}");
+    let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
+    b.join(&token, |_| {}).await?;
+    for (hash, size) in [(blob.hash, blob.size), (small.hash, small.size)] {
+        let got = b.fetch_blob(&store, &hash).await?;
+        assert_eq!((got.info.size, got.received), (size, size));
+        assert_eq!(got.peer, Some(a.node().key().public()));
+    }
+    let cas = b.node().cas().ok_or("no blob store")?;
+    let mut out = Vec::new();
+    cas.read(&store, &blob.hash, 0..blob.size, &mut out)?;
+    assert_eq!(out, data);
+    // A second fetch finds it here.
+    assert_eq!(b.fetch_blob(&store, &blob.hash).await?.received, 0);
+    let missing = b.fetch_blob(&store, &lattice_model::Hash([3; 32])).await;
+    assert!(
+        matches!(missing, Err(NodeError::BlobUnavailable { .. })),
+        "{missing:?}"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}

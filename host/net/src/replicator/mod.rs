@@ -494,6 +494,13 @@ impl Replicator {
         rx
     }
 
+    /// A store's sync partners here (empty when the store is not replicated).
+    pub fn store_peers(&self, store: &StoreId) -> Vec<PubKey> {
+        self.store(store)
+            .map(|entry| lock(&entry.peers).clone())
+            .unwrap_or_default()
+    }
+
     /// Adds a peer to a store's peer set (and reconciles with it soon).
     pub fn add_store_peer(&self, store: &StoreId, peer: PubKey) {
         if let Some(entry) = self.store(store) {

@@ -24,6 +24,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
+mod blobs;
 mod invites;
 mod lifecycle;
 mod membership;
@@ -256,6 +257,9 @@ impl StoreManager {
             damaged: Mutex::new(HashMap::new()),
             repairing: Mutex::new(std::collections::HashSet::new()),
         });
+        if let Some(cas) = inner.node.cas() {
+            inner.replicator.set_cas(cas.clone());
+        }
         let joins = inner.replicator.join_requests();
         let snapshots = inner.replicator.snapshot_requests();
         let manager = StoreManager { inner };
