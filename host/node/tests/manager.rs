@@ -672,3 +672,35 @@ async fn a_member_gets_a_blob_of_the_store_from_its_peers() -> TestResult {
     b.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joiner_of_a_custom_type_store_fetches_its_module_and_projects() -> TestResult {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path()).await?;
+    let b = start(dirs[1].path()).await?;
+    let hash = a.install_module(EVIL.to_vec()).await?;
+    let store = a.create(&hash.to_string(), "custom", None).await?;
+    a.call(&store, "op", &json!({"mode": "ok"})).await?;
+    assert!(!b.node().runtime().is_installed(&hash));
+
+    // B joins and, with no manual install, ends up running the store's type.
+    let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
+    b.join(&token, |_| {}).await?;
+    until(&[&a, &b], "B to fetch the module and project", async || {
+        b.status(&store).await.is_ok_and(|s| !s.headless)
+            && b.call(&store, "get", &json!({}))
+                .await
+                .is_ok_and(|v| v["ok"] == 1)
+    })
+    .await?;
+    assert!(b.node().runtime().is_installed(&hash));
+    // B holds the module as a pinned blob of the store, so it can pass it on.
+    let cas = b.node().cas().ok_or("no blob store")?;
+    let held = cas
+        .stat(&store, &lattice_model::Hash(hash.0))?
+        .ok_or("the module is not a blob of the store at B")?;
+    assert!(held.pins > 0);
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}

@@ -278,6 +278,13 @@ impl Runtime {
         crate::guest::GuestInstance::new(self, module.clone()).map(|_| ())
     }
 
+    /// The file holding an installed module's component bytes (named by their hash), when
+    /// it is installed.
+    pub fn module_file(&self, hash: &ModuleHash) -> Option<PathBuf> {
+        let path = self.module_path(hash);
+        path.exists().then_some(path)
+    }
+
     /// Returns true when the module is installed.
     pub fn is_installed(&self, hash: &ModuleHash) -> bool {
         self.module_path(hash).exists()

@@ -1,5 +1,7 @@
 //! Blobs of the node's stores: putting one, and getting one from the store's peers when it
-//! is not here (`lattice-cas` keeps them; the replicator moves them).
+//! is not here (`lattice-cas` keeps them; the replicator moves them). A store's module is a
+//! blob of the store too: every node running the store holds (and so serves) it, and a node
+//! that holds the store headless fetches it from the store's peers and installs it.
 
 use std::io::Read;
 
@@ -53,5 +55,66 @@ impl StoreManager {
                     source,
                 },
             })
+    }
+}
+
+impl StoreManager {
+    /// Makes store `id`'s module a pinned blob of the store here when its module is
+    /// installed (so peers joining it can fetch the module); returns whether it is.
+    pub(super) async fn share_module(&self, id: &StoreId) -> Result<bool, NodeError> {
+        let Ok(cas) = self.blob_store() else {
+            return Ok(false);
+        };
+        let module = self.with_store(id, |s| Ok(s.genesis().module)).await?;
+        let Some(path) = self.inner.node.runtime().module_file(&module) else {
+            return Ok(false);
+        };
+        let store = *id;
+        let hash = Hash(module.0);
+        off_workers("sharing a store's module", move || {
+            if cas.stat(&store, &hash)?.is_some_and(|b| b.pins > 0) {
+                return Ok(true);
+            }
+            let file = std::fs::File::open(&path).map_err(|source| NodeError::Io {
+                path: path.display().to_string(),
+                source,
+            })?;
+            let blob = cas.put(&store, file)?;
+            if blob.hash != hash {
+                // The file no longer holds the bytes it is named by; nothing is shared.
+                return Ok(false);
+            }
+            cas.pin(&store, &hash, 1)?;
+            Ok(true)
+        })
+        .await
+    }
+
+    /// For a store held headless here (its module not installed): fetches the module from
+    /// the store's peers as a blob of the store, checks it names the store's type, installs
+    /// it and attaches the store. Returns whether the module is installed now.
+    ///
+    /// # Errors
+    /// [`NodeError::BlobUnavailable`] when no peer gives it; [`NodeError::Module`] when the
+    /// bytes are not a valid store module (they hash to the module's name, so a peer cannot
+    /// substitute another).
+    pub async fn fetch_module(&self, id: &StoreId) -> Result<bool, NodeError> {
+        let module = self.with_store(id, |s| Ok(s.genesis().module)).await?;
+        if self.inner.node.runtime().is_installed(&module) {
+            return Ok(true);
+        }
+        let hash = Hash(module.0);
+        let fetched = self.fetch_blob(id, &hash).await?;
+        let (cas, store) = (self.blob_store()?, *id);
+        let bytes = off_workers("reading a fetched module", move || {
+            let mut bytes = Vec::with_capacity(fetched.info.size as usize);
+            cas.read(&store, &hash, 0..fetched.info.size, &mut bytes)?;
+            cas.pin(&store, &hash, 1)?;
+            Ok(bytes)
+        })
+        .await?;
+        let installed = self.install_module(bytes).await?;
+        info!(store = %id.short(), module = %installed.short(), "module fetched from the store's peers and installed");
+        Ok(installed == module)
     }
 }

@@ -229,7 +229,37 @@ impl StoreManager {
             warn!(store = %id.short(), "could not pass the parent's membership to a child: {e}");
         }
         self.reconcile_children(&id).await?;
+        // The store's module travels with it: shared when installed here, fetched when not.
+        let this = self.clone();
+        tokio::spawn(async move { this.module_travels(&id).await });
         Ok(())
+    }
+
+    /// Shares store `id`'s module as a blob when it is installed here, or fetches it from
+    /// the store's peers when it is not; failures are logged (the next reconciliation with a
+    /// peer tries the fetch again).
+    pub(super) async fn module_travels(&self, id: &StoreId) {
+        match self.share_module(id).await {
+            Ok(true) => return,
+            Ok(false) => {}
+            Err(e) => {
+                debug!(store = %id.short(), "could not share the store's module: {e}");
+                return;
+            }
+        }
+        if !lock(&self.inner.fetching_modules).insert(*id) {
+            return;
+        }
+        let fetched = self.fetch_module(id).await;
+        lock(&self.inner.fetching_modules).remove(id);
+        match fetched {
+            Ok(_) => {
+                if let Err(e) = self.share_module(id).await {
+                    debug!(store = %id.short(), "could not share the fetched module: {e}");
+                }
+            }
+            Err(e) => debug!(store = %id.short(), "the store's module is not here yet: {e}"),
+        }
     }
 
     /// Projects what replication brought, then acts on system table changes: peer sets,

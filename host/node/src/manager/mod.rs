@@ -83,6 +83,8 @@ struct Inner {
     damaged: Mutex<HashMap<StoreId, String>>,
     /// Stores being repaired: closed, and not to be reopened until the repair is done.
     repairing: Mutex<std::collections::HashSet<StoreId>>,
+    /// Headless stores whose module is being fetched from their peers.
+    fetching_modules: Mutex<std::collections::HashSet<StoreId>>,
 }
 
 /// A running node; cheap to clone.
@@ -256,6 +258,7 @@ impl StoreManager {
             resume_at: Mutex::new(HashMap::new()),
             damaged: Mutex::new(HashMap::new()),
             repairing: Mutex::new(std::collections::HashSet::new()),
+            fetching_modules: Mutex::new(std::collections::HashSet::new()),
         });
         if let Some(cas) = inner.node.cas() {
             inner.replicator.set_cas(cas.clone());
@@ -341,6 +344,15 @@ impl StoreManager {
                 for s in targets {
                     if let Err(e) = this.refresh(&s).await {
                         warn!(store = %s.short(), "projecting replicated intentions failed: {e}");
+                    }
+                    // A store still waiting for its module asks its peers again.
+                    if this
+                        .with_store(&s, |st| Ok(st.is_headless()))
+                        .await
+                        .unwrap_or(false)
+                    {
+                        let this = this.clone();
+                        tokio::spawn(async move { this.module_travels(&s).await });
                     }
                 }
             }
