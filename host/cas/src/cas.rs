@@ -190,23 +190,20 @@ impl Cas {
     }
 
     /// Keeps `bytes` (at most [`INLINE_MAX`]) inline as blob `hash` and records `store`'s
-    /// hold on it, in one commit. The caller checked the hash.
+    /// hold on it, in one commit.
     pub(crate) fn hold_inline(
         &self,
         store: &StoreId,
         hash: &Hash,
         bytes: &[u8],
     ) -> Result<BlobInfo, CasError> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut inline = txn.open_table(INLINE)?;
-            if inline.get(hash.as_bytes())?.is_none() {
-                inline.insert(hash.as_bytes(), bytes)?;
-            }
-        }
-        let entry = hold_in(&txn, store, hash, bytes.len() as u64)?;
-        txn.commit()?;
-        Ok(info(*hash, bytes.len() as u64, entry))
+        let blob = crate::SmallBlob {
+            hash: *hash,
+            bytes: bytes.to_vec(),
+        };
+        self.hold_inline_many(store, std::slice::from_ref(&blob))?
+            .pop()
+            .ok_or(CasError::Stopped)
     }
 
     /// Keeps verified small blobs inline and records `store`'s hold on each, in one commit.
