@@ -579,21 +579,37 @@ async fn module(cmd: ModuleCommand, mut c: Client, out: &Output) -> anyhow::Resu
             }
             let bytes =
                 std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+            let file_hash = blake3::hash(&bytes).to_hex().to_string();
             let v = parse(
                 c.module
                     .install(v1::InstallRequest { module: bytes })
                     .await
                     .map_err(err)?,
             )?;
+            // Store types are named by the component the node keeps: for a core module that
+            // is the component made from it, not the file's own hash.
+            let made = v["module"].as_str() != Some(file_hash.as_str());
             let d = &v["descriptor"];
+            let mut record = v.clone();
+            record["file_hash"] = json!(file_hash);
+            record["componentized"] = json!(made);
+            let note = if made {
+                format!(
+                    "; the file is a core module (its own hash {}…): stores of this type are named by the component made from it",
+                    &file_hash[..16]
+                )
+            } else {
+                String::new()
+            };
             out.record(
                 &format!(
-                    "installed {} ({} {})",
+                    "installed {} ({} {}); `lattice store create --type {}` uses this hash{note}",
                     show(&v["module"]),
                     show(&d["name"]),
-                    show(&d["version"])
+                    show(&d["version"]),
+                    show(&v["module"]),
                 ),
-                v.clone(),
+                record,
             );
         }
         ModuleCommand::List => {

@@ -164,6 +164,9 @@ fn a_module_over_the_grpc_default_size_installs_and_an_oversized_one_names_the_l
     std::fs::write(&file, &big)?;
     let installed = json(&dir, &["module", "install", file.to_str().ok_or("path")?])?;
     assert!(installed["module"].is_string(), "{installed}");
+    // A component is kept as it is: its type is named by the file's own hash.
+    assert_eq!(installed["file_hash"], installed["module"], "{installed}");
+    assert_eq!(installed["componentized"], false, "{installed}");
 
     let huge = temp.path().join("huge.wasm");
     std::fs::write(&huge, vec![0u8; lattice_runtime::MAX_MODULE_BYTES + 1])?;
