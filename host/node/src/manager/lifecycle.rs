@@ -376,6 +376,12 @@ impl StoreManager {
         id: &StoreId,
         state: StoreState,
     ) -> Result<(), NodeError> {
+        // The record first: a refresh of the parent running meanwhile (replication events
+        // arrive on their own task) must not open again a child this closes.
+        if let Some(mut record) = self.inner.node.meta().get(id)? {
+            record.state = state;
+            self.inner.node.meta().put(&record)?;
+        }
         let children: Vec<StoreId> = lock(&self.inner.stores)
             .iter()
             .filter(|(_, v)| v.parent == Some(*id))
@@ -384,12 +390,7 @@ impl StoreManager {
         for child in children {
             Box::pin(self.close_tree(&child, state)).await?;
         }
-        self.close(id).await?;
-        if let Some(mut record) = self.inner.node.meta().get(id)? {
-            record.state = state;
-            self.inner.node.meta().put(&record)?;
-        }
-        Ok(())
+        self.close(id).await
     }
 
     /// Stops replicating a store and closes it, waiting until its log is closed.
