@@ -245,9 +245,20 @@ impl Cas {
         Ok(out)
     }
 
-    /// The bytes of inline blob `hash` of `store`, checked against the hash.
-    pub(crate) fn inline_bytes(&self, store: &StoreId, hash: &Hash) -> Result<Vec<u8>, CasError> {
-        index::lookup(&self.db, store, hash)?.ok_or_else(|| not_found(store, hash))?;
+    /// The bytes of blob `hash` of `store` (one index lookup): inline ones read and checked
+    /// against the hash, the files of a bigger one opened (the tree checks them as they are
+    /// read).
+    pub(crate) fn held(&self, store: &StoreId, hash: &Hash) -> Result<Held, CasError> {
+        let (_, blob) =
+            index::lookup(&self.db, store, hash)?.ok_or_else(|| not_found(store, hash))?;
+        if blob.size <= INLINE_MAX {
+            return self.inline_of(hash).map(Held::Inline);
+        }
+        self.files_of(hash, blob.size)
+    }
+
+    /// The bytes of inline blob `hash`, checked against the hash.
+    fn inline_of(&self, hash: &Hash) -> Result<Vec<u8>, CasError> {
         let txn = self.db.begin_read()?;
         let bytes = txn
             .open_table(INLINE)?
@@ -291,10 +302,8 @@ impl Cas {
         range: Range<u64>,
         out: &mut impl Write,
     ) -> Result<u64, CasError> {
-        let size = self
-            .stat(store, hash)?
-            .ok_or_else(|| not_found(store, hash))?
-            .size;
+        let held = self.held(store, hash)?;
+        let size = held.size();
         if range.start > range.end || range.end > size {
             return Err(CasError::OutOfRange {
                 hash: hash.short(),
@@ -303,20 +312,20 @@ impl Cas {
                 size,
             });
         }
-        if size <= INLINE_MAX {
-            let bytes = self.inline_bytes(store, hash)?;
-            let slice = &bytes[range.start as usize..range.end as usize];
-            out.write_all(slice).map_err(CasError::Output)?;
-            return Ok(slice.len() as u64);
-        }
-        let (data, obao, size) = self.open_blob(store, hash)?;
-        let damaged = |reason: String| CasError::Damaged {
-            hash: hash.short(),
-            reason,
+        let (data, obao) = match held {
+            Held::Inline(bytes) => {
+                let slice = &bytes[range.start as usize..range.end as usize];
+                out.write_all(slice).map_err(CasError::Output)?;
+                return Ok(slice.len() as u64);
+            }
+            Held::Files { data, obao, .. } => (data, obao),
         };
         let root = blake3::Hash::from_bytes(hash.0);
         verify::read_verified(&data, &obao, root, size, range, out).map_err(|f| match f {
-            ReadFailure::Damaged(reason) => damaged(reason),
+            ReadFailure::Damaged(reason) => CasError::Damaged {
+                hash: hash.short(),
+                reason,
+            },
             ReadFailure::Output(e) => CasError::Output(e),
         })
     }
@@ -331,14 +340,8 @@ impl Cas {
         &self.dir
     }
 
-    /// The data and hash-tree files of blob `hash` of `store`, and its size.
-    pub(crate) fn open_blob(
-        &self,
-        store: &StoreId,
-        hash: &Hash,
-    ) -> Result<(File, File, u64), CasError> {
-        let (_, blob) =
-            index::lookup(&self.db, store, hash)?.ok_or_else(|| not_found(store, hash))?;
+    /// The data and hash-tree files of blob `hash` (`size` bytes).
+    fn files_of(&self, hash: &Hash, size: u64) -> Result<Held, CasError> {
         let (data_path, obao_path, _) = self.paths(hash);
         let damaged = |reason: String| CasError::Damaged {
             hash: hash.short(),
@@ -347,13 +350,12 @@ impl Cas {
         let data = File::open(&data_path).map_err(|e| damaged(format!("its data: {e}")))?;
         let obao = File::open(&obao_path).map_err(|e| damaged(format!("its hash tree: {e}")))?;
         let len = data.metadata().map_err(CasError::io(&data_path))?.len();
-        if len != blob.size {
+        if len != size {
             return Err(damaged(format!(
-                "its data file has {len} bytes, not {}",
-                blob.size
+                "its data file has {len} bytes, not {size}"
             )));
         }
-        Ok((data, obao, blob.size))
+        Ok(Held::Files { data, obao, size })
     }
 
     /// Moves a blob's files (durable, verified) into place, unless they are there already,
@@ -572,6 +574,31 @@ fn hold_in(
     };
     blobs.insert(hash.as_bytes(), &row.encode())?;
     Ok(entry)
+}
+
+/// A held blob's bytes, ready to read ([`Cas::held`]).
+pub(crate) enum Held {
+    /// A small blob's bytes, checked against its hash.
+    Inline(Vec<u8>),
+    /// A bigger blob's data and hash-tree files.
+    Files {
+        /// The data.
+        data: File,
+        /// The hash tree.
+        obao: File,
+        /// The size.
+        size: u64,
+    },
+}
+
+impl Held {
+    /// The blob's size.
+    pub(crate) fn size(&self) -> u64 {
+        match self {
+            Held::Inline(bytes) => bytes.len() as u64,
+            Held::Files { size, .. } => *size,
+        }
+    }
 }
 
 fn info(hash: Hash, size: u64, entry: EntryRow) -> BlobInfo {

@@ -15,12 +15,12 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use bao_tree::io::outboard::{PostOrderMemOutboard, PreOrderOutboard};
-use bao_tree::io::sync::{WriteAt, decode_ranges, encode_ranges_validated, valid_ranges};
+use bao_tree::io::sync::{ReadAt, WriteAt, decode_ranges, encode_ranges_validated, valid_ranges};
 use bao_tree::{ChunkNum, ChunkRanges};
 use lattice_model::{Hash, StoreId};
 use range_collections::range_set::RangeSetRange;
 
-use crate::cas::{BlobInfo, Cas};
+use crate::cas::{BlobInfo, Cas, Held};
 use crate::error::CasError;
 use crate::index::INLINE_MAX;
 use crate::verify;
@@ -37,6 +37,11 @@ pub struct IncomingBlob {
     have: ChunkRanges,
 }
 
+/// Positioned reads and writes of a part of a blob being received (a file or memory).
+trait Part: ReadAt + WriteAt {}
+
+impl<T: ReadAt + WriteAt> Part for T {}
+
 /// Where a blob being received is written.
 #[derive(Debug)]
 enum Parts {
@@ -49,6 +54,24 @@ enum Parts {
     },
     /// Memory, for a blob kept inline (at most 16 KiB: started again if interrupted).
     Memory { data: Vec<u8>, obao: Vec<u8> },
+}
+
+impl Parts {
+    /// The data and hash-tree parts, to read.
+    fn read(&self) -> (&dyn Part, &dyn Part) {
+        match self {
+            Parts::Files { data, obao, .. } => (data, obao),
+            Parts::Memory { data, obao } => (data, obao),
+        }
+    }
+
+    /// The data and hash-tree parts, to write.
+    fn write(&mut self) -> (&mut dyn Part, &mut dyn Part) {
+        match self {
+            Parts::Files { data, obao, .. } => (data, obao),
+            Parts::Memory { data, obao } => (data, obao),
+        }
+    }
 }
 
 /// A received small blob, verified, not yet committed ([`IncomingBlob::finish_or_defer`]).
@@ -172,20 +195,14 @@ impl Cas {
             hash: hash.short(),
             reason: e.to_string(),
         };
-        let size = self
-            .stat(store, hash)?
-            .ok_or_else(|| CasError::NotFound {
-                hash: hash.short(),
-                store: store.short(),
-            })?
-            .size;
-        if size <= INLINE_MAX {
-            let bytes = self.inline_bytes(store, hash)?;
-            let outboard = PostOrderMemOutboard::create(&bytes, verify::BLOCK);
-            encode_ranges_validated(&bytes[..], &outboard, ranges, out).map_err(damaged)?;
-            return Ok(size);
-        }
-        let (data, obao, size) = self.open_blob(store, hash)?;
+        let (data, obao, size) = match self.held(store, hash)? {
+            Held::Inline(bytes) => {
+                let outboard = PostOrderMemOutboard::create(&bytes, verify::BLOCK);
+                encode_ranges_validated(&bytes[..], &outboard, ranges, out).map_err(damaged)?;
+                return Ok(bytes.len() as u64);
+            }
+            Held::Files { data, obao, size } => (data, obao, size),
+        };
         let outboard = PreOrderOutboard {
             root: blake3::Hash::from_bytes(hash.0),
             tree: verify::tree(size),
@@ -335,24 +352,13 @@ impl IncomingBlob {
     fn verified(&self, ranges: &ChunkRanges) -> Result<ChunkRanges, CasError> {
         let root = blake3::Hash::from_bytes(self.hash.0);
         let tree = verify::tree(self.size);
-        let found: Vec<std::io::Result<std::ops::Range<ChunkNum>>> = match &self.parts {
-            Parts::Files { data, obao, .. } => {
-                let outboard = PreOrderOutboard {
-                    root,
-                    tree,
-                    data: obao,
-                };
-                valid_ranges(outboard, data, ranges).into_iter().collect()
-            }
-            Parts::Memory { data, obao } => {
-                let outboard = PreOrderOutboard {
-                    root,
-                    tree,
-                    data: obao,
-                };
-                valid_ranges(outboard, data, ranges).into_iter().collect()
-            }
+        let (data, obao) = self.parts.read();
+        let outboard = PreOrderOutboard {
+            root,
+            tree,
+            data: obao,
         };
+        let found: Vec<_> = valid_ranges(outboard, data, ranges).into_iter().collect();
         let mut have = ChunkRanges::empty();
         for range in found {
             let range = range.map_err(|e| CasError::Damaged {
@@ -393,30 +399,13 @@ impl IncomingBlob {
         let root = blake3::Hash::from_bytes(self.hash.0);
         let tree = verify::tree(self.size);
         let shared = self.received.as_deref();
-        let (decoded, written) = match &mut self.parts {
-            Parts::Files { data, obao, .. } => decode_into(
-                encoded,
-                ranges,
-                data,
-                PreOrderOutboard {
-                    root,
-                    tree,
-                    data: obao,
-                },
-                shared,
-            ),
-            Parts::Memory { data, obao } => decode_into(
-                encoded,
-                ranges,
-                data,
-                PreOrderOutboard {
-                    root,
-                    tree,
-                    data: obao,
-                },
-                shared,
-            ),
+        let (data, obao) = self.parts.write();
+        let outboard = PreOrderOutboard {
+            root,
+            tree,
+            data: obao,
         };
+        let (decoded, written) = decode_into(encoded, ranges, data, outboard, shared);
         match decoded {
             Ok(()) => {
                 self.have |= ranges.clone() & self.all();

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use lattice_cas::Cas;
 use lattice_log::SyntheticDag;
 use lattice_model::{Hash, NodeKey};
 use lattice_net::{IrohNet, Mesh, MeshTransport, ReplicatorConfig, Transport};
@@ -129,12 +128,7 @@ async fn bench(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
     )
     .await?;
     let store = mesh.store_id();
-    let cas: Vec<Arc<Cas>> = (0..2)
-        .map(|i| Cas::open(&tmp.path().join(format!("cas{i}"))).map(Arc::new))
-        .collect::<Result<_, _>>()?;
-    for (node, cas) in mesh.nodes.iter().zip(&cas) {
-        node.replicator.set_cas(cas.clone());
-    }
+    let cas = mesh.give_blob_stores()?;
     let from = [mesh.nodes[0].id()];
     let fetcher = &mesh.nodes[1].replicator;
     let put = |seed: u64, size: u64| {

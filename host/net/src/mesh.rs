@@ -189,6 +189,21 @@ impl Mesh {
         StoreId(self.genesis.hash().0)
     }
 
+    /// Gives every node a blob store of its own (`cas<i>` in the mesh's directory) and
+    /// returns them, in node order.
+    ///
+    /// # Errors
+    /// When a blob store cannot be opened.
+    pub fn give_blob_stores(&self) -> Result<Vec<Arc<lattice_cas::Cas>>, lattice_cas::CasError> {
+        let mut stores = Vec::with_capacity(self.nodes.len());
+        for (i, node) in self.nodes.iter().enumerate() {
+            let cas = Arc::new(lattice_cas::Cas::open(&self.dir.join(format!("cas{i}")))?);
+            node.replicator.set_cas(cas.clone());
+            stores.push(cas);
+        }
+        Ok(stores)
+    }
+
     /// Adds a node with an empty log that knows every existing node's address but does not
     /// replicate the store yet (bootstrap it, then [`Mesh::join`]). Returns its index.
     ///

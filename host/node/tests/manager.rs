@@ -65,6 +65,17 @@ async fn futures_any(rxs: &mut [tokio::sync::broadcast::Receiver<lattice_node::N
     }
 }
 
+/// Waits until `a` and `b` hold the same state of `store`.
+async fn until_same_state(a: &StoreManager, b: &StoreManager, store: &StoreId) -> TestResult {
+    until(&[a, b], "the same state", async || {
+        matches!(
+            (a.state_digest(store).await, b.state_digest(store).await),
+            (Ok(x), Ok(y)) if x == y
+        )
+    })
+    .await
+}
+
 async fn get(node: &StoreManager, store: &StoreId, key: &str) -> Value {
     node.call(store, "get", &json!({"key": key}))
         .await
@@ -519,13 +530,7 @@ async fn a_joiner_of_a_pruned_store_gets_a_snapshot_over_the_network() -> TestRe
             && all_read(&[&a, &b], &store, "from-a", "ho").await
     })
     .await?;
-    until(&[&a, &b], "the same state", async || {
-        matches!(
-            (a.state_digest(&store).await, b.state_digest(&store).await),
-            (Ok(x), Ok(y)) if x == y
-        )
-    })
-    .await?;
+    until_same_state(&a, &b, &store).await?;
 
     // B restarts on what it joined with.
     b.shutdown().await;
@@ -614,13 +619,7 @@ async fn a_member_behind_a_pruned_floor_catches_up_through_a_snapshot() -> TestR
         },
     )
     .await?;
-    until(&[&a, &c], "the same state", async || {
-        matches!(
-            (a.state_digest(&store).await, c.state_digest(&store).await),
-            (Ok(x), Ok(y)) if x == y
-        )
-    })
-    .await?;
+    until_same_state(&a, &c, &store).await?;
     assert_eq!(get(&c, &store, "k0").await, "v290");
     let status = c.status(&store).await?;
     assert_eq!(status.state(), "ready");

@@ -2,10 +2,9 @@
 //! verified as it arrives, completing what an earlier transfer left; other stores' blobs
 //! and missing blobs are refused.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use lattice_cas::{Cas, ChunkNum, ChunkRanges};
+use lattice_cas::{ChunkNum, ChunkRanges};
 use lattice_log::SyntheticDag;
 use lattice_model::{Hash, StoreId};
 use lattice_net::{Mesh, MeshTransport, ReplicaError, ReplicatorConfig};
@@ -36,12 +35,7 @@ async fn a_member_fetches_a_blob_verified_and_resumes_what_was_left() -> TestRes
     )
     .await?;
     let store = mesh.store_id();
-    let cas: Vec<Arc<Cas>> = (0..2)
-        .map(|i| Cas::open(&dir.path().join(format!("cas{i}"))).map(Arc::new))
-        .collect::<Result<_, _>>()?;
-    for (node, cas) in mesh.nodes.iter().zip(&cas) {
-        node.replicator.set_cas(cas.clone());
-    }
+    let cas = mesh.give_blob_stores()?;
     let data = bytes(5 * 1024 * 1024 + 123, 1);
     let blob = cas[0].put(&store, &data[..])?;
     let from = [mesh.nodes[0].id()];
@@ -121,12 +115,7 @@ async fn a_peer_sending_a_bad_part_is_struck_and_an_honest_one_completes_the_blo
     )
     .await?;
     let store = mesh.store_id();
-    let cas: Vec<Arc<Cas>> = (0..2)
-        .map(|i| Cas::open(&dir.path().join(format!("cas{i}"))).map(Arc::new))
-        .collect::<Result<_, _>>()?;
-    for (node, cas) in mesh.nodes.iter().zip(&cas) {
-        node.replicator.set_cas(cas.clone());
-    }
+    let cas = mesh.give_blob_stores()?;
     let data = bytes(2 * 1024 * 1024, 4);
     let blob = cas[0].put(&store, &data[..])?;
 

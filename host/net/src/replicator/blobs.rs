@@ -282,19 +282,13 @@ impl Replicator {
         ranges: Vec<(u64, u64)>,
         stream: &mut Stream,
     ) {
-        let refusal = match (self.store(&store), self.cas()) {
-            (None, _) => Some("this node does not replicate that store"),
-            (Some(entry), _) if !entry.allows(&peer) => {
-                Some("you are not a peer of this store here; ask a member for an invite")
-            }
-            (_, None) => Some("this node keeps no blobs"),
-            _ => None,
-        };
-        if let Some(reason) = refusal {
-            let _ = lattice_sync::refuse(stream, reason).await;
+        if self.entry_for_peer(&peer, &store, stream).await.is_none() {
             return;
         }
-        let Some(cas) = self.cas() else { return };
+        let Some(cas) = self.cas() else {
+            let _ = lattice_sync::refuse(stream, "this node keeps no blobs").await;
+            return;
+        };
         let (mut hash, mut ranges) = (hash, ranges);
         let deadline = tokio::time::Instant::now() + self.inner.config.session_timeout;
         loop {
@@ -404,8 +398,8 @@ async fn fetch_from(
             .await
             .map_err(|_| SessionError::Link("the node is shutting down".into()))?
     };
-    let (asked, known_size) = match resumed {
-        Ok(Some(partial)) => (partial.missing(), Some(partial.size())),
+    let (asked, resumed) = match resumed {
+        Ok(Some(partial)) => (partial.missing(), Some(partial)),
         Ok(None) => (ChunkRanges::all(), None),
         Err(e) => return Ok(Fetched::Local(e)),
     };
@@ -424,14 +418,21 @@ async fn fetch_from(
         lattice_sync::Msg::Refused(reason) => return Err(SessionError::Refused(reason)),
         _ => return Err(SessionError::Misbehaved("expected a blob size".into())),
     };
-    if known_size.is_some_and(|known| known != size) {
+    if resumed
+        .as_ref()
+        .is_some_and(|partial| partial.size() != size)
+    {
         return Err(SessionError::Misbehaved(
             "the blob's size differs from what another peer said".into(),
         ));
     }
     let (tx, rx) = mpsc::channel(PIPE);
     let decoding = tokio::task::spawn_blocking(move || {
-        let mut incoming = cas.receive(&hash, size)?;
+        // The partial blob found above is received into; its parts were verified once.
+        let mut incoming = match resumed {
+            Some(partial) => partial,
+            None => cas.receive(&hash, size)?,
+        };
         if let Some(counter) = progress {
             incoming.count_into(counter);
         }

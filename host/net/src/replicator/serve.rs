@@ -34,6 +34,23 @@ impl Replicator {
         }
     }
 
+    /// The store's entry when `peer` may be served it here; otherwise the stream is refused
+    /// with the reason and `None` returned.
+    pub(super) async fn entry_for_peer(
+        &self,
+        peer: &PubKey,
+        store: &StoreId,
+        stream: &mut Stream,
+    ) -> Option<Arc<StoreEntry>> {
+        let reason = match self.store(store) {
+            Some(entry) if entry.allows(peer) => return Some(entry),
+            Some(_) => "you are not a peer of this store here; ask a member for an invite",
+            None => "this node does not replicate that store",
+        };
+        let _ = lattice_sync::refuse(stream, reason).await;
+        None
+    }
+
     /// Asks the node for a snapshot of `store` for `peer` and waits (bounded) for it.
     async fn ask_snapshot(&self, peer: PubKey, store: StoreId) -> Result<Option<Vec<u8>>, String> {
         let Some(snapshots) = lock(&self.inner.snapshots).clone() else {
@@ -56,16 +73,7 @@ impl Replicator {
 
     /// Serves a snapshot fetch of `store` to `peer` (a peer of the store here).
     async fn serve_snapshot(&self, peer: PubKey, store: StoreId, stream: &mut Stream) {
-        let Some(entry) = self.store(&store) else {
-            let _ = lattice_sync::refuse(stream, "this node does not replicate that store").await;
-            return;
-        };
-        if !entry.allows(&peer) {
-            let _ = lattice_sync::refuse(
-                stream,
-                "you are not a peer of this store here; ask a member for an invite",
-            )
-            .await;
+        if self.entry_for_peer(&peer, &store, stream).await.is_none() {
             return;
         }
         let sent = match self.ask_snapshot(peer, store).await {
@@ -175,18 +183,9 @@ impl Replicator {
                 return;
             }
         };
-        let Some(entry) = self.store(&store) else {
-            let _ = lattice_sync::refuse(stream, "this node does not replicate that store").await;
+        let Some(entry) = self.entry_for_peer(&peer, &store, stream).await else {
             return;
         };
-        if !entry.allows(&peer) {
-            let _ = lattice_sync::refuse(
-                stream,
-                "you are not a peer of this store here; ask a member for an invite",
-            )
-            .await;
-            return;
-        }
         let served = tokio::time::timeout(
             self.inner.config.session_timeout,
             lattice_sync::serve(stream, &entry.log, &self.inner.config.session),

@@ -327,9 +327,23 @@ impl StoreManager {
                         });
                         continue;
                     }
+                    Ok(ReplicaEvent::Synced { store, .. }) => {
+                        // A store still waiting for its module asks its peers again after a
+                        // reconciliation (not per gossiped intention).
+                        let this = this.clone();
+                        tokio::spawn(async move {
+                            if this
+                                .with_store(&store, |st| Ok(st.is_headless()))
+                                .await
+                                .unwrap_or(false)
+                            {
+                                this.module_travels(&store).await;
+                            }
+                        });
+                        Some(store)
+                    }
                     Ok(
-                        ReplicaEvent::Synced { store, .. }
-                        | ReplicaEvent::Served { store, .. }
+                        ReplicaEvent::Served { store, .. }
                         | ReplicaEvent::Gossiped { store, .. }
                         | ReplicaEvent::GapFilled { store, .. },
                     ) => Some(store),
@@ -344,15 +358,6 @@ impl StoreManager {
                 for s in targets {
                     if let Err(e) = this.refresh(&s).await {
                         warn!(store = %s.short(), "projecting replicated intentions failed: {e}");
-                    }
-                    // A store still waiting for its module asks its peers again.
-                    if this
-                        .with_store(&s, |st| Ok(st.is_headless()))
-                        .await
-                        .unwrap_or(false)
-                    {
-                        let this = this.clone();
-                        tokio::spawn(async move { this.module_travels(&s).await });
                     }
                 }
             }
