@@ -175,6 +175,7 @@ impl Node {
             system_module,
             cas,
         };
+        sweep_removals(&node.dir.stores_dir())?;
         let recovered = node.recover_inventory()?;
         if !recovered.is_empty() {
             warn!(
@@ -472,7 +473,7 @@ impl Node {
             Ok(store)
         })();
         if opened.is_err()
-            && let Err(e) = std::fs::remove_dir_all(&dir)
+            && let Err(e) = discard_dir(&dir)
         {
             warn!(path = %dir.display(), "could not remove a refused snapshot's files: {e}");
         }
@@ -513,7 +514,7 @@ impl Node {
         };
         let taken = self.take_over(&aside, store.log())?;
         store.project()?;
-        std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+        discard_dir(&aside)?;
         Ok((store, taken))
     }
 
@@ -536,7 +537,7 @@ impl Node {
         let log = self.open_log(id)?;
         let taken = self.take_over(&aside, &log)?;
         log.close()?;
-        std::fs::remove_dir_all(&aside).map_err(io(&aside))?;
+        discard_dir(&aside)?;
         info!(store = %id.short(), taken, "an interrupted catch-up was finished");
         Ok(())
     }
@@ -596,11 +597,7 @@ impl Node {
     /// # Errors
     /// [`NodeError::Io`].
     pub fn remove_store_files(&self, id: &StoreId) -> Result<(), NodeError> {
-        let dir = self.dir.store_dir(id);
-        match std::fs::remove_dir_all(&dir) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io(&dir)(e)),
-            _ => Ok(()),
-        }
+        discard_dir(&self.dir.store_dir(id))
     }
 
     /// Finds a store by full id or unique prefix.
@@ -848,6 +845,46 @@ fn durable_write(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(dir) => sync_dir(dir),
         None => Ok(()),
     }
+}
+
+/// The suffix of a directory being removed ([`discard_dir`]); swept at the next start.
+const REMOVING: &str = ".removing";
+
+/// Removes directory `dir` so that a crash part-way leaves either all of it or none under
+/// its name: it is renamed to `<dir>.removing` (durably) before its files go, and what a
+/// crash leaves under that name is swept by [`sweep_removals`]. Nothing to remove is fine.
+fn discard_dir(dir: &Path) -> Result<(), NodeError> {
+    let mut doomed = dir.as_os_str().to_owned();
+    doomed.push(REMOVING);
+    let doomed = PathBuf::from(doomed);
+    match std::fs::remove_dir_all(&doomed) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(io(&doomed)(e)),
+        _ => {}
+    }
+    match std::fs::rename(dir, &doomed) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        other => other.map_err(io(dir))?,
+    }
+    if let Some(parent) = dir.parent() {
+        sync_dir(parent).map_err(io(parent))?;
+    }
+    std::fs::remove_dir_all(&doomed).map_err(io(&doomed))
+}
+
+/// Finishes removals a crash interrupted: every `*.removing` directory in `dir`.
+fn sweep_removals(dir: &Path) -> Result<(), NodeError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(dir)(e)),
+    };
+    for entry in entries {
+        let path = entry.map_err(io(dir))?.path();
+        if path.to_string_lossy().ends_with(REMOVING) {
+            std::fs::remove_dir_all(&path).map_err(io(&path))?;
+        }
+    }
+    Ok(())
 }
 
 /// Makes the entries of `dir` durable (created or removed files).

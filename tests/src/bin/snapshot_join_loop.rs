@@ -20,8 +20,7 @@ fn main() -> anyhow::Result<()> {
         bail!("usage: snapshot-join-loop <snapshot file> <data dir>");
     };
     let snapshot = Snapshot::decode(&std::fs::read(file).context("reading the snapshot")?)?;
-    let data = DataDir::new(dir);
-    let node = Node::open(data.clone())?;
+    let node = Node::open(DataDir::new(dir))?;
     let id = snapshot.store;
     let mut stdout = std::io::stdout().lock();
     loop {
@@ -30,7 +29,7 @@ fn main() -> anyhow::Result<()> {
         match node.open_store(id) {
             Ok(store) => {
                 store.close()?;
-                std::fs::remove_dir_all(data.store_dir(&id))?;
+                node.remove_store_files(&id)?;
             }
             Err(NodeError::UnknownStore(_) | NodeError::SnapshotRefused { .. }) => {}
             Err(e) => return Err(e.into()),
