@@ -382,6 +382,136 @@ pub struct ModuleList {
     #[prost(message, repeated, tag = "1")]
     pub items: ::prost::alloc::vec::Vec<ModuleInfo>,
 }
+/// The first message of a `Put` names the store; later ones carry only `data`.
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobPutRequest {
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    #[prost(bytes = "vec", tag = "2")]
+    pub data: ::prost::alloc::vec::Vec<u8>,
+    /// Pin the blob once it is stored (first message only).
+    #[prost(bool, tag = "3")]
+    pub pin: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobRequest {
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    /// The blob's BLAKE3 hash (64 hex digits).
+    #[prost(string, tag = "2")]
+    pub hash: ::prost::alloc::string::String,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobGetRequest {
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub hash: ::prost::alloc::string::String,
+    /// The first byte to send.
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+    /// How many bytes to send; 0 sends everything from `offset` on.
+    #[prost(uint64, tag = "4")]
+    pub length: u64,
+    /// Do not ask peers: `not_found` when the blob is not here.
+    #[prost(bool, tag = "5")]
+    pub local_only: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobGetReply {
+    #[prost(oneof = "blob_get_reply::Part", tags = "1, 2, 3")]
+    pub part: ::core::option::Option<blob_get_reply::Part>,
+}
+/// Nested message and enum types in `BlobGetReply`.
+pub mod blob_get_reply {
+    #[allow(clippy::all)]
+    #[derive(Clone, PartialEq, Eq, Hash, ::prost::Oneof)]
+    pub enum Part {
+        /// While fetching from peers: bytes received (and verified) so far.
+        #[prost(message, tag = "1")]
+        Progress(super::BlobProgress),
+        /// Once the blob is here, before any data.
+        #[prost(message, tag = "2")]
+        Info(super::BlobInfo),
+        /// The bytes, in order.
+        #[prost(bytes, tag = "3")]
+        Data(::prost::alloc::vec::Vec<u8>),
+    }
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobProgress {
+    #[prost(uint64, tag = "1")]
+    pub received: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobInfo {
+    #[prost(string, tag = "1")]
+    pub hash: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub size: u64,
+    /// How many times the store pinned it.
+    #[prost(uint32, tag = "3")]
+    pub pins: u32,
+    /// How many references the store's state declares to it.
+    #[prost(uint32, tag = "4")]
+    pub refs: u32,
+    /// When the store first held it (ms since the Unix epoch).
+    #[prost(uint64, tag = "5")]
+    pub added_ms: u64,
+    /// Set by `Get` when the blob was fetched: the peer it came from (node key) and the bytes
+    /// received from the network (less than `size` when a transfer was resumed).
+    #[prost(string, tag = "6")]
+    pub fetched_from: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "7")]
+    pub fetched_bytes: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobPinRequest {
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub hash: ::prost::alloc::string::String,
+    /// True adds a pin; false removes one.
+    #[prost(bool, tag = "3")]
+    pub pin: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobStatusRequest {
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    /// List every blob in `items`.
+    #[prost(bool, tag = "2")]
+    pub list: bool,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct BlobStatus {
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    #[prost(uint64, tag = "2")]
+    pub blobs: u64,
+    #[prost(uint64, tag = "3")]
+    pub bytes: u64,
+    /// Blobs with at least one pin.
+    #[prost(uint64, tag = "4")]
+    pub pinned: u64,
+    /// Blobs the store's state references.
+    #[prost(uint64, tag = "5")]
+    pub referenced: u64,
+    /// Blobs neither pinned nor referenced (collected after the grace period).
+    #[prost(uint64, tag = "6")]
+    pub loose: u64,
+    #[prost(message, repeated, tag = "7")]
+    pub items: ::prost::alloc::vec::Vec<BlobInfo>,
+}
 /// Generated client implementations.
 pub mod node_service_client {
     #![allow(
@@ -2498,6 +2628,524 @@ pub mod module_service_server {
     /// Generated gRPC service name
     pub const SERVICE_NAME: &str = "lattice.daemon.v1.ModuleService";
     impl<T> tonic::server::NamedService for ModuleServiceServer<T> {
+        const NAME: &'static str = SERVICE_NAME;
+    }
+}
+/// Generated client implementations.
+pub mod blob_service_client {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value
+    )]
+    use tonic::codegen::http::Uri;
+    use tonic::codegen::*;
+    #[derive(Debug, Clone)]
+    pub struct BlobServiceClient<T> {
+        inner: tonic::client::Grpc<T>,
+    }
+    impl<T> BlobServiceClient<T>
+    where
+        T: tonic::client::GrpcService<tonic::body::Body>,
+        T::Error: Into<StdError>,
+        T::ResponseBody: Body<Data = Bytes> + std::marker::Send + 'static,
+        <T::ResponseBody as Body>::Error: Into<StdError> + std::marker::Send,
+    {
+        pub fn new(inner: T) -> Self {
+            let inner = tonic::client::Grpc::new(inner);
+            Self { inner }
+        }
+        pub fn with_origin(inner: T, origin: Uri) -> Self {
+            let inner = tonic::client::Grpc::with_origin(inner, origin);
+            Self { inner }
+        }
+        pub fn with_interceptor<F>(
+            inner: T,
+            interceptor: F,
+        ) -> BlobServiceClient<InterceptedService<T, F>>
+        where
+            F: tonic::service::Interceptor,
+            T::ResponseBody: Default,
+            T: tonic::codegen::Service<
+                    http::Request<tonic::body::Body>,
+                    Response = http::Response<
+                        <T as tonic::client::GrpcService<tonic::body::Body>>::ResponseBody,
+                    >,
+                >,
+            <T as tonic::codegen::Service<http::Request<tonic::body::Body>>>::Error:
+                Into<StdError> + std::marker::Send + std::marker::Sync,
+        {
+            BlobServiceClient::new(InterceptedService::new(inner, interceptor))
+        }
+        /// Compress requests with the given encoding.
+        ///
+        /// This requires the server to support it otherwise it might respond with an
+        /// error.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.send_compressed(encoding);
+            self
+        }
+        /// Enable decompressing responses.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.inner = self.inner.accept_compressed(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_decoding_message_size(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.inner = self.inner.max_encoding_message_size(limit);
+            self
+        }
+        /// Puts a blob into a store's blob space from a client stream: the first message names the
+        /// store, every message may carry bytes (up to 1 MiB each). The bytes are hashed and
+        /// written to disk as they arrive, never held whole. With `pin` (first message) the blob is
+        /// pinned once. Reply: the blob as the store holds it.
+        pub async fn put(
+            &mut self,
+            request: impl tonic::IntoStreamingRequest<Message = super::BlobPutRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobInfo>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/lattice.daemon.v1.BlobService/Put");
+            let mut req = request.into_streaming_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lattice.daemon.v1.BlobService", "Put"));
+            self.inner.client_streaming(req, path, codec).await
+        }
+        /// Streams bytes of a blob of a store: held here, or first fetched from the store's peers
+        /// (verified chunk by chunk; resumed where an earlier transfer stopped), with `progress`
+        /// messages meanwhile. Then one `info` message, then `data` messages in order. Every byte
+        /// sent was checked against the hash on the way out.
+        pub async fn get(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BlobGetRequest>,
+        ) -> std::result::Result<
+            tonic::Response<tonic::codec::Streaming<super::BlobGetReply>>,
+            tonic::Status,
+        > {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/lattice.daemon.v1.BlobService/Get");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lattice.daemon.v1.BlobService", "Get"));
+            self.inner.server_streaming(req, path, codec).await
+        }
+        /// The blob as the store holds it here (`not_found` when it does not).
+        pub async fn stat(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BlobRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobInfo>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/lattice.daemon.v1.BlobService/Stat");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lattice.daemon.v1.BlobService", "Stat"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// Pins a blob (fetching it from the store's peers first when it is not here), or with
+        /// `pin` false removes one pin. A pinned blob is never collected.
+        pub async fn pin(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BlobPinRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobInfo>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path = http::uri::PathAndQuery::from_static("/lattice.daemon.v1.BlobService/Pin");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lattice.daemon.v1.BlobService", "Pin"));
+            self.inner.unary(req, path, codec).await
+        }
+        /// The blobs a store holds here: counts and bytes; `items` lists them when `list` is set.
+        pub async fn status(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BlobStatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobStatus>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/lattice.daemon.v1.BlobService/Status");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lattice.daemon.v1.BlobService", "Status"));
+            self.inner.unary(req, path, codec).await
+        }
+    }
+}
+/// Generated server implementations.
+pub mod blob_service_server {
+    #![allow(
+        unused_variables,
+        dead_code,
+        missing_docs,
+        clippy::wildcard_imports,
+        clippy::let_unit_value
+    )]
+    use tonic::codegen::*;
+    /// Generated trait containing gRPC methods that should be implemented for use with BlobServiceServer.
+    #[async_trait]
+    pub trait BlobService: std::marker::Send + std::marker::Sync + 'static {
+        /// Puts a blob into a store's blob space from a client stream: the first message names the
+        /// store, every message may carry bytes (up to 1 MiB each). The bytes are hashed and
+        /// written to disk as they arrive, never held whole. With `pin` (first message) the blob is
+        /// pinned once. Reply: the blob as the store holds it.
+        async fn put(
+            &self,
+            request: tonic::Request<tonic::Streaming<super::BlobPutRequest>>,
+        ) -> std::result::Result<tonic::Response<super::BlobInfo>, tonic::Status>;
+        /// Server streaming response type for the Get method.
+        type GetStream: tonic::codegen::tokio_stream::Stream<
+                Item = std::result::Result<super::BlobGetReply, tonic::Status>,
+            > + std::marker::Send
+            + 'static;
+        /// Streams bytes of a blob of a store: held here, or first fetched from the store's peers
+        /// (verified chunk by chunk; resumed where an earlier transfer stopped), with `progress`
+        /// messages meanwhile. Then one `info` message, then `data` messages in order. Every byte
+        /// sent was checked against the hash on the way out.
+        async fn get(
+            &self,
+            request: tonic::Request<super::BlobGetRequest>,
+        ) -> std::result::Result<tonic::Response<Self::GetStream>, tonic::Status>;
+        /// The blob as the store holds it here (`not_found` when it does not).
+        async fn stat(
+            &self,
+            request: tonic::Request<super::BlobRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobInfo>, tonic::Status>;
+        /// Pins a blob (fetching it from the store's peers first when it is not here), or with
+        /// `pin` false removes one pin. A pinned blob is never collected.
+        async fn pin(
+            &self,
+            request: tonic::Request<super::BlobPinRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobInfo>, tonic::Status>;
+        /// The blobs a store holds here: counts and bytes; `items` lists them when `list` is set.
+        async fn status(
+            &self,
+            request: tonic::Request<super::BlobStatusRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobStatus>, tonic::Status>;
+    }
+    #[derive(Debug)]
+    pub struct BlobServiceServer<T> {
+        inner: Arc<T>,
+        accept_compression_encodings: EnabledCompressionEncodings,
+        send_compression_encodings: EnabledCompressionEncodings,
+        max_decoding_message_size: Option<usize>,
+        max_encoding_message_size: Option<usize>,
+    }
+    impl<T> BlobServiceServer<T> {
+        pub fn new(inner: T) -> Self {
+            Self::from_arc(Arc::new(inner))
+        }
+        pub fn from_arc(inner: Arc<T>) -> Self {
+            Self {
+                inner,
+                accept_compression_encodings: Default::default(),
+                send_compression_encodings: Default::default(),
+                max_decoding_message_size: None,
+                max_encoding_message_size: None,
+            }
+        }
+        pub fn with_interceptor<F>(inner: T, interceptor: F) -> InterceptedService<Self, F>
+        where
+            F: tonic::service::Interceptor,
+        {
+            InterceptedService::new(Self::new(inner), interceptor)
+        }
+        /// Enable decompressing requests with the given encoding.
+        #[must_use]
+        pub fn accept_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.accept_compression_encodings.enable(encoding);
+            self
+        }
+        /// Compress responses with the given encoding, if the client supports it.
+        #[must_use]
+        pub fn send_compressed(mut self, encoding: CompressionEncoding) -> Self {
+            self.send_compression_encodings.enable(encoding);
+            self
+        }
+        /// Limits the maximum size of a decoded message.
+        ///
+        /// Default: `4MB`
+        #[must_use]
+        pub fn max_decoding_message_size(mut self, limit: usize) -> Self {
+            self.max_decoding_message_size = Some(limit);
+            self
+        }
+        /// Limits the maximum size of an encoded message.
+        ///
+        /// Default: `usize::MAX`
+        #[must_use]
+        pub fn max_encoding_message_size(mut self, limit: usize) -> Self {
+            self.max_encoding_message_size = Some(limit);
+            self
+        }
+    }
+    impl<T, B> tonic::codegen::Service<http::Request<B>> for BlobServiceServer<T>
+    where
+        T: BlobService,
+        B: Body + std::marker::Send + 'static,
+        B::Error: Into<StdError> + std::marker::Send + 'static,
+    {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(
+            &mut self,
+            _cx: &mut Context<'_>,
+        ) -> Poll<std::result::Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, req: http::Request<B>) -> Self::Future {
+            match req.uri().path() {
+                "/lattice.daemon.v1.BlobService/Put" => {
+                    #[allow(non_camel_case_types)]
+                    struct PutSvc<T: BlobService>(pub Arc<T>);
+                    impl<T: BlobService>
+                        tonic::server::ClientStreamingService<super::BlobPutRequest> for PutSvc<T>
+                    {
+                        type Response = super::BlobInfo;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<tonic::Streaming<super::BlobPutRequest>>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as BlobService>::put(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PutSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.client_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.BlobService/Get" => {
+                    #[allow(non_camel_case_types)]
+                    struct GetSvc<T: BlobService>(pub Arc<T>);
+                    impl<T: BlobService>
+                        tonic::server::ServerStreamingService<super::BlobGetRequest> for GetSvc<T>
+                    {
+                        type Response = super::BlobGetReply;
+                        type ResponseStream = T::GetStream;
+                        type Future =
+                            BoxFuture<tonic::Response<Self::ResponseStream>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BlobGetRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as BlobService>::get(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = GetSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.server_streaming(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.BlobService/Stat" => {
+                    #[allow(non_camel_case_types)]
+                    struct StatSvc<T: BlobService>(pub Arc<T>);
+                    impl<T: BlobService> tonic::server::UnaryService<super::BlobRequest> for StatSvc<T> {
+                        type Response = super::BlobInfo;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BlobRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as BlobService>::stat(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StatSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.BlobService/Pin" => {
+                    #[allow(non_camel_case_types)]
+                    struct PinSvc<T: BlobService>(pub Arc<T>);
+                    impl<T: BlobService> tonic::server::UnaryService<super::BlobPinRequest> for PinSvc<T> {
+                        type Response = super::BlobInfo;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BlobPinRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move { <T as BlobService>::pin(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PinSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.BlobService/Status" => {
+                    #[allow(non_camel_case_types)]
+                    struct StatusSvc<T: BlobService>(pub Arc<T>);
+                    impl<T: BlobService> tonic::server::UnaryService<super::BlobStatusRequest> for StatusSvc<T> {
+                        type Response = super::BlobStatus;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BlobStatusRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as BlobService>::status(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = StatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                _ => Box::pin(async move {
+                    let mut response = http::Response::new(tonic::body::Body::default());
+                    let headers = response.headers_mut();
+                    headers.insert(
+                        tonic::Status::GRPC_STATUS,
+                        (tonic::Code::Unimplemented as i32).into(),
+                    );
+                    headers.insert(
+                        http::header::CONTENT_TYPE,
+                        tonic::metadata::GRPC_CONTENT_TYPE,
+                    );
+                    Ok(response)
+                }),
+            }
+        }
+    }
+    impl<T> Clone for BlobServiceServer<T> {
+        fn clone(&self) -> Self {
+            let inner = self.inner.clone();
+            Self {
+                inner,
+                accept_compression_encodings: self.accept_compression_encodings,
+                send_compression_encodings: self.send_compression_encodings,
+                max_decoding_message_size: self.max_decoding_message_size,
+                max_encoding_message_size: self.max_encoding_message_size,
+            }
+        }
+    }
+    /// Generated gRPC service name
+    pub const SERVICE_NAME: &str = "lattice.daemon.v1.BlobService";
+    impl<T> tonic::server::NamedService for BlobServiceServer<T> {
         const NAME: &'static str = SERVICE_NAME;
     }
 }

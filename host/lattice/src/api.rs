@@ -9,7 +9,8 @@ use std::time::Duration;
 use lattice_model::StoreId;
 use lattice_node::{NodeError, StoreManager, StoreRecord};
 use lattice_proto::v1::{
-    self, module_service_client::ModuleServiceClient, module_service_server,
+    self, blob_service_client::BlobServiceClient, blob_service_server,
+    module_service_client::ModuleServiceClient, module_service_server,
     node_service_client::NodeServiceClient, node_service_server,
     store_service_client::StoreServiceClient, store_service_server,
 };
@@ -38,7 +39,7 @@ fn coded(code: tonic::Code, stable: &'static str, text: String) -> Status {
     status
 }
 
-fn status_of(e: NodeError) -> Status {
+pub(crate) fn status_of(e: NodeError) -> Status {
     use tonic::Code;
     let text = e.to_string();
     let (code, stable) = match &e {
@@ -73,6 +74,13 @@ fn status_of(e: NodeError) -> Status {
         NodeError::NotReady(_) => (Code::Unavailable, "not_ready"),
         NodeError::Damaged { .. } => (Code::DataLoss, "damaged"),
         NodeError::AlreadyMember(_) => (Code::AlreadyExists, "already_member"),
+        NodeError::Blob(lattice_cas::CasError::NotFound { .. }) => (Code::NotFound, "not_found"),
+        NodeError::Blob(lattice_cas::CasError::OutOfRange { .. }) => {
+            (Code::OutOfRange, "out_of_range")
+        }
+        NodeError::Blob(lattice_cas::CasError::Damaged { .. }) => (Code::DataLoss, "damaged"),
+        NodeError::Blob(lattice_cas::CasError::Busy { .. }) => (Code::Unavailable, "busy"),
+        NodeError::BlobUnavailable { .. } => (Code::Unavailable, "blob_unavailable"),
         NodeError::Net(_)
         | NodeError::Replica(_)
         | NodeError::InviterUnreachable { .. }
@@ -124,6 +132,10 @@ pub(crate) struct Api {
 }
 
 impl Api {
+    pub(crate) fn manager(&self) -> &StoreManager {
+        &self.manager
+    }
+
     pub(crate) fn new(manager: StoreManager, stop: Arc<Notify>) -> Api {
         let (ending, _) = tokio::sync::watch::channel(false);
         Api {
@@ -139,7 +151,7 @@ impl Api {
         self.ending.send_replace(true);
     }
 
-    fn find(&self, text: &str) -> Result<StoreId, Status> {
+    pub(crate) fn find(&self, text: &str) -> Result<StoreId, Status> {
         self.manager.find(text).map_err(status_of)
     }
 
@@ -184,7 +196,8 @@ impl Api {
     }
 }
 
-type Stream<T> = Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
+pub(crate) type Stream<T> =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 #[tonic::async_trait]
 impl node_service_server::NodeService for Api {
@@ -796,8 +809,12 @@ pub(crate) async fn serve_on(
                 .max_decoding_message_size(MAX_CALL_MESSAGE),
         )
         .add_service(
-            module_service_server::ModuleServiceServer::new(api)
+            module_service_server::ModuleServiceServer::new(api.clone())
                 .max_decoding_message_size(MAX_INSTALL_MESSAGE),
+        )
+        .add_service(
+            blob_service_server::BlobServiceServer::new(api)
+                .max_decoding_message_size(crate::api_blobs::MAX_BLOB_MESSAGE),
         )
         .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
         .await?;
@@ -813,6 +830,7 @@ pub(crate) struct Client {
     pub(crate) node: NodeServiceClient<tonic::transport::Channel>,
     pub(crate) store: StoreServiceClient<tonic::transport::Channel>,
     pub(crate) module: ModuleServiceClient<tonic::transport::Channel>,
+    pub(crate) blob: BlobServiceClient<tonic::transport::Channel>,
 }
 
 impl Client {
@@ -836,7 +854,9 @@ impl Client {
             node: NodeServiceClient::new(channel.clone()),
             store: StoreServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_CALL_MESSAGE),
-            module: ModuleServiceClient::new(channel),
+            module: ModuleServiceClient::new(channel.clone()),
+            blob: BlobServiceClient::new(channel)
+                .max_decoding_message_size(crate::api_blobs::MAX_BLOB_MESSAGE),
         })
     }
 }

@@ -239,6 +239,13 @@ async fn bench(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
     out.progress("  the same bytes as a plain stream copy…");
     let raw_s = raw_copy(big).await?;
 
+    let api_bytes = args.api_mib * MIB;
+    out.progress(&format!(
+        "  through two daemons' API: a {} MiB blob put, fetched by the other, read again…",
+        args.api_mib
+    ));
+    let api = through_daemons(tmp.path(), api_bytes).await?;
+
     let big_mbps = mb_per_s(big, big_s);
     let raw_mbps = mb_per_s(big, raw_s);
     let small_per_s = args.small as f64 / small_s.max(1e-9);
@@ -256,12 +263,17 @@ async fn bench(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
         "small_bytes": small_size,
         "small_per_s": small_per_s,
         "small_put_per_s": args.small as f64 / small_put_s.max(1e-9),
+        "api_bytes": api_bytes,
+        "api_put_mb_per_s": mb_per_s(api_bytes, api.put_s),
+        "api_fetch_mb_per_s": mb_per_s(api_bytes, api.fetch_s),
+        "api_read_mb_per_s": mb_per_s(api_bytes, api.read_s),
     });
     out.record(
         &format!(
             "cas: a {} MiB blob fetched at {big_mbps:.0} MB/s (a plain stream copy: {raw_mbps:.0} MB/s, {:.0}%); put at {:.0} MB/s\n\
              \x20 resumed after an interruption at half: {verified_before} bytes kept, {} fetched again of them\n\
-             \x20 {} × {} KiB blobs: {small_per_s:.0} fetched/s ({SMALL_INFLIGHT} in flight), {:.0} put/s",
+             \x20 {} × {} KiB blobs: {small_per_s:.0} fetched/s ({SMALL_INFLIGHT} in flight), {:.0} put/s\n\
+             \x20 through the daemons' API ({} MiB): put {:.0} MB/s, fetched from the other node {:.0} MB/s, read back {:.0} MB/s",
             args.big_mib,
             100.0 * big_mbps / raw_mbps.max(1e-9),
             mb_per_s(big, put_s),
@@ -269,8 +281,129 @@ async fn bench(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
             args.small,
             args.small_kib,
             args.small as f64 / small_put_s.max(1e-9),
+            args.api_mib,
+            mb_per_s(api_bytes, api.put_s),
+            mb_per_s(api_bytes, api.fetch_s),
+            mb_per_s(api_bytes, api.read_s),
         ),
         figures,
     );
     Ok(())
+}
+
+/// Seconds a blob took through two daemons' API.
+struct ApiFigures {
+    /// Put from a client stream into the first daemon.
+    put_s: f64,
+    /// Got from the second daemon, which fetched it from the first over iroh.
+    fetch_s: f64,
+    /// Got from the second daemon again (held there now).
+    read_s: f64,
+}
+
+/// Streams `size` pattern bytes into a daemon's `BlobService.Put`; returns the blob's hash.
+async fn api_put(
+    client: &mut crate::api::Client,
+    store: &str,
+    size: u64,
+) -> anyhow::Result<String> {
+    use lattice_proto::v1;
+    let (tx, rx) = tokio::sync::mpsc::channel::<v1::BlobPutRequest>(8);
+    let store = store.to_string();
+    let feeding = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+        let mut pattern = Pattern::new(size, 21);
+        let mut first = Some(store);
+        loop {
+            let mut data = vec![0u8; 256 << 10];
+            let n = pattern.read(&mut data)?;
+            if n == 0 && first.is_none() {
+                return Ok(());
+            }
+            data.truncate(n);
+            let part = v1::BlobPutRequest {
+                store: first.take().unwrap_or_default(),
+                data,
+                pin: false,
+            };
+            if tx.blocking_send(part).is_err() || n == 0 {
+                return Ok(());
+            }
+        }
+    });
+    let info = client
+        .blob
+        .put(tokio_stream::wrappers::ReceiverStream::new(rx))
+        .await
+        .context("putting a blob through the API")?
+        .into_inner();
+    feeding.await??;
+    if info.size != size {
+        bail!("the daemon stored {} bytes of the {size} put", info.size);
+    }
+    Ok(info.hash)
+}
+
+/// Reads blob `hash` whole through a daemon's `BlobService.Get`, hashing what arrives;
+/// fails unless it hashes to `hash`. Returns the bytes the daemon fetched from peers.
+async fn api_get(client: &mut crate::api::Client, store: &str, hash: &str) -> anyhow::Result<u64> {
+    use lattice_proto::v1::{self, blob_get_reply::Part};
+    use tokio_stream::StreamExt as _;
+    let mut stream = client
+        .blob
+        .get(v1::BlobGetRequest {
+            store: store.to_string(),
+            hash: hash.to_string(),
+            ..v1::BlobGetRequest::default()
+        })
+        .await
+        .context("getting a blob through the API")?
+        .into_inner();
+    let mut hasher = blake3::Hasher::new();
+    let mut fetched = 0;
+    while let Some(message) = stream.next().await {
+        match message.context("getting a blob through the API")?.part {
+            Some(Part::Info(info)) => fetched = info.fetched_bytes,
+            Some(Part::Data(data)) => {
+                hasher.update(&data);
+            }
+            _ => {}
+        }
+    }
+    let got = hasher.finalize().to_hex();
+    if got.as_str() != hash {
+        bail!("the blob read through the API hashes to {got}, not {hash}");
+    }
+    Ok(fetched)
+}
+
+/// Two daemons on `dir`: the first makes a store and invites the second; a blob of `size`
+/// bytes is put into the first, got from the second (fetched over iroh) and got again.
+async fn through_daemons(dir: &std::path::Path, size: u64) -> anyhow::Result<ApiFigures> {
+    use crate::bench_daemon::{Daemon, create, invite_and_join};
+    let mut a = Daemon::start(&dir.join("api-a")).await?;
+    let mut b = Daemon::start(&dir.join("api-b")).await?;
+    let store = create(&mut a.client, "blobs").await?;
+    invite_and_join(&mut a, &mut b, &store).await?;
+    let start = Instant::now();
+    let hash = api_put(&mut a.client, &store, size).await?;
+    let put_s = start.elapsed().as_secs_f64();
+    let start = Instant::now();
+    let fetched = api_get(&mut b.client, &store, &hash).await?;
+    let fetch_s = start.elapsed().as_secs_f64();
+    if fetched != size {
+        bail!("the second daemon fetched {fetched} bytes of a {size}-byte blob");
+    }
+    let start = Instant::now();
+    let again = api_get(&mut b.client, &store, &hash).await?;
+    let read_s = start.elapsed().as_secs_f64();
+    if again != 0 {
+        bail!("the second daemon fetched the blob again ({again} bytes)");
+    }
+    a.stop().await?;
+    b.stop().await?;
+    Ok(ApiFigures {
+        put_s,
+        fetch_s,
+        read_s,
+    })
 }

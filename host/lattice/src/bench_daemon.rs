@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use lattice_proto::v1;
 use serde_json::{Value, json};
+use tokio_stream::StreamExt as _;
 
 use crate::api::{Client, SOCKET};
 use crate::cli::BenchDaemonArgs;
@@ -167,7 +168,43 @@ async fn get(client: &mut Client, store: &str, i: u64) -> anyhow::Result<Value> 
     Ok(serde_json::from_str(&reply.json)?)
 }
 
-async fn create(client: &mut Client, name: &str) -> anyhow::Result<String> {
+/// Has daemon `a` (a member of `store`) invite `b` and `b` join through its API; returns the
+/// seconds the join took and its last answer.
+pub(crate) async fn invite_and_join(
+    a: &mut Daemon,
+    b: &mut Daemon,
+    store: &str,
+) -> anyhow::Result<(f64, v1::JoinProgress)> {
+    let token = a
+        .client
+        .store
+        .invite(v1::InviteRequest {
+            store: store.to_string(),
+            ttl_seconds: 600,
+        })
+        .await
+        .context("inviting through the API")?
+        .into_inner()
+        .token;
+    let start = Instant::now();
+    let mut stream = b
+        .client
+        .store
+        .join(v1::JoinRequest { token })
+        .await
+        .context("joining through the API")?
+        .into_inner();
+    while let Some(p) = stream.next().await {
+        let p = p.context("joining through the API")?;
+        if p.done {
+            return Ok((start.elapsed().as_secs_f64(), p));
+        }
+    }
+    bail!("the join ended without its last answer")
+}
+
+/// Creates a kv store named `name` through the API; returns its id.
+pub(crate) async fn create(client: &mut Client, name: &str) -> anyhow::Result<String> {
     Ok(client
         .store
         .create(v1::CreateRequest {

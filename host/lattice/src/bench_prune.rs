@@ -17,9 +17,8 @@ use lattice_log::{Incoming, IngestError};
 use lattice_node::{DataDir, Node, Store};
 use lattice_proto::v1;
 use serde_json::{Value, json};
-use tokio_stream::StreamExt as _;
 
-use crate::bench_daemon::Daemon;
+use crate::bench_daemon::{Daemon, invite_and_join};
 use crate::cli::BenchPruneArgs;
 use crate::output::Output;
 
@@ -139,35 +138,7 @@ async fn join_through_api(
 ) -> anyhow::Result<ApiJoin> {
     let mut a = Daemon::start(inviter).await?;
     let mut b = Daemon::start(joiner).await?;
-    let token = a
-        .client
-        .store
-        .invite(v1::InviteRequest {
-            store: store.to_string(),
-            ttl_seconds: 600,
-        })
-        .await
-        .context("inviting through the API")?
-        .into_inner()
-        .token;
-    let start = Instant::now();
-    let mut stream = b
-        .client
-        .store
-        .join(v1::JoinRequest { token })
-        .await
-        .context("joining through the API")?
-        .into_inner();
-    let mut done = None;
-    while let Some(p) = stream.next().await {
-        let p = p.context("joining through the API")?;
-        if p.done {
-            done = Some(p);
-            break;
-        }
-    }
-    let seconds = start.elapsed().as_secs_f64();
-    let done = done.context("the join ended without its last answer")?;
+    let (seconds, done) = invite_and_join(&mut a, &mut b, store).await?;
     let (there, here) = (
         api_get(&mut a, store, key).await?,
         api_get(&mut b, store, key).await?,

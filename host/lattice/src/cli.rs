@@ -78,6 +78,13 @@ pub(crate) enum Command {
     /// Stores: create, list, status, call methods, rebuild state.
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Blobs of a store: content-addressed (BLAKE3) data of any size, kept on this node and
+    /// fetched from the store's peers on demand, verified chunk by chunk.
+    ///
+    /// A blob belongs to the stores that hold it: `cas get` reaches only blobs of stores this
+    /// node is a member of, and only asks that store's peers.
+    #[command(subcommand)]
+    Cas(CasCommand),
     /// Set a key in a kv store (shortcut for `store call <store> put key=… value=…`). Values
     /// up to 1 MiB; give `-` to read the value from stdin, or `--file F`.
     Put {
@@ -119,6 +126,69 @@ pub(crate) enum Command {
         store: String,
         /// The key.
         key: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CasCommand {
+    /// Put a file (or stdin, `-`) into a store as a blob and print its hash. The bytes are
+    /// hashed and written as they stream; nothing is held whole in memory.
+    Put {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The file to put, or `-` for stdin.
+        file: PathBuf,
+        /// Pin it: a pinned blob is never collected.
+        #[arg(long)]
+        pin: bool,
+    },
+    /// Write a blob to a file (`-o`) or stdout, fetching it from the store's peers first when
+    /// it is not here (verified; an interrupted transfer resumes where it stopped).
+    Get {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The blob's hash (64 hex digits).
+        hash: String,
+        /// Write to this file instead of stdout (replaced only once every byte checked out).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Only bytes START..END (END exclusive; either may be left out: `100..`, `..4096`).
+        #[arg(long, value_name = "START..END")]
+        range: Option<String>,
+        /// Only what is here: fail instead of asking peers.
+        #[arg(long)]
+        local: bool,
+    },
+    /// Show a blob as the store holds it here: size, pins, references, when it came.
+    Stat {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The blob's hash.
+        hash: String,
+    },
+    /// Pin a blob (fetching it from the store's peers when it is not here): it stays here
+    /// until unpinned.
+    Pin {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The blob's hash.
+        hash: String,
+    },
+    /// Remove one pin from a blob; with no pin and no reference left it is collected after
+    /// the grace period.
+    Unpin {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The blob's hash.
+        hash: String,
+    },
+    /// The blobs a store holds here: how many, bytes, pinned, referenced, loose.
+    Status {
+        /// Store id (or unique prefix).
+        store: String,
+        /// List every blob too.
+        #[arg(long)]
+        list: bool,
     },
 }
 
@@ -349,6 +419,9 @@ pub(crate) struct BenchCasArgs {
     /// Size of each small blob, in KiB.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub(crate) small_kib: u64,
+    /// Size of the blob put and got through two daemons' API, in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub(crate) api_mib: u64,
 }
 
 #[derive(Debug, Args)]

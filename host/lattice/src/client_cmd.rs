@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_stream::StreamExt as _;
 
 use crate::api::{self, Api, Client, SOCKET};
-use crate::cli::{ModuleCommand, NodeCommand, StoreCommand};
+use crate::cli::{CasCommand, ModuleCommand, NodeCommand, StoreCommand};
 use crate::output::Output;
 
 /// What a client command does.
@@ -22,6 +22,7 @@ pub(crate) enum ClientCommand {
     Node(NodeCommand),
     Store(StoreCommand),
     Module(ModuleCommand),
+    Cas(CasCommand),
     /// A kv shortcut: method and arguments.
     Kv {
         store: String,
@@ -56,7 +57,7 @@ impl ClientCommand {
                     | StoreCommand::Leave { .. }
                     | StoreCommand::Rejoin { .. }
                     | StoreCommand::Watch { .. }
-            )
+            ) | ClientCommand::Cas(CasCommand::Get { local: false, .. } | CasCommand::Pin { .. })
         )
     }
 }
@@ -286,7 +287,7 @@ fn grpc_code_name(code: tonic::Code) -> &'static str {
 }
 
 /// Turns a gRPC status into the one-line error the CLI prints, with its stable code.
-fn err(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn err(status: tonic::Status) -> anyhow::Error {
     use tonic::Code;
     let stable = status
         .metadata()
@@ -550,6 +551,7 @@ async fn dispatch(cmd: ClientCommand, mut c: Client, out: &Output) -> anyhow::Re
             out.record("the daemon stopped", json!({"stopped": true, "pid": pid}));
         }
         ClientCommand::Module(cmd) => module(cmd, c, out).await?,
+        ClientCommand::Cas(cmd) => crate::cas_cmd::run(cmd, c, out).await?,
         ClientCommand::Store(cmd) => store(cmd, c, out).await?,
         ClientCommand::Kv {
             store,

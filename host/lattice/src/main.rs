@@ -6,12 +6,14 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod api;
+mod api_blobs;
 mod bench;
 mod bench_cas;
 mod bench_daemon;
 mod bench_prune;
 mod bench_store;
 mod bench_sync;
+mod cas_cmd;
 mod cli;
 mod client_cmd;
 mod daemon_cmd;
@@ -111,6 +113,7 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
         cli::Command::Node(cmd) => client(ClientCommand::Node(cmd)),
         cli::Command::Module(cmd) => client(ClientCommand::Module(cmd)),
         cli::Command::Store(cmd) => client(ClientCommand::Store(cmd)),
+        cli::Command::Cas(cmd) => client(ClientCommand::Cas(cmd)),
         cli::Command::Put {
             store,
             key,

@@ -83,3 +83,64 @@ impl std::fmt::Display for CliError {
 }
 
 impl std::error::Error for CliError {}
+
+/// A one-line progress meter on stderr, for people only: drawn when stderr is a terminal
+/// and `--json` is off, redrawn at most every [`Meter::EVERY`].
+#[derive(Debug)]
+pub(crate) struct Meter {
+    on: bool,
+    what: String,
+    total: Option<u64>,
+    started: std::time::Instant,
+    drawn: Option<std::time::Instant>,
+}
+
+impl Meter {
+    /// The shortest time between two redraws.
+    const EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+    /// A meter for `what`, out of `total` bytes when known.
+    pub(crate) fn new(out: &Output, what: &str, total: Option<u64>) -> Meter {
+        use std::io::IsTerminal as _;
+        Meter {
+            on: !out.json && std::io::stderr().is_terminal(),
+            what: what.to_string(),
+            total,
+            started: std::time::Instant::now(),
+            drawn: None,
+        }
+    }
+
+    /// Shows `done` bytes.
+    pub(crate) fn show(&mut self, done: u64) {
+        if !self.on || self.drawn.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            return;
+        }
+        self.drawn = Some(std::time::Instant::now());
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let rate = done as f64 / secs / 1e6;
+        let line = match self.total {
+            Some(total) if total > 0 => format!(
+                "{} {} / {} ({:.0}%) {rate:.1} MB/s",
+                self.what,
+                mib(done),
+                mib(total),
+                done as f64 * 100.0 / total as f64
+            ),
+            _ => format!("{} {} {rate:.1} MB/s", self.what, mib(done)),
+        };
+        let _ = write!(std::io::stderr(), "\r\x1b[2K{line}");
+    }
+
+    /// Clears the meter's line.
+    pub(crate) fn finish(&mut self) {
+        if self.on && self.drawn.is_some() {
+            let _ = write!(std::io::stderr(), "\r\x1b[2K");
+        }
+    }
+}
+
+/// Bytes for people, in MiB with one decimal.
+pub(crate) fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20))
+}

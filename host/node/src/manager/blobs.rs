@@ -3,7 +3,9 @@
 //! blob of the store too: every node running the store holds (and so serves) it, and a node
 //! that holds the store headless fetches it from the store's peers and installs it.
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::ops::Range;
+use std::sync::atomic::AtomicU64;
 
 use lattice_cas::{BlobInfo, Cas};
 use lattice_net::FetchedBlob;
@@ -41,12 +43,26 @@ impl StoreManager {
     /// [`NodeError::NotOpen`]; [`NodeError::BlobUnavailable`] when no peer gives it;
     /// [`NodeError::Blob`].
     pub async fn fetch_blob(&self, id: &StoreId, hash: &Hash) -> Result<FetchedBlob, NodeError> {
+        self.fetch_blob_counting(id, hash, None).await
+    }
+
+    /// As [`StoreManager::fetch_blob`], adding the bytes received (verified) to `progress` as
+    /// they arrive.
+    ///
+    /// # Errors
+    /// As [`StoreManager::fetch_blob`].
+    pub async fn fetch_blob_counting(
+        &self,
+        id: &StoreId,
+        hash: &Hash,
+        progress: Option<Arc<AtomicU64>>,
+    ) -> Result<FetchedBlob, NodeError> {
         self.open_store(id)?;
         self.blob_store()?;
         let peers = self.inner.replicator.store_peers(id);
         self.inner
             .replicator
-            .fetch_blob(id, hash, &peers, None)
+            .fetch_blob(id, hash, &peers, progress)
             .await
             .map_err(|source| match source {
                 lattice_net::ReplicaError::Blob(e) => NodeError::Blob(e),
@@ -55,6 +71,76 @@ impl StoreManager {
                     source,
                 },
             })
+    }
+
+    /// Blob `hash` as store `id` (open here) holds it here, or `None`.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`]; [`NodeError::Blob`].
+    pub async fn blob_stat(
+        &self,
+        id: &StoreId,
+        hash: &Hash,
+    ) -> Result<Option<BlobInfo>, NodeError> {
+        self.open_store(id)?;
+        let (cas, store, hash) = (self.blob_store()?, *id, *hash);
+        off_workers("reading a blob's entry", move || {
+            Ok(cas.stat(&store, &hash)?)
+        })
+        .await
+    }
+
+    /// The blobs store `id` (open here) holds here, in hash order.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`]; [`NodeError::Blob`].
+    pub async fn blobs(&self, id: &StoreId) -> Result<Vec<BlobInfo>, NodeError> {
+        self.open_store(id)?;
+        let (cas, store) = (self.blob_store()?, *id);
+        off_workers("listing blobs", move || Ok(cas.list(&store)?)).await
+    }
+
+    /// Writes bytes `range` of blob `hash` of store `id` (held here) to `out`, each checked
+    /// against the hash before it is written; returns how many were written.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`]; [`NodeError::Blob`] (not here, out of range, damaged on disk,
+    /// `out` failing).
+    pub async fn read_blob(
+        &self,
+        id: &StoreId,
+        hash: &Hash,
+        range: Range<u64>,
+        mut out: impl Write + Send + 'static,
+    ) -> Result<u64, NodeError> {
+        self.open_store(id)?;
+        let (cas, store, hash) = (self.blob_store()?, *id, *hash);
+        off_workers("reading a blob", move || {
+            let written = cas.read(&store, &hash, range, &mut out)?;
+            out.flush().map_err(lattice_cas::CasError::Output)?;
+            Ok(written)
+        })
+        .await
+    }
+
+    /// Adds a pin to blob `hash` of store `id`, fetching it from the store's peers first
+    /// when it is not here; with `pin` false removes one pin (a blob not here is
+    /// [`lattice_cas::CasError::NotFound`]). A pinned blob is never collected.
+    ///
+    /// # Errors
+    /// As [`StoreManager::fetch_blob`].
+    pub async fn pin_blob(
+        &self,
+        id: &StoreId,
+        hash: &Hash,
+        pin: bool,
+    ) -> Result<BlobInfo, NodeError> {
+        if pin && self.blob_stat(id, hash).await?.is_none() {
+            self.fetch_blob(id, hash).await?;
+        }
+        let (cas, store, hash) = (self.blob_store()?, *id, *hash);
+        let delta = if pin { 1 } else { -1 };
+        off_workers("pinning a blob", move || Ok(cas.pin(&store, &hash, delta)?)).await
     }
 }
 
