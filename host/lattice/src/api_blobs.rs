@@ -172,6 +172,16 @@ impl Api {
                 Status::out_of_range(format!("offset {} + length {n} overflows", req.offset))
             })?,
         };
+        if req.offset > end || end > info.size {
+            return Err(status_of(NodeError::Blob(
+                lattice_cas::CasError::OutOfRange {
+                    hash: hash.short(),
+                    start: req.offset,
+                    end,
+                    size: info.size,
+                },
+            )));
+        }
         let message = v1::BlobGetReply {
             part: Some(Part::Info(info)),
         };

@@ -1,0 +1,256 @@
+//! `lattice cas …` against real daemons on loopback: blobs of every boundary size put on one
+//! node and fetched by a member of the store on another, ranges, stdin, pins, status, and
+//! the errors a script sees (codes under `--json`). A blob is reachable only through a store
+//! that holds it.
+
+use std::path::Path;
+use std::process::{Child, Stdio};
+
+use serde_json::Value;
+
+mod common;
+use common::{json, lattice, spawn_daemon};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Deterministic bytes that differ in every position.
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+/// Runs a `--json` command that must fail; returns its error code.
+fn fails_with(dir: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = lattice(dir, &full)?;
+    if out.status.success() {
+        return Err(format!("lattice {} succeeded but should fail", args.join(" ")).into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let last = text.lines().last().ok_or("no JSON error object")?;
+    let error: Value = serde_json::from_str(last)?;
+    Ok(error["code"].as_str().unwrap_or_default().to_string())
+}
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn text(v: &Value, field: &str) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(v[field]
+        .as_str()
+        .ok_or_else(|| format!("no {field} in {v}"))?
+        .to_string())
+}
+
+#[test]
+fn blobs_put_on_one_daemon_are_fetched_verified_by_a_member_on_another() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
+    let _a = Daemon(spawn_daemon(&a_dir, &[])?);
+    let _b = Daemon(spawn_daemon(&b_dir, &[])?);
+    let a_key = text(&json(&a_dir, &["node", "id"])?, "node")?;
+    let store = text(
+        &json(
+            &a_dir,
+            &["store", "create", "--type", "kv", "--name", "blobs"],
+        )?,
+        "store",
+    )?;
+    // A store B never joins: its blobs stay out of B's reach.
+    let private = text(
+        &json(
+            &a_dir,
+            &["store", "create", "--type", "kv", "--name", "private"],
+        )?,
+        "store",
+    )?;
+    let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
+    json(&b_dir, &["store", "join", &token])?;
+
+    let files = temp.path().join("files");
+    std::fs::create_dir(&files)?;
+    let kib = 1024;
+    for size in [
+        0,
+        1,
+        kib - 1,
+        kib,
+        kib + 1,
+        16 * kib,
+        16 * kib + 1,
+        1 << 20,
+        (1 << 20) + 7,
+    ] {
+        let data = bytes(size, size as u8);
+        let source = files.join(format!("in-{size}"));
+        std::fs::write(&source, &data)?;
+        let put = json(&a_dir, &["cas", "put", &store, &source.to_string_lossy()])?;
+        let hash = text(&put, "hash")?;
+        assert_eq!(hash, blake3::hash(&data).to_hex().as_str(), "size {size}");
+        assert_eq!(put["size"], size as u64);
+
+        // Not on B yet: `--local` says so; a plain get fetches it from A.
+        assert_eq!(
+            fails_with(&b_dir, &["cas", "get", &store, &hash, "--local", "-o", "x"])?,
+            "not_found"
+        );
+        let target = files.join(format!("out-{size}"));
+        let got = json(
+            &b_dir,
+            &["cas", "get", &store, &hash, "-o", &target.to_string_lossy()],
+        )?;
+        assert_eq!(std::fs::read(&target)?, data, "size {size}");
+        assert_eq!(got["written"], size as u64);
+        assert_eq!(got["fetched_from"], a_key.as_str(), "size {size}");
+        assert_eq!(got["fetched_bytes"], size as u64, "size {size}");
+        // Held on B now: read locally, nothing fetched.
+        let again = json(
+            &b_dir,
+            &[
+                "cas",
+                "get",
+                &store,
+                &hash,
+                "--local",
+                "-o",
+                &target.to_string_lossy(),
+            ],
+        )?;
+        assert_eq!(again["fetched_from"], "");
+        assert_eq!(std::fs::read(&target)?, data);
+        // Ranges, to stdout.
+        if size > 10 {
+            let out = lattice(&b_dir, &["cas", "get", &store, &hash, "--range", "3..10"])?;
+            assert!(out.status.success());
+            assert_eq!(out.stdout, &data[3..10], "size {size}");
+            let tail = format!("{}..", size - 2);
+            let out = lattice(&b_dir, &["cas", "get", &store, &hash, "--range", &tail])?;
+            assert_eq!(out.stdout, &data[size - 2..], "size {size}");
+        }
+    }
+
+    // Stdin, pinning, status.
+    let mut put = std::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .arg("--data-dir")
+        .arg(&a_dir)
+        .args(["--json", "cas", "put", &store, "-", "--pin"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let piped = bytes(300_000, 9);
+    {
+        use std::io::Write as _;
+        let mut stdin = put.stdin.take().ok_or("no stdin")?;
+        stdin.write_all(&piped)?;
+    }
+    let out = put.wait_with_output()?;
+    assert!(out.status.success());
+    let put: Value = serde_json::from_str(String::from_utf8(out.stdout)?.trim())?;
+    let piped_hash = text(&put, "hash")?;
+    assert_eq!(piped_hash, blake3::hash(&piped).to_hex().as_str());
+    assert_eq!(put["pins"], 1);
+    let stat = json(&a_dir, &["cas", "stat", &store, &piped_hash])?;
+    assert_eq!(
+        (stat["size"].as_u64(), stat["pins"].as_u64()),
+        (Some(300_000), Some(1))
+    );
+    assert_eq!(
+        json(&a_dir, &["cas", "unpin", &store, &piped_hash])?["pins"],
+        0
+    );
+    // Pinning on B fetches it first.
+    assert_eq!(
+        json(&b_dir, &["cas", "pin", &store, &piped_hash])?["pins"],
+        1
+    );
+    let status = json(&b_dir, &["cas", "status", &store, "--list"])?;
+    let items = status["items"].as_array().ok_or("no items")?;
+    assert!(
+        items
+            .iter()
+            .any(|b| b["hash"] == piped_hash.as_str() && b["pins"] == 1)
+    );
+    assert_eq!(status["blobs"].as_u64(), Some(items.len() as u64));
+    assert!(status["pinned"].as_u64() >= Some(1));
+
+    // Scoped: a blob of the private store is not reachable through the shared one, and B
+    // cannot name the private store at all.
+    let secret = files.join("secret");
+    std::fs::write(&secret, b"only in the private store")?;
+    let secret_hash = text(
+        &json(&a_dir, &["cas", "put", &private, &secret.to_string_lossy()])?,
+        "hash",
+    )?;
+    let out = files.join("leak").to_string_lossy().into_owned();
+    assert_eq!(
+        fails_with(&b_dir, &["cas", "get", &store, &secret_hash, "-o", &out])?,
+        "blob_unavailable"
+    );
+    assert!(!files.join("leak").exists(), "a failed get left a file");
+    assert_eq!(
+        fails_with(&b_dir, &["cas", "get", &private, &secret_hash, "-o", &out])?,
+        "not_found"
+    );
+    assert_eq!(
+        fails_with(&a_dir, &["cas", "stat", &store, &secret_hash])?,
+        "not_found"
+    );
+
+    // Bad arguments.
+    assert_eq!(
+        fails_with(&a_dir, &["cas", "stat", &store, "not-a-hash"])?,
+        "invalid_argument"
+    );
+    assert_eq!(
+        fails_with(&a_dir, &["cas", "get", &store, &piped_hash])?,
+        "invalid_argument",
+        "--json without -o"
+    );
+    assert_eq!(
+        fails_with(
+            &a_dir,
+            &[
+                "cas",
+                "get",
+                &store,
+                &piped_hash,
+                "--range",
+                "9..2",
+                "-o",
+                &out
+            ]
+        )?,
+        "invalid_argument"
+    );
+    assert_eq!(
+        fails_with(
+            &a_dir,
+            &[
+                "cas",
+                "get",
+                &store,
+                &piped_hash,
+                "--range",
+                "299990..300001",
+                "-o",
+                &out
+            ]
+        )?,
+        "out_of_range"
+    );
+    let missing = files.join("missing").to_string_lossy().into_owned();
+    assert!(
+        !lattice(&a_dir, &["cas", "put", &store, &missing])?
+            .status
+            .success()
+    );
+    Ok(())
+}
