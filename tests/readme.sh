@@ -105,6 +105,12 @@ PRUNED=$(a --json store prune "$S")
 [ "$(echo "$PRUNED" | field '["deleted"]')" -ge 1 ]
 [ "$(a --json get "$S" a | field '["value"]')" = 1 ]
 a log verify "$S" | grep -q '^ok'
+step "cas put / get / status"
+head -c 200000 /dev/urandom > "$T/video.mp4"
+BLOB=$(a --json cas put "$S" "$T/video.mp4" --pin | field '["hash"]')
+a cas get "$S" "$BLOB" -o "$T/video.out"
+cmp "$T/video.mp4" "$T/video.out"
+a cas status "$S" --list | grep -q "$BLOB"
 step "node stop"
 a node stop
 wait "$DAEMON" || true
@@ -113,7 +119,7 @@ DAEMON=""
 step "bench store / sync / cas (small)"
 "$L" bench store --type kv --count 2000
 "$L" bench sync --count 2000 --diff 0.01
-"$L" bench cas --big-mib 16 --small 200 --json | field '["resume_refetched_bytes"]'
+"$L" bench cas --big-mib 16 --small 200 --api-mib 16 --json | field '["api_fetch_mb_per_s"]'
 
 step "log create / append / status / verify"
 LOG=$(a --json log create --ops "my first store" | field '["store"]')
