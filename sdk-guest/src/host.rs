@@ -3,7 +3,14 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
+use crate::bindings::lattice::store::blobs as blob_imports;
 use crate::bindings::lattice::store::host as imports;
+
+/// Why a blob read failed ([`Host::blob_read`]).
+pub use crate::bindings::lattice::store::blobs::BlobError;
+
+/// Largest chunk one blob call moves (the host's limit).
+pub const BLOB_CHUNK: usize = 1 << 20;
 
 /// The host ABI as a trait, so store logic runs in Wasm and natively alike.
 ///
@@ -24,6 +31,33 @@ pub trait Host {
     fn log_append(&mut self, entry: &[u8]) -> u64;
     /// Emits a watch event.
     fn emit(&mut self, topic: &str, payload: &[u8]);
+    /// Stores `bytes` as a blob of the store (written in chunks) and returns its hash. In
+    /// `prepare` and `apply`.
+    fn blob_put(&self, bytes: &[u8]) -> Vec<u8>;
+    /// Reads up to `len` bytes (at most 1 MiB) of blob `hash` from `offset`. In `prepare` and
+    /// `query` only.
+    fn blob_read(&self, hash: &[u8], offset: u64, len: u32) -> Result<Vec<u8>, BlobError>;
+    /// Declares one more reference from the state to blob `hash` (in `apply`).
+    fn blob_add_ref(&mut self, hash: &[u8]);
+    /// Removes one reference to blob `hash` (in `apply`).
+    fn blob_drop_ref(&mut self, hash: &[u8]);
+}
+
+/// Reads `size` bytes of blob `hash` whole, chunk by chunk.
+///
+/// # Errors
+/// As [`Host::blob_read`].
+pub fn read_blob(host: &dyn Host, hash: &[u8], size: u64) -> Result<Vec<u8>, BlobError> {
+    let mut out = Vec::with_capacity(size as usize);
+    while (out.len() as u64) < size {
+        let want = (size - out.len() as u64).min(BLOB_CHUNK as u64) as u32;
+        let chunk = host.blob_read(hash, out.len() as u64, want)?;
+        if chunk.is_empty() {
+            return Err(BlobError::OutOfRange);
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
 }
 
 /// Reads every entry whose key starts with `prefix`, page by page.
@@ -85,6 +119,22 @@ impl Host for WasmHost {
     fn emit(&mut self, topic: &str, payload: &[u8]) {
         imports::emit(topic, payload)
     }
+    fn blob_put(&self, bytes: &[u8]) -> Vec<u8> {
+        let writer = blob_imports::BlobWriter::new();
+        for chunk in bytes.chunks(BLOB_CHUNK) {
+            writer.write(chunk);
+        }
+        blob_imports::BlobWriter::finish(writer)
+    }
+    fn blob_read(&self, hash: &[u8], offset: u64, len: u32) -> Result<Vec<u8>, BlobError> {
+        blob_imports::read(hash, offset, len)
+    }
+    fn blob_add_ref(&mut self, hash: &[u8]) {
+        blob_imports::add_ref(hash)
+    }
+    fn blob_drop_ref(&mut self, hash: &[u8]) {
+        blob_imports::drop_ref(hash)
+    }
 }
 
 /// An in-memory host for native unit tests of store logic.
@@ -98,6 +148,10 @@ pub struct MemoryHost {
     pub events: Vec<(String, Vec<u8>)>,
     /// What `heads` returns.
     pub dag_heads: Vec<Vec<u8>>,
+    /// Blobs put, by name. The names are not BLAKE3 hashes here (a deterministic stand-in).
+    pub blobs: std::cell::RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
+    /// References the state declares to blobs.
+    pub blob_refs: BTreeMap<Vec<u8>, u32>,
 }
 
 impl MemoryHost {
@@ -149,6 +203,38 @@ impl Host for MemoryHost {
     }
     fn emit(&mut self, topic: &str, payload: &[u8]) {
         self.events.push((topic.to_string(), payload.to_vec()));
+    }
+    fn blob_put(&self, bytes: &[u8]) -> Vec<u8> {
+        use std::hash::{Hash as _, Hasher as _};
+        let mut name = Vec::with_capacity(32);
+        for i in 0..4u8 {
+            let mut h = std::collections::hash_map::DefaultHasher::new();
+            (i, bytes).hash(&mut h);
+            name.extend_from_slice(&h.finish().to_le_bytes());
+        }
+        self.blobs.borrow_mut().insert(name.clone(), bytes.to_vec());
+        name
+    }
+    fn blob_read(&self, hash: &[u8], offset: u64, len: u32) -> Result<Vec<u8>, BlobError> {
+        let blobs = self.blobs.borrow();
+        let blob = blobs.get(hash).ok_or(BlobError::NotHere)?;
+        let start = usize::try_from(offset).map_err(|_| BlobError::OutOfRange)?;
+        if start > blob.len() {
+            return Err(BlobError::OutOfRange);
+        }
+        let end = blob.len().min(start.saturating_add(len as usize));
+        Ok(blob[start..end].to_vec())
+    }
+    fn blob_add_ref(&mut self, hash: &[u8]) {
+        *self.blob_refs.entry(hash.to_vec()).or_default() += 1;
+    }
+    fn blob_drop_ref(&mut self, hash: &[u8]) {
+        if let Some(n) = self.blob_refs.get_mut(hash) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.blob_refs.remove(hash);
+            }
+        }
     }
 }
 

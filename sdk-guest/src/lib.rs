@@ -74,7 +74,7 @@ pub use bindings::lattice::store::types::{
 };
 pub use entries::{Entry, MAX_ENTRIES, decode_entries, encode_entries};
 pub use glue::{StoreType, method, optional_param, param};
-pub use host::{Host, MemoryHost, WasmHost};
+pub use host::{BLOB_CHUNK, BlobError, Host, MemoryHost, WasmHost, read_blob};
 pub use lww::{Head, LwwRead, LwwTable};
 
 #[doc(hidden)]

@@ -194,11 +194,28 @@ impl LwwTable {
         value: Option<&[u8]>,
         op: &Intention,
     ) -> Result<Option<LwwRead>, StoreError> {
+        Ok(self.write_removing(host, key, value, op)?.map(|(read, _)| read))
+    }
+
+    /// As [`LwwTable::write`], also returning the heads the write removed (for a store type
+    /// that keeps references from values, such as blobs).
+    ///
+    /// # Errors
+    /// [`StoreError::Internal`] when the stored entry is malformed.
+    pub fn write_removing(
+        &self,
+        host: &mut dyn Host,
+        key: &[u8],
+        value: Option<&[u8]>,
+        op: &Intention,
+    ) -> Result<Option<(LwwRead, Vec<Head>)>, StoreError> {
         let mut heads = self.heads(host, key)?;
         if heads.iter().any(|h| h.hash == op.hash) {
             return Ok(None);
         }
-        heads.retain(|h| op.deps.binary_search(&h.hash).is_err());
+        let (removed, mut heads): (Vec<Head>, Vec<Head>) = heads
+            .drain(..)
+            .partition(|h| op.deps.binary_search(&h.hash).is_ok());
         heads.push(Head {
             hash: op.hash.clone(),
             hlc: op.hlc,
@@ -207,7 +224,7 @@ impl LwwTable {
         });
         heads.sort_by(|a, b| a.hash.cmp(&b.hash));
         host.set(&self.full_key(key), &encode(&heads));
-        Ok(read(&heads))
+        Ok(read(&heads).map(|r| (r, removed)))
     }
 
     /// Lists keys starting with `prefix` whose winner is not a delete, with their reads, in

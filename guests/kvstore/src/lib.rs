@@ -6,15 +6,19 @@
 //! saw; concurrent writes both survive as heads and the read reports `conflicted`.
 //! Every applied change emits a `kv` watch event `{"key", "value", "size"}` (value `null` when
 //! deleted; a value over [`MAX_EVENT_VALUE`] bytes is left out of the event — `"value": null,
-//! "omitted": true` — and read with `get`). Values are at most [`MAX_VALUE`] bytes (1 MiB).
+//! "omitted": true` — and read with `get`). Values are at most [`MAX_LARGE_VALUE`] bytes
+//! (8 MiB); a value over [`BLOB_THRESHOLD`] bytes is kept as a blob of the store
+//! (`lattice:store/blobs`): the intention carries its hash and size, every member fetches
+//! the blob, and `get` reads it back — callers see a value like any other.
 //!
-//! Ops payload (version 1): `1u8 | count u16 | op*count`, op = `tag u8 (1 put, 2 delete) |
-//! key_len u32 | key | (put only) value_len u32 | value`, little-endian.
+//! Ops payload (version 1): `1u8 | count u16 | op*count`, op = `tag u8 (1 put, 2 delete,
+//! 3 put-blob) | key_len u32 | key | (put) value_len u32 | value | (put-blob) hash [32] |
+//! size u64`, little-endian. Stored values: `0u8 | value` or `1u8 | hash [32] | size u64`.
 #![deny(missing_docs)]
 
 use lattice_sdk::{
-    Args, Descriptor, Host, Intention, LwwTable, MethodKind, ParamKind, Prepared, StoreError,
-    StoreType, bytes_json, json_bytes, method, optional_param, param,
+    Args, BlobError, Descriptor, Host, Intention, LwwTable, MethodKind, ParamKind, Prepared,
+    StoreError, StoreType, bytes_json, json_bytes, method, optional_param, param, read_blob,
 };
 use serde_json::{Value, json};
 
@@ -22,8 +26,12 @@ use serde_json::{Value, json};
 pub const MAX_KEY: usize = 1024;
 /// Most operations in one batch.
 pub const MAX_BATCH: usize = 1000;
-/// Largest value accepted (bytes): 1 MiB.
+/// Largest value carried inside an intention (bytes): 1 MiB.
 pub const MAX_VALUE: usize = 1 << 20;
+/// Values over this many bytes are kept as blobs.
+pub const BLOB_THRESHOLD: usize = 64 << 10;
+/// Largest value accepted (bytes): 8 MiB (kept as a blob).
+pub const MAX_LARGE_VALUE: usize = 8 << 20;
 /// Largest value a watch event carries; larger values are announced by size (read them with
 /// `get`), so events stay small whatever the values are.
 pub const MAX_EVENT_VALUE: usize = 16 << 10;
@@ -41,12 +49,14 @@ pub enum KvOp {
     Put(Vec<u8>, Vec<u8>),
     /// Delete `key`.
     Delete(Vec<u8>),
+    /// Set `key` to the value kept as blob `hash` of `size` bytes.
+    PutBlob(Vec<u8>, [u8; 32], u64),
 }
 
 impl KvOp {
     fn key(&self) -> &[u8] {
         match self {
-            KvOp::Put(k, _) | KvOp::Delete(k) => k,
+            KvOp::Put(k, _) | KvOp::Delete(k) | KvOp::PutBlob(k, _, _) => k,
         }
     }
 }
@@ -68,6 +78,13 @@ pub fn encode_ops(ops: &[KvOp]) -> Vec<u8> {
                 out.push(2);
                 out.extend_from_slice(&(k.len() as u32).to_le_bytes());
                 out.extend_from_slice(k);
+            }
+            KvOp::PutBlob(k, hash, size) => {
+                out.push(3);
+                out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+                out.extend_from_slice(k);
+                out.extend_from_slice(hash);
+                out.extend_from_slice(&size.to_le_bytes());
             }
         }
     }
@@ -121,6 +138,17 @@ pub fn decode_ops(mut bytes: &[u8]) -> Result<Vec<KvOp>, StoreError> {
                 KvOp::Put(key, take(&mut bytes, len)?.to_vec())
             }
             2 => KvOp::Delete(key),
+            3 => {
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(take(&mut bytes, 32)?);
+                let mut raw = [0u8; 8];
+                raw.copy_from_slice(take(&mut bytes, 8)?);
+                let size = u64::from_le_bytes(raw);
+                if size > MAX_LARGE_VALUE as u64 {
+                    return Err(reject("value over the limit"));
+                }
+                KvOp::PutBlob(key, hash, size)
+            }
             _ => return Err(reject("unknown op tag")),
         });
     }
@@ -131,13 +159,73 @@ pub fn decode_ops(mut bytes: &[u8]) -> Result<Vec<KvOp>, StoreError> {
 }
 
 fn check_value(value: &[u8]) -> Result<(), StoreError> {
-    if value.len() > MAX_VALUE {
+    if value.len() > MAX_LARGE_VALUE {
         return Err(StoreError::InvalidArgument(format!(
-            "value is {} bytes; the limit is {MAX_VALUE} (1 MiB)",
+            "value is {} bytes; the limit is {MAX_LARGE_VALUE} (8 MiB)",
             value.len()
         )));
     }
     Ok(())
+}
+
+/// A value as the table stores it: the bytes, or the blob that holds them.
+enum Stored<'a> {
+    Inline(&'a [u8]),
+    Blob([u8; 32], u64),
+}
+
+impl Stored<'_> {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Stored::Inline(v) => [&[0u8][..], v].concat(),
+            Stored::Blob(hash, size) => [&[1u8][..], hash, &size.to_le_bytes()].concat(),
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Result<Stored<'_>, StoreError> {
+        match bytes.split_first() {
+            Some((0, v)) => Ok(Stored::Inline(v)),
+            Some((1, rest)) if rest.len() == 40 => {
+                let mut hash = [0u8; 32];
+                hash.copy_from_slice(&rest[..32]);
+                let mut size = [0u8; 8];
+                size.copy_from_slice(&rest[32..]);
+                Ok(Stored::Blob(hash, u64::from_le_bytes(size)))
+            }
+            _ => Err(StoreError::Internal("a stored kv value is malformed".into())),
+        }
+    }
+
+    fn size(&self) -> u64 {
+        match self {
+            Stored::Inline(v) => v.len() as u64,
+            Stored::Blob(_, size) => *size,
+        }
+    }
+}
+
+/// The value a stored entry holds: its bytes, read from the blob when it is one.
+fn value_of(host: &dyn Host, stored: &[u8]) -> Result<Vec<u8>, StoreError> {
+    match Stored::decode(stored)? {
+        Stored::Inline(v) => Ok(v.to_vec()),
+        Stored::Blob(hash, size) => read_blob(host, &hash, size).map_err(|e| {
+            let hex: String = hash.iter().map(|b| format!("{b:02x}")).collect();
+            StoreError::Internal(match e {
+                BlobError::NotHere => format!(
+                    "the value ({size} bytes) is blob {hex}, not fetched from the store's peers yet; try again shortly"
+                ),
+                other => format!("the value's blob {hex} cannot be read: {other:?}"),
+            })
+        }),
+    }
+}
+
+/// The value `stored` holds, as JSON (`null` for none).
+fn value_json(host: &dyn Host, stored: Option<&[u8]>) -> Result<Value, StoreError> {
+    Ok(match stored {
+        Some(s) => bytes_json(&value_of(host, s)?),
+        None => Value::Null,
+    })
 }
 
 fn check_key(key: &[u8]) -> Result<(), StoreError> {
@@ -176,6 +264,25 @@ fn prepare_batch(host: &dyn Host, ops: Vec<KvOp>) -> Result<Prepared, StoreError
         }
     }
     unique.reverse();
+    // Large values travel as blobs: the intention names them.
+    let mut blob_bytes = 0;
+    for op in &mut unique {
+        if let KvOp::Put(key, value) = op
+            && value.len() > BLOB_THRESHOLD
+        {
+            blob_bytes += value.len();
+            if blob_bytes > MAX_LARGE_VALUE {
+                return Err(StoreError::InvalidArgument(format!(
+                    "a batch carries at most {MAX_LARGE_VALUE} bytes of large values"
+                )));
+            }
+            let name = host.blob_put(value);
+            let hash: [u8; 32] = name
+                .try_into()
+                .map_err(|_| StoreError::Internal("the host named a blob oddly".into()))?;
+            *op = KvOp::PutBlob(std::mem::take(key), hash, value.len() as u64);
+        }
+    }
     let keys: Vec<&[u8]> = unique.iter().map(KvOp::key).collect();
     let deps = LwwTable::new(TABLE).deps_for(host, &keys)?;
     Ok(Prepared {
@@ -286,22 +393,40 @@ impl StoreType for KvStore {
     fn apply(host: &mut dyn Host, op: &Intention) -> Result<(), StoreError> {
         let table = LwwTable::new(TABLE);
         for kv in decode_ops(&op.ops)? {
-            let (key, value) = match &kv {
-                KvOp::Put(k, v) => (k.as_slice(), Some(v.as_slice())),
+            let (key, stored) = match &kv {
+                KvOp::Put(k, v) => (k.as_slice(), Some(Stored::Inline(v).encode())),
                 KvOp::Delete(k) => (k.as_slice(), None),
+                KvOp::PutBlob(k, hash, size) => {
+                    (k.as_slice(), Some(Stored::Blob(*hash, *size).encode()))
+                }
             };
-            if let Some(read) = table.write(host, key, value, op)? {
-                let size = read.value.as_ref().map_or(0, Vec::len);
-                let event = match read.value.as_deref() {
-                    Some(v) if v.len() > MAX_EVENT_VALUE => {
-                        json!({ "key": bytes_json(key), "value": null, "size": size, "omitted": true })
-                    }
-                    value => {
-                        json!({ "key": bytes_json(key), "value": value.map(bytes_json), "size": size })
-                    }
-                };
-                host.emit("kv", event.to_string().as_bytes());
+            let Some((read, removed)) = table.write_removing(host, key, stored.as_deref(), op)?
+            else {
+                continue;
+            };
+            // The state references a blob once per head that holds it.
+            if let KvOp::PutBlob(_, hash, _) = &kv {
+                host.blob_add_ref(hash);
             }
+            for head in removed {
+                if let Some(Stored::Blob(hash, _)) =
+                    head.value.as_deref().map(Stored::decode).transpose()?
+                {
+                    host.blob_drop_ref(&hash);
+                }
+            }
+            let winner = read.value.as_deref().map(Stored::decode).transpose()?;
+            let size = winner.as_ref().map_or(0, Stored::size);
+            let event = match winner {
+                Some(Stored::Inline(v)) if v.len() <= MAX_EVENT_VALUE => {
+                    json!({ "key": bytes_json(key), "value": bytes_json(v), "size": size })
+                }
+                Some(_) => {
+                    json!({ "key": bytes_json(key), "value": null, "size": size, "omitted": true })
+                }
+                None => json!({ "key": bytes_json(key), "value": null, "size": 0 }),
+            };
+            host.emit("kv", event.to_string().as_bytes());
         }
         Ok(())
     }
@@ -312,18 +437,20 @@ impl StoreType for KvStore {
             "get" => {
                 let read = table.get(host, &args.bytes("key")?)?;
                 Ok(json!({
-                    "value": read.as_ref().and_then(|r| r.value.as_deref()).map(bytes_json),
+                    "value": value_json(host, read.as_ref().and_then(|r| r.value.as_deref()))?,
                     "conflicted": read.is_some_and(|r| r.conflicted),
                 }))
             }
             "list" => {
                 let prefix = args.opt_bytes("prefix")?.unwrap_or_default();
                 let limit = args.opt_integer("limit")?.unwrap_or(1000).clamp(0, 100_000) as usize;
-                let items: Vec<Value> = table
+                let items = table
                     .list(host, &prefix, limit)?
                     .into_iter()
-                    .map(|(k, r)| json!({"key": bytes_json(&k), "value": r.value.as_deref().map(bytes_json), "conflicted": r.conflicted}))
-                    .collect();
+                    .map(|(k, r)| {
+                        Ok(json!({"key": bytes_json(&k), "value": value_json(host, r.value.as_deref())?, "conflicted": r.conflicted}))
+                    })
+                    .collect::<Result<Vec<Value>, StoreError>>()?;
                 Ok(json!({ "items": items }))
             }
             "inspect" => {
@@ -333,14 +460,14 @@ impl StoreType for KvStore {
                 let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
                 Ok(json!({
                     "key": bytes_json(&key),
-                    "value": read.as_ref().and_then(|r| r.value.as_deref()).map(bytes_json),
+                    "value": value_json(host, read.as_ref().and_then(|r| r.value.as_deref()))?,
                     "conflicted": read.is_some_and(|r| r.conflicted),
-                    "heads": heads.iter().map(|h| json!({
+                    "heads": heads.iter().map(|h| Ok(json!({
                         "hash": hex(&h.hash),
                         "author": hex(&h.author),
                         "hlc": format!("{}.{}", h.hlc.wall_ms, h.hlc.counter),
-                        "value": h.value.as_deref().map(bytes_json),
-                    })).collect::<Vec<_>>(),
+                        "value": value_json(host, h.value.as_deref())?,
+                    }))).collect::<Result<Vec<Value>, StoreError>>()?,
                 }))
             }
             other => Err(StoreError::UnknownMethod(other.into())),
@@ -379,23 +506,34 @@ mod tests {
     }
 
     #[test]
-    fn a_one_mib_value_is_stored_and_announced_by_size() -> Result<(), StoreError> {
+    fn a_large_value_is_a_blob_read_back_whole_and_announced_by_size() -> Result<(), StoreError> {
         let mut host = MemoryHost::new();
-        let big = "x".repeat(MAX_VALUE);
+        let big: String = (0..MAX_VALUE + 3).map(|i| (b'a' + (i % 26) as u8) as char).collect();
         call(&mut host, 1, "put", json!({"key": "big", "value": big}))?;
         assert_eq!(
             query(&host, "get", json!({"key": "big"}))?["value"],
             json!(big)
         );
+        // The intention named a blob; the state references it once.
+        assert_eq!(host.blobs.borrow().len(), 1);
+        assert_eq!(host.blob_refs.values().copied().collect::<Vec<_>>(), [1]);
         let event: Value = serde_json::from_slice(&host.events[0].1)
             .map_err(|e| StoreError::Internal(e.to_string()))?;
-        assert_eq!(event["size"], MAX_VALUE);
+        assert_eq!(event["size"], MAX_VALUE + 3);
         assert_eq!(event["omitted"], true);
-        let over = "x".repeat(MAX_VALUE + 1);
+        // A small value replacing it (citing it) drops the reference.
+        call(&mut host, 2, "put", json!({"key": "big", "value": "small"}))?;
+        assert!(host.blob_refs.is_empty(), "{:?}", host.blob_refs);
+        assert_eq!(query(&host, "get", json!({"key": "big"}))?["value"], "small");
+        let over = "x".repeat(MAX_LARGE_VALUE + 1);
         assert!(matches!(
-            call(&mut host, 2, "put", json!({"key": "big", "value": over})),
+            call(&mut host, 3, "put", json!({"key": "big", "value": over})),
             Err(StoreError::InvalidArgument(_))
         ));
+        // A blob not here yet is said so, not read as empty.
+        call(&mut host, 4, "put", json!({"key": "far", "value": big}))?;
+        host.blobs.borrow_mut().clear();
+        assert!(query(&host, "get", json!({"key": "far"})).is_err());
         Ok(())
     }
 

@@ -18,7 +18,8 @@ use tracing::warn;
 
 use crate::error::CasError;
 use crate::index::{
-    self, BLOBS, BlobRow, ENTRIES, EntryRow, INLINE, INLINE_MAX, entry_key, split_entry_key,
+    self, BLOBS, BlobRow, ENTRIES, EntryRow, INLINE, INLINE_MAX, WANTED, entry_key,
+    split_entry_key,
 };
 use crate::verify::{self, ReadFailure};
 
@@ -119,42 +120,8 @@ impl Cas {
     /// # Errors
     /// [`CasError::Input`] when `data` fails; file and index errors.
     pub fn put(&self, store: &StoreId, mut data: impl Read) -> Result<BlobInfo, CasError> {
-        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp_data = self.dir.join("tmp").join(format!("{n}.data"));
-        let tmp_obao = self.dir.join("tmp").join(format!("{n}.obao"));
-        let result = self.put_via(store, &mut data, &tmp_data, &tmp_obao);
-        for path in [&tmp_data, &tmp_obao] {
-            if let Err(e) = std::fs::remove_file(path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                warn!(path = %path.display(), "could not remove a put's temporary file: {e}");
-            }
-        }
-        result
-    }
-
-    fn put_via(
-        &self,
-        store: &StoreId,
-        data: &mut impl Read,
-        tmp_data: &Path,
-        tmp_obao: &Path,
-    ) -> Result<BlobInfo, CasError> {
-        // A small blob stays in memory and goes inline; a bigger one streams to a file.
-        let mut head = Vec::new();
-        (&mut *data)
-            .take(INLINE_MAX + 1)
-            .read_to_end(&mut head)
-            .map_err(CasError::Input)?;
-        if head.len() as u64 <= INLINE_MAX {
-            let hash = Hash(*blake3::hash(&head).as_bytes());
-            return self.hold_inline(store, &hash, &head);
-        }
-        let file = File::create(tmp_data).map_err(CasError::io(tmp_data))?;
-        let mut writer = BufWriter::with_capacity(1 << 20, file);
-        writer.write_all(&head).map_err(CasError::io(tmp_data))?;
+        let mut writer = self.writer(store);
         let mut buf = vec![0u8; 1 << 16];
-        let mut size = head.len() as u64;
         loop {
             let n = match data.read(&mut buf) {
                 Ok(0) => break,
@@ -162,23 +129,23 @@ impl Cas {
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(CasError::Input(e)),
             };
-            writer
-                .write_all(&buf[..n])
-                .map_err(CasError::io(tmp_data))?;
-            size += n as u64;
+            writer.write(&buf[..n])?;
         }
-        let file = writer
-            .into_inner()
-            .map_err(|e| CasError::io(tmp_data)(e.into_error()))?;
-        file.sync_all().map_err(CasError::io(tmp_data))?;
-        let obao = File::create(tmp_obao).map_err(CasError::io(tmp_obao))?;
-        let file = File::open(tmp_data).map_err(CasError::io(tmp_data))?;
-        let root = verify::make_outboard(&file, size, obao).map_err(CasError::io(tmp_obao))?;
-        File::open(tmp_obao)
-            .and_then(|f| f.sync_all())
-            .map_err(CasError::io(tmp_obao))?;
-        let hash = Hash(*root.as_bytes());
-        self.adopt(store, &hash, size, tmp_data, tmp_obao)
+        writer.finish(self)
+    }
+
+    /// Starts a blob of `store` written in pieces ([`BlobWriter::write`], then
+    /// [`BlobWriter::finish`]); dropped unfinished, it leaves nothing.
+    pub fn writer(&self, store: &StoreId) -> BlobWriter {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        BlobWriter {
+            store: *store,
+            head: Vec::new(),
+            file: None,
+            size: 0,
+            tmp_data: self.dir.join("tmp").join(format!("{n}.data")),
+            tmp_obao: self.dir.join("tmp").join(format!("{n}.obao")),
+        }
     }
 
     /// Records `store`'s hold on `hash` (`size` bytes, files in place).
@@ -426,6 +393,57 @@ impl Cas {
         })
     }
 
+    /// Sets how many references `store`'s state declares to `hash` (the state is the source
+    /// of truth; this is idempotent). For a blob the store does not hold, the count is kept
+    /// until it does, and the blob is among [`Cas::wanted`] meanwhile.
+    ///
+    /// # Errors
+    /// [`CasError::Index`].
+    pub fn set_refs(&self, store: &StoreId, hash: &Hash, refs: u32) -> Result<(), CasError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut wanted = txn.open_table(WANTED)?;
+            let key = entry_key(store, hash);
+            let entry = entries.get(&key)?.map(|v| EntryRow::decode(v.value()));
+            match entry {
+                Some(mut entry) => {
+                    entry.refs = refs;
+                    entries.insert(&key, &entry.encode())?;
+                }
+                None if refs > 0 => {
+                    wanted.insert(&key, refs)?;
+                }
+                None => {
+                    wanted.remove(&key)?;
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    /// Blobs `store`'s state references that it does not hold here (to fetch), in hash
+    /// order, at most `limit`.
+    ///
+    /// # Errors
+    /// [`CasError::Index`].
+    pub fn wanted(&self, store: &StoreId, limit: usize) -> Result<Vec<Hash>, CasError> {
+        let txn = self.db.begin_read()?;
+        let wanted = match txn.open_table(WANTED) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
+            Err(e) => return Err(e.into()),
+        };
+        let from = entry_key(store, &Hash([0; 32]));
+        let to = entry_key(store, &Hash([0xff; 32]));
+        let mut out = Vec::new();
+        for row in wanted.range::<&[u8; 64]>(&from..=&to)?.take(limit) {
+            out.push(split_entry_key(row?.0.value()).1);
+        }
+        Ok(out)
+    }
+
     fn adjust(
         &self,
         store: &StoreId,
@@ -559,9 +577,11 @@ fn hold_in(
     if let Some(entry) = entries.get(&key)?.map(|v| EntryRow::decode(v.value())) {
         return Ok(entry);
     }
+    // References the store's state declared before the blob came.
+    let refs = txn.open_table(WANTED)?.remove(&key)?.map_or(0, |v| v.value());
     let entry = EntryRow {
         pins: 0,
-        refs: 0,
+        refs,
         added_ms: now_ms(),
     };
     entries.insert(&key, &entry.encode())?;
@@ -608,5 +628,87 @@ fn info(hash: Hash, size: u64, entry: EntryRow) -> BlobInfo {
         pins: entry.pins,
         refs: entry.refs,
         added_ms: entry.added_ms,
+    }
+}
+
+/// A blob being written in pieces ([`Cas::writer`]): up to the inline size it stays in
+/// memory, past it the bytes stream to a temporary file; [`BlobWriter::finish`] hashes it
+/// and records the store's hold. Dropped unfinished, its temporary files are removed.
+#[derive(Debug)]
+pub struct BlobWriter {
+    store: StoreId,
+    head: Vec<u8>,
+    file: Option<BufWriter<File>>,
+    size: u64,
+    tmp_data: PathBuf,
+    tmp_obao: PathBuf,
+}
+
+impl BlobWriter {
+    /// Bytes written so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends `bytes`.
+    ///
+    /// # Errors
+    /// [`CasError::Io`] when the temporary file cannot be written.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<(), CasError> {
+        self.size += bytes.len() as u64;
+        match &mut self.file {
+            Some(file) => file.write_all(bytes).map_err(CasError::io(&self.tmp_data)),
+            None if self.head.len() + bytes.len() <= INLINE_MAX as usize => {
+                self.head.extend_from_slice(bytes);
+                Ok(())
+            }
+            None => {
+                let file = File::create(&self.tmp_data).map_err(CasError::io(&self.tmp_data))?;
+                let mut file = BufWriter::with_capacity(1 << 20, file);
+                file.write_all(&self.head)
+                    .and_then(|()| file.write_all(bytes))
+                    .map_err(CasError::io(&self.tmp_data))?;
+                self.head = Vec::new();
+                self.file = Some(file);
+                Ok(())
+            }
+        }
+    }
+
+    /// Stores the blob in `cas` (the store this writer was made by) and returns it.
+    ///
+    /// # Errors
+    /// File and index errors.
+    pub fn finish(mut self, cas: &Cas) -> Result<BlobInfo, CasError> {
+        let Some(writer) = self.file.take() else {
+            let hash = Hash(*blake3::hash(&self.head).as_bytes());
+            return cas.hold_inline(&self.store, &hash, &self.head);
+        };
+        let (tmp_data, tmp_obao) = (&self.tmp_data, &self.tmp_obao);
+        let file = writer
+            .into_inner()
+            .map_err(|e| CasError::io(tmp_data)(e.into_error()))?;
+        file.sync_all().map_err(CasError::io(tmp_data))?;
+        let obao = File::create(tmp_obao).map_err(CasError::io(tmp_obao))?;
+        let file = File::open(tmp_data).map_err(CasError::io(tmp_data))?;
+        let root = verify::make_outboard(&file, self.size, obao).map_err(CasError::io(tmp_obao))?;
+        File::open(tmp_obao)
+            .and_then(|f| f.sync_all())
+            .map_err(CasError::io(tmp_obao))?;
+        let hash = Hash(*root.as_bytes());
+        cas.adopt(&self.store, &hash, self.size, tmp_data, tmp_obao)
+    }
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        self.file = None;
+        for path in [&self.tmp_data, &self.tmp_obao] {
+            if let Err(e) = std::fs::remove_file(path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!(path = %path.display(), "could not remove a put's temporary file: {e}");
+            }
+        }
     }
 }

@@ -41,6 +41,6 @@ mod transfer;
 mod verify;
 
 pub use bao_tree::{ChunkNum, ChunkRanges};
-pub use cas::{BlobInfo, Cas, CollectReport};
+pub use cas::{BlobInfo, BlobWriter, Cas, CollectReport};
 pub use error::CasError;
 pub use transfer::{BadPart, Finished, IncomingBlob, SmallBlob};

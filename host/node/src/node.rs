@@ -164,9 +164,12 @@ impl Node {
             }
             Err(e) => return Err(e),
         };
-        let runtime = Runtime::new(&dir.modules_dir(), limits)?;
-        let system_module = ensure_builtin(&runtime, "system")?;
         let cas = open_cas(&dir.cas_dir());
+        let mut runtime = Runtime::new(&dir.modules_dir(), limits)?;
+        if let Some(cas) = &cas {
+            runtime = runtime.with_blobs(cas.clone());
+        }
+        let system_module = ensure_builtin(&runtime, "system")?;
         let node = Node {
             dir,
             key,

@@ -95,6 +95,8 @@ impl GuestInstance {
         }
         let mut store = new_store(&self.engine, &self.limits);
         std::mem::swap(store.data_mut(), self.store.data_mut());
+        // The trapped instance's writers die with it (their temporary files go).
+        store.data_mut().writers.clear();
         store
             .set_fuel(self.limits.call_fuel)
             .map_err(|e| CallError::Host(e.to_string()))?;
@@ -165,6 +167,8 @@ impl GuestInstance {
     pub(crate) fn apply(&mut self, op: &wit::Intention) -> Result<(), CallError> {
         let mut store = new_store(&self.engine, &self.limits);
         std::mem::swap(store.data_mut(), self.store.data_mut());
+        // The trapped instance's writers die with it (their temporary files go).
+        store.data_mut().writers.clear();
         let result = (|| {
             store
                 .set_fuel(self.limits.apply_fuel)

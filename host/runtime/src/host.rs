@@ -11,7 +11,13 @@ use std::ops::Bound;
 use redb::ReadOnlyTable;
 use wasmtime::StoreLimits;
 
-use crate::bindings::lattice::store::{host, types};
+use std::sync::Arc;
+
+use lattice_cas::{BlobWriter, Cas, CasError};
+use lattice_model::{Hash, StoreId};
+use wasmtime::component::Resource;
+
+use crate::bindings::lattice::store::{blobs, host, types};
 
 /// Longest key a guest may use.
 pub const MAX_KEY_BYTES: usize = 4096;
@@ -22,6 +28,44 @@ pub const MAX_VALUE_BYTES: usize = 4 << 20;
 pub const MAX_SCAN: u32 = 1000;
 /// Largest watch event payload.
 pub const MAX_EVENT_BYTES: usize = 64 << 10;
+/// Blob writers a guest may have open at once.
+pub const MAX_OPEN_WRITERS: usize = 16;
+/// Largest chunk a guest writes to or reads from a blob in one call.
+pub const MAX_BLOB_CHUNK: usize = 1 << 20;
+/// Keys the host keeps in a store's state for itself; a guest can neither read, write nor
+/// scan them. The state's references to blobs are `BLOB_REF_PREFIX ‖ hash → count`.
+pub const HOST_KEY_PREFIX: &[u8] = b"\xff\xfflattice/";
+/// The state's reference counts to blobs (under [`HOST_KEY_PREFIX`]).
+pub const BLOB_REF_PREFIX: &[u8] = b"\xff\xfflattice/blob-ref/";
+
+/// The blob store a guest reaches, for its own store only.
+#[derive(Clone)]
+pub(crate) struct BlobAccess {
+    pub(crate) cas: Arc<Cas>,
+    pub(crate) store: StoreId,
+}
+
+
+/// The blob hash a reference key names, when `key` is one.
+pub(crate) fn blob_ref(key: &[u8]) -> Option<Hash> {
+    let hash: [u8; 32] = key.strip_prefix(BLOB_REF_PREFIX)?.try_into().ok()?;
+    Some(Hash(hash))
+}
+
+fn ref_key(blob: &[u8]) -> wasmtime::Result<Vec<u8>> {
+    if blob.len() != 32 {
+        return Err(wasmtime::Error::new(HostTrap::Limit(format!(
+            "a blob hash is 32 bytes, not {}",
+            blob.len()
+        ))));
+    }
+    Ok([BLOB_REF_PREFIX, blob].concat())
+}
+
+/// Decodes a reference count kept in the state.
+pub(crate) fn ref_count(value: &[u8]) -> u32 {
+    value.try_into().map_or(0, u32::from_le_bytes)
+}
 
 /// What a guest call may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -66,6 +110,11 @@ pub(crate) struct HostState {
     /// Index the next `log-append` gets.
     pub(crate) log_next: u64,
     pub(crate) log_pending: Vec<Vec<u8>>,
+    /// The store's blobs (`None`: this node keeps none; blob calls trap).
+    pub(crate) blobs: Option<BlobAccess>,
+    /// The guest's open blob writers, by resource handle.
+    pub(crate) writers: std::collections::HashMap<u32, BlobWriter>,
+    next_writer: u32,
 }
 
 impl HostState {
@@ -82,6 +131,9 @@ impl HostState {
             events: Vec::new(),
             log_next: 0,
             log_pending: Vec::new(),
+            blobs: None,
+            writers: std::collections::HashMap::new(),
+            next_writer: 0,
         }
     }
 
@@ -129,6 +181,11 @@ impl HostState {
 }
 
 fn check_key(key: &[u8]) -> wasmtime::Result<()> {
+    if key.starts_with(HOST_KEY_PREFIX) {
+        return Err(wasmtime::Error::new(HostTrap::Forbidden(
+            "keys starting with 0xFF 0xFF \"lattice/\" are the host's".into(),
+        )));
+    }
     if key.len() > MAX_KEY_BYTES {
         return Err(wasmtime::Error::new(HostTrap::Limit(format!(
             "key of {} bytes exceeds {MAX_KEY_BYTES}",
@@ -235,12 +292,16 @@ impl host::Host for HostState {
                     if b.as_ref().is_some_and(|(bk, _)| *bk == k) {
                         b = next_base(&mut base)?;
                     }
-                    if let Some(v) = v {
+                    if let Some(v) = v
+                        && !k.starts_with(HOST_KEY_PREFIX)
+                    {
                         out.push((k, v));
                     }
                 }
             } else if let Some(row) = b.take() {
-                out.push(row);
+                if !row.0.starts_with(HOST_KEY_PREFIX) {
+                    out.push(row);
+                }
                 b = next_base(&mut base)?;
             }
         }
@@ -282,5 +343,159 @@ impl host::Host for HostState {
         self.charge(payload.len() + topic.len())?;
         self.events.push((topic, payload));
         Ok(())
+    }
+}
+
+fn trap(kind: fn(String) -> HostTrap, text: impl Into<String>) -> wasmtime::Error {
+    wasmtime::Error::new(kind(text.into()))
+}
+
+impl HostState {
+    fn blob_access(&self, what: &str) -> wasmtime::Result<BlobAccess> {
+        self.blobs
+            .clone()
+            .ok_or_else(|| trap(HostTrap::Forbidden, format!("{what}: this node keeps no blobs")))
+    }
+
+    fn blob_reads_allowed(&self, what: &str) -> wasmtime::Result<()> {
+        if self.mode == Mode::Apply {
+            return Err(trap(
+                HostTrap::Forbidden,
+                format!("{what} is not allowed in apply (which blobs are here differs between members)"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Changes the state's reference count to `blob` by `delta` (in this apply's writes).
+    fn change_ref(&mut self, what: &str, blob: &[u8], delta: i64) -> wasmtime::Result<()> {
+        self.write_allowed(what)?;
+        let key = ref_key(blob)?;
+        let count = i64::from(self.read(&key)?.map_or(0, |v| ref_count(&v)));
+        let count = u32::try_from((count + delta).max(0)).unwrap_or(u32::MAX);
+        self.charge(key.len() + 4)?;
+        let value = (count > 0).then(|| count.to_le_bytes().to_vec());
+        self.pending.insert(key, value);
+        Ok(())
+    }
+}
+
+fn storage(e: CasError) -> wasmtime::Error {
+    trap(HostTrap::Storage, format!("blob store: {e}"))
+}
+
+impl blobs::HostBlobWriter for HostState {
+    fn new(&mut self) -> wasmtime::Result<Resource<blobs::BlobWriter>> {
+        if self.mode == Mode::Read {
+            return Err(trap(
+                HostTrap::Forbidden,
+                "a blob-writer is only allowed in prepare and apply",
+            ));
+        }
+        let access = self.blob_access("blob-writer")?;
+        if self.writers.len() >= MAX_OPEN_WRITERS {
+            return Err(trap(
+                HostTrap::Limit,
+                format!("more than {MAX_OPEN_WRITERS} blob writers open at once"),
+            ));
+        }
+        let id = self.next_writer;
+        self.next_writer = self.next_writer.wrapping_add(1);
+        self.writers.insert(id, access.cas.writer(&access.store));
+        Ok(Resource::new_own(id))
+    }
+
+    fn write(
+        &mut self,
+        writer: Resource<blobs::BlobWriter>,
+        bytes: Vec<u8>,
+    ) -> wasmtime::Result<()> {
+        if bytes.len() > MAX_BLOB_CHUNK {
+            return Err(trap(
+                HostTrap::Limit,
+                format!("a blob chunk of {} bytes exceeds {MAX_BLOB_CHUNK}", bytes.len()),
+            ));
+        }
+        if self.mode == Mode::Apply {
+            self.charge(bytes.len())?;
+        }
+        let writer = self
+            .writers
+            .get_mut(&writer.rep())
+            .ok_or_else(|| trap(HostTrap::Forbidden, "no such blob-writer"))?;
+        writer.write(&bytes).map_err(storage)
+    }
+
+    fn finish(&mut self, writer: Resource<blobs::BlobWriter>) -> wasmtime::Result<Vec<u8>> {
+        let access = self.blob_access("blob-writer.finish")?;
+        let writer = self
+            .writers
+            .remove(&writer.rep())
+            .ok_or_else(|| trap(HostTrap::Forbidden, "no such blob-writer"))?;
+        let blob = writer.finish(&access.cas).map_err(storage)?;
+        Ok(blob.hash.as_bytes().to_vec())
+    }
+
+    fn drop(&mut self, writer: Resource<blobs::BlobWriter>) -> wasmtime::Result<()> {
+        self.writers.remove(&writer.rep());
+        Ok(())
+    }
+}
+
+impl blobs::Host for HostState {
+    fn read(
+        &mut self,
+        blob: Vec<u8>,
+        offset: u64,
+        len: u32,
+    ) -> wasmtime::Result<Result<Vec<u8>, blobs::BlobError>> {
+        self.blob_reads_allowed("blobs.read")?;
+        if len as usize > MAX_BLOB_CHUNK {
+            return Err(trap(
+                HostTrap::Limit,
+                format!("a blob read of {len} bytes exceeds {MAX_BLOB_CHUNK}"),
+            ));
+        }
+        let access = self.blob_access("blobs.read")?;
+        let Ok(hash) = <[u8; 32]>::try_from(blob.as_slice()) else {
+            return Ok(Err(blobs::BlobError::NotHere));
+        };
+        let hash = Hash(hash);
+        let Some(info) = access.cas.stat(&access.store, &hash).map_err(storage)? else {
+            return Ok(Err(blobs::BlobError::NotHere));
+        };
+        if offset > info.size {
+            return Ok(Err(blobs::BlobError::OutOfRange));
+        }
+        let end = offset.saturating_add(u64::from(len)).min(info.size);
+        let mut out = Vec::with_capacity((end - offset) as usize);
+        match access.cas.read(&access.store, &hash, offset..end, &mut out) {
+            Ok(_) => Ok(Ok(out)),
+            Err(CasError::NotFound { .. }) => Ok(Err(blobs::BlobError::NotHere)),
+            Err(CasError::OutOfRange { .. }) => Ok(Err(blobs::BlobError::OutOfRange)),
+            Err(e @ CasError::Damaged { .. }) => Ok(Err(blobs::BlobError::Damaged(e.to_string()))),
+            Err(e) => Err(storage(e)),
+        }
+    }
+
+    fn size(&mut self, blob: Vec<u8>) -> wasmtime::Result<Option<u64>> {
+        self.blob_reads_allowed("blobs.size")?;
+        let access = self.blob_access("blobs.size")?;
+        let Ok(hash) = <[u8; 32]>::try_from(blob.as_slice()) else {
+            return Ok(None);
+        };
+        Ok(access
+            .cas
+            .stat(&access.store, &Hash(hash))
+            .map_err(storage)?
+            .map(|b| b.size))
+    }
+
+    fn add_ref(&mut self, blob: Vec<u8>) -> wasmtime::Result<()> {
+        self.change_ref("blobs.add-ref", &blob, 1)
+    }
+
+    fn drop_ref(&mut self, blob: Vec<u8>) -> wasmtime::Result<()> {
+        self.change_ref("blobs.drop-ref", &blob, -1)
     }
 }

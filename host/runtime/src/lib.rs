@@ -40,7 +40,10 @@ mod schema;
 mod store;
 
 pub use error::{CallError, Error, GuestError, ModuleError, StorageError};
-pub use host::{MAX_EVENT_BYTES, MAX_KEY_BYTES, MAX_SCAN, MAX_VALUE_BYTES};
+pub use host::{
+    BLOB_REF_PREFIX, HOST_KEY_PREFIX, MAX_BLOB_CHUNK, MAX_EVENT_BYTES, MAX_KEY_BYTES,
+    MAX_OPEN_WRITERS, MAX_SCAN, MAX_VALUE_BYTES,
+};
 pub use modules::{Limits, LoadedModule, MAX_MODULE_BYTES, ModuleHash, Runtime};
 pub use schema::{MethodInfo, MethodKind, ParamInfo, ParamKind, StoreDescriptor};
 pub use store::{

@@ -114,6 +114,8 @@ pub struct Runtime {
     dir: PathBuf,
     engine_key: String,
     pub(crate) limits: Limits,
+    /// The node's blob store, reached by guests through `lattice:store/blobs`.
+    pub(crate) blobs: Option<Arc<lattice_cas::Cas>>,
 }
 
 impl fmt::Debug for Runtime {
@@ -178,7 +180,21 @@ impl Runtime {
             dir: dir.to_path_buf(),
             engine_key,
             limits,
+            blobs: None,
         })
+    }
+
+    /// Gives guests the node's blob store (each reaches only its own store's blobs); without
+    /// one, blob calls trap.
+    #[must_use]
+    pub fn with_blobs(mut self, cas: Arc<lattice_cas::Cas>) -> Runtime {
+        self.blobs = Some(cas);
+        self
+    }
+
+    /// The node's blob store, when guests were given one ([`Runtime::with_blobs`]).
+    pub fn blobs(&self) -> Option<&Arc<lattice_cas::Cas>> {
+        self.blobs.as_ref()
     }
 
     /// The limits guest calls run with.

@@ -208,6 +208,9 @@ pub struct StoreRuntime {
     unsynced: bool,
     /// Writes applied ahead of witnessing (see [`StoreRuntime::begin_run`]).
     run: Option<Run>,
+    /// Reference counts to blobs that commits changed, not yet taken
+    /// ([`StoreRuntime::take_blob_refs`]).
+    blob_refs: Vec<(Hash, u32)>,
     /// Last: written once the database above has closed.
     clean: CleanMark,
 }
@@ -314,6 +317,7 @@ impl StoreRuntime {
             partition,
             unsynced: false,
             run: None,
+            blob_refs: Vec::new(),
             clean: CleanMark::new(path),
         };
         store.attach()?;
@@ -342,6 +346,10 @@ impl StoreRuntime {
         let loaded = self.runtime.load(&self.module)?;
         let mut guest = GuestInstance::new(&self.runtime, loaded)?;
         guest.host().log_next = self.log_count;
+        guest.host().blobs = self.runtime.blobs.clone().map(|cas| crate::host::BlobAccess {
+            cas,
+            store: self.store_id,
+        });
         self.guest = Some(guest);
         Ok(true)
     }
@@ -874,6 +882,12 @@ impl StoreRuntime {
             meta.insert("log_count", count.to_le_bytes().as_slice())?;
         }
         txn.commit()?;
+        for (key, value) in writes {
+            if let Some(hash) = crate::host::blob_ref(key) {
+                let count = value.as_deref().map_or(0, crate::host::ref_count);
+                self.blob_refs.push((hash, count));
+            }
+        }
         if let Some((seq, reason)) = rejected.first() {
             warn!(store = %self.store_id.short(), count = rejected.len(), first = seq, %reason, "guest rejected intentions");
         }
@@ -881,6 +895,34 @@ impl StoreRuntime {
         self.log_count += log_entries.len() as u64;
         self.unsynced = true;
         Ok(())
+    }
+
+    /// The reference counts to blobs that commits changed since the last call (the newest
+    /// count of each blob last), for the node to keep its blob store in step.
+    pub fn take_blob_refs(&mut self) -> Vec<(Hash, u32)> {
+        std::mem::take(&mut self.blob_refs)
+    }
+
+    /// Every blob the projected state references, with its count (after the state was
+    /// replaced: a rebuild, a snapshot). Costs one scan of the references, not of the state.
+    ///
+    /// # Errors
+    /// Storage failures.
+    pub fn blob_refs(&self) -> Result<Vec<(Hash, u32)>, Error> {
+        let txn = self.db.begin_read()?;
+        let data = txn.open_table(DATA)?;
+        let mut out = Vec::new();
+        for row in data.range::<&[u8]>(crate::host::BLOB_REF_PREFIX..)? {
+            let (k, v) = row?;
+            let Some(hash) = crate::host::blob_ref(k.value()) else {
+                if k.value().starts_with(crate::host::BLOB_REF_PREFIX) {
+                    continue;
+                }
+                break;
+            };
+            out.push((hash, crate::host::ref_count(v.value())));
+        }
+        Ok(out)
     }
 
     /// Makes the projected state durable: one fsync covering every commit since the last

@@ -144,7 +144,50 @@ impl StoreManager {
     }
 }
 
+/// Referenced blobs one pass of [`StoreManager::fetch_referenced`] looks up at a time.
+const WANTED_BATCH: usize = 64;
+
 impl StoreManager {
+    /// Starts fetching, in the background, the blobs store `id`'s state references that are
+    /// not here (from the store's peers); does nothing when none are wanted or a fetch for
+    /// the store is under way. A blob no peer gives now is asked for again after the next
+    /// replication event.
+    pub(super) fn fetch_referenced(&self, id: &StoreId) {
+        let Ok(cas) = self.blob_store() else {
+            return;
+        };
+        if !cas.wanted(id, 1).is_ok_and(|w| !w.is_empty()) {
+            return;
+        }
+        if !lock(&self.inner.fetching_blobs).insert(*id) {
+            return;
+        }
+        let (this, id) = (self.clone(), *id);
+        tokio::spawn(async move {
+            loop {
+                let wanted = match cas.wanted(&id, WANTED_BATCH) {
+                    Ok(w) if !w.is_empty() => w,
+                    Ok(_) => break,
+                    Err(e) => {
+                        warn!(store = %id.short(), "could not list the blobs to fetch: {e}");
+                        break;
+                    }
+                };
+                let mut fetched = 0;
+                for hash in &wanted {
+                    match this.fetch_blob(&id, hash).await {
+                        Ok(_) => fetched += 1,
+                        Err(e) => debug!(store = %id.short(), blob = %hash.short(), "a referenced blob is not here yet: {e}"),
+                    }
+                }
+                if fetched < wanted.len() {
+                    break;
+                }
+            }
+            lock(&this.inner.fetching_blobs).remove(&id);
+        });
+    }
+
     /// Makes store `id`'s module a pinned blob of the store here when its module is
     /// installed (so peers joining it can fetch the module); returns whether it is.
     pub(super) async fn share_module(&self, id: &StoreId) -> Result<bool, NodeError> {

@@ -232,6 +232,7 @@ impl StoreManager {
         // The store's module travels with it: shared when installed here, fetched when not.
         let this = self.clone();
         tokio::spawn(async move { this.module_travels(&id).await });
+        self.fetch_referenced(&id);
         Ok(())
     }
 

@@ -85,6 +85,8 @@ struct Inner {
     repairing: Mutex<std::collections::HashSet<StoreId>>,
     /// Headless stores whose module is being fetched from their peers.
     fetching_modules: Mutex<std::collections::HashSet<StoreId>>,
+    /// Stores whose referenced blobs are being fetched now.
+    fetching_blobs: Mutex<std::collections::HashSet<StoreId>>,
 }
 
 /// A running node; cheap to clone.
@@ -259,6 +261,7 @@ impl StoreManager {
             damaged: Mutex::new(HashMap::new()),
             repairing: Mutex::new(std::collections::HashSet::new()),
             fetching_modules: Mutex::new(std::collections::HashSet::new()),
+            fetching_blobs: Mutex::new(std::collections::HashSet::new()),
         });
         if let Some(cas) = inner.node.cas() {
             inner.replicator.set_cas(cas.clone());
@@ -359,6 +362,7 @@ impl StoreManager {
                     if let Err(e) = this.refresh(&s).await {
                         warn!(store = %s.short(), "projecting replicated intentions failed: {e}");
                     }
+                    this.fetch_referenced(&s);
                 }
             }
         });

@@ -333,7 +333,49 @@ impl Store {
             }
         }
         store.project()?;
+        store.resync_blob_refs();
         Ok(store)
+    }
+
+    /// Sets the blob store's reference counts for this store from the whole state (at open:
+    /// after a rebuild, a snapshot, or a crash between a state commit and the blob store).
+    /// Costs a scan of the state's references and of the store's blobs, not of the state.
+    fn resync_blob_refs(&mut self) {
+        let Some(cas) = self.runtime.blobs().cloned() else {
+            return;
+        };
+        self.data.take_blob_refs();
+        let result = (|| -> Result<(), NodeError> {
+            let refs = self.data.blob_refs()?;
+            let referenced: std::collections::HashSet<Hash> =
+                refs.iter().map(|(h, _)| *h).collect();
+            for (hash, count) in refs {
+                cas.set_refs(&self.id, &hash, count)?;
+            }
+            for blob in cas.list(&self.id)? {
+                if blob.refs > 0 && !referenced.contains(&blob.hash) {
+                    cas.set_refs(&self.id, &blob.hash, 0)?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            warn!(store = %self.id.short(), "could not bring blob references in step: {e}");
+        }
+    }
+
+    /// Passes the reference counts to blobs that projection changed to the blob store.
+    fn note_blob_refs(&mut self) {
+        let changed = self.data.take_blob_refs();
+        let Some(cas) = self.runtime.blobs() else {
+            return;
+        };
+        for (hash, count) in changed {
+            if let Err(e) = cas.set_refs(&self.id, &hash, count) {
+                // The next open sets every count again from the state.
+                warn!(store = %self.id.short(), blob = %hash.short(), "could not record a blob reference: {e}");
+            }
+        }
     }
 
     /// The store id.
@@ -553,6 +595,7 @@ impl Store {
         if std::mem::take(&mut self.epochs.finality_unchecked) {
             self.check_finality();
         }
+        self.note_blob_refs();
         Ok(report)
     }
 
@@ -950,6 +993,7 @@ impl Store {
         };
         match &reasons {
             Some(_) => {
+                self.note_blob_refs();
                 if let Some(kept) = self.data_events.as_mut() {
                     kept.extend(report.events.iter().cloned());
                 }
