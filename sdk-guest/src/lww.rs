@@ -194,7 +194,9 @@ impl LwwTable {
         value: Option<&[u8]>,
         op: &Intention,
     ) -> Result<Option<LwwRead>, StoreError> {
-        Ok(self.write_removing(host, key, value, op)?.map(|(read, _)| read))
+        Ok(self
+            .write_removing(host, key, value, op)?
+            .map(|(read, _)| read))
     }
 
     /// As [`LwwTable::write`], also returning the heads the write removed (for a store type

@@ -192,7 +192,9 @@ impl Stored<'_> {
                 size.copy_from_slice(&rest[32..]);
                 Ok(Stored::Blob(hash, u64::from_le_bytes(size)))
             }
-            _ => Err(StoreError::Internal("a stored kv value is malformed".into())),
+            _ => Err(StoreError::Internal(
+                "a stored kv value is malformed".into(),
+            )),
         }
     }
 
@@ -508,7 +510,9 @@ mod tests {
     #[test]
     fn a_large_value_is_a_blob_read_back_whole_and_announced_by_size() -> Result<(), StoreError> {
         let mut host = MemoryHost::new();
-        let big: String = (0..MAX_VALUE + 3).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+        let big: String = (0..MAX_VALUE + 3)
+            .map(|i| (b'a' + (i % 26) as u8) as char)
+            .collect();
         call(&mut host, 1, "put", json!({"key": "big", "value": big}))?;
         assert_eq!(
             query(&host, "get", json!({"key": "big"}))?["value"],
@@ -524,7 +528,10 @@ mod tests {
         // A small value replacing it (citing it) drops the reference.
         call(&mut host, 2, "put", json!({"key": "big", "value": "small"}))?;
         assert!(host.blob_refs.is_empty(), "{:?}", host.blob_refs);
-        assert_eq!(query(&host, "get", json!({"key": "big"}))?["value"], "small");
+        assert_eq!(
+            query(&host, "get", json!({"key": "big"}))?["value"],
+            "small"
+        );
         let over = "x".repeat(MAX_LARGE_VALUE + 1);
         assert!(matches!(
             call(&mut host, 3, "put", json!({"key": "big", "value": over})),

@@ -18,8 +18,7 @@ use tracing::warn;
 
 use crate::error::CasError;
 use crate::index::{
-    self, BLOBS, BlobRow, ENTRIES, EntryRow, INLINE, INLINE_MAX, WANTED, entry_key,
-    split_entry_key,
+    self, BLOBS, BlobRow, ENTRIES, EntryRow, INLINE, INLINE_MAX, WANTED, entry_key, split_entry_key,
 };
 use crate::verify::{self, ReadFailure};
 
@@ -578,7 +577,10 @@ fn hold_in(
         return Ok(entry);
     }
     // References the store's state declared before the blob came.
-    let refs = txn.open_table(WANTED)?.remove(&key)?.map_or(0, |v| v.value());
+    let refs = txn
+        .open_table(WANTED)?
+        .remove(&key)?
+        .map_or(0, |v| v.value());
     let entry = EntryRow {
         pins: 0,
         refs,

@@ -703,3 +703,76 @@ async fn a_joiner_of_a_custom_type_store_fetches_its_module_and_projects() -> Te
     b.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_kv_value_travels_as_a_blob_and_guests_of_both_abi_versions_run_side_by_side()
+-> TestResult {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path()).await?;
+    let b = start(dirs[1].path()).await?;
+    // kv (built for lattice:store@0.1.1) and its 0.1.0 release, in the same node.
+    let store = a.create("kv", "large values", None).await?;
+    let old = a.create("kvstore-0.1.0", "an old store", None).await?;
+    let big: String = (0..3_000_000u32)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
+    a.call(&store, "put", &json!({"key": "big", "value": big}))
+        .await?;
+    a.call(&old, "put", &json!({"key": "k", "value": "old abi"}))
+        .await?;
+    let read = a.call(&store, "get", &json!({"key": "big"})).await;
+    let read = read.map_err(|e| format!("reading the large value: {e}"))?;
+    assert!(
+        read["value"] == big.as_str(),
+        "the large value reads back whole"
+    );
+    assert_eq!(get(&a, &old, "k").await, "old abi");
+    // The 0.1.0 guest keeps its 1 MiB limit; the 0.1.1 kv took 3 MB as a blob.
+    let over = a
+        .call(&old, "put", &json!({"key": "k", "value": big}))
+        .await;
+    assert!(over.is_err(), "a 3 MB value was taken by the 0.1.0 guest");
+    let cas = a.node().cas().ok_or("no blob store")?;
+    let referenced: Vec<_> = cas
+        .list(&store)?
+        .into_iter()
+        .filter(|b| b.refs == 1)
+        .collect();
+    assert_eq!(referenced.len(), 1, "{referenced:?}");
+    assert_eq!(referenced[0].size, 3_000_000);
+
+    // B joins: the state references the blob, so B fetches it, and reads the value.
+    let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
+    b.join(&token, |_| {}).await?;
+    until(&[&a, &b], "B to read the large value", async || {
+        b.call(&store, "get", &json!({"key": "big"}))
+            .await
+            .is_ok_and(|v| v["value"] == big.as_str())
+    })
+    .await?;
+    let held = b
+        .node()
+        .cas()
+        .ok_or("no blob store")?
+        .stat(&store, &referenced[0].hash)?;
+    assert_eq!(held.map(|h| (h.size, h.refs)), Some((3_000_000, 1)));
+
+    // Replaced by a small value, the blob is no longer referenced on either node.
+    a.call(&store, "put", &json!({"key": "big", "value": "small now"}))
+        .await?;
+    until(&[&a, &b], "B to see the small value", async || {
+        all_read(&[&a, &b], &store, "big", "small now").await
+    })
+    .await?;
+    for node in [&a, &b] {
+        let blob = node
+            .node()
+            .cas()
+            .ok_or("no blob store")?
+            .stat(&store, &referenced[0].hash)?;
+        assert_eq!(blob.map(|b| b.refs), Some(0));
+    }
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}

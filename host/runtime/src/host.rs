@@ -45,7 +45,6 @@ pub(crate) struct BlobAccess {
     pub(crate) store: StoreId,
 }
 
-
 /// The blob hash a reference key names, when `key` is one.
 pub(crate) fn blob_ref(key: &[u8]) -> Option<Hash> {
     let hash: [u8; 32] = key.strip_prefix(BLOB_REF_PREFIX)?.try_into().ok()?;
@@ -352,16 +351,21 @@ fn trap(kind: fn(String) -> HostTrap, text: impl Into<String>) -> wasmtime::Erro
 
 impl HostState {
     fn blob_access(&self, what: &str) -> wasmtime::Result<BlobAccess> {
-        self.blobs
-            .clone()
-            .ok_or_else(|| trap(HostTrap::Forbidden, format!("{what}: this node keeps no blobs")))
+        self.blobs.clone().ok_or_else(|| {
+            trap(
+                HostTrap::Forbidden,
+                format!("{what}: this node keeps no blobs"),
+            )
+        })
     }
 
     fn blob_reads_allowed(&self, what: &str) -> wasmtime::Result<()> {
         if self.mode == Mode::Apply {
             return Err(trap(
                 HostTrap::Forbidden,
-                format!("{what} is not allowed in apply (which blobs are here differs between members)"),
+                format!(
+                    "{what} is not allowed in apply (which blobs are here differs between members)"
+                ),
             ));
         }
         Ok(())
@@ -413,7 +417,10 @@ impl blobs::HostBlobWriter for HostState {
         if bytes.len() > MAX_BLOB_CHUNK {
             return Err(trap(
                 HostTrap::Limit,
-                format!("a blob chunk of {} bytes exceeds {MAX_BLOB_CHUNK}", bytes.len()),
+                format!(
+                    "a blob chunk of {} bytes exceeds {MAX_BLOB_CHUNK}",
+                    bytes.len()
+                ),
             ));
         }
         if self.mode == Mode::Apply {

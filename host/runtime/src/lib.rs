@@ -68,4 +68,10 @@ pub const BUILTIN_MODULES: &[(&str, &[u8])] = &[
         "rootstore",
         include_bytes!("../../../guests/dist/rootstore.wasm"),
     ),
+    // Earlier releases of built-in types stay, so stores whose genesis names them keep
+    // running them (and a guest built for `lattice:store@0.1.0` runs beside 0.1.1 ones).
+    (
+        "kvstore-0.1.0",
+        include_bytes!("../../../guests/legacy/kvstore-0.1.0.wasm"),
+    ),
 ];

@@ -346,10 +346,14 @@ impl StoreRuntime {
         let loaded = self.runtime.load(&self.module)?;
         let mut guest = GuestInstance::new(&self.runtime, loaded)?;
         guest.host().log_next = self.log_count;
-        guest.host().blobs = self.runtime.blobs.clone().map(|cas| crate::host::BlobAccess {
-            cas,
-            store: self.store_id,
-        });
+        guest.host().blobs = self
+            .runtime
+            .blobs
+            .clone()
+            .map(|cas| crate::host::BlobAccess {
+                cas,
+                store: self.store_id,
+            });
         self.guest = Some(guest);
         Ok(true)
     }

@@ -177,7 +177,9 @@ impl StoreManager {
                 for hash in &wanted {
                     match this.fetch_blob(&id, hash).await {
                         Ok(_) => fetched += 1,
-                        Err(e) => debug!(store = %id.short(), blob = %hash.short(), "a referenced blob is not here yet: {e}"),
+                        Err(e) => {
+                            debug!(store = %id.short(), blob = %hash.short(), "a referenced blob is not here yet: {e}")
+                        }
                     }
                 }
                 if fetched < wanted.len() {
