@@ -191,6 +191,8 @@ const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 struct NativeHost {
     snapshot: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     overlay: BTreeMap<Vec<u8>, Option<Vec<u8>>>,
+    /// Blobs put (the put workload's values are small: none in practice).
+    blobs: std::cell::RefCell<BTreeMap<Vec<u8>, Vec<u8>>>,
 }
 
 impl Host for NativeHost {
@@ -238,6 +240,25 @@ impl Host for NativeHost {
     fn log_append(&mut self, _: &[u8]) -> u64 {
         0
     }
+    fn blob_put(&self, bytes: &[u8]) -> Vec<u8> {
+        let hash = blake3::hash(bytes).as_bytes().to_vec();
+        self.blobs.borrow_mut().insert(hash.clone(), bytes.to_vec());
+        hash
+    }
+    fn blob_read(
+        &self,
+        hash: &[u8],
+        offset: u64,
+        len: u32,
+    ) -> Result<Vec<u8>, lattice_sdk::BlobError> {
+        let blobs = self.blobs.borrow();
+        let blob = blobs.get(hash).ok_or(lattice_sdk::BlobError::NotHere)?;
+        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(blob.len());
+        let end = blob.len().min(start.saturating_add(len as usize));
+        Ok(blob[start..end].to_vec())
+    }
+    fn blob_add_ref(&mut self, _: &[u8]) {}
+    fn blob_drop_ref(&mut self, _: &[u8]) {}
     fn emit(&mut self, _: &str, _: &[u8]) {}
 }
 
@@ -274,6 +295,7 @@ fn native_puts(dir: &std::path::Path, n: usize, v: &str) -> anyhow::Result<f64> 
         let host = NativeHost {
             snapshot: db.begin_read()?.open_table(DATA)?,
             overlay: BTreeMap::new(),
+            blobs: std::cell::RefCell::default(),
         };
         let args = Args::from_json(json!({"key": format!("key{i:08}"), "value": v}));
         let prepared =
@@ -311,6 +333,7 @@ fn native_project(db: &Database, log: &LogReader, mut cursor: u64) -> anyhow::Re
         let mut host = NativeHost {
             snapshot: db.begin_read()?.open_table(DATA)?,
             overlay: BTreeMap::new(),
+            blobs: std::cell::RefCell::default(),
         };
         for (seq, signed) in &batch {
             cursor = *seq;
