@@ -253,7 +253,9 @@ impl Host for NativeHost {
     ) -> Result<Vec<u8>, lattice_sdk::BlobError> {
         let blobs = self.blobs.borrow();
         let blob = blobs.get(hash).ok_or(lattice_sdk::BlobError::NotHere)?;
-        let start = usize::try_from(offset).unwrap_or(usize::MAX).min(blob.len());
+        let start = usize::try_from(offset)
+            .unwrap_or(usize::MAX)
+            .min(blob.len());
         let end = blob.len().min(start.saturating_add(len as usize));
         Ok(blob[start..end].to_vec())
     }

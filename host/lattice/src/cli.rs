@@ -86,7 +86,8 @@ pub(crate) enum Command {
     #[command(subcommand)]
     Cas(CasCommand),
     /// Set a key in a kv store (shortcut for `store call <store> put key=… value=…`). Values
-    /// up to 1 MiB; give `-` to read the value from stdin, or `--file F`.
+    /// up to 8 MiB (over 64 KiB kept as a blob of the store); give `-` to read the value from
+    /// stdin, or `--file F`.
     Put {
         /// Store id (or unique prefix).
         store: String,
