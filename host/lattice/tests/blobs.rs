@@ -9,7 +9,7 @@ use std::process::{Child, Stdio};
 use serde_json::Value;
 
 mod common;
-use common::{json, lattice, spawn_daemon};
+use common::{fails_json, json, lattice, spawn_daemon};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -22,15 +22,7 @@ fn bytes(n: usize, seed: u8) -> Vec<u8> {
 
 /// Runs a `--json` command that must fail; returns its error code.
 fn fails_with(dir: &Path, args: &[&str]) -> Result<String, Box<dyn std::error::Error>> {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = lattice(dir, &full)?;
-    if out.status.success() {
-        return Err(format!("lattice {} succeeded but should fail", args.join(" ")).into());
-    }
-    let text = String::from_utf8(out.stdout)?;
-    let last = text.lines().last().ok_or("no JSON error object")?;
-    let error: Value = serde_json::from_str(last)?;
+    let (_, error) = fails_json(dir, args)?;
     Ok(error["code"].as_str().unwrap_or_default().to_string())
 }
 

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 mod common;
-use common::{json, lattice, spawn_daemon};
+use common::{fails_json, json, lattice, spawn_daemon};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -270,19 +270,6 @@ fn three_daemons_create_invite_join_children_revoke_leave_rejoin_restart() -> Te
     b.stop()?;
     c.stop()?;
     Ok(())
-}
-
-/// Runs a command with `--json` that must fail; returns (exit code, the JSON error object).
-fn fails_json(dir: &Path, args: &[&str]) -> Result<(i32, Value), Box<dyn std::error::Error>> {
-    let mut full = vec!["--json"];
-    full.extend_from_slice(args);
-    let out = lattice(dir, &full)?;
-    if out.status.success() {
-        return Err(format!("lattice {} succeeded but should fail", args.join(" ")).into());
-    }
-    let text = String::from_utf8(out.stdout)?;
-    let last = text.lines().last().ok_or("no JSON error object")?;
-    Ok((out.status.code().unwrap_or(-1), serde_json::from_str(last)?))
 }
 
 #[test]

@@ -53,3 +53,17 @@ pub fn spawn_daemon(dir: &Path, extra: &[&str]) -> Result<Child, Box<dyn std::er
     }
     Ok(child)
 }
+
+/// Runs a command with `--json` that must fail; returns (exit code, the JSON error object).
+#[allow(dead_code, reason = "not every test file checks failures")]
+pub fn fails_json(dir: &Path, args: &[&str]) -> Result<(i32, Value), Box<dyn std::error::Error>> {
+    let mut full = vec!["--json"];
+    full.extend_from_slice(args);
+    let out = lattice(dir, &full)?;
+    if out.status.success() {
+        return Err(format!("lattice {} succeeded but should fail", args.join(" ")).into());
+    }
+    let text = String::from_utf8(out.stdout)?;
+    let last = text.lines().last().ok_or("no JSON error object")?;
+    Ok((out.status.code().unwrap_or(-1), serde_json::from_str(last)?))
+}
