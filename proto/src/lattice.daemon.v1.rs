@@ -247,6 +247,9 @@ pub struct StoreStatus {
     /// Size of state.db and system.db on disk: the projected state.
     #[prost(uint64, tag = "14")]
     pub state_bytes: u64,
+    /// True when this node keeps the store headless by choice (`SetHeadless`).
+    #[prost(bool, tag = "15")]
+    pub headless_by_choice: bool,
 }
 /// A store's current epoch and its settlement.
 #[allow(clippy::all)]
@@ -511,6 +514,14 @@ pub struct BlobStatus {
     pub loose: u64,
     #[prost(message, repeated, tag = "7")]
     pub items: ::prost::alloc::vec::Vec<BlobInfo>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct HeadlessRequest {
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    #[prost(bool, tag = "2")]
+    pub headless: bool,
 }
 /// Generated client implementations.
 pub mod node_service_client {
@@ -1268,6 +1279,26 @@ pub mod store_service_client {
                 .insert(GrpcMethod::new("lattice.daemon.v1.StoreService", "Prune"));
             self.inner.unary(req, path, codec).await
         }
+        /// Keeps a store headless on this node by choice (`headless` true): it replicates the
+        /// store's log and system table but never fetches nor runs its module (reads of its data
+        /// fail with `headless`); false lets it fetch and run the module again. Takes effect at once.
+        pub async fn set_headless(
+            &mut self,
+            request: impl tonic::IntoRequest<super::HeadlessRequest>,
+        ) -> std::result::Result<tonic::Response<super::Empty>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/lattice.daemon.v1.StoreService/SetHeadless");
+            let mut req = request.into_request();
+            req.extensions_mut().insert(GrpcMethod::new(
+                "lattice.daemon.v1.StoreService",
+                "SetHeadless",
+            ));
+            self.inner.unary(req, path, codec).await
+        }
         /// Reads, or with `mode` set changes, a store's prune policy (kept in its system table, the
         /// same on every member): `off`, `keep-epochs` (`keep` epochs of history) or `keep-ms`
         /// (`keep` ms of history). JSON reply: {"store", "mode", "keep"}.
@@ -1410,6 +1441,13 @@ pub mod store_service_server {
             &self,
             request: tonic::Request<super::PruneRequest>,
         ) -> std::result::Result<tonic::Response<super::JsonReply>, tonic::Status>;
+        /// Keeps a store headless on this node by choice (`headless` true): it replicates the
+        /// store's log and system table but never fetches nor runs its module (reads of its data
+        /// fail with `headless`); false lets it fetch and run the module again. Takes effect at once.
+        async fn set_headless(
+            &self,
+            request: tonic::Request<super::HeadlessRequest>,
+        ) -> std::result::Result<tonic::Response<super::Empty>, tonic::Status>;
         /// Reads, or with `mode` set changes, a store's prune policy (kept in its system table, the
         /// same on every member): `off`, `keep-epochs` (`keep` epochs of history) or `keep-ms`
         /// (`keep` ms of history). JSON reply: {"store", "mode", "keep"}.
@@ -2163,6 +2201,45 @@ pub mod store_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = PruneSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.StoreService/SetHeadless" => {
+                    #[allow(non_camel_case_types)]
+                    struct SetHeadlessSvc<T: StoreService>(pub Arc<T>);
+                    impl<T: StoreService> tonic::server::UnaryService<super::HeadlessRequest> for SetHeadlessSvc<T> {
+                        type Response = super::Empty;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::HeadlessRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut = async move {
+                                <T as StoreService>::set_headless(&inner, request).await
+                            };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = SetHeadlessSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

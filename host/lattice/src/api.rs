@@ -336,6 +336,7 @@ impl store_service_server::StoreService for Api {
                 state: s.state(),
                 open: true,
                 headless: s.headless,
+                headless_by_choice: s.headless_by_choice,
                 witnessed: s.witnessed,
                 projected: s.projected,
                 floating: s.floating,
@@ -524,6 +525,19 @@ impl store_service_server::StoreService for Api {
             token: token.encode(),
             expires_ms: token.expires_ms,
         }))
+    }
+
+    async fn set_headless(
+        &self,
+        req: Request<v1::HeadlessRequest>,
+    ) -> Result<Response<v1::Empty>, Status> {
+        let req = req.into_inner();
+        let id = self.find(&req.store)?;
+        self.manager
+            .set_headless(&id, req.headless)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(v1::Empty {}))
     }
 
     type JoinStream = Stream<v1::JoinProgress>;

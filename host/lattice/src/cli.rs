@@ -324,6 +324,16 @@ pub(crate) enum StoreCommand {
         /// Store id (or unique prefix).
         store: String,
     },
+    /// Keep a store headless on this node (`on`): it replicates the store's log and system
+    /// table for the other members but never fetches nor runs the store's module, so reads of
+    /// its data fail here. `off` lets it fetch and run the module again. Takes effect at once.
+    Headless {
+        /// Store id (or unique prefix).
+        store: String,
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        mode: String,
+    },
     /// Repair a damaged store: rebuild its projected state from the log, and a log that does
     /// not open or verify from the intentions that still verify (its peers send the rest).
     /// Works with the daemon running; `store list` shows which stores are damaged.

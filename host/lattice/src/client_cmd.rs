@@ -340,6 +340,7 @@ fn status_json(s: v1::StoreStatus) -> Value {
     });
     json!({
         "store": s.store, "name": s.name, "module": s.module, "headless": s.headless,
+        "headless_by_choice": s.headless_by_choice,
         "witnessed": s.witnessed, "projected": s.projected, "floating": s.floating,
         "rejected": s.rejected, "state": s.state, "epoch": epoch,
         "log_bytes": s.log_bytes, "state_bytes": s.state_bytes,
@@ -1006,6 +1007,25 @@ async fn store(cmd: StoreCommand, mut c: Client, out: &Output) -> anyhow::Result
             out.record(
                 &format!("deleted the local data of {store}"),
                 json!({"store": store, "deleted": true}),
+            );
+        }
+        StoreCommand::Headless { store, mode } => {
+            let headless = mode == "on";
+            c.store
+                .set_headless(v1::HeadlessRequest {
+                    store: store.clone(),
+                    headless,
+                })
+                .await
+                .map_err(err)?;
+            let text = if headless {
+                format!("{store} is headless here by choice: its module is neither fetched nor run")
+            } else {
+                format!("{store} runs its module here again (fetched from its peers if missing)")
+            };
+            out.record(
+                &text,
+                json!({"store": store, "headless_by_choice": headless}),
             );
         }
         StoreCommand::Repair { store } => {

@@ -603,6 +603,25 @@ impl Node {
         discard_dir(&self.dir.store_dir(id))
     }
 
+    /// Whether this node keeps store `id` headless by choice ([`Node::set_headless_by_choice`]).
+    ///
+    /// # Errors
+    /// When the inventory cannot be read.
+    pub fn is_headless_by_choice(&self, id: &StoreId) -> Result<bool, NodeError> {
+        Ok(self.meta.setting(&headless_key(id))?.as_deref() == Some("on"))
+    }
+
+    /// Keeps store `id` headless by choice (`on`), or lets it run its module again: a
+    /// headless store replicates its log and system table but never fetches nor runs its
+    /// module, so it serves no reads of its data. Takes effect when the store next opens.
+    ///
+    /// # Errors
+    /// When the inventory cannot be written.
+    pub fn set_headless_by_choice(&self, id: &StoreId, on: bool) -> Result<(), NodeError> {
+        self.meta
+            .set_setting(&headless_key(id), if on { "on" } else { "off" })
+    }
+
     /// Finds a store by full id or unique prefix.
     ///
     /// # Errors
@@ -669,6 +688,7 @@ impl Node {
     /// [`NodeError::BadGenesis`] without a genesis; storage and module failures.
     pub fn store_from_log(&self, id: StoreId, log: Arc<Log>) -> Result<Store, NodeError> {
         self.install_builtin_for(id, &log)?;
+        let headless_by_choice = self.is_headless_by_choice(&id)?;
         // Projected state can always be rebuilt from the log: a damaged partition is set
         // aside and projected again (at most once per partition).
         let mut attempts = 0;
@@ -683,6 +703,7 @@ impl Node {
                     log.clone(),
                     self.key.public(),
                     self.system_module,
+                    headless_by_choice,
                 )
             }))
             .unwrap_or_else(|payload| {
@@ -848,6 +869,11 @@ fn durable_write(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
         Some(dir) => sync_dir(dir),
         None => Ok(()),
     }
+}
+
+/// The inventory setting that keeps a store headless by choice.
+fn headless_key(id: &StoreId) -> String {
+    format!("headless/{id}")
 }
 
 /// The suffix of a directory being removed ([`discard_dir`]); swept at the next start.

@@ -776,3 +776,71 @@ async fn a_large_kv_value_travels_as_a_blob_and_guests_of_both_abi_versions_run_
     b.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_kept_headless_by_choice_never_fetches_nor_runs_its_module() -> TestResult {
+    let dirs = [tempfile::tempdir()?, tempfile::tempdir()?];
+    let a = start(dirs[0].path()).await?;
+    let b = start(dirs[1].path()).await?;
+    let hash = a.install_module(EVIL.to_vec()).await?;
+    let store = a.create(&hash.to_string(), "custom", None).await?;
+    a.call(&store, "op", &json!({"mode": "ok"})).await?;
+
+    // B's operator keeps this store headless before joining it.
+    b.node().set_headless_by_choice(&store, true)?;
+    let mut events = b.replicator().subscribe();
+    let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
+    b.join(&token, |_| {}).await?;
+    let witnessed = a.status(&store).await?.witnessed;
+    until(&[&a, &b], "B to replicate the log", async || {
+        b.status(&store)
+            .await
+            .is_ok_and(|s| s.witnessed >= witnessed)
+    })
+    .await?;
+    // Several reconciliations later (each one would have fetched a missing module)…
+    let mut synced = 0;
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while synced < 3 {
+        let event = tokio::time::timeout_at(deadline, events.recv()).await??;
+        if matches!(event, lattice_net::ReplicaEvent::Synced { store: s, .. } if s == store) {
+            synced += 1;
+        }
+    }
+    // …the module was never fetched, nothing runs, and B says why.
+    assert!(!b.node().runtime().is_installed(&hash));
+    let status = b.status(&store).await?;
+    assert!(status.headless && status.headless_by_choice);
+    assert_eq!(status.state(), "headless by choice");
+    assert!(b.call(&store, "get", &json!({})).await.is_err());
+    let cas = b.node().cas().ok_or("no blob store")?;
+    assert!(cas.stat(&store, &lattice_model::Hash(hash.0))?.is_none());
+
+    // Let go, B fetches the module and projects.
+    b.set_headless(&store, false).await?;
+    until(&[&a, &b], "B to fetch the module and project", async || {
+        b.call(&store, "get", &json!({}))
+            .await
+            .is_ok_and(|v| v["ok"] == 1)
+    })
+    .await?;
+
+    // A built-in type kept headless by choice stops serving reads at once, and resumes.
+    let kv = a.create("kv", "kv", None).await?;
+    a.call(&kv, "put", &json!({"key": "k", "value": "v"}))
+        .await?;
+    a.set_headless(&kv, true).await?;
+    let refused = a.call(&kv, "get", &json!({"key": "k"})).await;
+    assert!(
+        matches!(
+            refused,
+            Err(NodeError::Runtime(lattice_runtime::Error::Headless(_)))
+        ),
+        "{refused:?}"
+    );
+    a.set_headless(&kv, false).await?;
+    assert_eq!(get(&a, &kv, "k").await, "v");
+    a.shutdown().await;
+    b.shutdown().await;
+    Ok(())
+}

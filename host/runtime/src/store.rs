@@ -208,6 +208,8 @@ pub struct StoreRuntime {
     unsynced: bool,
     /// Writes applied ahead of witnessing (see [`StoreRuntime::begin_run`]).
     run: Option<Run>,
+    /// Kept headless by the node's choice: the module is not run even when installed.
+    by_choice: bool,
     /// Reference counts to blobs that commits changed, not yet taken
     /// ([`StoreRuntime::take_blob_refs`]).
     blob_refs: Vec<(Hash, u32)>,
@@ -318,6 +320,7 @@ impl StoreRuntime {
             unsynced: false,
             run: None,
             blob_refs: Vec::new(),
+            by_choice: false,
             clean: CleanMark::new(path),
         };
         store.attach()?;
@@ -340,6 +343,9 @@ impl StoreRuntime {
         if self.guest.is_some() {
             return Ok(true);
         }
+        if self.by_choice {
+            return Ok(false);
+        }
         if !self.runtime.is_installed(&self.module) {
             return Ok(false);
         }
@@ -356,6 +362,21 @@ impl StoreRuntime {
             });
         self.guest = Some(guest);
         Ok(true)
+    }
+
+    /// Keeps the store headless by choice from now on: its module is not run (nor loaded)
+    /// even when installed; the state stays as projected so far, and projection resumes from
+    /// its cursor in a runtime opened without this.
+    pub fn keep_headless(&mut self) {
+        self.by_choice = true;
+        self.abort_run();
+        self.guest = None;
+        self.descriptor = None;
+    }
+
+    /// True when kept headless by choice ([`StoreRuntime::keep_headless`]).
+    pub fn is_headless_by_choice(&self) -> bool {
+        self.by_choice
     }
 
     /// The store's module.

@@ -141,6 +141,29 @@ impl StoreManager {
         Ok(report)
     }
 
+    /// Keeps store `id` headless by choice on this node (`on`), or lets it fetch and run its
+    /// module again ([`Node::set_headless_by_choice`]); an open store is closed and opened
+    /// again so the choice holds at once.
+    ///
+    /// # Errors
+    /// [`NodeError::UnknownStore`]; inventory failures; [`NodeError::Damaged`] when the
+    /// store does not open again.
+    pub async fn set_headless(&self, id: &StoreId, on: bool) -> Result<(), NodeError> {
+        let record = self.record(id)?;
+        self.inner.node.set_headless_by_choice(id, on)?;
+        if self.is_open(id) {
+            self.close(id).await?;
+            self.open_or_quarantine(&record).await;
+            if let Some(reason) = self.damage(id) {
+                return Err(NodeError::Damaged {
+                    store: id.short(),
+                    reason,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Store `id`'s inventory record.
     pub(super) fn record(&self, id: &StoreId) -> Result<StoreRecord, NodeError> {
         self.inner
@@ -247,6 +270,10 @@ impl StoreManager {
                 debug!(store = %id.short(), "could not share the store's module: {e}");
                 return;
             }
+        }
+        // An operator's choice: this node never fetches (nor runs) the store's module.
+        if self.inner.node.is_headless_by_choice(id).unwrap_or(true) {
+            return;
         }
         if !lock(&self.inner.fetching_modules).insert(*id) {
             return;

@@ -189,6 +189,9 @@ pub struct StoreStatus {
     pub module: String,
     /// True when the module is not installed here: intentions are witnessed but not projected.
     pub headless: bool,
+    /// True when this node keeps the store headless by choice (its module is neither fetched
+    /// nor run here).
+    pub headless_by_choice: bool,
     /// Witnessed intentions (the witness log head).
     pub witnessed: u64,
     /// Last witness seq projected onto the data partition.
@@ -210,7 +213,9 @@ pub struct StoreStatus {
 impl StoreStatus {
     /// `ready`, `projecting`, or `waiting for module <hash>`.
     pub fn state(&self) -> String {
-        if self.headless {
+        if self.headless_by_choice {
+            "headless by choice".to_string()
+        } else if self.headless {
             format!("waiting for module {}", self.module)
         } else if self.projected < self.witnessed {
             "projecting".to_string()
@@ -226,6 +231,7 @@ impl StoreStatus {
             "name": self.name,
             "module": self.module,
             "headless": self.headless,
+            "headless_by_choice": self.headless_by_choice,
             "witnessed": self.witnessed,
             "projected": self.projected,
             "floating": self.floating,
@@ -268,6 +274,7 @@ impl Store {
         log: Arc<Log>,
         me: PubKey,
         system_module: lattice_runtime::ModuleHash,
+        headless_by_choice: bool,
     ) -> Result<Store, NodeError> {
         let genesis_intention = log
             .reader()
@@ -296,7 +303,10 @@ impl Store {
             });
             (data, system)
         });
-        let (data, system) = (data?, system?);
+        let (mut data, system) = (data?, system?);
+        if headless_by_choice {
+            data.keep_headless();
+        }
         let mut store = Store {
             id,
             genesis,
@@ -1153,6 +1163,7 @@ impl Store {
             name,
             module: self.genesis.module.to_string(),
             headless: self.is_headless(),
+            headless_by_choice: self.data.is_headless_by_choice(),
             witnessed: log.head_seq,
             projected: self.data.cursor(),
             floating: log.floating,
