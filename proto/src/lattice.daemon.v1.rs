@@ -523,6 +523,25 @@ pub struct HeadlessRequest {
     #[prost(bool, tag = "2")]
     pub headless: bool,
 }
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobCollectRequest {
+    #[prost(uint64, optional, tag = "1")]
+    pub grace_seconds: ::core::option::Option<u64>,
+}
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobCollectReply {
+    /// Holds dropped (a store no longer holds the blob).
+    #[prost(uint64, tag = "1")]
+    pub released: u64,
+    /// Blobs deleted from disk (no store held them any more).
+    #[prost(uint64, tag = "2")]
+    pub deleted: u64,
+    /// Bytes deleted.
+    #[prost(uint64, tag = "3")]
+    pub bytes: u64,
+}
 /// Generated client implementations.
 pub mod node_service_client {
     #![allow(
@@ -2873,6 +2892,25 @@ pub mod blob_service_client {
                 .insert(GrpcMethod::new("lattice.daemon.v1.BlobService", "Status"));
             self.inner.unary(req, path, codec).await
         }
+        /// Collects blobs now, on this node (every store): drops each store's hold on a blob
+        /// nothing pins or references that it has held for at least `grace_seconds` (default: the
+        /// node's grace, an hour), and deletes blobs no store holds. The node also does this every
+        /// ten minutes by itself.
+        pub async fn collect(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BlobCollectRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobCollectReply>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/lattice.daemon.v1.BlobService/Collect");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lattice.daemon.v1.BlobService", "Collect"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2925,6 +2963,14 @@ pub mod blob_service_server {
             &self,
             request: tonic::Request<super::BlobStatusRequest>,
         ) -> std::result::Result<tonic::Response<super::BlobStatus>, tonic::Status>;
+        /// Collects blobs now, on this node (every store): drops each store's hold on a blob
+        /// nothing pins or references that it has held for at least `grace_seconds` (default: the
+        /// node's grace, an hour), and deletes blobs no store holds. The node also does this every
+        /// ten minutes by itself.
+        async fn collect(
+            &self,
+            request: tonic::Request<super::BlobCollectRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobCollectReply>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct BlobServiceServer<T> {
@@ -3177,6 +3223,44 @@ pub mod blob_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = StatusSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.BlobService/Collect" => {
+                    #[allow(non_camel_case_types)]
+                    struct CollectSvc<T: BlobService>(pub Arc<T>);
+                    impl<T: BlobService> tonic::server::UnaryService<super::BlobCollectRequest> for CollectSvc<T> {
+                        type Response = super::BlobCollectReply;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BlobCollectRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as BlobService>::collect(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = CollectSvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

@@ -301,6 +301,26 @@ impl BlobService for Api {
         Ok(Response::new(info_of(&info)))
     }
 
+    async fn collect(
+        &self,
+        req: Request<v1::BlobCollectRequest>,
+    ) -> Result<Response<v1::BlobCollectReply>, Status> {
+        let grace = req
+            .into_inner()
+            .grace_seconds
+            .map_or(lattice_node::BLOB_GRACE, Duration::from_secs);
+        let report = self
+            .manager()
+            .collect_blobs(grace)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(v1::BlobCollectReply {
+            released: report.released,
+            deleted: report.deleted,
+            bytes: report.bytes,
+        }))
+    }
+
     async fn status(
         &self,
         req: Request<v1::BlobStatusRequest>,

@@ -134,6 +134,25 @@ pub(crate) async fn run(cmd: CasCommand, mut c: Client, out: &Output) -> anyhow:
         }
         CasCommand::Pin { store, hash } => pin(&mut c, store, hash, true, out).await?,
         CasCommand::Unpin { store, hash } => pin(&mut c, store, hash, false, out).await?,
+        CasCommand::Gc { grace } => {
+            let r = c
+                .blob
+                .collect(v1::BlobCollectRequest {
+                    grace_seconds: grace,
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            out.record(
+                &format!(
+                    "{} holds let go, {} blobs deleted ({})",
+                    r.released,
+                    r.deleted,
+                    mib(r.bytes)
+                ),
+                json!({"released": r.released, "deleted": r.deleted, "bytes": r.bytes}),
+            );
+        }
         CasCommand::Status { store, list } => {
             let s = c
                 .blob

@@ -191,6 +191,14 @@ pub(crate) enum CasCommand {
         #[arg(long)]
         list: bool,
     },
+    /// Collect blobs now (every store on this node): blobs nothing pins or references that
+    /// a store has held for the grace period are let go, and deleted once no store holds
+    /// them. The node does this every ten minutes by itself.
+    Gc {
+        /// The grace period in seconds (default: the node's, an hour).
+        #[arg(long, value_name = "SECS")]
+        grace: Option<u64>,
+    },
 }
 
 #[derive(Debug, Subcommand)]

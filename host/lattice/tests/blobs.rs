@@ -244,5 +244,22 @@ fn blobs_put_on_one_daemon_are_fetched_verified_by_a_member_on_another() -> Test
             .status
             .success()
     );
+
+    // Collection: with the default grace nothing young goes; with none, what nothing keeps
+    // goes (on A the unpinned blobs), what is pinned stays (on B the pinned one).
+    assert_eq!(json(&a_dir, &["cas", "gc"])?["deleted"], 0);
+    let gc = json(&a_dir, &["cas", "gc", "--grace", "0"])?;
+    assert!(gc["deleted"].as_u64() >= Some(10), "{gc}");
+    assert_eq!(
+        fails_with(&a_dir, &["cas", "stat", &store, &piped_hash])?,
+        "not_found"
+    );
+    let left = json(&a_dir, &["cas", "status", &store])?;
+    assert_eq!(left["loose"], 0, "{left}");
+    json(&b_dir, &["cas", "gc", "--grace", "0"])?;
+    assert_eq!(
+        json(&b_dir, &["cas", "stat", &store, &piped_hash])?["pins"],
+        1
+    );
     Ok(())
 }

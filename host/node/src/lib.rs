@@ -42,7 +42,7 @@ pub use error::{NodeError, RejectKind};
 pub use genesis::StoreGenesis;
 pub use identity::IdentityError;
 pub use invite::{InviteToken, MAX_ADDRS, TokenError};
-pub use manager::{Joined, NodeEvent, StoreManager, WATCH_BUFFER};
+pub use manager::{BLOB_GRACE, COLLECT_EVERY, Joined, NodeEvent, StoreManager, WATCH_BUFFER};
 pub use meta::{MetaDb, StoreRecord, StoreState};
 pub use node::{Node, RepairReport, StoreSummary};
 pub use store::{

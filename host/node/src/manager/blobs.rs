@@ -6,8 +6,9 @@
 use std::io::{Read, Write};
 use std::ops::Range;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
-use lattice_cas::{BlobInfo, Cas};
+use lattice_cas::{BlobInfo, Cas, CollectReport};
 use lattice_net::FetchedBlob;
 
 use super::*;
@@ -123,6 +124,18 @@ impl StoreManager {
         .await
     }
 
+    /// Collects blobs: drops every store's hold on a blob nothing pins or references that
+    /// it has held for at least `grace`, and deletes blobs no store holds any more. The node
+    /// does this every [`COLLECT_EVERY`] with [`BLOB_GRACE`].
+    ///
+    /// # Errors
+    /// [`NodeError::Blob`].
+    pub async fn collect_blobs(&self, grace: Duration) -> Result<CollectReport, NodeError> {
+        let cas = self.blob_store()?;
+        let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
+        off_workers("collecting blobs", move || Ok(cas.collect(grace_ms)?)).await
+    }
+
     /// Adds a pin to blob `hash` of store `id`, fetching it from the store's peers first
     /// when it is not here; with `pin` false removes one pin (a blob not here is
     /// [`lattice_cas::CasError::NotFound`]). A pinned blob is never collected.
@@ -143,6 +156,12 @@ impl StoreManager {
         off_workers("pinning a blob", move || Ok(cas.pin(&store, &hash, delta)?)).await
     }
 }
+
+/// How long a blob that nothing pins or references is kept after a store first held it (a
+/// blob written in `prepare` waits here for the intention that references it).
+pub const BLOB_GRACE: Duration = Duration::from_secs(3600);
+/// How often the node collects blobs nothing keeps.
+pub const COLLECT_EVERY: Duration = Duration::from_secs(600);
 
 /// Referenced blobs one pass of [`StoreManager::fetch_referenced`] looks up at a time.
 const WANTED_BATCH: usize = 64;

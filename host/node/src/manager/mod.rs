@@ -25,6 +25,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
 
 mod blobs;
+pub use blobs::{BLOB_GRACE, COLLECT_EVERY};
 mod invites;
 mod lifecycle;
 mod membership;
@@ -367,6 +368,26 @@ impl StoreManager {
             }
         });
         lock(&manager.inner.tasks).push(task);
+        // Blobs nothing keeps are collected once they are past the grace period.
+        let this = manager.clone();
+        let collecting = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(blobs::COLLECT_EVERY).await;
+                match this.collect_blobs(blobs::BLOB_GRACE).await {
+                    Ok(r) if r.deleted > 0 || r.released > 0 => {
+                        info!(
+                            released = r.released,
+                            deleted = r.deleted,
+                            bytes = r.bytes,
+                            "blobs collected"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(e) => warn!("collecting blobs failed: {e}"),
+                }
+            }
+        });
+        lock(&manager.inner.tasks).push(collecting);
         info!(node = %manager.inner.node.key().public().short(), addr = %manager.address(), "node running");
         Ok(manager)
     }
