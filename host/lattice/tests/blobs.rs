@@ -263,3 +263,162 @@ fn blobs_put_on_one_daemon_are_fetched_verified_by_a_member_on_another() -> Test
     );
     Ok(())
 }
+
+/// Writes `size` pseudo-random bytes to `path`; returns their BLAKE3 hash (hex).
+fn random_file(path: &Path, size: usize, seed: u64) -> std::io::Result<String> {
+    use std::io::Write as _;
+    let mut file = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut hasher = blake3::Hasher::new();
+    let mut state = seed | 1;
+    let mut chunk = vec![0u8; 1 << 20];
+    let mut left = size;
+    while left > 0 {
+        for word in chunk.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            word.copy_from_slice(&state.to_le_bytes()[..word.len()]);
+        }
+        let n = left.min(chunk.len());
+        file.write_all(&chunk[..n])?;
+        hasher.update(&chunk[..n]);
+        left -= n;
+    }
+    file.flush()?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+fn file_hash(path: &Path) -> Result<String, Box<dyn std::error::Error>> {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize().to_hex().to_string())
+}
+
+/// Waits until the node on `dir` has at least `bytes` of blob `hash` in its partial files
+/// (allocated blocks of the data file, which starts sparse), checking every few ms.
+fn until_partial(dir: &Path, hash: &str, size: u64, bytes: u64) -> TestResult {
+    use std::os::unix::fs::MetadataExt as _;
+    let path = dir.join("cas/partial").join(format!("{hash}.{size}.data"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        if std::fs::metadata(&path).is_ok_and(|m| m.blocks() * 512 >= bytes) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            return Err(format!("{} never held {bytes} bytes", path.display()).into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+}
+
+/// Starts `lattice cas get` of `hash` into `out` on the node of `dir`, in the background.
+fn start_get(dir: &Path, store: &str, hash: &str, out: &Path) -> std::io::Result<Child> {
+    std::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .arg("--data-dir")
+        .arg(dir)
+        .args(["--json", "cas", "get", store, hash, "-o"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+}
+
+/// `lattice cas get` until a peer gives the blob (a restarted peer is dialled again only
+/// after the caller's backoff for it has passed).
+fn get_until_given(
+    dir: &Path,
+    store: &str,
+    hash: &str,
+    out: &Path,
+) -> Result<Value, Box<dyn std::error::Error>> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    loop {
+        match json(
+            dir,
+            &["cas", "get", store, hash, "-o", &out.to_string_lossy()],
+        ) {
+            Err(e)
+                if e.to_string().contains("could give") && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[test]
+fn a_transfer_resumes_after_the_sender_or_the_receiver_is_killed() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let [a_dir, b_dir, c_dir] = ["a", "b", "c"].map(|n| temp.path().join(n));
+    let mut a = Daemon(spawn_daemon(&a_dir, &[])?);
+    let _b = Daemon(spawn_daemon(&b_dir, &[])?);
+    let mut c = Daemon(spawn_daemon(&c_dir, &[])?);
+    let store = text(
+        &json(
+            &a_dir,
+            &["store", "create", "--type", "kv", "--name", "big"],
+        )?,
+        "store",
+    )?;
+    for dir in [&b_dir, &c_dir] {
+        let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
+        json(dir, &["store", "join", &token])?;
+    }
+    let size: u64 = 384 << 20;
+    let source = temp.path().join("source");
+    let hash = random_file(&source, size as usize, 77)?;
+    assert_eq!(
+        text(
+            &json(&a_dir, &["cas", "put", &store, &source.to_string_lossy()])?,
+            "hash"
+        )?,
+        hash
+    );
+    std::fs::remove_file(&source)?;
+
+    // The sender dies (kill -9) while B receives; B keeps what verified and, with A back,
+    // fetches only the rest.
+    let out = temp.path().join("at-b");
+    let mut getting = start_get(&b_dir, &store, &hash, &out)?;
+    until_partial(&b_dir, &hash, size, size / 10)?;
+    a.0.kill()?;
+    a.0.wait()?;
+    assert!(
+        !getting.wait()?.success(),
+        "the get finished before the sender died"
+    );
+    a = Daemon(spawn_daemon(&a_dir, &[])?);
+    let got = get_until_given(&b_dir, &store, &hash, &out)?;
+    let fetched = got["fetched_bytes"].as_u64().ok_or("no fetched_bytes")?;
+    assert!(
+        fetched > 0 && fetched <= size - size / 10,
+        "B fetched {fetched} of {size} again"
+    );
+    assert_eq!(file_hash(&out)?, hash);
+
+    // The receiver dies (kill -9) while C receives; back up, it resumes — from A or B.
+    let out = temp.path().join("at-c");
+    let mut getting = start_get(&c_dir, &store, &hash, &out)?;
+    until_partial(&c_dir, &hash, size, size / 10)?;
+    c.0.kill()?;
+    c.0.wait()?;
+    let _ = getting.wait()?;
+    c = Daemon(spawn_daemon(&c_dir, &[])?);
+    let got = get_until_given(&c_dir, &store, &hash, &out)?;
+    let fetched = got["fetched_bytes"].as_u64().ok_or("no fetched_bytes")?;
+    assert!(
+        fetched > 0 && fetched <= size - size / 10,
+        "C fetched {fetched} of {size} again"
+    );
+    assert_eq!(file_hash(&out)?, hash);
+    let from = text(&got, "fetched_from")?;
+    let keys = [&a_dir, &b_dir].map(|d| json(d, &["node", "id"]).map(|v| v["node"].clone()));
+    assert!(
+        keys.iter()
+            .any(|k| k.as_ref().is_ok_and(|k| *k == from.as_str())),
+        "C fetched from {from}, not a member"
+    );
+    drop((a, c));
+    Ok(())
+}
