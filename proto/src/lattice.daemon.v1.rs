@@ -542,6 +542,30 @@ pub struct BlobCollectReply {
     #[prost(uint64, tag = "3")]
     pub bytes: u64,
 }
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobPolicyRequest {
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    /// Empty reads the policy; `all` or `copies` sets it.
+    #[prost(string, tag = "2")]
+    pub mode: ::prost::alloc::string::String,
+    /// With `copies`: how many members keep each blob (at least 1).
+    #[prost(uint64, tag = "3")]
+    pub copies: u64,
+}
+#[allow(clippy::all)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct BlobPolicy {
+    #[prost(string, tag = "1")]
+    pub store: ::prost::alloc::string::String,
+    /// `all` or `copies`.
+    #[prost(string, tag = "2")]
+    pub mode: ::prost::alloc::string::String,
+    /// With `copies`: how many members keep each blob.
+    #[prost(uint64, tag = "3")]
+    pub copies: u64,
+}
 /// Generated client implementations.
 pub mod node_service_client {
     #![allow(
@@ -2911,6 +2935,25 @@ pub mod blob_service_client {
                 .insert(GrpcMethod::new("lattice.daemon.v1.BlobService", "Collect"));
             self.inner.unary(req, path, codec).await
         }
+        /// Reads, or with `mode` set changes, a store's blob policy (kept in its system table, the
+        /// same on every member): `all` (every member keeps every blob the state references) or
+        /// `copies` (`copies` members keep each, chosen by rendezvous hashing; the others fetch a
+        /// blob when it is read).
+        pub async fn policy(
+            &mut self,
+            request: impl tonic::IntoRequest<super::BlobPolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobPolicy>, tonic::Status> {
+            self.inner.ready().await.map_err(|e| {
+                tonic::Status::unknown(format!("Service was not ready: {}", e.into()))
+            })?;
+            let codec = tonic_prost::ProstCodec::default();
+            let path =
+                http::uri::PathAndQuery::from_static("/lattice.daemon.v1.BlobService/Policy");
+            let mut req = request.into_request();
+            req.extensions_mut()
+                .insert(GrpcMethod::new("lattice.daemon.v1.BlobService", "Policy"));
+            self.inner.unary(req, path, codec).await
+        }
     }
 }
 /// Generated server implementations.
@@ -2971,6 +3014,14 @@ pub mod blob_service_server {
             &self,
             request: tonic::Request<super::BlobCollectRequest>,
         ) -> std::result::Result<tonic::Response<super::BlobCollectReply>, tonic::Status>;
+        /// Reads, or with `mode` set changes, a store's blob policy (kept in its system table, the
+        /// same on every member): `all` (every member keeps every blob the state references) or
+        /// `copies` (`copies` members keep each, chosen by rendezvous hashing; the others fetch a
+        /// blob when it is read).
+        async fn policy(
+            &self,
+            request: tonic::Request<super::BlobPolicyRequest>,
+        ) -> std::result::Result<tonic::Response<super::BlobPolicy>, tonic::Status>;
     }
     #[derive(Debug)]
     pub struct BlobServiceServer<T> {
@@ -3261,6 +3312,44 @@ pub mod blob_service_server {
                     let inner = self.inner.clone();
                     let fut = async move {
                         let method = CollectSvc(inner);
+                        let codec = tonic_prost::ProstCodec::default();
+                        let mut grpc = tonic::server::Grpc::new(codec)
+                            .apply_compression_config(
+                                accept_compression_encodings,
+                                send_compression_encodings,
+                            )
+                            .apply_max_message_size_config(
+                                max_decoding_message_size,
+                                max_encoding_message_size,
+                            );
+                        let res = grpc.unary(method, req).await;
+                        Ok(res)
+                    };
+                    Box::pin(fut)
+                }
+                "/lattice.daemon.v1.BlobService/Policy" => {
+                    #[allow(non_camel_case_types)]
+                    struct PolicySvc<T: BlobService>(pub Arc<T>);
+                    impl<T: BlobService> tonic::server::UnaryService<super::BlobPolicyRequest> for PolicySvc<T> {
+                        type Response = super::BlobPolicy;
+                        type Future = BoxFuture<tonic::Response<Self::Response>, tonic::Status>;
+                        fn call(
+                            &mut self,
+                            request: tonic::Request<super::BlobPolicyRequest>,
+                        ) -> Self::Future {
+                            let inner = Arc::clone(&self.0);
+                            let fut =
+                                async move { <T as BlobService>::policy(&inner, request).await };
+                            Box::pin(fut)
+                        }
+                    }
+                    let accept_compression_encodings = self.accept_compression_encodings;
+                    let send_compression_encodings = self.send_compression_encodings;
+                    let max_decoding_message_size = self.max_decoding_message_size;
+                    let max_encoding_message_size = self.max_encoding_message_size;
+                    let inner = self.inner.clone();
+                    let fut = async move {
+                        let method = PolicySvc(inner);
                         let codec = tonic_prost::ProstCodec::default();
                         let mut grpc = tonic::server::Grpc::new(codec)
                             .apply_compression_config(

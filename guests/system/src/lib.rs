@@ -51,6 +51,7 @@ pub struct System;
 const CHILD_STATUSES: &[&str] = &["active", "archived"];
 /// Pruning policies: none, keep the newest N final epochs' history, keep N ms of history.
 const PRUNE_MODES: &[&str] = &["off", "keep-epochs", "keep-ms"];
+const BLOB_MODES: &[&str] = &["all", "copies"];
 
 fn table() -> LwwTable {
     LwwTable::new(TABLE)
@@ -306,6 +307,15 @@ fn entries_for(host: &dyn Host, method: &str, args: &Args) -> Result<Vec<Entry>,
             };
             vec![("prune/policy".into(), Some(value))]
         }
+        "set-blob-policy" => {
+            let mode = one_of(args, "mode", BLOB_MODES)?;
+            let value = match (mode.as_str(), seq_arg(args, "copies")?) {
+                ("all", _) => json!({"mode": "all"}),
+                (_, Some(copies)) if copies >= 1 => json!({"mode": "copies", "copies": copies}),
+                _ => return Err(invalid("`copies` needs `copies` (at least 1)".into())),
+            };
+            vec![("blob/policy".into(), Some(value))]
+        }
         "batch" => {
             let Some(Value::Array(items)) = args.get("ops") else {
                 return Err(invalid(
@@ -466,6 +476,17 @@ fn validate(key: &str, value: Option<&Value>) -> Result<(), StoreError> {
                 )),
             }
         }
+        ["blob", "policy"] => {
+            let copies = value.get("copies").and_then(Value::as_u64);
+            match (text_field(value, "mode"), copies) {
+                (Some("all"), None) => Ok(()),
+                (Some("copies"), Some(c)) if c >= 1 => Ok(()),
+                _ => Err(reject(
+                    key,
+                    "a blob policy is {mode: all} or {mode: copies, copies ≥ 1}",
+                )),
+            }
+        }
         _ => Err(reject(key, "unknown key")),
     }
 }
@@ -617,6 +638,9 @@ impl StoreType for System {
                 method("set-prune-policy", Command, "when history below final epochs is deleted",
                     vec![param("mode", Text, "off | keep-epochs | keep-ms"),
                          optional_param("keep", Integer, "epochs kept, or ms of history kept")], "{}"),
+                method("set-blob-policy", Command, "which members keep the blobs the state references",
+                    vec![param("mode", Text, "all | copies"),
+                         optional_param("copies", Integer, "with copies: how many members keep each blob")], "{}"),
                 method("batch", Command, "several of the above as one intention",
                     vec![param("ops", Json, "[{\"method\", \"args\"}]")], "{}"),
                 method("peers", Query, "every peer with status, name and refused ranges", vec![],
@@ -629,6 +653,8 @@ impl StoreType for System {
                 method("invite", Query, "an invite by hash", vec![id("hash", "blake3 of the secret")],
                     "{\"status\", \"expires_ms\", \"invited_by\", \"claimed_by\"} | null"),
                 method("apps", Query, "app-id claims", vec![], "{\"items\": [{\"app_id\", \"by\"}]}"),
+                method("blob-policy", Query, "which members keep referenced blobs", vec![],
+                    "{\"mode\": \"all\" | \"copies\", \"copies\"}"),
                 method("prune-policy", Query, "when history is pruned", vec![],
                     "{\"mode\": \"off\" | \"keep-epochs\" | \"keep-ms\", \"keep\"}"),
             ],
@@ -746,6 +772,10 @@ impl StoreType for System {
                     .collect();
                 Ok(json!({"items": items}))
             }
+            "blob-policy" => Ok(t
+                .get_json(host, "blob/policy")?
+                .0
+                .unwrap_or_else(|| json!({"mode": "all"}))),
             "prune-policy" => Ok(t
                 .get_json(host, "prune/policy")?
                 .0
@@ -784,6 +814,36 @@ mod tests {
 
     const P: &str = "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
     const C: &str = "cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc";
+
+    #[test]
+    fn the_blob_policy_is_all_until_set_and_checked() -> Result<(), StoreError> {
+        let mut host = MemoryHost::new();
+        assert_eq!(
+            query(&host, "blob-policy", json!({}))?,
+            json!({"mode": "all"})
+        );
+        call(
+            &mut host,
+            1,
+            "set-blob-policy",
+            json!({"mode": "copies", "copies": 2}),
+        )?;
+        assert_eq!(
+            query(&host, "blob-policy", json!({}))?,
+            json!({"mode": "copies", "copies": 2})
+        );
+        for bad in [
+            json!({"mode": "copies"}),
+            json!({"mode": "copies", "copies": 0}),
+            json!({"mode": "some"}),
+        ] {
+            assert!(matches!(
+                System::prepare(&host, "set-blob-policy", &Args::from_json(bad)),
+                Err(StoreError::InvalidArgument(_))
+            ));
+        }
+        Ok(())
+    }
 
     #[test]
     fn a_prune_cut_asks_for_an_epoch_and_the_policy_is_kept() -> Result<(), StoreError> {

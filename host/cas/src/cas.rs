@@ -423,22 +423,34 @@ impl Cas {
     }
 
     /// Blobs `store`'s state references that it does not hold here (to fetch), in hash
-    /// order, at most `limit`.
+    /// order after `after` (from the first when `None`), at most `limit`.
     ///
     /// # Errors
     /// [`CasError::Index`].
-    pub fn wanted(&self, store: &StoreId, limit: usize) -> Result<Vec<Hash>, CasError> {
+    pub fn wanted(
+        &self,
+        store: &StoreId,
+        after: Option<&Hash>,
+        limit: usize,
+    ) -> Result<Vec<Hash>, CasError> {
         let txn = self.db.begin_read()?;
         let wanted = match txn.open_table(WANTED) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let from = entry_key(store, &Hash([0; 32]));
+        let from = entry_key(store, after.unwrap_or(&Hash([0; 32])));
         let to = entry_key(store, &Hash([0xff; 32]));
         let mut out = Vec::new();
-        for row in wanted.range::<&[u8; 64]>(&from..=&to)?.take(limit) {
-            out.push(split_entry_key(row?.0.value()).1);
+        for row in wanted.range::<&[u8; 64]>(&from..=&to)? {
+            let hash = split_entry_key(row?.0.value()).1;
+            if Some(&hash) == after {
+                continue;
+            }
+            out.push(hash);
+            if out.len() == limit {
+                break;
+            }
         }
         Ok(out)
     }

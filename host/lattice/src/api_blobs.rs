@@ -301,6 +301,39 @@ impl BlobService for Api {
         Ok(Response::new(info_of(&info)))
     }
 
+    async fn policy(
+        &self,
+        req: Request<v1::BlobPolicyRequest>,
+    ) -> Result<Response<v1::BlobPolicy>, Status> {
+        let req = req.into_inner();
+        let id = self.find(&req.store)?;
+        let set = match req.mode.as_str() {
+            "" => None,
+            "all" => Some(("all".to_string(), 0)),
+            "copies" if req.copies >= 1 => Some(("copies".to_string(), req.copies)),
+            "copies" => {
+                return Err(Status::invalid_argument(
+                    "a `copies` policy needs `copies` of at least 1",
+                ));
+            }
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "`{other}` is not a blob policy; use `all` or `copies`"
+                )));
+            }
+        };
+        let policy = self
+            .manager()
+            .blob_policy(&id, set)
+            .await
+            .map_err(status_of)?;
+        Ok(Response::new(v1::BlobPolicy {
+            store: id.to_string(),
+            mode: policy["mode"].as_str().unwrap_or("all").to_string(),
+            copies: policy["copies"].as_u64().unwrap_or(0),
+        }))
+    }
+
     async fn collect(
         &self,
         req: Request<v1::BlobCollectRequest>,

@@ -134,6 +134,31 @@ pub(crate) async fn run(cmd: CasCommand, mut c: Client, out: &Output) -> anyhow:
         }
         CasCommand::Pin { store, hash } => pin(&mut c, store, hash, true, out).await?,
         CasCommand::Unpin { store, hash } => pin(&mut c, store, hash, false, out).await?,
+        CasCommand::Policy {
+            store,
+            mode,
+            copies,
+        } => {
+            let p = c
+                .blob
+                .policy(v1::BlobPolicyRequest {
+                    store,
+                    mode: mode.unwrap_or_default(),
+                    copies,
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            let text = match p.mode.as_str() {
+                "copies" => format!("{} members keep each blob of {}", p.copies, p.store),
+                _ => format!("every member keeps every blob of {}", p.store),
+            };
+            let copies = (p.mode == "copies").then_some(p.copies);
+            out.record(
+                &text,
+                json!({"store": p.store, "mode": p.mode, "copies": copies}),
+            );
+        }
         CasCommand::Gc { grace } => {
             let r = c
                 .blob

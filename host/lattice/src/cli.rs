@@ -191,6 +191,20 @@ pub(crate) enum CasCommand {
         #[arg(long)]
         list: bool,
     },
+    /// Show, or set, which members keep the blobs a store's state references: `all` (the
+    /// default) or `copies --copies N` (N members keep each blob, chosen the same way on
+    /// every member; the others fetch a blob when it is read). Kept in the store's system
+    /// table.
+    Policy {
+        /// Store id (or unique prefix).
+        store: String,
+        /// `all` or `copies`; leave out to show the policy.
+        #[arg(value_parser = ["all", "copies"])]
+        mode: Option<String>,
+        /// With `copies`: how many members keep each blob.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=1000))]
+        copies: u64,
+    },
     /// Collect blobs now (every store on this node): blobs nothing pins or references that
     /// a store has held for the grace period are let go, and deleted once no store holds
     /// them. The node does this every ten minutes by itself.

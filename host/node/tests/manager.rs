@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use lattice_model::StoreId;
+use lattice_model::{PubKey, StoreId};
 use lattice_net::ReplicatorConfig;
 use lattice_node::{DataDir, Node, NodeError, StoreManager, StoreState};
 use serde_json::{Value, json};
@@ -842,5 +842,111 @@ async fn a_store_kept_headless_by_choice_never_fetches_nor_runs_its_module() -> 
     assert_eq!(get(&a, &kv, "k").await, "v");
     a.shutdown().await;
     b.shutdown().await;
+    Ok(())
+}
+
+/// Whether `member` is among the `copies` members of `members` that keep `blob` (the rule
+/// docs/architecture.md gives: lowest BLAKE3 of blob hash ‖ member key).
+fn keeps(blob: &lattice_model::Hash, member: &PubKey, members: &[PubKey], copies: usize) -> bool {
+    let rank = |m: &PubKey| {
+        let mut h = blake3::Hasher::new();
+        h.update(blob.as_bytes());
+        h.update(m.as_bytes());
+        *h.finalize().as_bytes()
+    };
+    members.iter().filter(|m| rank(m) < rank(member)).count() < copies
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_a_copies_policy_only_the_chosen_members_keep_a_blob_and_others_fetch_on_read()
+-> TestResult {
+    let dirs = [
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+        tempfile::tempdir()?,
+    ];
+    let a = start(dirs[0].path()).await?;
+    let b = start(dirs[1].path()).await?;
+    let c = start(dirs[2].path()).await?;
+    let store = a.create("kv", "shared blobs", None).await?;
+    assert_eq!(a.blob_policy(&store, None).await?, json!({"mode": "all"}));
+    a.blob_policy(&store, Some(("copies".into(), 1))).await?;
+    for node in [&b, &c] {
+        let token = a.invite(&store, Duration::from_secs(600)).await?.encode();
+        node.join(&token, |_| {}).await?;
+    }
+    let members: Vec<PubKey> = [&a, &b, &c].map(|n| n.node().key().public()).to_vec();
+    // Values large enough to be blobs, until B and C each keep at least one and skip one.
+    let mut blobs = Vec::new();
+    for i in 0..24u32 {
+        let value = format!("{i:06}").repeat(20_000);
+        a.call(
+            &store,
+            "put",
+            &json!({"key": format!("k{i}"), "value": value}),
+        )
+        .await?;
+        let hash = lattice_model::Hash(*blake3::hash(value.as_bytes()).as_bytes());
+        blobs.push((format!("k{i}"), value, hash));
+        let kept = |m: &PubKey| {
+            blobs
+                .iter()
+                .filter(|(_, _, h)| keeps(h, m, &members, 1))
+                .count()
+        };
+        if (1..blobs.len()).contains(&kept(&members[1]))
+            && (1..blobs.len()).contains(&kept(&members[2]))
+        {
+            break;
+        }
+    }
+    let held = |node: &StoreManager, hash: &lattice_model::Hash| {
+        node.node()
+            .cas()
+            .is_some_and(|cas| cas.stat(&store, hash).ok().flatten().is_some())
+    };
+    // Each keeper fetches its blobs by itself.
+    until(
+        &[&a, &b, &c],
+        "the chosen members to fetch their blobs",
+        async || {
+            blobs.iter().all(|(_, _, hash)| {
+                [(&b, &members[1]), (&c, &members[2])]
+                    .iter()
+                    .all(|(node, key)| !keeps(hash, key, &members, 1) || held(node, hash))
+            })
+        },
+    )
+    .await?;
+    // Once both have projected everything, the others have not fetched theirs…
+    let witnessed = a.status(&store).await?.witnessed;
+    until(&[&a, &b, &c], "B and C to project everything", async || {
+        for node in [&b, &c] {
+            if node
+                .status(&store)
+                .await
+                .map_or(true, |s| s.projected < witnessed)
+            {
+                return false;
+            }
+        }
+        true
+    })
+    .await?;
+    let (key, value, hash) = blobs
+        .iter()
+        .find(|(_, _, h)| !keeps(h, &members[1], &members, 1))
+        .ok_or("B keeps every blob")?;
+    assert!(!held(&b, hash), "B fetched a blob it does not keep");
+    // …and a read there fetches it on demand.
+    let read = b.call(&store, "get", &json!({"key": key})).await?;
+    assert!(
+        read["value"] == value.as_str(),
+        "B read another value for {key}"
+    );
+    assert!(held(&b, hash));
+    for node in [a, b, c] {
+        node.shutdown().await;
+    }
     Ok(())
 }

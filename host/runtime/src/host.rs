@@ -28,6 +28,8 @@ pub const MAX_VALUE_BYTES: usize = 4 << 20;
 pub const MAX_SCAN: u32 = 1000;
 /// Largest watch event payload.
 pub const MAX_EVENT_BYTES: usize = 64 << 10;
+/// Missed blobs remembered between two takes.
+const MAX_MISSED: usize = 16;
 /// Blob writers a guest may have open at once.
 pub const MAX_OPEN_WRITERS: usize = 16;
 /// Largest chunk a guest writes to or reads from a blob in one call.
@@ -111,6 +113,9 @@ pub(crate) struct HostState {
     pub(crate) log_pending: Vec<Vec<u8>>,
     /// The store's blobs (`None`: this node keeps none; blob calls trap).
     pub(crate) blobs: Option<BlobAccess>,
+    /// Blobs a read asked for that were not here (for the node to fetch), at most
+    /// [`MAX_MISSED`].
+    pub(crate) missed_blobs: Vec<Hash>,
     /// The guest's open blob writers, by resource handle.
     pub(crate) writers: std::collections::HashMap<u32, BlobWriter>,
     next_writer: u32,
@@ -131,6 +136,7 @@ impl HostState {
             log_next: 0,
             log_pending: Vec::new(),
             blobs: None,
+            missed_blobs: Vec::new(),
             writers: std::collections::HashMap::new(),
             next_writer: 0,
         }
@@ -371,6 +377,12 @@ impl HostState {
         Ok(())
     }
 
+    fn missed(&mut self, hash: Hash) {
+        if self.missed_blobs.len() < MAX_MISSED && !self.missed_blobs.contains(&hash) {
+            self.missed_blobs.push(hash);
+        }
+    }
+
     /// Changes the state's reference count to `blob` by `delta` (in this apply's writes).
     fn change_ref(&mut self, what: &str, blob: &[u8], delta: i64) -> wasmtime::Result<()> {
         self.write_allowed(what)?;
@@ -469,6 +481,7 @@ impl blobs::Host for HostState {
         };
         let hash = Hash(hash);
         let Some(info) = access.cas.stat(&access.store, &hash).map_err(storage)? else {
+            self.missed(hash);
             return Ok(Err(blobs::BlobError::NotHere));
         };
         if offset > info.size {
@@ -491,11 +504,15 @@ impl blobs::Host for HostState {
         let Ok(hash) = <[u8; 32]>::try_from(blob.as_slice()) else {
             return Ok(None);
         };
-        Ok(access
+        let size = access
             .cas
             .stat(&access.store, &Hash(hash))
             .map_err(storage)?
-            .map(|b| b.size))
+            .map(|b| b.size);
+        if size.is_none() {
+            self.missed(Hash(hash));
+        }
+        Ok(size)
     }
 
     fn add_ref(&mut self, blob: Vec<u8>) -> wasmtime::Result<()> {

@@ -374,6 +374,15 @@ impl StoreRuntime {
         self.descriptor = None;
     }
 
+    /// Blobs the guest's reads asked for that were not here since the last call, for the
+    /// node to fetch (a read of them can then be tried again).
+    pub fn take_missed_blobs(&mut self) -> Vec<Hash> {
+        self.guest
+            .as_mut()
+            .map(|g| std::mem::take(&mut g.host().missed_blobs))
+            .unwrap_or_default()
+    }
+
     /// True when kept headless by choice ([`StoreRuntime::keep_headless`]).
     pub fn is_headless_by_choice(&self) -> bool {
         self.by_choice

@@ -168,14 +168,14 @@ const WANTED_BATCH: usize = 64;
 
 impl StoreManager {
     /// Starts fetching, in the background, the blobs store `id`'s state references that are
-    /// not here (from the store's peers); does nothing when none are wanted or a fetch for
-    /// the store is under way. A blob no peer gives now is asked for again after the next
-    /// replication event.
+    /// not here and that this node keeps under the store's blob policy (from the store's
+    /// peers); does nothing when none are wanted or a fetch for the store is under way. A
+    /// blob no peer gives now is asked for again after the next replication event.
     pub(super) fn fetch_referenced(&self, id: &StoreId) {
         let Ok(cas) = self.blob_store() else {
             return;
         };
-        if !cas.wanted(id, 1).is_ok_and(|w| !w.is_empty()) {
+        if !cas.wanted(id, None, 1).is_ok_and(|w| !w.is_empty()) {
             return;
         }
         if !lock(&self.inner.fetching_blobs).insert(*id) {
@@ -183,32 +183,113 @@ impl StoreManager {
         }
         let (this, id) = (self.clone(), *id);
         tokio::spawn(async move {
-            loop {
-                let wanted = match cas.wanted(&id, WANTED_BATCH) {
-                    Ok(w) if !w.is_empty() => w,
-                    Ok(_) => break,
-                    Err(e) => {
-                        warn!(store = %id.short(), "could not list the blobs to fetch: {e}");
-                        break;
-                    }
-                };
-                let mut fetched = 0;
-                for hash in &wanted {
-                    match this.fetch_blob(&id, hash).await {
-                        Ok(_) => fetched += 1,
-                        Err(e) => {
-                            debug!(store = %id.short(), blob = %hash.short(), "a referenced blob is not here yet: {e}")
-                        }
-                    }
-                }
-                if fetched < wanted.len() {
-                    break;
-                }
+            if let Err(e) = this.fetch_wanted(&id, &cas).await {
+                debug!(store = %id.short(), "fetching referenced blobs stopped: {e}");
             }
             lock(&this.inner.fetching_blobs).remove(&id);
         });
     }
 
+    /// One pass over store `id`'s wanted blobs: fetches those this node keeps.
+    async fn fetch_wanted(&self, id: &StoreId, cas: &Cas) -> Result<(), NodeError> {
+        let keeper = self.blob_keeper(id).await?;
+        let mut after = None;
+        loop {
+            let wanted = cas.wanted(id, after.as_ref(), WANTED_BATCH)?;
+            let Some(last) = wanted.last() else {
+                return Ok(());
+            };
+            after = Some(*last);
+            for hash in &wanted {
+                if !keeper.keeps(hash) {
+                    continue;
+                }
+                if let Err(e) = self.fetch_blob(id, hash).await {
+                    debug!(store = %id.short(), blob = %hash.short(), "a referenced blob is not here yet: {e}");
+                }
+            }
+        }
+    }
+
+    /// Who keeps store `id`'s blobs: its blob policy and its active members.
+    async fn blob_keeper(&self, id: &StoreId) -> Result<BlobKeeper, NodeError> {
+        let policy = self.blob_policy(id, None).await?;
+        let copies = match policy["mode"].as_str() {
+            Some("copies") => policy["copies"].as_u64().map(|c| c as usize),
+            _ => None,
+        };
+        let me = self.inner.node.key().public();
+        let mut members: Vec<PubKey> = self
+            .peers(id)
+            .await?
+            .into_iter()
+            .filter(|p| p.status == crate::PeerStatus::Active)
+            .map(|p| p.key)
+            .collect();
+        if !members.contains(&me) {
+            members.push(me);
+        }
+        Ok(BlobKeeper {
+            copies,
+            members,
+            me,
+        })
+    }
+
+    /// Store `id`'s blob policy (`{"mode": "all"}` or `{"mode": "copies", "copies": n}`),
+    /// after setting it to `set` (mode, copies) when given. The policy lives in the store's
+    /// system table: the same on every member.
+    ///
+    /// # Errors
+    /// [`NodeError::NotOpen`]; a policy the system table refuses.
+    pub async fn blob_policy(
+        &self,
+        id: &StoreId,
+        set: Option<(String, u64)>,
+    ) -> Result<Value, NodeError> {
+        self.with_store(id, move |s| {
+            if let Some((mode, copies)) = set {
+                let args = if mode == "copies" {
+                    json!({"mode": mode, "copies": copies})
+                } else {
+                    json!({"mode": mode})
+                };
+                s.system_call("set-blob-policy", &args)?;
+            }
+            s.system_query("blob-policy", &json!({}))
+        })
+        .await
+    }
+}
+
+/// Which members keep a store's referenced blobs: all of them, or for each blob the
+/// `copies` active members whose BLAKE3 of (blob hash ‖ member key) is lowest — the same
+/// choice on every member, without coordination (rendezvous hashing). A member that does
+/// not keep a blob still fetches it when asked for it (`cas get`, a read of a kv value).
+#[derive(Debug)]
+struct BlobKeeper {
+    copies: Option<usize>,
+    members: Vec<PubKey>,
+    me: PubKey,
+}
+
+impl BlobKeeper {
+    fn keeps(&self, blob: &Hash) -> bool {
+        let Some(copies) = self.copies else {
+            return true;
+        };
+        let rank = |member: &PubKey| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(blob.as_bytes());
+            hasher.update(member.as_bytes());
+            *hasher.finalize().as_bytes()
+        };
+        let mine = rank(&self.me);
+        self.members.iter().filter(|m| rank(m) < mine).count() < copies
+    }
+}
+
+impl StoreManager {
     /// Makes store `id`'s module a pinned blob of the store here when its module is
     /// installed (so peers joining it can fetch the module); returns whether it is.
     pub(super) async fn share_module(&self, id: &StoreId) -> Result<bool, NodeError> {

@@ -494,7 +494,22 @@ impl StoreManager {
     /// As [`Store::call`]; [`NodeError::NotOpen`].
     pub async fn call(&self, id: &StoreId, method: &str, args: &Value) -> Result<Value, NodeError> {
         let open = self.open_store(id)?;
-        let reply = open.actor.call(method.to_string(), args.clone()).await?;
+        let reply = match open.actor.call(method.to_string(), args.clone()).await {
+            // A read of a blob not here (one this node does not keep under the store's blob
+            // policy, or not fetched yet): fetch it from the store's peers and try once more.
+            // Not after a rejected write: that one was written.
+            Err(e) if !matches!(e, NodeError::Rejected { .. }) => {
+                let missed = self.with_store(id, |s| Ok(s.take_missed_blobs())).await?;
+                if missed.is_empty() {
+                    return Err(e);
+                }
+                for hash in &missed {
+                    self.fetch_blob(id, hash).await?;
+                }
+                open.actor.call(method.to_string(), args.clone()).await?
+            }
+            other => other?,
+        };
         if matches!(reply, CallReply::Wrote(_)) {
             self.emit(NodeEvent::StoreChanged(*id));
         }

@@ -388,6 +388,12 @@ impl Store {
         }
     }
 
+    /// Blobs the data partition's guest tried to read that were not here (see
+    /// [`StoreRuntime::take_missed_blobs`]).
+    pub fn take_missed_blobs(&mut self) -> Vec<Hash> {
+        self.data.take_missed_blobs()
+    }
+
     /// The store id.
     pub fn id(&self) -> StoreId {
         self.id
