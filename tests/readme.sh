@@ -111,6 +111,12 @@ BLOB=$(a --json cas put "$S" "$T/video.mp4" --pin | field '["hash"]')
 a cas get "$S" "$BLOB" -o "$T/video.out"
 cmp "$T/video.mp4" "$T/video.out"
 a cas status "$S" --list | grep -q "$BLOB"
+[ "$(a --json cas policy "$S" copies --copies 2 | field '["copies"]')" = 2 ]
+a --json cas gc | field '["deleted"]'
+HS=$(a --json store create --type kv --name headless-demo | field '["store"]')
+a store headless "$HS" on
+[ "$(a --json store status "$HS" | field '["headless_by_choice"]')" = True ]
+a store headless "$HS" off
 step "node stop"
 a node stop
 wait "$DAEMON" || true
