@@ -394,13 +394,14 @@ impl Cas {
 
     /// Sets how many references `store`'s state declares to `hash` (the state is the source
     /// of truth; this is idempotent). For a blob the store does not hold, the count is kept
-    /// until it does, and the blob is among [`Cas::wanted`] meanwhile.
+    /// until it does, and the blob is among [`Cas::wanted`] meanwhile. Returns true when the
+    /// blob is wanted (referenced, not held).
     ///
     /// # Errors
     /// [`CasError::Index`].
-    pub fn set_refs(&self, store: &StoreId, hash: &Hash, refs: u32) -> Result<(), CasError> {
+    pub fn set_refs(&self, store: &StoreId, hash: &Hash, refs: u32) -> Result<bool, CasError> {
         let txn = self.db.begin_write()?;
-        {
+        let is_wanted = {
             let mut entries = txn.open_table(ENTRIES)?;
             let mut wanted = txn.open_table(WANTED)?;
             let key = entry_key(store, hash);
@@ -409,17 +410,20 @@ impl Cas {
                 Some(mut entry) => {
                     entry.refs = refs;
                     entries.insert(&key, &entry.encode())?;
+                    false
                 }
                 None if refs > 0 => {
                     wanted.insert(&key, refs)?;
+                    true
                 }
                 None => {
                     wanted.remove(&key)?;
+                    false
                 }
             }
-        }
+        };
         txn.commit()?;
-        Ok(())
+        Ok(is_wanted)
     }
 
     /// Blobs `store`'s state references that it does not hold here (to fetch), in hash

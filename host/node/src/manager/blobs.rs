@@ -163,21 +163,16 @@ pub const BLOB_GRACE: Duration = Duration::from_secs(3600);
 /// How often the node collects blobs nothing keeps.
 pub const COLLECT_EVERY: Duration = Duration::from_secs(600);
 
-/// Referenced blobs one pass of [`StoreManager::fetch_referenced`] looks up at a time.
-const WANTED_BATCH: usize = 64;
-
 impl StoreManager {
-    /// Starts fetching, in the background, the blobs store `id`'s state references that are
-    /// not here and that this node keeps under the store's blob policy (from the store's
-    /// peers); does nothing when none are wanted or a fetch for the store is under way. A
-    /// blob no peer gives now is asked for again after the next replication event.
+    /// Starts fetching, in the background, the blobs store `id`'s state came to reference
+    /// that are not here and that this node keeps under the store's blob policy (from the
+    /// store's peers), and again those an earlier pass could not get; does nothing while a
+    /// pass for the store is under way (what it did not take waits for the next call). The
+    /// cost follows what is new, not every blob the store references.
     pub(super) fn fetch_referenced(&self, id: &StoreId) {
         let Ok(cas) = self.blob_store() else {
             return;
         };
-        if !cas.wanted(id, None, 1).is_ok_and(|w| !w.is_empty()) {
-            return;
-        }
         if !lock(&self.inner.fetching_blobs).insert(*id) {
             return;
         }
@@ -190,25 +185,32 @@ impl StoreManager {
         });
     }
 
-    /// One pass over store `id`'s wanted blobs: fetches those this node keeps.
+    /// One pass: fetches the newly wanted blobs of store `id` this node keeps, and those
+    /// that failed before.
     async fn fetch_wanted(&self, id: &StoreId, cas: &Cas) -> Result<(), NodeError> {
+        let mut wanted = self.with_store(id, |s| Ok(s.take_newly_wanted())).await?;
+        let retry: Vec<Hash> = lock(&self.inner.blob_retry)
+            .get_mut(id)
+            .map(|r| r.drain().collect())
+            .unwrap_or_default();
+        wanted.extend(retry);
+        if wanted.is_empty() {
+            return Ok(());
+        }
         let keeper = self.blob_keeper(id).await?;
-        let mut after = None;
-        loop {
-            let wanted = cas.wanted(id, after.as_ref(), WANTED_BATCH)?;
-            let Some(last) = wanted.last() else {
-                return Ok(());
-            };
-            after = Some(*last);
-            for hash in &wanted {
-                if !keeper.keeps(hash) {
-                    continue;
-                }
-                if let Err(e) = self.fetch_blob(id, hash).await {
-                    debug!(store = %id.short(), blob = %hash.short(), "a referenced blob is not here yet: {e}");
-                }
+        for hash in &wanted {
+            if !keeper.keeps(hash) || cas.stat(id, hash)?.is_some() {
+                continue;
+            }
+            if let Err(e) = self.fetch_blob(id, hash).await {
+                debug!(store = %id.short(), blob = %hash.short(), "a referenced blob is not here yet: {e}");
+                lock(&self.inner.blob_retry)
+                    .entry(*id)
+                    .or_default()
+                    .insert(*hash);
             }
         }
+        Ok(())
     }
 
     /// Who keeps store `id`'s blobs: its blob policy and its active members.

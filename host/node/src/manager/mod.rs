@@ -88,6 +88,8 @@ struct Inner {
     fetching_modules: Mutex<std::collections::HashSet<StoreId>>,
     /// Stores whose referenced blobs are being fetched now.
     fetching_blobs: Mutex<std::collections::HashSet<StoreId>>,
+    /// Referenced blobs a fetch failed for, per store: asked for again at the next pass.
+    blob_retry: Mutex<HashMap<StoreId, std::collections::HashSet<Hash>>>,
 }
 
 /// A running node; cheap to clone.
@@ -263,6 +265,7 @@ impl StoreManager {
             repairing: Mutex::new(std::collections::HashSet::new()),
             fetching_modules: Mutex::new(std::collections::HashSet::new()),
             fetching_blobs: Mutex::new(std::collections::HashSet::new()),
+            blob_retry: Mutex::new(HashMap::new()),
         });
         if let Some(cas) = inner.node.cas() {
             inner.replicator.set_cas(cas.clone());

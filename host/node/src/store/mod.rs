@@ -59,6 +59,8 @@ pub struct Store {
     epochs: epochs::EpochTracking,
     /// The prune pass under way (see `prune.rs`).
     pruning: Option<prune::PruneRun>,
+    /// Referenced blobs not here, not yet taken ([`Store::take_newly_wanted`]).
+    newly_wanted: Vec<Hash>,
 }
 
 /// The files of one store.
@@ -329,6 +331,7 @@ impl Store {
             system_module,
             epochs: epochs::EpochTracking::default(),
             pruning: None,
+            newly_wanted: Vec::new(),
         };
         store.filter = store.read_filter()?;
         // A live state started afresh (lost or repaired) in a pruned store starts from the
@@ -360,7 +363,9 @@ impl Store {
             let referenced: std::collections::HashSet<Hash> =
                 refs.iter().map(|(h, _)| *h).collect();
             for (hash, count) in refs {
-                cas.set_refs(&self.id, &hash, count)?;
+                if cas.set_refs(&self.id, &hash, count)? {
+                    self.newly_wanted.push(hash);
+                }
             }
             for blob in cas.list(&self.id)? {
                 if blob.refs > 0 && !referenced.contains(&blob.hash) {
@@ -381,11 +386,21 @@ impl Store {
             return;
         };
         for (hash, count) in changed {
-            if let Err(e) = cas.set_refs(&self.id, &hash, count) {
+            match cas.set_refs(&self.id, &hash, count) {
+                Ok(true) => self.newly_wanted.push(hash),
+                Ok(false) => {}
                 // The next open sets every count again from the state.
-                warn!(store = %self.id.short(), blob = %hash.short(), "could not record a blob reference: {e}");
+                Err(e) => {
+                    warn!(store = %self.id.short(), blob = %hash.short(), "could not record a blob reference: {e}");
+                }
             }
         }
+    }
+
+    /// Blobs the state came to reference that are not here, since the last call (at open:
+    /// every such blob), for the node to fetch.
+    pub fn take_newly_wanted(&mut self) -> Vec<Hash> {
+        std::mem::take(&mut self.newly_wanted)
     }
 
     /// Blobs the data partition's guest tried to read that were not here (see
