@@ -514,14 +514,9 @@ impl Cas {
     /// [`CasError::Index`]; a blob file that cannot be deleted.
     pub fn collect(&self, grace_ms: u64) -> Result<CollectReport, CasError> {
         let now = now_ms();
-        let mut report = CollectReport::default();
-        let mut gone = Vec::new();
-        let txn = self.db.begin_write()?;
-        {
-            let mut entries = txn.open_table(ENTRIES)?;
-            let mut blobs = txn.open_table(BLOBS)?;
-            let mut inline = txn.open_table(INLINE)?;
-            let loose: Vec<[u8; 64]> = entries
+        self.release(|txn| {
+            let entries = txn.open_table(ENTRIES)?;
+            entries
                 .iter()?
                 .filter_map(|row| match row {
                     Ok((k, v)) => {
@@ -531,8 +526,52 @@ impl Cas {
                     }
                     Err(e) => Some(Err(e)),
                 })
+                .collect::<Result<_, redb::StorageError>>()
+                .map_err(CasError::from)
+        })
+    }
+
+    /// Drops every hold `store` has (pins and references too) and what it still wanted,
+    /// and deletes blobs no store holds any more: the store's local data was deleted.
+    ///
+    /// # Errors
+    /// [`CasError::Index`]; a blob file that cannot be deleted.
+    pub fn release_store(&self, store: &StoreId) -> Result<CollectReport, CasError> {
+        let from = entry_key(store, &Hash([0; 32]));
+        let to = entry_key(store, &Hash([0xff; 32]));
+        self.release(|txn| {
+            let mut wanted = txn.open_table(WANTED)?;
+            let doomed: Vec<[u8; 64]> = wanted
+                .range::<&[u8; 64]>(&from..=&to)?
+                .map(|row| row.map(|(k, _)| *k.value()))
                 .collect::<Result<_, _>>()?;
-            for key in loose {
+            for key in &doomed {
+                wanted.remove(key)?;
+            }
+            let entries = txn.open_table(ENTRIES)?;
+            entries
+                .range::<&[u8; 64]>(&from..=&to)?
+                .map(|row| row.map(|(k, _)| *k.value()))
+                .collect::<Result<_, redb::StorageError>>()
+                .map_err(CasError::from)
+        })
+    }
+
+    /// Drops the holds (entry keys) `choose` names, in one commit, and deletes blobs no
+    /// store holds any more.
+    fn release(
+        &self,
+        choose: impl FnOnce(&redb::WriteTransaction) -> Result<Vec<[u8; 64]>, CasError>,
+    ) -> Result<CollectReport, CasError> {
+        let mut report = CollectReport::default();
+        let mut gone = Vec::new();
+        let txn = self.db.begin_write()?;
+        let keys = choose(&txn)?;
+        {
+            let mut entries = txn.open_table(ENTRIES)?;
+            let mut blobs = txn.open_table(BLOBS)?;
+            let mut inline = txn.open_table(INLINE)?;
+            for key in keys {
                 entries.remove(&key)?;
                 report.released += 1;
                 let (_, hash) = split_entry_key(&key);

@@ -266,6 +266,33 @@ fn collection_keeps_pinned_and_referenced_blobs_and_drops_the_rest() -> TestResu
     Ok(())
 }
 
+#[test]
+fn releasing_a_store_drops_its_holds_and_only_blobs_no_one_else_holds() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cas = Cas::open(dir.path())?;
+    let shared = cas.put(&A, &bytes(100_000, 1)[..])?;
+    cas.put(&B, &bytes(100_000, 1)[..])?;
+    let own = cas.put(&A, &bytes(50_000, 2)[..])?;
+    cas.pin(&A, &own.hash, 1)?;
+    let small = cas.put(&A, &b"small"[..])?;
+    cas.reference(&A, &small.hash, 1)?;
+    assert!(
+        cas.set_refs(&A, &Hash([7; 32]), 2)?,
+        "a reference to a blob not here is wanted"
+    );
+    let report = cas.release_store(&A)?;
+    assert_eq!((report.released, report.deleted), (3, 2));
+    assert!(cas.list(&A)?.is_empty());
+    assert!(cas.wanted(&A, None, 10)?.is_empty());
+    // B's copy of the shared bytes stays, whole.
+    assert_eq!(
+        read_all(&cas, &B, &shared.hash, 0..shared.size)?,
+        bytes(100_000, 1)
+    );
+    assert_eq!(data_files(dir.path()), 1);
+    Ok(())
+}
+
 /// Chunk ranges of `[from, to)` KiB.
 fn kib(from: u64, to: u64) -> lattice_cas::ChunkRanges {
     lattice_cas::ChunkRanges::from(lattice_cas::ChunkNum(from)..lattice_cas::ChunkNum(to))

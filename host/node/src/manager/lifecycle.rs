@@ -597,6 +597,11 @@ impl StoreManager {
             return Err(NodeError::StillOpen(id.to_string()));
         }
         self.inner.node.remove_store_files(id)?;
+        // Its blobs go with it (those another store holds stay).
+        if let Some(cas) = self.inner.node.cas() {
+            cas.release_store(id)?;
+        }
+        lock(&self.inner.blob_retry).remove(id);
         self.inner.node.meta().remove(id)
     }
 
