@@ -400,61 +400,65 @@ impl Cas {
     /// # Errors
     /// [`CasError::Index`].
     pub fn set_refs(&self, store: &StoreId, hash: &Hash, refs: u32) -> Result<bool, CasError> {
+        Ok(!self.set_refs_many(store, &[(*hash, refs)])?.is_empty())
+    }
+
+    /// As [`Cas::set_refs`] for several blobs, in one commit; returns those wanted.
+    ///
+    /// # Errors
+    /// [`CasError::Index`].
+    pub fn set_refs_many(
+        &self,
+        store: &StoreId,
+        counts: &[(Hash, u32)],
+    ) -> Result<Vec<Hash>, CasError> {
+        if counts.is_empty() {
+            return Ok(Vec::new());
+        }
         let txn = self.db.begin_write()?;
-        let is_wanted = {
+        let mut is_wanted = Vec::new();
+        {
             let mut entries = txn.open_table(ENTRIES)?;
             let mut wanted = txn.open_table(WANTED)?;
-            let key = entry_key(store, hash);
-            let entry = entries.get(&key)?.map(|v| EntryRow::decode(v.value()));
-            match entry {
-                Some(mut entry) => {
-                    entry.refs = refs;
-                    entries.insert(&key, &entry.encode())?;
-                    false
-                }
-                None if refs > 0 => {
-                    wanted.insert(&key, refs)?;
-                    true
-                }
-                None => {
-                    wanted.remove(&key)?;
-                    false
+            for (hash, refs) in counts {
+                let key = entry_key(store, hash);
+                let entry = entries.get(&key)?.map(|v| EntryRow::decode(v.value()));
+                match entry {
+                    Some(mut entry) => {
+                        entry.refs = *refs;
+                        entries.insert(&key, &entry.encode())?;
+                    }
+                    None if *refs > 0 => {
+                        wanted.insert(&key, *refs)?;
+                        is_wanted.push(*hash);
+                    }
+                    None => {
+                        wanted.remove(&key)?;
+                    }
                 }
             }
-        };
+        }
         txn.commit()?;
         Ok(is_wanted)
     }
 
     /// Blobs `store`'s state references that it does not hold here (to fetch), in hash
-    /// order after `after` (from the first when `None`), at most `limit`.
+    /// order, at most `limit`.
     ///
     /// # Errors
     /// [`CasError::Index`].
-    pub fn wanted(
-        &self,
-        store: &StoreId,
-        after: Option<&Hash>,
-        limit: usize,
-    ) -> Result<Vec<Hash>, CasError> {
+    pub fn wanted(&self, store: &StoreId, limit: usize) -> Result<Vec<Hash>, CasError> {
         let txn = self.db.begin_read()?;
         let wanted = match txn.open_table(WANTED) {
             Ok(t) => t,
             Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
             Err(e) => return Err(e.into()),
         };
-        let from = entry_key(store, after.unwrap_or(&Hash([0; 32])));
+        let from = entry_key(store, &Hash([0; 32]));
         let to = entry_key(store, &Hash([0xff; 32]));
         let mut out = Vec::new();
-        for row in wanted.range::<&[u8; 64]>(&from..=&to)? {
-            let hash = split_entry_key(row?.0.value()).1;
-            if Some(&hash) == after {
-                continue;
-            }
-            out.push(hash);
-            if out.len() == limit {
-                break;
-            }
+        for row in wanted.range::<&[u8; 64]>(&from..=&to)?.take(limit) {
+            out.push(split_entry_key(row?.0.value()).1);
         }
         Ok(out)
     }
@@ -702,11 +706,6 @@ pub struct BlobWriter {
 }
 
 impl BlobWriter {
-    /// Bytes written so far.
-    pub fn size(&self) -> u64 {
-        self.size
-    }
-
     /// Appends `bytes`.
     ///
     /// # Errors

@@ -13,11 +13,11 @@ use crate::error::CasError;
 
 pub(crate) const BLOBS: TableDefinition<&[u8; 32], &[u8; 12]> = TableDefinition::new("blobs");
 pub(crate) const ENTRIES: TableDefinition<&[u8; 64], &[u8; 16]> = TableDefinition::new("entries");
-/// Blobs of at most [`INLINE_MAX`] bytes live here (hash → bytes), not in files: one commit
-/// holds a small blob whole.
 /// References a store's state declares to blobs it does not hold yet: (store ‖ hash) →
 /// count. Moved onto the entry when the store comes to hold the blob.
 pub(crate) const WANTED: TableDefinition<&[u8; 64], u32> = TableDefinition::new("wanted");
+/// Blobs of at most [`INLINE_MAX`] bytes live here (hash → bytes), not in files: one commit
+/// holds a small blob whole.
 pub(crate) const INLINE: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("inline");
 
 /// Largest blob kept inline in the index (one 16 KiB hash-tree group: it needs no tree).

@@ -283,7 +283,7 @@ fn releasing_a_store_drops_its_holds_and_only_blobs_no_one_else_holds() -> TestR
     let report = cas.release_store(&A)?;
     assert_eq!((report.released, report.deleted), (3, 2));
     assert!(cas.list(&A)?.is_empty());
-    assert!(cas.wanted(&A, None, 10)?.is_empty());
+    assert!(cas.wanted(&A, 10)?.is_empty());
     // B's copy of the shared bytes stays, whole.
     assert_eq!(
         read_all(&cas, &B, &shared.hash, 0..shared.size)?,

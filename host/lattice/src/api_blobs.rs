@@ -124,12 +124,13 @@ impl Api {
         out: &mpsc::Sender<Result<v1::BlobGetReply, Status>>,
     ) -> Result<v1::BlobInfo, Status> {
         let manager = self.manager();
-        if let Some(info) = manager.blob_stat(id, hash).await.map_err(status_of)? {
-            return Ok(info_of(&info));
-        }
         if local_only {
-            return Err(not_here(id, hash));
+            return match manager.blob_stat(id, hash).await.map_err(status_of)? {
+                Some(info) => Ok(info_of(&info)),
+                None => Err(not_here(id, hash)),
+            };
         }
+        // A blob here already is found at once (nothing fetched, no progress sent).
         let received = Arc::new(AtomicU64::new(0));
         let fetch = manager.fetch_blob_counting(id, hash, Some(received.clone()));
         tokio::pin!(fetch);

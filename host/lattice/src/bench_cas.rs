@@ -301,79 +301,48 @@ struct ApiFigures {
     read_s: f64,
 }
 
-/// Streams `size` pattern bytes into a daemon's `BlobService.Put`; returns the blob's hash.
+/// Streams `size` pattern bytes into a daemon's `BlobService.Put` (as `lattice cas put`
+/// does); returns the blob's hash.
 async fn api_put(
     client: &mut crate::api::Client,
     store: &str,
     size: u64,
 ) -> anyhow::Result<String> {
-    use lattice_proto::v1;
-    let (tx, rx) = tokio::sync::mpsc::channel::<v1::BlobPutRequest>(8);
-    let store = store.to_string();
-    let feeding = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-        let mut pattern = Pattern::new(size, 21);
-        let mut first = Some(store);
-        loop {
-            let mut data = vec![0u8; 256 << 10];
-            let n = pattern.read(&mut data)?;
-            if n == 0 && first.is_none() {
-                return Ok(());
-            }
-            data.truncate(n);
-            let part = v1::BlobPutRequest {
-                store: first.take().unwrap_or_default(),
-                data,
-                pin: false,
-            };
-            if tx.blocking_send(part).is_err() || n == 0 {
-                return Ok(());
-            }
-        }
-    });
-    let info = client
-        .blob
-        .put(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .context("putting a blob through the API")?
-        .into_inner();
-    feeding.await??;
+    let quiet = Output::new(true);
+    let source = Box::new(Pattern::new(size, 21));
+    let info = crate::cas_cmd::put_from(
+        client,
+        store,
+        source,
+        Some(size),
+        "the pattern",
+        false,
+        &quiet,
+    )
+    .await?;
     if info.size != size {
         bail!("the daemon stored {} bytes of the {size} put", info.size);
     }
     Ok(info.hash)
 }
 
-/// Reads blob `hash` whole through a daemon's `BlobService.Get`, hashing what arrives;
-/// fails unless it hashes to `hash`. Returns the bytes the daemon fetched from peers.
+/// Reads blob `hash` whole through a daemon's `BlobService.Get` (as `lattice cas get`
+/// does), hashing what arrives; fails unless it hashes to `hash`. Returns the bytes the
+/// daemon fetched from peers.
 async fn api_get(client: &mut crate::api::Client, store: &str, hash: &str) -> anyhow::Result<u64> {
-    use lattice_proto::v1::{self, blob_get_reply::Part};
-    use tokio_stream::StreamExt as _;
-    let mut stream = client
-        .blob
-        .get(v1::BlobGetRequest {
-            store: store.to_string(),
-            hash: hash.to_string(),
-            ..v1::BlobGetRequest::default()
-        })
-        .await
-        .context("getting a blob through the API")?
-        .into_inner();
+    let request = lattice_proto::v1::BlobGetRequest {
+        store: store.to_string(),
+        hash: hash.to_string(),
+        ..lattice_proto::v1::BlobGetRequest::default()
+    };
     let mut hasher = blake3::Hasher::new();
-    let mut fetched = 0;
-    while let Some(message) = stream.next().await {
-        match message.context("getting a blob through the API")?.part {
-            Some(Part::Info(info)) => fetched = info.fetched_bytes,
-            Some(Part::Data(data)) => {
-                hasher.update(&data);
-            }
-            _ => {}
-        }
-    }
+    let (info, _) =
+        crate::cas_cmd::get_into(client, request, &mut hasher, &Output::new(true)).await?;
     let got = hasher.finalize().to_hex();
     if got.as_str() != hash {
         bail!("the blob read through the API hashes to {got}, not {hash}");
     }
-    Ok(fetched)
+    Ok(info.fetched_bytes)
 }
 
 /// Two daemons on `dir`: the first makes a store and invites the second; a blob of `size`

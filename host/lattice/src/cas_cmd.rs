@@ -254,47 +254,67 @@ async fn put(
     pin: bool,
     out: &Output,
 ) -> anyhow::Result<v1::BlobInfo> {
-    let stdin = file == Path::new("-");
-    let (mut source, total): (Box<dyn Read + Send>, Option<u64>) = if stdin {
+    let (source, total): (Box<dyn Read + Send>, Option<u64>) = if file == Path::new("-") {
         (Box::new(std::io::stdin()), None)
     } else {
         let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
         let len = f.metadata().map(|m| m.len()).ok();
         (Box::new(f), len)
     };
+    put_from(
+        c,
+        store,
+        source,
+        total,
+        &file.display().to_string(),
+        pin,
+        out,
+    )
+    .await
+}
+
+/// Streams what `source` (`name`, `total` bytes when known) yields to the node as a blob of
+/// `store`, read on a blocking thread. A read failure cancels the call, so the node keeps
+/// nothing of it.
+pub(crate) async fn put_from(
+    c: &mut Client,
+    store: &str,
+    mut source: Box<dyn Read + Send>,
+    total: Option<u64>,
+    name: &str,
+    pin: bool,
+    out: &Output,
+) -> anyhow::Result<v1::BlobInfo> {
     let mut meter = Meter::new(out, "putting", total);
     let (tx, rx) = mpsc::channel::<v1::BlobPutRequest>(8);
     let mut first = Some((store.to_string(), pin));
-    let name = file.display().to_string();
+    let name = name.to_string();
     let reading = tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
         let mut sent = 0u64;
-        loop {
+        let result = loop {
             let mut data = vec![0; PART];
-            let n = loop {
-                match source.read(&mut data) {
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                    other => break other.with_context(|| format!("reading {name}"))?,
-                }
+            let n = match source.read(&mut data) {
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                other => other.with_context(|| format!("reading {name}"))?,
             };
             if n == 0 && first.is_none() {
-                meter.finish();
-                return Ok(());
+                break Ok(());
             }
             data.truncate(n);
             let (store, pin) = first.take().unwrap_or_default();
-            let part = v1::BlobPutRequest { store, data, pin };
-            if tx.blocking_send(part).is_err() {
-                // The call ended (its outcome says why).
-                meter.finish();
-                return Ok(());
+            // A closed channel: the call ended (its outcome says why).
+            if tx
+                .blocking_send(v1::BlobPutRequest { store, data, pin })
+                .is_err()
+                || n == 0
+            {
+                break Ok(());
             }
             sent += n as u64;
             meter.show(sent);
-            if n == 0 {
-                meter.finish();
-                return Ok(());
-            }
-        }
+        };
+        meter.finish();
+        result
     });
     let call = c.blob.put(tokio_stream::wrappers::ReceiverStream::new(rx));
     tokio::pin!(call, reading);
@@ -319,24 +339,37 @@ async fn get(
     output: Option<&Path>,
     out: &Output,
 ) -> anyhow::Result<(v1::BlobInfo, u64)> {
+    let Some(path) = output else {
+        let mut stdout = std::io::stdout().lock();
+        let got = get_into(c, request, &mut stdout, out).await?;
+        stdout.flush().context("writing the blob out")?;
+        return Ok(got);
+    };
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let mut file = tempfile::Builder::new()
+        .prefix(".lattice-get-")
+        .tempfile_in(&dir)
+        .with_context(|| format!("creating a file in {}", dir.display()))?;
+    let got = get_into(c, request, &mut file, out).await?;
+    file.as_file().sync_all().context("writing the blob out")?;
+    file.persist(path)
+        .with_context(|| format!("moving the blob into {}", path.display()))?;
+    Ok(got)
+}
+
+/// Asks for a blob and writes its bytes to `sink` as they come, showing progress; fails
+/// unless every byte asked for arrived. Returns the blob and the bytes written.
+pub(crate) async fn get_into(
+    c: &mut Client,
+    request: v1::BlobGetRequest,
+    sink: &mut dyn Write,
+    out: &Output,
+) -> anyhow::Result<(v1::BlobInfo, u64)> {
     let (offset, length) = (request.offset, request.length);
     let mut stream = c.blob.get(request).await.map_err(err)?.into_inner();
-    let mut file = match output {
-        Some(path) => {
-            let dir = path
-                .parent()
-                .filter(|p| !p.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
-            Some(
-                tempfile::Builder::new()
-                    .prefix(".lattice-get-")
-                    .tempfile_in(&dir)
-                    .with_context(|| format!("creating a file in {}", dir.display()))?,
-            )
-        }
-        None => None,
-    };
-    let mut stdout = std::io::stdout().lock();
     let mut meter = Meter::new(out, "fetching", None);
     let (mut info, mut written, mut expected) = (None, 0u64, 0u64);
     while let Some(message) = stream.next().await {
@@ -352,11 +385,7 @@ async fn get(
                 info = Some(b);
             }
             Some(Part::Data(data)) => {
-                match &mut file {
-                    Some(f) => f.write_all(&data),
-                    None => stdout.write_all(&data),
-                }
-                .context("writing the blob out")?;
+                sink.write_all(&data).context("writing the blob out")?;
                 written += data.len() as u64;
                 meter.show(written);
             }
@@ -367,14 +396,6 @@ async fn get(
     let info = info.context("the node ended the reply before saying what the blob is")?;
     if written != expected {
         anyhow::bail!("the node sent {written} of the {expected} bytes asked for");
-    }
-    match (file, output) {
-        (Some(f), Some(path)) => {
-            f.as_file().sync_all().context("writing the blob out")?;
-            f.persist(path)
-                .with_context(|| format!("moving the blob into {}", path.display()))?;
-        }
-        _ => stdout.flush().context("writing the blob out")?,
     }
     Ok((info, written))
 }

@@ -148,7 +148,8 @@ impl StoreManager {
         hash: &Hash,
         pin: bool,
     ) -> Result<BlobInfo, NodeError> {
-        if pin && self.blob_stat(id, hash).await?.is_none() {
+        if pin {
+            // Here already, this finds it at once.
             self.fetch_blob(id, hash).await?;
         }
         let (cas, store, hash) = (self.blob_store()?, *id, *hash);
@@ -170,15 +171,12 @@ impl StoreManager {
     /// pass for the store is under way (what it did not take waits for the next call). The
     /// cost follows what is new, not every blob the store references.
     pub(super) fn fetch_referenced(&self, id: &StoreId) {
-        let Ok(cas) = self.blob_store() else {
-            return;
-        };
-        if !lock(&self.inner.fetching_blobs).insert(*id) {
+        if self.blob_store().is_err() || !lock(&self.inner.fetching_blobs).insert(*id) {
             return;
         }
         let (this, id) = (self.clone(), *id);
         tokio::spawn(async move {
-            if let Err(e) = this.fetch_wanted(&id, &cas).await {
+            if let Err(e) = this.fetch_wanted(&id).await {
                 debug!(store = %id.short(), "fetching referenced blobs stopped: {e}");
             }
             lock(&this.inner.fetching_blobs).remove(&id);
@@ -187,7 +185,7 @@ impl StoreManager {
 
     /// One pass: fetches the newly wanted blobs of store `id` this node keeps, and those
     /// that failed before.
-    async fn fetch_wanted(&self, id: &StoreId, cas: &Cas) -> Result<(), NodeError> {
+    async fn fetch_wanted(&self, id: &StoreId) -> Result<(), NodeError> {
         let mut wanted = self.with_store(id, |s| Ok(s.take_newly_wanted())).await?;
         let retry: Vec<Hash> = lock(&self.inner.blob_retry)
             .get_mut(id)
@@ -199,9 +197,10 @@ impl StoreManager {
         }
         let keeper = self.blob_keeper(id).await?;
         for hash in &wanted {
-            if !keeper.keeps(hash) || cas.stat(id, hash)?.is_some() {
+            if !keeper.keeps(hash) {
                 continue;
             }
+            // A blob here already is found at once.
             if let Err(e) = self.fetch_blob(id, hash).await {
                 debug!(store = %id.short(), blob = %hash.short(), "a referenced blob is not here yet: {e}");
                 lock(&self.inner.blob_retry)

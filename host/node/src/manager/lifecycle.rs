@@ -130,15 +130,22 @@ impl StoreManager {
         };
         info!(store = %id.short(), ?report, "store repaired");
         if record.state == StoreState::Active {
-            self.open_or_quarantine(&record).await;
-            if let Some(reason) = self.damage(id) {
-                return Err(NodeError::Damaged {
-                    store: id.short(),
-                    reason,
-                });
-            }
+            self.reopen(&record).await?;
         }
         Ok(report)
+    }
+
+    /// Opens a closed store of the inventory again; [`NodeError::Damaged`] when it does not
+    /// open (it stays quarantined).
+    async fn reopen(&self, record: &StoreRecord) -> Result<(), NodeError> {
+        self.open_or_quarantine(record).await;
+        match self.damage(&record.id) {
+            Some(reason) => Err(NodeError::Damaged {
+                store: record.id.short(),
+                reason,
+            }),
+            None => Ok(()),
+        }
     }
 
     /// Keeps store `id` headless by choice on this node (`on`), or lets it fetch and run its
@@ -153,13 +160,7 @@ impl StoreManager {
         self.inner.node.set_headless_by_choice(id, on)?;
         if self.is_open(id) {
             self.close(id).await?;
-            self.open_or_quarantine(&record).await;
-            if let Some(reason) = self.damage(id) {
-                return Err(NodeError::Damaged {
-                    store: id.short(),
-                    reason,
-                });
-            }
+            self.reopen(&record).await?;
         }
         Ok(())
     }

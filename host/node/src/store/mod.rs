@@ -359,19 +359,16 @@ impl Store {
         };
         self.data.take_blob_refs();
         let result = (|| -> Result<(), NodeError> {
-            let refs = self.data.blob_refs()?;
+            let mut counts = self.data.blob_refs()?;
             let referenced: std::collections::HashSet<Hash> =
-                refs.iter().map(|(h, _)| *h).collect();
-            for (hash, count) in refs {
-                if cas.set_refs(&self.id, &hash, count)? {
-                    self.newly_wanted.push(hash);
-                }
-            }
+                counts.iter().map(|(h, _)| *h).collect();
             for blob in cas.list(&self.id)? {
                 if blob.refs > 0 && !referenced.contains(&blob.hash) {
-                    cas.set_refs(&self.id, &blob.hash, 0)?;
+                    counts.push((blob.hash, 0));
                 }
             }
+            self.newly_wanted
+                .extend(cas.set_refs_many(&self.id, &counts)?);
             Ok(())
         })();
         if let Err(e) = result {
@@ -385,15 +382,10 @@ impl Store {
         let Some(cas) = self.runtime.blobs() else {
             return;
         };
-        for (hash, count) in changed {
-            match cas.set_refs(&self.id, &hash, count) {
-                Ok(true) => self.newly_wanted.push(hash),
-                Ok(false) => {}
-                // The next open sets every count again from the state.
-                Err(e) => {
-                    warn!(store = %self.id.short(), blob = %hash.short(), "could not record a blob reference: {e}");
-                }
-            }
+        match cas.set_refs_many(&self.id, &changed) {
+            Ok(wanted) => self.newly_wanted.extend(wanted),
+            // The next open sets every count again from the state.
+            Err(e) => warn!(store = %self.id.short(), "could not record blob references: {e}"),
         }
     }
 
