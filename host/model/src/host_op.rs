@@ -52,6 +52,9 @@ pub enum EpochCause {
     KeyChange,
     /// A pruning cut was asked for.
     PruneCut,
+    /// Joins epochs written concurrently (the same number, neither citing the other): a
+    /// member whose state at an epoch holds one that is not the current one writes it.
+    Merge,
 }
 
 impl EpochCause {
@@ -62,11 +65,12 @@ impl EpochCause {
             EpochCause::Reactivation => 2,
             EpochCause::KeyChange => 3,
             EpochCause::PruneCut => 4,
+            EpochCause::Merge => 5,
         }
     }
 
     /// The cause as the system table names it (`genesis`, `revocation`, `reactivation`,
-    /// `key-change`, `prune-cut`).
+    /// `key-change`, `prune-cut`, `merge`).
     pub fn name(self) -> &'static str {
         match self {
             EpochCause::Genesis => "genesis",
@@ -74,6 +78,7 @@ impl EpochCause {
             EpochCause::Reactivation => "reactivation",
             EpochCause::KeyChange => "key-change",
             EpochCause::PruneCut => "prune-cut",
+            EpochCause::Merge => "merge",
         }
     }
 
@@ -85,6 +90,7 @@ impl EpochCause {
             EpochCause::Reactivation,
             EpochCause::KeyChange,
             EpochCause::PruneCut,
+            EpochCause::Merge,
         ]
         .into_iter()
         .find(|c| c.name() == name)
@@ -97,6 +103,7 @@ impl EpochCause {
             2 => EpochCause::Reactivation,
             3 => EpochCause::KeyChange,
             4 => EpochCause::PruneCut,
+            5 => EpochCause::Merge,
             other => {
                 return Err(DecodeError::BadHostOp(format!(
                     "unknown epoch cause {other}"

@@ -9,7 +9,7 @@ use tracing::{debug, info, warn};
 
 use lattice_runtime::{Partition, StoreRuntime};
 
-use super::{Store, epoch_state};
+use super::{PeerStatus, Store, epoch_state};
 use crate::error::NodeError;
 
 /// A store's current epoch and its settlement ([`Store::epoch`]).
@@ -83,6 +83,9 @@ pub(super) struct EpochTracking {
     pub(super) finality_unchecked: bool,
     /// The newest epoch found finalized (its frontier is set on the log).
     pub(super) finalized: Option<Hash>,
+    /// The state at an epoch holds an epoch written concurrently with the current one, so it
+    /// cannot advance to it: the next projection writes a merge epoch citing both.
+    pub(super) merge_due: bool,
 }
 
 impl Default for EpochTracking {
@@ -96,6 +99,7 @@ impl Default for EpochTracking {
             // Checked once as the store opens.
             finality_unchecked: true,
             finalized: None,
+            merge_due: false,
         }
     }
 }
@@ -299,9 +303,56 @@ impl Store {
             return Ok(());
         };
         let log = self.log.reader();
-        epoch_state::advance(system, log, &self.filter, target)?;
-        epoch_state::advance(data, log, &self.filter, target)?;
+        let system_held = epoch_state::advance(system, log, &self.filter, target)?;
+        let data_held =
+            data.is_headless() || epoch_state::advance(data, log, &self.filter, target)?;
+        // Holding an epoch concurrent with the current one, the state at an epoch cannot
+        // move sideways: an epoch citing both lets it (and every member like it) go on.
+        self.epochs.merge_due |= !(system_held && data_held) && !self.data.is_headless();
         Ok(())
+    }
+
+    /// Writes a merge epoch when the state at an epoch was found holding an epoch concurrent
+    /// with the current one (see [`EpochCause::Merge`]): numbered above the current epoch,
+    /// citing this node's whole view (so both), requiring the active members. Members that
+    /// hold the current epoch already simply advance to it. Returns whether it wrote one;
+    /// failures are logged and the next projection tries again.
+    pub(super) fn write_merge_epoch(&mut self) -> bool {
+        if !std::mem::take(&mut self.epochs.merge_due) {
+            return false;
+        }
+        let current = match self.system.current_epoch() {
+            Ok(Some(current)) => current,
+            Ok(None) => return false,
+            Err(e) => {
+                warn!(store = %self.id.short(), "reading the current epoch failed: {e}");
+                return false;
+            }
+        };
+        let required = match self.peers() {
+            Ok(peers) => peers
+                .into_iter()
+                .filter(|p| p.status == PeerStatus::Active)
+                .map(|p| p.key)
+                .collect(),
+            Err(e) => {
+                warn!(store = %self.id.short(), "reading the members for a merge epoch failed: {e}");
+                self.epochs.merge_due = true;
+                return false;
+            }
+        };
+        let request = EpochRequest {
+            cause: EpochCause::Merge,
+            required,
+        };
+        match self.write_epoch(current.hash, request) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(store = %self.id.short(), "writing a merge epoch failed: {e}");
+                self.epochs.merge_due = true;
+                false
+            }
+        }
     }
 
     /// The hash of the state at the current epoch (data and system partitions), when this

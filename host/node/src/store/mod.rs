@@ -615,6 +615,12 @@ impl Store {
             // The ack is a host intention of the system partition: project it too.
             self.project_more(&mut report)?;
         }
+        if self.write_merge_epoch() {
+            self.project_more(&mut report)?;
+            if self.on_new_epoch() {
+                self.project_more(&mut report)?;
+            }
+        }
         if std::mem::take(&mut self.epochs.finality_unchecked) {
             self.check_finality();
         }
