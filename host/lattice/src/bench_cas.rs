@@ -106,6 +106,82 @@ async fn raw_copy(size: u64) -> anyhow::Result<f64> {
     Ok(seconds)
 }
 
+/// A loopback-only iroh endpoint for the iroh-blobs comparison: relays, address lookup and
+/// port mapping off, as our own endpoints.
+async fn loopback_endpoint(seed: u8) -> anyhow::Result<iroh::Endpoint> {
+    use iroh::endpoint::{PortmapperConfig, presets};
+    let loopback: SocketAddr = ([127, 0, 0, 1], 0).into();
+    Ok(iroh::Endpoint::builder(presets::Minimal)
+        .secret_key(iroh::SecretKey::from_bytes(&[seed; 32]))
+        .relay_mode(iroh::RelayMode::Disabled)
+        .clear_address_lookup()
+        .portmapper_config(PortmapperConfig::Disabled)
+        .clear_ip_transports()
+        .bind_addr(loopback)?
+        .alpns(vec![iroh_blobs::ALPN.to_vec()])
+        .bind()
+        .await?)
+}
+
+/// Seconds iroh-blobs (its file store on both sides, its own protocol) takes to fetch `size`
+/// bytes of the pattern between two fresh endpoints on loopback: the same work as our big
+/// blob fetch, done by the library our verified streaming comes from.
+async fn iroh_blobs_copy(dir: &std::path::Path, size: u64) -> anyhow::Result<f64> {
+    use iroh_blobs::store::fs::FsStore;
+    let source = dir.join("iroh-blobs-source");
+    {
+        let mut file = std::fs::File::create(&source)?;
+        std::io::copy(&mut Pattern::new(size, 1), &mut file)?;
+    }
+    let provider_store = FsStore::load(dir.join("iroh-blobs-a"))
+        .await
+        .context("opening an iroh-blobs store")?;
+    let tag = provider_store
+        .blobs()
+        .add_path(&source)
+        .with_tag()
+        .await
+        .context("adding the blob to iroh-blobs")?;
+    std::fs::remove_file(&source)?;
+    let provider = loopback_endpoint(21).await?;
+    let router = iroh::protocol::Router::builder(provider.clone())
+        .accept(
+            iroh_blobs::ALPN,
+            iroh_blobs::BlobsProtocol::new(&provider_store, None),
+        )
+        .spawn();
+    let mut addr = iroh::EndpointAddr::new(provider.id());
+    for socket in provider.bound_sockets() {
+        addr = addr.with_ip_addr(socket);
+    }
+    let receiver_store = FsStore::load(dir.join("iroh-blobs-b"))
+        .await
+        .context("opening an iroh-blobs store")?;
+    let receiver = loopback_endpoint(22).await?;
+    let start = Instant::now();
+    let conn = receiver.connect(addr, iroh_blobs::ALPN).await?;
+    let stats = receiver_store
+        .remote()
+        .fetch(conn, tag.hash)
+        .complete()
+        .await
+        .context("fetching with iroh-blobs")?;
+    let seconds = start.elapsed().as_secs_f64();
+    if stats.payload_bytes_read != size {
+        bail!(
+            "iroh-blobs moved {} bytes, not {size}",
+            stats.payload_bytes_read
+        );
+    }
+    receiver.close().await;
+    router.shutdown().await?;
+    // The stores' shutdown answers only after their actors stopped (a closed reply channel):
+    // scratch stores, nothing to keep.
+    let _ = receiver_store.shutdown().await;
+    let _ = provider_store.shutdown().await;
+    Ok(seconds)
+}
+
 async fn bench(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
     let tmp = tempfile::tempdir()?;
     let big = args.big_mib * MIB;
@@ -238,6 +314,8 @@ async fn bench(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
 
     out.progress("  the same bytes as a plain stream copy…");
     let raw_s = raw_copy(big).await?;
+    out.progress("  the same bytes with iroh-blobs…");
+    let iroh_blobs_s = iroh_blobs_copy(tmp.path(), big).await?;
 
     let api_bytes = args.api_mib * MIB;
     out.progress(&format!(
@@ -248,6 +326,7 @@ async fn bench(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
 
     let big_mbps = mb_per_s(big, big_s);
     let raw_mbps = mb_per_s(big, raw_s);
+    let iroh_blobs_mbps = mb_per_s(big, iroh_blobs_s);
     let small_per_s = args.small as f64 / small_s.max(1e-9);
     let figures = json!({
         "big_bytes": big,
@@ -256,6 +335,7 @@ async fn bench(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
         "put_mb_per_s": mb_per_s(big, put_s),
         "raw_mb_per_s": raw_mbps,
         "big_vs_raw": big_mbps / raw_mbps.max(1e-9),
+        "iroh_blobs_mb_per_s": iroh_blobs_mbps,
         "resume_verified_bytes": verified_before,
         "resume_received_bytes": resumed.received,
         "resume_refetched_bytes": refetched,
@@ -270,7 +350,7 @@ async fn bench(args: BenchCasArgs, out: &Output) -> anyhow::Result<()> {
     });
     out.record(
         &format!(
-            "cas: a {} MiB blob fetched at {big_mbps:.0} MB/s (a plain stream copy: {raw_mbps:.0} MB/s, {:.0}%); put at {:.0} MB/s\n\
+            "cas: a {} MiB blob fetched at {big_mbps:.0} MB/s (a plain stream copy: {raw_mbps:.0} MB/s, {:.0}%; iroh-blobs: {iroh_blobs_mbps:.0} MB/s); put at {:.0} MB/s\n\
              \x20 resumed after an interruption at half: {verified_before} bytes kept, {} fetched again of them\n\
              \x20 {} × {} KiB blobs: {small_per_s:.0} fetched/s ({SMALL_INFLIGHT} in flight), {:.0} put/s\n\
              \x20 through the daemons' API ({} MiB): put {:.0} MB/s, fetched from the other node {:.0} MB/s, read back {:.0} MB/s",
