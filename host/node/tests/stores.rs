@@ -622,3 +622,69 @@ fn apply_outcomes_do_not_depend_on_what_an_instance_ran_before() -> TestResult {
     }
     Ok(())
 }
+
+#[test]
+fn an_fs_store_converges_with_a_conflict_copy_on_two_nodes() -> TestResult {
+    let (da, db) = (tempfile::tempdir()?, tempfile::tempdir()?);
+    let (a_node, b_node) = (
+        Node::open(DataDir::new(da.path()))?,
+        Node::open(DataDir::new(db.path()))?,
+    );
+    let mut a = a_node.create_store(a_node.resolve_type("fs")?, "files")?;
+    a.system_call(
+        "set-peer-status",
+        &json!({"peer": b_node.key().public().to_string(), "status": "active"}),
+    )?;
+    a.call("mkdir", &json!({"path": "docs"}))?;
+    a.call("write", &json!({"path": "docs/notes.txt", "data": "first"}))?;
+    b_node.resolve_type("fs")?;
+    let mut b = replica_of(&b_node, &a)?;
+    b.project()?;
+    // Both edit the same file before hearing of each other; A also adds a large file.
+    a.call("write", &json!({"path": "docs/notes.txt", "data": "A's"}))?;
+    let big = "x".repeat(100_000);
+    a.call("write", &json!({"path": "docs/big.bin", "data": big}))?;
+    b.call("write", &json!({"path": "docs/notes.txt", "data": "B's"}))?;
+    let mut s = vec![a, b];
+    exchange(&s)?;
+    let mut listings = Vec::new();
+    for store in &mut s {
+        store.project()?;
+        let listed = store.call("readdir", &json!({"path": "docs"}))?;
+        let names: Vec<String> = listed["items"]
+            .as_array()
+            .ok_or("no items")?
+            .iter()
+            .filter_map(|i| i["name"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
+        assert_eq!(names[0], "big.bin");
+        assert_eq!(names[1], "notes.txt");
+        assert!(names[2].starts_with("notes.txt.conflict-"), "{names:?}");
+        let stat = store.call("stat", &json!({"path": "docs/big.bin"}))?;
+        assert_eq!(stat["size"], json!(100_000));
+        assert!(stat["blob"].is_string(), "{stat}");
+        listings.push(listed);
+    }
+    assert_eq!(listings[0], listings[1]);
+    assert_eq!(s[0].state_digest()?, s[1].state_digest()?);
+    // The two edits are both there: one under the name, the other beside it.
+    let mut texts = Vec::new();
+    for path in [
+        "docs/notes.txt",
+        &format!(
+            "docs/{}",
+            listings[0]["items"][2]["name"].as_str().ok_or("name")?
+        ),
+    ] {
+        texts.push(s[0].call("read", &json!({ "path": path }))?["data"].clone());
+    }
+    texts.sort_by_key(|t| t.to_string());
+    assert_eq!(texts, vec![json!("A's"), json!("B's")]);
+    // The large file reads back where its blob is.
+    assert_eq!(
+        s[0].call("read", &json!({"path": "docs/big.bin", "offset": 99_990}))?["data"],
+        json!("xxxxxxxxxx")
+    );
+    Ok(())
+}

@@ -68,6 +68,7 @@ pub const BUILTIN_MODULES: &[(&str, &[u8])] = &[
         "rootstore",
         include_bytes!("../../../guests/dist/rootstore.wasm"),
     ),
+    ("fs", include_bytes!("../../../guests/dist/fs.wasm")),
     // Earlier releases of built-in types stay, so stores whose genesis names them keep
     // running them (and a guest built for `lattice:store@0.1.0` runs beside 0.1.1 ones).
     (

@@ -30,6 +30,7 @@ const GUESTS: &[(&str, &str, &str)] = &[
     ("lattice-guest-counter", "counter", "guests/dist"),
     ("lattice-guest-system", "system", "guests/dist"),
     ("lattice-guest-rootstore", "rootstore", "guests/dist"),
+    ("lattice-guest-fs", "fs", "guests/dist"),
     ("lattice-guest-evil", "evil", "tests/guests/dist"),
 ];
 

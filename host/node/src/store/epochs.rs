@@ -308,7 +308,8 @@ impl Store {
             data.is_headless() || epoch_state::advance(data, log, &self.filter, target)?;
         // Holding an epoch concurrent with the current one, the state at an epoch cannot
         // move sideways: an epoch citing both lets it (and every member like it) go on.
-        self.epochs.merge_due |= !(system_held && data_held) && !self.data.is_headless();
+        let holds_target = system_held && data_held;
+        self.epochs.merge_due |= !holds_target && !self.data.is_headless();
         Ok(())
     }
 
