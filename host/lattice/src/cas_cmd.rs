@@ -333,7 +333,7 @@ pub(crate) async fn put_from(
 
 /// Asks for a blob and writes its bytes to `output` (a temporary file beside it, moved into
 /// place only once every byte arrived) or stdout. Returns the blob and the bytes written.
-async fn get(
+pub(crate) async fn get(
     c: &mut Client,
     request: v1::BlobGetRequest,
     output: Option<&Path>,

@@ -85,6 +85,11 @@ pub(crate) enum Command {
     /// node is a member of, and only asks that store's peers.
     #[command(subcommand)]
     Cas(CasCommand),
+    /// Files in a filesystem store (`lattice store create --type fs`), without a mount: put,
+    /// get, ls, stat, mkdir, mv, rm. Concurrent edits of one file keep the other peer's
+    /// version beside it as `NAME.conflict-<peer>-<ms>`.
+    #[command(subcommand)]
+    Fs(FsCommand),
     /// Set a key in a kv store (shortcut for `store call <store> put key=… value=…`). Values
     /// up to 8 MiB (over 64 KiB kept as a blob of the store); give `-` to read the value from
     /// stdin, or `--file F`.
@@ -128,6 +133,86 @@ pub(crate) enum Command {
         /// The key.
         key: String,
     },
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum FsCommand {
+    /// Write a local file (or stdin, `-`) into the store at PATH (default: its file name),
+    /// creating or replacing it. Files over 64 KiB are streamed into the store's blobs.
+    Put {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The local file, or `-` for stdin.
+        file: PathBuf,
+        /// Where in the store (`dir/name`); its directory must exist.
+        path: Option<String>,
+        /// Permission bits, in octal (for example 644).
+        #[arg(long, value_parser = parse_mode)]
+        mode: Option<u32>,
+    },
+    /// Write a file of the store to `-o FILE` or stdout, fetching its content from the store's
+    /// peers when it is not here.
+    Get {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The file in the store.
+        path: String,
+        /// Write to this file instead of stdout (replaced only once every byte arrived).
+        #[arg(short, long, value_name = "FILE")]
+        output: Option<PathBuf>,
+    },
+    /// List a directory (default: the root): size, mode, name (`/` directories, `@` links).
+    Ls {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The directory.
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Show an entry: kind, mode, size, modified time, blob, conflicts.
+    Stat {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The entry.
+        path: String,
+    },
+    /// Make a directory.
+    Mkdir {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The directory to make.
+        path: String,
+        /// Make missing parents too, and accept one that exists.
+        #[arg(short, long)]
+        parents: bool,
+    },
+    /// Move or rename an entry (replacing a file or an empty directory at TO).
+    Mv {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The entry.
+        from: String,
+        /// Its new path.
+        to: String,
+    },
+    /// Remove a file, or a directory (empty, or everything under it with `-r`).
+    Rm {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The entry.
+        path: String,
+        /// Remove a directory with everything under it.
+        #[arg(short, long)]
+        recursive: bool,
+    },
+}
+
+/// Permission bits written in octal.
+fn parse_mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text.trim_start_matches("0o"), 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{text:?} is not a mode (octal, at most 7777)"))
 }
 
 #[derive(Debug, Subcommand)]

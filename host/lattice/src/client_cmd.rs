@@ -13,7 +13,7 @@ use tokio::sync::Notify;
 use tokio_stream::StreamExt as _;
 
 use crate::api::{self, Api, Client, SOCKET};
-use crate::cli::{CasCommand, ModuleCommand, NodeCommand, StoreCommand};
+use crate::cli::{CasCommand, FsCommand, ModuleCommand, NodeCommand, StoreCommand};
 use crate::output::Output;
 
 /// What a client command does.
@@ -23,6 +23,7 @@ pub(crate) enum ClientCommand {
     Store(StoreCommand),
     Module(ModuleCommand),
     Cas(CasCommand),
+    Fs(FsCommand),
     /// A kv shortcut: method and arguments.
     Kv {
         store: String,
@@ -58,6 +59,7 @@ impl ClientCommand {
                     | StoreCommand::Rejoin { .. }
                     | StoreCommand::Watch { .. }
             ) | ClientCommand::Cas(CasCommand::Get { local: false, .. } | CasCommand::Pin { .. })
+                | ClientCommand::Fs(FsCommand::Get { .. })
         )
     }
 }
@@ -553,6 +555,7 @@ async fn dispatch(cmd: ClientCommand, mut c: Client, out: &Output) -> anyhow::Re
         }
         ClientCommand::Module(cmd) => module(cmd, c, out).await?,
         ClientCommand::Cas(cmd) => crate::cas_cmd::run(cmd, c, out).await?,
+        ClientCommand::Fs(cmd) => crate::fs_cmd::run(cmd, c, out).await?,
         ClientCommand::Store(cmd) => store(cmd, c, out).await?,
         ClientCommand::Kv {
             store,

@@ -18,6 +18,7 @@ mod cli;
 mod client_cmd;
 mod daemon_cmd;
 mod demo;
+mod fs_cmd;
 mod log_cmd;
 mod output;
 
@@ -114,6 +115,7 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
         cli::Command::Module(cmd) => client(ClientCommand::Module(cmd)),
         cli::Command::Store(cmd) => client(ClientCommand::Store(cmd)),
         cli::Command::Cas(cmd) => client(ClientCommand::Cas(cmd)),
+        cli::Command::Fs(cmd) => client(ClientCommand::Fs(cmd)),
         cli::Command::Put {
             store,
             key,

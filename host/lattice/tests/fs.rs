@@ -1,0 +1,187 @@
+//! `lattice fs …` against two real daemons on loopback: a tree of files (names with spaces,
+//! unicode, 255 bytes; small and blob-sized) put on one node reads back byte-identical on
+//! the other, concurrent edits of one file end with the same listing and both versions on
+//! both nodes, and the errors a script sees.
+
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+mod common;
+use common::{fails_json, json, spawn_daemon};
+
+type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn text(v: &Value, field: &str) -> Result<String, Box<dyn std::error::Error>> {
+    Ok(v[field]
+        .as_str()
+        .ok_or_else(|| format!("no {field} in {v}"))?
+        .to_string())
+}
+
+/// Deterministic bytes that differ in every position.
+fn bytes(n: usize, seed: u8) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u32).wrapping_mul(2_654_435_761).to_le_bytes()[1] ^ seed)
+        .collect()
+}
+
+fn names(dir: &Path, store: &str, path: &str) -> Result<Vec<String>, Box<dyn std::error::Error>> {
+    Ok(json(dir, &["fs", "ls", store, path])?["items"]
+        .as_array()
+        .ok_or("no items")?
+        .iter()
+        .filter_map(|i| i["name"].as_str().map(str::to_string))
+        .collect())
+}
+
+/// Checks again until `check` holds (replication is asynchronous), for at most 30 s.
+fn eventually(
+    what: &str,
+    mut check: impl FnMut() -> Result<bool, Box<dyn std::error::Error>>,
+) -> TestResult {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // Each check is a CLI call (a process and an API round trip): no sleep needed between.
+    while Instant::now() < deadline {
+        if check().unwrap_or(false) {
+            return Ok(());
+        }
+    }
+    Err(format!("timed out waiting for {what}").into())
+}
+
+#[test]
+fn files_put_on_one_daemon_read_back_identical_on_another_and_conflicts_keep_both() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
+    let _a = Daemon(spawn_daemon(&a_dir, &[])?);
+    let _b = Daemon(spawn_daemon(&b_dir, &[])?);
+    let store = text(
+        &json(
+            &a_dir,
+            &["store", "create", "--type", "fs", "--name", "files"],
+        )?,
+        "store",
+    )?;
+    let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
+    json(&b_dir, &["store", "join", &token])?;
+
+    let local = temp.path().join("local");
+    std::fs::create_dir(&local)?;
+    let long = "n".repeat(255);
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("docs/with space.txt".into(), b"hello".to_vec()),
+        ("docs/ünïcødé ✓.md".into(), bytes(1000, 1)),
+        (format!("docs/{long}"), bytes(10, 2)),
+        ("docs/sub/empty".into(), Vec::new()),
+        ("docs/sub/big.bin".into(), bytes(3 << 20, 3)),
+    ];
+    json(&a_dir, &["fs", "mkdir", "-p", &store, "docs/sub"])?;
+    for (i, (path, data)) in files.iter().enumerate() {
+        let file = local.join(format!("f{i}"));
+        std::fs::write(&file, data)?;
+        json(
+            &a_dir,
+            &["fs", "put", &store, &file.to_string_lossy(), path],
+        )?;
+    }
+    let mut expected = names(&a_dir, &store, "docs")?;
+    expected.sort();
+    eventually("the tree on B", || {
+        Ok(names(&b_dir, &store, "docs/sub")?.len() == 2)
+    })?;
+    assert_eq!(names(&b_dir, &store, "docs")?, expected);
+    for (i, (path, data)) in files.iter().enumerate() {
+        let out = local.join(format!("back{i}"));
+        json(
+            &b_dir,
+            &["fs", "get", &store, path, "-o", &out.to_string_lossy()],
+        )?;
+        assert!(std::fs::read(&out)? == *data, "{path} differs on B");
+    }
+
+    // Both edit one file at once (each while the other's daemon is stopped, so neither sees
+    // the other's edit first): both versions stay, under the same names on both nodes.
+    let edit = |dir: &Path, what: &str| -> TestResult {
+        let file = local.join(format!("edit-{what}"));
+        std::fs::write(&file, what)?;
+        json(
+            dir,
+            &[
+                "fs",
+                "put",
+                &store,
+                &file.to_string_lossy(),
+                "docs/with space.txt",
+            ],
+        )?;
+        Ok(())
+    };
+    drop(_b);
+    edit(&a_dir, "from A")?;
+    drop(_a);
+    let _b = Daemon(spawn_daemon(&b_dir, &[])?);
+    edit(&b_dir, "from B")?;
+    let _a = Daemon(spawn_daemon(&a_dir, &[])?);
+    eventually("the conflict on both", || {
+        Ok(names(&a_dir, &store, "docs")?.len() == 5 && names(&b_dir, &store, "docs")?.len() == 5)
+    })?;
+    let listed = names(&a_dir, &store, "docs")?;
+    assert_eq!(listed, names(&b_dir, &store, "docs")?);
+    let copy = listed
+        .iter()
+        .find(|n| n.starts_with("with space.txt.conflict-"))
+        .ok_or("no conflict copy")?;
+    let mut versions = Vec::new();
+    for path in ["docs/with space.txt".to_string(), format!("docs/{copy}")] {
+        let out = local.join("version");
+        json(
+            &a_dir,
+            &["fs", "get", &store, &path, "-o", &out.to_string_lossy()],
+        )?;
+        versions.push(std::fs::read_to_string(&out)?);
+    }
+    versions.sort();
+    assert_eq!(versions, ["from A", "from B"]);
+
+    // Errors a script sees.
+    let (_, error) = fails_json(&a_dir, &["fs", "get", &store, "docs/missing", "-o", "x"])?;
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ENOENT"),
+        "{error}"
+    );
+    let (_, error) = fails_json(&a_dir, &["fs", "rm", &store, "docs"])?;
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("ENOTEMPTY"),
+        "{error}"
+    );
+    let kv = text(
+        &json(&a_dir, &["store", "create", "--type", "kv", "--name", "kv"])?,
+        "store",
+    )?;
+    let (_, error) = fails_json(&a_dir, &["fs", "put", &kv, "-", "x"])?;
+    assert_eq!(error["code"], "invalid_argument", "{error}");
+    // Removing the tree empties it on both.
+    json(&a_dir, &["fs", "rm", "-r", &store, "docs"])?;
+    eventually("the removal on B", || {
+        Ok(names(&b_dir, &store, "/")?.is_empty())
+    })?;
+    Ok(())
+}
