@@ -117,6 +117,13 @@ HS=$(a --json store create --type kv --name headless-demo | field '["store"]')
 a store headless "$HS" on
 [ "$(a --json store status "$HS" | field '["headless_by_choice"]')" = True ]
 a store headless "$HS" off
+step "fs (a filesystem store without a mount)"
+FS=$(a --json store create --type fs --name files | field '["store"]')
+a fs mkdir -p "$FS" docs
+a fs put "$FS" "$T/video.mp4" docs/report.pdf
+a fs ls "$FS" docs | grep -q report.pdf
+a fs get "$FS" docs/report.pdf -o "$T/copy.pdf"
+cmp "$T/video.mp4" "$T/copy.pdf"
 step "node stop"
 a node stop
 wait "$DAEMON" || true
