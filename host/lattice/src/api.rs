@@ -10,6 +10,7 @@ use lattice_model::StoreId;
 use lattice_node::{NodeError, StoreManager, StoreRecord};
 use lattice_proto::v1::{
     self, blob_service_client::BlobServiceClient, blob_service_server,
+    fs_service_client::FsServiceClient, fs_service_server,
     module_service_client::ModuleServiceClient, module_service_server,
     node_service_client::NodeServiceClient, node_service_server,
     store_service_client::StoreServiceClient, store_service_server,
@@ -30,7 +31,7 @@ const WATCH_QUEUE: usize = 256;
 pub(crate) const CODE_KEY: &str = "lattice-code";
 
 /// A gRPC status with its stable code attached.
-fn coded(code: tonic::Code, stable: &'static str, text: String) -> Status {
+pub(crate) fn coded(code: tonic::Code, stable: &'static str, text: String) -> Status {
     let mut status = Status::new(code, text);
     status.metadata_mut().insert(
         CODE_KEY,
@@ -126,6 +127,7 @@ pub(crate) fn describe_module(
 #[derive(Debug, Clone)]
 pub(crate) struct Api {
     manager: StoreManager,
+    mounts: Arc<lattice_fs::Mounts>,
     stop: Arc<Notify>,
     /// Set to true when the server stops: open streams end with a final status.
     ending: Arc<tokio::sync::watch::Sender<bool>>,
@@ -136,13 +138,32 @@ impl Api {
         &self.manager
     }
 
+    /// The API of `manager`'s node (call within its runtime: mounts run their node work
+    /// there).
     pub(crate) fn new(manager: StoreManager, stop: Arc<Notify>) -> Api {
         let (ending, _) = tokio::sync::watch::channel(false);
+        let mounts = lattice_fs::Mounts::new(
+            manager.clone(),
+            tokio::runtime::Handle::current(),
+            manager.node().dir().root(),
+        );
         Api {
+            mounts: Arc::new(mounts),
             manager,
             stop,
             ending: Arc::new(ending),
         }
+    }
+
+    /// The node's mounts.
+    pub(crate) fn mounts(&self) -> &Arc<lattice_fs::Mounts> {
+        &self.mounts
+    }
+
+    /// Unmounts every mount (the node is stopping).
+    pub(crate) async fn unmount_all(&self) {
+        let mounts = self.mounts.clone();
+        let _ = tokio::task::spawn_blocking(move || mounts.unmount_all()).await;
     }
 
     /// Ends every open stream (watches) with a final `unavailable` status, so a graceful
@@ -827,9 +848,10 @@ pub(crate) async fn serve_on(
                 .max_decoding_message_size(MAX_INSTALL_MESSAGE),
         )
         .add_service(
-            blob_service_server::BlobServiceServer::new(api)
+            blob_service_server::BlobServiceServer::new(api.clone())
                 .max_decoding_message_size(crate::api_blobs::MAX_BLOB_MESSAGE),
         )
+        .add_service(fs_service_server::FsServiceServer::new(api))
         .serve_with_incoming_shutdown(incoming, async move { stop.notified().await })
         .await?;
     if let Some(path) = path {
@@ -845,6 +867,7 @@ pub(crate) struct Client {
     pub(crate) store: StoreServiceClient<tonic::transport::Channel>,
     pub(crate) module: ModuleServiceClient<tonic::transport::Channel>,
     pub(crate) blob: BlobServiceClient<tonic::transport::Channel>,
+    pub(crate) fs: FsServiceClient<tonic::transport::Channel>,
 }
 
 impl Client {
@@ -869,8 +892,9 @@ impl Client {
             store: StoreServiceClient::new(channel.clone())
                 .max_decoding_message_size(MAX_CALL_MESSAGE),
             module: ModuleServiceClient::new(channel.clone()),
-            blob: BlobServiceClient::new(channel)
+            blob: BlobServiceClient::new(channel.clone())
                 .max_decoding_message_size(crate::api_blobs::MAX_BLOB_MESSAGE),
+            fs: FsServiceClient::new(channel),
         })
     }
 }

@@ -195,6 +195,23 @@ pub(crate) enum FsCommand {
         /// Its new path.
         to: String,
     },
+    /// Mount a filesystem store on an empty folder (Linux, FUSE: needs /dev/fuse and
+    /// fusermount3). The daemon serves it until `lattice fs umount` or until it stops;
+    /// without a daemon this command serves it in the foreground until Ctrl-C. Files are
+    /// written to the store when closed or synced; peers' changes show within a second.
+    Mount {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The folder (must exist, and should be empty).
+        dir: PathBuf,
+    },
+    /// Unmount a folder mounted with `lattice fs mount`.
+    Umount {
+        /// The folder.
+        dir: PathBuf,
+    },
+    /// List this node's mounts.
+    Mounts,
     /// Remove a file, or a directory (empty, or everything under it with `-r`).
     Rm {
         /// Store id (or unique prefix).

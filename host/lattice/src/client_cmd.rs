@@ -35,6 +35,7 @@ pub(crate) enum ClientCommand {
 /// A node run in this process for one command, with its API on a private socket.
 struct InProcess {
     manager: StoreManager,
+    api: Api,
     stop: Arc<Notify>,
     server: tokio::task::JoinHandle<anyhow::Result<()>>,
     _socket_dir: tempfile::TempDir,
@@ -59,7 +60,7 @@ impl ClientCommand {
                     | StoreCommand::Rejoin { .. }
                     | StoreCommand::Watch { .. }
             ) | ClientCommand::Cas(CasCommand::Get { local: false, .. } | CasCommand::Pin { .. })
-                | ClientCommand::Fs(FsCommand::Get { .. })
+                | ClientCommand::Fs(FsCommand::Get { .. } | FsCommand::Mount { .. })
         )
     }
 }
@@ -187,11 +188,8 @@ impl Session {
         let path = private.path().join(SOCKET);
         let stop = Arc::new(Notify::new());
         let listener = api::bind(&path)?;
-        let server = tokio::spawn(api::serve_on(
-            Api::new(manager.clone(), Arc::new(Notify::new())),
-            listener,
-            stop.clone(),
-        ));
+        let api = Api::new(manager.clone(), Arc::new(Notify::new()));
+        let server = tokio::spawn(api::serve_on(api.clone(), listener, stop.clone()));
         let client = Client::connect(&path)
             .await
             .context("connecting to the in-process node")?;
@@ -199,6 +197,7 @@ impl Session {
             client,
             embedded: Some(InProcess {
                 manager,
+                api,
                 stop,
                 server,
                 _socket_dir: private,
@@ -208,6 +207,7 @@ impl Session {
 
     async fn close(self) {
         if let Some(p) = self.embedded {
+            p.api.unmount_all().await;
             p.stop.notify_one();
             let _ = p.server.await;
             p.manager.shutdown().await;

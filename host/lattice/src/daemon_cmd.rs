@@ -84,7 +84,8 @@ async fn daemon(args: DaemonArgs, dir: &DataDir, out: &Output) -> anyhow::Result
         _ = terminate.recv() => {}
         _ = api_stop.notified() => {}
     }
-    out.progress("stopping: closing stores…");
+    out.progress("stopping: unmounting, closing stores…");
+    api.unmount_all().await;
     api.end_streams();
     server_stop.notify_one();
     match tokio::time::timeout(STOP_WAIT, server).await {

@@ -295,6 +295,86 @@ pub(crate) async fn run(cmd: FsCommand, mut c: Client, out: &Output) -> anyhow::
             call(c, &store, "rename", json!({ "from": from, "to": to })).await?;
             out.record(&format!("{from} → {to}"), json!({"from": from, "to": to}));
         }
+        FsCommand::Mount { store, dir } => {
+            let dir = dir
+                .canonicalize()
+                .with_context(|| format!("the folder {}", dir.display()))?;
+            let mounted =
+                c.fs.mount(v1::MountRequest {
+                    store: store.clone(),
+                    dir: dir.display().to_string(),
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            let pid = c
+                .node
+                .status(v1::Empty {})
+                .await
+                .map_err(err)?
+                .into_inner()
+                .pid;
+            let foreground = pid == std::process::id();
+            out.record(
+                &format!(
+                    "mounted store {} on {}{}",
+                    mounted.store,
+                    mounted.dir,
+                    if foreground {
+                        " (no daemon runs: served by this command; Ctrl-C unmounts)"
+                    } else {
+                        " (served by the daemon; `lattice fs umount` unmounts)"
+                    }
+                ),
+                json!({"store": mounted.store, "dir": mounted.dir, "foreground": foreground}),
+            );
+            if foreground {
+                tokio::signal::ctrl_c()
+                    .await
+                    .context("waiting for Ctrl-C")?;
+                c.fs.unmount(v1::UnmountRequest {
+                    dir: mounted.dir.clone(),
+                })
+                .await
+                .map_err(err)?;
+                out.record(
+                    &format!("unmounted {}", mounted.dir),
+                    json!({"unmounted": mounted.dir}),
+                );
+            }
+        }
+        FsCommand::Umount { dir } => {
+            let dir = dir.canonicalize().unwrap_or(dir);
+            let info =
+                c.fs.unmount(v1::UnmountRequest {
+                    dir: dir.display().to_string(),
+                })
+                .await
+                .map_err(err)?
+                .into_inner();
+            out.record(
+                &format!("unmounted {} (store {})", info.dir, info.store),
+                json!({"store": info.store, "dir": info.dir}),
+            );
+        }
+        FsCommand::Mounts => {
+            let list = c.fs.mounts(v1::Empty {}).await.map_err(err)?.into_inner();
+            let text = if list.items.is_empty() {
+                "(nothing mounted)".to_string()
+            } else {
+                list.items
+                    .iter()
+                    .map(|m| format!("{}  {}", m.dir, m.store))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            };
+            let items: Vec<Value> = list
+                .items
+                .iter()
+                .map(|m| json!({"store": m.store, "dir": m.dir}))
+                .collect();
+            out.record(&text, json!({ "items": items }));
+        }
         FsCommand::Rm {
             store,
             path,

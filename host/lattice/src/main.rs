@@ -7,6 +7,7 @@
 
 mod api;
 mod api_blobs;
+mod api_fs;
 mod bench;
 mod bench_cas;
 mod bench_daemon;

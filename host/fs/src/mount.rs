@@ -1,0 +1,839 @@
+//! One mounted store: the FUSE filesystem that turns kernel requests into the store's
+//! methods (see the crate docs).
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::fs::File;
+use std::os::unix::fs::{FileExt as _, MetadataExt as _};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fuser::{
+    BackgroundSession, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
+};
+use lattice_model::{Hash, StoreId};
+use lattice_node::{NodeError, StoreManager};
+use serde_json::{Value, json};
+use tokio::runtime::Handle;
+use tracing::{debug, warn};
+
+use crate::error::MountError;
+use crate::inodes::{Inodes, ROOT, join};
+
+/// How long the kernel may keep attributes and lookups (changes from peers show after it).
+const TTL: Duration = Duration::from_secs(1);
+/// Content up to this size travels inside the write; larger content goes into the blobs.
+const INLINE: u64 = 64 << 10;
+
+/// A mounted store and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountInfo {
+    /// The store.
+    pub store: StoreId,
+    /// The folder it is mounted on.
+    pub dir: PathBuf,
+}
+
+/// A store mounted as a folder; unmounted when dropped.
+pub struct FsMount {
+    info: MountInfo,
+    session: Option<BackgroundSession>,
+}
+
+impl std::fmt::Debug for FsMount {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FsMount").field("info", &self.info).finish()
+    }
+}
+
+impl FsMount {
+    /// Mounts filesystem store `store` of the node on `dir` (an existing empty folder),
+    /// keeping open files' unsaved bytes in `spool`. Requests are served on a thread of their
+    /// own; `rt` runs the node's work.
+    ///
+    /// # Errors
+    /// [`MountError::NotFs`] for another store type, [`MountError::Mount`] when FUSE refuses.
+    pub fn start(
+        manager: StoreManager,
+        rt: Handle,
+        store: StoreId,
+        dir: &Path,
+        spool: PathBuf,
+    ) -> Result<FsMount, MountError> {
+        let kind = rt.block_on(manager.describe(&store))?.name;
+        if kind != "fs" {
+            return Err(MountError::NotFs {
+                store: store.short(),
+                kind,
+            });
+        }
+        let mount_error = |reason: String| MountError::Mount {
+            path: dir.to_path_buf(),
+            reason,
+        };
+        std::fs::create_dir_all(&spool).map_err(|e| mount_error(e.to_string()))?;
+        // Entries belong to whoever runs the node: the owner of the spool it just made.
+        let owner = std::fs::metadata(&spool).map_err(|e| mount_error(e.to_string()))?;
+        let fs = Fs {
+            manager,
+            rt,
+            store,
+            uid: owner.uid(),
+            gid: owner.gid(),
+            spool,
+            inodes: Mutex::new(Inodes::new()),
+            files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+        };
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            fuser::MountOption::FSName(format!("lattice-{}", store.short())),
+            fuser::MountOption::Subtype("lattice".into()),
+        ];
+        let session =
+            fuser::spawn_mount(fs, dir, &config).map_err(|e| mount_error(e.to_string()))?;
+        Ok(FsMount {
+            info: MountInfo {
+                store,
+                dir: dir.to_path_buf(),
+            },
+            session: Some(session),
+        })
+    }
+
+    /// What is mounted where.
+    pub fn info(&self) -> &MountInfo {
+        &self.info
+    }
+
+    /// Unmounts and waits for the request thread to end.
+    ///
+    /// # Errors
+    /// [`MountError::Mount`] when the kernel refuses (for example, the folder is busy).
+    pub fn unmount(mut self) -> Result<(), MountError> {
+        match self.session.take() {
+            Some(session) => session.umount_and_join().map_err(|e| MountError::Mount {
+                path: self.info.dir.clone(),
+                reason: format!("unmounting: {e}"),
+            }),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Where an open file's bytes come from until it is written.
+#[derive(Debug, Clone)]
+enum Source {
+    Inline(Vec<u8>),
+    Blob(Hash, u64),
+}
+
+/// An open file.
+struct Open {
+    path: String,
+    ino: u64,
+    source: Source,
+    /// Opened for writing: the file's bytes as this handle writes them.
+    spool: Option<File>,
+    /// Written (or truncated) since the last commit.
+    dirty: bool,
+}
+
+struct Fs {
+    manager: StoreManager,
+    rt: Handle,
+    store: StoreId,
+    uid: u32,
+    gid: u32,
+    spool: PathBuf,
+    inodes: Mutex<Inodes>,
+    files: Mutex<HashMap<u64, Open>>,
+    next_fh: AtomicU64,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// The errno a failed store call answers with: the guest's POSIX name, else `EIO`.
+fn errno_of(e: &NodeError) -> Errno {
+    let text = e.to_string();
+    for (name, errno) in [
+        ("ENOENT", Errno::ENOENT),
+        ("EEXIST", Errno::EEXIST),
+        ("ENOTDIR", Errno::ENOTDIR),
+        ("EISDIR", Errno::EISDIR),
+        ("ENOTEMPTY", Errno::ENOTEMPTY),
+        ("EINVAL", Errno::EINVAL),
+        ("EROFS", Errno::EROFS),
+    ] {
+        if text.contains(&format!("{name}:")) {
+            return errno;
+        }
+    }
+    warn!("a mount request failed: {text}");
+    Errno::EIO
+}
+
+/// Bytes as the store's JSON arguments carry them.
+fn bytes_json(bytes: &[u8]) -> Value {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Value::String(s.to_string()),
+        Err(_) => json!({"hex": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()}),
+    }
+}
+
+/// Bytes from the store's JSON (a string, or `{"hex": …}`).
+fn json_bytes(value: &Value) -> Option<Vec<u8>> {
+    match value {
+        Value::String(s) => Some(s.as_bytes().to_vec()),
+        Value::Object(map) => {
+            let hex = map.get("hex")?.as_str()?;
+            (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect()
+        }
+        _ => None,
+    }
+}
+
+fn name_of(name: &OsStr) -> Result<&str, Errno> {
+    name.to_str().ok_or(Errno::EINVAL)
+}
+
+impl Fs {
+    fn call(&self, method: &str, args: Value) -> Result<Value, Errno> {
+        self.rt
+            .block_on(self.manager.call(&self.store, method, &args))
+            .map_err(|e| errno_of(&e))
+    }
+
+    fn path(&self, ino: INodeNo) -> Result<String, Errno> {
+        lock(&self.inodes).path(ino.0).ok_or(Errno::ENOENT)
+    }
+
+    fn stat(&self, path: &str) -> Result<Value, Errno> {
+        self.call("stat", json!({ "path": path }))
+    }
+
+    /// The attributes of `path` as `stat` described it, with the size an open dirty handle
+    /// holds.
+    fn attr(&self, path: &str, stat: &Value) -> FileAttr {
+        let ino = lock(&self.inodes).number(path);
+        let kind = match stat["kind"].as_str() {
+            Some("dir") => FileType::Directory,
+            Some("symlink") => FileType::Symlink,
+            _ => FileType::RegularFile,
+        };
+        let mut size = stat["size"].as_u64().unwrap_or(0);
+        for open in lock(&self.files).values() {
+            if open.ino == ino
+                && open.dirty
+                && let Some(spool) = &open.spool
+            {
+                size = spool.metadata().map_or(size, |m| m.len());
+            }
+        }
+        let mtime = UNIX_EPOCH + Duration::from_millis(stat["mtime_ms"].as_u64().unwrap_or(0));
+        FileAttr {
+            ino: INodeNo(ino),
+            size,
+            blocks: size.div_ceil(512),
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
+            kind,
+            perm: stat["mode"].as_u64().unwrap_or(0o644) as u16,
+            nlink: if kind == FileType::Directory { 2 } else { 1 },
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: 4096,
+            flags: 0,
+        }
+    }
+
+    fn lookup_path(&self, path: &str) -> Result<FileAttr, Errno> {
+        let stat = self.stat(path)?;
+        Ok(self.attr(path, &stat))
+    }
+
+    /// The content source `stat` names (inline content is read now: at most 64 KiB).
+    fn source(&self, path: &str, stat: &Value) -> Result<Source, Errno> {
+        if let Some(hex) = stat["blob"].as_str() {
+            let hash = Hash::from_hex(hex).map_err(|_| Errno::EIO)?;
+            return Ok(Source::Blob(hash, stat["size"].as_u64().unwrap_or(0)));
+        }
+        let read = self.call("read", json!({ "path": path }))?;
+        Ok(Source::Inline(json_bytes(&read["data"]).ok_or(Errno::EIO)?))
+    }
+
+    /// Bytes `offset..offset + size` of `source` (blobs fetched from the store's peers when
+    /// not here).
+    fn read_source(&self, source: &Source, offset: u64, size: u32) -> Result<Vec<u8>, Errno> {
+        match source {
+            Source::Inline(bytes) => {
+                let start = (offset as usize).min(bytes.len());
+                let end = (start + size as usize).min(bytes.len());
+                Ok(bytes[start..end].to_vec())
+            }
+            Source::Blob(hash, total) => {
+                let end = (offset + u64::from(size)).min(*total);
+                if offset >= end {
+                    return Ok(Vec::new());
+                }
+                self.rt
+                    .block_on(async {
+                        self.manager.fetch_blob(&self.store, hash).await?;
+                        let out = SharedBuf::default();
+                        self.manager
+                            .read_blob(&self.store, hash, offset..end, out.clone())
+                            .await?;
+                        Ok::<_, NodeError>(out.take())
+                    })
+                    .map_err(|e| errno_of(&e))
+            }
+        }
+    }
+
+    /// A spool file holding `source`'s bytes (empty with `truncate`).
+    fn spool_of(&self, source: &Source, truncate: bool) -> Result<File, Errno> {
+        let file = tempfile::tempfile_in(&self.spool).map_err(|_| Errno::EIO)?;
+        if !truncate {
+            let total = match source {
+                Source::Inline(bytes) => bytes.len() as u64,
+                Source::Blob(_, size) => *size,
+            };
+            let mut at = 0;
+            while at < total {
+                let part = self.read_source(source, at, 4 << 20)?;
+                if part.is_empty() {
+                    return Err(Errno::EIO);
+                }
+                file.write_all_at(&part, at).map_err(|_| Errno::EIO)?;
+                at += part.len() as u64;
+            }
+        }
+        Ok(file)
+    }
+
+    /// Writes handle `fh`'s bytes to the store when they changed: one write of the store.
+    fn commit(&self, fh: u64) -> Result<(), Errno> {
+        let (path, file) = {
+            let files = lock(&self.files);
+            let Some(open) = files.get(&fh) else {
+                return Ok(());
+            };
+            match (&open.spool, open.dirty) {
+                (Some(spool), true) => (
+                    open.path.clone(),
+                    spool.try_clone().map_err(|_| Errno::EIO)?,
+                ),
+                _ => return Ok(()),
+            }
+        };
+        let size = file.metadata().map_err(|_| Errno::EIO)?.len();
+        let source = if size <= INLINE {
+            let mut bytes = vec![0; size as usize];
+            file.read_exact_at(&mut bytes, 0).map_err(|_| Errno::EIO)?;
+            self.call("write", json!({ "path": path, "data": bytes_json(&bytes) }))?;
+            Source::Inline(bytes)
+        } else {
+            let reader = ReadFrom { file, at: 0 };
+            let blob = self
+                .rt
+                .block_on(self.manager.put_blob(&self.store, reader))
+                .map_err(|e| errno_of(&e))?;
+            self.call(
+                "write",
+                json!({ "path": path, "blob": blob.hash.to_string(), "size": blob.size }),
+            )?;
+            Source::Blob(blob.hash, blob.size)
+        };
+        if let Some(open) = lock(&self.files).get_mut(&fh) {
+            open.dirty = false;
+            open.source = source;
+        }
+        debug!(path, size, "committed a file");
+        Ok(())
+    }
+
+    fn new_handle(&self, open: Open) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(fh, open);
+        fh
+    }
+
+    fn open_file(&self, ino: INodeNo, flags: i32, created: bool) -> Result<u64, Errno> {
+        let path = self.path(ino)?;
+        let (source, writable) = if created {
+            (Source::Inline(Vec::new()), true)
+        } else {
+            let stat = self.stat(&path)?;
+            if stat["kind"] == "dir" {
+                return Err(Errno::EISDIR);
+            }
+            if stat["conflict_copy"] == true && flags & libc::O_ACCMODE != libc::O_RDONLY {
+                return Err(Errno::EROFS);
+            }
+            (
+                self.source(&path, &stat)?,
+                flags & libc::O_ACCMODE != libc::O_RDONLY,
+            )
+        };
+        let truncate = flags & libc::O_TRUNC != 0;
+        let spool = if writable {
+            Some(self.spool_of(&source, truncate || created)?)
+        } else {
+            None
+        };
+        Ok(self.new_handle(Open {
+            path,
+            ino: ino.0,
+            source,
+            spool,
+            dirty: truncate && !created,
+        }))
+    }
+}
+
+/// A `Write` into a buffer the caller keeps a handle to.
+#[derive(Clone, Default)]
+struct SharedBuf(std::sync::Arc<Mutex<Vec<u8>>>);
+
+impl SharedBuf {
+    fn take(&self) -> Vec<u8> {
+        std::mem::take(&mut *lock(&self.0))
+    }
+}
+
+impl std::io::Write for SharedBuf {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        lock(&self.0).extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A `Read` over a file from a position (its own cursor, so clones do not interfere).
+struct ReadFrom {
+    file: File,
+    at: u64,
+}
+
+impl std::io::Read for ReadFrom {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.file.read_at(buf, self.at)?;
+        self.at += n as u64;
+        Ok(n)
+    }
+}
+
+impl Filesystem for Fs {
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let found = (|| {
+            let path = join(&self.path(parent)?, name_of(name)?);
+            self.lookup_path(&path)
+        })();
+        match found {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
+        match self.path(ino).and_then(|p| self.lookup_path(&p)) {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<TimeOrNow>,
+        _mtime: Option<TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let done = (|| {
+            let path = self.path(ino)?;
+            if let Some(mode) = mode {
+                self.call("chmod", json!({ "path": path, "mode": mode & 0o7777 }))?;
+            }
+            if let Some(size) = size {
+                // Through the open handle when there is one; else a handle of our own.
+                let (fh, own) = match fh {
+                    Some(fh)
+                        if lock(&self.files)
+                            .get(&fh.0)
+                            .is_some_and(|o| o.spool.is_some()) =>
+                    {
+                        (fh.0, false)
+                    }
+                    _ => (self.open_file(ino, libc::O_RDWR, false)?, true),
+                };
+                if let Some(open) = lock(&self.files).get_mut(&fh)
+                    && let Some(spool) = &open.spool
+                {
+                    spool.set_len(size).map_err(|_| Errno::EIO)?;
+                    open.dirty = true;
+                }
+                if own {
+                    let committed = self.commit(fh);
+                    lock(&self.files).remove(&fh);
+                    committed?;
+                }
+            }
+            self.lookup_path(&path)
+        })();
+        match done {
+            Ok(attr) => reply.attr(&TTL, &attr),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        let target = self
+            .path(ino)
+            .and_then(|path| self.call("readlink", json!({ "path": path })))
+            .and_then(|v| json_bytes(&v["target"]).ok_or(Errno::EIO));
+        match target {
+            Ok(target) => reply.data(&target),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn mkdir(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let made = (|| {
+            let path = join(&self.path(parent)?, name_of(name)?);
+            self.call(
+                "mkdir",
+                json!({ "path": path, "mode": mode & !umask & 0o7777 }),
+            )?;
+            self.lookup_path(&path)
+        })();
+        match made {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let done = (|| {
+            let path = join(&self.path(parent)?, name_of(name)?);
+            self.call("unlink", json!({ "path": path }))?;
+            lock(&self.inodes).forget_path(&path);
+            Ok(())
+        })();
+        match done {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let done = (|| {
+            let path = join(&self.path(parent)?, name_of(name)?);
+            self.call("rmdir", json!({ "path": path }))?;
+            lock(&self.inodes).forget_path(&path);
+            Ok(())
+        })();
+        match done {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        link_name: &OsStr,
+        target: &Path,
+        reply: ReplyEntry,
+    ) {
+        let made = (|| {
+            let path = join(&self.path(parent)?, name_of(link_name)?);
+            let target = target.to_str().ok_or(Errno::EINVAL)?;
+            self.call("symlink", json!({ "path": path, "target": target }))?;
+            self.lookup_path(&path)
+        })();
+        match made {
+            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn rename(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let done = (|| {
+            let from = join(&self.path(parent)?, name_of(name)?);
+            let to = join(&self.path(newparent)?, name_of(newname)?);
+            if flags.contains(RenameFlags::RENAME_EXCHANGE) {
+                return Err(Errno::EINVAL);
+            }
+            if flags.contains(RenameFlags::RENAME_NOREPLACE) && self.stat(&to).is_ok() {
+                return Err(Errno::EEXIST);
+            }
+            self.call("rename", json!({ "from": from, "to": to }))?;
+            lock(&self.inodes).rename(&from, &to);
+            for open in lock(&self.files).values_mut() {
+                if open.path == from {
+                    open.path.clone_from(&to);
+                } else if let Some(rest) = open.path.strip_prefix(&format!("{from}/")) {
+                    open.path = format!("{to}/{rest}");
+                }
+            }
+            Ok(())
+        })();
+        match done {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        match self.open_file(ino, flags.0, false) {
+            Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn create(
+        &self,
+        _req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: ReplyCreate,
+    ) {
+        let made = (|| {
+            let path = join(&self.path(parent)?, name_of(name)?);
+            self.call(
+                "write",
+                json!({ "path": path, "data": "", "mode": mode & !umask & 0o7777 }),
+            )?;
+            let attr = self.lookup_path(&path)?;
+            let fh = self.open_file(attr.ino, flags, true)?;
+            Ok((attr, fh))
+        })();
+        match made {
+            Ok((attr, fh)) => reply.created(
+                &TTL,
+                &attr,
+                Generation(0),
+                FileHandle(fh),
+                FopenFlags::empty(),
+            ),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let got = (|| {
+            let (spool, source) = {
+                let files = lock(&self.files);
+                let open = files.get(&fh.0).ok_or(Errno::EBADF)?;
+                let spool = match &open.spool {
+                    Some(s) => Some(s.try_clone().map_err(|_| Errno::EIO)?),
+                    None => None,
+                };
+                (spool, open.source.clone())
+            };
+            match spool {
+                Some(file) => {
+                    let mut buf = vec![0; size as usize];
+                    let n = file.read_at(&mut buf, offset).map_err(|_| Errno::EIO)?;
+                    buf.truncate(n);
+                    Ok(buf)
+                }
+                None => self.read_source(&source, offset, size),
+            }
+        })();
+        match got {
+            Ok(data) => reply.data(&data),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyWrite,
+    ) {
+        let mut files = lock(&self.files);
+        let Some(open) = files.get_mut(&fh.0) else {
+            return reply.error(Errno::EBADF);
+        };
+        let Some(spool) = &open.spool else {
+            return reply.error(Errno::EBADF);
+        };
+        match spool.write_all_at(data, offset) {
+            Ok(()) => {
+                open.dirty = true;
+                reply.written(data.len() as u32);
+            }
+            Err(_) => reply.error(Errno::EIO),
+        }
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        match self.commit(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let committed = self.commit(fh.0);
+        lock(&self.files).remove(&fh.0);
+        match committed {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        match self.commit(fh.0) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let listed = (|| {
+            let path = self.path(ino)?;
+            let items = self.call("readdir", json!({ "path": path }))?;
+            let mut entries = vec![
+                (ino.0, FileType::Directory, ".".to_string()),
+                (ROOT, FileType::Directory, "..".to_string()),
+            ];
+            for item in items["items"].as_array().into_iter().flatten() {
+                let name = item["name"].as_str().unwrap_or_default().to_string();
+                let kind = match item["kind"].as_str() {
+                    Some("dir") => FileType::Directory,
+                    Some("symlink") => FileType::Symlink,
+                    _ => FileType::RegularFile,
+                };
+                let child = lock(&self.inodes).number(&join(&path, &name));
+                entries.push((child, kind, name));
+            }
+            Ok(entries)
+        })();
+        match listed {
+            Ok(entries) => {
+                for (i, (child, kind, name)) in
+                    entries.into_iter().enumerate().skip(offset as usize)
+                {
+                    if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                        break;
+                    }
+                }
+                reply.ok();
+            }
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn fsyncdir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        // Every store write is durable when it returns.
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let free = 1 << 30;
+        reply.statfs(1 << 31, free, free, 1 << 20, 1 << 19, 4096, 255, 4096);
+    }
+}
