@@ -24,8 +24,11 @@ use tracing::{debug, warn};
 use crate::error::MountError;
 use crate::inodes::{Inodes, ROOT, join};
 
-/// How long the kernel may keep attributes and lookups (changes from peers show after it).
+/// How long the kernel may keep a name's lookup (a peer's rename shows after it).
 const TTL: Duration = Duration::from_secs(1);
+/// How long the kernel may keep attributes: not at all, so a file written on close (here or
+/// by a peer) never shows its old size or time to the next `stat`.
+const ATTR_TTL: Duration = Duration::ZERO;
 /// Content up to this size travels inside the write; larger content goes into the blobs.
 const INLINE: u64 = 64 << 10;
 
@@ -445,14 +448,14 @@ impl Filesystem for Fs {
             self.lookup_path(&path)
         })();
         match found {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(attr) => reply.entry_with_ttls(&ATTR_TTL, &TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.path(ino).and_then(|p| self.lookup_path(&p)) {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&ATTR_TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -507,7 +510,7 @@ impl Filesystem for Fs {
             self.lookup_path(&path)
         })();
         match done {
-            Ok(attr) => reply.attr(&TTL, &attr),
+            Ok(attr) => reply.attr(&ATTR_TTL, &attr),
             Err(e) => reply.error(e),
         }
     }
@@ -541,7 +544,7 @@ impl Filesystem for Fs {
             self.lookup_path(&path)
         })();
         match made {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(attr) => reply.entry_with_ttls(&ATTR_TTL, &TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -587,7 +590,7 @@ impl Filesystem for Fs {
             self.lookup_path(&path)
         })();
         match made {
-            Ok(attr) => reply.entry(&TTL, &attr, Generation(0)),
+            Ok(attr) => reply.entry_with_ttls(&ATTR_TTL, &TTL, &attr, Generation(0)),
             Err(e) => reply.error(e),
         }
     }
@@ -657,7 +660,7 @@ impl Filesystem for Fs {
         })();
         match made {
             Ok((attr, fh)) => reply.created(
-                &TTL,
+                &ATTR_TTL,
                 &attr,
                 Generation(0),
                 FileHandle(fh),
