@@ -124,6 +124,17 @@ a fs put "$FS" "$T/video.mp4" docs/report.pdf
 a fs ls "$FS" docs | grep -q report.pdf
 a fs get "$FS" docs/report.pdf -o "$T/copy.pdf"
 cmp "$T/video.mp4" "$T/copy.pdf"
+if [ -e /dev/fuse ] && command -v fusermount3 > /dev/null; then
+  step "fs mount / umount"
+  mkdir "$T/Files"
+  a fs mount "$FS" "$T/Files"
+  cmp "$T/video.mp4" "$T/Files/docs/report.pdf"
+  echo saved > "$T/Files/docs/note.txt"
+  [ "$(a fs get "$FS" docs/note.txt)" = saved ]
+  a fs umount "$T/Files"
+else
+  echo "(fs mount skipped: no /dev/fuse or fusermount3 here)"
+fi
 step "node stop"
 a node stop
 wait "$DAEMON" || true
