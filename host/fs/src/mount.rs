@@ -82,6 +82,7 @@ impl FsMount {
         // Entries belong to whoever runs the node: the owner of the spool it just made.
         let owner = std::fs::metadata(&spool).map_err(|e| mount_error(e.to_string()))?;
         let fs = Fs {
+            cas: manager.node().cas().cloned(),
             manager,
             rt,
             store,
@@ -144,10 +145,15 @@ struct Open {
     spool: Option<File>,
     /// Written (or truncated) since the last commit.
     dirty: bool,
+    /// Created through the mount and not yet written to the store: it exists only here
+    /// until its first commit (so a new file costs one store write, not two).
+    pending: Option<u32>,
 }
 
 struct Fs {
     manager: StoreManager,
+    /// The node's blob store: reads of large files go straight to it.
+    cas: Option<std::sync::Arc<lattice_cas::Cas>>,
     rt: Handle,
     store: StoreId,
     uid: u32,
@@ -263,8 +269,46 @@ impl Fs {
     }
 
     fn lookup_path(&self, path: &str) -> Result<FileAttr, Errno> {
+        if let Some(attr) = self.pending_attr(path) {
+            return Ok(attr);
+        }
         let stat = self.stat(path)?;
         Ok(self.attr(path, &stat))
+    }
+
+    /// The attributes of a file created through the mount and not written to the store yet.
+    fn pending_attr(&self, path: &str) -> Option<FileAttr> {
+        let (mode, size) = {
+            let files = lock(&self.files);
+            let open = files
+                .values()
+                .find(|o| o.pending.is_some() && o.path == path)?;
+            let size = open
+                .spool
+                .as_ref()
+                .and_then(|s| s.metadata().ok())
+                .map_or(0, |m| m.len());
+            (open.pending.unwrap_or(0o644), size)
+        };
+        let mtime = SystemTime::now();
+        let stat = json!({"kind": "file", "size": size, "mode": mode,
+            "mtime_ms": mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)});
+        Some(self.attr(path, &stat))
+    }
+
+    /// Writes every file created through the mount under `path` (or at it) that is not in
+    /// the store yet, so a rename or removal finds it there.
+    fn materialize(&self, path: &str) -> Result<(), Errno> {
+        let prefix = format!("{path}/");
+        let pending: Vec<u64> = lock(&self.files)
+            .iter()
+            .filter(|(_, o)| o.pending.is_some() && (o.path == path || o.path.starts_with(&prefix)))
+            .map(|(fh, _)| *fh)
+            .collect();
+        for fh in pending {
+            self.commit(fh)?;
+        }
+        Ok(())
     }
 
     /// The content source `stat` names (inline content is read now: at most 64 KiB).
@@ -291,16 +335,23 @@ impl Fs {
                 if offset >= end {
                     return Ok(Vec::new());
                 }
-                self.rt
-                    .block_on(async {
-                        self.manager.fetch_blob(&self.store, hash).await?;
-                        let out = SharedBuf::default();
-                        self.manager
-                            .read_blob(&self.store, hash, offset..end, out.clone())
-                            .await?;
-                        Ok::<_, NodeError>(out.take())
-                    })
-                    .map_err(|e| errno_of(&e))
+                let cas = self.cas.as_ref().ok_or(Errno::EIO)?;
+                let held = cas
+                    .stat(&self.store, hash)
+                    .map_err(|_| Errno::EIO)?
+                    .is_some();
+                if !held {
+                    self.rt
+                        .block_on(self.manager.fetch_blob(&self.store, hash))
+                        .map_err(|e| errno_of(&e))?;
+                }
+                let mut out = Vec::with_capacity((end - offset) as usize);
+                cas.read(&self.store, hash, offset..end, &mut out)
+                    .map_err(|e| {
+                        warn!("reading a blob for the mount failed: {e}");
+                        Errno::EIO
+                    })?;
+                Ok(out)
             }
         }
     }
@@ -328,7 +379,7 @@ impl Fs {
 
     /// Writes handle `fh`'s bytes to the store when they changed: one write of the store.
     fn commit(&self, fh: u64) -> Result<(), Errno> {
-        let (path, file) = {
+        let (path, file, mode) = {
             let files = lock(&self.files);
             let Some(open) = files.get(&fh) else {
                 return Ok(());
@@ -337,15 +388,25 @@ impl Fs {
                 (Some(spool), true) => (
                     open.path.clone(),
                     spool.try_clone().map_err(|_| Errno::EIO)?,
+                    open.pending,
                 ),
                 _ => return Ok(()),
             }
+        };
+        let with_mode = |mut args: Value| {
+            if let Some(mode) = mode {
+                args["mode"] = json!(mode);
+            }
+            args
         };
         let size = file.metadata().map_err(|_| Errno::EIO)?.len();
         let source = if size <= INLINE {
             let mut bytes = vec![0; size as usize];
             file.read_exact_at(&mut bytes, 0).map_err(|_| Errno::EIO)?;
-            self.call("write", json!({ "path": path, "data": bytes_json(&bytes) }))?;
+            self.call(
+                "write",
+                with_mode(json!({ "path": path, "data": bytes_json(&bytes) })),
+            )?;
             Source::Inline(bytes)
         } else {
             let reader = ReadFrom { file, at: 0 };
@@ -355,12 +416,15 @@ impl Fs {
                 .map_err(|e| errno_of(&e))?;
             self.call(
                 "write",
-                json!({ "path": path, "blob": blob.hash.to_string(), "size": blob.size }),
+                with_mode(
+                    json!({ "path": path, "blob": blob.hash.to_string(), "size": blob.size }),
+                ),
             )?;
             Source::Blob(blob.hash, blob.size)
         };
         if let Some(open) = lock(&self.files).get_mut(&fh) {
             open.dirty = false;
+            open.pending = None;
             open.source = source;
         }
         debug!(path, size, "committed a file");
@@ -373,26 +437,22 @@ impl Fs {
         fh
     }
 
-    fn open_file(&self, ino: INodeNo, flags: i32, created: bool) -> Result<u64, Errno> {
+    fn open_file(&self, ino: INodeNo, flags: i32) -> Result<u64, Errno> {
         let path = self.path(ino)?;
-        let (source, writable) = if created {
-            (Source::Inline(Vec::new()), true)
-        } else {
-            let stat = self.stat(&path)?;
-            if stat["kind"] == "dir" {
-                return Err(Errno::EISDIR);
-            }
-            if stat["conflict_copy"] == true && flags & libc::O_ACCMODE != libc::O_RDONLY {
-                return Err(Errno::EROFS);
-            }
-            (
-                self.source(&path, &stat)?,
-                flags & libc::O_ACCMODE != libc::O_RDONLY,
-            )
-        };
+        // A file created through the mount and still open elsewhere: into the store first.
+        self.materialize(&path)?;
+        let stat = self.stat(&path)?;
+        if stat["kind"] == "dir" {
+            return Err(Errno::EISDIR);
+        }
+        let writable = flags & libc::O_ACCMODE != libc::O_RDONLY;
+        if stat["conflict_copy"] == true && writable {
+            return Err(Errno::EROFS);
+        }
+        let source = self.source(&path, &stat)?;
         let truncate = flags & libc::O_TRUNC != 0;
         let spool = if writable {
-            Some(self.spool_of(&source, truncate || created)?)
+            Some(self.spool_of(&source, truncate)?)
         } else {
             None
         };
@@ -401,29 +461,9 @@ impl Fs {
             ino: ino.0,
             source,
             spool,
-            dirty: truncate && !created,
+            dirty: truncate,
+            pending: None,
         }))
-    }
-}
-
-/// A `Write` into a buffer the caller keeps a handle to.
-#[derive(Clone, Default)]
-struct SharedBuf(std::sync::Arc<Mutex<Vec<u8>>>);
-
-impl SharedBuf {
-    fn take(&self) -> Vec<u8> {
-        std::mem::take(&mut *lock(&self.0))
-    }
-}
-
-impl std::io::Write for SharedBuf {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        lock(&self.0).extend_from_slice(data);
-        Ok(data.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
     }
 }
 
@@ -480,6 +520,7 @@ impl Filesystem for Fs {
     ) {
         let done = (|| {
             let path = self.path(ino)?;
+            self.materialize(&path)?;
             if let Some(mode) = mode {
                 self.call("chmod", json!({ "path": path, "mode": mode & 0o7777 }))?;
             }
@@ -493,7 +534,7 @@ impl Filesystem for Fs {
                     {
                         (fh.0, false)
                     }
-                    _ => (self.open_file(ino, libc::O_RDWR, false)?, true),
+                    _ => (self.open_file(ino, libc::O_RDWR)?, true),
                 };
                 if let Some(open) = lock(&self.files).get_mut(&fh)
                     && let Some(spool) = &open.spool
@@ -552,6 +593,7 @@ impl Filesystem for Fs {
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
         let done = (|| {
             let path = join(&self.path(parent)?, name_of(name)?);
+            self.materialize(&path)?;
             self.call("unlink", json!({ "path": path }))?;
             lock(&self.inodes).forget_path(&path);
             Ok(())
@@ -608,6 +650,7 @@ impl Filesystem for Fs {
         let done = (|| {
             let from = join(&self.path(parent)?, name_of(name)?);
             let to = join(&self.path(newparent)?, name_of(newname)?);
+            self.materialize(&from)?;
             if flags.contains(RenameFlags::RENAME_EXCHANGE) {
                 return Err(Errno::EINVAL);
             }
@@ -632,7 +675,7 @@ impl Filesystem for Fs {
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        match self.open_file(ino, flags.0, false) {
+        match self.open_file(ino, flags.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::empty()),
             Err(e) => reply.error(e),
         }
@@ -650,12 +693,21 @@ impl Filesystem for Fs {
     ) {
         let made = (|| {
             let path = join(&self.path(parent)?, name_of(name)?);
-            self.call(
-                "write",
-                json!({ "path": path, "data": "", "mode": mode & !umask & 0o7777 }),
-            )?;
-            let attr = self.lookup_path(&path)?;
-            let fh = self.open_file(attr.ino, flags, true)?;
+            if self.pending_attr(&path).is_some() || self.stat(&path).is_ok() {
+                return Err(Errno::EEXIST);
+            }
+            let ino = lock(&self.inodes).number(&path);
+            let spool = tempfile::tempfile_in(&self.spool).map_err(|_| Errno::EIO)?;
+            let fh = self.new_handle(Open {
+                path: path.clone(),
+                ino,
+                source: Source::Inline(Vec::new()),
+                spool: Some(spool),
+                dirty: true,
+                pending: Some(mode & !umask & 0o7777),
+            });
+            let _ = flags;
+            let attr = self.pending_attr(&path).ok_or(Errno::EIO)?;
             Ok((attr, fh))
         })();
         match made {

@@ -24,13 +24,13 @@ const MIB: u64 = 1024 * 1024;
 const SMALL_INFLIGHT: usize = 32;
 
 /// `size` bytes of a cheap pseudo-random pattern (xorshift), produced as they are read.
-struct Pattern {
+pub(crate) struct Pattern {
     left: u64,
     state: u64,
 }
 
 impl Pattern {
-    fn new(size: u64, seed: u64) -> Pattern {
+    pub(crate) fn new(size: u64, seed: u64) -> Pattern {
         Pattern {
             left: size,
             state: seed | 1,

@@ -205,15 +205,24 @@ pub(crate) async fn invite_and_join(
 
 /// Creates a kv store named `name` through the API; returns its id.
 pub(crate) async fn create(client: &mut Client, name: &str) -> anyhow::Result<String> {
+    create_typed(client, "kv", name).await
+}
+
+/// Creates a store of type `store_type` named `name` through the API; returns its id.
+pub(crate) async fn create_typed(
+    client: &mut Client,
+    store_type: &str,
+    name: &str,
+) -> anyhow::Result<String> {
     Ok(client
         .store
         .create(v1::CreateRequest {
-            store_type: "kv".into(),
+            store_type: store_type.into(),
             name: name.into(),
             parent: String::new(),
         })
         .await
-        .context("creating a kv store")?
+        .with_context(|| format!("creating a {store_type} store"))?
         .into_inner()
         .id)
 }

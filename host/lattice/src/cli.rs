@@ -541,6 +541,23 @@ pub(crate) enum BenchCommand {
     /// interrupted at half and resumed), many small ones, against a plain stream copy of the
     /// same bytes. Prints one JSON object with --json.
     Cas(BenchCasArgs),
+    /// File sync through FUSE mounts on two daemons (Linux): a big file written and read
+    /// sequentially, many small files created, next to the same on the local disk, and how
+    /// soon the last small file is readable through the other node's mount.
+    Fs(BenchFsArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchFsArgs {
+    /// Size of the big file, in MiB.
+    #[arg(long, default_value_t = 1024, value_parser = clap::value_parser!(u64).range(1..=65_536))]
+    pub(crate) big_mib: u64,
+    /// Small files created.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub(crate) small: u64,
+    /// Size of each small file, in KiB.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
+    pub(crate) small_kib: u64,
 }
 
 #[derive(Debug, Args)]

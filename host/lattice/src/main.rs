@@ -11,6 +11,7 @@ mod api_fs;
 mod bench;
 mod bench_cas;
 mod bench_daemon;
+mod bench_fs;
 mod bench_prune;
 mod bench_store;
 mod bench_sync;
@@ -100,6 +101,7 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
         cli::Command::Bench(cli::BenchCommand::Daemon(args)) => bench_daemon::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Prune(args)) => bench_prune::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Cas(args)) => bench_cas::run(args, out),
+        cli::Command::Bench(cli::BenchCommand::Fs(args)) => bench_fs::run(args, out),
         cli::Command::Log(cmd) => log_cmd::run(cmd, &data_dir, out),
         cli::Command::Store(cli::StoreCommand::Rebuild { store }) => {
             rebuild(&data_dir, &store, out)

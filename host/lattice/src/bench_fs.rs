@@ -1,0 +1,209 @@
+//! `lattice bench fs`: file sync through FUSE mounts on two real daemons on loopback. A big
+//! file written then read sequentially through node A's mount, many small files created
+//! there, the same on the local disk in the same run, and the time until the last small file
+//! is readable through node B's mount.
+
+use std::io::{Read as _, Write as _};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use lattice_proto::v1;
+use serde_json::json;
+
+use crate::bench_cas::Pattern;
+use crate::bench_daemon::{Daemon, create_typed, invite_and_join};
+use crate::cli::BenchFsArgs;
+use crate::output::Output;
+
+const MIB: u64 = 1024 * 1024;
+
+pub(crate) fn run(args: BenchFsArgs, out: &Output) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(bench(args, out))
+}
+
+fn mb_per_s(bytes: u64, seconds: f64) -> f64 {
+    bytes as f64 / 1e6 / seconds.max(1e-9)
+}
+
+/// Drops the page cache when allowed (root), so reads come from the disk, not memory, on
+/// both sides. Returns whether it could.
+fn drop_caches() -> bool {
+    nix_sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn nix_sync() {
+    let _ = std::process::Command::new("sync").status();
+}
+
+/// Seconds to write `size` bytes of the pattern to `path` in 1 MiB writes, durable on close
+/// (`sync` for the local disk: a mount's close is durable in the store).
+fn write_big(path: &Path, size: u64, local: bool) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut pattern = Pattern::new(size, 7);
+    let mut buf = vec![0u8; MIB as usize];
+    loop {
+        let n = pattern.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        file.write_all(&buf[..n])?;
+    }
+    if local {
+        file.sync_all()?;
+    }
+    drop(file);
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Seconds to read `path` whole in 1 MiB reads; fails unless `size` bytes came.
+fn read_big(path: &Path, size: u64) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; MIB as usize];
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    if total != size {
+        bail!("read {total} bytes of {}, not {size}", path.display());
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Seconds to create `count` files of `size` bytes in `dir` (each closed before the next).
+fn write_small(dir: &Path, count: u64, size: u64, local: bool) -> anyhow::Result<f64> {
+    std::fs::create_dir_all(dir)?;
+    let data = vec![b'x'; size as usize];
+    let start = Instant::now();
+    for i in 0..count {
+        let mut file = std::fs::File::create(dir.join(format!("f{i}")))?;
+        file.write_all(&data)?;
+        if local {
+            file.sync_all()?;
+        }
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+async fn mount(daemon: &mut Daemon, store: &str, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    daemon
+        .client
+        .fs
+        .mount(v1::MountRequest {
+            store: store.to_string(),
+            dir: dir.display().to_string(),
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "mounting on {} (needs /dev/fuse and fusermount3)",
+                dir.display()
+            )
+        })?;
+    Ok(())
+}
+
+async fn bench(args: BenchFsArgs, out: &Output) -> anyhow::Result<()> {
+    let tmp = tempfile::tempdir()?;
+    let big = args.big_mib * MIB;
+    let small_size = args.small_kib * 1024;
+    out.progress(&format!(
+        "lattice bench fs: a {} MiB file and {} × {} KiB files through a FUSE mount of two daemons, and on the local disk",
+        args.big_mib, args.small, args.small_kib
+    ));
+    let mut a = Daemon::start(&tmp.path().join("a")).await?;
+    let mut b = Daemon::start(&tmp.path().join("b")).await?;
+    let store = create_typed(&mut a.client, "fs", "bench").await?;
+    invite_and_join(&mut a, &mut b, &store).await?;
+    let (a_mnt, b_mnt) = (tmp.path().join("a-mnt"), tmp.path().join("b-mnt"));
+    mount(&mut a, &store, &a_mnt).await?;
+    mount(&mut b, &store, &b_mnt).await?;
+    let local = tmp.path().join("local");
+    std::fs::create_dir_all(&local)?;
+
+    let figures = tokio::task::spawn_blocking(move || -> anyhow::Result<serde_json::Value> {
+        let cold = drop_caches();
+        let local_write = write_big(&local.join("big"), big, true)?;
+        drop_caches();
+        let local_read = read_big(&local.join("big"), big)?;
+        let write = write_big(&a_mnt.join("big"), big, false)?;
+        drop_caches();
+        let read = read_big(&a_mnt.join("big"), big)?;
+        let local_small = write_small(&local.join("small"), args.small, small_size, true)?;
+        let small = write_small(&a_mnt.join("small"), args.small, small_size, false)?;
+        let closed = Instant::now();
+        let last = b_mnt.join(format!("small/f{}", args.small - 1));
+        let deadline = closed + Duration::from_secs(120);
+        loop {
+            if std::fs::read(&last).is_ok_and(|d| d.len() as u64 == small_size) {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("the last small file did not show on the other node within 120 s");
+            }
+        }
+        let visible = closed.elapsed().as_secs_f64();
+        Ok(json!({
+            "big_bytes": big,
+            "write_mb_per_s": mb_per_s(big, write),
+            "read_mb_per_s": mb_per_s(big, read),
+            "local_write_mb_per_s": mb_per_s(big, local_write),
+            "local_read_mb_per_s": mb_per_s(big, local_read),
+            "small_count": args.small,
+            "small_bytes": small_size,
+            "small_files_per_s": args.small as f64 / small.max(1e-9),
+            "local_small_files_per_s": args.small as f64 / local_small.max(1e-9),
+            "visible_on_peer_s": visible,
+            "cold_reads": cold,
+        }))
+    })
+    .await??;
+    for (daemon, mnt) in [(&mut a, "a-mnt"), (&mut b, "b-mnt")] {
+        daemon
+            .client
+            .fs
+            .unmount(v1::UnmountRequest {
+                dir: tmp.path().join(mnt).display().to_string(),
+            })
+            .await
+            .context("unmounting")?;
+    }
+    a.stop().await?;
+    b.stop().await?;
+    let f = |k: &str| figures[k].as_f64().unwrap_or(0.0);
+    out.record(
+        &format!(
+            "fs: a {} MiB file through the mount: write {:.0} MB/s ({:.0}% of the local disk's {:.0}), read {:.0} MB/s ({:.0}% of {:.0}){}\n\
+             \x20 {} × {} KiB files created: {:.0}/s (local disk with fsync: {:.0}/s)\n\
+             \x20 the last of them readable through the other node's mount {:.2} s after it was closed",
+            args.big_mib,
+            f("write_mb_per_s"),
+            100.0 * f("write_mb_per_s") / f("local_write_mb_per_s").max(1e-9),
+            f("local_write_mb_per_s"),
+            f("read_mb_per_s"),
+            100.0 * f("read_mb_per_s") / f("local_read_mb_per_s").max(1e-9),
+            f("local_read_mb_per_s"),
+            if figures["cold_reads"] == true { "" } else { " (page cache not dropped: not root)" },
+            args.small,
+            args.small_kib,
+            f("small_files_per_s"),
+            f("local_small_files_per_s"),
+            f("visible_on_peer_s"),
+        ),
+        figures,
+    );
+    Ok(())
+}
