@@ -144,6 +144,9 @@ step "bench store / sync / cas (small)"
 "$L" bench store --type kv --count 2000
 "$L" bench sync --count 2000 --diff 0.01
 "$L" bench cas --big-mib 16 --small 200 --api-mib 16 --json | field '["api_fetch_mb_per_s"]'
+if [ -e /dev/fuse ] && command -v fusermount3 > /dev/null; then
+  "$L" bench fs --big-mib 16 --small 100 --json | field '["small_files_per_s"]'
+fi
 
 step "log create / append / status / verify"
 LOG=$(a --json log create --ops "my first store" | field '["store"]')

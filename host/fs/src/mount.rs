@@ -482,6 +482,19 @@ impl std::io::Read for ReadFrom {
 }
 
 impl Filesystem for Fs {
+    fn init(&mut self, _req: &Request, config: &mut fuser::KernelConfig) -> std::io::Result<()> {
+        // Requests of up to 1 MiB (the kernel's default is 128 KiB): fewer round trips for
+        // large files. When the kernel allows less, take what it allows.
+        const LARGE: u32 = 1 << 20;
+        if let Err(most) = config.set_max_write(LARGE) {
+            let _ = config.set_max_write(most);
+        }
+        if let Err(most) = config.set_max_readahead(LARGE) {
+            let _ = config.set_max_readahead(most);
+        }
+        Ok(())
+    }
+
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
         let found = (|| {
             let path = join(&self.path(parent)?, name_of(name)?);
