@@ -102,6 +102,10 @@ impl Drop for StartingMark {
 }
 
 /// What opening a data directory found.
+#[allow(
+    clippy::large_enum_variant,
+    reason = "made once per command, then taken apart"
+)]
 pub(crate) enum Opened {
     /// This process holds the data directory now.
     Node(Node),

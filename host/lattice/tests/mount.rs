@@ -26,6 +26,10 @@ impl Drop for Daemon {
 }
 
 /// Whether FUSE mounts can work here; says why not when they cannot.
+#[allow(
+    clippy::print_stderr,
+    reason = "a skipped test says why on the test's output"
+)]
 fn fuse_available() -> bool {
     let device = Path::new("/dev/fuse").exists();
     let helper = Command::new("fusermount3")
