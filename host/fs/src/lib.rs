@@ -1,7 +1,7 @@
 //! A filesystem store (`--type fs`, `guests/fs`) mounted as a folder with FUSE (Linux).
 //!
 //! The mount translates kernel requests into the store's methods through the node's
-//! [`StoreManager`]: lookups, attributes and listings are queries of the guest's state;
+//! [`StoreManager`](lattice_node::StoreManager): lookups, attributes and listings are queries of the guest's state;
 //! reads of large files read ranges of the store's blobs (fetched from the store's peers on
 //! demand); writes are buffered per open file in a spool file and committed as one write of
 //! the store when the file is flushed (each `close`) or synced — a file over 64 KiB goes into
