@@ -9,6 +9,7 @@ use std::ops::Range;
 use bao_tree::io::BaoContentItem;
 use bao_tree::io::outboard::PreOrderOutboard;
 use bao_tree::io::sync::{DecodeResponseIter, encode_ranges_validated, outboard};
+use bao_tree::iter::BaoChunk;
 use bao_tree::{BaoTree, BlockSize, ChunkNum, ChunkRanges};
 
 /// Hash-tree granularity: 16 chunks of 1 KiB. Outboards hold one hash pair per 16 KiB (about
@@ -69,16 +70,22 @@ pub(crate) fn read_verified(
         encoded.clear();
         encode_ranges_validated(data, &outboard, &ranges, &mut encoded)
             .map_err(|e| ReadFailure::Damaged(e.to_string()))?;
-        // Decoding checks the stream once more against the root hash alone, so what is
-        // handed out never rests on the outboard file only.
+        // `encode_ranges_validated` checked every parent pair from the root hash down and
+        // every leaf against its parent, so the leaves can be taken out of the stream as they
+        // are. A leaf encoded only in part (not expected: windows are whole blocks) is
+        // decoded the slow way, which checks it once more against the root alone.
         window.clear();
         let mut window_start = None;
-        for item in DecodeResponseIter::new(root, tree, Cursor::new(&encoded), &ranges) {
-            match item.map_err(|e| ReadFailure::Damaged(e.to_string()))? {
-                BaoContentItem::Parent(_) => {}
-                BaoContentItem::Leaf(leaf) => {
-                    window_start.get_or_insert(leaf.offset);
-                    window.extend_from_slice(&leaf.data);
+        if !leaves_of(tree, &ranges, &encoded, &mut window, &mut window_start) {
+            window.clear();
+            window_start = None;
+            for item in DecodeResponseIter::new(root, tree, Cursor::new(&encoded), &ranges) {
+                match item.map_err(|e| ReadFailure::Damaged(e.to_string()))? {
+                    BaoContentItem::Parent(_) => {}
+                    BaoContentItem::Leaf(leaf) => {
+                        window_start.get_or_insert(leaf.offset);
+                        window.extend_from_slice(&leaf.data);
+                    }
                 }
             }
         }
@@ -93,4 +100,38 @@ pub(crate) fn read_verified(
         at = end;
     }
     Ok(written)
+}
+
+/// Appends the leaf bytes of a validated encoding of `ranges` to `window` (setting `start` to
+/// the first leaf's offset); false when a leaf is encoded only in part.
+fn leaves_of(
+    tree: BaoTree,
+    ranges: &ChunkRanges,
+    encoded: &[u8],
+    window: &mut Vec<u8>,
+    start: &mut Option<u64>,
+) -> bool {
+    let mut at = 0usize;
+    for item in tree.ranges_pre_order_chunks_iter_ref(ranges, 0) {
+        match item {
+            BaoChunk::Parent { .. } => at += 64,
+            BaoChunk::Leaf {
+                start_chunk,
+                size,
+                ranges,
+                ..
+            } => {
+                if !ranges.is_all() {
+                    return false;
+                }
+                let Some(bytes) = encoded.get(at..at + size) else {
+                    return false;
+                };
+                start.get_or_insert(start_chunk.to_bytes());
+                window.extend_from_slice(bytes);
+                at += size;
+            }
+        }
+    }
+    at == encoded.len()
 }

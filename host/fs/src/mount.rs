@@ -7,7 +7,7 @@ use std::fs::File;
 use std::os::unix::fs::{FileExt as _, MetadataExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fuser::{
@@ -31,6 +31,12 @@ const TTL: Duration = Duration::from_secs(1);
 const ATTR_TTL: Duration = Duration::ZERO;
 /// Content up to this size travels inside the write; larger content goes into the blobs.
 const INLINE: u64 = 64 << 10;
+
+/// Bytes of a blob verified and kept per read step of an open file.
+const WINDOW: u64 = 1 << 20;
+
+/// Request threads of a mount.
+const THREADS: usize = 8;
 
 /// A mounted store and where.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +100,11 @@ impl FsMount {
             next_fh: AtomicU64::new(1),
         };
         let mut config = fuser::Config::default();
+        // Several request threads, each with its own channel: closes of different files are
+        // written to the store together (one durable commit for many), and reads of
+        // different windows are verified side by side.
+        config.n_threads = Some(THREADS);
+        config.clone_fd = true;
         config.mount_options = vec![
             fuser::MountOption::FSName(format!("lattice-{}", store.short())),
             fuser::MountOption::Subtype("lattice".into()),
@@ -145,6 +156,11 @@ struct Open {
     spool: Option<File>,
     /// Written (or truncated) since the last commit.
     dirty: bool,
+    /// Counts writes and truncations, so a commit that raced a write leaves the handle dirty.
+    version: u64,
+    /// The last window of a blob read through this handle (start, verified bytes): the
+    /// kernel's reads are smaller than a verified window.
+    window: Option<(u64, Arc<Vec<u8>>)>,
     /// Created through the mount and not yet written to the store: it exists only here
     /// until its first commit (so a new file costs one store write, not two).
     pending: Option<u32>,
@@ -336,24 +352,65 @@ impl Fs {
                     return Ok(Vec::new());
                 }
                 let cas = self.cas.as_ref().ok_or(Errno::EIO)?;
-                let held = cas
-                    .stat(&self.store, hash)
-                    .map_err(|_| Errno::EIO)?
-                    .is_some();
-                if !held {
+                let mut out = Vec::with_capacity((end - offset) as usize);
+                let mut read = cas.read(&self.store, hash, offset..end, &mut out);
+                if let Err(lattice_cas::CasError::NotFound { .. }) = read {
+                    // Not here yet: from the store's peers first.
                     self.rt
                         .block_on(self.manager.fetch_blob(&self.store, hash))
                         .map_err(|e| errno_of(&e))?;
+                    out.clear();
+                    read = cas.read(&self.store, hash, offset..end, &mut out);
                 }
-                let mut out = Vec::with_capacity((end - offset) as usize);
-                cas.read(&self.store, hash, offset..end, &mut out)
-                    .map_err(|e| {
-                        warn!("reading a blob for the mount failed: {e}");
-                        Errno::EIO
-                    })?;
+                read.map_err(|e| {
+                    warn!("reading a blob for the mount failed: {e}");
+                    Errno::EIO
+                })?;
                 Ok(out)
             }
         }
+    }
+
+    /// Bytes `offset..offset + size` of blob `hash` (`total` bytes) for handle `fh`, by
+    /// verified windows of [`WINDOW`] bytes, the last of which the handle keeps.
+    fn read_blob(
+        &self,
+        fh: u64,
+        hash: &Hash,
+        total: u64,
+        offset: u64,
+        size: u32,
+    ) -> Result<Vec<u8>, Errno> {
+        let end = (offset + u64::from(size)).min(total);
+        let mut out = Vec::with_capacity(end.saturating_sub(offset) as usize);
+        let mut at = offset;
+        while at < end {
+            let start = at - at % WINDOW;
+            let cached = lock(&self.files)
+                .get(&fh)
+                .and_then(|o| o.window.clone())
+                .filter(|(s, _)| *s == start);
+            let bytes = match cached {
+                Some((_, bytes)) => bytes,
+                None => {
+                    let source = Source::Blob(*hash, total);
+                    let len = WINDOW.min(total - start) as u32;
+                    let bytes = Arc::new(self.read_source(&source, start, len)?);
+                    if let Some(open) = lock(&self.files).get_mut(&fh) {
+                        open.window = Some((start, bytes.clone()));
+                    }
+                    bytes
+                }
+            };
+            let from = (at - start) as usize;
+            let to = ((end - start) as usize).min(bytes.len());
+            if from >= to {
+                return Err(Errno::EIO);
+            }
+            out.extend_from_slice(&bytes[from..to]);
+            at = start + to as u64;
+        }
+        Ok(out)
     }
 
     /// A spool file holding `source`'s bytes (empty with `truncate`).
@@ -379,7 +436,7 @@ impl Fs {
 
     /// Writes handle `fh`'s bytes to the store when they changed: one write of the store.
     fn commit(&self, fh: u64) -> Result<(), Errno> {
-        let (path, file, mode) = {
+        let (path, file, mode, version) = {
             let files = lock(&self.files);
             let Some(open) = files.get(&fh) else {
                 return Ok(());
@@ -389,6 +446,7 @@ impl Fs {
                     open.path.clone(),
                     spool.try_clone().map_err(|_| Errno::EIO)?,
                     open.pending,
+                    open.version,
                 ),
                 _ => return Ok(()),
             }
@@ -423,9 +481,11 @@ impl Fs {
             Source::Blob(blob.hash, blob.size)
         };
         if let Some(open) = lock(&self.files).get_mut(&fh) {
-            open.dirty = false;
+            // Written again while this commit ran: the next flush writes that too.
+            open.dirty = open.version != version;
             open.pending = None;
             open.source = source;
+            open.window = None;
         }
         debug!(path, size, "committed a file");
         Ok(())
@@ -462,6 +522,8 @@ impl Fs {
             source,
             spool,
             dirty: truncate,
+            version: 0,
+            window: None,
             pending: None,
         }))
     }
@@ -554,6 +616,7 @@ impl Filesystem for Fs {
                 {
                     spool.set_len(size).map_err(|_| Errno::EIO)?;
                     open.dirty = true;
+                    open.version += 1;
                 }
                 if own {
                     let committed = self.commit(fh);
@@ -706,7 +769,11 @@ impl Filesystem for Fs {
     ) {
         let made = (|| {
             let path = join(&self.path(parent)?, name_of(name)?);
-            if self.pending_attr(&path).is_some() || self.stat(&path).is_ok() {
+            // The kernel calls this after its lookup found no such entry (holding the
+            // folder's lock since), so the store is not asked again. A peer's file of the same
+            // name written meanwhile meets this one as a concurrent write: the later stays
+            // under the name, the other as a conflict copy.
+            if self.pending_attr(&path).is_some() {
                 return Err(Errno::EEXIST);
             }
             let ino = lock(&self.inodes).number(&path);
@@ -717,6 +784,8 @@ impl Filesystem for Fs {
                 source: Source::Inline(Vec::new()),
                 spool: Some(spool),
                 dirty: true,
+                version: 0,
+                window: None,
                 pending: Some(mode & !umask & 0o7777),
             });
             let _ = flags;
@@ -763,7 +832,10 @@ impl Filesystem for Fs {
                     buf.truncate(n);
                     Ok(buf)
                 }
-                None => self.read_source(&source, offset, size),
+                None => match source {
+                    Source::Blob(hash, total) => self.read_blob(fh.0, &hash, total, offset, size),
+                    inline => self.read_source(&inline, offset, size),
+                },
             }
         })();
         match got {
@@ -794,6 +866,7 @@ impl Filesystem for Fs {
         match spool.write_all_at(data, offset) {
             Ok(()) => {
                 open.dirty = true;
+                open.version += 1;
                 reply.written(data.len() as u32);
             }
             Err(_) => reply.error(Errno::EIO),
@@ -870,6 +943,27 @@ impl Filesystem for Fs {
                 };
                 let child = lock(&self.inodes).number(&join(&path, &name));
                 entries.push((child, kind, name));
+            }
+            // Files created here and not closed yet are listed too.
+            let prefix = if path.is_empty() {
+                String::new()
+            } else {
+                format!("{path}/")
+            };
+            let mut pending: Vec<(u64, String)> = lock(&self.files)
+                .values()
+                .filter(|o| o.pending.is_some())
+                .filter_map(|o| {
+                    let name = o.path.strip_prefix(&prefix)?;
+                    (!name.contains('/')).then(|| (o.ino, name.to_string()))
+                })
+                .collect();
+            pending.sort_by(|a, b| a.1.cmp(&b.1));
+            pending.dedup_by(|a, b| a.1 == b.1);
+            for (child, name) in pending {
+                if !entries.iter().any(|(_, _, listed)| *listed == name) {
+                    entries.push((child, FileType::RegularFile, name));
+                }
             }
             Ok(entries)
         })();

@@ -82,19 +82,61 @@ fn read_big(path: &Path, size: u64) -> anyhow::Result<f64> {
     Ok(start.elapsed().as_secs_f64())
 }
 
-/// Seconds to create `count` files of `size` bytes in `dir` (each closed before the next).
-fn write_small(dir: &Path, count: u64, size: u64, local: bool) -> anyhow::Result<f64> {
+/// Seconds to create files `f0`..`f{count-1}` of `size` bytes in `dir` by `writers` threads
+/// side by side (each thread closes a file before its next; durable on close: `fsync` for
+/// the local disk).
+fn write_small(
+    dir: &Path,
+    count: u64,
+    size: u64,
+    local: bool,
+    writers: u64,
+) -> anyhow::Result<f64> {
     std::fs::create_dir_all(dir)?;
     let data = vec![b'x'; size as usize];
     let start = Instant::now();
-    for i in 0..count {
-        let mut file = std::fs::File::create(dir.join(format!("f{i}")))?;
-        file.write_all(&data)?;
-        if local {
-            file.sync_all()?;
+    std::thread::scope(|scope| {
+        let threads: Vec<_> = (0..writers)
+            .map(|w| {
+                let data = &data;
+                scope.spawn(move || -> anyhow::Result<()> {
+                    for i in (w..count).step_by(writers as usize) {
+                        let path = dir.join(format!("f{i}"));
+                        let mut file = std::fs::File::create(&path)
+                            .with_context(|| format!("creating {}", path.display()))?;
+                        file.write_all(data)?;
+                        if local {
+                            file.sync_all()?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        threads
+            .into_iter()
+            .try_for_each(|t| t.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?)
+    })?;
+    Ok(start.elapsed().as_secs_f64())
+}
+
+/// Waits until every file `f0`..`f{count-1}` of `dir` reads as `size` bytes.
+fn wait_visible(dir: &Path, count: u64, size: u64) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut missing: Vec<u64> = (0..count).rev().collect();
+    while let Some(&i) = missing.last() {
+        if std::fs::read(dir.join(format!("f{i}"))).is_ok_and(|d| d.len() as u64 == size) {
+            missing.pop();
+        } else if Instant::now() > deadline {
+            bail!(
+                "{} small files did not show on the other node within 120 s",
+                missing.len()
+            );
+        } else {
+            std::thread::yield_now();
         }
     }
-    Ok(start.elapsed().as_secs_f64())
+    Ok(())
 }
 
 async fn mount(daemon: &mut Daemon, store: &str, dir: &Path) -> anyhow::Result<()> {
@@ -142,20 +184,14 @@ async fn bench(args: BenchFsArgs, out: &Output) -> anyhow::Result<()> {
         let write = write_big(&a_mnt.join("big"), big, false)?;
         drop_caches();
         let read = read_big(&a_mnt.join("big"), big)?;
-        let local_small = write_small(&local.join("small"), args.small, small_size, true)?;
-        let small = write_small(&a_mnt.join("small"), args.small, small_size, false)?;
+        let writers = args.writers;
+        let local_small = write_small(&local.join("small"), args.small, small_size, true, writers)?;
+        let small = write_small(&a_mnt.join("small"), args.small, small_size, false, writers)?;
         let closed = Instant::now();
-        let last = b_mnt.join(format!("small/f{}", args.small - 1));
-        let deadline = closed + Duration::from_secs(120);
-        loop {
-            if std::fs::read(&last).is_ok_and(|d| d.len() as u64 == small_size) {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("the last small file did not show on the other node within 120 s");
-            }
-        }
+        wait_visible(&b_mnt.join("small"), args.small, small_size)?;
         let visible = closed.elapsed().as_secs_f64();
+        let one_count = args.small.min(2_000);
+        let one = write_small(&a_mnt.join("one"), one_count, small_size, false, 1)?;
         Ok(json!({
             "big_bytes": big,
             "write_mb_per_s": mb_per_s(big, write),
@@ -165,6 +201,8 @@ async fn bench(args: BenchFsArgs, out: &Output) -> anyhow::Result<()> {
             "small_count": args.small,
             "small_bytes": small_size,
             "small_files_per_s": args.small as f64 / small.max(1e-9),
+            "small_writers": writers,
+            "small_files_per_s_one_writer": one_count as f64 / one.max(1e-9),
             "local_small_files_per_s": args.small as f64 / local_small.max(1e-9),
             "visible_on_peer_s": visible,
             "cold_reads": cold,
@@ -187,8 +225,8 @@ async fn bench(args: BenchFsArgs, out: &Output) -> anyhow::Result<()> {
     out.record(
         &format!(
             "fs: a {} MiB file through the mount: write {:.0} MB/s ({:.0}% of the local disk's {:.0}), read {:.0} MB/s ({:.0}% of {:.0}){}\n\
-             \x20 {} × {} KiB files created: {:.0}/s (local disk with fsync: {:.0}/s)\n\
-             \x20 the last of them readable through the other node's mount {:.2} s after it was closed",
+             \x20 {} × {} KiB files created by {} threads: {:.0}/s (local disk with fsync: {:.0}/s); by one thread: {:.0}/s\n\
+             \x20 all of them readable through the other node's mount {:.2} s after the last was closed",
             args.big_mib,
             f("write_mb_per_s"),
             100.0 * f("write_mb_per_s") / f("local_write_mb_per_s").max(1e-9),
@@ -199,8 +237,10 @@ async fn bench(args: BenchFsArgs, out: &Output) -> anyhow::Result<()> {
             if figures["cold_reads"] == true { "" } else { " (page cache not dropped: not root)" },
             args.small,
             args.small_kib,
+            args.writers,
             f("small_files_per_s"),
             f("local_small_files_per_s"),
+            f("small_files_per_s_one_writer"),
             f("visible_on_peer_s"),
         ),
         figures,

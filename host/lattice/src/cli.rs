@@ -558,6 +558,10 @@ pub(crate) struct BenchFsArgs {
     /// Size of each small file, in KiB.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=1024))]
     pub(crate) small_kib: u64,
+    /// Threads creating the small files side by side (as `cp -r` with several jobs, or a
+    /// build); the rate of one thread alone is reported too.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub(crate) writers: u64,
 }
 
 #[derive(Debug, Args)]

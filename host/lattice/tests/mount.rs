@@ -1,6 +1,8 @@
 //! `lattice fs mount` against two real daemons on loopback (FUSE): a tree copied into A's
 //! mount reads back byte-identical from B's mount, real programs (`tar`, `git`) run on a
-//! mount, and a mount a killed daemon left behind is taken down when it starts again.
+//! mount, edits made apart on two mounts keep both versions, a kill in the middle of a copy
+//! loses no closed file, and a mount a killed daemon left behind is taken down when it
+//! starts again.
 //!
 //! Needs /dev/fuse and fusermount3 (CI installs fuse3); without them each test says so and
 //! passes (the CLI path without a mount is tested in `fs.rs`).
@@ -240,5 +242,125 @@ fn a_mount_left_by_a_killed_daemon_is_taken_down_when_it_starts_again() -> TestR
         std::fs::read_dir(&mnt)?.next().is_none(),
         "the daemon unmounted as it stopped"
     );
+    Ok(())
+}
+
+fn mount(dir: &Path, store: &str, mnt: &Path) -> TestResult {
+    json(dir, &["fs", "mount", store, &mnt.to_string_lossy()])?;
+    Ok(())
+}
+
+/// The names in folder `dir`, sorted (none when it cannot be read).
+fn listing(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+#[test]
+fn edits_made_apart_on_two_mounts_keep_both_and_a_kill_mid_copy_loses_no_closed_file() -> TestResult
+{
+    use std::io::Write as _;
+    if !fuse_available() {
+        return Ok(());
+    }
+    let temp = tempfile::tempdir()?;
+    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
+    let a = Daemon(spawn_daemon(&a_dir, &[])?);
+    let b = Daemon(spawn_daemon(&b_dir, &[])?);
+    let store = text(
+        &json(&a_dir, &["store", "create", "--type", "fs", "--name", "f"])?,
+        "store",
+    )?;
+    let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
+    json(&b_dir, &["store", "join", &token])?;
+    let [a_mnt, b_mnt] = ["a-mnt", "b-mnt"].map(|n| temp.path().join(n));
+    for (dir, mnt) in [(&a_dir, &a_mnt), (&b_dir, &b_mnt)] {
+        std::fs::create_dir(mnt)?;
+        mount(dir, &store, mnt)?;
+    }
+    std::fs::write(a_mnt.join("shared.txt"), "first")?;
+    eventually("shared.txt on B", || {
+        std::fs::read_to_string(b_mnt.join("shared.txt")).is_ok_and(|t| t == "first")
+    })?;
+
+    // B is down: A edits the shared file, saves twenty files, and is killed while a large
+    // copy is still being written.
+    drop(b);
+    std::fs::write(a_mnt.join("shared.txt"), "from A")?;
+    for i in 0..20 {
+        std::fs::write(a_mnt.join(format!("closed-{i}")), bytes(3000 + i, i as u8))?;
+    }
+    let (copying, copied_some) = std::sync::mpsc::channel();
+    let big = a_mnt.join("big.bin");
+    let copier = std::thread::spawn(move || -> std::io::Result<()> {
+        let mut file = std::fs::File::create(&big)?;
+        let chunk = vec![7u8; 1 << 20];
+        for i in 0..4096 {
+            file.write_all(&chunk)?;
+            if i == 8 {
+                let _ = copying.send(());
+            }
+        }
+        Ok(())
+    });
+    copied_some.recv_timeout(Duration::from_secs(60))?;
+    drop(a); // SIGKILL in the middle of the copy
+    let copy = copier.join().map_err(|_| "the copier panicked")?;
+    assert!(copy.is_err(), "the copy fails once its daemon is gone");
+
+    // A is down: B edits the same file, not having seen A's edit.
+    let b = Daemon(spawn_daemon(&b_dir, &[])?);
+    mount(&b_dir, &store, &b_mnt)?;
+    std::fs::write(b_mnt.join("shared.txt"), "from B")?;
+    let a = Daemon(spawn_daemon(&a_dir, &[])?);
+    mount(&a_dir, &store, &a_mnt)?;
+
+    // Every file closed before the kill is there; the copy never closed is not.
+    for i in 0..20 {
+        assert!(
+            std::fs::read(a_mnt.join(format!("closed-{i}")))? == bytes(3000 + i, i as u8),
+            "closed-{i} after the kill"
+        );
+    }
+    assert!(
+        !a_mnt.join("big.bin").exists(),
+        "a file never closed is not saved"
+    );
+
+    // Both mounts converge on one listing: the later edit under the name, the other beside
+    // it as a conflict copy.
+    eventually(
+        "the same listing with a conflict copy on both mounts",
+        || {
+            let (on_a, on_b) = (listing(&a_mnt), listing(&b_mnt));
+            on_a == on_b
+                && on_a.len() == 22
+                && on_a.iter().any(|n| n.starts_with("shared.txt.conflict-"))
+        },
+    )?;
+    let copy = listing(&a_mnt)
+        .into_iter()
+        .find(|n| n.starts_with("shared.txt.conflict-"))
+        .ok_or("no conflict copy")?;
+    for mnt in [&a_mnt, &b_mnt] {
+        let mut versions = vec![
+            std::fs::read_to_string(mnt.join("shared.txt"))?,
+            std::fs::read_to_string(mnt.join(&copy))?,
+        ];
+        versions.sort();
+        assert_eq!(versions, ["from A", "from B"]);
+    }
+    for (dir, mnt) in [(&a_dir, &a_mnt), (&b_dir, &b_mnt)] {
+        json(dir, &["fs", "umount", &mnt.to_string_lossy()])?;
+    }
+    drop((a, b));
     Ok(())
 }

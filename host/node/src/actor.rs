@@ -4,9 +4,11 @@
 //! The actor blocks for one message, then drains whatever else is queued. Consecutive
 //! commands of the store's type become one write run ([`Store::write_run`]): prepared and
 //! applied in order, witnessed in one group commit, committed to state in one transaction,
-//! each caller answered with its own outcome. Concurrency turns into bigger runs. Other work
-//! (queries, system calls, status, projection after replication) runs as a job in arrival
-//! order. After each round the actor passes the data partition's watch events to
+//! each caller answered with its own outcome. Concurrency turns into bigger runs. Queries of
+//! the store's type are answered as they come, from the state before the round's queued
+//! writes (those are concurrent with them), so they do not split a run. Other work (system
+//! calls, status, projection after replication) runs as a job in arrival order, after the
+//! writes queued before it. After each round the actor passes the data partition's watch events to
 //! subscribers, and it makes the projected state durable every [`FLUSH_INTERVAL`] and when it
 //! stops.
 
@@ -275,8 +277,11 @@ fn handle(id: StoreId, slot: &mut Option<Store>, round: Vec<Msg>, outlets: &Outl
                     .as_mut()
                     .and_then(|s| s.method_kind(&method).ok().flatten());
                 if kind == Some(MethodKind::Query) {
-                    // Queries see every write queued before them.
-                    write_run(id, slot, &mut queued, outlets);
+                    // A query is answered at once, from the state before the writes queued in
+                    // this round: their callers are still waiting for them, so they are
+                    // concurrent with the query and either order is a true answer. Keeping
+                    // queries out of the way lets the round's writes share one durable commit
+                    // (a mount's lookups between its files' writes, for example).
                     let answer = match slot.as_mut() {
                         Some(store) => store.call(&method, &args).map(CallReply::Answer),
                         None => Err(NodeError::NotReady(id.to_string())),
