@@ -146,6 +146,7 @@ step "bench store / sync / cas (small)"
 "$L" bench cas --big-mib 16 --small 200 --api-mib 16 --json | field '["api_fetch_mb_per_s"]'
 if [ -e /dev/fuse ] && command -v fusermount3 > /dev/null; then
   "$L" bench fs --big-mib 16 --small 100 --json | field '["small_files_per_s"]'
+  "$L" demo --fs
 fi
 
 step "log create / append / status / verify"

@@ -139,7 +139,8 @@ fn wait_visible(dir: &Path, count: u64, size: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn mount(daemon: &mut Daemon, store: &str, dir: &Path) -> anyhow::Result<()> {
+/// Mounts `store` of `daemon` on `dir` (made when missing).
+pub(crate) async fn mount(daemon: &mut Daemon, store: &str, dir: &Path) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)?;
     daemon
         .client

@@ -515,9 +515,14 @@ pub(crate) struct DemoArgs {
     /// Keys each node writes in the concurrent phase (half that during the partition).
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub(crate) writes: u32,
-    /// Keep the three data directories (their path is printed) instead of deleting them.
+    /// Keep the data directories (their path is printed) instead of deleting them.
     #[arg(long)]
     pub(crate) keep: bool,
+    /// File sync instead: two daemons each mount one filesystem store (FUSE; needs
+    /// /dev/fuse and fusermount3); a photo copied into one folder appears in the other, and
+    /// an edit made on each while apart ends as the same two versions on both.
+    #[arg(long)]
+    pub(crate) fs: bool,
 }
 
 #[derive(Debug, Subcommand)]

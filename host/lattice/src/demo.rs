@@ -21,6 +21,9 @@ pub(crate) fn run(args: DemoArgs, out: &Output) -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
+    if args.fs {
+        return runtime.block_on(crate::demo_fs::demo(args, out));
+    }
     runtime.block_on(demo(args, out))
 }
 

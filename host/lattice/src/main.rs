@@ -20,6 +20,7 @@ mod cli;
 mod client_cmd;
 mod daemon_cmd;
 mod demo;
+mod demo_fs;
 mod fs_cmd;
 mod log_cmd;
 mod output;
