@@ -154,16 +154,24 @@ struct Open {
     source: Source,
     /// Opened for writing: the file's bytes as this handle writes them.
     spool: Option<File>,
-    /// Written (or truncated) since the last commit.
-    dirty: bool,
-    /// Counts writes and truncations, so a commit that raced a write leaves the handle dirty.
+    /// Counts writes and truncations (a new or truncated file starts at 1).
     version: u64,
+    /// The version the last commit wrote: the handle is dirty while the two differ, so a
+    /// write racing a commit is written by the next one.
+    committed: u64,
     /// The last window of a blob read through this handle (start, verified bytes): the
     /// kernel's reads are smaller than a verified window.
     window: Option<(u64, Arc<Vec<u8>>)>,
     /// Created through the mount and not yet written to the store: it exists only here
     /// until its first commit (so a new file costs one store write, not two).
     pending: Option<u32>,
+}
+
+impl Open {
+    /// Written (or truncated) since the last commit.
+    fn dirty(&self) -> bool {
+        self.version != self.committed
+    }
 }
 
 struct Fs {
@@ -258,7 +266,7 @@ impl Fs {
         let mut size = stat["size"].as_u64().unwrap_or(0);
         for open in lock(&self.files).values() {
             if open.ino == ino
-                && open.dirty
+                && open.dirty()
                 && let Some(spool) = &open.spool
             {
                 size = spool.metadata().map_or(size, |m| m.len());
@@ -441,7 +449,7 @@ impl Fs {
             let Some(open) = files.get(&fh) else {
                 return Ok(());
             };
-            match (&open.spool, open.dirty) {
+            match (&open.spool, open.dirty()) {
                 (Some(spool), true) => (
                     open.path.clone(),
                     spool.try_clone().map_err(|_| Errno::EIO)?,
@@ -482,7 +490,7 @@ impl Fs {
         };
         if let Some(open) = lock(&self.files).get_mut(&fh) {
             // Written again while this commit ran: the next flush writes that too.
-            open.dirty = open.version != version;
+            open.committed = version;
             open.pending = None;
             open.source = source;
             open.window = None;
@@ -521,8 +529,8 @@ impl Fs {
             ino: ino.0,
             source,
             spool,
-            dirty: truncate,
-            version: 0,
+            version: u64::from(truncate),
+            committed: 0,
             window: None,
             pending: None,
         }))
@@ -615,7 +623,6 @@ impl Filesystem for Fs {
                     && let Some(spool) = &open.spool
                 {
                     spool.set_len(size).map_err(|_| Errno::EIO)?;
-                    open.dirty = true;
                     open.version += 1;
                 }
                 if own {
@@ -783,8 +790,8 @@ impl Filesystem for Fs {
                 ino,
                 source: Source::Inline(Vec::new()),
                 spool: Some(spool),
-                dirty: true,
-                version: 0,
+                version: 1,
+                committed: 0,
                 window: None,
                 pending: Some(mode & !umask & 0o7777),
             });
@@ -865,7 +872,6 @@ impl Filesystem for Fs {
         };
         match spool.write_all_at(data, offset) {
             Ok(()) => {
-                open.dirty = true;
                 open.version += 1;
                 reply.written(data.len() as u32);
             }
@@ -959,7 +965,6 @@ impl Filesystem for Fs {
                 })
                 .collect();
             pending.sort_by(|a, b| a.1.cmp(&b.1));
-            pending.dedup_by(|a, b| a.1 == b.1);
             for (child, name) in pending {
                 if !entries.iter().any(|(_, _, listed)| *listed == name) {
                     entries.push((child, FileType::RegularFile, name));

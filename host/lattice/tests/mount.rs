@@ -7,7 +7,7 @@
 //! Needs /dev/fuse and fusermount3 (CI installs fuse3); without them each test says so and
 //! passes (the CLI path without a mount is tested in `fs.rs`).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -84,29 +84,63 @@ fn run(dir: &Path, program: &str, args: &[&str]) -> TestResult {
     Ok(())
 }
 
+fn mount(dir: &Path, store: &str, mnt: &Path) -> TestResult {
+    json(dir, &["fs", "mount", store, &mnt.to_string_lossy()])?;
+    Ok(())
+}
+
+/// Two daemons sharing one filesystem store, each mounting it.
+struct Pair {
+    daemons: [Daemon; 2],
+    store: String,
+    /// Data directories of A and B.
+    dirs: [PathBuf; 2],
+    /// A's and B's mounts.
+    mounts: [PathBuf; 2],
+}
+
+/// Starts daemons A and B under `root`, creates a filesystem store on A, has B join it, and
+/// mounts it on both.
+fn fs_store_mounted_on_two(root: &Path) -> Result<Pair, Box<dyn std::error::Error>> {
+    let dirs = ["a", "b"].map(|n| root.join(n));
+    let daemons = [
+        Daemon(spawn_daemon(&dirs[0], &[])?),
+        Daemon(spawn_daemon(&dirs[1], &[])?),
+    ];
+    let store = text(
+        &json(
+            &dirs[0],
+            &["store", "create", "--type", "fs", "--name", "files"],
+        )?,
+        "store",
+    )?;
+    let token = text(&json(&dirs[0], &["store", "invite", &store])?, "token")?;
+    json(&dirs[1], &["store", "join", &token])?;
+    let mounts = ["a-mnt", "b-mnt"].map(|n| root.join(n));
+    for (dir, mnt) in dirs.iter().zip(&mounts) {
+        std::fs::create_dir(mnt)?;
+        mount(dir, &store, mnt)?;
+    }
+    Ok(Pair {
+        daemons,
+        store,
+        dirs,
+        mounts,
+    })
+}
+
 #[test]
 fn a_tree_copied_into_one_mount_reads_back_identical_from_another() -> TestResult {
     if !fuse_available() {
         return Ok(());
     }
     let temp = tempfile::tempdir()?;
-    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
-    let _a = Daemon(spawn_daemon(&a_dir, &[])?);
-    let _b = Daemon(spawn_daemon(&b_dir, &[])?);
-    let store = text(
-        &json(
-            &a_dir,
-            &["store", "create", "--type", "fs", "--name", "files"],
-        )?,
-        "store",
-    )?;
-    let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
-    json(&b_dir, &["store", "join", &token])?;
-    let [a_mnt, b_mnt] = ["a-mnt", "b-mnt"].map(|n| temp.path().join(n));
-    for (dir, mnt) in [(&a_dir, &a_mnt), (&b_dir, &b_mnt)] {
-        std::fs::create_dir(mnt)?;
-        json(dir, &["fs", "mount", &store, &mnt.to_string_lossy()])?;
-    }
+    let Pair {
+        daemons: _daemons,
+        store: _,
+        dirs: [a_dir, b_dir],
+        mounts: [a_mnt, b_mnt],
+    } = fs_store_mounted_on_two(temp.path())?;
 
     // A tree with awkward names, small and large files, written through A's mount.
     let long = "n".repeat(255);
@@ -245,11 +279,6 @@ fn a_mount_left_by_a_killed_daemon_is_taken_down_when_it_starts_again() -> TestR
     Ok(())
 }
 
-fn mount(dir: &Path, store: &str, mnt: &Path) -> TestResult {
-    json(dir, &["fs", "mount", store, &mnt.to_string_lossy()])?;
-    Ok(())
-}
-
 /// The names in folder `dir`, sorted (none when it cannot be read).
 fn listing(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
@@ -272,20 +301,12 @@ fn edits_made_apart_on_two_mounts_keep_both_and_a_kill_mid_copy_loses_no_closed_
         return Ok(());
     }
     let temp = tempfile::tempdir()?;
-    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
-    let a = Daemon(spawn_daemon(&a_dir, &[])?);
-    let b = Daemon(spawn_daemon(&b_dir, &[])?);
-    let store = text(
-        &json(&a_dir, &["store", "create", "--type", "fs", "--name", "f"])?,
-        "store",
-    )?;
-    let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
-    json(&b_dir, &["store", "join", &token])?;
-    let [a_mnt, b_mnt] = ["a-mnt", "b-mnt"].map(|n| temp.path().join(n));
-    for (dir, mnt) in [(&a_dir, &a_mnt), (&b_dir, &b_mnt)] {
-        std::fs::create_dir(mnt)?;
-        mount(dir, &store, mnt)?;
-    }
+    let Pair {
+        daemons: [a, b],
+        store,
+        dirs: [a_dir, b_dir],
+        mounts: [a_mnt, b_mnt],
+    } = fs_store_mounted_on_two(temp.path())?;
     std::fs::write(a_mnt.join("shared.txt"), "first")?;
     eventually("shared.txt on B", || {
         std::fs::read_to_string(b_mnt.join("shared.txt")).is_ok_and(|t| t == "first")
@@ -365,19 +386,11 @@ fn edits_made_apart_on_two_mounts_keep_both_and_a_kill_mid_copy_loses_no_closed_
     Ok(())
 }
 
-/// BLAKE3 of a file, read in 1 MiB pieces.
+/// BLAKE3 of a file, read as a stream.
 fn hash_of(path: &Path) -> Result<blake3::Hash, Box<dyn std::error::Error>> {
-    use std::io::Read as _;
-    let mut file = std::fs::File::open(path)?;
     let mut hasher = blake3::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(hasher.finalize());
-        }
-        hasher.update(&buf[..n]);
-    }
+    hasher.update_reader(std::fs::File::open(path)?)?;
+    Ok(hasher.finalize())
 }
 
 #[test]
