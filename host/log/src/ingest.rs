@@ -110,7 +110,7 @@ pub(crate) enum Command {
     /// Local intentions built ahead by a [`ChainBuilder`](crate::ChainBuilder).
     WitnessBuilt {
         run: Vec<crate::chain::Built>,
-        reply: oneshot::Sender<Result<Vec<Result<Authored, AuthorError>>, Error>>,
+        reply: BuiltReply,
     },
     /// Answered once no floating intention is left to re-check.
     Settle { reply: oneshot::Sender<()> },
@@ -150,6 +150,34 @@ impl Command {
                 run.iter().map(|b| b.signed.as_bytes().len()).sum(),
             ),
             Command::Settle { .. } | Command::Prune { .. } => (0, 0),
+        }
+    }
+}
+
+/// What the log says of a run of built intentions: one result per intention, in order.
+pub type BuiltOutcome = Result<Vec<Result<Authored, AuthorError>>, Error>;
+
+/// Where the outcome of a [`Command::WitnessBuilt`] goes: a function called once, on the
+/// ingest actor's thread, after the group commit (or with [`Error::Closed`] when the actor
+/// drops the command unanswered).
+pub(crate) struct BuiltReply(Option<Box<dyn FnOnce(BuiltOutcome) + Send>>);
+
+impl BuiltReply {
+    pub(crate) fn new(done: impl FnOnce(BuiltOutcome) + Send + 'static) -> BuiltReply {
+        BuiltReply(Some(Box::new(done)))
+    }
+
+    pub(crate) fn send(mut self, outcome: BuiltOutcome) {
+        if let Some(done) = self.0.take() {
+            done(outcome);
+        }
+    }
+}
+
+impl Drop for BuiltReply {
+    fn drop(&mut self) {
+        if let Some(done) = self.0.take() {
+            done(Err(Error::Closed));
         }
     }
 }
@@ -205,10 +233,7 @@ enum Reply {
         oneshot::Sender<Result<Authored, AuthorError>>,
         Result<Authored, AuthorError>,
     ),
-    Built(
-        oneshot::Sender<Result<Vec<Result<Authored, AuthorError>>, Error>>,
-        Vec<Result<Authored, AuthorError>>,
-    ),
+    Built(BuiltReply, Vec<Result<Authored, AuthorError>>),
     Prune(
         oneshot::Sender<Result<crate::prune::PruneStep, QueryError>>,
         Result<crate::prune::PruneStep, QueryError>,
@@ -284,9 +309,7 @@ impl IngestActor {
                         Reply::Author(tx, result) => {
                             let _ = tx.send(result);
                         }
-                        Reply::Built(tx, results) => {
-                            let _ = tx.send(Ok(results));
-                        }
+                        Reply::Built(tx, results) => tx.send(Ok(results)),
                         Reply::Prune(tx, result) => {
                             let _ = tx.send(result);
                         }
@@ -304,9 +327,7 @@ impl IngestActor {
                         Reply::Author(tx, _) => {
                             let _ = tx.send(Err(AuthorError::Log(err.clone())));
                         }
-                        Reply::Built(tx, _) => {
-                            let _ = tx.send(Err(err.clone()));
-                        }
+                        Reply::Built(tx, _) => tx.send(Err(err.clone())),
                         Reply::Prune(tx, _) => {
                             let _ = tx.send(Err(QueryError::Log(err.clone())));
                         }

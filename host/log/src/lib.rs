@@ -55,7 +55,7 @@ pub use config::{LogConfig, system_now_ms};
 pub use error::{
     AuthorError, CorruptError, Error, IngestError, OpenError, QueryError, StorageError,
 };
-pub use ingest::{Authored, Draft, Incoming, IngestResults, Ingested, Pending};
+pub use ingest::{Authored, BuiltOutcome, Draft, Incoming, IngestResults, Ingested, Pending};
 pub use log::{Log, build_genesis};
 pub use prune::{KeepFn, PruneStep, PruneTarget};
 pub use reader::{DagInfo, LogReader, LogStatus, SeqBytes, VerifyReport};

@@ -24,7 +24,8 @@ use crate::error::{
     AuthorError, CorruptError, Error, IngestError, OpenError, QueryError, StorageError, storage,
 };
 use crate::ingest::{
-    Authored, Command, Draft, Incoming, IngestActor, IngestResults, Pending, Slot, Verified,
+    Authored, BuiltOutcome, BuiltReply, Command, Draft, Incoming, IngestActor, IngestResults,
+    Pending, Slot, Verified,
 };
 use crate::prune::{PruneStep, PruneTarget};
 use crate::reader::LogReader;
@@ -207,17 +208,27 @@ impl Log {
 
     /// Queues a run of intentions built by a [`ChainBuilder`] for witnessing in one group
     /// commit; the reply (one result per intention, in order) arrives once they are durable.
-    pub fn submit_built(
+    pub fn submit_built(&self, run: Vec<Built>) -> Pending<BuiltOutcome> {
+        let (tx, rx) = oneshot::channel();
+        self.submit_built_then(run, move |outcome| {
+            let _ = tx.send(outcome);
+        });
+        Pending(rx)
+    }
+
+    /// As [`Log::submit_built`], but calls `done` with the outcome instead of returning a
+    /// handle to wait on: on the ingest actor's thread right after the group commit, or at
+    /// once on this thread when the actor is gone. `done` is called exactly once; keep it
+    /// short (hand the outcome to a channel).
+    pub fn submit_built_then(
         &self,
         run: Vec<Built>,
-    ) -> Pending<Result<Vec<Result<Authored, AuthorError>>, Error>> {
-        let (tx, rx) = oneshot::channel();
-        if let Err(err) = self.send(Command::WitnessBuilt { run, reply: tx }) {
-            let (tx, rx) = oneshot::channel();
-            let _ = tx.send(Err(err));
-            return Pending(rx);
-        }
-        Pending(rx)
+        done: impl FnOnce(BuiltOutcome) + Send + 'static,
+    ) {
+        // A command the actor never takes is dropped, and the reply with it: `done` then
+        // hears `Error::Closed`.
+        let reply = BuiltReply::new(done);
+        let _ = self.send(Command::WitnessBuilt { run, reply });
     }
 
     /// Authors a local intention (next in this node's chain, HLC after its deps), witnesses it

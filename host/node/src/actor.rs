@@ -2,16 +2,20 @@
 //! `system.db`. Everything else sends it messages and awaits the reply.
 //!
 //! The actor blocks for one message, then drains whatever else is queued. Consecutive
-//! commands of the store's type become one write run ([`Store::write_run`]): prepared and
-//! applied in order, witnessed in one group commit, committed to state in one transaction,
-//! each caller answered with its own outcome. Concurrency turns into bigger runs. Queries of
-//! the store's type are answered as they come, from the state before the round's queued
-//! writes (those are concurrent with them), so they do not split a run. Other work (system
-//! calls, status, projection after replication) runs as a job in arrival order, after the
-//! writes queued before it. After each round the actor passes the data partition's watch events to
-//! subscribers, and it makes the projected state durable every [`FLUSH_INTERVAL`] and when it
-//! stops.
+//! commands of the store's type become one write run: prepared and applied in order, then
+//! handed to the log for one group commit ([`Store::start_write_run`]). The actor does not
+//! wait for the fsync: it goes on taking messages, and the log reports the commit back into
+//! its inbox; then the run's state is committed and each caller answered with its own
+//! outcome ([`Store::finish_write_run`]). Commands arriving meanwhile wait and become the
+//! next run, so concurrency turns into bigger runs. Queries of the store's type are
+//! answered as they come, from the committed state (the queued and in-flight writes are not
+//! answered yet, so they are concurrent with the query), and never wait for a commit. Other
+//! work (system calls, status, projection after replication) runs as a job in arrival order,
+//! after the writes queued before it have landed. Between runs the actor takes one prune step
+//! when a prune pass is under way, passes the data partition's watch events to subscribers,
+//! and makes the projected state durable every [`FLUSH_INTERVAL`] and when it stops.
 
+use std::collections::VecDeque;
 use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 use std::sync::mpsc::{self, RecvTimeoutError};
@@ -27,7 +31,7 @@ use tracing::{debug, error, warn};
 use lattice_net::Replicator;
 
 use crate::error::NodeError;
-use crate::store::{CallReply, Store};
+use crate::store::{CallReply, RunInFlight, RunStart, Store, Written};
 
 /// How often projected state is made durable (the log already is).
 pub const FLUSH_INTERVAL: Duration = Duration::from_secs(1);
@@ -54,6 +58,10 @@ enum Msg {
     },
     /// Any other work on the store.
     Job(Job),
+    /// The log's outcome of the write run in flight.
+    Witnessed(lattice_log::BuiltOutcome),
+    /// Stop once the work queued before is done.
+    Stop,
 }
 
 /// Handle to one store's actor thread.
@@ -77,11 +85,12 @@ impl StoreActor {
         outlets: Outlets,
     ) -> Result<StoreActor, NodeError> {
         let (tx, rx) = mpsc::channel();
+        let me = tx.clone();
         let (stop, stopped) = watch::channel(None);
         let thread = std::thread::Builder::new()
             .name(format!("store-{}", id.short()))
             .spawn(move || {
-                let damage = run(id, store, rx, &outlets);
+                let damage = run(id, store, rx, me, &outlets);
                 stop.send_replace(Some(damage));
             })
             .map_err(|source| NodeError::Io {
@@ -118,6 +127,13 @@ impl StoreActor {
         let mut stopped = self.stopped.clone();
         let _ = stopped.wait_for(Option::is_some).await;
         self.gone()
+    }
+
+    /// Asks the actor to stop after the work queued so far; later messages are refused.
+    fn stop(&self) {
+        if let Some(inbox) = lock(&self.inbox).take() {
+            let _ = inbox.send(Msg::Stop);
+        }
     }
 
     fn send(&self, msg: Msg) -> Result<(), NodeError> {
@@ -184,7 +200,7 @@ impl StoreActor {
     /// Stops the actor after the work queued before this call, makes state durable and waits
     /// for the thread.
     pub(crate) async fn close(&self) {
-        lock(&self.inbox).take();
+        self.stop();
         let thread = lock(&self.thread).take();
         if let Some(thread) = thread {
             let joined = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -198,22 +214,35 @@ impl StoreActor {
 impl Drop for StoreActor {
     fn drop(&mut self) {
         // Stops the thread; it finishes its queue and flushes on its own.
-        lock(&self.inbox).take();
+        self.stop();
     }
 }
 
 fn run(
     id: StoreId,
-    mut slot: Option<Store>,
+    slot: Option<Store>,
     inbox: mpsc::Receiver<Msg>,
+    me: mpsc::Sender<Msg>,
     outlets: &Outlets,
 ) -> Option<String> {
     let _span = tracing::info_span!("store", store = %id.short()).entered();
+    let mut actor = Actor {
+        id,
+        slot,
+        outlets,
+        me,
+        backlog: VecDeque::new(),
+        flight: None,
+        stopping: false,
+    };
     let mut flushed = Instant::now();
     loop {
+        if actor.stopping && actor.flight.is_none() && actor.backlog.is_empty() {
+            break;
+        }
         // While a prune pass is under way the actor does not wait for messages: it runs one
         // prune step per round, between write runs.
-        let pruning = slot.as_ref().is_some_and(Store::is_pruning);
+        let pruning = actor.flight.is_none() && actor.slot.as_ref().is_some_and(Store::is_pruning);
         let wait = if pruning {
             Duration::ZERO
         } else {
@@ -223,11 +252,14 @@ fn run(
         match inbox.recv_timeout(wait) {
             Ok(msg) => round.push(msg),
             Err(RecvTimeoutError::Timeout) if !pruning => {
-                flush(&mut slot, &mut flushed);
+                if actor.flight.is_none() {
+                    flush(&mut actor.slot, &mut flushed);
+                }
                 continue;
             }
             Err(RecvTimeoutError::Timeout) => {}
-            Err(RecvTimeoutError::Disconnected) => break,
+            // Not while the actor holds `me`; stop all the same.
+            Err(RecvTimeoutError::Disconnected) => actor.stopping = true,
         }
         while round.len() < MAX_ROUND {
             match inbox.try_recv() {
@@ -237,9 +269,7 @@ fn run(
         }
         // A panic below comes from a storage library reading damaged bytes: the store stops
         // being served (callers get `Damaged`), the rest of the node goes on.
-        if let Err(payload) =
-            std::panic::catch_unwind(AssertUnwindSafe(|| handle(id, &mut slot, round, outlets)))
-        {
+        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| actor.handle(round))) {
             let reason = format!(
                 "a storage operation panicked: {}",
                 lattice_log::file::panic_text(payload.as_ref())
@@ -248,88 +278,161 @@ fn run(
                 "store {} is damaged and no longer served: {reason}",
                 id.short()
             );
-            if let Some(mut store) = slot.take() {
+            if let Some(mut store) = actor.slot.take() {
                 store.mark_damaged();
                 let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(store)));
             }
             return Some(reason);
         }
-        if flushed.elapsed() >= FLUSH_INTERVAL {
-            flush(&mut slot, &mut flushed);
+        if actor.flight.is_none() && flushed.elapsed() >= FLUSH_INTERVAL {
+            flush(&mut actor.slot, &mut flushed);
         }
     }
-    flush(&mut slot, &mut flushed);
+    flush(&mut actor.slot, &mut flushed);
     debug!("store actor stopped");
     None
 }
 
-/// Handles one round of messages (see the module docs).
-fn handle(id: StoreId, slot: &mut Option<Store>, round: Vec<Msg>, outlets: &Outlets) {
-    let mut queued: Vec<Queued> = Vec::new();
-    for msg in round {
-        match msg {
-            Msg::Call {
-                method,
-                args,
-                reply,
-            } => {
-                let kind = slot
-                    .as_mut()
-                    .and_then(|s| s.method_kind(&method).ok().flatten());
-                if kind == Some(MethodKind::Query) {
-                    // A query is answered at once, from the state before the writes queued in
-                    // this round: their callers are still waiting for them, so they are
-                    // concurrent with the query and either order is a true answer. Keeping
-                    // queries out of the way lets the round's writes share one durable commit
-                    // (a mount's lookups between its files' writes, for example).
-                    let answer = match slot.as_mut() {
-                        Some(store) => store.call(&method, &args).map(CallReply::Answer),
-                        None => Err(NodeError::NotReady(id.to_string())),
-                    };
-                    let _ = reply.send(answer);
-                } else {
-                    queued.push(((method, args), reply));
+/// The actor's state between rounds.
+struct Actor<'a> {
+    id: StoreId,
+    slot: Option<Store>,
+    outlets: &'a Outlets,
+    /// The actor's own inbox, for the log to report a write run's group commit.
+    me: mpsc::Sender<Msg>,
+    /// Work not started yet, in arrival order.
+    backlog: VecDeque<Waiting>,
+    /// The write run the log is committing, with its callers.
+    flight: Option<Flight>,
+    /// Asked to stop: it does once the backlog is done.
+    stopping: bool,
+}
+
+/// Work waiting for the store.
+enum Waiting {
+    /// Consecutive commands of the store's type: the next write run.
+    Writes(Vec<Queued>),
+    Job(Job),
+}
+
+/// A write run handed to the log, and the callers waiting for it.
+struct Flight {
+    run: RunInFlight,
+    replies: Vec<Reply>,
+}
+
+/// A command's caller.
+type Reply = oneshot::Sender<Result<CallReply, NodeError>>;
+
+/// A command waiting for the next write run, with its caller.
+type Queued = ((String, Value), Reply);
+
+impl Actor<'_> {
+    /// Handles one round of messages (see the module docs).
+    fn handle(&mut self, round: Vec<Msg>) {
+        for msg in round {
+            match msg {
+                Msg::Call {
+                    method,
+                    args,
+                    reply,
+                } => {
+                    let kind = self
+                        .slot
+                        .as_mut()
+                        .and_then(|s| s.method_kind(&method).ok().flatten());
+                    if kind == Some(MethodKind::Query) {
+                        // A query is answered at once, from the committed state: the writes
+                        // queued or in flight are not answered yet, so they are concurrent
+                        // with it and either order is a true answer. Queries never wait for
+                        // a group commit (a mount's lookups between its files' writes).
+                        let answer = match self.slot.as_mut() {
+                            Some(store) => store.call(&method, &args).map(CallReply::Answer),
+                            None => Err(NodeError::NotReady(self.id.to_string())),
+                        };
+                        let _ = reply.send(answer);
+                    } else if let Some(Waiting::Writes(queued)) = self.backlog.back_mut() {
+                        queued.push(((method, args), reply));
+                    } else {
+                        self.backlog
+                            .push_back(Waiting::Writes(vec![((method, args), reply)]));
+                    }
                 }
+                Msg::Job(job) => self.backlog.push_back(Waiting::Job(job)),
+                Msg::Witnessed(outcome) => self.land(outcome),
+                Msg::Stop => self.stopping = true,
             }
-            Msg::Job(job) => {
-                write_run(id, slot, &mut queued, outlets);
-                job(slot);
+        }
+        if self.flight.is_none()
+            && let Some(store) = self.slot.as_mut()
+        {
+            store.prune_step();
+        }
+        self.advance();
+        if let Some(store) = self.slot.as_mut() {
+            pass_events(store, self.outlets);
+        }
+    }
+
+    /// Starts waiting work in order until a write run is in flight or nothing is left.
+    fn advance(&mut self) {
+        while self.flight.is_none() {
+            match self.backlog.pop_front() {
+                None => break,
+                Some(Waiting::Job(job)) => job(&mut self.slot),
+                Some(Waiting::Writes(queued)) => self.start(queued),
             }
         }
     }
-    write_run(id, slot, &mut queued, outlets);
-    if let Some(store) = slot.as_mut() {
-        store.prune_step();
-        pass_events(store, outlets);
+
+    /// Hands the next write run to the log.
+    fn start(&mut self, queued: Vec<Queued>) {
+        let (calls, replies): (Vec<(String, Value)>, Vec<Reply>) = queued.into_iter().unzip();
+        let Some(store) = self.slot.as_mut() else {
+            for reply in replies {
+                let _ = reply.send(Err(NodeError::NotReady(self.id.to_string())));
+            }
+            return;
+        };
+        let me = self.me.clone();
+        match store.start_write_run(&calls, move |outcome| {
+            let _ = me.send(Msg::Witnessed(outcome));
+        }) {
+            RunStart::Done(results) => answer(store, self.outlets, replies, results),
+            RunStart::InFlight(run) => self.flight = Some(Flight { run, replies }),
+        }
+    }
+
+    /// The log committed the run in flight: finish it and answer its callers.
+    fn land(&mut self, outcome: lattice_log::BuiltOutcome) {
+        let Some(Flight { run, replies }) = self.flight.take() else {
+            warn!(store = %self.id.short(), "a group commit was reported with no run in flight");
+            return;
+        };
+        match self.slot.as_mut() {
+            Some(store) => {
+                let results = store.finish_write_run(run, outcome);
+                answer(store, self.outlets, replies, results);
+            }
+            None => {
+                for reply in replies {
+                    let _ = reply.send(Err(NodeError::NotReady(self.id.to_string())));
+                }
+            }
+        }
     }
 }
 
-/// A command waiting for the next write run, with its caller's reply channel.
-type Queued = (
-    (String, Value),
-    oneshot::Sender<Result<CallReply, NodeError>>,
-);
-
-fn write_run(id: StoreId, slot: &mut Option<Store>, queued: &mut Vec<Queued>, outlets: &Outlets) {
-    if queued.is_empty() {
-        return;
-    }
-    let (calls, replies): (Vec<(String, Value)>, Vec<_>) =
-        std::mem::take(queued).into_iter().unzip();
-    match slot.as_mut() {
-        Some(store) => {
-            let results = store.write_run(&calls);
-            // Watchers hear of a write before its caller does.
-            pass_events(store, outlets);
-            for (reply, result) in replies.into_iter().zip(results) {
-                let _ = reply.send(result.map(CallReply::Wrote));
-            }
-        }
-        None => {
-            for reply in replies {
-                let _ = reply.send(Err(NodeError::NotReady(id.to_string())));
-            }
-        }
+/// Gives each caller of a write run its outcome; watchers hear of the writes first.
+fn answer(
+    store: &mut Store,
+    outlets: &Outlets,
+    replies: Vec<Reply>,
+    results: Vec<Result<Written, NodeError>>,
+) {
+    pass_events(store, outlets);
+    for (reply, result) in replies.into_iter().zip(results) {
+        let _ = reply.send(result.map(CallReply::Wrote));
     }
 }
 

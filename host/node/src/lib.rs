@@ -48,6 +48,6 @@ pub use node::{Node, RepairReport, StoreSummary};
 pub use store::{
     CallReply, ChildLink, ChildStatus, EpochStatus, IntentionSummary, MAX_LAG_SHOWN, PRUNE_STEP,
     PRUNE_STEP_BUDGET, PRUNE_STEP_FIRST, PeerInfo, PeerLag, PeerStatus, PruneReport,
-    RejectedIntention, Snapshot, SnapshotDecodeError, Store, StoreInfo, StoreStatus, Strategy,
-    Written,
+    RejectedIntention, RunInFlight, RunStart, Snapshot, SnapshotDecodeError, Store, StoreInfo,
+    StoreStatus, Strategy, Written,
 };

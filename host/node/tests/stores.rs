@@ -688,3 +688,51 @@ fn an_fs_store_converges_with_a_conflict_copy_on_two_nodes() -> TestResult {
     );
     Ok(())
 }
+
+#[test]
+fn a_query_while_a_write_run_is_with_the_log_reads_the_state_before_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let node = Node::open(DataDir::new(dir.path()))?;
+    let kv = node.resolve_type("kv")?;
+    let mut store = node.create_store(kv, "test")?;
+    store.call("put", &json!({"key": "a", "value": "old"}))?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    let calls = vec![
+        ("put".to_string(), json!({"key": "a", "value": "new"})),
+        ("put".to_string(), json!({"key": "b", "value": "1"})),
+        ("put".to_string(), json!({"bad": "arguments"})),
+    ];
+    let run = match store.start_write_run(&calls, move |outcome| {
+        let _ = tx.send(outcome);
+    }) {
+        lattice_node::RunStart::InFlight(run) => run,
+        lattice_node::RunStart::Done(results) => {
+            return Err(format!("nothing went to the log: {results:?}").into());
+        }
+    };
+    // Whether or not the log has committed yet, the run has not landed: queries see the
+    // committed state, as often as they are asked.
+    for _ in 0..2 {
+        assert_eq!(store.call("get", &json!({"key": "a"}))?["value"], "old");
+        assert_eq!(
+            store.call("get", &json!({"key": "b"}))?["value"],
+            json!(null)
+        );
+    }
+    let outcome = rx.recv_timeout(std::time::Duration::from_secs(30))?;
+    let results = store.finish_write_run(run, outcome);
+    assert_eq!(results.len(), 3);
+    assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[2], Err(NodeError::Runtime(_))),
+        "{:?}",
+        results[2]
+    );
+    assert_eq!(store.call("get", &json!({"key": "a"}))?["value"], "new");
+    assert_eq!(store.call("get", &json!({"key": "b"}))?["value"], "1");
+    // The landed run is what the log says: rebuilding from it gives the same state.
+    let digest = store.state_digest()?;
+    store.rebuild()?;
+    assert_eq!(store.state_digest()?, digest);
+    Ok(())
+}

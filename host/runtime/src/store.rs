@@ -506,7 +506,8 @@ impl StoreRuntime {
         })
     }
 
-    /// Runs a query and returns its JSON result.
+    /// Runs a query and returns its JSON result. During a run (see
+    /// [`StoreRuntime::begin_run`]) it reads the committed state the run started from.
     ///
     /// # Errors
     /// As [`StoreRuntime::prepare`]; a query that writes fails with [`CallError::Forbidden`].
@@ -522,10 +523,17 @@ impl StoreRuntime {
             )));
         }
         let lent = self.lend_snapshot()?;
+        let in_run = self.run.is_some();
         let guest = self.guest()?;
+        // During a run the query reads the committed state the run started from, not the
+        // run's applied writes: those are not durable until the run is witnessed.
+        let hidden = in_run.then(|| std::mem::take(&mut guest.host().batch));
         let result = guest.query(method, &args.to_string());
         if lent {
             guest.host().snapshot = None;
+        }
+        if let Some(batch) = hidden {
+            guest.host().batch = batch;
         }
         let text = result?;
         serde_json::from_str(&text).map_err(|e| {

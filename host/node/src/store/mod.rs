@@ -61,6 +61,9 @@ pub struct Store {
     pruning: Option<prune::PruneRun>,
     /// Referenced blobs not here, not yet taken ([`Store::take_newly_wanted`]).
     newly_wanted: Vec<Hash>,
+    /// A write run is with the log ([`Store::start_write_run`]): queries read the state as
+    /// it is, without projecting first (that would apply the run from the log under it).
+    run_in_flight: bool,
 }
 
 /// The files of one store.
@@ -318,6 +321,7 @@ impl Store {
             filter: AuthorFilter::members_only(),
             system_events: Vec::new(),
             data_events: None,
+            run_in_flight: false,
             creator,
             me,
             files: StoreFiles {
@@ -776,7 +780,9 @@ impl Store {
         args: &Value,
     ) -> Result<CallReply, NodeError> {
         if self.runtime_of(partition).method_kind(method)? == Some(MethodKind::Query) {
-            self.project()?;
+            if !self.run_in_flight {
+                self.project()?;
+            }
             return Ok(CallReply::Answer(
                 self.runtime_of(partition).query(method, args)?,
             ));
@@ -893,7 +899,32 @@ impl Store {
     /// When something arrived from a peer in between (the series is then not next in the
     /// witness order), the applied state is dropped and the log projected as usual, so the
     /// outcome is what a node that received the same intentions in the same order computes.
+    ///
+    /// This waits for the group commit; [`Store::start_write_run`] does not.
     pub fn write_run(&mut self, calls: &[(String, Value)]) -> Vec<Result<Written, NodeError>> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        match self.start_write_run(calls, move |outcome| {
+            let _ = tx.send(outcome);
+        }) {
+            RunStart::Done(results) => results,
+            RunStart::InFlight(run) => {
+                let outcome = rx.recv().unwrap_or(Err(lattice_log::Error::Closed));
+                self.finish_write_run(run, outcome)
+            }
+        }
+    }
+
+    /// The first half of [`Store::write_run`]: prepares, builds and applies the calls and
+    /// hands the run to the log, which calls `witnessed` (on its own thread) once the group
+    /// commit is durable. Until then the store answers queries from the state before the run
+    /// ([`Store::call`] of a query); pass the outcome to [`Store::finish_write_run`] before
+    /// anything else touches the store. When nothing needs witnessing the results are final
+    /// at once and `witnessed` is never called.
+    pub fn start_write_run(
+        &mut self,
+        calls: &[(String, Value)],
+        witnessed: impl FnOnce(lattice_log::BuiltOutcome) + Send + 'static,
+    ) -> RunStart {
         let mut results: Vec<Option<Result<Written, NodeError>>> =
             calls.iter().map(|_| None).collect();
         let mut built: Vec<(usize, Built)> = Vec::new();
@@ -901,38 +932,35 @@ impl Store {
             // Nothing was witnessed: answer each remaining call on its own.
             warn!(store = %self.id.short(), "write run failed ({e}); writing one by one");
             self.data.abort_run();
-            return calls
-                .iter()
-                .zip(results)
-                .map(|((method, args), done)| match done {
-                    Some(r) => r,
-                    None => match self.call_in(Partition::Data, method, args)? {
-                        CallReply::Wrote(written) => Ok(written),
-                        CallReply::Answer(_) => {
-                            Err(NodeError::Runtime(lattice_runtime::Error::BadArguments(
-                                format!("`{method}` is a query, not a command"),
-                            )))
-                        }
-                    },
-                })
-                .collect();
+            return RunStart::Done(
+                calls
+                    .iter()
+                    .zip(results)
+                    .map(|((method, args), done)| match done {
+                        Some(r) => r,
+                        None => match self.call_in(Partition::Data, method, args)? {
+                            CallReply::Wrote(written) => Ok(written),
+                            CallReply::Answer(_) => {
+                                Err(NodeError::Runtime(lattice_runtime::Error::BadArguments(
+                                    format!("`{method}` is a query, not a command"),
+                                )))
+                            }
+                        },
+                    })
+                    .collect(),
+            );
         }
-        if !built.is_empty() {
-            self.finish_run(built, &mut results);
+        if built.is_empty() {
+            self.data.abort_run();
+            return RunStart::Done(final_results(results));
         }
-        results
-            .into_iter()
-            .map(|r| {
-                r.unwrap_or_else(|| {
-                    Err(NodeError::Runtime(lattice_runtime::Error::Corrupt(
-                        "a call of a write run got no outcome".into(),
-                    )))
-                })
-            })
-            .collect()
+        let (slots, run): (Vec<usize>, Vec<Built>) = built.into_iter().unzip();
+        self.log.submit_built_then(run, witnessed);
+        self.run_in_flight = true;
+        RunStart::InFlight(RunInFlight { slots, results })
     }
 
-    /// Phase one of [`Store::write_run`]: prepare, build and apply each call. Calls the guest
+    /// The building part of [`Store::start_write_run`]: prepare, build and apply each call. Calls the guest
     /// refuses get their error in `results`; the rest land in `built`.
     fn build_run(
         &mut self,
@@ -977,23 +1005,24 @@ impl Store {
         Ok(())
     }
 
-    /// Phase two of [`Store::write_run`]: witness the run in one group commit, commit its
-    /// applied state (or project from the log when the run is not next in witness order) and
-    /// give each call its outcome.
-    fn finish_run(
+    /// The second half of [`Store::write_run`]: with the log's outcome of the group commit,
+    /// commits the run's applied state (or projects from the log when the run was not next
+    /// in witness order) and gives each call its outcome, in order.
+    pub fn finish_write_run(
         &mut self,
-        built: Vec<(usize, Built)>,
-        results: &mut [Option<Result<Written, NodeError>>],
-    ) {
-        let (slots, run): (Vec<usize>, Vec<Built>) = built.into_iter().unzip();
-        let witnessed = match self.log.submit_built(run).wait() {
-            Ok(Ok(w)) => w,
-            Ok(Err(e)) | Err(e) => {
+        run: RunInFlight,
+        outcome: lattice_log::BuiltOutcome,
+    ) -> Vec<Result<Written, NodeError>> {
+        let RunInFlight { slots, mut results } = run;
+        self.run_in_flight = false;
+        let witnessed = match outcome {
+            Ok(w) => w,
+            Err(e) => {
                 self.data.abort_run();
                 for i in slots {
                     results[i] = Some(Err(NodeError::Log(e.clone())));
                 }
-                return;
+                return final_results(results);
             }
         };
         let seqs: Option<Vec<u64>> = witnessed
@@ -1050,6 +1079,7 @@ impl Store {
                 },
             });
         }
+        final_results(results)
     }
 
     /// Runs a query on the projected state as it is (no projection first).
@@ -1322,4 +1352,39 @@ impl Store {
             Err(_) => Ok(()),
         }
     }
+}
+
+/// How [`Store::start_write_run`] left a run.
+#[derive(Debug)]
+pub enum RunStart {
+    /// Nothing to witness (every call was refused, or the run was written one by one): the
+    /// results, in call order.
+    Done(Vec<Result<Written, NodeError>>),
+    /// Handed to the log; finish it with [`Store::finish_write_run`].
+    InFlight(RunInFlight),
+}
+
+/// A write run the log is committing (see [`Store::start_write_run`]).
+#[derive(Debug)]
+pub struct RunInFlight {
+    /// The calls that became intentions, in run order.
+    slots: Vec<usize>,
+    /// Outcomes known so far (calls the guest refused).
+    results: Vec<Option<Result<Written, NodeError>>>,
+}
+
+/// Every call's outcome; a call left without one (a bug) gets a typed error.
+fn final_results(
+    results: Vec<Option<Result<Written, NodeError>>>,
+) -> Vec<Result<Written, NodeError>> {
+    results
+        .into_iter()
+        .map(|r| {
+            r.unwrap_or_else(|| {
+                Err(NodeError::Runtime(lattice_runtime::Error::Corrupt(
+                    "a call of a write run got no outcome".into(),
+                )))
+            })
+        })
+        .collect()
 }
