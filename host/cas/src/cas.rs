@@ -133,6 +133,41 @@ impl Cas {
         writer.finish(self)
     }
 
+    /// Moves the file at `path` into the store as a blob of `store` and returns it: the bytes
+    /// are hashed and made durable where they are, not copied (when `path` is on another
+    /// filesystem than the store they are copied). Nothing may write to the file meanwhile.
+    /// Afterwards `path` is gone, whatever the outcome.
+    ///
+    /// # Errors
+    /// File and index errors.
+    pub fn put_file(&self, store: &StoreId, path: &Path) -> Result<BlobInfo, CasError> {
+        let size = std::fs::metadata(path).map_err(CasError::io(path))?.len();
+        let mut writer = self.writer(store);
+        if size <= INLINE_MAX {
+            let bytes = std::fs::read(path).map_err(CasError::io(path))?;
+            remove_quietly(path);
+            writer.write(&bytes)?;
+            return writer.finish(self);
+        }
+        // Into the store's temporary folder first (the writer removes it there on failure;
+        // the folder is emptied when the store opens, after a crash).
+        match std::fs::rename(path, &writer.tmp_data) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::CrossesDevices => {
+                let file = File::open(path).map_err(CasError::io(path))?;
+                let put = self.put(store, file);
+                remove_quietly(path);
+                return put;
+            }
+            Err(e) => {
+                remove_quietly(path);
+                return Err(CasError::io(path)(e));
+            }
+        }
+        writer.size = size;
+        writer.place(self)
+    }
+
     /// Starts a blob of `store` written in pieces ([`BlobWriter::write`], then
     /// [`BlobWriter::finish`]); dropped unfinished, it leaves nothing.
     pub fn writer(&self, store: &StoreId) -> BlobWriter {
@@ -740,18 +775,35 @@ impl BlobWriter {
             let hash = Hash(*blake3::hash(&self.head).as_bytes());
             return cas.hold_inline(&self.store, &hash, &self.head);
         };
-        let (tmp_data, tmp_obao) = (&self.tmp_data, &self.tmp_obao);
-        let file = writer
+        writer
             .into_inner()
-            .map_err(|e| CasError::io(tmp_data)(e.into_error()))?;
-        file.sync_all().map_err(CasError::io(tmp_data))?;
+            .map_err(|e| CasError::io(&self.tmp_data)(e.into_error()))?;
+        self.place(cas)
+    }
+
+    /// Makes the temporary data file durable and builds its hash tree (side by side: the
+    /// flush waits on the disk, the hashing on the CPU), then moves both into place.
+    fn place(&self, cas: &Cas) -> Result<BlobInfo, CasError> {
+        let (tmp_data, tmp_obao) = (&self.tmp_data, &self.tmp_obao);
+        let data = File::open(tmp_data).map_err(CasError::io(tmp_data))?;
         let obao = File::create(tmp_obao).map_err(CasError::io(tmp_obao))?;
-        let file = File::open(tmp_data).map_err(CasError::io(tmp_data))?;
-        let root = verify::make_outboard(&file, self.size, obao).map_err(CasError::io(tmp_obao))?;
-        File::open(tmp_obao)
-            .and_then(|f| f.sync_all())
-            .map_err(CasError::io(tmp_obao))?;
-        let hash = Hash(*root.as_bytes());
+        let (synced, root) = std::thread::scope(|scope| {
+            let synced = scope.spawn(|| data.sync_all());
+            let root = obao
+                .try_clone()
+                .and_then(|tree| verify::make_outboard(&data, self.size, tree))
+                .and_then(|root| obao.sync_all().map(|()| root));
+            (synced.join(), root)
+        });
+        match synced {
+            Ok(done) => done.map_err(CasError::io(tmp_data))?,
+            Err(_) => {
+                return Err(CasError::io(tmp_data)(std::io::Error::other(
+                    "flushing the data panicked",
+                )));
+            }
+        }
+        let hash = Hash(*root.map_err(CasError::io(tmp_obao))?.as_bytes());
         cas.adopt(&self.store, &hash, self.size, tmp_data, tmp_obao)
     }
 }
@@ -760,11 +812,16 @@ impl Drop for BlobWriter {
     fn drop(&mut self) {
         self.file = None;
         for path in [&self.tmp_data, &self.tmp_obao] {
-            if let Err(e) = std::fs::remove_file(path)
-                && e.kind() != std::io::ErrorKind::NotFound
-            {
-                warn!(path = %path.display(), "could not remove a put's temporary file: {e}");
-            }
+            remove_quietly(path);
         }
+    }
+}
+
+/// Removes a temporary file; one already gone is fine, another failure is logged.
+fn remove_quietly(path: &Path) {
+    if let Err(e) = std::fs::remove_file(path)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        warn!(path = %path.display(), "could not remove a temporary file: {e}");
     }
 }

@@ -154,6 +154,43 @@ fn a_put_whose_source_fails_keeps_nothing() -> TestResult {
 }
 
 /// The data file of `hash`.
+#[test]
+fn a_file_moved_in_is_the_blob_a_put_of_its_bytes_makes_and_is_gone_after() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let cas = Cas::open(&dir.path().join("cas"))?;
+    let outside = dir.path().join("spool");
+    std::fs::create_dir_all(&outside)?;
+    for (i, size) in [0usize, 100, 16 * 1024, 16 * 1024 + 1, (1 << 20) + 7]
+        .into_iter()
+        .enumerate()
+    {
+        let data = bytes(size, i as u8);
+        let path = outside.join(format!("f{i}"));
+        std::fs::write(&path, &data)?;
+        let moved = cas.put_file(&A, &path)?;
+        assert!(!path.exists(), "{size} bytes: the file was left behind");
+        assert_eq!(moved.hash, Hash(*blake3::hash(&data).as_bytes()), "{size} bytes");
+        assert_eq!(moved.size, size as u64);
+        assert_eq!(read_all(&cas, &A, &moved.hash, 0..size as u64)?, data);
+        cas.verify(&A, &moved.hash)?;
+        // The same bytes again, by a put and by another file: one blob, the file gone.
+        assert_eq!(cas.put(&B, data.as_slice())?.hash, moved.hash);
+        std::fs::write(&path, &data)?;
+        assert_eq!(cas.put_file(&B, &path)?.hash, moved.hash);
+        assert!(!path.exists());
+    }
+    // The two blobs past the inline size, one data file each.
+    assert_eq!(data_files(&dir.path().join("cas")), 2);
+    // A missing file is an error naming it, and changes nothing.
+    let missing = outside.join("missing");
+    match cas.put_file(&A, &missing) {
+        Err(CasError::Io { path, .. }) => assert_eq!(path, missing),
+        other => return Err(format!("expected an I/O error, got {other:?}").into()),
+    }
+    assert_eq!(data_files(&dir.path().join("cas")), 2);
+    Ok(())
+}
+
 fn data_path(dir: &Path, hash: &Hash) -> std::path::PathBuf {
     let hex = hash.to_string();
     dir.join("blobs")
