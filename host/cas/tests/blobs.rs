@@ -169,7 +169,11 @@ fn a_file_moved_in_is_the_blob_a_put_of_its_bytes_makes_and_is_gone_after() -> T
         std::fs::write(&path, &data)?;
         let moved = cas.put_file(&A, &path)?;
         assert!(!path.exists(), "{size} bytes: the file was left behind");
-        assert_eq!(moved.hash, Hash(*blake3::hash(&data).as_bytes()), "{size} bytes");
+        assert_eq!(
+            moved.hash,
+            Hash(*blake3::hash(&data).as_bytes()),
+            "{size} bytes"
+        );
         assert_eq!(moved.size, size as u64);
         assert_eq!(read_all(&cas, &A, &moved.hash, 0..size as u64)?, data);
         cas.verify(&A, &moved.hash)?;

@@ -18,6 +18,7 @@ use fuser::{
 use lattice_model::{Hash, StoreId};
 use lattice_node::{NodeError, StoreManager};
 use serde_json::{Value, json};
+use tempfile::NamedTempFile;
 use tokio::runtime::Handle;
 use tracing::{debug, warn};
 
@@ -145,6 +146,18 @@ impl FsMount {
 enum Source {
     Inline(Vec<u8>),
     Blob(Hash, u64),
+    /// A spool a commit is moving into the blob store (its bytes no longer change): what
+    /// the handle holds until the commit ends.
+    Taken(Arc<File>, u64),
+}
+
+impl Source {
+    fn size(&self) -> u64 {
+        match self {
+            Source::Inline(bytes) => bytes.len() as u64,
+            Source::Blob(_, size) | Source::Taken(_, size) => *size,
+        }
+    }
 }
 
 /// An open file.
@@ -152,8 +165,12 @@ struct Open {
     path: String,
     ino: u64,
     source: Source,
-    /// Opened for writing: the file's bytes as this handle writes them.
-    spool: Option<File>,
+    /// Opened for writing.
+    writable: bool,
+    /// A writable handle's bytes as it writes them (a named file in the spool folder, so a
+    /// commit can move it into the blob store instead of copying it). `None` after a commit
+    /// took it: the next write copies `source` into a new one.
+    spool: Option<NamedTempFile>,
     /// Counts writes and truncations (a new or truncated file starts at 1).
     version: u64,
     /// The version the last commit wrote: the handle is dirty while the two differ, so a
@@ -171,6 +188,14 @@ impl Open {
     /// Written (or truncated) since the last commit.
     fn dirty(&self) -> bool {
         self.version != self.committed
+    }
+
+    /// The handle's size: its spool's, else its source's.
+    fn size(&self) -> u64 {
+        match &self.spool {
+            Some(spool) => spool.as_file().metadata().map_or(0, |m| m.len()),
+            None => self.source.size(),
+        }
     }
 }
 
@@ -265,11 +290,8 @@ impl Fs {
         };
         let mut size = stat["size"].as_u64().unwrap_or(0);
         for open in lock(&self.files).values() {
-            if open.ino == ino
-                && open.dirty()
-                && let Some(spool) = &open.spool
-            {
-                size = spool.metadata().map_or(size, |m| m.len());
+            if open.ino == ino && open.dirty() {
+                size = open.size();
             }
         }
         let mtime = UNIX_EPOCH + Duration::from_millis(stat["mtime_ms"].as_u64().unwrap_or(0));
@@ -307,12 +329,7 @@ impl Fs {
             let open = files
                 .values()
                 .find(|o| o.pending.is_some() && o.path == path)?;
-            let size = open
-                .spool
-                .as_ref()
-                .and_then(|s| s.metadata().ok())
-                .map_or(0, |m| m.len());
-            (open.pending.unwrap_or(0o644), size)
+            (open.pending.unwrap_or(0o644), open.size())
         };
         let mtime = SystemTime::now();
         let stat = json!({"kind": "file", "size": size, "mode": mode,
@@ -376,6 +393,13 @@ impl Fs {
                 })?;
                 Ok(out)
             }
+            Source::Taken(file, total) => {
+                let end = (offset + u64::from(size)).min(*total);
+                let mut out = vec![0; end.saturating_sub(offset) as usize];
+                file.read_exact_at(&mut out, offset)
+                    .map_err(|_| Errno::EIO)?;
+                Ok(out)
+            }
         }
     }
 
@@ -422,13 +446,11 @@ impl Fs {
     }
 
     /// A spool file holding `source`'s bytes (empty with `truncate`).
-    fn spool_of(&self, source: &Source, truncate: bool) -> Result<File, Errno> {
-        let file = tempfile::tempfile_in(&self.spool).map_err(|_| Errno::EIO)?;
+    fn spool_of(&self, source: &Source, truncate: bool) -> Result<NamedTempFile, Errno> {
+        let spool = NamedTempFile::new_in(&self.spool).map_err(|_| Errno::EIO)?;
+        let file = spool.as_file();
         if !truncate {
-            let total = match source {
-                Source::Inline(bytes) => bytes.len() as u64,
-                Source::Blob(_, size) => *size,
-            };
+            let total = source.size();
             let mut at = 0;
             while at < total {
                 let part = self.read_source(source, at, 4 << 20)?;
@@ -439,54 +461,112 @@ impl Fs {
                 at += part.len() as u64;
             }
         }
-        Ok(file)
+        Ok(spool)
+    }
+
+    /// Runs `f` on handle `fh` with its spool, made again from the handle's source when the
+    /// last commit took it.
+    fn with_spool<T>(
+        &self,
+        fh: u64,
+        f: impl FnOnce(&mut Open, &File) -> Result<T, Errno>,
+    ) -> Result<T, Errno> {
+        let source = {
+            let mut files = lock(&self.files);
+            let open = files.get_mut(&fh).ok_or(Errno::EBADF)?;
+            if !open.writable {
+                return Err(Errno::EBADF);
+            }
+            if let Some(spool) = open.spool.take() {
+                let done = f(open, spool.as_file());
+                open.spool = Some(spool);
+                return done;
+            }
+            open.source.clone()
+        };
+        let fresh = self.spool_of(&source, false)?;
+        let mut files = lock(&self.files);
+        let open = files.get_mut(&fh).ok_or(Errno::EBADF)?;
+        // Another request may have made one meanwhile: the first stays.
+        let spool = open.spool.take().unwrap_or(fresh);
+        let done = f(open, spool.as_file());
+        open.spool = Some(spool);
+        done
     }
 
     /// Writes handle `fh`'s bytes to the store when they changed: one write of the store.
     fn commit(&self, fh: u64) -> Result<(), Errno> {
-        let (path, file, mode, version) = {
-            let files = lock(&self.files);
-            let Some(open) = files.get(&fh) else {
-                return Ok(());
-            };
-            match (&open.spool, open.dirty()) {
-                (Some(spool), true) => (
-                    open.path.clone(),
-                    spool.try_clone().map_err(|_| Errno::EIO)?,
-                    open.pending,
-                    open.version,
-                ),
-                _ => return Ok(()),
-            }
+        let needs_spool = match lock(&self.files).get(&fh) {
+            Some(open) => open.dirty() && open.spool.is_none(),
+            None => return Ok(()),
         };
-        let with_mode = |mut args: Value| {
+        if needs_spool {
+            // The last commit took the spool and failed: write the bytes it left again.
+            self.with_spool(fh, |_, _| Ok(()))?;
+        }
+        let with_mode = |mut args: Value, mode: Option<u32>| {
             if let Some(mode) = mode {
                 args["mode"] = json!(mode);
             }
             args
         };
-        let size = file.metadata().map_err(|_| Errno::EIO)?.len();
-        let source = if size <= INLINE {
-            let mut bytes = vec![0; size as usize];
-            file.read_exact_at(&mut bytes, 0).map_err(|_| Errno::EIO)?;
-            self.call(
-                "write",
-                with_mode(json!({ "path": path, "data": bytes_json(&bytes) })),
-            )?;
-            Source::Inline(bytes)
-        } else {
-            let reader = ReadFrom { file, at: 0 };
-            let blob = self
-                .rt
-                .block_on(self.manager.put_blob(&self.store, reader))
-                .map_err(|e| errno_of(&e))?;
-            self.call(
-                "write",
-                with_mode(
-                    json!({ "path": path, "blob": blob.hash.to_string(), "size": blob.size }),
-                ),
-            )?;
-            Source::Blob(blob.hash, blob.size)
+        // What to write: small content is read now; a large spool is taken from the handle
+        // (it moves into the blob store as it is) and the handle reads it until the commit
+        // ends.
+        let (path, mode, version, taken) = {
+            let mut files = lock(&self.files);
+            let Some(open) = files.get_mut(&fh) else {
+                return Ok(());
+            };
+            if !open.dirty() {
+                return Ok(());
+            }
+            let Some(spool) = open.spool.as_ref() else {
+                return Err(Errno::EIO);
+            };
+            let size = spool.as_file().metadata().map_err(|_| Errno::EIO)?.len();
+            let taken = if size <= INLINE {
+                let mut bytes = vec![0; size as usize];
+                spool
+                    .as_file()
+                    .read_exact_at(&mut bytes, 0)
+                    .map_err(|_| Errno::EIO)?;
+                Err(bytes)
+            } else {
+                let spool = open.spool.take().ok_or(Errno::EIO)?;
+                let frozen = spool.as_file().try_clone().map_err(|_| Errno::EIO)?;
+                open.source = Source::Taken(Arc::new(frozen), size);
+                open.window = None;
+                Ok(spool.into_temp_path())
+            };
+            (open.path.clone(), open.pending, open.version, taken)
+        };
+        let source = match taken {
+            Err(bytes) => {
+                self.call(
+                    "write",
+                    with_mode(json!({ "path": path, "data": bytes_json(&bytes) }), mode),
+                )?;
+                Source::Inline(bytes)
+            }
+            Ok(spool) => {
+                let cas = self.cas.as_ref().ok_or(Errno::EIO)?;
+                // The file is gone from the spool folder whatever happens; on failure the
+                // handle keeps its bytes (the taken file stays open) for the next commit.
+                let blob = cas.put_file(&self.store, &spool).map_err(|e| {
+                    warn!("moving a file into the blob store failed: {e}");
+                    Errno::EIO
+                })?;
+                let _ = spool.keep();
+                self.call(
+                    "write",
+                    with_mode(
+                        json!({ "path": path, "blob": blob.hash.to_string(), "size": blob.size }),
+                        mode,
+                    ),
+                )?;
+                Source::Blob(blob.hash, blob.size)
+            }
         };
         if let Some(open) = lock(&self.files).get_mut(&fh) {
             // Written again while this commit ran: the next flush writes that too.
@@ -495,7 +575,7 @@ impl Fs {
             open.source = source;
             open.window = None;
         }
-        debug!(path, size, "committed a file");
+        debug!(path, "committed a file");
         Ok(())
     }
 
@@ -528,26 +608,13 @@ impl Fs {
             path,
             ino: ino.0,
             source,
+            writable,
             spool,
             version: u64::from(truncate),
             committed: 0,
             window: None,
             pending: None,
         }))
-    }
-}
-
-/// A `Read` over a file from a position (its own cursor, so clones do not interfere).
-struct ReadFrom {
-    file: File,
-    at: u64,
-}
-
-impl std::io::Read for ReadFrom {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.file.read_at(buf, self.at)?;
-        self.at += n as u64;
-        Ok(n)
     }
 }
 
@@ -610,21 +677,20 @@ impl Filesystem for Fs {
             if let Some(size) = size {
                 // Through the open handle when there is one; else a handle of our own.
                 let (fh, own) = match fh {
-                    Some(fh)
-                        if lock(&self.files)
-                            .get(&fh.0)
-                            .is_some_and(|o| o.spool.is_some()) =>
-                    {
+                    Some(fh) if lock(&self.files).get(&fh.0).is_some_and(|o| o.writable) => {
                         (fh.0, false)
                     }
                     _ => (self.open_file(ino, libc::O_RDWR)?, true),
                 };
-                if let Some(open) = lock(&self.files).get_mut(&fh)
-                    && let Some(spool) = &open.spool
-                {
+                let truncated = self.with_spool(fh, |open, spool| {
                     spool.set_len(size).map_err(|_| Errno::EIO)?;
                     open.version += 1;
+                    Ok(())
+                });
+                if truncated.is_err() {
+                    lock(&self.files).remove(&fh);
                 }
+                truncated?;
                 if own {
                     let committed = self.commit(fh);
                     lock(&self.files).remove(&fh);
@@ -784,11 +850,12 @@ impl Filesystem for Fs {
                 return Err(Errno::EEXIST);
             }
             let ino = lock(&self.inodes).number(&path);
-            let spool = tempfile::tempfile_in(&self.spool).map_err(|_| Errno::EIO)?;
+            let spool = NamedTempFile::new_in(&self.spool).map_err(|_| Errno::EIO)?;
             let fh = self.new_handle(Open {
                 path: path.clone(),
                 ino,
                 source: Source::Inline(Vec::new()),
+                writable: true,
                 spool: Some(spool),
                 version: 1,
                 committed: 0,
@@ -827,7 +894,7 @@ impl Filesystem for Fs {
                 let files = lock(&self.files);
                 let open = files.get(&fh.0).ok_or(Errno::EBADF)?;
                 let spool = match &open.spool {
-                    Some(s) => Some(s.try_clone().map_err(|_| Errno::EIO)?),
+                    Some(s) => Some(s.as_file().try_clone().map_err(|_| Errno::EIO)?),
                     None => None,
                 };
                 (spool, open.source.clone())
@@ -863,19 +930,14 @@ impl Filesystem for Fs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyWrite,
     ) {
-        let mut files = lock(&self.files);
-        let Some(open) = files.get_mut(&fh.0) else {
-            return reply.error(Errno::EBADF);
-        };
-        let Some(spool) = &open.spool else {
-            return reply.error(Errno::EBADF);
-        };
-        match spool.write_all_at(data, offset) {
-            Ok(()) => {
-                open.version += 1;
-                reply.written(data.len() as u32);
-            }
-            Err(_) => reply.error(Errno::EIO),
+        let written = self.with_spool(fh.0, |open, spool| {
+            spool.write_all_at(data, offset).map_err(|_| Errno::EIO)?;
+            open.version += 1;
+            Ok(())
+        });
+        match written {
+            Ok(()) => reply.written(data.len() as u32),
+            Err(e) => reply.error(e),
         }
     }
 

@@ -432,3 +432,73 @@ fn a_sparse_one_gib_file_round_trips_through_a_mount() -> TestResult {
     json(&dir, &["fs", "umount", &mnt.to_string_lossy()])?;
     Ok(())
 }
+
+/// Files under `dir`, at any depth.
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| {
+            if e.path().is_dir() {
+                files_under(&e.path())
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+#[test]
+fn a_large_file_written_on_after_fsync_keeps_every_byte() -> TestResult {
+    use std::io::Write as _;
+    use std::os::unix::fs::FileExt as _;
+    if !fuse_available() {
+        return Ok(());
+    }
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("node");
+    let _daemon = Daemon(spawn_daemon(&dir, &[])?);
+    let store = text(
+        &json(&dir, &["store", "create", "--type", "fs", "--name", "log"])?,
+        "store",
+    )?;
+    let mnt = temp.path().join("mnt");
+    std::fs::create_dir(&mnt)?;
+    mount(&dir, &store, &mnt)?;
+
+    let path = mnt.join("log.bin");
+    let mut expected = bytes(3 << 20, 7);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .read(true)
+        .write(true)
+        .open(&path)?;
+    file.write_all(&expected)?;
+    // The commit moves the handle's bytes into the blob store; the handle reads them on and
+    // writes on from a copy.
+    file.sync_all()?;
+    let mut back = vec![0; 4096];
+    file.read_exact_at(&mut back, (2 << 20) + 5)?;
+    assert_eq!(back, expected[(2 << 20) + 5..(2 << 20) + 5 + 4096]);
+    file.write_all_at(b"patched", 1 << 20)?;
+    expected[1 << 20..(1 << 20) + 7].copy_from_slice(b"patched");
+    let tail = bytes(100_000, 8);
+    file.write_all_at(&tail, 3 << 20)?;
+    expected.extend_from_slice(&tail);
+    assert_eq!(file.metadata()?.len(), expected.len() as u64);
+    file.sync_all()?;
+    file.write_all_at(b"again", 0)?;
+    expected[..5].copy_from_slice(b"again");
+    drop(file);
+    assert_eq!(
+        std::fs::read(&path)?,
+        expected,
+        "the bytes read back differ"
+    );
+    // Nothing is left in the spool folder once the handle is closed.
+    assert_eq!(files_under(&dir.join("spool")), 0);
+    json(&dir, &["fs", "umount", &mnt.to_string_lossy()])?;
+    Ok(())
+}
