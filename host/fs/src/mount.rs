@@ -98,6 +98,7 @@ impl FsMount {
             spool,
             inodes: Mutex::new(Inodes::new()),
             files: Mutex::new(HashMap::new()),
+            listings: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
         };
         let mut config = fuser::Config::default();
@@ -210,8 +211,14 @@ struct Fs {
     spool: PathBuf,
     inodes: Mutex<Inodes>,
     files: Mutex<HashMap<u64, Open>>,
+    /// Open directories' listings, taken when a listing starts (offset 0): the kernel asks
+    /// for a long listing in pieces, and each piece is served from the same snapshot.
+    listings: Mutex<HashMap<u64, Arc<Vec<DirEntry>>>>,
     next_fh: AtomicU64,
 }
+
+/// One entry of a listing: inode, kind, name.
+type DirEntry = (u64, FileType, String);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -577,6 +584,49 @@ impl Fs {
         }
         debug!(path, "committed a file");
         Ok(())
+    }
+
+    /// Directory `ino`'s entries as the store lists them, with `.`, `..` and the files
+    /// created here and not closed yet.
+    fn list(&self, ino: INodeNo) -> Result<Vec<DirEntry>, Errno> {
+        let path = self.path(ino)?;
+        let items = self.call("readdir", json!({ "path": path }))?;
+        let mut entries = vec![
+            (ino.0, FileType::Directory, ".".to_string()),
+            (ROOT, FileType::Directory, "..".to_string()),
+        ];
+        let mut listed = std::collections::HashSet::new();
+        for item in items["items"].as_array().into_iter().flatten() {
+            let name = item["name"].as_str().unwrap_or_default().to_string();
+            let kind = match item["kind"].as_str() {
+                Some("dir") => FileType::Directory,
+                Some("symlink") => FileType::Symlink,
+                _ => FileType::RegularFile,
+            };
+            let child = lock(&self.inodes).number(&join(&path, &name));
+            listed.insert(name.clone());
+            entries.push((child, kind, name));
+        }
+        let prefix = if path.is_empty() {
+            String::new()
+        } else {
+            format!("{path}/")
+        };
+        let mut pending: Vec<(u64, String)> = lock(&self.files)
+            .values()
+            .filter(|o| o.pending.is_some())
+            .filter_map(|o| {
+                let name = o.path.strip_prefix(&prefix)?;
+                (!name.contains('/') && !listed.contains(name)).then(|| (o.ino, name.to_string()))
+            })
+            .collect();
+        pending.sort_by(|a, b| a.1.cmp(&b.1));
+        entries.extend(
+            pending
+                .into_iter()
+                .map(|(child, name)| (child, FileType::RegularFile, name)),
+        );
+        Ok(entries)
     }
 
     fn new_handle(&self, open: Open) -> u64 {
@@ -987,59 +1037,35 @@ impl Filesystem for Fs {
         }
     }
 
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
-        let listed = (|| {
-            let path = self.path(ino)?;
-            let items = self.call("readdir", json!({ "path": path }))?;
-            let mut entries = vec![
-                (ino.0, FileType::Directory, ".".to_string()),
-                (ROOT, FileType::Directory, "..".to_string()),
-            ];
-            for item in items["items"].as_array().into_iter().flatten() {
-                let name = item["name"].as_str().unwrap_or_default().to_string();
-                let kind = match item["kind"].as_str() {
-                    Some("dir") => FileType::Directory,
-                    Some("symlink") => FileType::Symlink,
-                    _ => FileType::RegularFile,
-                };
-                let child = lock(&self.inodes).number(&join(&path, &name));
-                entries.push((child, kind, name));
-            }
-            // Files created here and not closed yet are listed too.
-            let prefix = if path.is_empty() {
-                String::new()
-            } else {
-                format!("{path}/")
-            };
-            let mut pending: Vec<(u64, String)> = lock(&self.files)
-                .values()
-                .filter(|o| o.pending.is_some())
-                .filter_map(|o| {
-                    let name = o.path.strip_prefix(&prefix)?;
-                    (!name.contains('/')).then(|| (o.ino, name.to_string()))
-                })
-                .collect();
-            pending.sort_by(|a, b| a.1.cmp(&b.1));
-            for (child, name) in pending {
-                if !entries.iter().any(|(_, _, listed)| *listed == name) {
-                    entries.push((child, FileType::RegularFile, name));
-                }
-            }
-            Ok(entries)
-        })();
+        let kept = match offset {
+            0 => None,
+            _ => lock(&self.listings).get(&fh.0).cloned(),
+        };
+        let listed = match kept {
+            Some(entries) => Ok(entries),
+            None => self.list(ino).map(|entries| {
+                let entries = Arc::new(entries);
+                lock(&self.listings).insert(fh.0, entries.clone());
+                entries
+            }),
+        };
         match listed {
             Ok(entries) => {
-                for (i, (child, kind, name)) in
-                    entries.into_iter().enumerate().skip(offset as usize)
-                {
-                    if reply.add(INodeNo(child), (i + 1) as u64, kind, name) {
+                for (i, (child, kind, name)) in entries.iter().enumerate().skip(offset as usize) {
+                    if reply.add(INodeNo(*child), (i + 1) as u64, *kind, name) {
                         break;
                     }
                 }
@@ -1047,6 +1073,18 @@ impl Filesystem for Fs {
             }
             Err(e) => reply.error(e),
         }
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        lock(&self.listings).remove(&fh.0);
+        reply.ok();
     }
 
     fn fsyncdir(

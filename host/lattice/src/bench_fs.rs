@@ -91,14 +91,16 @@ fn write_small(
     size: u64,
     local: bool,
     writers: u64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, u64)> {
     std::fs::create_dir_all(dir)?;
     let data = vec![b'x'; size as usize];
+    // The file closed last (the clock and the index), for the time it takes to show elsewhere.
+    let last = std::sync::Mutex::new((Instant::now(), 0u64));
     let start = Instant::now();
     std::thread::scope(|scope| {
         let threads: Vec<_> = (0..writers)
             .map(|w| {
-                let data = &data;
+                let (data, last) = (&data, &last);
                 scope.spawn(move || -> anyhow::Result<()> {
                     for i in (w..count).step_by(writers as usize) {
                         let path = dir.join(format!("f{i}"));
@@ -107,6 +109,12 @@ fn write_small(
                         file.write_all(data)?;
                         if local {
                             file.sync_all()?;
+                        }
+                        drop(file);
+                        let now = Instant::now();
+                        let mut last = last.lock().unwrap_or_else(|p| p.into_inner());
+                        if now > last.0 {
+                            *last = (now, i);
                         }
                     }
                     Ok(())
@@ -117,23 +125,36 @@ fn write_small(
             .into_iter()
             .try_for_each(|t| t.join().map_err(|_| anyhow::anyhow!("a writer panicked"))?)
     })?;
-    Ok(start.elapsed().as_secs_f64())
+    let seconds = start.elapsed().as_secs_f64();
+    let (_, last) = last.into_inner().unwrap_or_else(|p| p.into_inner());
+    Ok((seconds, last))
 }
 
-/// Waits until every file `f0`..`f{count-1}` of `dir` reads as `size` bytes.
-fn wait_visible(dir: &Path, count: u64, size: u64) -> anyhow::Result<()> {
+/// Waits until file `f{last}` of `dir` reads as `size` bytes and the folder lists all
+/// `count` files (the time a user waits to see them all), then checks every file's size.
+fn wait_visible(dir: &Path, count: u64, size: u64, last: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    let mut missing: Vec<u64> = (0..count).rev().collect();
-    while let Some(&i) = missing.last() {
-        if std::fs::read(dir.join(format!("f{i}"))).is_ok_and(|d| d.len() as u64 == size) {
-            missing.pop();
-        } else if Instant::now() > deadline {
-            bail!(
-                "{} small files did not show on the other node within 120 s",
-                missing.len()
-            );
-        } else {
-            std::thread::yield_now();
+    let wait = |what: &str, done: &dyn Fn() -> bool| -> anyhow::Result<()> {
+        // Polled every 5 ms: the other node's mount has no event to wait on.
+        while !done() {
+            if Instant::now() > deadline {
+                bail!("{what} did not show on the other node within 120 s");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Ok(())
+    };
+    let last_file = dir.join(format!("f{last}"));
+    wait("the last file closed", &|| {
+        std::fs::read(&last_file).is_ok_and(|d| d.len() as u64 == size)
+    })?;
+    wait("every small file", &|| {
+        std::fs::read_dir(dir).is_ok_and(|listing| listing.count() as u64 == count)
+    })?;
+    for i in 0..count {
+        let len = std::fs::metadata(dir.join(format!("f{i}")))?.len();
+        if len != size {
+            bail!("f{i} shows {len} bytes on the other node, not {size}");
         }
     }
     Ok(())
@@ -186,13 +207,15 @@ async fn bench(args: BenchFsArgs, out: &Output) -> anyhow::Result<()> {
         drop_caches();
         let read = read_big(&a_mnt.join("big"), big)?;
         let writers = args.writers;
-        let local_small = write_small(&local.join("small"), args.small, small_size, true, writers)?;
-        let small = write_small(&a_mnt.join("small"), args.small, small_size, false, writers)?;
+        let (local_small, _) =
+            write_small(&local.join("small"), args.small, small_size, true, writers)?;
+        let (small, last) =
+            write_small(&a_mnt.join("small"), args.small, small_size, false, writers)?;
         let closed = Instant::now();
-        wait_visible(&b_mnt.join("small"), args.small, small_size)?;
+        wait_visible(&b_mnt.join("small"), args.small, small_size, last)?;
         let visible = closed.elapsed().as_secs_f64();
         let one_count = args.small.min(2_000);
-        let one = write_small(&a_mnt.join("one"), one_count, small_size, false, 1)?;
+        let (one, _) = write_small(&a_mnt.join("one"), one_count, small_size, false, 1)?;
         Ok(json!({
             "big_bytes": big,
             "write_mb_per_s": mb_per_s(big, write),

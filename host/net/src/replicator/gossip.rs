@@ -1,5 +1,7 @@
 //! Gossip: publishing new intentions, taking in what neighbours send.
 
+use tokio::sync::Semaphore;
+
 use super::*;
 
 impl Replicator {
@@ -26,12 +28,13 @@ impl Replicator {
         mut epoch: watch::Receiver<Option<Hash>>,
     ) {
         let mut backoff = self.inner.config.min_backoff;
+        let ingesting = Arc::new(Semaphore::new(INGESTS_IN_FLIGHT));
         loop {
             let rotated = tokio::select! {
                 event = events.recv() => match event {
                     Some(event) => {
                         backoff = self.inner.config.min_backoff;
-                        self.on_gossip(store, event).await;
+                        self.on_gossip(store, event, &ingesting).await;
                         continue;
                     }
                     // The topic ended (transport trouble).
@@ -71,7 +74,15 @@ impl Replicator {
         }
     }
 
-    pub(super) async fn on_gossip(&self, store: StoreId, event: GossipEvent) {
+    /// Takes in one gossip event. An intention is handed to the log at once and its outcome
+    /// awaited on a task of its own, so the intentions of a busy writer share group commits
+    /// (at most [`INGESTS_IN_FLIGHT`] per store at a time).
+    pub(super) async fn on_gossip(
+        &self,
+        store: StoreId,
+        event: GossipEvent,
+        ingesting: &Arc<Semaphore>,
+    ) {
         let Some(entry) = self.store(&store) else {
             return;
         };
@@ -100,21 +111,12 @@ impl Replicator {
         if self.check_peer(&from, false).is_err() || !entry.allows(&from) {
             return;
         }
-        // Invalid content counts against the neighbour only when it is the original sender:
-        // an honest relay must not pay for what it forwarded.
-        let offence = |reason: &str| {
-            if direct {
-                self.strike(&from, reason);
-            } else {
-                debug!(peer = %from.short(), "dropped relayed gossip: {reason}");
-            }
-        };
         let msg = match GossipMsg::decode(&bytes) {
             Ok(m) if m.store() == store => m,
-            Ok(_) => return offence("gossip for another store on this topic"),
-            Err(e) => return offence(&e.to_string()),
+            Ok(_) => return self.offence(&from, direct, "gossip for another store on this topic"),
+            Err(e) => return self.offence(&from, direct, &e.to_string()),
         };
-        let missing = match msg {
+        match msg {
             GossipMsg::Intention { bytes, .. } => {
                 if entry.access == Access::Members
                     && let Ok(signed) = SignedIntention::decode(&bytes)
@@ -128,28 +130,54 @@ impl Replicator {
                         .get(..bytes.len().saturating_sub(64))
                         .unwrap_or_default(),
                 );
-                let result = entry
-                    .log
-                    .submit_ingest(vec![Incoming::new(bytes)])
-                    .await
-                    .ok()
-                    .and_then(|r| r.ok())
-                    .and_then(|mut r| r.pop());
-                match result {
-                    Some(Ok(Ingested::Witnessed { .. })) => {
-                        return self.emit(ReplicaEvent::Gossiped { store, hash });
+                let Ok(permit) = ingesting.clone().acquire_owned().await else {
+                    return;
+                };
+                let pending = entry.log.submit_ingest(vec![Incoming::new(bytes)]);
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let result = pending
+                        .await
+                        .ok()
+                        .and_then(|r| r.ok())
+                        .and_then(|mut r| r.pop());
+                    drop(permit);
+                    match result {
+                        Some(Ok(Ingested::Witnessed { .. })) => {
+                            this.emit(ReplicaEvent::Gossiped { store, hash });
+                        }
+                        Some(Ok(Ingested::Duplicate)) | None => {}
+                        Some(Ok(Ingested::Floating { missing })) => {
+                            this.fill_soon(store, missing, from);
+                        }
+                        Some(Err(e)) if e.is_retryable() => {}
+                        Some(Err(lattice_log::IngestError::ForkedChain { .. })) => {}
+                        Some(Err(e)) => this.offence(&from, direct, &e.to_string()),
                     }
-                    Some(Ok(Ingested::Duplicate)) | None => return,
-                    Some(Ok(Ingested::Floating { missing })) => missing,
-                    Some(Err(e)) if e.is_retryable() => return,
-                    Some(Err(lattice_log::IngestError::ForkedChain { .. })) => return,
-                    Some(Err(e)) => return offence(&e.to_string()),
-                }
+                });
             }
             GossipMsg::Announce { hash, .. } => match entry.log.reader().lacking(&[hash]) {
-                Ok(l) if !l.is_empty() => hash,
-                _ => return,
+                Ok(l) if !l.is_empty() => self.fill_soon(store, hash, from),
+                _ => {}
             },
+        }
+    }
+
+    /// Invalid content counts against the neighbour only when it is the original sender: an
+    /// honest relay must not pay for what it forwarded.
+    fn offence(&self, from: &PubKey, direct: bool, reason: &str) {
+        if direct {
+            self.strike(from, reason);
+        } else {
+            debug!(peer = %from.short(), "dropped relayed gossip: {reason}");
+        }
+    }
+
+    /// Fetches the missing intention `missing` (and what it needs) from `from`, unless that
+    /// is under way already.
+    fn fill_soon(&self, store: StoreId, missing: lattice_model::Hash, from: PubKey) {
+        let Some(entry) = self.store(&store) else {
+            return;
         };
         if !lock(&entry.filling).insert(missing) {
             return;
@@ -166,3 +194,6 @@ impl Replicator {
         });
     }
 }
+
+/// Gossiped intentions of one store handed to the log and not yet answered, at most.
+const INGESTS_IN_FLIGHT: usize = 256;
