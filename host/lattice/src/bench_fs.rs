@@ -131,7 +131,7 @@ fn write_small(
 }
 
 /// Waits until file `f{last}` of `dir` reads as `size` bytes and the folder lists all
-/// `count` files (the time a user waits to see them all), then checks every file's size.
+/// `count` files: the time a user waits to see them all.
 fn wait_visible(dir: &Path, count: u64, size: u64, last: u64) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
     let wait = |what: &str, done: &dyn Fn() -> bool| -> anyhow::Result<()> {
@@ -150,7 +150,11 @@ fn wait_visible(dir: &Path, count: u64, size: u64, last: u64) -> anyhow::Result<
     })?;
     wait("every small file", &|| {
         std::fs::read_dir(dir).is_ok_and(|listing| listing.count() as u64 == count)
-    })?;
+    })
+}
+
+/// Checks that every file `f0`..`f{count-1}` of `dir` shows `size` bytes.
+fn check_sizes(dir: &Path, count: u64, size: u64) -> anyhow::Result<()> {
     for i in 0..count {
         let len = std::fs::metadata(dir.join(format!("f{i}")))?.len();
         if len != size {
@@ -214,6 +218,7 @@ async fn bench(args: BenchFsArgs, out: &Output) -> anyhow::Result<()> {
         let closed = Instant::now();
         wait_visible(&b_mnt.join("small"), args.small, small_size, last)?;
         let visible = closed.elapsed().as_secs_f64();
+        check_sizes(&b_mnt.join("small"), args.small, small_size)?;
         let one_count = args.small.min(2_000);
         let (one, _) = write_small(&a_mnt.join("one"), one_count, small_size, false, 1)?;
         Ok(json!({
