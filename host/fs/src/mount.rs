@@ -248,7 +248,7 @@ fn errno_of(e: &NodeError) -> Errno {
 fn bytes_json(bytes: &[u8]) -> Value {
     match std::str::from_utf8(bytes) {
         Ok(s) => Value::String(s.to_string()),
-        Err(_) => json!({"hex": bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()}),
+        Err(_) => json!({ "hex": hex::encode(bytes) }),
     }
 }
 
@@ -256,13 +256,7 @@ fn bytes_json(bytes: &[u8]) -> Value {
 fn json_bytes(value: &Value) -> Option<Vec<u8>> {
     match value {
         Value::String(s) => Some(s.as_bytes().to_vec()),
-        Value::Object(map) => {
-            let hex = map.get("hex")?.as_str()?;
-            (0..hex.len())
-                .step_by(2)
-                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-                .collect()
-        }
+        Value::Object(map) => hex::decode(map.get("hex")?.as_str()?).ok(),
         _ => None,
     }
 }
