@@ -1,0 +1,382 @@
+//! Whole Lattice nodes in one process over the simulated network.
+//!
+//! A [`Sim`] runs nodes with everything a daemon has — log, Wasm runtime with the built-in
+//! guests, system table, store manager, replicator — each in its own data directory, over a
+//! [`SimNetwork`] instead of iroh: partitions, offline nodes and gossip loss, duplication and
+//! delay are the network's, chosen by its seed. Scenarios create stores, invite and join,
+//! write, cut and heal the network, stop and restart nodes, and wait until every reachable
+//! member holds the same state ([`Sim::wait_converged`]).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), lattice_sim::SimError> {
+//! use lattice_sim::{Sim, SimConfig};
+//! let mut sim = Sim::new(7, SimConfig::default(), std::path::Path::new("/tmp/sim"));
+//! let (a, b) = (sim.add_node().await?, sim.add_node().await?);
+//! let store = sim.create_store(a, "kv").await?;
+//! sim.join(a, b, &store).await?;
+//! sim.call(a, &store, "put", serde_json::json!({"key": "k", "value": "v"})).await?;
+//! sim.wait_converged(&store, std::time::Duration::from_secs(10)).await?;
+//! # Ok(()) }
+//! ```
+#![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use lattice_model::{Hash, PubKey, StoreId};
+pub use lattice_net::SimConfig;
+use lattice_net::{ReplicatorConfig, SimNetwork};
+use lattice_node::{DataDir, Node, NodeError, StoreManager};
+use serde_json::Value;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::mpsc;
+
+/// A simulation step failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SimError {
+    /// A node operation failed.
+    #[error("node {node}: {source}")]
+    Node {
+        /// The node's index.
+        node: usize,
+        /// The cause.
+        #[source]
+        source: NodeError,
+    },
+    /// No such node, or it is stopped.
+    #[error("node {0} does not exist or is stopped")]
+    NoNode(usize),
+    /// The reachable members did not reach the same state in time.
+    #[error("store {store} did not converge within {waited:?}: {detail}")]
+    Diverged {
+        /// Short id of the store.
+        store: String,
+        /// How long was waited.
+        waited: Duration,
+        /// Each member's state digest (or why it has none).
+        detail: String,
+    },
+}
+
+/// One simulated node.
+struct SimPeer {
+    dir: PathBuf,
+    key: PubKey,
+    /// `None` while the node is stopped.
+    manager: Option<StoreManager>,
+    online: bool,
+}
+
+/// Nodes in one process over one simulated network (see the crate docs).
+pub struct Sim {
+    net: SimNetwork,
+    dir: PathBuf,
+    config: ReplicatorConfig,
+    peers: Vec<SimPeer>,
+}
+
+impl std::fmt::Debug for Sim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Sim({} nodes in {})",
+            self.peers.len(),
+            self.dir.display()
+        )
+    }
+}
+
+/// Anti-entropy period of simulated nodes: short, so a healed partition converges in a
+/// fraction of a second rather than the daemon's half minute.
+pub const ANTI_ENTROPY: Duration = Duration::from_millis(200);
+
+impl Sim {
+    /// A simulation whose network faults follow `seed` and `config`, with the nodes' data
+    /// under `dir`.
+    pub fn new(seed: u64, config: SimConfig, dir: &Path) -> Sim {
+        Sim {
+            net: SimNetwork::new(seed, config),
+            dir: dir.to_path_buf(),
+            config: ReplicatorConfig {
+                anti_entropy: ANTI_ENTROPY,
+                ..ReplicatorConfig::default()
+            },
+            peers: Vec::new(),
+        }
+    }
+
+    /// The simulated network (for faults this type does not wrap).
+    pub fn network(&self) -> &SimNetwork {
+        &self.net
+    }
+
+    /// Nodes added so far (stopped ones included).
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    /// Whether no node was added yet.
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+
+    /// Node `node`'s identity.
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`].
+    pub fn key(&self, node: usize) -> Result<PubKey, SimError> {
+        self.peers
+            .get(node)
+            .map(|p| p.key)
+            .ok_or(SimError::NoNode(node))
+    }
+
+    /// Adds a node with a new identity and data directory, online; returns its index.
+    ///
+    /// # Errors
+    /// [`SimError::Node`] when the node cannot open its data.
+    pub async fn add_node(&mut self) -> Result<usize, SimError> {
+        let index = self.peers.len();
+        let dir = self.dir.join(format!("node-{index}"));
+        let manager = self.start(index, &dir).await?;
+        let key = manager.node().key().public();
+        self.peers.push(SimPeer {
+            dir,
+            key,
+            manager: Some(manager),
+            online: true,
+        });
+        Ok(index)
+    }
+
+    async fn start(&self, index: usize, dir: &Path) -> Result<StoreManager, SimError> {
+        let failed = |source| SimError::Node {
+            node: index,
+            source,
+        };
+        let node = Node::open(DataDir::new(dir)).map_err(failed)?;
+        let sim = self.net.node(node.key().public());
+        StoreManager::start(node, sim.clone(), sim, None, self.config.clone())
+            .await
+            .map_err(failed)
+    }
+
+    fn manager(&self, node: usize) -> Result<&StoreManager, SimError> {
+        self.peers
+            .get(node)
+            .and_then(|p| p.manager.as_ref())
+            .ok_or(SimError::NoNode(node))
+    }
+
+    /// Creates a store of type `store_type` (`kv`, `counter`, `fs`, …) on `node`.
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`]; [`SimError::Node`] for an unknown type or a storage failure.
+    pub async fn create_store(&self, node: usize, store_type: &str) -> Result<StoreId, SimError> {
+        self.manager(node)?
+            .create(store_type, "", None)
+            .await
+            .map_err(|source| SimError::Node { node, source })
+    }
+
+    /// `inviter` invites `joiner` into `store` and `joiner` joins with the token.
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`]; [`SimError::Node`] when the invite or the join fails (for
+    /// example, the two cannot reach each other).
+    pub async fn join(
+        &self,
+        inviter: usize,
+        joiner: usize,
+        store: &StoreId,
+    ) -> Result<(), SimError> {
+        let token = self
+            .manager(inviter)?
+            .invite(store, Duration::from_secs(3600))
+            .await
+            .map_err(|source| SimError::Node {
+                node: inviter,
+                source,
+            })?;
+        self.manager(joiner)?
+            .join(&token.encode(), |_| {})
+            .await
+            .map_err(|source| SimError::Node {
+                node: joiner,
+                source,
+            })?;
+        Ok(())
+    }
+
+    /// Calls `method` of `store`'s type on `node` (a command writes; a query reads).
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`]; [`SimError::Node`] with the store's error (a rejected write is
+    /// an error).
+    pub async fn call(
+        &self,
+        node: usize,
+        store: &StoreId,
+        method: &str,
+        args: Value,
+    ) -> Result<Value, SimError> {
+        self.manager(node)?
+            .call(store, method, &args)
+            .await
+            .map_err(|source| SimError::Node { node, source })
+    }
+
+    /// Takes `node` off the network (its connections fail) or brings it back.
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`].
+    pub fn set_online(&mut self, node: usize, online: bool) -> Result<(), SimError> {
+        let peer = self.peers.get_mut(node).ok_or(SimError::NoNode(node))?;
+        peer.online = online;
+        self.net.set_online(peer.key, online);
+        Ok(())
+    }
+
+    /// Splits the network into `groups` of node indices (nodes not listed join the first
+    /// group); members of different groups cannot reach each other until [`Sim::heal`].
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`] for an index that does not exist.
+    pub fn partition(&self, groups: &[Vec<usize>]) -> Result<(), SimError> {
+        let keyed = groups
+            .iter()
+            .map(|g| g.iter().map(|n| self.key(*n)).collect())
+            .collect::<Result<Vec<Vec<PubKey>>, SimError>>()?;
+        self.net.partition(&keyed);
+        Ok(())
+    }
+
+    /// Removes every partition.
+    pub fn heal(&self) {
+        self.net.heal();
+    }
+
+    /// Stops `node` cleanly (its stores close, its state is made durable).
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`] when it does not exist or is stopped already.
+    pub async fn stop(&mut self, node: usize) -> Result<(), SimError> {
+        let peer = self.peers.get_mut(node).ok_or(SimError::NoNode(node))?;
+        let manager = peer.manager.take().ok_or(SimError::NoNode(node))?;
+        manager.shutdown().await;
+        Ok(())
+    }
+
+    /// Starts a stopped `node` again from its data directory.
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`]; [`SimError::Node`] when its data does not open.
+    pub async fn restart(&mut self, node: usize) -> Result<(), SimError> {
+        let dir = match self.peers.get(node) {
+            Some(p) if p.manager.is_none() => p.dir.clone(),
+            _ => return Err(SimError::NoNode(node)),
+        };
+        let manager = self.start(node, &dir).await?;
+        let online = self.peers[node].online;
+        self.peers[node].manager = Some(manager);
+        self.net.set_online(self.peers[node].key, online);
+        Ok(())
+    }
+
+    /// Each node's state digest of `store` (`None`: stopped, offline, or the store is not
+    /// open there).
+    pub async fn digests(&self, store: &StoreId) -> Vec<Option<Hash>> {
+        let mut out = Vec::with_capacity(self.peers.len());
+        for peer in &self.peers {
+            let digest = match (&peer.manager, peer.online) {
+                (Some(m), true) => m.state_digest(store).await.ok(),
+                _ => None,
+            };
+            out.push(digest);
+        }
+        out
+    }
+
+    /// Waits until every running, online node that has `store` open holds the same state,
+    /// re-checking whenever a node's stores change; returns how long it took.
+    ///
+    /// # Errors
+    /// [`SimError::Diverged`] after `deadline`, with each node's digest.
+    pub async fn wait_converged(
+        &self,
+        store: &StoreId,
+        deadline: Duration,
+    ) -> Result<Duration, SimError> {
+        let start = Instant::now();
+        let (tx, mut changed) = mpsc::channel::<()>(1);
+        let mut forwarders = Vec::new();
+        for manager in self.peers.iter().filter_map(|p| p.manager.as_ref()) {
+            let mut events = manager.subscribe();
+            let tx = tx.clone();
+            forwarders.push(tokio::spawn(async move {
+                loop {
+                    match events.recv().await {
+                        Ok(_) | Err(RecvError::Lagged(_)) => {
+                            let _ = tx.try_send(());
+                        }
+                        Err(RecvError::Closed) => return,
+                    }
+                }
+            }));
+        }
+        let _stop = AbortOnDrop(forwarders);
+        loop {
+            let digests = self.digests(store).await;
+            let present: Vec<&Hash> = digests.iter().flatten().collect();
+            if present.len() >= 2 && present.windows(2).all(|w| w[0] == w[1]) {
+                return Ok(start.elapsed());
+            }
+            let left = deadline.saturating_sub(start.elapsed());
+            // A change somewhere, or an anti-entropy round's worth of time (sessions that
+            // find nothing new raise no event).
+            let wake = left.min(ANTI_ENTROPY);
+            if left.is_zero() {
+                return Err(SimError::Diverged {
+                    store: store.short(),
+                    waited: start.elapsed(),
+                    detail: describe(&digests),
+                });
+            }
+            let _ = tokio::time::timeout(wake, changed.recv()).await;
+        }
+    }
+
+    /// Stops every running node cleanly.
+    pub async fn shutdown(&mut self) {
+        for peer in &mut self.peers {
+            if let Some(manager) = peer.manager.take() {
+                manager.shutdown().await;
+            }
+        }
+    }
+}
+
+/// Aborts the tasks when dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+fn describe(digests: &[Option<Hash>]) -> String {
+    digests
+        .iter()
+        .enumerate()
+        .map(|(i, d)| match d {
+            Some(h) => format!("node {i}: {}", h.short()),
+            None => format!("node {i}: -"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
