@@ -43,7 +43,7 @@ pub enum SimError {
         node: usize,
         /// The cause.
         #[source]
-        source: NodeError,
+        source: Box<NodeError>,
     },
     /// No such node, or it is stopped.
     #[error("node {0} does not exist or is stopped")]
@@ -58,6 +58,14 @@ pub enum SimError {
         /// Each member's state digest (or why it has none).
         detail: String,
     },
+}
+
+/// The error of a failed operation on node `node`.
+fn failed(node: usize) -> impl FnOnce(NodeError) -> SimError {
+    move |source| SimError::Node {
+        node,
+        source: Box::new(source),
+    }
 }
 
 /// One simulated node.
@@ -152,15 +160,11 @@ impl Sim {
     }
 
     async fn start(&self, index: usize, dir: &Path) -> Result<StoreManager, SimError> {
-        let failed = |source| SimError::Node {
-            node: index,
-            source,
-        };
-        let node = Node::open(DataDir::new(dir)).map_err(failed)?;
+        let node = Node::open(DataDir::new(dir)).map_err(failed(index))?;
         let sim = self.net.node(node.key().public());
         StoreManager::start(node, sim.clone(), sim, None, self.config.clone())
             .await
-            .map_err(failed)
+            .map_err(failed(index))
     }
 
     fn manager(&self, node: usize) -> Result<&StoreManager, SimError> {
@@ -178,7 +182,7 @@ impl Sim {
         self.manager(node)?
             .create(store_type, "", None)
             .await
-            .map_err(|source| SimError::Node { node, source })
+            .map_err(failed(node))
     }
 
     /// `inviter` invites `joiner` into `store` and `joiner` joins with the token.
@@ -196,17 +200,11 @@ impl Sim {
             .manager(inviter)?
             .invite(store, Duration::from_secs(3600))
             .await
-            .map_err(|source| SimError::Node {
-                node: inviter,
-                source,
-            })?;
+            .map_err(failed(inviter))?;
         self.manager(joiner)?
             .join(&token.encode(), |_| {})
             .await
-            .map_err(|source| SimError::Node {
-                node: joiner,
-                source,
-            })?;
+            .map_err(failed(joiner))?;
         Ok(())
     }
 
@@ -225,7 +223,7 @@ impl Sim {
         self.manager(node)?
             .call(store, method, &args)
             .await
-            .map_err(|source| SimError::Node { node, source })
+            .map_err(failed(node))
     }
 
     /// Takes `node` off the network (its connections fail) or brings it back.
