@@ -83,6 +83,8 @@ pub struct Sim {
     dir: PathBuf,
     config: ReplicatorConfig,
     peers: Vec<SimPeer>,
+    /// Nodes revoked from a store: no longer members, so not held to its state.
+    revoked: std::collections::HashSet<(StoreId, usize)>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -112,6 +114,7 @@ impl Sim {
                 ..ReplicatorConfig::default()
             },
             peers: Vec::new(),
+            revoked: std::collections::HashSet::new(),
         }
     }
 
@@ -226,6 +229,30 @@ impl Sim {
             .map_err(failed(node))
     }
 
+    /// `node` revokes `peer` from `store`: the peer's writes that `node` has not seen are
+    /// rejected on every member once they learn of it, and the peer is left out of
+    /// [`Sim::wait_converged`] for the store.
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`]; [`SimError::Node`] when `node` may not revoke (not a member, a
+    /// child store).
+    pub async fn revoke(
+        &mut self,
+        node: usize,
+        store: &StoreId,
+        peer: usize,
+    ) -> Result<(), SimError> {
+        let key = self.key(peer)?;
+        self.manager(node)?
+            .revoke_peer(store, &key)
+            .await
+            .map_err(failed(node))?;
+        // Members refuse it from now on: it never hears of its revocation, and is no longer
+        // held to the store's state.
+        self.revoked.insert((*store, peer));
+        Ok(())
+    }
+
     /// Takes `node` off the network (its connections fail) or brings it back.
     ///
     /// # Errors
@@ -283,12 +310,13 @@ impl Sim {
         Ok(())
     }
 
-    /// Each node's state digest of `store` (`None`: stopped, offline, or the store is not
-    /// open there).
+    /// Each node's state digest of `store` (`None`: stopped, offline, revoked, or the store
+    /// is not open there).
     pub async fn digests(&self, store: &StoreId) -> Vec<Option<Hash>> {
         let mut out = Vec::with_capacity(self.peers.len());
-        for peer in &self.peers {
+        for (i, peer) in self.peers.iter().enumerate() {
             let digest = match (&peer.manager, peer.online) {
+                _ if self.revoked.contains(&(*store, i)) => None,
                 (Some(m), true) => m.state_digest(store).await.ok(),
                 _ => None,
             };
@@ -297,7 +325,7 @@ impl Sim {
         out
     }
 
-    /// Waits until every running, online node that has `store` open holds the same state,
+    /// Waits until every running, online member that has `store` open holds the same state,
     /// re-checking whenever a node's stores change; returns how long it took.
     ///
     /// # Errors

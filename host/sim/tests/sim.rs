@@ -125,3 +125,56 @@ async fn a_node_offline_and_one_restarted_catch_up() -> TestResult {
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_of_a_peer_revoked_during_a_partition_are_projected_nowhere() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut sim = Sim::new(3, SimConfig::default(), dir.path());
+    for _ in 0..4 {
+        sim.add_node().await?;
+    }
+    let store = sim.create_store(0, "kv").await?;
+    for joiner in 1..4 {
+        sim.join(0, joiner, &store).await?;
+    }
+    sim.call(3, &store, "put", json!({"key": "before", "value": "kept"}))
+        .await?;
+    sim.wait_converged(&store, DEADLINE).await?;
+    sim.partition(&[vec![0, 1], vec![2, 3]])?;
+    sim.revoke(0, &store, 3).await?;
+    // Node 3 writes on the other side, not knowing; node 2 writes there too.
+    for i in 0..5 {
+        sim.call(
+            3,
+            &store,
+            "put",
+            json!({"key": format!("late{i}"), "value": "revoked"}),
+        )
+        .await?;
+    }
+    sim.call(
+        2,
+        &store,
+        "put",
+        json!({"key": "from-2", "value": "member"}),
+    )
+    .await?;
+    sim.heal();
+    sim.wait_converged(&store, DEADLINE).await?;
+    // The members agree; the revoked node is refused by all of them and never hears of it.
+    for node in 0..3 {
+        let get = |key: &str| sim.call(node, &store, "get", json!({ "key": key }));
+        assert_eq!(get("before").await?["value"], "kept", "node {node}");
+        assert_eq!(get("from-2").await?["value"], "member", "node {node}");
+        for i in 0..5 {
+            assert_eq!(
+                get(&format!("late{i}")).await?["value"],
+                serde_json::Value::Null,
+                "node {node} projects a write made after its author was revoked"
+            );
+        }
+    }
+    assert!(sim.digests(&store).await[3].is_none());
+    sim.shutdown().await;
+    Ok(())
+}
