@@ -21,6 +21,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -83,8 +84,9 @@ pub struct Sim {
     dir: PathBuf,
     config: ReplicatorConfig,
     peers: Vec<SimPeer>,
-    /// Nodes revoked from a store: no longer members, so not held to its state.
-    revoked: std::collections::HashSet<(StoreId, usize)>,
+    /// Each store's members as the scenario made them (creator, joiners; a child store's
+    /// are its parent's). Revoked ones are taken out: no longer held to the store's state.
+    members: HashMap<StoreId, BTreeSet<usize>>,
 }
 
 impl std::fmt::Debug for Sim {
@@ -114,7 +116,7 @@ impl Sim {
                 ..ReplicatorConfig::default()
             },
             peers: Vec::new(),
-            revoked: std::collections::HashSet::new(),
+            members: HashMap::new(),
         }
     }
 
@@ -181,11 +183,39 @@ impl Sim {
     ///
     /// # Errors
     /// [`SimError::NoNode`]; [`SimError::Node`] for an unknown type or a storage failure.
-    pub async fn create_store(&self, node: usize, store_type: &str) -> Result<StoreId, SimError> {
-        self.manager(node)?
+    pub async fn create_store(
+        &mut self,
+        node: usize,
+        store_type: &str,
+    ) -> Result<StoreId, SimError> {
+        let store = self
+            .manager(node)?
             .create(store_type, "", None)
             .await
-            .map_err(failed(node))
+            .map_err(failed(node))?;
+        self.members.insert(store, BTreeSet::from([node]));
+        Ok(store)
+    }
+
+    /// Creates a child store of type `store_type` under `parent` on `node`; it opens on every
+    /// member of the parent as the declaration reaches them.
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`]; [`SimError::Node`] for an unknown type or a parent not open.
+    pub async fn create_child(
+        &mut self,
+        node: usize,
+        parent: &StoreId,
+        store_type: &str,
+    ) -> Result<StoreId, SimError> {
+        let store = self
+            .manager(node)?
+            .create(store_type, "", Some(*parent))
+            .await
+            .map_err(failed(node))?;
+        let members = self.members.get(parent).cloned().unwrap_or_default();
+        self.members.insert(store, members);
+        Ok(store)
     }
 
     /// `inviter` invites `joiner` into `store` and `joiner` joins with the token.
@@ -194,7 +224,7 @@ impl Sim {
     /// [`SimError::NoNode`]; [`SimError::Node`] when the invite or the join fails (for
     /// example, the two cannot reach each other).
     pub async fn join(
-        &self,
+        &mut self,
         inviter: usize,
         joiner: usize,
         store: &StoreId,
@@ -208,6 +238,7 @@ impl Sim {
             .join(&token.encode(), |_| {})
             .await
             .map_err(failed(joiner))?;
+        self.members.entry(*store).or_default().insert(joiner);
         Ok(())
     }
 
@@ -249,7 +280,9 @@ impl Sim {
             .map_err(failed(node))?;
         // Members refuse it from now on: it never hears of its revocation, and is no longer
         // held to the store's state.
-        self.revoked.insert((*store, peer));
+        if let Some(members) = self.members.get_mut(store) {
+            members.remove(&peer);
+        }
         Ok(())
     }
 
@@ -310,14 +343,13 @@ impl Sim {
         Ok(())
     }
 
-    /// Each node's state digest of `store` (`None`: stopped, offline, revoked, or the store
-    /// is not open there).
+    /// Each node's state digest of `store` (`None`: stopped, offline, not a member, or the
+    /// store is not open there yet).
     pub async fn digests(&self, store: &StoreId) -> Vec<Option<Hash>> {
         let mut out = Vec::with_capacity(self.peers.len());
         for (i, peer) in self.peers.iter().enumerate() {
             let digest = match (&peer.manager, peer.online) {
-                _ if self.revoked.contains(&(*store, i)) => None,
-                (Some(m), true) => m.state_digest(store).await.ok(),
+                (Some(m), true) if self.is_member(store, i) => m.state_digest(store).await.ok(),
                 _ => None,
             };
             out.push(digest);
@@ -325,8 +357,21 @@ impl Sim {
         out
     }
 
-    /// Waits until every running, online member that has `store` open holds the same state,
-    /// re-checking whenever a node's stores change; returns how long it took.
+    fn is_member(&self, store: &StoreId, node: usize) -> bool {
+        self.members.get(store).is_some_and(|m| m.contains(&node))
+    }
+
+    /// The members of `store` that are running and online: the ones held to its state.
+    fn reachable_members(&self, store: &StoreId) -> Vec<usize> {
+        (0..self.peers.len())
+            .filter(|i| self.is_member(store, *i))
+            .filter(|i| self.peers[*i].manager.is_some() && self.peers[*i].online)
+            .collect()
+    }
+
+    /// Waits until every running, online member of `store` holds the same state (a member
+    /// that has not opened it yet holds none), re-checking whenever a node's stores change;
+    /// returns how long it took.
     ///
     /// # Errors
     /// [`SimError::Diverged`] after `deadline`, with each node's digest.
@@ -355,8 +400,12 @@ impl Sim {
         let _stop = AbortOnDrop(forwarders);
         loop {
             let digests = self.digests(store).await;
-            let present: Vec<&Hash> = digests.iter().flatten().collect();
-            if present.len() >= 2 && present.windows(2).all(|w| w[0] == w[1]) {
+            let held: Vec<Option<Hash>> = self
+                .reachable_members(store)
+                .into_iter()
+                .map(|i| digests[i])
+                .collect();
+            if held.iter().all(Option::is_some) && held.windows(2).all(|w| w[0] == w[1]) {
                 return Ok(start.elapsed());
             }
             let left = deadline.saturating_sub(start.elapsed());

@@ -178,3 +178,48 @@ async fn writes_of_a_peer_revoked_during_a_partition_are_projected_nowhere() -> 
     sim.shutdown().await;
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_stores_open_on_every_member_and_converge() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let config = SimConfig {
+        loss: 0.05,
+        ..SimConfig::default()
+    };
+    let mut sim = Sim::new(4, config, dir.path());
+    for _ in 0..3 {
+        sim.add_node().await?;
+    }
+    let root = sim.create_store(0, "kv").await?;
+    sim.join(0, 1, &root).await?;
+    sim.join(0, 2, &root).await?;
+    let mut children = Vec::new();
+    for (i, kind) in ["kv", "counter", "kv"].into_iter().enumerate() {
+        children.push((sim.create_child(i, &root, kind).await?, kind));
+    }
+    for (child, _) in &children {
+        sim.wait_converged(child, DEADLINE).await?;
+    }
+    // Every member writes into every child; they end equal.
+    for node in 0..3 {
+        for (child, kind) in &children {
+            let (method, args) = match *kind {
+                "counter" => ("increment", json!({"name": "hits", "by": 1})),
+                _ => ("put", json!({"key": format!("from-{node}"), "value": "x"})),
+            };
+            sim.call(node, child, method, args).await?;
+        }
+    }
+    for (child, _) in &children {
+        sim.wait_converged(child, DEADLINE).await?;
+    }
+    let (counter, _) = children[1];
+    for node in 0..3 {
+        let hits = sim
+            .call(node, &counter, "get", json!({"name": "hits"}))
+            .await?;
+        assert_eq!(hits, json!({"value": 3, "authors": 3}), "node {node}");
+    }
+    sim.shutdown().await;
+    Ok(())
+}
