@@ -46,6 +46,9 @@ pub enum SimError {
         #[source]
         source: Box<NodeError>,
     },
+    /// Compiling the built-in guests for the nodes failed.
+    #[error("preparing the built-in guests: {0}")]
+    Setup(#[source] Box<NodeError>),
     /// No such node, or it is stopped.
     #[error("node {0} does not exist or is stopped")]
     NoNode(usize),
@@ -84,6 +87,8 @@ pub struct Sim {
     dir: PathBuf,
     config: ReplicatorConfig,
     peers: Vec<SimPeer>,
+    /// The module folder with every built-in guest compiled (made by the first `add_node`).
+    warm: Option<PathBuf>,
     /// Each store's members as the scenario made them (creator, joiners; a child store's
     /// are its parent's). Revoked ones are taken out: no longer held to the store's state.
     members: HashMap<StoreId, BTreeSet<usize>>,
@@ -117,6 +122,7 @@ impl Sim {
             },
             peers: Vec::new(),
             members: HashMap::new(),
+            warm: None,
         }
     }
 
@@ -151,6 +157,9 @@ impl Sim {
     /// # Errors
     /// [`SimError::Node`] when the node cannot open its data.
     pub async fn add_node(&mut self) -> Result<usize, SimError> {
+        if self.warm.is_none() {
+            self.warm = Some(self.compile_builtins()?);
+        }
         let index = self.peers.len();
         let dir = self.dir.join(format!("node-{index}"));
         let manager = self.start(index, &dir).await?;
@@ -165,11 +174,34 @@ impl Sim {
     }
 
     async fn start(&self, index: usize, dir: &Path) -> Result<StoreManager, SimError> {
-        let node = Node::open(DataDir::new(dir)).map_err(failed(index))?;
+        let data = DataDir::new(dir);
+        // The built-in guests compiled once, for every node: each would compile the same code.
+        if let Some(warm) = &self.warm {
+            link_modules(warm, &data.modules_dir()).map_err(|e| SimError::Node {
+                node: index,
+                source: Box::new(NodeError::Io {
+                    path: data.modules_dir().display().to_string(),
+                    source: e,
+                }),
+            })?;
+        }
+        let node = Node::open(data).map_err(failed(index))?;
         let sim = self.net.node(node.key().public());
         StoreManager::start(node, sim.clone(), sim, None, self.config.clone())
             .await
             .map_err(failed(index))
+    }
+
+    /// Compiles every built-in guest once, in a data folder of its own; returns its module
+    /// folder.
+    fn compile_builtins(&self) -> Result<PathBuf, SimError> {
+        let failed = |e| SimError::Setup(Box::new(e));
+        let data = DataDir::new(self.dir.join("modules-compiled"));
+        let node = Node::open(data.clone()).map_err(&failed)?;
+        for (name, _) in lattice_runtime::BUILTIN_MODULES {
+            node.resolve_type(name).map_err(&failed)?;
+        }
+        Ok(data.modules_dir())
     }
 
     fn manager(&self, node: usize) -> Result<&StoreManager, SimError> {
@@ -431,6 +463,29 @@ impl Sim {
             }
         }
     }
+}
+
+/// Links the module files of `from` (component bytes and compiled code) into `to`, which is
+/// made when missing; files already there are kept.
+fn link_modules(from: &Path, to: &Path) -> std::io::Result<()> {
+    for sub in ["", "cache"] {
+        let (from, to) = (from.join(sub), to.join(sub));
+        std::fs::create_dir_all(&to)?;
+        for entry in std::fs::read_dir(&from)? {
+            let entry = entry?;
+            if !entry.file_type()?.is_file() {
+                continue;
+            }
+            let target = to.join(entry.file_name());
+            if target.exists() {
+                continue;
+            }
+            if std::fs::hard_link(entry.path(), &target).is_err() {
+                std::fs::copy(entry.path(), &target)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Aborts the tasks when dropped.
