@@ -255,7 +255,7 @@ async fn bench(args: BenchFsArgs, out: &Output) -> anyhow::Result<()> {
         &format!(
             "fs: a {} MiB file through the mount: write {:.0} MB/s ({:.0}% of the local disk's {:.0}), read {:.0} MB/s ({:.0}% of {:.0}){}\n\
              \x20 {} × {} KiB files created by {} threads: {:.0}/s (local disk with fsync: {:.0}/s); by one thread: {:.0}/s\n\
-             \x20 all of them readable through the other node's mount {:.2} s after the last was closed",
+             \x20 the last one readable and all listed through the other node's mount {:.2} s after it was closed",
             args.big_mib,
             f("write_mb_per_s"),
             100.0 * f("write_mb_per_s") / f("local_write_mb_per_s").max(1e-9),
