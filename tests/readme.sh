@@ -8,6 +8,7 @@
 set -euo pipefail
 
 L=$(realpath "${1:-target/release/lattice}")
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
 T=$(mktemp -d)
 A="$T/a"
 B="$T/other"
@@ -148,6 +149,10 @@ if [ -e /dev/fuse ] && command -v fusermount3 > /dev/null; then
   "$L" bench fs --big-mib 16 --small 100 --json | field '["small_files_per_s"]'
   "$L" demo --fs
 fi
+
+step "sim run (scenarios on simulated nodes)"
+"$L" sim run "$ROOT/examples/sim/mesh-50.rhai" --json | tail -1 | field '["converged"]'
+"$L" sim run "$ROOT/examples/sim/partition-storm.rhai" --seeds 1..3
 
 step "log create / append / status / verify"
 LOG=$(a --json log create --ops "my first store" | field '["store"]')

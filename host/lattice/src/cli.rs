@@ -66,6 +66,9 @@ pub(crate) enum Command {
     /// Measure performance on a fresh temporary data directory.
     #[command(subcommand)]
     Bench(BenchCommand),
+    /// Simulate many whole nodes in this process over a simulated network (docs/sim.md).
+    #[command(subcommand)]
+    Sim(SimCommand),
     /// Low-level access to store logs: create, append, status, verify.
     #[command(subcommand)]
     Log(LogCommand),
@@ -523,6 +526,42 @@ pub(crate) struct DemoArgs {
     /// an edit made on each while apart ends as the same two versions on both.
     #[arg(long)]
     pub(crate) fs: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum SimCommand {
+    /// Run a scenario script (Rhai; see docs/sim.md for its functions) on whole nodes over
+    /// the simulated network, in a temporary folder. Prints a report per seed (nodes, writes,
+    /// converged, wall and convergence time); exits non-zero when a seed fails.
+    Run(SimRunArgs),
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct SimRunArgs {
+    /// The scenario script (for example `examples/sim/mesh-50.rhai`).
+    pub(crate) scenario: std::path::PathBuf,
+    /// The seed of the network's faults and of the script's `rand`.
+    #[arg(long, default_value_t = 1, conflicts_with = "seeds")]
+    pub(crate) seed: u64,
+    /// Run every seed of a range instead, `A..B` (B excluded).
+    #[arg(long, value_parser = parse_seeds)]
+    pub(crate) seeds: Option<std::ops::Range<u64>>,
+}
+
+fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {
+    let (a, b) = text
+        .split_once("..")
+        .ok_or_else(|| format!("{text:?} is not a range like 1..100"))?;
+    let parse = |t: &str| {
+        t.trim()
+            .parse::<u64>()
+            .map_err(|_| format!("{t:?} is not a seed"))
+    };
+    let range = parse(a)?..parse(b)?;
+    if range.is_empty() {
+        return Err(format!("{text:?} holds no seed"));
+    }
+    Ok(range)
 }
 
 #[derive(Debug, Subcommand)]

@@ -24,6 +24,7 @@ mod demo_fs;
 mod fs_cmd;
 mod log_cmd;
 mod output;
+mod sim_cmd;
 
 use std::process::ExitCode;
 
@@ -96,6 +97,7 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
     match cli.command {
         cli::Command::Daemon(args) => daemon_cmd::run(args, &data_dir, out),
         cli::Command::Demo(args) => demo::run(args, out),
+        cli::Command::Sim(cli::SimCommand::Run(args)) => sim_cmd::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Log(args)) => bench::log(args, out),
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench_store::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Sync(args)) => bench_sync::run(args, out),

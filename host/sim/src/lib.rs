@@ -21,6 +21,10 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+mod script;
+
+pub use script::{Report, run_scenario};
+
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -46,6 +50,9 @@ pub enum SimError {
         #[source]
         source: Box<NodeError>,
     },
+    /// A scenario script does not compile.
+    #[error("the scenario does not compile: {0}")]
+    Script(String),
     /// Compiling the built-in guests for the nodes failed.
     #[error("preparing the built-in guests: {0}")]
     Setup(#[source] Box<NodeError>),
