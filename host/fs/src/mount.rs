@@ -731,7 +731,7 @@ impl Filesystem for Fs {
                     open.version += 1;
                     Ok(())
                 });
-                if truncated.is_err() {
+                if own && truncated.is_err() {
                     lock(&self.files).remove(&fh);
                 }
                 truncated?;

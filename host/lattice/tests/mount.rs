@@ -129,6 +129,24 @@ fn fs_store_mounted_on_two(root: &Path) -> Result<Pair, Box<dyn std::error::Erro
     })
 }
 
+/// One daemon in `root` with a filesystem store named `name` mounted on `root/mnt`: the
+/// daemon, its data directory and the mount.
+fn fs_store_mounted_on_one(
+    root: &Path,
+    name: &str,
+) -> Result<(Daemon, PathBuf, PathBuf), Box<dyn std::error::Error>> {
+    let dir = root.join("node");
+    let daemon = Daemon(spawn_daemon(&dir, &[])?);
+    let store = text(
+        &json(&dir, &["store", "create", "--type", "fs", "--name", name])?,
+        "store",
+    )?;
+    let mnt = root.join("mnt");
+    std::fs::create_dir(&mnt)?;
+    mount(&dir, &store, &mnt)?;
+    Ok((daemon, dir, mnt))
+}
+
 #[test]
 fn a_tree_copied_into_one_mount_reads_back_identical_from_another() -> TestResult {
     if !fuse_available() {
@@ -400,15 +418,7 @@ fn a_sparse_one_gib_file_round_trips_through_a_mount() -> TestResult {
         return Ok(());
     }
     let temp = tempfile::tempdir()?;
-    let dir = temp.path().join("node");
-    let _daemon = Daemon(spawn_daemon(&dir, &[])?);
-    let store = text(
-        &json(&dir, &["store", "create", "--type", "fs", "--name", "big"])?,
-        "store",
-    )?;
-    let mnt = temp.path().join("mnt");
-    std::fs::create_dir(&mnt)?;
-    mount(&dir, &store, &mnt)?;
+    let (_daemon, dir, mnt) = fs_store_mounted_on_one(temp.path(), "big")?;
     // 1 GiB, mostly a hole, with marks at the start, across a window edge and at the end.
     let size = 1u64 << 30;
     let source = temp.path().join("sparse");
@@ -457,15 +467,7 @@ fn a_large_file_written_on_after_fsync_keeps_every_byte() -> TestResult {
         return Ok(());
     }
     let temp = tempfile::tempdir()?;
-    let dir = temp.path().join("node");
-    let _daemon = Daemon(spawn_daemon(&dir, &[])?);
-    let store = text(
-        &json(&dir, &["store", "create", "--type", "fs", "--name", "log"])?,
-        "store",
-    )?;
-    let mnt = temp.path().join("mnt");
-    std::fs::create_dir(&mnt)?;
-    mount(&dir, &store, &mnt)?;
+    let (_daemon, dir, mnt) = fs_store_mounted_on_one(temp.path(), "log")?;
 
     let path = mnt.join("log.bin");
     let mut expected = bytes(3 << 20, 7);

@@ -1087,6 +1087,11 @@ impl StoreRuntime {
         Ok(run.outcomes)
     }
 
+    /// A run is open: begun and neither committed nor aborted.
+    pub fn in_run(&self) -> bool {
+        self.run.is_some()
+    }
+
     /// Drops the run's applied writes (none reached `state.db`).
     pub fn abort_run(&mut self) {
         if self.run.take().is_some() {

@@ -141,6 +141,25 @@ fn with<T>(shared: &Shared, f: impl AsyncFnOnce(&mut Run) -> Result<T, SimError>
     rt.block_on(f(&mut *run)).map_err(fail)
 }
 
+/// Calls `method` of `store` on `node` with `args`; a `write` is counted in the report.
+fn call(
+    shared: &Shared,
+    node: i64,
+    store: &str,
+    method: &str,
+    args: Value,
+    write: bool,
+) -> Fallible<Value> {
+    let (node, store) = (index(node)?, store_id(store)?);
+    with(shared, async |r| {
+        let got = r.sim.call(node, &store, method, args).await?;
+        if write {
+            r.writes += 1;
+        }
+        Ok(got)
+    })
+}
+
 fn register(engine: &mut Engine, shared: &Shared, dir: &Path, seed: u64) {
     let s = shared.clone();
     let dir = dir.to_path_buf();
@@ -190,23 +209,15 @@ fn register(engine: &mut Engine, shared: &Shared, dir: &Path, seed: u64) {
     engine.register_fn(
         "put",
         move |node: i64, store: &str, key: &str, value: &str| -> Fallible<()> {
-            let (node, store) = (index(node)?, store_id(store)?);
             let args = json!({ "key": key, "value": value });
-            with(&s, async |r| {
-                r.sim.call(node, &store, "put", args).await?;
-                r.writes += 1;
-                Ok(())
-            })
+            call(&s, node, store, "put", args, true).map(drop)
         },
     );
     let s = shared.clone();
     engine.register_fn(
         "get",
         move |node: i64, store: &str, key: &str| -> Fallible<Dynamic> {
-            let (node, store) = (index(node)?, store_id(store)?);
-            let got = with(&s, async |r| {
-                r.sim.call(node, &store, "get", json!({ "key": key })).await
-            })?;
+            let got = call(&s, node, store, "get", json!({ "key": key }), false)?;
             Ok(match got["value"].as_str() {
                 Some(v) => Dynamic::from(v.to_string()),
                 None => Dynamic::UNIT,
@@ -217,26 +228,14 @@ fn register(engine: &mut Engine, shared: &Shared, dir: &Path, seed: u64) {
     engine.register_fn(
         "increment",
         move |node: i64, store: &str, name: &str| -> Fallible<()> {
-            let (node, store) = (index(node)?, store_id(store)?);
-            with(&s, async |r| {
-                r.sim
-                    .call(node, &store, "increment", json!({ "name": name }))
-                    .await?;
-                r.writes += 1;
-                Ok(())
-            })
+            call(&s, node, store, "increment", json!({ "name": name }), true).map(drop)
         },
     );
     let s = shared.clone();
     engine.register_fn(
         "count",
         move |node: i64, store: &str, name: &str| -> Fallible<i64> {
-            let (node, store) = (index(node)?, store_id(store)?);
-            let got = with(&s, async |r| {
-                r.sim
-                    .call(node, &store, "get", json!({ "name": name }))
-                    .await
-            })?;
+            let got = call(&s, node, store, "get", json!({ "name": name }), false)?;
             Ok(got["value"].as_i64().unwrap_or(0))
         },
     );

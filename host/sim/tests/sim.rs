@@ -3,12 +3,50 @@
 
 use std::time::Duration;
 
-use lattice_sim::{Sim, SimConfig};
+use lattice_model::StoreId;
+use lattice_sim::{Sim, SimConfig, SimError};
 use serde_json::json;
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
 const DEADLINE: Duration = Duration::from_secs(60);
+
+/// A `kv` put on `node`.
+async fn put(
+    sim: &Sim,
+    node: usize,
+    store: &StoreId,
+    key: impl AsRef<str>,
+    value: impl AsRef<str>,
+) -> Result<(), SimError> {
+    let args = json!({"key": key.as_ref(), "value": value.as_ref()});
+    sim.call(node, store, "put", args).await.map(drop)
+}
+
+/// A `kv` get on `node`: the value, `null` when absent.
+async fn get(
+    sim: &Sim,
+    node: usize,
+    store: &StoreId,
+    key: impl AsRef<str>,
+) -> Result<serde_json::Value, SimError> {
+    let got = sim
+        .call(node, store, "get", json!({"key": key.as_ref()}))
+        .await?;
+    Ok(got["value"].clone())
+}
+
+/// `nodes` nodes, a `kv` store made by node 0 and joined by all the others.
+async fn kv_store_on(sim: &mut Sim, nodes: usize) -> Result<StoreId, SimError> {
+    for _ in 0..nodes {
+        sim.add_node().await?;
+    }
+    let store = sim.create_store(0, "kv").await?;
+    for joiner in 1..nodes {
+        sim.join(0, joiner, &store).await?;
+    }
+    Ok(store)
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_nodes_converge_through_loss_and_a_partition() -> TestResult {
@@ -19,31 +57,20 @@ async fn five_nodes_converge_through_loss_and_a_partition() -> TestResult {
         max_delay: Duration::from_millis(20),
     };
     let mut sim = Sim::new(1, config, dir.path());
-    for _ in 0..5 {
-        sim.add_node().await?;
-    }
-    let store = sim.create_store(0, "kv").await?;
-    for joiner in 1..5 {
-        sim.join(0, joiner, &store).await?;
-    }
+    let store = kv_store_on(&mut sim, 5).await?;
     sim.partition(&[vec![0, 1, 2], vec![3, 4]])?;
     for round in 0..10 {
         for node in 0..5 {
             // Each node its own keys, and one key everyone writes (a conflict to resolve).
-            sim.call(
+            put(
+                &sim,
                 node,
                 &store,
-                "put",
-                json!({"key": format!("n{node}-{round}"), "value": format!("{round}")}),
+                format!("n{node}-{round}"),
+                format!("{round}"),
             )
             .await?;
-            sim.call(
-                node,
-                &store,
-                "put",
-                json!({"key": "shared", "value": format!("{node}-{round}")}),
-            )
-            .await?;
+            put(&sim, node, &store, "shared", format!("{node}-{round}")).await?;
         }
     }
     sim.heal();
@@ -55,11 +82,9 @@ async fn five_nodes_converge_through_loss_and_a_partition() -> TestResult {
     );
     for node in 0..5 {
         for writer in 0..5 {
-            let got = sim
-                .call(node, &store, "get", json!({"key": format!("n{writer}-9")}))
-                .await?;
             assert_eq!(
-                got["value"], "9",
+                get(&sim, node, &store, format!("n{writer}-9")).await?,
+                "9",
                 "node {node} misses node {writer}'s last put"
             );
         }
@@ -83,44 +108,20 @@ async fn five_nodes_converge_through_loss_and_a_partition() -> TestResult {
 async fn a_node_offline_and_one_restarted_catch_up() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut sim = Sim::new(2, SimConfig::default(), dir.path());
-    for _ in 0..3 {
-        sim.add_node().await?;
-    }
-    let store = sim.create_store(0, "kv").await?;
-    sim.join(0, 1, &store).await?;
-    sim.join(0, 2, &store).await?;
+    let store = kv_store_on(&mut sim, 3).await?;
     sim.set_online(1, false)?;
     sim.stop(2).await?;
     for i in 0..20 {
-        sim.call(
-            0,
-            &store,
-            "put",
-            json!({"key": format!("k{i}"), "value": "while apart"}),
-        )
-        .await?;
+        put(&sim, 0, &store, format!("k{i}"), "while apart").await?;
     }
     // Node 1 wrote offline too: its write must survive and reach the others.
-    sim.call(
-        1,
-        &store,
-        "put",
-        json!({"key": "from-1", "value": "offline"}),
-    )
-    .await?;
+    put(&sim, 1, &store, "from-1", "offline").await?;
     sim.set_online(1, true)?;
     sim.restart(2).await?;
     sim.wait_converged(&store, DEADLINE).await?;
     for node in 0..3 {
-        assert_eq!(
-            sim.call(node, &store, "get", json!({"key": "k19"})).await?["value"],
-            "while apart"
-        );
-        assert_eq!(
-            sim.call(node, &store, "get", json!({"key": "from-1"}))
-                .await?["value"],
-            "offline"
-        );
+        assert_eq!(get(&sim, node, &store, "k19").await?, "while apart");
+        assert_eq!(get(&sim, node, &store, "from-1").await?, "offline");
     }
     sim.shutdown().await;
     Ok(())
@@ -130,45 +131,33 @@ async fn a_node_offline_and_one_restarted_catch_up() -> TestResult {
 async fn writes_of_a_peer_revoked_during_a_partition_are_projected_nowhere() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut sim = Sim::new(3, SimConfig::default(), dir.path());
-    for _ in 0..4 {
-        sim.add_node().await?;
-    }
-    let store = sim.create_store(0, "kv").await?;
-    for joiner in 1..4 {
-        sim.join(0, joiner, &store).await?;
-    }
-    sim.call(3, &store, "put", json!({"key": "before", "value": "kept"}))
-        .await?;
+    let store = kv_store_on(&mut sim, 4).await?;
+    put(&sim, 3, &store, "before", "kept").await?;
     sim.wait_converged(&store, DEADLINE).await?;
     sim.partition(&[vec![0, 1], vec![2, 3]])?;
     sim.revoke(0, &store, 3).await?;
     // Node 3 writes on the other side, not knowing; node 2 writes there too.
     for i in 0..5 {
-        sim.call(
-            3,
-            &store,
-            "put",
-            json!({"key": format!("late{i}"), "value": "revoked"}),
-        )
-        .await?;
+        put(&sim, 3, &store, format!("late{i}"), "revoked").await?;
     }
-    sim.call(
-        2,
-        &store,
-        "put",
-        json!({"key": "from-2", "value": "member"}),
-    )
-    .await?;
+    put(&sim, 2, &store, "from-2", "member").await?;
     sim.heal();
     sim.wait_converged(&store, DEADLINE).await?;
     // The members agree; the revoked node is refused by all of them and never hears of it.
     for node in 0..3 {
-        let get = |key: &str| sim.call(node, &store, "get", json!({ "key": key }));
-        assert_eq!(get("before").await?["value"], "kept", "node {node}");
-        assert_eq!(get("from-2").await?["value"], "member", "node {node}");
+        assert_eq!(
+            get(&sim, node, &store, "before").await?,
+            "kept",
+            "node {node}"
+        );
+        assert_eq!(
+            get(&sim, node, &store, "from-2").await?,
+            "member",
+            "node {node}"
+        );
         for i in 0..5 {
             assert_eq!(
-                get(&format!("late{i}")).await?["value"],
+                get(&sim, node, &store, format!("late{i}")).await?,
                 serde_json::Value::Null,
                 "node {node} projects a write made after its author was revoked"
             );
@@ -187,12 +176,7 @@ async fn child_stores_open_on_every_member_and_converge() -> TestResult {
         ..SimConfig::default()
     };
     let mut sim = Sim::new(4, config, dir.path());
-    for _ in 0..3 {
-        sim.add_node().await?;
-    }
-    let root = sim.create_store(0, "kv").await?;
-    sim.join(0, 1, &root).await?;
-    sim.join(0, 2, &root).await?;
+    let root = kv_store_on(&mut sim, 3).await?;
     let mut children = Vec::new();
     for (i, kind) in ["kv", "counter", "kv"].into_iter().enumerate() {
         children.push((sim.create_child(i, &root, kind).await?, kind));

@@ -61,9 +61,6 @@ pub struct Store {
     pruning: Option<prune::PruneRun>,
     /// Referenced blobs not here, not yet taken ([`Store::take_newly_wanted`]).
     newly_wanted: Vec<Hash>,
-    /// A write run is with the log ([`Store::start_write_run`]): queries read the state as
-    /// it is, without projecting first (that would apply the run from the log under it).
-    run_in_flight: bool,
 }
 
 /// The files of one store.
@@ -321,7 +318,6 @@ impl Store {
             filter: AuthorFilter::members_only(),
             system_events: Vec::new(),
             data_events: None,
-            run_in_flight: false,
             creator,
             me,
             files: StoreFiles {
@@ -780,7 +776,9 @@ impl Store {
         args: &Value,
     ) -> Result<CallReply, NodeError> {
         if self.runtime_of(partition).method_kind(method)? == Some(MethodKind::Query) {
-            if !self.run_in_flight {
+            // While a write run is with the log (`Store::start_write_run`) queries read the
+            // state as it is: projecting would apply the run from the log under it.
+            if !self.data.in_run() {
                 self.project()?;
             }
             return Ok(CallReply::Answer(
@@ -956,7 +954,6 @@ impl Store {
         }
         let (slots, run): (Vec<usize>, Vec<Built>) = built.into_iter().unzip();
         self.log.submit_built_then(run, witnessed);
-        self.run_in_flight = true;
         RunStart::InFlight(RunInFlight { slots, results })
     }
 
@@ -1014,7 +1011,6 @@ impl Store {
         outcome: lattice_log::BuiltOutcome,
     ) -> Vec<Result<Written, NodeError>> {
         let RunInFlight { slots, mut results } = run;
-        self.run_in_flight = false;
         let witnessed = match outcome {
             Ok(w) => w,
             Err(e) => {
