@@ -28,10 +28,10 @@ mod transport;
 pub use iroh::{ALPN, CONNECT_TIMEOUT, IrohNet};
 pub use mesh::{Events, Mesh, MeshError, MeshNode, MeshTransport, sim_transport};
 pub use replicator::{
-    Access, FetchedBlob, JoinRequest, ReplicaError, ReplicaEvent, Replicator, ReplicatorConfig,
-    SnapshotRequest, topic_of,
+    Access, FetchedBlob, JoinRequest, ReplicaError, ReplicaEvent, ReplicaStats, Replicator,
+    ReplicatorConfig, SnapshotRequest, topic_of,
 };
-pub use sim::{SimConfig, SimNetwork, SimNode};
+pub use sim::{SimConfig, SimNetwork, SimNode, SimStats};
 pub use transport::{
     BoxFuture, Connection, Gossip, GossipEvent, IDLE_TIMEOUT, NetError, PeerAddr, RecvHalf,
     SendHalf, Stream, Topic, Transport,

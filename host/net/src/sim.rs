@@ -32,6 +32,21 @@ pub struct SimConfig {
     pub max_delay: Duration,
 }
 
+/// What a [`SimNetwork`] carried since it was made ([`SimNetwork::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SimStats {
+    /// Gossip messages put on a link (copies of a duplicated one count twice).
+    pub gossip_delivered: u64,
+    /// Gossip messages lost on a link (by the loss setting or a targeted drop).
+    pub gossip_lost: u64,
+    /// Bytes of the gossip messages delivered.
+    pub gossip_bytes: u64,
+    /// Connections made.
+    pub connections: u64,
+    /// Streams opened on them (a sync session, a chain fetch, a blob fetch, a join…).
+    pub streams: u64,
+}
+
 /// Bytes buffered per stream direction.
 const STREAM_BUFFER: usize = 1024 * 1024;
 const QUEUE: usize = 4096;
@@ -60,6 +75,9 @@ struct SimState {
     link_counts: HashMap<(PubKey, PubKey, [u8; 32]), u64>,
     /// Gossip messages still to drop on the way to a node (targeted loss for tests).
     drop_next: HashMap<PubKey, u64>,
+    /// Nodes whose every gossip message and stream write is garbled on the way out.
+    hostile: HashSet<PubKey>,
+    stats: SimStats,
 }
 
 impl SimState {
@@ -154,6 +172,8 @@ impl SimNetwork {
                 topics: HashMap::new(),
                 link_counts: HashMap::new(),
                 drop_next: HashMap::new(),
+                hostile: HashSet::new(),
+                stats: SimStats::default(),
             })),
         }
     }
@@ -193,6 +213,27 @@ impl SimNetwork {
     /// Drops the next `count` gossip messages sent to `to` (from anyone).
     pub fn drop_gossip_to(&self, to: PubKey, count: u64) {
         *self.lock().drop_next.entry(to).or_insert(0) += count;
+    }
+
+    /// Makes `id` hostile (or honest again): from now on one byte of every gossip message
+    /// and of every stream write it sends is flipped on the way, so its peers receive frames
+    /// and intentions that fail to decode or to verify.
+    pub fn set_hostile(&self, id: PubKey, hostile: bool) {
+        let mut s = self.lock();
+        if hostile {
+            s.hostile.insert(id);
+        } else {
+            s.hostile.remove(&id);
+        }
+    }
+
+    fn is_hostile(&self, id: &PubKey) -> bool {
+        self.lock().hostile.contains(id)
+    }
+
+    /// What the network carried so far.
+    pub fn stats(&self) -> SimStats {
+        self.lock().stats
     }
 
     /// Removes every partition.
@@ -258,17 +299,22 @@ impl Transport for SimNode {
                     .ok_or_else(|| unreachable("no such node"))?;
                 let (closed, _) = watch::channel(false);
                 s.conns.push((self.id, peer, closed.clone()));
+                s.stats.connections += 1;
                 (closed, accept_tx)
             };
             let (a_streams, a_rx) = mpsc::channel(QUEUE);
             let (b_streams, b_rx) = mpsc::channel(QUEUE);
             let ours = Arc::new(SimConnection {
+                net: self.net.clone(),
+                local: self.id,
                 remote: peer,
                 closed: closed.clone(),
                 to_peer: a_streams,
                 from_peer: tokio::sync::Mutex::new(b_rx),
             });
             let theirs = Arc::new(SimConnection {
+                net: self.net.clone(),
+                local: peer,
                 remote: self.id,
                 closed,
                 to_peer: b_streams,
@@ -288,6 +334,8 @@ impl Transport for SimNode {
 }
 
 struct SimConnection {
+    net: SimNetwork,
+    local: PubKey,
     remote: PubKey,
     closed: watch::Sender<bool>,
     to_peer: mpsc::Sender<Stream>,
@@ -310,19 +358,21 @@ impl Connection for SimConnection {
             if *self.closed.borrow() {
                 return Err(self.closed_err());
             }
+            self.net.lock().stats.streams += 1;
             let (a, b) = tokio::io::duplex(STREAM_BUFFER);
-            let wrap = |io: tokio::io::DuplexStream| {
+            let wrap = |io: tokio::io::DuplexStream, writer: PubKey| {
                 let (r, w) = tokio::io::split(io);
+                let garble = Some((self.net.clone(), writer));
                 Stream::new(
-                    Box::new(Cut::new(w, self.closed.subscribe())),
-                    Box::new(Cut::new(r, self.closed.subscribe())),
+                    Box::new(Cut::new(w, self.closed.subscribe(), garble)),
+                    Box::new(Cut::new(r, self.closed.subscribe(), None)),
                 )
             };
             self.to_peer
-                .send(wrap(b))
+                .send(wrap(b, self.remote))
                 .await
                 .map_err(|_| self.closed_err())?;
-            Ok(wrap(a))
+            Ok(wrap(a, self.local))
         })
     }
 
@@ -350,21 +400,37 @@ impl Connection for SimConnection {
 struct Cut<T> {
     inner: T,
     cut: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    /// For a write half: the network and the writing node, garbled while it is hostile.
+    garble: Option<(SimNetwork, PubKey)>,
 }
 
 impl<T> Cut<T> {
-    fn new(inner: T, mut closed: watch::Receiver<bool>) -> Cut<T> {
+    fn new(
+        inner: T,
+        mut closed: watch::Receiver<bool>,
+        garble: Option<(SimNetwork, PubKey)>,
+    ) -> Cut<T> {
         Cut {
             inner,
             cut: Box::pin(async move {
                 let _ = closed.wait_for(|c| *c).await;
             }),
+            garble,
         }
     }
 
     fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
         self.cut.as_mut().poll(cx).is_ready()
     }
+}
+
+/// `bytes` with the middle byte flipped.
+fn garbled(bytes: &[u8]) -> Vec<u8> {
+    let mut out = bytes.to_vec();
+    if let Some(b) = out.get_mut(bytes.len() / 2) {
+        *b ^= 0x55;
+    }
+    out
 }
 
 fn reset() -> std::io::Error {
@@ -392,6 +458,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Cut<T> {
     ) -> Poll<std::io::Result<usize>> {
         if self.is_cut(cx) {
             return Poll::Ready(Err(reset()));
+        }
+        if let Some((net, writer)) = &self.garble
+            && net.is_hostile(writer)
+        {
+            let garbled = garbled(buf);
+            return Pin::new(&mut self.inner).poll_write(cx, &garbled);
         }
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
@@ -423,6 +495,7 @@ impl Gossip for SimNode {
             let me = self.id;
             tokio::spawn(async move {
                 while let Some(msg) = out_rx.recv().await {
+                    let mut garble_next = false;
                     let deliveries = {
                         let mut s = net.lock();
                         let targets: Vec<(PubKey, mpsc::Sender<GossipEvent>)> = s
@@ -462,12 +535,19 @@ impl Gossip for SimNode {
                                 && *d > 0
                             {
                                 *d -= 1;
+                                s.stats.gossip_lost += 1;
                                 continue;
                             }
                             if lost {
+                                s.stats.gossip_lost += 1;
                                 continue;
                             }
                             let copies = if dup { 2 } else { 1 };
+                            if s.hostile.contains(&me) {
+                                garble_next = true;
+                            }
+                            s.stats.gossip_delivered += copies as u64;
+                            s.stats.gossip_bytes += (copies * msg.len()) as u64;
                             for d in &delays[..copies] {
                                 let delay = if max == 0 { 0 } else { d % (max + 1) };
                                 out.push((tx.clone(), Duration::from_micros(delay)));
@@ -475,6 +555,7 @@ impl Gossip for SimNode {
                         }
                         out
                     };
+                    let msg = if garble_next { garbled(&msg) } else { msg };
                     for (tx, delay) in deliveries {
                         let event = GossipEvent::Received {
                             from: me,

@@ -62,6 +62,10 @@ enum Msg {
     Witnessed(lattice_log::BuiltOutcome),
     /// Stop once the work queued before is done.
     Stop,
+    /// Stop now, as a killed process would: queued work is dropped (its callers get
+    /// `NotOpen`) and projected state is not made durable (it is rebuilt from the log on
+    /// the next open). For simulations and tests of recovery.
+    Crash,
 }
 
 /// Handle to one store's actor thread.
@@ -131,8 +135,12 @@ impl StoreActor {
 
     /// Asks the actor to stop after the work queued so far; later messages are refused.
     fn stop(&self) {
+        self.stop_with(Msg::Stop);
+    }
+
+    fn stop_with(&self, msg: Msg) {
         if let Some(inbox) = lock(&self.inbox).take() {
-            let _ = inbox.send(Msg::Stop);
+            let _ = inbox.send(msg);
         }
     }
 
@@ -201,6 +209,16 @@ impl StoreActor {
     /// for the thread.
     pub(crate) async fn close(&self) {
         self.stop();
+        self.join().await;
+    }
+
+    /// Stops the actor as a killed process would (see `Msg::Crash`) and waits for the thread.
+    pub(crate) async fn crash(&self) {
+        self.stop_with(Msg::Crash);
+        self.join().await;
+    }
+
+    async fn join(&self) {
         let thread = lock(&self.thread).take();
         if let Some(thread) = thread {
             let joined = tokio::task::spawn_blocking(move || thread.join()).await;
@@ -234,9 +252,14 @@ fn run(
         backlog: VecDeque::new(),
         flight: None,
         stopping: false,
+        crashed: false,
     };
     let mut flushed = Instant::now();
     loop {
+        if actor.crashed {
+            debug!("store actor crashed (as asked)");
+            return None;
+        }
         if actor.stopping && actor.flight.is_none() && actor.backlog.is_empty() {
             break;
         }
@@ -306,6 +329,8 @@ struct Actor<'a> {
     flight: Option<Flight>,
     /// Asked to stop: it does once the backlog is done.
     stopping: bool,
+    /// Asked to crash: it stops after this round without flushing.
+    crashed: bool,
 }
 
 /// Work waiting for the store.
@@ -361,6 +386,11 @@ impl Actor<'_> {
                 Msg::Job(job) => self.backlog.push_back(Waiting::Job(job)),
                 Msg::Witnessed(outcome) => self.land(outcome),
                 Msg::Stop => self.stopping = true,
+                Msg::Crash => {
+                    self.crashed = true;
+                    self.backlog.clear();
+                    return;
+                }
             }
         }
         if self.flight.is_none()

@@ -22,16 +22,17 @@
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
 mod script;
+pub mod soak;
 
 pub use script::{Report, run_scenario};
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use lattice_model::{Hash, PubKey, StoreId};
 pub use lattice_net::SimConfig;
-use lattice_net::{ReplicatorConfig, SimNetwork};
+use lattice_net::{ReplicaStats, ReplicatorConfig, SimNetwork, SimStats};
 use lattice_node::{DataDir, Node, NodeError, StoreManager};
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
@@ -99,6 +100,71 @@ pub struct Sim {
     /// Each store's members as the scenario made them (creator, joiners; a child store's
     /// are its parent's). Revoked ones are taken out: no longer held to the store's state.
     members: HashMap<StoreId, BTreeSet<usize>>,
+    /// Nodes made hostile: not held to any store's state.
+    hostile: BTreeSet<usize>,
+    /// What the replicators of stopped and crashed nodes had done (running ones are asked).
+    retired: ReplicaStats,
+}
+
+/// What moved in a simulation so far ([`Sim::metrics`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct SimMetrics {
+    /// Reconciliation sessions opened and finished (every node, restarts included).
+    pub sync_sessions: u64,
+    /// Sessions that failed (cut links, banned or unreachable peers).
+    pub failed_sessions: u64,
+    /// Intentions newly witnessed from sessions.
+    pub synced_intentions: u64,
+    /// Intentions newly witnessed from gossip.
+    pub gossiped_intentions: u64,
+    /// Bytes of session frames, both directions, as the opening side counted them plus what
+    /// the serving side counted.
+    pub session_bytes: u64,
+    /// Gossip messages sent by nodes (one per intention and topic).
+    pub gossip_sent: u64,
+    /// Copies of them put on links, and lost on links.
+    pub gossip_delivered: u64,
+    /// Gossip copies lost.
+    pub gossip_lost: u64,
+    /// Bytes of the gossip copies delivered.
+    pub gossip_bytes: u64,
+    /// Connections and streams opened.
+    pub connections: u64,
+    /// Streams opened on those connections.
+    pub streams: u64,
+    /// Peers banned for sending invalid data.
+    pub bans: u64,
+}
+
+fn add_stats(a: &mut ReplicaStats, b: ReplicaStats) {
+    a.sessions += b.sessions;
+    a.served += b.served;
+    a.failed_sessions += b.failed_sessions;
+    a.synced_intentions += b.synced_intentions;
+    a.session_bytes += b.session_bytes;
+    a.gossip_sent += b.gossip_sent;
+    a.gossiped_intentions += b.gossiped_intentions;
+    a.gaps_filled += b.gaps_filled;
+    a.bans += b.bans;
+}
+
+impl SimMetrics {
+    fn of(r: ReplicaStats, n: SimStats) -> SimMetrics {
+        SimMetrics {
+            sync_sessions: r.sessions,
+            failed_sessions: r.failed_sessions,
+            synced_intentions: r.synced_intentions,
+            gossiped_intentions: r.gossiped_intentions,
+            session_bytes: r.session_bytes,
+            gossip_sent: r.gossip_sent,
+            gossip_delivered: n.gossip_delivered,
+            gossip_lost: n.gossip_lost,
+            gossip_bytes: n.gossip_bytes,
+            connections: n.connections,
+            streams: n.streams,
+            bans: r.bans,
+        }
+    }
 }
 
 impl std::fmt::Debug for Sim {
@@ -129,6 +195,8 @@ impl Sim {
             },
             peers: Vec::new(),
             members: HashMap::new(),
+            hostile: BTreeSet::new(),
+            retired: ReplicaStats::default(),
             warm: None,
         }
     }
@@ -165,7 +233,7 @@ impl Sim {
     /// [`SimError::Node`] when the node cannot open its data.
     pub async fn add_node(&mut self) -> Result<usize, SimError> {
         if self.warm.is_none() {
-            self.warm = Some(self.compile_builtins()?);
+            self.warm = Some(compile_builtins(&self.dir.join("modules-compiled"))?);
         }
         let index = self.peers.len();
         let dir = self.dir.join(format!("node-{index}"));
@@ -199,16 +267,11 @@ impl Sim {
             .map_err(failed(index))
     }
 
-    /// Compiles every built-in guest once, in a data folder of its own; returns its module
-    /// folder.
-    fn compile_builtins(&self) -> Result<PathBuf, SimError> {
-        let failed = |e| SimError::Setup(Box::new(e));
-        let data = DataDir::new(self.dir.join("modules-compiled"));
-        let node = Node::open(data.clone()).map_err(&failed)?;
-        for (name, _) in lattice_runtime::BUILTIN_MODULES {
-            node.resolve_type(name).map_err(&failed)?;
-        }
-        Ok(data.modules_dir())
+    /// Links the nodes' built-in guests from `modules`, a folder made by
+    /// [`compile_builtins`] (shared by many simulations), instead of compiling them for this
+    /// one.
+    pub fn use_modules(&mut self, modules: PathBuf) {
+        self.warm = Some(modules);
     }
 
     fn manager(&self, node: usize) -> Result<&StoreManager, SimError> {
@@ -360,10 +423,58 @@ impl Sim {
     /// # Errors
     /// [`SimError::NoNode`] when it does not exist or is stopped already.
     pub async fn stop(&mut self, node: usize) -> Result<(), SimError> {
-        let peer = self.peers.get_mut(node).ok_or(SimError::NoNode(node))?;
-        let manager = peer.manager.take().ok_or(SimError::NoNode(node))?;
+        let manager = self.take_manager(node)?;
         manager.shutdown().await;
         Ok(())
+    }
+
+    /// Stops `node` as a killed process would ([`StoreManager::crash`]): writes in flight
+    /// are not answered, projected state is not made durable; [`Sim::restart`] recovers it
+    /// from the log.
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`] when it does not exist or is stopped already.
+    pub async fn crash(&mut self, node: usize) -> Result<(), SimError> {
+        let manager = self.take_manager(node)?;
+        manager.crash().await;
+        Ok(())
+    }
+
+    fn take_manager(&mut self, node: usize) -> Result<StoreManager, SimError> {
+        let peer = self.peers.get_mut(node).ok_or(SimError::NoNode(node))?;
+        let manager = peer.manager.take().ok_or(SimError::NoNode(node))?;
+        add_stats(&mut self.retired, manager.replicator().stats());
+        Ok(manager)
+    }
+
+    /// A running node's store manager (for operations this type does not wrap).
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`] when it does not exist or is stopped.
+    pub fn node(&self, node: usize) -> Result<&StoreManager, SimError> {
+        self.manager(node)
+    }
+
+    /// Makes `node` hostile: one byte of everything it sends is flipped from now on (see
+    /// [`SimNetwork::set_hostile`]). It is no longer held to any store's state; its peers
+    /// should strike and ban it and go on without it.
+    ///
+    /// # Errors
+    /// [`SimError::NoNode`].
+    pub fn set_hostile(&mut self, node: usize) -> Result<(), SimError> {
+        let key = self.key(node)?;
+        self.net.set_hostile(key, true);
+        self.hostile.insert(node);
+        Ok(())
+    }
+
+    /// What moved so far: sessions, intentions, gossip, bytes, bans.
+    pub fn metrics(&self) -> SimMetrics {
+        let mut replicas = self.retired;
+        for manager in self.peers.iter().filter_map(|p| p.manager.as_ref()) {
+            add_stats(&mut replicas, manager.replicator().stats());
+        }
+        SimMetrics::of(replicas, self.net.stats())
     }
 
     /// Starts a stopped `node` again from its data directory.
@@ -400,10 +511,11 @@ impl Sim {
         self.members.get(store).is_some_and(|m| m.contains(&node))
     }
 
-    /// The members of `store` that are running and online: the ones held to its state.
-    fn reachable_members(&self, store: &StoreId) -> Vec<usize> {
+    /// The members of `store` that are running, online and not hostile: the ones held to
+    /// its state.
+    pub fn reachable(&self, store: &StoreId) -> Vec<usize> {
         (0..self.peers.len())
-            .filter(|i| self.is_member(store, *i))
+            .filter(|i| self.is_member(store, *i) && !self.hostile.contains(i))
             .filter(|i| self.peers[*i].manager.is_some() && self.peers[*i].online)
             .collect()
     }
@@ -440,7 +552,7 @@ impl Sim {
         loop {
             let digests = self.digests(store).await;
             let held: Vec<Option<Hash>> = self
-                .reachable_members(store)
+                .reachable(store)
                 .into_iter()
                 .map(|i| digests[i])
                 .collect();
@@ -462,6 +574,50 @@ impl Sim {
         }
     }
 
+    /// Every key of a `kv` store on `node` with its value (text values; others as JSON).
+    ///
+    /// # Errors
+    /// Why the listing failed, as text.
+    pub async fn kv_items(
+        &self,
+        node: usize,
+        store: &StoreId,
+    ) -> Result<BTreeMap<String, String>, String> {
+        let listed = self
+            .call(node, store, "list", serde_json::json!({"limit": 100_000}))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut out = BTreeMap::new();
+        for item in listed["items"].as_array().into_iter().flatten() {
+            let text = |v: &Value| v.as_str().map_or_else(|| v.to_string(), str::to_string);
+            out.insert(text(&item["key"]), text(&item["value"]));
+        }
+        Ok(out)
+    }
+
+    /// For a `kv` store: the keys on which the reachable members differ, each with every
+    /// member's value (`-`: absent), at most ten (empty for other store types).
+    pub async fn diverging_keys(&self, store: &StoreId) -> Vec<String> {
+        let mut held = Vec::new();
+        for node in self.reachable(store) {
+            if let Ok(items) = self.kv_items(node, store).await {
+                held.push((node, items));
+            }
+        }
+        let keys: BTreeSet<&String> = held.iter().flat_map(|(_, items)| items.keys()).collect();
+        keys.into_iter()
+            .filter(|k| held.windows(2).any(|w| w[0].1.get(*k) != w[1].1.get(*k)))
+            .take(10)
+            .map(|k| {
+                let each: Vec<String> = held
+                    .iter()
+                    .map(|(n, items)| format!("{n}={}", items.get(k).map_or("-", String::as_str)))
+                    .collect();
+                format!("{k} ({})", each.join(" "))
+            })
+            .collect()
+    }
+
     /// Stops every running node cleanly.
     pub async fn shutdown(&mut self) {
         for peer in &mut self.peers {
@@ -470,6 +626,21 @@ impl Sim {
             }
         }
     }
+}
+
+/// Compiles every built-in guest once, in a data folder `dir` of its own; returns its module
+/// folder, for [`Sim::use_modules`].
+///
+/// # Errors
+/// [`SimError::Setup`] when a guest does not compile or the folder cannot be written.
+pub fn compile_builtins(dir: &Path) -> Result<PathBuf, SimError> {
+    let failed = |e| SimError::Setup(Box::new(e));
+    let data = DataDir::new(dir);
+    let node = Node::open(data.clone()).map_err(&failed)?;
+    for (name, _) in lattice_runtime::BUILTIN_MODULES {
+        node.resolve_type(name).map_err(&failed)?;
+    }
+    Ok(data.modules_dir())
 }
 
 /// Links the module files of `from` (component bytes and compiled code) into `to`, which is

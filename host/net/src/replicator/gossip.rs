@@ -15,6 +15,11 @@ impl Replicator {
             let msg = GossipMsg::for_intention(store, intention.hash(), intention.as_bytes());
             if lock(&entry.gossip).try_send(msg.encode()).is_err() {
                 debug!(store = %store.short(), "gossip queue full; anti-entropy will carry it");
+            } else {
+                self.inner
+                    .counters
+                    .gossip_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
     }

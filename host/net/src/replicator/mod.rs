@@ -23,6 +23,7 @@ mod peers;
 mod serve;
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -132,6 +133,87 @@ pub enum ReplicaEvent {
         /// The last offence.
         reason: String,
     },
+}
+
+/// Counts of what a replicator did since it started ([`Replicator::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReplicaStats {
+    /// Reconciliation sessions this node opened that finished.
+    pub sessions: u64,
+    /// Sessions peers opened that this node served.
+    pub served: u64,
+    /// Sessions (either way) that failed.
+    pub failed_sessions: u64,
+    /// Intentions received in sessions this node opened and newly witnessed.
+    pub synced_intentions: u64,
+    /// Bytes of session frames sent and received by either side's sessions, as counted here.
+    pub session_bytes: u64,
+    /// Gossip messages this node handed to the network (one per written intention).
+    pub gossip_sent: u64,
+    /// Intentions that arrived by gossip and were newly witnessed.
+    pub gossiped_intentions: u64,
+    /// Gaps filled by a chain fetch.
+    pub gaps_filled: u64,
+    /// Peers banned.
+    pub bans: u64,
+}
+
+/// The counters behind [`ReplicaStats`].
+#[derive(Debug, Default)]
+struct Counters {
+    sessions: AtomicU64,
+    served: AtomicU64,
+    failed_sessions: AtomicU64,
+    synced_intentions: AtomicU64,
+    session_bytes: AtomicU64,
+    gossip_sent: AtomicU64,
+    gossiped_intentions: AtomicU64,
+    gaps_filled: AtomicU64,
+    bans: AtomicU64,
+}
+
+impl Counters {
+    fn count(&self, event: &ReplicaEvent) {
+        let add = |c: &AtomicU64, n: u64| {
+            c.fetch_add(n, Ordering::Relaxed);
+        };
+        match event {
+            ReplicaEvent::Synced { report, .. } => {
+                add(&self.sessions, 1);
+                add(&self.synced_intentions, report.witnessed);
+                add(
+                    &self.session_bytes,
+                    report.bytes_sent + report.bytes_received,
+                );
+            }
+            ReplicaEvent::Served { report, .. } => {
+                add(&self.served, 1);
+                add(
+                    &self.session_bytes,
+                    report.bytes_sent + report.bytes_received,
+                );
+            }
+            ReplicaEvent::SessionFailed { .. } => add(&self.failed_sessions, 1),
+            ReplicaEvent::Gossiped { .. } => add(&self.gossiped_intentions, 1),
+            ReplicaEvent::GapFilled { .. } => add(&self.gaps_filled, 1),
+            ReplicaEvent::PeerBanned { .. } => add(&self.bans, 1),
+        }
+    }
+
+    fn snapshot(&self) -> ReplicaStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ReplicaStats {
+            sessions: get(&self.sessions),
+            served: get(&self.served),
+            failed_sessions: get(&self.failed_sessions),
+            synced_intentions: get(&self.synced_intentions),
+            session_bytes: get(&self.session_bytes),
+            gossip_sent: get(&self.gossip_sent),
+            gossiped_intentions: get(&self.gossiped_intentions),
+            gaps_filled: get(&self.gaps_filled),
+            bans: get(&self.bans),
+        }
+    }
 }
 
 /// A replication request failed.
@@ -261,6 +343,8 @@ struct Inner {
     cas: Mutex<Option<Arc<lattice_cas::Cas>>>,
     /// Offline: no sessions either way, gossip neither sent nor taken.
     offline: std::sync::atomic::AtomicBool,
+    /// What it did ([`Replicator::stats`]).
+    counters: Counters,
 }
 
 impl StoreEntry {
@@ -320,6 +404,7 @@ impl Replicator {
             snapshots: Mutex::new(None),
             cas: Mutex::new(None),
             offline: std::sync::atomic::AtomicBool::new(false),
+            counters: Counters::default(),
         });
         let r = Replicator { inner };
         let this = r.clone();
@@ -346,7 +431,13 @@ impl Replicator {
     }
 
     fn emit(&self, event: ReplicaEvent) {
+        self.inner.counters.count(&event);
         let _ = self.inner.events.send(event);
+    }
+
+    /// What this replicator did since it started: sessions, intentions, gossip.
+    pub fn stats(&self) -> ReplicaStats {
+        self.inner.counters.snapshot()
     }
 
     /// Starts replicating `log` with `peers`, open to any peer ([`Access::Open`]); see

@@ -424,13 +424,21 @@ impl StoreManager {
 
     /// Stops replicating a store and closes it, waiting until its log is closed.
     pub(super) async fn close(&self, id: &StoreId) -> Result<(), NodeError> {
+        self.close_as(id, Closing::Clean).await
+    }
+
+    async fn close_as(&self, id: &StoreId, how: Closing) -> Result<(), NodeError> {
         let _closing = self.inner.lifecycle.lock().await;
         self.inner.replicator.remove_store_and_wait(id).await;
         let Some(open) = lock(&self.inner.stores).remove(id) else {
             return Ok(());
         };
-        // The actor ends after the work queued before this; its store lets go of the log.
-        open.actor.close().await;
+        // The actor ends after the work queued before this (or at once, crashing); its store
+        // lets go of the log.
+        match how {
+            Closing::Clean => open.actor.close().await,
+            Closing::Crash => open.actor.crash().await,
+        }
         let log = open.log.clone();
         drop(open);
         match Arc::try_unwrap(log) {
@@ -608,6 +616,19 @@ impl StoreManager {
 
     /// Closes every store (waiting for each log to close), stops replication and the network.
     pub async fn shutdown(&self) {
+        self.stop_as(Closing::Clean).await;
+    }
+
+    /// Stops as a killed process would, as far as one process can: tasks are aborted, store
+    /// actors drop their queued work (callers get [`NodeError::NotOpen`]) and do not make
+    /// projected state durable, so the next start rebuilds it from the log. What the log
+    /// acknowledged is durable already. For simulations and recovery tests; the node's files
+    /// are released, so the data directory can be opened again in this process.
+    pub async fn crash(&self) {
+        self.stop_as(Closing::Crash).await;
+    }
+
+    async fn stop_as(&self, how: Closing) {
         let tasks: Vec<JoinHandle<()>> = lock(&self.inner.tasks).drain(..).collect();
         for t in &tasks {
             t.abort();
@@ -618,7 +639,7 @@ impl StoreManager {
         }
         self.inner.replicator.shutdown();
         for id in self.open_ids() {
-            if let Err(e) = self.close(&id).await {
+            if let Err(e) = self.close_as(&id, how).await {
                 warn!(store = %id.short(), "closing failed: {e}");
             }
         }
@@ -626,4 +647,13 @@ impl StoreManager {
             net.shutdown().await;
         }
     }
+}
+
+/// How a store is closed.
+#[derive(Debug, Clone, Copy)]
+enum Closing {
+    /// After the work queued before, with state made durable.
+    Clean,
+    /// At once, without making projected state durable (see [`StoreManager::crash`]).
+    Crash,
 }
