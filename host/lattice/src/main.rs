@@ -35,7 +35,9 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
     };
-    init_tracing(cli.verbose);
+    // Simulated nodes warn about the faults a simulation injects on purpose.
+    let simulating = matches!(cli.command, cli::Command::Sim(_));
+    init_tracing(cli.verbose, simulating);
     let out = output::Output::new(cli.json);
     match run(cli, &out) {
         Ok(()) => ExitCode::SUCCESS,
@@ -66,8 +68,9 @@ fn usage_error(e: &clap::Error) -> ExitCode {
     ExitCode::from(if e.use_stderr() { 2 } else { 0 })
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, simulating: bool) {
     let default = match verbose {
+        0 if simulating => "error",
         // iroh-gossip warns about every dropped neighbour; peers come and go by design.
         0 => "warn,iroh_gossip=error",
         1 => "info",
@@ -98,6 +101,7 @@ fn run(cli: cli::Cli, out: &output::Output) -> anyhow::Result<()> {
         cli::Command::Daemon(args) => daemon_cmd::run(args, &data_dir, out),
         cli::Command::Demo(args) => demo::run(args, out),
         cli::Command::Sim(cli::SimCommand::Run(args)) => sim_cmd::run(args, out),
+        cli::Command::Sim(cli::SimCommand::Soak(args)) => sim_cmd::soak(args, out),
         cli::Command::Bench(cli::BenchCommand::Log(args)) => bench::log(args, out),
         cli::Command::Bench(cli::BenchCommand::Store(args)) => bench_store::run(args, out),
         cli::Command::Bench(cli::BenchCommand::Sync(args)) => bench_sync::run(args, out),
