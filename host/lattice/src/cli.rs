@@ -560,9 +560,12 @@ pub(crate) struct SimSoakArgs {
     /// Runs spent shrinking a failing seed's operations (0: print them all).
     #[arg(long, default_value_t = 40)]
     pub(crate) shrink: usize,
-    /// Stop at the first failing seed.
+    /// Stop at the first failing seed (seeds already running finish).
     #[arg(long)]
     pub(crate) fail_fast: bool,
+    /// Seeds run at once (simulated nodes mostly wait on timers and fsync).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub(crate) jobs: u64,
 }
 
 fn parse_seed_count(text: &str) -> Result<std::ops::Range<u64>, String> {

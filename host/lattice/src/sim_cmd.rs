@@ -40,8 +40,26 @@ pub(crate) fn soak(args: SimSoakArgs, out: &Output) -> anyhow::Result<()> {
     let every = (count / 20).max(1);
     let started = Instant::now();
     let (mut passed, mut failed, mut checks, mut crashes, mut acked) = (0u64, Vec::new(), 0, 0, 0);
-    for seed in seeds {
-        let outcome = runtime.block_on(soak_seed(seed, &config, dir.path(), &modules, args.shrink));
+    // Seeds run side by side: a simulated node mostly waits (timers, fsync).
+    let config = std::sync::Arc::new(config);
+    let (dir_path, modules) = (dir.path().to_path_buf(), std::sync::Arc::new(modules));
+    let mut running = tokio::task::JoinSet::new();
+    let mut next = seeds.start;
+    loop {
+        while (running.len() as u64) < args.jobs && next < seeds.end {
+            let (config, dir, modules) = (config.clone(), dir_path.clone(), modules.clone());
+            let (seed, shrink) = (next, args.shrink);
+            running.spawn_on(
+                async move { soak_seed(seed, &config, &dir, &modules, shrink).await },
+                runtime.handle(),
+            );
+            next += 1;
+        }
+        let Some(outcome) = runtime.block_on(running.join_next()) else {
+            break;
+        };
+        let outcome = outcome.context("a seed's task failed")?;
+        let seed = outcome.seed;
         match &outcome.result {
             Ok(run) => {
                 passed += 1;
@@ -57,8 +75,7 @@ pub(crate) fn soak(args: SimSoakArgs, out: &Output) -> anyhow::Result<()> {
                 let steps: Vec<String> = trace.iter().map(|op| format!("  {op}")).collect();
                 out.record(
                     &format!(
-                        "seed {seed} FAILED {failure}
-shortest failing sequence found ({} steps; rerun: lattice sim soak --seeds {seed}..{} --nodes {} --steps {}):\n{}",
+                        "seed {seed} FAILED {failure}\nshortest failing sequence found ({} steps; rerun: lattice sim soak --seeds {seed}..{} --nodes {} --steps {}):\n{}",
                         trace.len(),
                         seed + 1,
                         args.nodes,
@@ -68,7 +85,7 @@ shortest failing sequence found ({} steps; rerun: lattice sim soak --seeds {seed
                     outcome.to_json(),
                 );
                 if args.fail_fast {
-                    break;
+                    next = seeds.end;
                 }
             }
         }

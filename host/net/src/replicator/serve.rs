@@ -125,7 +125,15 @@ impl Replicator {
 
     pub(super) async fn serve_connection(self, conn: Arc<dyn Connection>) {
         let peer = conn.remote();
-        while let Ok(mut stream) = conn.accept().await {
+        // The connection's streams end with it: aborting this task (the replicator shutting
+        // down) aborts them, and with them their hold on the stores' logs.
+        let mut streams = tokio::task::JoinSet::new();
+        loop {
+            let accepted = tokio::select! {
+                accepted = conn.accept() => accepted,
+                Some(_) = streams.join_next(), if !streams.is_empty() => continue,
+            };
+            let Ok(mut stream) = accepted else { break };
             if self.check_peer(&peer, false).is_err() {
                 conn.close("not accepting sessions from this peer now");
                 return;
@@ -135,11 +143,13 @@ impl Replicator {
                 continue;
             }
             let this = self.clone();
-            tokio::spawn(async move {
+            streams.spawn(async move {
                 this.serve_stream(peer, &mut stream).await;
                 stream.finish().await;
             });
         }
+        // The connection is gone; the sessions on it end on their own.
+        while streams.join_next().await.is_some() {}
     }
 
     pub(super) async fn serve_stream(&self, peer: PubKey, stream: &mut Stream) {

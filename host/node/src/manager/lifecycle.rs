@@ -436,16 +436,34 @@ impl StoreManager {
         // The actor ends after the work queued before this (or at once, crashing); its store
         // lets go of the log.
         match how {
-            Closing::Clean => open.actor.close().await,
+            Closing::Clean | Closing::Stop => open.actor.close().await,
             Closing::Crash => open.actor.crash().await,
         }
-        let log = open.log.clone();
+        let mut log = open.log.clone();
         drop(open);
-        match Arc::try_unwrap(log) {
-            Ok(log) => off_workers("closing a log", move || Ok(log.close()?)).await?,
-            // A session serving a peer still reads it; the log closes when that ends.
-            Err(_) => {
-                debug!(store = %id.short(), "log still in use by a session; it closes when that ends")
+        // When the node stops, its sessions were told to end: wait for them to let go of
+        // the log, so its file is closed when this returns (a start in the same process
+        // opens it again).
+        let patience = match how {
+            Closing::Clean => Duration::ZERO,
+            Closing::Stop | Closing::Crash => SESSIONS_END_WITHIN,
+        };
+        let since = tokio::time::Instant::now();
+        loop {
+            match Arc::try_unwrap(log) {
+                Ok(log) => {
+                    off_workers("closing a log", move || Ok(log.close()?)).await?;
+                    break;
+                }
+                Err(held) if since.elapsed() < patience => {
+                    log = held;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                // A session serving a peer still reads it; the log closes when that ends.
+                Err(_) => {
+                    debug!(store = %id.short(), "log still in use by a session; it closes when that ends");
+                    break;
+                }
             }
         }
         self.emit(NodeEvent::StoreClosed(*id));
@@ -629,6 +647,10 @@ impl StoreManager {
     }
 
     async fn stop_as(&self, how: Closing) {
+        let how = match how {
+            Closing::Clean => Closing::Stop,
+            other => other,
+        };
         let tasks: Vec<JoinHandle<()>> = lock(&self.inner.tasks).drain(..).collect();
         for t in &tasks {
             t.abort();
@@ -649,11 +671,16 @@ impl StoreManager {
     }
 }
 
+/// How long a stopping node waits for its aborted sessions to let go of a store's log.
+const SESSIONS_END_WITHIN: Duration = Duration::from_secs(10);
+
 /// How a store is closed.
 #[derive(Debug, Clone, Copy)]
 enum Closing {
     /// After the work queued before, with state made durable.
     Clean,
+    /// As `Clean`, while the node stops: waits for sessions to let go of the log.
+    Stop,
     /// At once, without making projected state durable (see [`StoreManager::crash`]).
     Crash,
 }
