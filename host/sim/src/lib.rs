@@ -574,6 +574,57 @@ impl Sim {
         }
     }
 
+    /// [`Sim::wait_converged`] with, when the members of a `kv` store diverge, the keys
+    /// that differ added to the error's detail.
+    ///
+    /// # Errors
+    /// As [`Sim::wait_converged`].
+    pub async fn converge_or_explain(
+        &self,
+        store: &StoreId,
+        deadline: Duration,
+    ) -> Result<Duration, SimError> {
+        match self.wait_converged(store, deadline).await {
+            Err(SimError::Diverged {
+                store: short,
+                waited,
+                detail,
+            }) => {
+                let keys = self.diverging_keys(store).await;
+                let detail = if keys.is_empty() {
+                    detail
+                } else {
+                    format!("{detail}; keys that differ: {}", keys.join(", "))
+                };
+                Err(SimError::Diverged {
+                    store: short,
+                    waited,
+                    detail,
+                })
+            }
+            other => other,
+        }
+    }
+
+    /// Of the reachable members of `store`, the percentage holding the most common state.
+    pub async fn agreement(&self, store: &StoreId) -> f64 {
+        let digests = self.digests(store).await;
+        let held: Vec<Option<Hash>> = self
+            .reachable(store)
+            .into_iter()
+            .map(|i| digests[i])
+            .collect();
+        if held.is_empty() {
+            return 100.0;
+        }
+        let mut counts: HashMap<Option<Hash>, usize> = HashMap::new();
+        for d in held.iter().flatten() {
+            *counts.entry(Some(*d)).or_default() += 1;
+        }
+        let most = counts.values().copied().max().unwrap_or(0);
+        most as f64 * 100.0 / held.len() as f64
+    }
+
     /// Every key of a `kv` store on `node` with its value (text values; others as JSON).
     ///
     /// # Errors
@@ -620,8 +671,8 @@ impl Sim {
 
     /// Stops every running node cleanly.
     pub async fn shutdown(&mut self) {
-        for peer in &mut self.peers {
-            if let Some(manager) = peer.manager.take() {
+        for node in 0..self.peers.len() {
+            if let Ok(manager) = self.take_manager(node) {
                 manager.shutdown().await;
             }
         }

@@ -15,7 +15,10 @@
 //! | `increment(node, store, name)`, `count(node, store, name)` | a `counter` write and read |
 //! | `offline(node)`, `online(node)` | take a node off the network, bring it back |
 //! | `partition(groups)`, `heal()` | e.g. `partition([[0, 1], [2, 3]])` |
-//! | `stop(node)`, `restart(node)`, `revoke(node, store, peer)` | |
+//! | `stop(node)`, `crash(node)`, `restart(node)` | a clean stop, a kill without the final flush, a start from disk |
+//! | `revoke(node, store, peer)` | a revocation |
+//! | `hostile(node)` | garbles everything the node sends from now on; it is held to no store's state |
+//! | `bans()` | peers banned so far, over every node |
 //! | `converge(store, seconds)` | waits until the members agree; returns the seconds it took, fails the run when they do not |
 //! | `rand(n)` | a number in `0..n` from the run's seed |
 
@@ -29,7 +32,7 @@ use rhai::{Array, Dynamic, Engine, EvalAltResult};
 use serde_json::{Value, json};
 use tokio::runtime::Handle;
 
-use crate::{Sim, SimConfig, SimError};
+use crate::{Sim, SimConfig, SimError, SimMetrics};
 
 /// Longest a script may run, in Rhai operations (a guard against endless loops).
 const MAX_OPERATIONS: u64 = 50_000_000;
@@ -49,7 +52,13 @@ pub struct Report {
     pub wall_s: f64,
     /// Seconds the last `converge` waited.
     pub converge_s: f64,
-    /// Why the run failed, if it did.
+    /// Of the last `converge`'s members, the share holding the most common state (100 when
+    /// they converged).
+    pub convergence_pct: f64,
+    /// What moved: sessions, intentions, gossip, bytes.
+    pub metrics: SimMetrics,
+    /// Why the run failed, if it did (for a `kv` store that did not converge: the keys
+    /// that differ, with each member's value).
     pub error: Option<String>,
 }
 
@@ -63,6 +72,8 @@ impl Report {
             "converged": self.converged,
             "wall_s": self.wall_s,
             "converge_s": self.converge_s,
+            "convergence_pct": self.convergence_pct,
+            "metrics": self.metrics,
             "error": self.error,
         })
     }
@@ -75,6 +86,7 @@ struct Run {
     rng: SplitMix64,
     writes: u64,
     converge_s: f64,
+    convergence_pct: f64,
 }
 
 type Shared = Arc<Mutex<Run>>;
@@ -110,6 +122,7 @@ pub fn run_scenario(script: &str, seed: u64, dir: &Path, rt: Handle) -> Result<R
         rng: SplitMix64::new(seed),
         writes: 0,
         converge_s: 0.0,
+        convergence_pct: 100.0,
     }));
     let mut engine = Engine::new();
     engine.set_max_operations(MAX_OPERATIONS);
@@ -130,6 +143,8 @@ pub fn run_scenario(script: &str, seed: u64, dir: &Path, rt: Handle) -> Result<R
         converged: outcome.is_ok(),
         wall_s: start.elapsed().as_secs_f64(),
         converge_s: run.converge_s,
+        convergence_pct: run.convergence_pct,
+        metrics: run.sim.metrics(),
         error: outcome.err().map(|e| e.to_string()),
     })
 }
@@ -268,9 +283,23 @@ fn register(engine: &mut Engine, shared: &Shared, dir: &Path, seed: u64) {
         with(&s, async |r| r.sim.stop(node).await)
     });
     let s = shared.clone();
+    engine.register_fn("crash", move |node: i64| -> Fallible<()> {
+        let node = index(node)?;
+        with(&s, async |r| r.sim.crash(node).await)
+    });
+    let s = shared.clone();
     engine.register_fn("restart", move |node: i64| -> Fallible<()> {
         let node = index(node)?;
         with(&s, async |r| r.sim.restart(node).await)
+    });
+    let s = shared.clone();
+    engine.register_fn("hostile", move |node: i64| -> Fallible<()> {
+        let node = index(node)?;
+        lock(&s).sim.set_hostile(node).map_err(fail)
+    });
+    let s = shared.clone();
+    engine.register_fn("bans", move || -> i64 {
+        i64::try_from(lock(&s).sim.metrics().bans).unwrap_or(i64::MAX)
     });
     let s = shared.clone();
     engine.register_fn(
@@ -287,9 +316,17 @@ fn register(engine: &mut Engine, shared: &Shared, dir: &Path, seed: u64) {
             let store = store_id(store)?;
             let deadline = Duration::from_secs(u64::try_from(seconds).unwrap_or(0));
             with(&s, async |r| {
-                let took = r.sim.wait_converged(&store, deadline).await?.as_secs_f64();
-                r.converge_s = took;
-                Ok(took)
+                match r.sim.converge_or_explain(&store, deadline).await {
+                    Ok(took) => {
+                        r.converge_s = took.as_secs_f64();
+                        r.convergence_pct = 100.0;
+                        Ok(r.converge_s)
+                    }
+                    Err(e) => {
+                        r.convergence_pct = r.sim.agreement(&store).await;
+                        Err(e)
+                    }
+                }
             })
         },
     );

@@ -473,21 +473,9 @@ impl Runner {
         self.outcome.checks += 1;
         let took = self
             .sim
-            .wait_converged(&self.store, self.deadline)
+            .converge_or_explain(&self.store, self.deadline)
             .await
-            .map_err(|e| match e {
-                SimError::Diverged { .. } => {
-                    format!("{e}; keys that differ: {}", "(see below)")
-                }
-                other => other.to_string(),
-            });
-        let took = match took {
-            Ok(t) => t,
-            Err(reason) => {
-                let keys = self.sim.diverging_keys(&self.store).await;
-                return Err(reason.replace("(see below)", &keys.join(", ")));
-            }
-        };
+            .map_err(|e| e.to_string())?;
         self.outcome.converge_s += took.as_secs_f64();
         let held = self.sim.reachable(&self.store);
         for &node in &held {

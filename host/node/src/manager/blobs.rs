@@ -175,7 +175,7 @@ impl StoreManager {
             return;
         }
         let (this, id) = (self.clone(), *id);
-        tokio::spawn(async move {
+        self.spawn_side(async move {
             if let Err(e) = this.fetch_wanted(&id).await {
                 debug!(store = %id.short(), "fetching referenced blobs stopped: {e}");
             }

@@ -28,7 +28,7 @@ impl StoreManager {
     ) {
         while let Some(SnapshotRequest { peer, store, reply }) = requests.recv().await {
             let this = self.clone();
-            tokio::spawn(async move {
+            self.spawn_side(async move {
                 let answer = this.snapshot_for(&store).await.map_err(|e| e.to_string());
                 if let Err(reason) = &answer {
                     debug!(peer = %peer.short(), store = %store.short(), "no snapshot: {reason}");

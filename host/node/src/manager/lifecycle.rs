@@ -255,7 +255,7 @@ impl StoreManager {
         self.reconcile_children(&id).await?;
         // The store's module travels with it: shared when installed here, fetched when not.
         let this = self.clone();
-        tokio::spawn(async move { this.module_travels(&id).await });
+        self.spawn_side(async move { this.module_travels(&id).await });
         self.fetch_referenced(&id);
         Ok(())
     }
@@ -655,9 +655,14 @@ impl StoreManager {
         for t in &tasks {
             t.abort();
         }
+        let side = lock(&self.inner.side).take();
         // Once they have ended, no task holds this manager any more.
         for t in tasks {
             let _ = t.await;
+        }
+        if let Some(mut side) = side {
+            side.abort_all();
+            while side.join_next().await.is_some() {}
         }
         self.inner.replicator.shutdown();
         for id in self.open_ids() {

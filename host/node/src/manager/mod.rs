@@ -72,6 +72,10 @@ struct Inner {
     stores: Mutex<HashMap<StoreId, Arc<OpenStore>>>,
     events: broadcast::Sender<NodeEvent>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Short-lived work started on the side (snapshot answers, catch-ups, module and blob
+    /// fetches); `None` once the node stops. Aborted and awaited by a stop, so nothing
+    /// holds the node afterwards.
+    side: Mutex<Option<tokio::task::JoinSet<()>>>,
     /// Held while a store is opened or closed.
     lifecycle: tokio::sync::Mutex<()>,
     /// Held while peer sets are read and handed to the replicator, so a set computed from an
@@ -258,6 +262,7 @@ impl StoreManager {
             stores: Mutex::new(HashMap::new()),
             events,
             tasks: Mutex::new(Vec::new()),
+            side: Mutex::new(Some(tokio::task::JoinSet::new())),
             lifecycle: tokio::sync::Mutex::new(()),
             members: tokio::sync::Mutex::new(()),
             resume_at: Mutex::new(HashMap::new()),
@@ -326,9 +331,9 @@ impl StoreManager {
                     }) if report.behind => {
                         // The peer pruned history this node never had: catch up through a
                         // snapshot of it (on its own task; the store closes meanwhile).
-                        let this = this.clone();
-                        tokio::spawn(async move {
-                            if let Err(e) = this.catch_up(&store, &peer).await {
+                        let that = this.clone();
+                        this.spawn_side(async move {
+                            if let Err(e) = that.catch_up(&store, &peer).await {
                                 warn!(store = %store.short(), peer = %peer.short(), "could not catch up through a snapshot: {e}");
                             }
                         });
@@ -337,14 +342,14 @@ impl StoreManager {
                     Ok(ReplicaEvent::Synced { store, .. }) => {
                         // A store still waiting for its module asks its peers again after a
                         // reconciliation (not per gossiped intention).
-                        let this = this.clone();
-                        tokio::spawn(async move {
-                            if this
+                        let that = this.clone();
+                        this.spawn_side(async move {
+                            if that
                                 .with_store(&store, |st| Ok(st.is_headless()))
                                 .await
                                 .unwrap_or(false)
                             {
-                                this.module_travels(&store).await;
+                                that.module_travels(&store).await;
                             }
                         });
                         Some(store)
@@ -393,6 +398,15 @@ impl StoreManager {
         lock(&manager.inner.tasks).push(collecting);
         info!(node = %manager.inner.node.key().public().short(), addr = %manager.address(), "node running");
         Ok(manager)
+    }
+
+    /// Runs `work` on the side (see `Inner::side`); dropped once the node is stopping.
+    pub(crate) fn spawn_side(&self, work: impl Future<Output = ()> + Send + 'static) {
+        if let Some(side) = lock(&self.inner.side).as_mut() {
+            // Reap what finished, so the set holds only running work.
+            while side.try_join_next().is_some() {}
+            side.spawn(work);
+        }
     }
 
     /// The node (identity, inventory, modules).
