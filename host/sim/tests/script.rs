@@ -77,3 +77,41 @@ fn a_failing_step_is_in_the_report_and_a_bad_script_is_an_error() -> TestResult 
     );
     Ok(())
 }
+
+/// A hostile member and a killed one: the rest ban the first, recover the second.
+const FAULTS: &str = r#"
+let n = 4;
+for i in 0..n { node(); }
+let kv = store(0, "kv");
+for i in 1..n { join(0, i, kv); }
+hostile(3);
+for i in 0..20 {
+    put(i % 3, kv, "k" + i, "v");
+    put(3, kv, "evil" + i, "x");
+}
+put(2, kv, "before-kill", "v");
+crash(2);
+put(0, kv, "while-down", "v");
+restart(2);
+converge(kv, 60);
+if get(2, kv, "before-kill") != "v" { throw "the killed node lost an acknowledged write"; }
+if get(2, kv, "while-down") != "v" { throw "the restarted node did not catch up"; }
+for i in 0..3 { if get(i, kv, "evil0") != () { throw "node " + i + " projects a hostile write"; } }
+"#;
+
+#[test]
+fn a_hostile_member_is_banned_and_a_killed_one_recovers() -> TestResult {
+    let rt = runtime()?;
+    let dir = tempfile::tempdir()?;
+    let report = run_scenario(FAULTS, 5, dir.path(), rt.handle().clone())?;
+    assert_eq!(report.error, None);
+    assert!(report.converged);
+    assert!(
+        report.metrics.bans >= 1,
+        "no member banned the hostile node: {:?}",
+        report.metrics
+    );
+    assert!(report.metrics.gossip_sent >= 40 && report.metrics.gossip_delivered > 0);
+    assert_eq!(report.convergence_pct, 100.0);
+    Ok(())
+}
