@@ -6,6 +6,7 @@ use std::collections::HashMap;
 
 use lattice_model::{Hash, Hlc, HlcClock, Intention, NodeKey, SignedIntention, StoreId};
 
+use crate::config::Clock;
 use crate::error::{AuthorError, Error};
 use crate::ingest::Draft;
 use crate::reader::LogReader;
@@ -34,7 +35,7 @@ pub struct ChainBuilder {
     prev_hlc: Hlc,
     author_seq: u64,
     clock: HlcClock,
-    now_ms: fn() -> u64,
+    now: Clock,
     /// HLCs of intentions built in this run (not witnessed yet, so not in the log).
     built: HashMap<Hash, Hlc>,
 }
@@ -43,7 +44,7 @@ impl ChainBuilder {
     pub(crate) fn start(
         key: NodeKey,
         reader: &LogReader,
-        now_ms: fn() -> u64,
+        now: Clock,
     ) -> Result<ChainBuilder, Error> {
         let me = key.public();
         let (prev, prev_hlc, author_seq) = match reader.tip_entry(&me)? {
@@ -58,7 +59,7 @@ impl ChainBuilder {
             prev_hlc,
             author_seq,
             clock,
-            now_ms,
+            now,
             built: HashMap::new(),
         })
     }
@@ -86,7 +87,7 @@ impl ChainBuilder {
             after = after.max(hlc);
         }
         let mut clock = self.clock;
-        let hlc = clock.tick((self.now_ms)(), after);
+        let hlc = clock.tick(self.now.now_ms(), after);
         let intention = Intention::new(
             self.store,
             self.key.public(),

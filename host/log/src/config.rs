@@ -1,6 +1,48 @@
 //! Tunables of a log.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Where a log reads the wall clock (milliseconds since the Unix epoch): the system's, or
+/// one a test or a simulation sets (a skewed node, a clock that stands still).
+#[derive(Clone)]
+pub struct Clock(Arc<dyn Fn() -> u64 + Send + Sync>);
+
+impl Clock {
+    /// The system clock.
+    pub fn system() -> Clock {
+        Clock(Arc::new(system_now_ms))
+    }
+
+    /// The system clock moved by `offset_ms` (ahead when positive).
+    pub fn skewed(offset_ms: i64) -> Clock {
+        Clock(Arc::new(move || {
+            system_now_ms().saturating_add_signed(offset_ms)
+        }))
+    }
+
+    /// A clock that reads `now`.
+    pub fn from_fn(now: impl Fn() -> u64 + Send + Sync + 'static) -> Clock {
+        Clock(Arc::new(now))
+    }
+
+    /// Milliseconds since the Unix epoch.
+    pub fn now_ms(&self) -> u64 {
+        (self.0)()
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Clock {
+        Clock::system()
+    }
+}
+
+impl std::fmt::Debug for Clock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Clock({} ms)", self.now_ms())
+    }
+}
 
 /// Limits and knobs of one store's log. [`LogConfig::default`] is what a node uses.
 #[derive(Debug, Clone)]
@@ -24,8 +66,8 @@ pub struct LogConfig {
     pub cache_bytes: usize,
     /// Capacity of the ingest actor's inbox; senders block when it is full (default 1,024).
     pub inbox: usize,
-    /// The wall clock in milliseconds since the Unix epoch (tests substitute their own).
-    pub now_ms: fn() -> u64,
+    /// The wall clock HLCs are read from (tests and simulations substitute their own).
+    pub clock: Clock,
 }
 
 impl Default for LogConfig {
@@ -39,7 +81,7 @@ impl Default for LogConfig {
             query_visit_cap: 1_000_000,
             cache_bytes: 32 * 1024 * 1024,
             inbox: 1024,
-            now_ms: system_now_ms,
+            clock: Clock::system(),
         }
     }
 }

@@ -361,7 +361,7 @@ impl IngestActor {
         commands: Vec<Command>,
         replies: &mut Vec<Reply>,
     ) -> Result<LogState, (Error, Vec<Reply>)> {
-        let now_ms = (self.config.now_ms)();
+        let now_ms = self.config.clock.now_ms();
         // A batch of prune steps alone need not reach the disk now (an fsync per step made
         // some steps take 100 ms in a large log): a step lost in a crash is done again by the
         // next pass, and redb keeps commits atomic and in order, so the floor recorded before

@@ -51,7 +51,7 @@ mod tables;
 mod writer;
 
 pub use chain::{Built, ChainBuilder};
-pub use config::{LogConfig, system_now_ms};
+pub use config::{Clock, LogConfig, system_now_ms};
 pub use error::{
     AuthorError, CorruptError, Error, IngestError, OpenError, QueryError, StorageError,
 };

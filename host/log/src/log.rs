@@ -140,7 +140,7 @@ impl Log {
     /// Checks incoming intentions on this thread (size, decoding, claimed hash, store, clock
     /// drift, signatures with batch verification) and queues the rest for the actor.
     pub fn submit_ingest(&self, items: Vec<Incoming>) -> Pending<Result<IngestResults, Error>> {
-        let slots = precheck(items, self.store_id, (self.config.now_ms)());
+        let slots = precheck(items, self.store_id, self.config.clock.now_ms());
         let (tx, rx) = oneshot::channel();
         if let Err(err) = self.send(Command::Ingest { slots, reply: tx }) {
             let (tx, rx) = oneshot::channel();
@@ -176,7 +176,7 @@ impl Log {
         floor.0.dedup_by(|a, b| a.0 == b.0);
         let positions: Vec<u64> = items.iter().map(|i| i.position).collect();
         let incoming = items.into_iter().map(|i| Incoming::new(i.bytes)).collect();
-        let slots = precheck(incoming, self.store_id, (self.config.now_ms)());
+        let slots = precheck(incoming, self.store_id, self.config.clock.now_ms());
         let (tx, rx) = oneshot::channel();
         self.send(Command::Root {
             floor,
@@ -203,7 +203,7 @@ impl Log {
     /// # Errors
     /// [`Error`] on storage failure.
     pub fn chain_builder(&self) -> Result<ChainBuilder, Error> {
-        ChainBuilder::start(self.key.clone(), &self.reader, self.config.now_ms)
+        ChainBuilder::start(self.key.clone(), &self.reader, self.config.clock.clone())
     }
 
     /// Queues a run of intentions built by a [`ChainBuilder`] for witnessing in one group

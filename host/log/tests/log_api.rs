@@ -509,15 +509,12 @@ fn local_hlc_stays_monotonic_across_restarts() -> TestResult {
     } = f;
     log.close()?;
     // A clock that went back an hour must not make the next write older.
-    fn behind() -> u64 {
-        system_now_ms() - 3_600_000
-    }
     let log = Log::open(
         &path,
         store,
         node,
         LogConfig {
-            now_ms: behind,
+            clock: lattice_log::Clock::skewed(-3_600_000),
             ..LogConfig::default()
         },
     )?;

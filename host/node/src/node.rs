@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use lattice_cas::Cas;
 use lattice_log::file::FileError;
-use lattice_log::{Incoming, Ingested, Log, LogConfig, build_genesis, system_now_ms};
+use lattice_log::{Clock, Incoming, Ingested, Log, LogConfig, build_genesis, system_now_ms};
 use lattice_model::{Hash, NodeKey, PubKey, StoreId};
 use lattice_runtime::{BUILTIN_MODULES, Limits, LoadedModule, ModuleHash, Runtime};
 use serde_json::json;
@@ -28,6 +28,8 @@ pub struct Node {
     meta: MetaDb,
     system_module: ModuleHash,
     cas: Option<Arc<Cas>>,
+    /// The wall clock its logs date intentions by.
+    clock: Clock,
 }
 
 /// The one store among `ids` whose id starts with `text` (case and surrounding spaces
@@ -141,6 +143,21 @@ impl Node {
         Node::open_with(dir, Limits::default())
     }
 
+    /// This node with its logs dating intentions by `clock` instead of the system clock
+    /// (simulations skew nodes' clocks; HLCs keep causal order whatever the skew).
+    pub fn with_clock(mut self, clock: Clock) -> Node {
+        self.clock = clock;
+        self
+    }
+
+    /// The log settings of this node's stores.
+    fn log_config(&self) -> LogConfig {
+        LogConfig {
+            clock: self.clock.clone(),
+            ..LogConfig::default()
+        }
+    }
+
     /// Opens with explicit guest limits.
     ///
     /// # Errors
@@ -176,6 +193,7 @@ impl Node {
             runtime,
             meta,
             system_module,
+            clock: Clock::system(),
             cas,
         };
         sweep_removals(&node.dir.stores_dir())?;
@@ -344,7 +362,7 @@ impl Node {
             module,
             name: name.clone(),
         };
-        let signed = build_genesis(&self.key, genesis.encode(), system_now_ms())?;
+        let signed = build_genesis(&self.key, genesis.encode(), self.clock.now_ms())?;
         let id = StoreId::from(signed.hash());
         let log = self.open_log(id)?;
         for r in log.ingest(vec![Incoming::new(signed.as_bytes().to_vec())])? {
@@ -403,7 +421,7 @@ impl Node {
             &self.dir.log_path(&id),
             id,
             self.key.clone(),
-            LogConfig::default(),
+            self.log_config(),
         )?)
     }
 
@@ -559,7 +577,7 @@ impl Node {
             &aside.join("log.db"),
             id,
             self.key.clone(),
-            LogConfig::default(),
+            self.log_config(),
         )?;
         let reader = old.reader();
         let mut taken = 0;
@@ -781,7 +799,7 @@ impl Node {
             // crash part-way leaves the damaged log in place for the next repair.
             let fresh = self.dir.store_dir(&id).join("log.db.rebuilding");
             let _ = std::fs::remove_file(&fresh);
-            let log = Log::open(&fresh, id, self.key.clone(), LogConfig::default())?;
+            let log = Log::open(&fresh, id, self.key.clone(), self.log_config())?;
             let found = salvaged.len() as u64;
             let results = log.ingest(
                 salvaged

@@ -87,6 +87,8 @@ struct SimPeer {
     /// `None` while the node is stopped.
     manager: Option<StoreManager>,
     online: bool,
+    /// How far its wall clock is off, in milliseconds (ahead when positive).
+    skew_ms: i64,
 }
 
 /// Nodes in one process over one simulated network (see the crate docs).
@@ -232,23 +234,39 @@ impl Sim {
     /// # Errors
     /// [`SimError::Node`] when the node cannot open its data.
     pub async fn add_node(&mut self) -> Result<usize, SimError> {
+        self.add_node_skewed(0).await
+    }
+
+    /// As [`Sim::add_node`], with the node's wall clock `skew_ms` milliseconds off (ahead
+    /// when positive; its HLCs follow it). Within the HLC's allowed drift
+    /// ([`lattice_model::MAX_FUTURE_DRIFT_MS`]) the members must converge all the same.
+    ///
+    /// # Errors
+    /// [`SimError::Node`] when the node cannot open its data.
+    pub async fn add_node_skewed(&mut self, skew_ms: i64) -> Result<usize, SimError> {
         if self.warm.is_none() {
             self.warm = Some(compile_builtins(&self.dir.join("modules-compiled"))?);
         }
         let index = self.peers.len();
         let dir = self.dir.join(format!("node-{index}"));
-        let manager = self.start(index, &dir).await?;
+        let manager = self.start(index, &dir, skew_ms).await?;
         let key = manager.node().key().public();
         self.peers.push(SimPeer {
             dir,
             key,
             manager: Some(manager),
             online: true,
+            skew_ms,
         });
         Ok(index)
     }
 
-    async fn start(&self, index: usize, dir: &Path) -> Result<StoreManager, SimError> {
+    async fn start(
+        &self,
+        index: usize,
+        dir: &Path,
+        skew_ms: i64,
+    ) -> Result<StoreManager, SimError> {
         let data = DataDir::new(dir);
         // The built-in guests compiled once, for every node: each would compile the same code.
         if let Some(warm) = &self.warm {
@@ -260,7 +278,9 @@ impl Sim {
                 }),
             })?;
         }
-        let node = Node::open(data).map_err(failed(index))?;
+        let node = Node::open(data)
+            .map_err(failed(index))?
+            .with_clock(lattice_log::Clock::skewed(skew_ms));
         let sim = self.net.node(node.key().public());
         StoreManager::start(node, sim.clone(), sim, None, self.config.clone())
             .await
@@ -482,11 +502,11 @@ impl Sim {
     /// # Errors
     /// [`SimError::NoNode`]; [`SimError::Node`] when its data does not open.
     pub async fn restart(&mut self, node: usize) -> Result<(), SimError> {
-        let dir = match self.peers.get(node) {
-            Some(p) if p.manager.is_none() => p.dir.clone(),
+        let (dir, skew_ms) = match self.peers.get(node) {
+            Some(p) if p.manager.is_none() => (p.dir.clone(), p.skew_ms),
             _ => return Err(SimError::NoNode(node)),
         };
-        let manager = self.start(node, &dir).await?;
+        let manager = self.start(node, &dir, skew_ms).await?;
         let online = self.peers[node].online;
         self.peers[node].manager = Some(manager);
         self.net.set_online(self.peers[node].key, online);

@@ -9,6 +9,7 @@
 //! | --- | --- |
 //! | `network(loss, duplicate, delay_ms)` | gossip faults; before the first node only |
 //! | `node()` | adds a node; returns its index |
+//! | `node_skewed(ms)` | adds a node whose wall clock is `ms` off (ahead when positive) |
 //! | `store(node, type)`, `child(node, parent, type)` | creates a store, a child store |
 //! | `join(inviter, joiner, store)` | invite and join |
 //! | `put(node, store, key, value)`, `get(node, store, key)` | a `kv` write and read (`()` when absent) |
@@ -197,6 +198,10 @@ fn register(engine: &mut Engine, shared: &Shared, dir: &Path, seed: u64) {
     let s = shared.clone();
     engine.register_fn("node", move || -> Fallible<i64> {
         with(&s, async |r| r.sim.add_node().await).map(|n| n as i64)
+    });
+    let s = shared.clone();
+    engine.register_fn("node_skewed", move |skew_ms: i64| -> Fallible<i64> {
+        with(&s, async |r| r.sim.add_node_skewed(skew_ms).await).map(|n| n as i64)
     });
     let s = shared.clone();
     engine.register_fn("store", move |node: i64, kind: &str| -> Fallible<String> {

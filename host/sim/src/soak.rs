@@ -3,6 +3,8 @@
 //! invariants checked after every heal and at the end; a failing sequence is cut down to a
 //! shorter one that still fails ([`shrink`]).
 //!
+//! Every node's wall clock is skewed by a seeded amount within the HLC's allowed drift.
+//!
 //! Invariants, on every member that is running, online and not revoked:
 //! - all hold the same state digest (within the deadline);
 //! - no acknowledged write is lost: a `put` that returned is there with its value, once its
@@ -36,6 +38,9 @@ pub struct SoakConfig {
     pub network: SimConfig,
     /// Longest wait for the members to agree at a check.
     pub deadline: Duration,
+    /// Each node's wall clock is off by up to this much either way (milliseconds; drawn
+    /// from the seed), within the HLC's allowed drift.
+    pub max_skew_ms: i64,
 }
 
 impl Default for SoakConfig {
@@ -49,6 +54,7 @@ impl Default for SoakConfig {
                 max_delay: Duration::from_millis(20),
             },
             deadline: Duration::from_secs(30),
+            max_skew_ms: 120_000,
         }
     }
 }
@@ -194,6 +200,19 @@ pub fn generate(seed: u64, config: &SoakConfig) -> Vec<Op> {
     ops
 }
 
+/// Each node's clock skew in milliseconds for `seed`: a pure function of the seed and the
+/// settings.
+pub fn skews(seed: u64, config: &SoakConfig) -> Vec<i64> {
+    let mut rng = SplitMix64::new(seed ^ 0x736b_6577);
+    let max = config.max_skew_ms.max(0);
+    (0..config.nodes.max(2))
+        .map(|_| {
+            let span = usize::try_from(2 * max + 1).unwrap_or(1);
+            rng.below(span) as i64 - max
+        })
+        .collect()
+}
+
 /// A run that broke an invariant (or could not be carried out).
 #[derive(Debug, Clone)]
 pub struct SoakFailure {
@@ -309,8 +328,8 @@ pub async fn run_ops(
     let mut sim = Sim::new(seed, config.network.clone(), dir);
     sim.use_modules(modules.to_path_buf());
     let n = config.nodes.max(2);
-    for _ in 0..n {
-        sim.add_node().await.map_err(setup)?;
+    for skew in skews(seed, config) {
+        sim.add_node_skewed(skew).await.map_err(setup)?;
     }
     let store = sim.create_store(0, "kv").await.map_err(setup)?;
     for joiner in 1..n {

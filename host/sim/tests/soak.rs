@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use lattice_sim::compile_builtins;
-use lattice_sim::soak::{Op, SoakConfig, generate, run_ops, shrink, soak_seed};
+use lattice_sim::soak::{Op, SoakConfig, generate, run_ops, shrink, skews, soak_seed};
 
 fn small() -> SoakConfig {
     SoakConfig {
@@ -21,6 +21,12 @@ fn a_seed_gives_the_same_operations_every_time_and_seeds_differ() {
     assert_ne!(generate(7, &config), generate(8, &config));
     let ops = generate(7, &config);
     assert_eq!(ops.len(), config.steps);
+    // Clock skews too: per node, within the bound, not all alike.
+    let skew = skews(7, &config);
+    assert_eq!(skew, skews(7, &config));
+    assert_eq!(skew.len(), config.nodes);
+    assert!(skew.iter().all(|s| s.abs() <= config.max_skew_ms));
+    assert!(skew.windows(2).any(|w| w[0] != w[1]));
     // Over a few seeds every kind of fault shows up.
     let all: Vec<Op> = (0..20).flat_map(|s| generate(s, &config)).collect();
     let has = |f: fn(&Op) -> bool| all.iter().any(f);
