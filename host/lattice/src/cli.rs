@@ -557,6 +557,10 @@ pub(crate) struct SimSoakArgs {
     /// Probability that a gossip message is lost on a link.
     #[arg(long, default_value_t = 0.1)]
     pub(crate) loss: f64,
+    /// Each node's wall clock is off by up to this many milliseconds either way (drawn from
+    /// the seed; the HLC allows 300,000 ahead).
+    #[arg(long, default_value_t = 120_000, value_parser = clap::value_parser!(i64).range(0..=3_600_000))]
+    pub(crate) max_skew_ms: i64,
     /// Runs spent shrinking a failing seed's operations (0: print them all).
     #[arg(long, default_value_t = 40)]
     pub(crate) shrink: usize,

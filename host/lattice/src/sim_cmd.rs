@@ -29,6 +29,7 @@ pub(crate) fn soak(args: SimSoakArgs, out: &Output) -> anyhow::Result<()> {
     let config = SoakConfig {
         nodes: args.nodes as usize,
         steps: args.steps,
+        max_skew_ms: args.max_skew_ms,
         network: lattice_sim::SimConfig {
             loss: args.loss,
             ..defaults.network

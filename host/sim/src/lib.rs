@@ -463,6 +463,9 @@ impl Sim {
     fn take_manager(&mut self, node: usize) -> Result<StoreManager, SimError> {
         let peer = self.peers.get_mut(node).ok_or(SimError::NoNode(node))?;
         let manager = peer.manager.take().ok_or(SimError::NoNode(node))?;
+        // A stopped process has no endpoint: its links fail at once, as a refused connection
+        // would (its `online` setting is kept for the restart).
+        self.net.set_online(peer.key, false);
         add_stats(&mut self.retired, manager.replicator().stats());
         Ok(manager)
     }

@@ -207,3 +207,26 @@ async fn child_stores_open_on_every_member_and_converge() -> TestResult {
     sim.shutdown().await;
     Ok(())
 }
+
+/// Found by `lattice sim soak` (seed 296): a member that missed the admission of a newer
+/// member, while every member it knows is down, must still come to agree with the newcomer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_missed_a_newcomers_admission_syncs_with_it() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut sim = Sim::new(4, SimConfig::default(), dir.path());
+    let store = kv_store_on(&mut sim, 2).await?;
+    let late = sim.add_node().await?;
+    sim.wait_converged(&store, Duration::from_secs(30)).await?;
+    // Node 1 is cut off while node 0 admits node 2, and node 0 goes down after.
+    sim.partition(&[vec![0, late], vec![1]])?;
+    sim.join(0, late, &store).await?;
+    put(&sim, late, &store, "from-late", "v").await?;
+    put(&sim, 1, &store, "from-1", "v").await?;
+    sim.crash(0).await?;
+    sim.heal();
+    // Only nodes 1 and 2 are up: 1 knows 0 alone, 2 knows both.
+    sim.wait_converged(&store, Duration::from_secs(30)).await?;
+    assert_eq!(get(&sim, 1, &store, "from-late").await?, json!("v"));
+    assert_eq!(get(&sim, late, &store, "from-1").await?, json!("v"));
+    Ok(())
+}

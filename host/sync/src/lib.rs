@@ -47,7 +47,8 @@ mod wire;
 pub use reconcile::{FRAME_LIMIT, Initiator, ItemSet, Responder, Step, SyncError, VecSet};
 pub use session::{
     Frames, LinkError, Opening, PRUNED_RECORDS, SessionError, SessionOptions, SessionReport,
-    accept, bootstrap, fetch_chain, reconcile, refuse, request_join, serve, welcome,
+    UNLISTED, accept, bootstrap, fetch_chain, reconcile, refuse, request_join, serve,
+    serve_unlisted, welcome,
 };
 pub use snapshot::{fetch_snapshot, no_snapshot, send_snapshot};
 pub use wire::{

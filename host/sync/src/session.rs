@@ -12,7 +12,7 @@ use std::future::Future;
 use lattice_log::{
     Error as LogError, Incoming, IngestError, IngestResults, Ingested, Log, Pending,
 };
-use lattice_model::{ChainVerifier, Hash, PubKey, StoreId};
+use lattice_model::{ChainVerifier, Hash, PubKey, SignedIntention, StoreId};
 
 use crate::reconcile::{FRAME_LIMIT, Initiator, Responder, SyncError};
 use crate::wire::{BATCH_BYTES, FrameError, MAX_HASHES, Msg, SESSION_VERSION};
@@ -105,6 +105,8 @@ const CHAIN_MAX_ITEMS: usize = 20_000;
 const CHAIN_MAX_BYTES: usize = 16 * 1024 * 1024;
 /// Ingest batches in flight before the client waits for the oldest.
 const INGEST_WINDOW: usize = 4;
+/// The reason a member gives a peer it does not list for not serving witness pages.
+pub const UNLISTED: &str = "you are not a member of this store here yet";
 /// The reason a server with a pruned log gives for not serving witness-record pages.
 pub const PRUNED_RECORDS: &str =
     "this member pruned its history; join from a snapshot of it instead";
@@ -713,6 +715,34 @@ pub async fn serve<F: Frames>(
     log: &Log,
     options: &SessionOptions,
 ) -> Result<SessionReport, SessionError> {
+    serve_as(io, log, options, None).await
+}
+
+/// Serves a session to a peer this node does not list as a member of the store (yet): a
+/// member that missed the peer's admission, while every member it knows is away, learns of
+/// it this way. Nothing of the store goes out — reconciliation fingerprints are answered,
+/// requests for intentions get none, witness pages are refused, the prune floor is told as
+/// empty — and of what the peer pushes
+/// only intentions by authors `listed` accepts (this node's members) are taken. Among them
+/// are the records that admitted the peer, after which it is a member here.
+///
+/// # Errors
+/// As [`serve`].
+pub async fn serve_unlisted<F: Frames>(
+    io: &mut F,
+    log: &Log,
+    options: &SessionOptions,
+    listed: &(dyn Fn(&PubKey) -> bool + Sync),
+) -> Result<SessionReport, SessionError> {
+    serve_as(io, log, options, Some(listed)).await
+}
+
+async fn serve_as<F: Frames>(
+    io: &mut F,
+    log: &Log,
+    options: &SessionOptions,
+    listed: Option<&(dyn Fn(&PubKey) -> bool + Sync)>,
+) -> Result<SessionReport, SessionError> {
     let mut link = Link {
         io,
         sent: 0,
@@ -735,6 +765,25 @@ pub async fn serve<F: Frames>(
                 };
                 let reply = r.respond(&msg)?;
                 link.send(&Msg::Reconcile(reply)).await?;
+            }
+            Msg::Want(_) | Msg::Chain { .. } if listed.is_some() => {
+                responder = None;
+                link.send_intentions(Vec::new(), true).await?;
+            }
+            Msg::Records { .. } if listed.is_some() => {
+                link.send(&Msg::Refused(UNLISTED.into())).await?;
+            }
+            Msg::FloorQuery if listed.is_some() => link.send(&Msg::Floor(Vec::new())).await?,
+            Msg::Intentions { items, .. } if let Some(listed) = listed => {
+                // Undecodable items go on to the log, which refuses them as the peer's fault.
+                let items = items
+                    .into_iter()
+                    .filter(|bytes| {
+                        SignedIntention::decode(bytes)
+                            .map_or(true, |s| listed(&s.intention().author()))
+                    })
+                    .collect();
+                ingest.push(items).await?;
             }
             Msg::Want(hashes) => {
                 responder = None;

@@ -1,5 +1,7 @@
 //! Anti-entropy: periodic and nudged reconciliation with members.
 
+use tokio::task::JoinSet;
+
 use super::*;
 
 impl Replicator {
@@ -36,12 +38,20 @@ impl Replicator {
         let mut tick = tokio::time::interval(self.inner.config.anti_entropy);
         tick.tick().await;
         let mut next = 0usize;
+        // Each reconciliation runs on its own task, at most one per peer: a peer that takes
+        // long to answer (or never does, until the session timeout) holds up only itself.
+        // Dropping the set (the store removed) ends them.
+        let mut syncing: JoinSet<PubKey> = JoinSet::new();
+        let mut busy: HashSet<PubKey> = HashSet::new();
         loop {
             let peer = tokio::select! {
                 _ = tick.tick() => {
                     let Some(entry) = self.store(&store) else { return };
-                    let peers: Vec<PubKey> =
-                        lock(&entry.peers).iter().copied().filter(|p| *p != me).collect();
+                    let peers: Vec<PubKey> = lock(&entry.peers)
+                        .iter()
+                        .copied()
+                        .filter(|p| *p != me && !busy.contains(p))
+                        .collect();
                     if peers.is_empty() {
                         continue;
                     }
@@ -53,8 +63,21 @@ impl Replicator {
                     Some(_) => continue,
                     None => return,
                 },
+                Some(done) = syncing.join_next(), if !syncing.is_empty() => {
+                    if let Ok(peer) = done {
+                        busy.remove(&peer);
+                    }
+                    continue;
+                }
             };
-            let _ = self.sync(&store, &peer).await;
+            if !busy.insert(peer) {
+                continue;
+            }
+            let this = self.clone();
+            syncing.spawn(async move {
+                let _ = this.sync(&store, &peer).await;
+                peer
+            });
         }
     }
 }

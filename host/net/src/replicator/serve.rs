@@ -193,13 +193,25 @@ impl Replicator {
                 return;
             }
         };
-        let Some(entry) = self.entry_for_peer(&peer, &store, stream).await else {
-            return;
+        // A peer a members-only store does not list (yet) gets a session that takes in only
+        // what members wrote and gives nothing out: the records admitting it reach a member
+        // that missed them, even when no other member it knows is up.
+        let (entry, listed) = match self.store(&store) {
+            Some(entry) if !entry.allows(&peer) => (entry, false),
+            _ => match self.entry_for_peer(&peer, &store, stream).await {
+                Some(entry) => (entry, true),
+                None => return,
+            },
         };
-        let served = tokio::time::timeout(
-            self.inner.config.session_timeout,
-            lattice_sync::serve(stream, &entry.log, &self.inner.config.session),
-        )
+        let session = &self.inner.config.session;
+        let members = |author: &PubKey| entry.allows(author);
+        let served = tokio::time::timeout(self.inner.config.session_timeout, async {
+            if listed {
+                lattice_sync::serve(stream, &entry.log, session).await
+            } else {
+                lattice_sync::serve_unlisted(stream, &entry.log, session, &members).await
+            }
+        })
         .await;
         match served {
             Ok(Ok(report)) => self.emit(ReplicaEvent::Served {
