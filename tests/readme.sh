@@ -153,6 +153,7 @@ fi
 step "sim run (scenarios on simulated nodes)"
 "$L" sim run "$ROOT/examples/sim/mesh-50.rhai" --json | tail -1 | field '["converged"]'
 "$L" sim run "$ROOT/examples/sim/partition-storm.rhai" --seeds 1..3
+"$L" sim soak --seeds 10 --json | tail -1 | field '["passed"]'
 
 step "log create / append / status / verify"
 LOG=$(a --json log create --ops "my first store" | field '["store"]')

@@ -9,7 +9,7 @@ use lattice_model::{Hash, NodeKey, SignedIntention};
 use lattice_sync::{
     Frames, LinkError, Msg, Opening, SNAPSHOT_PART, SessionError, SessionOptions, accept,
     bootstrap, fetch_chain, fetch_snapshot, no_snapshot, reconcile, refuse, request_join,
-    send_snapshot, serve, welcome,
+    send_snapshot, serve, serve_unlisted, welcome,
 };
 use tokio::sync::mpsc;
 
@@ -167,6 +167,65 @@ async fn reconcile_exchanges_both_ways_and_ends_with_done() -> TestResult {
     assert_eq!(c.sent, c.have);
     assert_eq!(s.witnessed + s.floating + s.duplicates, c.have);
     assert!(c.bytes_sent > 0 && c.bytes_received > 0);
+    Ok(())
+}
+
+#[tokio::test]
+async fn an_unlisted_peer_gets_nothing_and_gives_only_what_listed_authors_wrote() -> TestResult {
+    let o = SessionOptions::default();
+    let f = fixture(23, 1500);
+    let (a, b) = (f.open("a.db", 1), f.open("b.db", 2));
+    // The server holds a prefix and one intention the client lacks; the client all the rest.
+    let to_b = f.all[..801].to_vec();
+    let mut to_a = f.all[..1000].to_vec();
+    to_a.remove(800);
+    feed(&a, &to_a);
+    feed(&b, &to_b);
+    let (before_a, before_b) = (witnessed(&a), witnessed(&b));
+    // The server lists one author of the client's extra intentions.
+    let extra: Vec<&SignedIntention> = to_a
+        .iter()
+        .filter(|s| !before_b.contains(&s.hash()))
+        .collect();
+    let listed = extra
+        .first()
+        .ok_or("no extra intention")?
+        .intention()
+        .author();
+    let by_listed = |s: &SignedIntention| s.intention().author() == listed;
+    assert!(
+        extra.iter().any(|s| !by_listed(s)),
+        "every extra intention has the listed author"
+    );
+    let (mut client, mut server) = pair();
+    let members = move |author: &lattice_model::PubKey| *author == listed;
+    let served = async {
+        accept(&mut server).await?;
+        serve_unlisted(&mut server, &b, &o, &members).await
+    };
+    let (c, s) = tokio::join!(reconcile(&mut client, &a, &o), served);
+    let (c, s) = (c?, s?);
+    a.settle()?;
+    b.settle()?;
+    // Nothing went out: the client holds what it held.
+    assert_eq!(witnessed(&a), before_a);
+    assert_eq!(s.sent, 0);
+    assert!(
+        c.need > 0,
+        "the client lacked some of the server's intentions: {c:?}"
+    );
+    // In came only the listed author's intentions (the others it wrote are not taken).
+    let taken: BTreeSet<Hash> = witnessed(&b).difference(&before_b).copied().collect();
+    assert!(!taken.is_empty());
+    let listed_extra: BTreeSet<Hash> = extra
+        .iter()
+        .filter(|s| by_listed(s))
+        .map(|s| s.hash())
+        .collect();
+    assert!(
+        taken.is_subset(&listed_extra),
+        "an unlisted author's intention was taken"
+    );
     Ok(())
 }
 
