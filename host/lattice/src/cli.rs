@@ -534,7 +534,7 @@ pub(crate) enum SimCommand {
     /// the simulated network, in a temporary folder. Prints a report per seed (nodes, writes,
     /// converged, wall and convergence time); exits non-zero when a seed fails.
     Run(SimRunArgs),
-    /// Deterministic simulation testing: for each seed, a random sequence of writes and
+    /// Simulation testing with random faults: for each seed, a random sequence of writes and
     /// faults (partitions, offline nodes, kills during writes, restarts, a revocation; gossip
     /// loss, duplication, delay) on fresh nodes, with the invariants checked after every heal
     /// and at the end: identical digests, no acknowledged write lost, a revoked node's later

@@ -91,7 +91,7 @@ pub(crate) fn soak(args: SimSoakArgs, out: &Output) -> anyhow::Result<()> {
             }
         }
         let done = passed + failed.len() as u64;
-        if done % every == 0 || done == count {
+        if done.is_multiple_of(every) || done == count {
             out.progress(&format!(
                 "{done}/{count} seeds, {} failed, {:.0} s",
                 failed.len(),
