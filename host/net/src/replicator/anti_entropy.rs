@@ -4,6 +4,10 @@ use tokio::task::JoinSet;
 
 use super::*;
 
+/// Periodic reconciliations of one store running at once, at most (nudges may add more,
+/// one per peer).
+const ROUNDS_IN_FLIGHT: usize = 2;
+
 impl Replicator {
     pub(super) async fn anti_entropy_loop(
         self,
@@ -38,14 +42,20 @@ impl Replicator {
         let mut tick = tokio::time::interval(self.inner.config.anti_entropy);
         tick.tick().await;
         let mut next = 0usize;
-        // Each reconciliation runs on its own task, at most one per peer: a peer that takes
-        // long to answer (or never does, until the session timeout) holds up only itself.
+        // Each reconciliation runs on its own task, at most one per peer and a few at once: a
+        // peer that takes long to answer (or never does, until the session timeout) holds up
+        // only itself.
         // Dropping the set (the store removed) ends them.
         let mut syncing: JoinSet<PubKey> = JoinSet::new();
         let mut busy: HashSet<PubKey> = HashSet::new();
         loop {
             let peer = tokio::select! {
                 _ = tick.tick() => {
+                    // A round starts only while few are running: slow sessions (a loaded
+                    // node) must not pile up one per tick.
+                    if syncing.len() >= ROUNDS_IN_FLIGHT {
+                        continue;
+                    }
                     let Some(entry) = self.store(&store) else { return };
                     let peers: Vec<PubKey> = lock(&entry.peers)
                         .iter()
