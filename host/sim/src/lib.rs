@@ -597,8 +597,8 @@ impl Sim {
         }
     }
 
-    /// [`Sim::wait_converged`] with, when the members of a `kv` store diverge, the keys
-    /// that differ added to the error's detail.
+    /// [`Sim::wait_converged`] with, when the members diverge, the keys that differ (for a
+    /// `kv` store) and each node's view ([`Sim::explain`]) added to the error's detail.
     ///
     /// # Errors
     /// As [`Sim::wait_converged`].
@@ -614,11 +614,12 @@ impl Sim {
                 detail,
             }) => {
                 let keys = self.diverging_keys(store).await;
-                let detail = if keys.is_empty() {
+                let mut detail = if keys.is_empty() {
                     detail
                 } else {
                     format!("{detail}; keys that differ: {}", keys.join(", "))
                 };
+                detail.push_str(&format!("; nodes: {}", self.explain(store).await));
                 Err(SimError::Diverged {
                     store: short,
                     waited,
@@ -627,6 +628,33 @@ impl Sim {
             }
             other => other,
         }
+    }
+
+    /// For a failure report: each running node's view of `store` — the peers it replicates
+    /// it with (a member that does not know another cannot sync with it) and its digest, or
+    /// why it has none (not open, damaged…).
+    pub async fn explain(&self, store: &StoreId) -> String {
+        let index = |key: &PubKey| self.peers.iter().position(|p| p.key == *key);
+        let mut out = Vec::new();
+        for (i, peer) in self.peers.iter().enumerate() {
+            let Some(manager) = &peer.manager else {
+                out.push(format!("{i}: down"));
+                continue;
+            };
+            let knows: Vec<String> = manager
+                .replicator()
+                .store_peers(store)
+                .iter()
+                .filter_map(index)
+                .map(|j| j.to_string())
+                .collect();
+            let state = match manager.state_digest(store).await {
+                Ok(digest) => digest.short(),
+                Err(e) => e.to_string(),
+            };
+            out.push(format!("{i}: knows [{}], {state}", knows.join(" ")));
+        }
+        out.join("; ")
     }
 
     /// Of the reachable members of `store`, the percentage holding the most common state.
