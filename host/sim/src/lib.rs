@@ -294,13 +294,6 @@ impl Sim {
         self.warm = Some(modules);
     }
 
-    fn manager(&self, node: usize) -> Result<&StoreManager, SimError> {
-        self.peers
-            .get(node)
-            .and_then(|p| p.manager.as_ref())
-            .ok_or(SimError::NoNode(node))
-    }
-
     /// Creates a store of type `store_type` (`kv`, `counter`, `fs`, …) on `node`.
     ///
     /// # Errors
@@ -311,7 +304,7 @@ impl Sim {
         store_type: &str,
     ) -> Result<StoreId, SimError> {
         let store = self
-            .manager(node)?
+            .node(node)?
             .create(store_type, "", None)
             .await
             .map_err(failed(node))?;
@@ -331,7 +324,7 @@ impl Sim {
         store_type: &str,
     ) -> Result<StoreId, SimError> {
         let store = self
-            .manager(node)?
+            .node(node)?
             .create(store_type, "", Some(*parent))
             .await
             .map_err(failed(node))?;
@@ -352,11 +345,11 @@ impl Sim {
         store: &StoreId,
     ) -> Result<(), SimError> {
         let token = self
-            .manager(inviter)?
+            .node(inviter)?
             .invite(store, Duration::from_secs(3600))
             .await
             .map_err(failed(inviter))?;
-        self.manager(joiner)?
+        self.node(joiner)?
             .join(&token.encode(), |_| {})
             .await
             .map_err(failed(joiner))?;
@@ -376,7 +369,7 @@ impl Sim {
         method: &str,
         args: Value,
     ) -> Result<Value, SimError> {
-        self.manager(node)?
+        self.node(node)?
             .call(store, method, &args)
             .await
             .map_err(failed(node))
@@ -396,7 +389,7 @@ impl Sim {
         peer: usize,
     ) -> Result<(), SimError> {
         let key = self.key(peer)?;
-        self.manager(node)?
+        self.node(node)?
             .revoke_peer(store, &key)
             .await
             .map_err(failed(node))?;
@@ -475,7 +468,10 @@ impl Sim {
     /// # Errors
     /// [`SimError::NoNode`] when it does not exist or is stopped.
     pub fn node(&self, node: usize) -> Result<&StoreManager, SimError> {
-        self.manager(node)
+        self.peers
+            .get(node)
+            .and_then(|p| p.manager.as_ref())
+            .ok_or(SimError::NoNode(node))
     }
 
     /// Makes `node` hostile: one byte of everything it sends is flipped from now on (see
@@ -574,11 +570,7 @@ impl Sim {
         let _stop = AbortOnDrop(forwarders);
         loop {
             let digests = self.digests(store).await;
-            let held: Vec<Option<Hash>> = self
-                .reachable(store)
-                .into_iter()
-                .map(|i| digests[i])
-                .collect();
+            let held = self.pick_reachable(store, &digests);
             if held.iter().all(Option::is_some) && held.windows(2).all(|w| w[0] == w[1]) {
                 return Ok(start.elapsed());
             }
@@ -657,14 +649,23 @@ impl Sim {
         out.join("; ")
     }
 
-    /// Of the reachable members of `store`, the percentage holding the most common state.
-    pub async fn agreement(&self, store: &StoreId) -> f64 {
-        let digests = self.digests(store).await;
-        let held: Vec<Option<Hash>> = self
-            .reachable(store)
+    /// The digests of the reachable members of `store`, from all nodes' `digests`.
+    fn pick_reachable(&self, store: &StoreId, digests: &[Option<Hash>]) -> Vec<Option<Hash>> {
+        self.reachable(store)
             .into_iter()
             .map(|i| digests[i])
-            .collect();
+            .collect()
+    }
+
+    /// The digests of the reachable members of `store`.
+    async fn held_digests(&self, store: &StoreId) -> Vec<Option<Hash>> {
+        let digests = self.digests(store).await;
+        self.pick_reachable(store, &digests)
+    }
+
+    /// Of the reachable members of `store`, the percentage holding the most common state.
+    pub async fn agreement(&self, store: &StoreId) -> f64 {
+        let held = self.held_digests(store).await;
         if held.is_empty() {
             return 100.0;
         }
