@@ -49,6 +49,41 @@ pub struct NodeStatus {
     /// The serving process's id (0 when unknown).
     #[prost(uint32, tag = "7")]
     pub pid: u32,
+    /// What replication did since the daemon started.
+    #[prost(message, optional, tag = "8")]
+    pub replication: ::core::option::Option<ReplicationStats>,
+}
+/// Counters of a node's replication since it started.
+#[allow(clippy::all)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct ReplicationStats {
+    /// Reconciliation sessions this node opened that finished.
+    #[prost(uint64, tag = "1")]
+    pub sessions: u64,
+    /// Sessions peers opened that this node served.
+    #[prost(uint64, tag = "2")]
+    pub served: u64,
+    /// Sessions (either way) that failed.
+    #[prost(uint64, tag = "3")]
+    pub failed_sessions: u64,
+    /// Intentions newly witnessed from sessions this node opened.
+    #[prost(uint64, tag = "4")]
+    pub synced_intentions: u64,
+    /// Bytes of session frames, sent and received.
+    #[prost(uint64, tag = "5")]
+    pub session_bytes: u64,
+    /// Gossip messages this node sent (one per intention written).
+    #[prost(uint64, tag = "6")]
+    pub gossip_sent: u64,
+    /// Intentions newly witnessed from gossip.
+    #[prost(uint64, tag = "7")]
+    pub gossiped_intentions: u64,
+    /// Gaps in an author's chain filled by fetching it.
+    #[prost(uint64, tag = "8")]
+    pub gaps_filled: u64,
+    /// Peers banned for sending invalid data.
+    #[prost(uint64, tag = "9")]
+    pub bans: u64,
 }
 #[allow(clippy::all)]
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]

@@ -217,6 +217,21 @@ impl Api {
     }
 }
 
+/// A replicator's counters as the API gives them.
+fn replication_stats(r: lattice_net::ReplicaStats) -> v1::ReplicationStats {
+    v1::ReplicationStats {
+        sessions: r.sessions,
+        served: r.served,
+        failed_sessions: r.failed_sessions,
+        synced_intentions: r.synced_intentions,
+        session_bytes: r.session_bytes,
+        gossip_sent: r.gossip_sent,
+        gossiped_intentions: r.gossiped_intentions,
+        gaps_filled: r.gaps_filled,
+        bans: r.bans,
+    }
+}
+
 pub(crate) type Stream<T> =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<T, Status>> + Send + 'static>>;
 
@@ -236,6 +251,7 @@ impl node_service_server::NodeService for Api {
                 .count() as u32,
             stores: records.len() as u32,
             pid: std::process::id(),
+            replication: Some(replication_stats(self.manager.replicator().stats())),
         }))
     }
 

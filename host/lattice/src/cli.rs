@@ -570,6 +570,11 @@ pub(crate) struct SimSoakArgs {
     /// Seeds run at once (simulated nodes mostly wait on timers and fsync).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub(crate) jobs: u64,
+    /// Where the simulated nodes keep their data (a temporary folder inside it, removed
+    /// after). Default: /dev/shm when there is one (memory: a simulated kill loses no page
+    /// cache, so fsyncs prove nothing here and only cost time), else the system's temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<std::path::PathBuf>,
 }
 
 fn parse_seed_count(text: &str) -> Result<std::ops::Range<u64>, String> {
@@ -595,6 +600,16 @@ pub(crate) struct SimRunArgs {
     /// Run every seed of a range instead, `A..B` (B excluded).
     #[arg(long, value_parser = parse_seeds)]
     pub(crate) seeds: Option<std::ops::Range<u64>>,
+    /// Write every event the network carried (time in simulated µs, kind, nodes, a hash
+    /// of the bytes) to this file, one per line — `FILE.<seed>` with several seeds. Two
+    /// runs of a seed write the same file; `diff` shows where two seeds' runs part.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) trace: Option<std::path::PathBuf>,
+    /// Where the simulated nodes keep their data (a temporary folder inside it, removed
+    /// after). Default: /dev/shm when there is one (memory: a simulated kill loses no page
+    /// cache, so fsyncs prove nothing here and only cost time), else the system's temp dir.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<std::path::PathBuf>,
 }
 
 fn parse_seeds(text: &str) -> Result<std::ops::Range<u64>, String> {

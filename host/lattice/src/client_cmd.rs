@@ -490,17 +490,30 @@ async fn dispatch(cmd: ClientCommand, mut c: Client, out: &Output) -> anyhow::Re
         }
         ClientCommand::Node(NodeCommand::Status) => {
             let s = c.node.status(v1::Empty {}).await.map_err(err)?.into_inner();
+            let r = s.replication.unwrap_or_default();
             out.record(
                 &format!(
-                    "node     {}\nname     {}\naddress  {}\ndata     {}\nstores   {} open of {}",
+                    "node     {}\nname     {}\naddress  {}\ndata     {}\nstores   {} open of {}\nsync     {} sessions opened, {} served, {} failed; {} intentions synced, {} gossiped ({} sent); {} bytes; {} gaps filled; {} bans",
                     s.key,
                     if s.name.is_empty() { "(unnamed: `lattice node set-name`)" } else { &s.name },
                     s.address,
                     s.data_dir,
                     s.open_stores,
-                    s.stores
+                    s.stores,
+                    r.sessions,
+                    r.served,
+                    r.failed_sessions,
+                    r.synced_intentions,
+                    r.gossiped_intentions,
+                    r.gossip_sent,
+                    r.session_bytes,
+                    r.gaps_filled,
+                    r.bans
                 ),
-                json!({"node": s.key, "name": s.name, "address": s.address, "data_dir": s.data_dir, "open_stores": s.open_stores, "stores": s.stores}),
+                json!({"node": s.key, "name": s.name, "address": s.address, "data_dir": s.data_dir, "open_stores": s.open_stores, "stores": s.stores,
+                    "replication": {"sessions": r.sessions, "served": r.served, "failed_sessions": r.failed_sessions,
+                        "synced_intentions": r.synced_intentions, "session_bytes": r.session_bytes, "gossip_sent": r.gossip_sent,
+                        "gossiped_intentions": r.gossiped_intentions, "gaps_filled": r.gaps_filled, "bans": r.bans}}),
             );
         }
         ClientCommand::Node(NodeCommand::SetName { name }) => {

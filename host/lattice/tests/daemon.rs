@@ -165,6 +165,16 @@ fn three_daemons_create_invite_join_children_revoke_leave_rejoin_restart() -> Te
         until_value(dir, &store, "from-b", &Value::from("1"))?;
         until_value(dir, &store, "from-c", &Value::from("2"))?;
     }
+    // `node status` counts what replication did: A sent its writes by gossip and took part
+    // in sessions with the joiners.
+    let replication = &json(&a_dir, &["node", "status"])?["replication"];
+    assert!(
+        replication["gossip_sent"].as_u64() >= Some(1),
+        "{replication}"
+    );
+    let sessions =
+        replication["sessions"].as_u64().unwrap_or(0) + replication["served"].as_u64().unwrap_or(0);
+    assert!(sessions >= 1, "{replication}");
 
     // `store watch` on B streams a change written on A.
     let mut watcher = Command::new(env!("CARGO_BIN_EXE_lattice"))

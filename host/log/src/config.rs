@@ -68,6 +68,11 @@ pub struct LogConfig {
     pub inbox: usize,
     /// The wall clock HLCs are read from (tests and simulations substitute their own).
     pub clock: Clock,
+    /// Runs the ingest actor on the caller's thread instead of its own (default false):
+    /// each command is handled, with the floating intentions it frees, before the call
+    /// returns. For deterministic simulations that run every node on one thread; callers
+    /// on several threads would run their commands one after another.
+    pub inline: bool,
 }
 
 impl Default for LogConfig {
@@ -81,6 +86,7 @@ impl Default for LogConfig {
             query_visit_cap: 1_000_000,
             cache_bytes: 32 * 1024 * 1024,
             inbox: 1024,
+            inline: false,
             clock: Clock::system(),
         }
     }

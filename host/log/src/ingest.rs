@@ -222,6 +222,15 @@ pub(crate) struct IngestActor {
     pub(crate) undurable: bool,
 }
 
+impl std::fmt::Debug for IngestActor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IngestActor")
+            .field("store_id", &self.store_id)
+            .field("queued", &self.queue.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// Per author, the newest chain position a finalized epoch reaches; replaced whole.
 pub(crate) type FinalFrontier =
     Arc<std::sync::Mutex<Arc<std::collections::HashMap<lattice_model::PubKey, u64>>>>;
@@ -241,6 +250,8 @@ enum Reply {
 }
 
 impl IngestActor {
+    /// The actor thread's loop: waits for commands, runs them in group commits, and keeps
+    /// re-checking floating intentions while any wait.
     pub(crate) fn run(mut self) {
         let _span = tracing::info_span!("log", store = %self.store_id.short()).entered();
         loop {
@@ -256,32 +267,61 @@ impl IngestActor {
                     Err(TryRecvError::Disconnected) => break,
                 }
             };
-            let mut commands = Vec::new();
-            let (mut count, mut bytes) = (0usize, 0usize);
-            if let Some(cmd) = first {
-                let (c, b) = cmd.weight();
-                count += c;
-                bytes += b;
-                commands.push(cmd);
-            }
-            while count < self.config.max_batch_intentions && bytes < self.config.max_batch_bytes {
-                match self.inbox.try_recv() {
-                    Ok(cmd) => {
-                        let (c, b) = cmd.weight();
-                        count += c;
-                        bytes += b;
-                        commands.push(cmd);
-                    }
-                    Err(_) => break,
+            self.round(first);
+        }
+        self.finish();
+    }
+
+    /// Runs, on the caller's thread, everything queued: commands and the floating
+    /// intentions whose wait is over, until nothing is left (the actor of a log opened
+    /// with [`LogConfig::inline`](crate::LogConfig::inline)).
+    pub(crate) fn pump(&mut self) {
+        loop {
+            let first = match self.inbox.try_recv() {
+                Ok(cmd) => Some(cmd),
+                Err(_) if !self.queue.is_empty() => None,
+                Err(_) => return,
+            };
+            self.round(first);
+        }
+    }
+
+    /// Drops every queued command unanswered (their callers get `Closed`).
+    pub(crate) fn drop_queued(&mut self) {
+        while self.inbox.try_recv().is_ok() {}
+    }
+
+    /// One group commit: `first` and whatever else is queued, within the batch limits.
+    fn round(&mut self, first: Option<Command>) {
+        let mut commands = Vec::new();
+        let (mut count, mut bytes) = (0usize, 0usize);
+        if let Some(cmd) = first {
+            let (c, b) = cmd.weight();
+            count += c;
+            bytes += b;
+            commands.push(cmd);
+        }
+        while count < self.config.max_batch_intentions && bytes < self.config.max_batch_bytes {
+            match self.inbox.try_recv() {
+                Ok(cmd) => {
+                    let (c, b) = cmd.weight();
+                    count += c;
+                    bytes += b;
+                    commands.push(cmd);
                 }
-            }
-            self.run_batch(commands);
-            if self.queue.is_empty() {
-                for reply in self.settling.drain(..) {
-                    let _ = reply.send(());
-                }
+                Err(_) => break,
             }
         }
+        self.run_batch(commands);
+        if self.queue.is_empty() {
+            for reply in self.settling.drain(..) {
+                let _ = reply.send(());
+            }
+        }
+    }
+
+    /// Makes the last prune steps durable as the actor stops.
+    pub(crate) fn finish(&mut self) {
         if self.undurable {
             let synced = (|| -> Result<(), Error> {
                 let mut txn = self.db.begin_write()?;
@@ -292,6 +332,7 @@ impl IngestActor {
             if let Err(err) = synced {
                 warn!(%err, "could not make the last prune steps durable; the next pass redoes them");
             }
+            self.undurable = false;
         }
         debug!("ingest actor stopped");
     }

@@ -2,8 +2,8 @@
 
 use std::collections::VecDeque;
 use std::path::Path;
-use std::sync::Arc;
 use std::sync::mpsc::{SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use lattice_model::{
@@ -48,6 +48,8 @@ pub struct Log {
     key: NodeKey,
     config: LogConfig,
     thread: Option<JoinHandle<()>>,
+    /// The actor itself when it runs on the callers' thread ([`LogConfig::inline`]).
+    inline: Option<Mutex<IngestActor>>,
     final_frontier: crate::ingest::FinalFrontier,
     /// Last: written once the database above has closed.
     _clean: CleanMark,
@@ -91,17 +93,26 @@ impl Log {
             settling: Vec::new(),
             frontiers: FrontierCache::new(FRONTIER_CACHE),
         };
-        let thread = std::thread::Builder::new()
-            .name(format!("log-{}", store_id.short()))
-            .spawn(move || actor.run())
-            .map_err(OpenError::Thread)?;
+        let (thread, inline) = if config.inline {
+            let mut actor = actor;
+            // Floating intentions resumed at open are re-checked before the first call.
+            actor.pump();
+            (None, Some(Mutex::new(actor)))
+        } else {
+            let thread = std::thread::Builder::new()
+                .name(format!("log-{}", store_id.short()))
+                .spawn(move || actor.run())
+                .map_err(OpenError::Thread)?;
+            (Some(thread), None)
+        };
         Ok(Log {
             inbox: Some(tx),
             reader: LogReader::new(db, store_id, config.query_visit_cap),
             store_id,
             key,
             config,
-            thread: Some(thread),
+            thread,
+            inline,
             final_frontier,
             _clean: CleanMark::new(path),
         })
@@ -134,7 +145,20 @@ impl Log {
             .as_ref()
             .ok_or(Error::Closed)?
             .send(cmd)
-            .map_err(|_| Error::Closed)
+            .map_err(|_| Error::Closed)?;
+        // Inline, the command is handled now. A command sent while the actor is busy (from
+        // a reply it is giving) is handled by that same pump, which runs until the inbox is
+        // empty.
+        if let Some(actor) = &self.inline {
+            match actor.try_lock() {
+                Ok(mut actor) => actor.pump(),
+                // The actor panicked on an earlier command (something in the file): as when
+                // its thread dies, what is queued is dropped and its callers hear `Closed`.
+                Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner().drop_queued(),
+                Err(std::sync::TryLockError::WouldBlock) => {}
+            }
+        }
+        Ok(())
     }
 
     /// Checks incoming intentions on this thread (size, decoding, claimed hash, store, clock
@@ -300,6 +324,11 @@ impl Log {
 
     fn shutdown(&mut self) -> Result<(), Error> {
         self.inbox.take();
+        if let Some(actor) = self.inline.take() {
+            let mut actor = actor.into_inner().unwrap_or_else(|p| p.into_inner());
+            actor.pump();
+            actor.finish();
+        }
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {

@@ -402,6 +402,56 @@ fn floating_intentions_wait_and_resolve_in_order() -> TestResult {
 }
 
 #[test]
+fn an_inline_log_has_resolved_every_floating_intention_when_a_call_returns() -> TestResult {
+    // Inline (simulations), the actor runs on the caller's thread: a cascade of floating
+    // intentions spanning many group commits is done when the call that freed it returns.
+    let mut dag = SyntheticDag::new(13, 3, 2, 16);
+    let dir = tempfile::tempdir()?;
+    let config = LogConfig {
+        inline: true,
+        max_resolve_per_batch: 4,
+        ..LogConfig::default()
+    };
+    let log = Log::open(
+        &dir.path().join("log.db"),
+        dag.store_id(),
+        NodeKey::from_seed([1; 32]),
+        config,
+    )?;
+    let items: Vec<SignedIntention> = (0..40).map(|_| dag.next_intention()).collect();
+    let results = log.ingest(
+        items
+            .iter()
+            .rev()
+            .map(|s| Incoming::new(s.as_bytes().to_vec()))
+            .collect(),
+    )?;
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(Ingested::Floating { .. })))
+    );
+    log.ingest(vec![Incoming::new(dag.genesis().as_bytes().to_vec())])?;
+    let status = log.reader().status()?;
+    assert_eq!((status.floating, status.head_seq), (0, 41));
+    // Its own intentions too: authored, witnessed and durable before the call returns.
+    let key = NodeKey::from_seed([1; 32]);
+    let authored = log.author(Draft {
+        ops: vec![7; 8],
+        deps: vec![],
+        flags: Default::default(),
+    })?;
+    assert_eq!(
+        log.reader().tip(&key.public())?,
+        Some(authored.hash),
+        "authored intention not witnessed"
+    );
+    log.reader().verify(|_, _| {})?;
+    log.close()?;
+    Ok(())
+}
+
+#[test]
 fn floating_intentions_survive_a_restart_and_resolve_after_it() -> TestResult {
     let mut dag = SyntheticDag::new(12, 2, 1, 8);
     let dir = tempfile::tempdir()?;

@@ -31,7 +31,7 @@ pub use replicator::{
     Access, FetchedBlob, JoinRequest, ReplicaError, ReplicaEvent, ReplicaStats, Replicator,
     ReplicatorConfig, SnapshotRequest, topic_of,
 };
-pub use sim::{SimConfig, SimNetwork, SimNode, SimStats};
+pub use sim::{SimConfig, SimNetwork, SimNode, SimStats, TraceDigest};
 pub use transport::{
     BoxFuture, Connection, Gossip, GossipEvent, IDLE_TIMEOUT, NetError, PeerAddr, RecvHalf,
     SendHalf, Stream, Topic, Transport,

@@ -5,9 +5,12 @@
 //! and the message's position on that link, so a seed replays the same faults whatever the
 //! thread timing. Streams are reliable while a link is up (like QUIC) and fail with an error
 //! when a partition or an offline node cuts their connection; each connection carries any
-//! number of concurrent streams.
+//! number of concurrent streams. Iteration over nodes and topics is ordered, so on a
+//! single-threaded runtime with paused time (and inline nodes) a run is a function of its
+//! seed; the network's [trace](SimNetwork::trace) — every gossip copy, connection, stream
+//! and stream write, with its (simulated) time — shows that two runs did the same.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
@@ -66,18 +69,19 @@ impl std::fmt::Debug for SimNetwork {
 struct SimState {
     seed: u64,
     config: SimConfig,
-    nodes: HashMap<PubKey, mpsc::Sender<Arc<dyn Connection>>>,
-    offline: HashSet<PubKey>,
+    nodes: BTreeMap<PubKey, mpsc::Sender<Arc<dyn Connection>>>,
+    offline: BTreeSet<PubKey>,
     /// Partition group per node; nodes in different groups cannot talk. Empty = no partition.
-    groups: HashMap<PubKey, usize>,
+    groups: BTreeMap<PubKey, usize>,
     conns: Vec<(PubKey, PubKey, watch::Sender<bool>)>,
-    topics: HashMap<[u8; 32], Vec<(PubKey, mpsc::Sender<GossipEvent>)>>,
-    link_counts: HashMap<(PubKey, PubKey, [u8; 32]), u64>,
+    topics: BTreeMap<[u8; 32], Vec<(PubKey, mpsc::Sender<GossipEvent>)>>,
+    link_counts: BTreeMap<(PubKey, PubKey, [u8; 32]), u64>,
     /// Gossip messages still to drop on the way to a node (targeted loss for tests).
-    drop_next: HashMap<PubKey, u64>,
+    drop_next: BTreeMap<PubKey, u64>,
     /// Nodes whose every gossip message and stream write is garbled on the way out.
-    hostile: HashSet<PubKey>,
+    hostile: BTreeSet<PubKey>,
     stats: SimStats,
+    trace: Trace,
 }
 
 impl SimState {
@@ -113,11 +117,11 @@ impl SimState {
     }
 
     /// Tells every topic member about neighbours gained or lost by a change of links.
-    fn announce(&self, before: &HashMap<([u8; 32], PubKey), Vec<PubKey>>) {
+    fn announce(&self, before: &BTreeMap<([u8; 32], PubKey), Vec<PubKey>>) {
         for (topic, subs) in &self.topics {
             for (id, tx) in subs {
-                let now: HashSet<PubKey> = self.neighbours(topic, id).into_iter().collect();
-                let was: HashSet<PubKey> = before
+                let now: BTreeSet<PubKey> = self.neighbours(topic, id).into_iter().collect();
+                let was: BTreeSet<PubKey> = before
                     .get(&(*topic, *id))
                     .map(|v| v.iter().copied().collect())
                     .unwrap_or_default();
@@ -131,8 +135,8 @@ impl SimState {
         }
     }
 
-    fn snapshot(&self) -> HashMap<([u8; 32], PubKey), Vec<PubKey>> {
-        let mut out = HashMap::new();
+    fn snapshot(&self) -> BTreeMap<([u8; 32], PubKey), Vec<PubKey>> {
+        let mut out = BTreeMap::new();
         for (topic, subs) in &self.topics {
             for (id, _) in subs {
                 out.insert((*topic, *id), self.neighbours(topic, id));
@@ -140,6 +144,57 @@ impl SimState {
         }
         out
     }
+}
+
+/// The running trace of a [`SimNetwork`].
+struct Trace {
+    /// When the first event was recorded (times are counted from it).
+    start: Option<tokio::time::Instant>,
+    events: u64,
+    digest: [u8; 32],
+    keep: usize,
+    kept: Vec<String>,
+}
+
+impl Trace {
+    fn new() -> Trace {
+        Trace {
+            start: None,
+            events: 0,
+            digest: [0; 32],
+            keep: 0,
+            kept: Vec::new(),
+        }
+    }
+
+    /// Chains `event`, stamped with the time since the first event, into the digest.
+    fn record(&mut self, event: std::fmt::Arguments<'_>) {
+        let start = *self.start.get_or_insert_with(tokio::time::Instant::now);
+        let text = format!("{} {event}", start.elapsed().as_micros());
+        let mut h = blake3::Hasher::new();
+        h.update(&self.digest);
+        h.update(text.as_bytes());
+        self.digest = *h.finalize().as_bytes();
+        self.events += 1;
+        if self.kept.len() < self.keep {
+            self.kept.push(text);
+        }
+    }
+}
+
+/// A summary of a network's trace: two runs with the same digest carried the same events
+/// at the same (simulated) times.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceDigest {
+    /// Events recorded.
+    pub events: u64,
+    /// The chained digest, hex.
+    pub digest: String,
+}
+
+/// A short hex digest of `bytes` for trace lines.
+fn short_hash(bytes: &[u8]) -> String {
+    hex::encode(&blake3::hash(bytes).as_bytes()[..6])
 }
 
 /// A deterministic 64-bit mix of the inputs (SplitMix64 finaliser over a running hash).
@@ -165,15 +220,16 @@ impl SimNetwork {
             state: Arc::new(Mutex::new(SimState {
                 seed,
                 config,
-                nodes: HashMap::new(),
-                offline: HashSet::new(),
-                groups: HashMap::new(),
+                nodes: BTreeMap::new(),
+                offline: BTreeSet::new(),
+                groups: BTreeMap::new(),
                 conns: Vec::new(),
-                topics: HashMap::new(),
-                link_counts: HashMap::new(),
-                drop_next: HashMap::new(),
-                hostile: HashSet::new(),
+                topics: BTreeMap::new(),
+                link_counts: BTreeMap::new(),
+                drop_next: BTreeMap::new(),
+                hostile: BTreeSet::new(),
                 stats: SimStats::default(),
+                trace: Trace::new(),
             })),
         }
     }
@@ -210,6 +266,11 @@ impl SimNetwork {
         s.announce(&before);
     }
 
+    /// Changes the gossip faults (loss, duplication, delay) from now on.
+    pub fn set_faults(&self, config: SimConfig) {
+        self.lock().config = config;
+    }
+
     /// Drops the next `count` gossip messages sent to `to` (from anyone).
     pub fn drop_gossip_to(&self, to: PubKey, count: u64) {
         *self.lock().drop_next.entry(to).or_insert(0) += count;
@@ -234,6 +295,31 @@ impl SimNetwork {
     /// What the network carried so far.
     pub fn stats(&self) -> SimStats {
         self.lock().stats
+    }
+
+    /// The trace of what the network carried so far: a digest chained over every event.
+    pub fn trace(&self) -> TraceDigest {
+        let s = self.lock();
+        TraceDigest {
+            events: s.trace.events,
+            digest: hex::encode(s.trace.digest),
+        }
+    }
+
+    /// Keeps the text of the next events (up to `max`) besides the digest, to find where
+    /// two runs part ([`SimNetwork::trace_events`]).
+    pub fn keep_trace(&self, max: usize) {
+        let mut s = self.lock();
+        s.trace.keep = max;
+    }
+
+    /// The events kept since [`SimNetwork::keep_trace`], oldest first.
+    pub fn trace_events(&self) -> Vec<String> {
+        self.lock().trace.kept.clone()
+    }
+
+    fn record(&self, event: std::fmt::Arguments<'_>) {
+        self.lock().trace.record(event);
     }
 
     /// Removes every partition.
@@ -300,6 +386,8 @@ impl Transport for SimNode {
                 let (closed, _) = watch::channel(false);
                 s.conns.push((self.id, peer, closed.clone()));
                 s.stats.connections += 1;
+                s.trace
+                    .record(format_args!("connect {} {}", self.id.short(), peer.short()));
                 (closed, accept_tx)
             };
             let (a_streams, a_rx) = mpsc::channel(QUEUE);
@@ -358,13 +446,30 @@ impl Connection for SimConnection {
             if *self.closed.borrow() {
                 return Err(self.closed_err());
             }
-            self.net.lock().stats.streams += 1;
+            {
+                let mut s = self.net.lock();
+                s.stats.streams += 1;
+                s.trace.record(format_args!(
+                    "stream {} {}",
+                    self.local.short(),
+                    self.remote.short()
+                ));
+            }
             let (a, b) = tokio::io::duplex(STREAM_BUFFER);
             let wrap = |io: tokio::io::DuplexStream, writer: PubKey| {
                 let (r, w) = tokio::io::split(io);
-                let garble = Some((self.net.clone(), writer));
+                let reader = if writer == self.local {
+                    self.remote
+                } else {
+                    self.local
+                };
+                let tap = Some(Tap {
+                    net: self.net.clone(),
+                    writer,
+                    reader,
+                });
                 Stream::new(
-                    Box::new(Cut::new(w, self.closed.subscribe(), garble)),
+                    Box::new(Cut::new(w, self.closed.subscribe(), tap)),
                     Box::new(Cut::new(r, self.closed.subscribe(), None)),
                 )
             };
@@ -381,6 +486,8 @@ impl Connection for SimConnection {
             let mut closed = self.closed.subscribe();
             let mut rx = self.from_peer.lock().await;
             tokio::select! {
+                // In order: a simulation replays the same choice.
+                biased;
                 s = rx.recv() => s.ok_or_else(|| self.closed_err()),
                 _ = closed.wait_for(|c| *c) => Err(self.closed_err()),
             }
@@ -400,28 +507,32 @@ impl Connection for SimConnection {
 struct Cut<T> {
     inner: T,
     cut: Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
-    /// For a write half: the network and the writing node, garbled while it is hostile.
-    garble: Option<(SimNetwork, PubKey)>,
+    /// For a write half: where its writes are traced and garbled while the writer is
+    /// hostile.
+    tap: Option<Tap>,
 }
 
 impl<T> Cut<T> {
-    fn new(
-        inner: T,
-        mut closed: watch::Receiver<bool>,
-        garble: Option<(SimNetwork, PubKey)>,
-    ) -> Cut<T> {
+    fn new(inner: T, mut closed: watch::Receiver<bool>, tap: Option<Tap>) -> Cut<T> {
         Cut {
             inner,
             cut: Box::pin(async move {
                 let _ = closed.wait_for(|c| *c).await;
             }),
-            garble,
+            tap,
         }
     }
 
     fn is_cut(&mut self, cx: &mut Context<'_>) -> bool {
         self.cut.as_mut().poll(cx).is_ready()
     }
+}
+
+/// The write half of a stream as the network sees it.
+struct Tap {
+    net: SimNetwork,
+    writer: PubKey,
+    reader: PubKey,
 }
 
 /// `bytes` with the middle byte flipped.
@@ -459,13 +570,27 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Cut<T> {
         if self.is_cut(cx) {
             return Poll::Ready(Err(reset()));
         }
-        if let Some((net, writer)) = &self.garble
-            && net.is_hostile(writer)
-        {
-            let garbled = garbled(buf);
-            return Pin::new(&mut self.inner).poll_write(cx, &garbled);
+        let Some(tap) = &self.tap else {
+            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        };
+        let garbled_buf;
+        let out = if tap.net.is_hostile(&tap.writer) {
+            garbled_buf = garbled(buf);
+            &garbled_buf[..]
+        } else {
+            buf
+        };
+        let (net, writer, reader) = (tap.net.clone(), tap.writer, tap.reader);
+        let written = Pin::new(&mut self.inner).poll_write(cx, out);
+        if let Poll::Ready(Ok(n)) = &written {
+            net.record(format_args!(
+                "write {} {} {}",
+                writer.short(),
+                reader.short(),
+                short_hash(&out[..*n])
+            ));
         }
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        written
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         if self.is_cut(cx) {
@@ -550,13 +675,25 @@ impl Gossip for SimNode {
                             s.stats.gossip_bytes += (copies * msg.len()) as u64;
                             for d in &delays[..copies] {
                                 let delay = if max == 0 { 0 } else { d % (max + 1) };
-                                out.push((tx.clone(), Duration::from_micros(delay)));
+                                out.push((to, tx.clone(), Duration::from_micros(delay)));
                             }
                         }
                         out
                     };
                     let msg = if garble_next { garbled(&msg) } else { msg };
-                    for (tx, delay) in deliveries {
+                    if !deliveries.is_empty() {
+                        let hash = short_hash(&msg);
+                        let mut s = net.lock();
+                        for (to, _, delay) in &deliveries {
+                            s.trace.record(format_args!(
+                                "gossip {} {} {hash} +{}",
+                                me.short(),
+                                to.short(),
+                                delay.as_micros()
+                            ));
+                        }
+                    }
+                    for (_, tx, delay) in deliveries {
                         let event = GossipEvent::Received {
                             from: me,
                             direct: true,

@@ -20,7 +20,9 @@ use std::panic::AssertUnwindSafe;
 use std::sync::Mutex;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use lattice_model::StoreId;
 use lattice_runtime::{MethodKind, WatchEvent};
@@ -68,13 +70,23 @@ enum Msg {
     Crash,
 }
 
-/// Handle to one store's actor thread.
+/// Handle to one store's actor: a thread, or state run on the callers' thread (inline).
 pub(crate) struct StoreActor {
     id: StoreId,
     /// Set by the actor as it stops: `Some(None)` closed, `Some(Some(reason))` damaged.
     stopped: watch::Receiver<Option<Option<String>>>,
     inbox: Mutex<Option<mpsc::Sender<Msg>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
+    /// The actor when it runs inline: `None` once it stopped.
+    inline: Option<Mutex<Option<Inline>>>,
+}
+
+/// An inline actor: its state, inbox and stop signal, run by whoever sends it a message.
+struct Inline {
+    actor: Actor,
+    inbox: mpsc::Receiver<Msg>,
+    flushed: Instant,
+    stop: watch::Sender<Option<Option<String>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -82,30 +94,45 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl StoreActor {
-    /// Starts the actor for `id`; `store` is `None` while the genesis has not arrived.
+    /// Starts the actor for `id`; `store` is `None` while the genesis has not arrived. An
+    /// `inline` actor has no thread: each message is handled as it is sent, on the
+    /// sender's thread (deterministic simulations, see `Node::inline`).
     pub(crate) fn spawn(
         id: StoreId,
         store: Option<Store>,
         outlets: Outlets,
+        inline: bool,
     ) -> Result<StoreActor, NodeError> {
         let (tx, rx) = mpsc::channel();
-        let me = tx.clone();
         let (stop, stopped) = watch::channel(None);
-        let thread = std::thread::Builder::new()
-            .name(format!("store-{}", id.short()))
-            .spawn(move || {
-                let damage = run(id, store, rx, me, &outlets);
-                stop.send_replace(Some(damage));
-            })
-            .map_err(|source| NodeError::Io {
-                path: format!("store actor thread for {}", id.short()),
-                source,
-            })?;
+        let actor = Actor::new(id, store, outlets, tx.clone());
+        let (thread, inline) = if inline {
+            let state = Inline {
+                actor,
+                inbox: rx,
+                flushed: Instant::now(),
+                stop,
+            };
+            (None, Some(Mutex::new(Some(state))))
+        } else {
+            let thread = std::thread::Builder::new()
+                .name(format!("store-{}", id.short()))
+                .spawn(move || {
+                    let damage = run(actor, rx);
+                    stop.send_replace(Some(damage));
+                })
+                .map_err(|source| NodeError::Io {
+                    path: format!("store actor thread for {}", id.short()),
+                    source,
+                })?;
+            (Some(thread), None)
+        };
         Ok(StoreActor {
             id,
             stopped,
             inbox: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
+            thread: Mutex::new(thread),
+            inline,
         })
     }
 
@@ -139,8 +166,10 @@ impl StoreActor {
     }
 
     fn stop_with(&self, msg: Msg) {
-        if let Some(inbox) = lock(&self.inbox).take() {
+        let inbox = lock(&self.inbox).take();
+        if let Some(inbox) = inbox {
             let _ = inbox.send(msg);
+            self.pump();
         }
     }
 
@@ -149,7 +178,42 @@ impl StoreActor {
             .as_ref()
             .ok_or_else(|| self.gone())?
             .send(msg)
-            .map_err(|_| self.gone())
+            .map_err(|_| self.gone())?;
+        self.pump();
+        Ok(())
+    }
+
+    /// Inline, handles what was sent. A message sent while the actor is busy (by work it
+    /// runs) is handled by that same pump, which runs until the inbox is empty.
+    fn pump(&self) {
+        let Some(inline) = &self.inline else {
+            return;
+        };
+        let mut slot = match inline.try_lock() {
+            Ok(slot) => slot,
+            // A panic outside the actor's own guard: it is gone, as a dead thread would be.
+            Err(std::sync::TryLockError::Poisoned(p)) => {
+                let outcome = Some("the store actor panicked".into());
+                self.retire(p.into_inner().take(), outcome);
+                return;
+            }
+            Err(std::sync::TryLockError::WouldBlock) => return,
+        };
+        if let Some(state) = slot.as_mut()
+            && let Some(outcome) = pump(state)
+        {
+            self.retire(slot.take(), outcome);
+        }
+    }
+
+    /// Ends an inline actor that stopped (`None`: closed, `Some`: why it is damaged): its
+    /// state goes, with its inbox and its own sender, and later callers see it gone.
+    fn retire(&self, state: Option<Inline>, outcome: Option<String>) {
+        if let Some(Inline { actor, stop, .. }) = state {
+            drop(actor);
+            stop.send_replace(Some(outcome));
+        }
+        lock(&self.inbox).take();
     }
 
     /// Calls a method of the store's type.
@@ -236,36 +300,17 @@ impl Drop for StoreActor {
     }
 }
 
-fn run(
-    id: StoreId,
-    slot: Option<Store>,
-    inbox: mpsc::Receiver<Msg>,
-    me: mpsc::Sender<Msg>,
-    outlets: &Outlets,
-) -> Option<String> {
-    let _span = tracing::info_span!("store", store = %id.short()).entered();
-    let mut actor = Actor {
-        id,
-        slot,
-        outlets,
-        me,
-        backlog: VecDeque::new(),
-        flight: None,
-        stopping: false,
-        crashed: false,
-    };
+/// The actor thread's loop; returns why the store stopped being served (`None`: closed).
+fn run(mut actor: Actor, inbox: mpsc::Receiver<Msg>) -> Option<String> {
+    let _span = tracing::info_span!("store", store = %actor.id.short()).entered();
     let mut flushed = Instant::now();
     loop {
-        if actor.crashed {
-            debug!("store actor crashed (as asked)");
-            return None;
-        }
-        if actor.stopping && actor.flight.is_none() && actor.backlog.is_empty() {
-            break;
+        if let Some(outcome) = actor.finished(&mut flushed) {
+            return outcome;
         }
         // While a prune pass is under way the actor does not wait for messages: it runs one
         // prune step per round, between write runs.
-        let pruning = actor.flight.is_none() && actor.slot.as_ref().is_some_and(Store::is_pruning);
+        let pruning = actor.pruning();
         let wait = if pruning {
             Duration::ZERO
         } else {
@@ -284,43 +329,53 @@ fn run(
             // Not while the actor holds `me`; stop all the same.
             Err(RecvTimeoutError::Disconnected) => actor.stopping = true,
         }
-        while round.len() < MAX_ROUND {
-            match inbox.try_recv() {
-                Ok(msg) => round.push(msg),
-                Err(_) => break,
-            }
-        }
-        // A panic below comes from a storage library reading damaged bytes: the store stops
-        // being served (callers get `Damaged`), the rest of the node goes on.
-        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| actor.handle(round))) {
-            let reason = format!(
-                "a storage operation panicked: {}",
-                lattice_log::file::panic_text(payload.as_ref())
-            );
-            error!(
-                "store {} is damaged and no longer served: {reason}",
-                id.short()
-            );
-            if let Some(mut store) = actor.slot.take() {
-                store.mark_damaged();
-                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(store)));
-            }
-            return Some(reason);
-        }
-        if actor.flight.is_none() && flushed.elapsed() >= FLUSH_INTERVAL {
-            flush(&mut actor.slot, &mut flushed);
+        take_round(&inbox, &mut round);
+        if let Some(damage) = actor.turn(round, &mut flushed) {
+            return Some(damage);
         }
     }
-    flush(&mut actor.slot, &mut flushed);
-    debug!("store actor stopped");
-    None
+}
+
+/// An inline actor's turn: handles every message queued (and prune steps) until it would
+/// wait; returns why it stopped once it has.
+fn pump(state: &mut Inline) -> Option<Option<String>> {
+    let Inline {
+        actor,
+        inbox,
+        flushed,
+        ..
+    } = state;
+    let _span = tracing::info_span!("store", store = %actor.id.short()).entered();
+    loop {
+        if let Some(outcome) = actor.finished(flushed) {
+            return Some(outcome);
+        }
+        let mut round = Vec::new();
+        take_round(inbox, &mut round);
+        if round.is_empty() && !actor.pruning() {
+            return None;
+        }
+        if let Some(damage) = actor.turn(round, flushed) {
+            return Some(Some(damage));
+        }
+    }
+}
+
+/// Adds to `round` what is queued, up to [`MAX_ROUND`] messages.
+fn take_round(inbox: &mpsc::Receiver<Msg>, round: &mut Vec<Msg>) {
+    while round.len() < MAX_ROUND {
+        match inbox.try_recv() {
+            Ok(msg) => round.push(msg),
+            Err(_) => break,
+        }
+    }
 }
 
 /// The actor's state between rounds.
-struct Actor<'a> {
+struct Actor {
     id: StoreId,
     slot: Option<Store>,
-    outlets: &'a Outlets,
+    outlets: Outlets,
     /// The actor's own inbox, for the log to report a write run's group commit.
     me: mpsc::Sender<Msg>,
     /// Work not started yet, in arrival order.
@@ -352,7 +407,65 @@ type Reply = oneshot::Sender<Result<CallReply, NodeError>>;
 /// A command waiting for the next write run, with its caller.
 type Queued = ((String, Value), Reply);
 
-impl Actor<'_> {
+impl Actor {
+    fn new(id: StoreId, slot: Option<Store>, outlets: Outlets, me: mpsc::Sender<Msg>) -> Actor {
+        Actor {
+            id,
+            slot,
+            outlets,
+            me,
+            backlog: VecDeque::new(),
+            flight: None,
+            stopping: false,
+            crashed: false,
+        }
+    }
+
+    /// Whether a prune pass wants steps (taken between write runs, without waiting).
+    fn pruning(&self) -> bool {
+        self.flight.is_none() && self.slot.as_ref().is_some_and(Store::is_pruning)
+    }
+
+    /// `Some` once the actor is done: crashed (nothing flushed) or stopped with its backlog
+    /// finished (state made durable).
+    fn finished(&mut self, flushed: &mut Instant) -> Option<Option<String>> {
+        if self.crashed {
+            debug!("store actor crashed (as asked)");
+            return Some(None);
+        }
+        if self.stopping && self.flight.is_none() && self.backlog.is_empty() {
+            flush(&mut self.slot, flushed);
+            debug!("store actor stopped");
+            return Some(None);
+        }
+        None
+    }
+
+    /// Handles one round of messages; a panic in it comes from a storage library reading
+    /// damaged bytes: the store stops being served (callers get `Damaged`), the rest of
+    /// the node goes on. Returns the reason then.
+    fn turn(&mut self, round: Vec<Msg>, flushed: &mut Instant) -> Option<String> {
+        if let Err(payload) = std::panic::catch_unwind(AssertUnwindSafe(|| self.handle(round))) {
+            let reason = format!(
+                "a storage operation panicked: {}",
+                lattice_log::file::panic_text(payload.as_ref())
+            );
+            error!(
+                "store {} is damaged and no longer served: {reason}",
+                self.id.short()
+            );
+            if let Some(mut store) = self.slot.take() {
+                store.mark_damaged();
+                let _ = std::panic::catch_unwind(AssertUnwindSafe(move || drop(store)));
+            }
+            return Some(reason);
+        }
+        if self.flight.is_none() && flushed.elapsed() >= FLUSH_INTERVAL {
+            flush(&mut self.slot, flushed);
+        }
+        None
+    }
+
     /// Handles one round of messages (see the module docs).
     fn handle(&mut self, round: Vec<Msg>) {
         for msg in round {
@@ -400,7 +513,7 @@ impl Actor<'_> {
         }
         self.advance();
         if let Some(store) = self.slot.as_mut() {
-            pass_events(store, self.outlets);
+            pass_events(store, &self.outlets);
         }
     }
 
@@ -428,7 +541,7 @@ impl Actor<'_> {
         match store.start_write_run(&calls, move |outcome| {
             let _ = me.send(Msg::Witnessed(outcome));
         }) {
-            RunStart::Done(results) => answer(store, self.outlets, replies, results),
+            RunStart::Done(results) => answer(store, &self.outlets, replies, results),
             RunStart::InFlight(run) => self.flight = Some(Flight { run, replies }),
         }
     }
@@ -442,7 +555,7 @@ impl Actor<'_> {
         match self.slot.as_mut() {
             Some(store) => {
                 let results = store.finish_write_run(run, outcome);
-                answer(store, self.outlets, replies, results);
+                answer(store, &self.outlets, replies, results);
             }
             None => {
                 for reply in replies {

@@ -30,6 +30,10 @@ pub struct Node {
     cas: Option<Arc<Cas>>,
     /// The wall clock its logs date intentions by.
     clock: Clock,
+    /// Whether store actors and logs run on the caller's thread (see [`Node::inline`]).
+    inline: bool,
+    /// Where random secrets come from when not the system (see [`Node::with_entropy`]).
+    entropy: Option<Arc<std::sync::Mutex<Entropy>>>,
 }
 
 /// The one store among `ids` whose id starts with `text` (case and surrounding spaces
@@ -134,6 +138,13 @@ fn open_cas(dir: &Path) -> Option<Arc<Cas>> {
     }
 }
 
+/// A seeded source of secrets: each draw hashes the seed with the draw's number.
+#[derive(Debug)]
+struct Entropy {
+    seed: u64,
+    drawn: u64,
+}
+
 impl Node {
     /// Opens the data directory (creating it and the identity on first use).
     ///
@@ -150,10 +161,60 @@ impl Node {
         self
     }
 
+    /// This node with every store's log and actor run on the calling thread, and its
+    /// blocking work run in place rather than on tokio's blocking pool: with a
+    /// single-threaded runtime nothing then happens concurrently, so a simulation run is
+    /// a function of its inputs. A daemon keeps the default (threads).
+    pub fn inline(mut self) -> Node {
+        self.inline = true;
+        self
+    }
+
+    /// This node drawing its random secrets (invite tokens) from `seed` instead of the
+    /// system: a simulation replays them. Never for a real node: its invites would be
+    /// guessable.
+    pub fn with_entropy(mut self, seed: u64) -> Node {
+        self.entropy = Some(Arc::new(std::sync::Mutex::new(Entropy { seed, drawn: 0 })));
+        self
+    }
+
+    /// 32 random bytes: from the system, or from the seed of [`Node::with_entropy`].
+    ///
+    /// # Errors
+    /// [`NodeError::Randomness`] when the system has no randomness to give.
+    pub fn random_secret(&self) -> Result<[u8; 32], NodeError> {
+        let mut secret = [0u8; 32];
+        match &self.entropy {
+            Some(entropy) => {
+                let mut e = entropy.lock().unwrap_or_else(|p| p.into_inner());
+                e.drawn += 1;
+                let mut hasher = blake3::Hasher::new_derive_key("lattice node entropy");
+                hasher.update(&e.seed.to_le_bytes());
+                hasher.update(&e.drawn.to_le_bytes());
+                secret = *hasher.finalize().as_bytes();
+            }
+            None => {
+                getrandom::fill(&mut secret).map_err(|e| NodeError::Randomness(e.to_string()))?
+            }
+        }
+        Ok(secret)
+    }
+
+    /// The wall clock this node's logs date intentions by.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    /// Whether this node runs its stores inline (see [`Node::inline`]).
+    pub fn is_inline(&self) -> bool {
+        self.inline
+    }
+
     /// The log settings of this node's stores.
     fn log_config(&self) -> LogConfig {
         LogConfig {
             clock: self.clock.clone(),
+            inline: self.inline,
             ..LogConfig::default()
         }
     }
@@ -194,6 +255,8 @@ impl Node {
             meta,
             system_module,
             clock: Clock::system(),
+            inline: false,
+            entropy: None,
             cas,
         };
         sweep_removals(&node.dir.stores_dir())?;
@@ -362,8 +425,18 @@ impl Node {
             module,
             name: name.clone(),
         };
-        let signed = build_genesis(&self.key, genesis.encode(), self.clock.now_ms())?;
-        let id = StoreId::from(signed.hash());
+        // The store id is the genesis' hash: two stores of one type and name created by
+        // this node in the same millisecond would be one. A later millisecond is taken
+        // while the id is one this node has a replica of.
+        let mut now_ms = self.clock.now_ms();
+        let (signed, id) = loop {
+            let signed = build_genesis(&self.key, genesis.encode(), now_ms)?;
+            let id = StoreId::from(signed.hash());
+            if !self.dir.store_dir(&id).exists() {
+                break (signed, id);
+            }
+            now_ms += 1;
+        };
         let log = self.open_log(id)?;
         for r in log.ingest(vec![Incoming::new(signed.as_bytes().to_vec())])? {
             r.map_err(|_| NodeError::BadGenesis(id))?;

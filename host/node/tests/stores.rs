@@ -48,6 +48,25 @@ fn kv_put_get_survives_restart_and_rebuild() -> TestResult {
 }
 
 #[test]
+fn stores_created_in_the_same_millisecond_are_distinct() -> TestResult {
+    // A store's id is its genesis' hash (creator, type, name, time): with a clock that
+    // stands still, the second store must still get an id of its own.
+    let dir = tempfile::tempdir()?;
+    let node = Node::open(DataDir::new(dir.path()))?
+        .with_clock(lattice_log::Clock::from_fn(|| 1_767_225_600_000));
+    let kv = node.resolve_type("kv")?;
+    let mut first = node.create_store(kv, "same")?;
+    let mut second = node.create_store(kv, "same")?;
+    assert_ne!(first.id(), second.id());
+    first.call("put", &json!({"key": "a", "value": "1"}))?;
+    assert_eq!(
+        second.call("get", &json!({"key": "a"}))?["value"],
+        json!(null)
+    );
+    Ok(())
+}
+
+#[test]
 fn arguments_are_checked_against_the_schema() -> TestResult {
     let dir = tempfile::tempdir()?;
     let node = Node::open(DataDir::new(dir.path()))?;

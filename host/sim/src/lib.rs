@@ -7,8 +7,15 @@
 //! write, cut and heal the network, stop and restart nodes, and wait until every reachable
 //! member holds the same state ([`Sim::wait_converged`]).
 //!
+//! A run is a pure function of its seed: on the runtime of [`runtime()`] (one thread, time
+//! paused) the nodes run inline ([`Node::inline`]), read a simulated wall clock and take
+//! their keys and secrets from the seed, so the same seed gives the same event trace
+//! ([`Sim::trace`]) and the same digests.
+//!
 //! ```no_run
-//! # async fn demo() -> Result<(), lattice_sim::SimError> {
+//! # fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! # let rt = lattice_sim::runtime()?;
+//! # rt.block_on(async {
 //! use lattice_sim::{Sim, SimConfig};
 //! let mut sim = Sim::new(7, SimConfig::default(), std::path::Path::new("/tmp/sim"));
 //! let (a, b) = (sim.add_node().await?, sim.add_node().await?);
@@ -16,6 +23,7 @@
 //! sim.join(a, b, &store).await?;
 //! sim.call(a, &store, "put", serde_json::json!({"key": "k", "value": "v"})).await?;
 //! sim.wait_converged(&store, std::time::Duration::from_secs(10)).await?;
+//! # Ok::<(), lattice_sim::SimError>(()) })?;
 //! # Ok(()) }
 //! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links, unreachable_pub)]
@@ -24,7 +32,7 @@
 mod script;
 pub mod soak;
 
-pub use script::{Report, run_scenario};
+pub use script::{Report, run_scenario, run_scenario_traced};
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
@@ -60,6 +68,15 @@ pub enum SimError {
     /// No such node, or it is stopped.
     #[error("node {0} does not exist or is stopped")]
     NoNode(usize),
+    /// The simulation was driven from a multi-threaded runtime: its nodes run inline and
+    /// need every task on one thread.
+    #[error(
+        "a simulation runs on a current-thread tokio runtime (with paused time to be deterministic)"
+    )]
+    Threaded,
+    /// The simulation's runtime could not be built.
+    #[error("building the simulation's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
     /// The reachable members did not reach the same state in time.
     #[error("store {store} did not converge within {waited:?}: {detail}")]
     Diverged {
@@ -89,6 +106,8 @@ struct SimPeer {
     online: bool,
     /// How far its wall clock is off, in milliseconds (ahead when positive).
     skew_ms: i64,
+    /// Restarts so far.
+    runs: u64,
 }
 
 /// Nodes in one process over one simulated network (see the crate docs).
@@ -106,6 +125,26 @@ pub struct Sim {
     hostile: BTreeSet<usize>,
     /// What the replicators of stopped and crashed nodes had done (running ones are asked).
     retired: ReplicaStats,
+    /// The seed: of the network's faults, the nodes' identities and their secrets.
+    seed: u64,
+    /// When the simulation's clock started (on the runtime's clock, simulated when paused).
+    epoch: std::sync::OnceLock<tokio::time::Instant>,
+}
+
+/// Simulated time one scenario or soak operation takes ([`Sim::step`]).
+pub const STEP: Duration = Duration::from_millis(1);
+
+/// The wall-clock date simulated nodes start at (2026-01-01T00:00:00Z), in ms since the
+/// Unix epoch: a fixed date, so a seed dates its intentions alike on every run.
+pub const SIM_EPOCH_MS: u64 = 1_767_225_600_000;
+
+/// How long a wait took, on the simulation's clock and on the wall.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Took {
+    /// Simulated time (the runtime's clock: paused time advances only as timers fire).
+    pub sim: Duration,
+    /// Wall-clock time.
+    pub wall: Duration,
 }
 
 /// What moved in a simulation so far ([`Sim::metrics`]).
@@ -200,7 +239,30 @@ impl Sim {
             hostile: BTreeSet::new(),
             retired: ReplicaStats::default(),
             warm: None,
+            seed,
+            epoch: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Lets every node finish what it can do now (deliveries, ingests, sessions), then
+    /// moves the simulation's clock on by [`STEP`]: on a paused runtime the sleep ends only
+    /// once every task waits. Scenario and soak operations each take a step, so their
+    /// writes are spread over simulated time as a workload's would be.
+    pub async fn step(&self) {
+        tokio::time::sleep(STEP).await;
+    }
+
+    /// How long the simulation has run on its clock (from its first node). Call it on the
+    /// simulation's runtime: elsewhere tokio reads the wall clock.
+    pub fn elapsed(&self) -> Duration {
+        self.epoch.get().map_or(Duration::ZERO, |e| e.elapsed())
+    }
+
+    /// What the network carried so far, as a digest chained over every event (see
+    /// [`lattice_net::SimNetwork::trace`]): on a paused current-thread runtime, the same
+    /// seed and operations give the same trace.
+    pub fn trace(&self) -> lattice_net::TraceDigest {
+        self.net.trace()
     }
 
     /// The simulated network (for faults this type does not wrap).
@@ -249,7 +311,7 @@ impl Sim {
         }
         let index = self.peers.len();
         let dir = self.dir.join(format!("node-{index}"));
-        let manager = self.start(index, &dir, skew_ms).await?;
+        let manager = self.start(index, &dir, skew_ms, 0).await?;
         let key = manager.node().key().public();
         self.peers.push(SimPeer {
             dir,
@@ -257,6 +319,7 @@ impl Sim {
             manager: Some(manager),
             online: true,
             skew_ms,
+            runs: 0,
         });
         Ok(index)
     }
@@ -266,21 +329,49 @@ impl Sim {
         index: usize,
         dir: &Path,
         skew_ms: i64,
+        runs: u64,
     ) -> Result<StoreManager, SimError> {
+        if tokio::runtime::Handle::current().runtime_flavor()
+            != tokio::runtime::RuntimeFlavor::CurrentThread
+        {
+            return Err(SimError::Threaded);
+        }
         let data = DataDir::new(dir);
-        // The built-in guests compiled once, for every node: each would compile the same code.
-        if let Some(warm) = &self.warm {
-            link_modules(warm, &data.modules_dir()).map_err(|e| SimError::Node {
+        let io = |path: PathBuf| {
+            move |source| SimError::Node {
                 node: index,
                 source: Box::new(NodeError::Io {
-                    path: data.modules_dir().display().to_string(),
-                    source: e,
+                    path: path.display().to_string(),
+                    source,
                 }),
-            })?;
+            }
+        };
+        // The built-in guests compiled once, for every node: each would compile the same code.
+        if let Some(warm) = &self.warm {
+            link_modules(warm, &data.modules_dir()).map_err(io(data.modules_dir()))?;
         }
+        // Identities from the seed: the same nodes on every run.
+        let identity = data.identity_path();
+        if !identity.exists() {
+            write_identity(&identity, &seeded(self.seed, b"identity", index as u64))
+                .map_err(io(identity.clone()))?;
+        }
+        let epoch = *self.epoch.get_or_init(tokio::time::Instant::now);
+        let clock = lattice_log::Clock::from_fn(move || {
+            let now = SIM_EPOCH_MS + epoch.elapsed().as_millis() as u64;
+            now.saturating_add_signed(skew_ms)
+        });
+        // A restart draws other secrets than the run before it.
+        let entropy = u64::from_le_bytes(
+            seeded(self.seed, b"entropy", (index as u64) << 32 | runs)[..8]
+                .try_into()
+                .unwrap_or_default(),
+        );
         let node = Node::open(data)
             .map_err(failed(index))?
-            .with_clock(lattice_log::Clock::skewed(skew_ms));
+            .with_clock(clock)
+            .with_entropy(entropy)
+            .inline();
         let sim = self.net.node(node.key().public());
         StoreManager::start(node, sim.clone(), sim, None, self.config.clone())
             .await
@@ -426,6 +517,11 @@ impl Sim {
         Ok(())
     }
 
+    /// Changes the network's gossip faults (loss, duplication, delay) from now on.
+    pub fn set_faults(&self, config: SimConfig) {
+        self.net.set_faults(config);
+    }
+
     /// Removes every partition.
     pub fn heal(&self) {
         self.net.heal();
@@ -501,11 +597,12 @@ impl Sim {
     /// # Errors
     /// [`SimError::NoNode`]; [`SimError::Node`] when its data does not open.
     pub async fn restart(&mut self, node: usize) -> Result<(), SimError> {
-        let (dir, skew_ms) = match self.peers.get(node) {
-            Some(p) if p.manager.is_none() => (p.dir.clone(), p.skew_ms),
+        let (dir, skew_ms, runs) = match self.peers.get(node) {
+            Some(p) if p.manager.is_none() => (p.dir.clone(), p.skew_ms, p.runs + 1),
             _ => return Err(SimError::NoNode(node)),
         };
-        let manager = self.start(node, &dir, skew_ms).await?;
+        let manager = self.start(node, &dir, skew_ms, runs).await?;
+        self.peers[node].runs = runs;
         let online = self.peers[node].online;
         self.peers[node].manager = Some(manager);
         self.net.set_online(self.peers[node].key, online);
@@ -549,8 +646,9 @@ impl Sim {
         &self,
         store: &StoreId,
         deadline: Duration,
-    ) -> Result<Duration, SimError> {
-        let start = Instant::now();
+    ) -> Result<Took, SimError> {
+        let start = tokio::time::Instant::now();
+        let wall = Instant::now();
         let (tx, mut changed) = mpsc::channel::<()>(1);
         let mut forwarders = Vec::new();
         for manager in self.peers.iter().filter_map(|p| p.manager.as_ref()) {
@@ -572,7 +670,10 @@ impl Sim {
             let digests = self.digests(store).await;
             let held = self.pick_reachable(store, &digests);
             if held.iter().all(Option::is_some) && held.windows(2).all(|w| w[0] == w[1]) {
-                return Ok(start.elapsed());
+                return Ok(Took {
+                    sim: start.elapsed(),
+                    wall: wall.elapsed(),
+                });
             }
             let left = deadline.saturating_sub(start.elapsed());
             // A change somewhere, or an anti-entropy round's worth of time (sessions that
@@ -598,7 +699,7 @@ impl Sim {
         &self,
         store: &StoreId,
         deadline: Duration,
-    ) -> Result<Duration, SimError> {
+    ) -> Result<Took, SimError> {
         match self.wait_converged(store, deadline).await {
             Err(SimError::Diverged {
                 store: short,
@@ -744,6 +845,43 @@ pub fn compile_builtins(dir: &Path) -> Result<PathBuf, SimError> {
         node.resolve_type(name).map_err(&failed)?;
     }
     Ok(data.modules_dir())
+}
+
+/// The runtime a simulation runs on: one thread, time paused (it advances only when every
+/// task waits, to the next timer), so a seed replays the same run and simulated minutes
+/// pass in the time the work takes. Nodes run inline on it ([`Node::inline`]).
+///
+/// # Errors
+/// When the runtime cannot be built.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .start_paused(true)
+        .build()
+}
+
+/// 32 bytes derived from the simulation's seed for `what` of `index`.
+fn seeded(seed: u64, what: &[u8], index: u64) -> [u8; 32] {
+    let mut h = blake3::Hasher::new_derive_key("lattice sim seed");
+    h.update(&seed.to_le_bytes());
+    h.update(what);
+    h.update(&index.to_le_bytes());
+    *h.finalize().as_bytes()
+}
+
+/// Writes a node identity (its key's seed) as the node itself would: owner-only.
+fn write_identity(path: &Path, seed: &[u8; 32]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(seed)
 }
 
 /// Links the module files of `from` (component bytes and compiled code) into `to`, which is

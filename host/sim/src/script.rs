@@ -7,7 +7,7 @@
 //!
 //! | function | effect |
 //! | --- | --- |
-//! | `network(loss, duplicate, delay_ms)` | gossip faults; before the first node only |
+//! | `network(loss, duplicate, delay_ms)` | gossip faults, from now on (any time) |
 //! | `node()` | adds a node; returns its index |
 //! | `node_skewed(ms)` | adds a node whose wall clock is `ms` off (ahead when positive) |
 //! | `store(node, type)`, `child(node, parent, type)` | creates a store, a child store |
@@ -20,7 +20,7 @@
 //! | `revoke(node, store, peer)` | a revocation |
 //! | `hostile(node)` | garbles everything the node sends from now on; it is held to no store's state |
 //! | `bans()` | peers banned so far, over every node |
-//! | `converge(store, seconds)` | waits until the members agree; returns the seconds it took, fails the run when they do not |
+//! | `converge(store, seconds)` | waits until the members agree; returns the simulated seconds it took, fails the run when they do not |
 //! | `rand(n)` | a number in `0..n` from the run's seed |
 
 use std::path::Path;
@@ -31,7 +31,7 @@ use lattice_log::SplitMix64;
 use lattice_model::StoreId;
 use rhai::{Array, Dynamic, Engine, EvalAltResult};
 use serde_json::{Value, json};
-use tokio::runtime::Handle;
+use tokio::runtime::Runtime;
 
 use crate::{Sim, SimConfig, SimError, SimMetrics};
 
@@ -51,8 +51,18 @@ pub struct Report {
     pub converged: bool,
     /// Wall-clock time of the whole run, in seconds.
     pub wall_s: f64,
-    /// Seconds the last `converge` waited.
+    /// Seconds the last `converge` waited, on the wall.
     pub converge_s: f64,
+    /// Seconds the last `converge` waited on the simulation's clock.
+    pub sim_converge_s: f64,
+    /// Seconds the whole run took on the simulation's clock.
+    pub sim_s: f64,
+    /// What the network carried, as a digest over every event: the same seed gives the
+    /// same trace.
+    pub trace: lattice_net::TraceDigest,
+    /// The network's events as text, one per line (`<µs> <event> <from> <to> …`), when
+    /// asked for ([`run_scenario_traced`]).
+    pub trace_lines: Vec<String>,
     /// Of the last `converge`'s members, the share holding the most common state (100 when
     /// they converged).
     pub convergence_pct: f64,
@@ -73,6 +83,10 @@ impl Report {
             "converged": self.converged,
             "wall_s": self.wall_s,
             "converge_s": self.converge_s,
+            "sim_converge_s": self.sim_converge_s,
+            "sim_s": self.sim_s,
+            "trace_events": self.trace.events,
+            "trace_digest": self.trace.digest,
             "convergence_pct": self.convergence_pct,
             "metrics": self.metrics,
             "error": self.error,
@@ -83,10 +97,11 @@ impl Report {
 /// The state a script's functions share.
 struct Run {
     sim: Sim,
-    rt: Handle,
+    rt: Arc<Runtime>,
     rng: SplitMix64,
     writes: u64,
     converge_s: f64,
+    sim_converge_s: f64,
     convergence_pct: f64,
 }
 
@@ -110,33 +125,58 @@ fn store_id(text: &str) -> Fallible<StoreId> {
 }
 
 /// Runs scenario `script` with the simulation's faults seeded by `seed` and the nodes' data
-/// under `dir`. Call it off the async workers (it blocks on `rt` for every operation).
+/// under `dir`, on a runtime of its own ([`crate::runtime`]: one thread, paused time), so
+/// a seed gives the same run every time. Call it off any async runtime (it blocks on its
+/// own for every operation).
 ///
 /// # Errors
 /// Only for a script that does not compile; a failure while it runs (an operation refused,
 /// members that do not converge) is in the report.
-pub fn run_scenario(script: &str, seed: u64, dir: &Path, rt: Handle) -> Result<Report, SimError> {
+pub fn run_scenario(script: &str, seed: u64, dir: &Path) -> Result<Report, SimError> {
+    run_scenario_traced(script, seed, dir, 0)
+}
+
+/// As [`run_scenario`], keeping the text of the network's first `keep_trace` events in
+/// [`Report::trace_lines`] (to find where two runs part).
+///
+/// # Errors
+/// As [`run_scenario`].
+pub fn run_scenario_traced(
+    script: &str,
+    seed: u64,
+    dir: &Path,
+    keep_trace: usize,
+) -> Result<Report, SimError> {
     let start = Instant::now();
+    let rt = Arc::new(crate::runtime().map_err(SimError::Runtime)?);
+    let sim = Sim::new(seed, SimConfig::default(), dir);
+    sim.network().keep_trace(keep_trace);
     let shared: Shared = Arc::new(Mutex::new(Run {
-        sim: Sim::new(seed, SimConfig::default(), dir),
+        sim,
         rt,
         rng: SplitMix64::new(seed),
         writes: 0,
         converge_s: 0.0,
+        sim_converge_s: 0.0,
         convergence_pct: 100.0,
     }));
     let mut engine = Engine::new();
     engine.set_max_operations(MAX_OPERATIONS);
     engine.on_print(|text| tracing::info!(target: "scenario", "{text}"));
     engine.on_debug(|text, _, _| tracing::debug!(target: "scenario", "{text}"));
-    register(&mut engine, &shared, dir, seed);
+    register(&mut engine, &shared);
     let ast = engine
         .compile(script)
         .map_err(|e| SimError::Script(e.to_string()))?;
     let outcome = engine.run_ast(&ast);
     let mut run = lock(&shared);
     let rt = run.rt.clone();
-    rt.block_on(run.sim.shutdown());
+    // Read on the runtime: outside it, tokio's clock is the wall's.
+    let sim_s = rt.block_on(async {
+        let sim_s = run.sim.elapsed().as_secs_f64();
+        run.sim.shutdown().await;
+        sim_s
+    });
     Ok(Report {
         seed,
         nodes: run.sim.len(),
@@ -144,6 +184,10 @@ pub fn run_scenario(script: &str, seed: u64, dir: &Path, rt: Handle) -> Result<R
         converged: outcome.is_ok(),
         wall_s: start.elapsed().as_secs_f64(),
         converge_s: run.converge_s,
+        sim_converge_s: run.sim_converge_s,
+        sim_s,
+        trace: run.sim.trace(),
+        trace_lines: run.sim.network().trace_events(),
         convergence_pct: run.convergence_pct,
         metrics: run.sim.metrics(),
         error: outcome.err().map(|e| e.to_string()),
@@ -154,7 +198,12 @@ pub fn run_scenario(script: &str, seed: u64, dir: &Path, rt: Handle) -> Result<R
 fn with<T>(shared: &Shared, f: impl AsyncFnOnce(&mut Run) -> Result<T, SimError>) -> Fallible<T> {
     let mut run = lock(shared);
     let rt = run.rt.clone();
-    rt.block_on(f(&mut *run)).map_err(fail)
+    rt.block_on(async {
+        let out = f(&mut *run).await;
+        run.sim.step().await;
+        out
+    })
+    .map_err(fail)
 }
 
 /// Calls `method` of `store` on `node` with `args`; a `write` is counted in the report.
@@ -176,22 +225,22 @@ fn call(
     })
 }
 
-fn register(engine: &mut Engine, shared: &Shared, dir: &Path, seed: u64) {
+fn register(engine: &mut Engine, shared: &Shared) {
     let s = shared.clone();
-    let dir = dir.to_path_buf();
     engine.register_fn(
         "network",
         move |loss: f64, duplicate: f64, delay_ms: i64| -> Fallible<()> {
-            let mut run = lock(&s);
-            if !run.sim.is_empty() {
-                return Err(fail("network() must come before the first node()"));
+            if !(0.0..=1.0).contains(&loss) || !(0.0..=1.0).contains(&duplicate) || delay_ms < 0 {
+                return Err(fail(format!(
+                    "network({loss}, {duplicate}, {delay_ms}): loss and duplication are probabilities, the delay milliseconds"
+                )));
             }
             let config = SimConfig {
                 loss,
                 duplicate,
                 max_delay: Duration::from_millis(u64::try_from(delay_ms).unwrap_or(0)),
             };
-            run.sim = Sim::new(seed, config, &dir);
+            lock(&s).sim.set_faults(config);
             Ok(())
         },
     );
@@ -323,9 +372,10 @@ fn register(engine: &mut Engine, shared: &Shared, dir: &Path, seed: u64) {
             with(&s, async |r| {
                 match r.sim.converge_or_explain(&store, deadline).await {
                     Ok(took) => {
-                        r.converge_s = took.as_secs_f64();
+                        r.converge_s = took.wall.as_secs_f64();
+                        r.sim_converge_s = took.sim.as_secs_f64();
                         r.convergence_pct = 100.0;
-                        Ok(r.converge_s)
+                        Ok(r.sim_converge_s)
                     }
                     Err(e) => {
                         r.convergence_pct = r.sim.agreement(&store).await;

@@ -237,8 +237,14 @@ pub struct SoakRun {
     pub acked: u64,
     /// Nodes killed.
     pub crashes: u64,
-    /// Seconds the checks waited for convergence, in all.
+    /// Seconds the checks waited for convergence, in all (wall clock).
     pub converge_s: f64,
+    /// The same on the simulation's clock.
+    pub sim_converge_s: f64,
+    /// Seconds the run took on the simulation's clock.
+    pub sim_s: f64,
+    /// What the network carried (the same seed gives the same trace).
+    pub trace: lattice_net::TraceDigest,
     /// What moved.
     pub metrics: SimMetrics,
 }
@@ -344,6 +350,8 @@ pub async fn run_ops(
     };
     let result = run.all(ops).await;
     run.outcome.metrics = run.sim.metrics();
+    run.outcome.sim_s = run.sim.elapsed().as_secs_f64();
+    run.outcome.trace = run.sim.trace();
     run.sim.shutdown().await;
     result.map(|()| run.outcome)
 }
@@ -361,6 +369,7 @@ impl Runner {
         for (step, op) in ops.iter().enumerate() {
             let fail = |reason: String| SoakFailure { step, reason };
             self.op(op).await.map_err(|e| fail(format!("{op}: {e}")))?;
+            self.sim.step().await;
             if *op == Op::Heal {
                 self.check().await.map_err(fail)?;
             }
@@ -495,7 +504,8 @@ impl Runner {
             .converge_or_explain(&self.store, self.deadline)
             .await
             .map_err(|e| e.to_string())?;
-        self.outcome.converge_s += took.as_secs_f64();
+        self.outcome.converge_s += took.wall.as_secs_f64();
+        self.outcome.sim_converge_s += took.sim.as_secs_f64();
         let held = self.sim.reachable(&self.store);
         for &node in &held {
             self.sim
@@ -581,6 +591,10 @@ impl SeedOutcome {
                 "acked": run.acked,
                 "crashes": run.crashes,
                 "converge_s": run.converge_s,
+                "sim_converge_s": run.sim_converge_s,
+                "sim_s": run.sim_s,
+                "trace_events": run.trace.events,
+                "trace_digest": run.trace.digest,
                 "metrics": run.metrics,
             }),
             Err((failure, trace)) => json!({

@@ -48,7 +48,7 @@ async fn kv_store_on(sim: &mut Sim, nodes: usize) -> Result<StoreId, SimError> {
     Ok(store)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn five_nodes_converge_through_loss_and_a_partition() -> TestResult {
     let dir = tempfile::tempdir()?;
     let config = SimConfig {
@@ -104,7 +104,7 @@ async fn five_nodes_converge_through_loss_and_a_partition() -> TestResult {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_node_offline_and_one_restarted_catch_up() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut sim = Sim::new(2, SimConfig::default(), dir.path());
@@ -127,7 +127,7 @@ async fn a_node_offline_and_one_restarted_catch_up() -> TestResult {
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn writes_of_a_peer_revoked_during_a_partition_are_projected_nowhere() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut sim = Sim::new(3, SimConfig::default(), dir.path());
@@ -168,7 +168,7 @@ async fn writes_of_a_peer_revoked_during_a_partition_are_projected_nowhere() -> 
     Ok(())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn child_stores_open_on_every_member_and_converge() -> TestResult {
     let dir = tempfile::tempdir()?;
     let config = SimConfig {
@@ -210,7 +210,7 @@ async fn child_stores_open_on_every_member_and_converge() -> TestResult {
 
 /// Found by `lattice sim soak` (seed 296): a member that missed the admission of a newer
 /// member, while every member it knows is down, must still come to agree with the newcomer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_member_that_missed_a_newcomers_admission_syncs_with_it() -> TestResult {
     let dir = tempfile::tempdir()?;
     let mut sim = Sim::new(4, SimConfig::default(), dir.path());

@@ -37,7 +37,7 @@ fn a_seed_gives_the_same_operations_every_time_and_seeds_differ() {
     assert!(has(|o| matches!(o, Op::Restart(_))));
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn random_fault_runs_keep_every_invariant() {
     let dir = tempfile::tempdir().unwrap();
     let modules = compile_builtins(&dir.path().join("modules")).unwrap();
@@ -69,7 +69,7 @@ async fn random_fault_runs_keep_every_invariant() {
     assert!(checks > 4, "only the final checks ran");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[tokio::test(start_paused = true)]
 async fn a_failing_sequence_shrinks_to_the_step_that_fails() {
     let dir = tempfile::tempdir().unwrap();
     let modules = compile_builtins(&dir.path().join("modules")).unwrap();

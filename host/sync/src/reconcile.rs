@@ -12,7 +12,7 @@
 //! and that many 32-byte ids). The fingerprint of a range is the first 16 bytes of
 //! SHA-256(sum of its ids as 256-bit little-endian integers ‖ varint(count)).
 
-use std::collections::HashSet;
+use std::collections::BTreeSet;
 
 use lattice_log::SyncSnapshot;
 use lattice_model::Hash;
@@ -470,7 +470,7 @@ impl<S: ItemSet> Session<S> {
                     if count > (input.0.len() / 32) as u64 {
                         return Err(SyncError::Protocol("id list longer than the message"));
                     }
-                    let mut theirs = HashSet::with_capacity(count as usize);
+                    let mut theirs = BTreeSet::new();
                     for _ in 0..count {
                         let mut id = [0u8; 32];
                         id.copy_from_slice(input.bytes(32)?);

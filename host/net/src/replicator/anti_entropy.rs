@@ -47,9 +47,11 @@ impl Replicator {
         // only itself.
         // Dropping the set (the store removed) ends them.
         let mut syncing: JoinSet<PubKey> = JoinSet::new();
-        let mut busy: HashSet<PubKey> = HashSet::new();
+        let mut busy: BTreeSet<PubKey> = BTreeSet::new();
         loop {
             let peer = tokio::select! {
+                // In order: a simulation replays the same choice.
+                biased;
                 _ = tick.tick() => {
                     // A round starts only while few are running: slow sessions (a loaded
                     // node) must not pile up one per tick.

@@ -36,6 +36,8 @@ impl Replicator {
         let ingesting = Arc::new(Semaphore::new(INGESTS_IN_FLIGHT));
         loop {
             let rotated = tokio::select! {
+                // In order: a simulation replays the same choice.
+                biased;
                 event = events.recv() => match event {
                     Some(event) => {
                         backoff = self.inner.config.min_backoff;

@@ -22,10 +22,12 @@ mod gossip;
 mod peers;
 mod serve;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use lattice_log::{Incoming, Ingested, Log};
 use lattice_model::{Hash, PubKey, SignedIntention, StoreId};
@@ -311,7 +313,7 @@ struct StoreEntry {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     gossip: Mutex<mpsc::Sender<Vec<u8>>>,
     /// Missing hashes being fetched right now (so one gap is fetched once).
-    filling: Mutex<HashSet<Hash>>,
+    filling: Mutex<BTreeSet<Hash>>,
     /// Peers to reconcile with soon (neighbour up, gap unresolved).
     nudge: mpsc::Sender<PubKey>,
     /// The store's current epoch; the gossip topic follows it ([`topic_of`]).
@@ -333,8 +335,8 @@ struct Inner {
     transport: Arc<dyn Transport>,
     gossip: Arc<dyn Gossip>,
     config: ReplicatorConfig,
-    stores: Mutex<HashMap<StoreId, Arc<StoreEntry>>>,
-    peers: Mutex<HashMap<PubKey, PeerState>>,
+    stores: Mutex<BTreeMap<StoreId, Arc<StoreEntry>>>,
+    peers: Mutex<BTreeMap<PubKey, PeerState>>,
     events: broadcast::Sender<ReplicaEvent>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     joins: Mutex<Option<mpsc::Sender<JoinRequest>>>,
@@ -396,8 +398,8 @@ impl Replicator {
             transport,
             gossip,
             config,
-            stores: Mutex::new(HashMap::new()),
-            peers: Mutex::new(HashMap::new()),
+            stores: Mutex::new(BTreeMap::new()),
+            peers: Mutex::new(BTreeMap::new()),
             events,
             tasks: Mutex::new(Vec::new()),
             joins: Mutex::new(None),
@@ -480,7 +482,7 @@ impl Replicator {
             peers: Mutex::new(peers),
             tasks: Mutex::new(Vec::new()),
             gossip: Mutex::new(topic.sender),
-            filling: Mutex::new(HashSet::new()),
+            filling: Mutex::new(BTreeSet::new()),
             nudge: nudge_tx,
             epoch: epoch_tx,
         });
@@ -617,7 +619,7 @@ impl Replicator {
                 t.abort();
             }
         }
-        for (_, p) in lock(&self.inner.peers).drain() {
+        for (_, p) in std::mem::take(&mut *lock(&self.inner.peers)) {
             if let Some(c) = p.conn {
                 c.close("shutting down");
             }

@@ -130,6 +130,8 @@ impl Replicator {
         let mut streams = tokio::task::JoinSet::new();
         loop {
             let accepted = tokio::select! {
+                // In order: a simulation replays the same choice.
+                biased;
                 accepted = conn.accept() => accepted,
                 Some(_) = streams.join_next(), if !streams.is_empty() => continue,
             };

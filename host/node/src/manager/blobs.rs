@@ -34,7 +34,8 @@ impl StoreManager {
     ) -> Result<BlobInfo, NodeError> {
         self.open_store(id)?;
         let (cas, store) = (self.blob_store()?, *id);
-        off_workers("putting a blob", move || Ok(cas.put(&store, data)?)).await
+        self.off_workers("putting a blob", move || Ok(cas.put(&store, data)?))
+            .await
     }
 
     /// Blob `hash` of store `id`: here already, or fetched (verified, resumed where an
@@ -85,7 +86,7 @@ impl StoreManager {
     ) -> Result<Option<BlobInfo>, NodeError> {
         self.open_store(id)?;
         let (cas, store, hash) = (self.blob_store()?, *id, *hash);
-        off_workers("reading a blob's entry", move || {
+        self.off_workers("reading a blob's entry", move || {
             Ok(cas.stat(&store, &hash)?)
         })
         .await
@@ -98,7 +99,8 @@ impl StoreManager {
     pub async fn blobs(&self, id: &StoreId) -> Result<Vec<BlobInfo>, NodeError> {
         self.open_store(id)?;
         let (cas, store) = (self.blob_store()?, *id);
-        off_workers("listing blobs", move || Ok(cas.list(&store)?)).await
+        self.off_workers("listing blobs", move || Ok(cas.list(&store)?))
+            .await
     }
 
     /// Writes bytes `range` of blob `hash` of store `id` (held here) to `out`, each checked
@@ -116,7 +118,7 @@ impl StoreManager {
     ) -> Result<u64, NodeError> {
         self.open_store(id)?;
         let (cas, store, hash) = (self.blob_store()?, *id, *hash);
-        off_workers("reading a blob", move || {
+        self.off_workers("reading a blob", move || {
             let written = cas.read(&store, &hash, range, &mut out)?;
             out.flush().map_err(lattice_cas::CasError::Output)?;
             Ok(written)
@@ -133,7 +135,8 @@ impl StoreManager {
     pub async fn collect_blobs(&self, grace: Duration) -> Result<CollectReport, NodeError> {
         let cas = self.blob_store()?;
         let grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX);
-        off_workers("collecting blobs", move || Ok(cas.collect(grace_ms)?)).await
+        self.off_workers("collecting blobs", move || Ok(cas.collect(grace_ms)?))
+            .await
     }
 
     /// Adds a pin to blob `hash` of store `id`, fetching it from the store's peers first
@@ -154,7 +157,8 @@ impl StoreManager {
         }
         let (cas, store, hash) = (self.blob_store()?, *id, *hash);
         let delta = if pin { 1 } else { -1 };
-        off_workers("pinning a blob", move || Ok(cas.pin(&store, &hash, delta)?)).await
+        self.off_workers("pinning a blob", move || Ok(cas.pin(&store, &hash, delta)?))
+            .await
     }
 }
 
@@ -189,7 +193,7 @@ impl StoreManager {
         let mut wanted = self.with_store(id, |s| Ok(s.take_newly_wanted())).await?;
         let retry: Vec<Hash> = lock(&self.inner.blob_retry)
             .get_mut(id)
-            .map(|r| r.drain().collect())
+            .map(|r| std::mem::take(r).into_iter().collect())
             .unwrap_or_default();
         wanted.extend(retry);
         if wanted.is_empty() {
@@ -303,7 +307,7 @@ impl StoreManager {
         };
         let store = *id;
         let hash = Hash(module.0);
-        off_workers("sharing a store's module", move || {
+        self.off_workers("sharing a store's module", move || {
             if cas.stat(&store, &hash)?.is_some_and(|b| b.pins > 0) {
                 return Ok(true);
             }
@@ -338,13 +342,14 @@ impl StoreManager {
         let hash = Hash(module.0);
         let fetched = self.fetch_blob(id, &hash).await?;
         let (cas, store) = (self.blob_store()?, *id);
-        let bytes = off_workers("reading a fetched module", move || {
-            let mut bytes = Vec::with_capacity(fetched.info.size as usize);
-            cas.read(&store, &hash, 0..fetched.info.size, &mut bytes)?;
-            cas.pin(&store, &hash, 1)?;
-            Ok(bytes)
-        })
-        .await?;
+        let bytes = self
+            .off_workers("reading a fetched module", move || {
+                let mut bytes = Vec::with_capacity(fetched.info.size as usize);
+                cas.read(&store, &hash, 0..fetched.info.size, &mut bytes)?;
+                cas.pin(&store, &hash, 1)?;
+                Ok(bytes)
+            })
+            .await?;
         let installed = self.install_module(bytes).await?;
         info!(store = %id.short(), module = %installed.short(), "module fetched from the store's peers and installed");
         Ok(installed == module)

@@ -58,9 +58,13 @@ impl StoreManager {
     /// storage failures.
     pub async fn invite(&self, id: &StoreId, ttl: Duration) -> Result<InviteToken, NodeError> {
         self.require_own_peers(id).await?;
-        let mut secret = [0u8; 32];
-        getrandom::fill(&mut secret).map_err(|e| NodeError::Randomness(e.to_string()))?;
-        let expires_ms = system_now_ms().saturating_add(ttl.as_millis() as u64);
+        let secret = self.inner.node.random_secret()?;
+        let expires_ms = self
+            .inner
+            .node
+            .clock()
+            .now_ms()
+            .saturating_add(ttl.as_millis() as u64);
         let me = self.inner.node.key().public();
         let result = self
             .system_call(
@@ -145,7 +149,7 @@ impl StoreManager {
             }
             lattice_system_types::InviteStatus::Valid => {}
         }
-        if invite.expires_ms <= system_now_ms() {
+        if invite.expires_ms <= self.inner.node.clock().now_ms() {
             return Err("this invite has expired; ask for a new one".into());
         }
         let ops = json!({"ops": [
@@ -176,7 +180,7 @@ impl StoreManager {
         mut progress: impl FnMut(u64) + Send,
     ) -> Result<Joined, NodeError> {
         let token = InviteToken::decode(token)?;
-        if token.expires_ms <= system_now_ms() {
+        if token.expires_ms <= self.inner.node.clock().now_ms() {
             return Err(NodeError::InviteExpired);
         }
         let me = self.inner.node.key().public();
@@ -206,16 +210,17 @@ impl StoreManager {
         // A store left here keeps its log (and its chain position, which the inviter needs);
         // a new one gets none until it knows how it bootstraps.
         let this = self.clone();
-        let (log, tip, has_genesis) = off_workers("opening a store", move || {
-            if !this.inner.node.dir().log_path(&id).exists() {
-                return Ok((None, 0, false));
-            }
-            let log = Arc::new(this.inner.node.open_log(id)?);
-            let tip = chain_position(&log, &me)?;
-            let has_genesis = log.reader().is_witnessed(&Hash(id.0))?;
-            Ok((Some(log), tip, has_genesis))
-        })
-        .await?;
+        let (log, tip, has_genesis) = self
+            .off_workers("opening a store", move || {
+                if !this.inner.node.dir().log_path(&id).exists() {
+                    return Ok((None, 0, false));
+                }
+                let log = Arc::new(this.inner.node.open_log(id)?);
+                let tip = chain_position(&log, &me)?;
+                let has_genesis = log.reader().is_witnessed(&Hash(id.0))?;
+                Ok((Some(log), tip, has_genesis))
+            })
+            .await?;
         if let Err(e) = self.present_token(&token, tip).await {
             drop(log);
             return Err(e);
@@ -236,7 +241,7 @@ impl StoreManager {
         let this = self.clone();
         let (store, fetched) = match snapshot {
             Some(encoded) => {
-                off_workers("joining from a snapshot", move || {
+                self.off_workers("joining from a snapshot", move || {
                     this.store_from_encoded_snapshot(id, log, &encoded)
                 })
                 .await?
@@ -245,7 +250,7 @@ impl StoreManager {
                 let log = match log {
                     Some(log) => log,
                     None => {
-                        off_workers("opening a store", move || {
+                        self.off_workers("opening a store", move || {
                             Ok(Arc::new(this.inner.node.open_log(id)?))
                         })
                         .await?
@@ -262,10 +267,11 @@ impl StoreManager {
                     fetched = report.witnessed;
                 }
                 let this = self.clone();
-                let store = off_workers("opening a store", move || {
-                    this.inner.node.store_from_log(id, log)
-                })
-                .await?;
+                let store = self
+                    .off_workers("opening a store", move || {
+                        this.inner.node.store_from_log(id, log)
+                    })
+                    .await?;
                 (store, fetched)
             }
         };
@@ -352,7 +358,7 @@ impl StoreManager {
         let rebased = async {
             self.close(id).await?;
             let this = self.clone();
-            off_workers("catching up through a snapshot", move || {
+            self.off_workers("catching up through a snapshot", move || {
                 this.inner.node.rebase_on_snapshot(&snapshot)
             })
             .await
@@ -446,7 +452,7 @@ impl StoreManager {
     ) -> Result<Vec<(StoreId, u64)>, NodeError> {
         let this = self.clone();
         let root = *root;
-        off_workers("reading chain positions", move || {
+        self.off_workers("reading chain positions", move || {
             this.descendant_tips_blocking(&root)
         })
         .await

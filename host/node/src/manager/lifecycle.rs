@@ -30,7 +30,7 @@ pub(super) fn open_files(node: &Node, id: StoreId) -> Result<OpenedFiles, NodeEr
 /// its network endpoint binds); what failed is quarantined as the manager starts.
 pub(super) fn preopen(
     node: &Node,
-) -> Result<HashMap<StoreId, Result<OpenedFiles, NodeError>>, NodeError> {
+) -> Result<BTreeMap<StoreId, Result<OpenedFiles, NodeError>>, NodeError> {
     Ok(node
         .meta()
         .list()?
@@ -59,7 +59,8 @@ impl StoreManager {
                 None => {
                     let this = self.clone();
                     let id = record.id;
-                    off_workers("opening a store", move || open_files(&this.inner.node, id)).await?
+                    self.off_workers("opening a store", move || open_files(&this.inner.node, id))
+                        .await?
                 }
             };
             self.register_open(record.id, log.clone(), store, record.parent)?;
@@ -180,7 +181,7 @@ impl StoreManager {
         lock(&self.inner.damaged).remove(id);
         let this = self.clone();
         let store = *id;
-        off_workers("repairing a store", move || {
+        self.off_workers("repairing a store", move || {
             this.inner.node.repair_store(store)
         })
         .await
@@ -220,7 +221,7 @@ impl StoreManager {
             watch: watch.clone(),
             replicator: self.inner.replicator.clone(),
         };
-        let actor = StoreActor::spawn(id, store, outlets)?;
+        let actor = StoreActor::spawn(id, store, outlets, self.inner.node.is_inline())?;
         let open = Arc::new(OpenStore {
             log: log.clone(),
             actor,
@@ -452,7 +453,8 @@ impl StoreManager {
         loop {
             match Arc::try_unwrap(log) {
                 Ok(log) => {
-                    off_workers("closing a log", move || Ok(log.close()?)).await?;
+                    self.off_workers("closing a log", move || Ok(log.close()?))
+                        .await?;
                     break;
                 }
                 Err(held) if since.elapsed() < patience => {
@@ -510,16 +512,17 @@ impl StoreManager {
         let this = self.clone();
         let name_owned = name.to_string();
         let spec = store_type.to_string();
-        let (module, store) = off_workers("creating a store", move || {
-            // Resolving a path installs the module (a Cranelift compile).
-            let module = this.inner.node.resolve_type(&spec)?;
-            let mut store = this.inner.node.create_child(module, &name_owned, parent)?;
-            if !inherited.is_empty() {
-                store.system_call("batch", &json!({ "ops": inherited }))?;
-            }
-            Ok((module, store))
-        })
-        .await?;
+        let (module, store) = self
+            .off_workers("creating a store", move || {
+                // Resolving a path installs the module (a Cranelift compile).
+                let module = this.inner.node.resolve_type(&spec)?;
+                let mut store = this.inner.node.create_child(module, &name_owned, parent)?;
+                if !inherited.is_empty() {
+                    store.system_call("batch", &json!({ "ops": inherited }))?;
+                }
+                Ok((module, store))
+            })
+            .await?;
         let id = store.id();
         let log = store.log().clone();
         self.insert_open(id, log, Some(store), parent).await?;
@@ -543,10 +546,11 @@ impl StoreManager {
     /// Module errors (not a component, does not compile or link).
     pub async fn install_module(&self, bytes: Vec<u8>) -> Result<ModuleHash, NodeError> {
         let this = self.clone();
-        let hash = off_workers("installing a module", move || {
-            Ok(this.inner.node.install_module(&bytes)?.hash())
-        })
-        .await?;
+        let hash = self
+            .off_workers("installing a module", move || {
+                Ok(this.inner.node.install_module(&bytes)?.hash())
+            })
+            .await?;
         let open: Vec<(StoreId, Arc<OpenStore>)> = lock(&self.inner.stores)
             .iter()
             .map(|(k, v)| (*k, v.clone()))

@@ -84,7 +84,7 @@ impl StoreManager {
             .filter(|peer| peer.written_by == Some(me))
             .collect();
         for child in children {
-            let resume: HashMap<PubKey, u64> = lock(&self.inner.resume_at)
+            let resume: BTreeMap<PubKey, u64> = lock(&self.inner.resume_at)
                 .iter()
                 .filter(|((c, _), _)| *c == child)
                 .map(|((_, k), at)| (*k, *at))
@@ -267,7 +267,7 @@ fn mirror_ops(
     me: &PubKey,
     mine: &[PeerInfo],
     recorded: &[PeerInfo],
-    resume: &HashMap<PubKey, u64>,
+    resume: &BTreeMap<PubKey, u64>,
 ) -> Result<Vec<Value>, NodeError> {
     let mut ops = Vec::new();
     for peer in mine {

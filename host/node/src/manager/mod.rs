@@ -7,12 +7,12 @@
 //! manager reads the peer set from the system table guest's `peers` query whenever the
 //! system partition reports a `peer` event, and opens or closes children on `child` events.
 
-use std::collections::HashMap;
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use lattice_log::{Log, system_now_ms};
+use lattice_log::Log;
 use lattice_model::{Hash, PubKey, StoreId};
 use lattice_net::{
     Access, Gossip, IrohNet, JoinRequest, PeerAddr, ReplicaError, ReplicaEvent, Replicator,
@@ -69,7 +69,7 @@ struct Inner {
     iroh: Option<Arc<IrohNet>>,
     /// False for a node started without a network ([`StoreManager::start_offline`]).
     online: bool,
-    stores: Mutex<HashMap<StoreId, Arc<OpenStore>>>,
+    stores: Mutex<BTreeMap<StoreId, Arc<OpenStore>>>,
     events: broadcast::Sender<NodeEvent>,
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// Short-lived work started on the side (snapshot answers, catch-ups, module and blob
@@ -83,17 +83,17 @@ struct Inner {
     members: tokio::sync::Mutex<()>,
     /// Chain positions re-joining peers reported for child stores: where their
     /// re-activation in each child resumes (see [`StoreManager::mirror_membership`]).
-    resume_at: Mutex<HashMap<(StoreId, PubKey), u64>>,
+    resume_at: Mutex<BTreeMap<(StoreId, PubKey), u64>>,
     /// Stores that failed to open, with the reason: not served until repaired.
-    damaged: Mutex<HashMap<StoreId, String>>,
+    damaged: Mutex<BTreeMap<StoreId, String>>,
     /// Stores being repaired: closed, and not to be reopened until the repair is done.
-    repairing: Mutex<std::collections::HashSet<StoreId>>,
+    repairing: Mutex<std::collections::BTreeSet<StoreId>>,
     /// Headless stores whose module is being fetched from their peers.
-    fetching_modules: Mutex<std::collections::HashSet<StoreId>>,
+    fetching_modules: Mutex<std::collections::BTreeSet<StoreId>>,
     /// Stores whose referenced blobs are being fetched now.
-    fetching_blobs: Mutex<std::collections::HashSet<StoreId>>,
+    fetching_blobs: Mutex<std::collections::BTreeSet<StoreId>>,
     /// Referenced blobs a fetch failed for, per store: asked for again at the next pass.
-    blob_retry: Mutex<HashMap<StoreId, std::collections::HashSet<Hash>>>,
+    blob_retry: Mutex<BTreeMap<StoreId, std::collections::BTreeSet<Hash>>>,
 }
 
 /// A running node; cheap to clone.
@@ -117,15 +117,30 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-/// Runs blocking node work (redb, fsyncs, Cranelift compiles) off the async workers; `what`
-/// names it in the error should the task panic.
-async fn off_workers<T: Send + 'static>(
+impl StoreManager {
+    /// Runs blocking node work (redb, fsyncs, Cranelift compiles) off the async workers;
+    /// `what` names it in the error should the task panic. An inline node
+    /// ([`Node::inline`]) runs it in place.
+    async fn off_workers<T: Send + 'static>(
+        &self,
+        what: &str,
+        f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+    ) -> Result<T, NodeError> {
+        if self.inner.node.is_inline() {
+            return f();
+        }
+        on_blocking_pool(what, f).await?
+    }
+}
+
+/// Runs `f` on tokio's blocking pool; `what` names it in the error should the task panic.
+async fn on_blocking_pool<T: Send + 'static>(
     what: &str,
-    f: impl FnOnce() -> Result<T, NodeError> + Send + 'static,
+    f: impl FnOnce() -> T + Send + 'static,
 ) -> Result<T, NodeError> {
     tokio::task::spawn_blocking(f)
         .await
-        .map_err(|e| NodeError::Meta(format!("{what} failed: {e}")))?
+        .map_err(|e| NodeError::Meta(format!("{what} failed: {e}")))
 }
 
 /// The newest position of `author`'s chain in `log` (0 when it has written nothing).
@@ -183,9 +198,9 @@ impl StoreManager {
             }
         };
         // The stores' files open while the endpoint binds.
-        let opening = off_workers("opening the stores", move || {
+        let opening = on_blocking_pool("opening the stores", move || {
             let opened = lifecycle::preopen(&node);
-            Ok((node, opened))
+            (node, opened)
         });
         let (net, opening) = tokio::join!(binding, opening);
         let (node, opened) = opening?;
@@ -223,7 +238,7 @@ impl StoreManager {
             None,
             false,
             ReplicatorConfig::default(),
-            HashMap::new(),
+            BTreeMap::new(),
         )
         .await
     }
@@ -240,7 +255,7 @@ impl StoreManager {
         iroh: Option<Arc<IrohNet>>,
         config: ReplicatorConfig,
     ) -> Result<StoreManager, NodeError> {
-        Self::start_with(node, transport, gossip, iroh, true, config, HashMap::new()).await
+        Self::start_with(node, transport, gossip, iroh, true, config, BTreeMap::new()).await
     }
 
     async fn start_with(
@@ -250,7 +265,7 @@ impl StoreManager {
         iroh: Option<Arc<IrohNet>>,
         online: bool,
         config: ReplicatorConfig,
-        mut opened: HashMap<StoreId, Result<lifecycle::OpenedFiles, NodeError>>,
+        mut opened: BTreeMap<StoreId, Result<lifecycle::OpenedFiles, NodeError>>,
     ) -> Result<StoreManager, NodeError> {
         let replicator = Replicator::start(transport, gossip, config);
         let (events, _) = broadcast::channel(1024);
@@ -259,18 +274,18 @@ impl StoreManager {
             replicator,
             iroh,
             online,
-            stores: Mutex::new(HashMap::new()),
+            stores: Mutex::new(BTreeMap::new()),
             events,
             tasks: Mutex::new(Vec::new()),
             side: Mutex::new(Some(tokio::task::JoinSet::new())),
             lifecycle: tokio::sync::Mutex::new(()),
             members: tokio::sync::Mutex::new(()),
-            resume_at: Mutex::new(HashMap::new()),
-            damaged: Mutex::new(HashMap::new()),
-            repairing: Mutex::new(std::collections::HashSet::new()),
-            fetching_modules: Mutex::new(std::collections::HashSet::new()),
-            fetching_blobs: Mutex::new(std::collections::HashSet::new()),
-            blob_retry: Mutex::new(HashMap::new()),
+            resume_at: Mutex::new(BTreeMap::new()),
+            damaged: Mutex::new(BTreeMap::new()),
+            repairing: Mutex::new(std::collections::BTreeSet::new()),
+            fetching_modules: Mutex::new(std::collections::BTreeSet::new()),
+            fetching_blobs: Mutex::new(std::collections::BTreeSet::new()),
+            blob_retry: Mutex::new(BTreeMap::new()),
         });
         if let Some(cas) = inner.node.cas() {
             inner.replicator.set_cas(cas.clone());
@@ -663,7 +678,7 @@ impl StoreManager {
     pub async fn verify_log(&self, id: &StoreId) -> Result<lattice_log::VerifyReport, NodeError> {
         let log = self.open_store(id)?.log.clone();
         let store = *id;
-        off_workers("verifying a log", move || {
+        self.off_workers("verifying a log", move || {
             log.reader()
                 .verify(|_, _| {})
                 .map_err(|e| NodeError::Damaged {
