@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use lattice_model::StoreId;
+use lattice_model::{Hash, StoreId};
 use lattice_runtime::{MethodKind, WatchEvent};
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot, watch};
@@ -56,7 +56,7 @@ enum Msg {
     Call {
         method: String,
         args: Value,
-        reply: oneshot::Sender<Result<CallReply, NodeError>>,
+        reply: Reply,
     },
     /// Any other work on the store.
     Job(Job),
@@ -216,21 +216,24 @@ impl StoreActor {
         lock(&self.inbox).take();
     }
 
-    /// Calls a method of the store's type.
+    /// Calls a method of the store's type. A failed call comes with the blobs its guest
+    /// looked for and did not find (taken in the same turn, so a caller learns at once
+    /// whether fetching them could help).
     ///
-    /// # Errors
-    /// As [`Store::call`]; [`NodeError::NotReady`] before the genesis arrived;
-    /// [`NodeError::NotOpen`] once the actor stopped.
-    pub(crate) async fn call(&self, method: String, args: Value) -> Result<CallReply, NodeError> {
+    /// Its result fails as [`Store::call`] does; with [`NodeError::NotReady`] before the
+    /// genesis arrived; [`NodeError::NotOpen`] once the actor stopped.
+    pub(crate) async fn call(&self, method: String, args: Value) -> Answer {
         let (reply, rx) = oneshot::channel();
-        self.send(Msg::Call {
+        if let Err(e) = self.send(Msg::Call {
             method,
             args,
             reply,
-        })?;
+        }) {
+            return (Err(e), Vec::new());
+        }
         match rx.await {
-            Ok(result) => result,
-            Err(_) => Err(self.gone_after_stop().await),
+            Ok(answer) => answer,
+            Err(_) => (Err(self.gone_after_stop().await), Vec::new()),
         }
     }
 
@@ -401,8 +404,11 @@ struct Flight {
     replies: Vec<Reply>,
 }
 
-/// A command's caller.
-type Reply = oneshot::Sender<Result<CallReply, NodeError>>;
+/// A call's result and, when it failed, the blobs its guest looked for and did not find.
+pub(crate) type Answer = (Result<CallReply, NodeError>, Vec<Hash>);
+
+/// A call's caller.
+type Reply = oneshot::Sender<Answer>;
 
 /// A command waiting for the next write run, with its caller.
 type Queued = ((String, Value), Reply);
@@ -485,8 +491,12 @@ impl Actor {
                         // with it and either order is a true answer. Queries never wait for
                         // a group commit (a mount's lookups between its files' writes).
                         let answer = match self.slot.as_mut() {
-                            Some(store) => store.call(&method, &args).map(CallReply::Answer),
-                            None => Err(NodeError::NotReady(self.id.to_string())),
+                            Some(store) => {
+                                let result = store.call(&method, &args).map(CallReply::Answer);
+                                let missed = missed_if_failed(store, result.is_err());
+                                (result, missed)
+                            }
+                            None => (Err(NodeError::NotReady(self.id.to_string())), Vec::new()),
                         };
                         let _ = reply.send(answer);
                     } else if let Some(Waiting::Writes(queued)) = self.backlog.back_mut() {
@@ -533,7 +543,7 @@ impl Actor {
         let (calls, replies): (Vec<(String, Value)>, Vec<Reply>) = queued.into_iter().unzip();
         let Some(store) = self.slot.as_mut() else {
             for reply in replies {
-                let _ = reply.send(Err(NodeError::NotReady(self.id.to_string())));
+                let _ = reply.send((Err(NodeError::NotReady(self.id.to_string())), Vec::new()));
             }
             return;
         };
@@ -559,7 +569,7 @@ impl Actor {
             }
             None => {
                 for reply in replies {
-                    let _ = reply.send(Err(NodeError::NotReady(self.id.to_string())));
+                    let _ = reply.send((Err(NodeError::NotReady(self.id.to_string())), Vec::new()));
                 }
             }
         }
@@ -574,8 +584,24 @@ fn answer(
     results: Vec<Result<Written, NodeError>>,
 ) {
     pass_events(store, outlets);
+    let missed = missed_if_failed(store, results.iter().any(Result::is_err));
     for (reply, result) in replies.into_iter().zip(results) {
-        let _ = reply.send(result.map(CallReply::Wrote));
+        let missed = if result.is_err() {
+            missed.clone()
+        } else {
+            Vec::new()
+        };
+        let _ = reply.send((result.map(CallReply::Wrote), missed));
+    }
+}
+
+/// The blobs the store's guest looked for and did not find, when a call `failed` (a
+/// successful call leaves them for the next failure to report).
+fn missed_if_failed(store: &mut Store, failed: bool) -> Vec<Hash> {
+    if failed {
+        store.take_missed_blobs()
+    } else {
+        Vec::new()
     }
 }
 

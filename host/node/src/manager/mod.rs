@@ -530,17 +530,13 @@ impl StoreManager {
             // A read of a blob not here (one this node does not keep under the store's blob
             // policy, or not fetched yet): fetch it from the store's peers and try once more.
             // Not after a rejected write: that one was written.
-            Err(e) if !matches!(e, NodeError::Rejected { .. }) => {
-                let missed = self.with_store(id, |s| Ok(s.take_missed_blobs())).await?;
-                if missed.is_empty() {
-                    return Err(e);
-                }
+            (Err(e), missed) if !missed.is_empty() && !matches!(e, NodeError::Rejected { .. }) => {
                 for hash in &missed {
                     self.fetch_blob(id, hash).await?;
                 }
-                open.actor.call(method.to_string(), args.clone()).await?
+                open.actor.call(method.to_string(), args.clone()).await.0?
             }
-            other => other?,
+            (result, _) => result?,
         };
         if matches!(reply, CallReply::Wrote(_)) {
             self.emit(NodeEvent::StoreChanged(*id));
