@@ -563,15 +563,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Cut<T> {
 
 impl<T: AsyncWrite + Unpin> AsyncWrite for Cut<T> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        if self.is_cut(cx) {
+        let this = self.get_mut();
+        if this.is_cut(cx) {
             return Poll::Ready(Err(reset()));
         }
-        let Some(tap) = &self.tap else {
-            return Pin::new(&mut self.inner).poll_write(cx, buf);
+        let Some(tap) = &this.tap else {
+            return Pin::new(&mut this.inner).poll_write(cx, buf);
         };
         let garbled_buf;
         let out = if tap.net.is_hostile(&tap.writer) {
@@ -580,13 +581,12 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Cut<T> {
         } else {
             buf
         };
-        let (net, writer, reader) = (tap.net.clone(), tap.writer, tap.reader);
-        let written = Pin::new(&mut self.inner).poll_write(cx, out);
+        let written = Pin::new(&mut this.inner).poll_write(cx, out);
         if let Poll::Ready(Ok(n)) = &written {
-            net.record(format_args!(
+            tap.net.record(format_args!(
                 "write {} {} {}",
-                writer.short(),
-                reader.short(),
+                tap.writer.short(),
+                tap.reader.short(),
                 short_hash(&out[..*n])
             ));
         }

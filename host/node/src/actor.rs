@@ -229,11 +229,11 @@ impl StoreActor {
             args,
             reply,
         }) {
-            return (Err(e), Vec::new());
+            return failed(e);
         }
         match rx.await {
             Ok(answer) => answer,
-            Err(_) => (Err(self.gone_after_stop().await), Vec::new()),
+            Err(_) => failed(self.gone_after_stop().await),
         }
     }
 
@@ -410,6 +410,11 @@ pub(crate) type Answer = (Result<CallReply, NodeError>, Vec<Hash>);
 /// A call's caller.
 type Reply = oneshot::Sender<Answer>;
 
+/// The answer to a call that failed before its guest ran (no blobs missed).
+fn failed(error: NodeError) -> Answer {
+    (Err(error), Vec::new())
+}
+
 /// A command waiting for the next write run, with its caller.
 type Queued = ((String, Value), Reply);
 
@@ -496,7 +501,7 @@ impl Actor {
                                 let missed = missed_if_failed(store, result.is_err());
                                 (result, missed)
                             }
-                            None => (Err(NodeError::NotReady(self.id.to_string())), Vec::new()),
+                            None => failed(NodeError::NotReady(self.id.to_string())),
                         };
                         let _ = reply.send(answer);
                     } else if let Some(Waiting::Writes(queued)) = self.backlog.back_mut() {
@@ -543,7 +548,7 @@ impl Actor {
         let (calls, replies): (Vec<(String, Value)>, Vec<Reply>) = queued.into_iter().unzip();
         let Some(store) = self.slot.as_mut() else {
             for reply in replies {
-                let _ = reply.send((Err(NodeError::NotReady(self.id.to_string())), Vec::new()));
+                let _ = reply.send(failed(NodeError::NotReady(self.id.to_string())));
             }
             return;
         };
@@ -569,7 +574,7 @@ impl Actor {
             }
             None => {
                 for reply in replies {
-                    let _ = reply.send((Err(NodeError::NotReady(self.id.to_string())), Vec::new()));
+                    let _ = reply.send(failed(NodeError::NotReady(self.id.to_string())));
                 }
             }
         }

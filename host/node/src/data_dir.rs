@@ -99,4 +99,13 @@ impl DataDir {
     pub fn load_or_create_identity(&self) -> Result<NodeKey, IdentityError> {
         identity::load_or_create(&self.identity_path())
     }
+
+    /// Creates the node key from `seed` rather than the system's randomness (simulated
+    /// nodes: the same keys on every run of a seed).
+    ///
+    /// # Errors
+    /// [`IdentityError`] when the key file exists already or cannot be written.
+    pub fn create_identity(&self, seed: [u8; 32]) -> Result<NodeKey, IdentityError> {
+        identity::create(&self.identity_path(), seed)
+    }
 }

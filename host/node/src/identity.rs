@@ -72,25 +72,35 @@ pub(crate) fn load_or_create(path: &Path) -> Result<NodeKey, IdentityError> {
             Ok(NodeKey::from_seed(seed))
         }
         Err(e) if e.kind() == ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).map_err(io)?;
-            }
             let mut seed = [0u8; 32];
             getrandom::fill(&mut seed).map_err(|e| IdentityError::Random(e.to_string()))?;
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            file.write_all(&seed).map_err(io)?;
-            file.sync_all().map_err(io)?;
-            let key = NodeKey::from_seed(seed);
-            info!(node = %key.public().short(), "created node identity");
-            Ok(key)
+            create(path, seed)
         }
         Err(e) => Err(io(e)),
     }
+}
+
+/// Writes a new identity key file holding `seed` (mode 0600, its directory made when
+/// missing); fails when the file exists.
+pub(crate) fn create(path: &Path, seed: [u8; 32]) -> Result<NodeKey, IdentityError> {
+    let io = |source| IdentityError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).map_err(io)?;
+    }
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    file.write_all(&seed).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    let key = NodeKey::from_seed(seed);
+    info!(node = %key.public().short(), "created node identity");
+    Ok(key)
 }
 
 #[cfg(test)]

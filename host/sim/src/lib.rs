@@ -337,24 +337,20 @@ impl Sim {
             return Err(SimError::Threaded);
         }
         let data = DataDir::new(dir);
-        let io = |path: PathBuf| {
-            move |source| SimError::Node {
-                node: index,
-                source: Box::new(NodeError::Io {
-                    path: path.display().to_string(),
-                    source,
-                }),
-            }
-        };
         // The built-in guests compiled once, for every node: each would compile the same code.
         if let Some(warm) = &self.warm {
-            link_modules(warm, &data.modules_dir()).map_err(io(data.modules_dir()))?;
+            link_modules(warm, &data.modules_dir()).map_err(|e| SimError::Node {
+                node: index,
+                source: Box::new(NodeError::Io {
+                    path: data.modules_dir().display().to_string(),
+                    source: e,
+                }),
+            })?;
         }
         // Identities from the seed: the same nodes on every run.
-        let identity = data.identity_path();
-        if !identity.exists() {
-            write_identity(&identity, &seeded(self.seed, b"identity", index as u64))
-                .map_err(io(identity.clone()))?;
+        if !data.identity_path().exists() {
+            data.create_identity(seeded(self.seed, b"identity", index as u64))
+                .map_err(|e| failed(index)(e.into()))?;
         }
         let epoch = *self.epoch.get_or_init(tokio::time::Instant::now);
         let clock = lattice_log::Clock::from_fn(move || {
@@ -867,21 +863,6 @@ fn seeded(seed: u64, what: &[u8], index: u64) -> [u8; 32] {
     h.update(what);
     h.update(&index.to_le_bytes());
     *h.finalize().as_bytes()
-}
-
-/// Writes a node identity (its key's seed) as the node itself would: owner-only.
-fn write_identity(path: &Path, seed: &[u8; 32]) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)?;
-    file.write_all(seed)
 }
 
 /// Links the module files of `from` (component bytes and compiled code) into `to`, which is
