@@ -1,6 +1,8 @@
 //! Shared helpers of Lattice's cross-crate integration tests.
 #![deny(missing_docs)]
 
+pub mod fuzz;
+
 use lattice_log::{SplitMix64, SyntheticDag};
 use lattice_model::{NodeKey, SignedIntention};
 

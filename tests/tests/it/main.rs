@@ -6,5 +6,6 @@
 
 mod blobs;
 mod crash;
+mod fuzz_corpus;
 mod guests;
 mod replication;
