@@ -12,9 +12,12 @@ use lattice_node::InviteToken;
 use lattice_runtime::{Limits, Runtime};
 use lattice_sync::{GossipMsg, Msg};
 
+/// A fuzz target's body: one input's bytes; panics only on a real failure.
+pub type Body = fn(&[u8]);
+
 /// The fuzz targets by name (the file names under `tests/fuzz/fuzz_targets` and the folders
 /// under `tests/fuzz/corpus`), each with its body.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Body)] = &[
     ("damaged_log", damaged_log),
     ("host_op", host_op),
     ("intention", intention),
