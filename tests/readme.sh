@@ -124,6 +124,12 @@ a fs mkdir -p "$FS" docs
 a fs put "$FS" "$T/video.mp4" docs/report.pdf
 a fs ls "$FS" docs | grep -q report.pdf
 a fs get "$FS" docs/report.pdf -o "$T/copy.pdf"
+step "fs sync"
+mkdir -p "$T/Mirror/new dir"
+printf 'from the folder' > "$T/Mirror/new dir/local.txt"
+a --json fs sync "$FS" "$T/Mirror" | field '["to_store"]' | grep -q "new dir/local.txt"
+cmp "$T/Mirror/docs/report.pdf" "$T/video.mp4"
+[ "$(a fs get "$FS" "new dir/local.txt")" = "from the folder" ]
 cmp "$T/video.mp4" "$T/copy.pdf"
 if [ -e /dev/fuse ] && command -v fusermount3 > /dev/null; then
   step "fs mount / umount"

@@ -215,6 +215,24 @@ pub(crate) enum FsCommand {
     },
     /// List this node's mounts.
     Mounts,
+    /// Mirror a local folder and the store both ways, without a mount: what changed on one
+    /// side since the last sync is made on the other (written, created, removed); two
+    /// different edits of one file keep the store's under the name and the folder's beside it
+    /// as `NAME.conflict-local-<ms>`, in the store too. The last sync's view is kept in
+    /// `DIR/.lattice-sync.json`. One round, or with `--watch` a round every `--interval`
+    /// until Ctrl-C. Symbolic links and names beginning with `.lattice-` are not synced.
+    Sync {
+        /// Store id (or unique prefix).
+        store: String,
+        /// The folder (made if missing).
+        dir: PathBuf,
+        /// Keep syncing until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+        /// Seconds between rounds with `--watch`.
+        #[arg(long, default_value_t = 2.0, value_parser = parse_interval)]
+        interval: f64,
+    },
     /// Remove a file, or a directory (empty, or everything under it with `-r`).
     Rm {
         /// Store id (or unique prefix).
@@ -225,6 +243,14 @@ pub(crate) enum FsCommand {
         #[arg(short, long)]
         recursive: bool,
     },
+}
+
+/// A positive number of seconds, at most a day.
+fn parse_interval(text: &str) -> Result<f64, String> {
+    text.parse::<f64>()
+        .ok()
+        .filter(|s| *s > 0.0 && *s <= 86_400.0)
+        .ok_or_else(|| format!("{text:?} is not a number of seconds (above 0, at most 86400)"))
 }
 
 /// Permission bits written in octal.

@@ -17,7 +17,12 @@ use crate::output::{CliError, Output};
 const INLINE: u64 = 64 << 10;
 
 /// Calls `method` of filesystem store `store`.
-async fn call(c: &mut Client, store: &str, method: &str, args: Value) -> anyhow::Result<Value> {
+pub(crate) async fn call(
+    c: &mut Client,
+    store: &str,
+    method: &str,
+    args: Value,
+) -> anyhow::Result<Value> {
     let reply = c
         .store
         .call(v1::CallRequest {
@@ -33,7 +38,7 @@ async fn call(c: &mut Client, store: &str, method: &str, args: Value) -> anyhow:
 }
 
 /// Fails unless `store` is a filesystem store.
-async fn ensure_fs(c: &mut Client, store: &str) -> anyhow::Result<()> {
+pub(crate) async fn ensure_fs(c: &mut Client, store: &str) -> anyhow::Result<()> {
     let reply = c
         .store
         .inspect(v1::StoreRequest {
@@ -55,7 +60,7 @@ async fn ensure_fs(c: &mut Client, store: &str) -> anyhow::Result<()> {
 }
 
 /// Writes local file `file` (or stdin, `-`) to `path` in the store.
-async fn put(
+pub(crate) async fn put(
     c: &mut Client,
     store: &str,
     file: &Path,
@@ -98,7 +103,7 @@ async fn put(
 
 /// Writes the file at `path` to `output` (or stdout), fetching its content from the store's
 /// peers when it is not here.
-async fn get(
+pub(crate) async fn get(
     c: &mut Client,
     store: &str,
     path: &str,
@@ -374,6 +379,15 @@ pub(crate) async fn run(cmd: FsCommand, mut c: Client, out: &Output) -> anyhow::
                 .map(|m| json!({"store": m.store, "dir": m.dir}))
                 .collect();
             out.record(&text, json!({ "items": items }));
+        }
+        FsCommand::Sync {
+            store,
+            dir,
+            watch,
+            interval,
+        } => {
+            let interval = std::time::Duration::from_secs_f64(interval);
+            crate::fs_sync::run(c, &store, &dir, watch, interval, out).await?;
         }
         FsCommand::Rm {
             store,

@@ -22,6 +22,7 @@ mod daemon_cmd;
 mod demo;
 mod demo_fs;
 mod fs_cmd;
+mod fs_sync;
 mod log_cmd;
 mod output;
 mod sim_cmd;

@@ -185,3 +185,147 @@ fn files_put_on_one_daemon_read_back_identical_on_another_and_conflicts_keep_bot
     })?;
     Ok(())
 }
+
+/// Paths under a folder (directories with a trailing `/`) with their bytes, sorted.
+type Tree = Vec<(String, Vec<u8>)>;
+
+/// Every file under `root` (the sync's own `.lattice-*` files left out) with its bytes.
+fn tree(root: &Path) -> Result<Tree, Box<dyn std::error::Error>> {
+    let mut found = Vec::new();
+    let mut pending = vec![(root.to_path_buf(), String::new())];
+    while let Some((dir, prefix)) = pending.pop() {
+        for entry in std::fs::read_dir(&dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".lattice-") {
+                continue;
+            }
+            let path = format!("{prefix}{name}");
+            if entry.file_type()?.is_dir() {
+                found.push((format!("{path}/"), Vec::new()));
+                pending.push((entry.path(), format!("{path}/")));
+            } else {
+                found.push((path, std::fs::read(entry.path())?));
+            }
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[test]
+fn fs_sync_mirrors_folders_on_two_daemons_both_ways_and_keeps_both_edits() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
+    let _a = Daemon(spawn_daemon(&a_dir, &[])?);
+    let _b = Daemon(spawn_daemon(&b_dir, &[])?);
+    let store = text(
+        &json(
+            &a_dir,
+            &["store", "create", "--type", "fs", "--name", "files"],
+        )?,
+        "store",
+    )?;
+    let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
+    json(&b_dir, &["store", "join", &token])?;
+    let [fa, fb] = ["folder-a", "folder-b"].map(|n| temp.path().join(n));
+    let sync =
+        |dir: &Path, folder: &Path| json(dir, &["fs", "sync", &store, &folder.to_string_lossy()]);
+
+    // A tree in A's folder goes to the store, then into B's folder, byte for byte.
+    std::fs::create_dir_all(fa.join("docs/sub"))?;
+    std::fs::create_dir_all(fa.join("empty dir"))?;
+    std::fs::write(fa.join("docs/with space.txt"), "hello")?;
+    std::fs::write(fa.join("docs/ünïcødé ✓.md"), bytes(1000, 1))?;
+    std::fs::write(fa.join("docs/sub/big.bin"), bytes(300 << 10, 2))?;
+    std::fs::write(fa.join("top"), "")?;
+    let report = sync(&a_dir, &fa)?;
+    assert_eq!(
+        report["to_store"].as_array().map(Vec::len),
+        Some(7),
+        "{report}"
+    );
+    assert_eq!(sync(&a_dir, &fa)?["to_store"], serde_json::json!([]));
+    let want = tree(&fa)?;
+    eventually("A's folder in B's", || {
+        sync(&b_dir, &fb)?;
+        Ok(tree(&fb)? == want)
+    })?;
+
+    // On B: a file removed, one edited, one added, a directory removed; A gets all four.
+    std::fs::remove_file(fb.join("top"))?;
+    std::fs::write(fb.join("docs/with space.txt"), "edited on B")?;
+    std::fs::write(fb.join("docs/sub/new"), "new on B")?;
+    std::fs::remove_dir(fb.join("empty dir"))?;
+    let report = sync(&b_dir, &fb)?;
+    assert_eq!(
+        report["removed_from_store"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    let want = tree(&fb)?;
+    eventually("B's changes in A's folder", || {
+        sync(&a_dir, &fa)?;
+        Ok(tree(&fa)? == want)
+    })?;
+
+    // Both edit one file: A's reaches the store first; B's stays beside it, on both sides.
+    std::fs::write(fa.join("docs/with space.txt"), "from A")?;
+    sync(&a_dir, &fa)?;
+    eventually("A's edit in B's store", || {
+        let out = temp.path().join("peek");
+        json(
+            &b_dir,
+            &[
+                "fs",
+                "get",
+                &store,
+                "docs/with space.txt",
+                "-o",
+                &out.to_string_lossy(),
+            ],
+        )?;
+        Ok(std::fs::read(&out)? == b"from A")
+    })?;
+    std::fs::write(fb.join("docs/with space.txt"), "from B")?;
+    let report = sync(&b_dir, &fb)?;
+    assert_eq!(
+        report["conflicts"].as_array().map(Vec::len),
+        Some(1),
+        "{report}"
+    );
+    let kept = report["conflicts"][0]
+        .as_str()
+        .ok_or("no conflict name")?
+        .to_string();
+    assert!(
+        kept.starts_with("docs/with space.txt.conflict-local-"),
+        "{kept}"
+    );
+    assert_eq!(std::fs::read(fb.join("docs/with space.txt"))?, b"from A");
+    assert_eq!(std::fs::read(fb.join(&kept))?, b"from B");
+    let want = tree(&fb)?;
+    eventually("both versions in A's folder", || {
+        sync(&a_dir, &fa)?;
+        Ok(tree(&fa)? == want)
+    })?;
+
+    // A folder synced with one store refuses another.
+    let other = text(
+        &json(
+            &a_dir,
+            &["store", "create", "--type", "fs", "--name", "other"],
+        )?,
+        "store",
+    )?;
+    let (_, error) = fails_json(&a_dir, &["fs", "sync", &other, &fa.to_string_lossy()])?;
+    assert_eq!(error["code"], "invalid_argument", "{error}");
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("is synced with store"),
+        "{error}"
+    );
+    Ok(())
+}
