@@ -629,23 +629,42 @@ pub(crate) async fn run(
     let state_path = root.join(STATE_FILE);
     let mut state = load_state(&state_path, store)?;
     let mut saved = Vec::new();
+    // Listening before the first round: a Ctrl-C that comes during a round ends the watch
+    // once that round is saved.
+    let mut interrupt = if watch {
+        Some(
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+                .context("listening for Ctrl-C")?,
+        )
+    } else {
+        None
+    };
     loop {
         let result = round(c, store, &root, &mut state, out).await;
         // What was done before a failure is recorded, so the next round does not redo it.
         save_state(&state_path, &state, &mut saved)?;
-        let done = result?;
+        let done = match result {
+            Ok(done) => done,
+            Err(e) if !watch => return Err(e),
+            // A watcher outlives a failed round (the daemon restarting, a file in use): it
+            // says why and tries again next round.
+            Err(e) => {
+                out.error(&e);
+                Round::default()
+            }
+        };
         if !watch || !done.is_empty() {
             let mut report = done.json();
             report["store"] = json!(store);
             report["dir"] = json!(root);
             out.record(&done.text(), report);
         }
-        if !watch {
+        let Some(interrupt) = interrupt.as_mut() else {
             return Ok(());
-        }
+        };
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
         }
     }
 }

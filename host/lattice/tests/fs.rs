@@ -329,3 +329,58 @@ fn fs_sync_mirrors_folders_on_two_daemons_both_ways_and_keeps_both_edits() -> Te
     );
     Ok(())
 }
+
+#[test]
+fn fs_sync_watch_keeps_a_folder_in_step_until_interrupted() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("node");
+    let _daemon = Daemon(spawn_daemon(&dir, &[])?);
+    let store = text(
+        &json(
+            &dir,
+            &["store", "create", "--type", "fs", "--name", "files"],
+        )?,
+        "store",
+    )?;
+    let folder = temp.path().join("folder");
+    let watcher = std::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
+        .arg("--data-dir")
+        .arg(&dir)
+        .args(["--json", "fs", "sync", &store])
+        .arg(&folder)
+        .args(["--watch", "--interval", "0.1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    let mut watcher = Daemon(watcher);
+
+    // Written into the store: it shows in the folder.
+    let source = temp.path().join("source");
+    std::fs::write(&source, "put through the API")?;
+    json(
+        &dir,
+        &["fs", "put", &store, &source.to_string_lossy(), "from-api"],
+    )?;
+    eventually("the store's file in the folder", || {
+        Ok(std::fs::read(folder.join("from-api")).is_ok_and(|b| b == b"put through the API"))
+    })?;
+    // Written into the folder: it shows in the store.
+    std::fs::write(folder.join("from-folder"), "written in the folder")?;
+    eventually("the folder's file in the store", || {
+        Ok(names(&dir, &store, "/")?.contains(&"from-folder".to_string()))
+    })?;
+    // Removed from the folder: removed from the store.
+    std::fs::remove_file(folder.join("from-api"))?;
+    eventually("the removal in the store", || {
+        Ok(!names(&dir, &store, "/")?.contains(&"from-api".to_string()))
+    })?;
+
+    // Ctrl-C ends it cleanly.
+    let pid = i32::try_from(watcher.0.id())?;
+    std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status()?;
+    let status = watcher.0.wait()?;
+    assert!(status.success(), "{status}");
+    Ok(())
+}
