@@ -340,7 +340,9 @@ pub(crate) async fn get(
     out: &Output,
 ) -> anyhow::Result<(v1::BlobInfo, u64)> {
     let Some(path) = output else {
-        let mut stdout = std::io::stdout().lock();
+        // `Stdout` (locked per write) rather than a lock held across awaits: the future stays
+        // `Send`, so several gets can run as tasks.
+        let mut stdout = std::io::stdout();
         let got = get_into(c, request, &mut stdout, out).await?;
         stdout.flush().context("writing the blob out")?;
         return Ok(got);
@@ -365,7 +367,7 @@ pub(crate) async fn get(
 pub(crate) async fn get_into(
     c: &mut Client,
     request: v1::BlobGetRequest,
-    sink: &mut dyn Write,
+    sink: &mut (dyn Write + Send),
     out: &Output,
 ) -> anyhow::Result<(v1::BlobInfo, u64)> {
     let (offset, length) = (request.offset, request.length);

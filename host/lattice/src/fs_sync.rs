@@ -217,19 +217,117 @@ fn local_meta(path: &Path) -> anyhow::Result<LocalSig> {
     ))
 }
 
-/// Makes `path`'s directory and its parents in the store, where missing.
-async fn mkdir_parents(c: &mut Client, store: &str, path: &str) -> anyhow::Result<()> {
+/// Makes `path`'s directory and its parents in the store, where missing; `known` holds
+/// directories known to exist (and gets the ones found or made).
+async fn mkdir_parents(
+    c: &mut Client,
+    store: &str,
+    path: &str,
+    known: &mut BTreeSet<String>,
+) -> anyhow::Result<()> {
     let parts: Vec<&str> = path.split('/').collect();
     for n in 1..parts.len() {
         let dir = parts[..n].join("/");
+        if known.contains(&dir) {
+            continue;
+        }
         let exists = call(c, store, "stat", json!({ "path": dir }))
             .await
             .is_ok_and(|s| s["kind"] == "dir");
         if !exists {
             call(c, store, "mkdir", json!({ "path": dir })).await?;
         }
+        known.insert(dir);
     }
     Ok(())
+}
+
+/// Files copied at once: the node commits concurrent writes together, so a folder of small
+/// files goes up several times faster than one by one.
+const TRANSFERS_IN_FLIGHT: usize = 8;
+
+/// A file to copy one way.
+enum Transfer {
+    /// From the folder (`at`, as `sig` describes it) to the store's `path`.
+    Up {
+        path: String,
+        at: PathBuf,
+        sig: LocalSig,
+    },
+    /// From the store's `path` (as `entry`) to the folder's `at`.
+    Down {
+        path: String,
+        at: PathBuf,
+        entry: RemoteEntry,
+    },
+}
+
+impl Transfer {
+    /// Copies the file; returns its path, what both sides now hold, and whether it went up.
+    async fn run(self, mut c: Client, store: String) -> anyhow::Result<(String, Base, bool)> {
+        // Concurrent copies show no progress meters (they would interleave).
+        let quiet = Output::new(true);
+        match self {
+            Transfer::Up { path, at, sig } => {
+                put(&mut c, &store, &at, &path, file_mode(&at), &quiet).await?;
+                let version = remote_version(&mut c, &store, &path).await?;
+                let base = Base {
+                    local: Some(sig),
+                    remote: Some(version),
+                };
+                Ok((path, base, true))
+            }
+            Transfer::Down { path, at, entry } => {
+                let sig = pull(&mut c, &store, &path, &at, &entry, &quiet).await?;
+                let base = Base {
+                    local: Some(sig),
+                    remote: Some(entry.version),
+                };
+                Ok((path, base, false))
+            }
+        }
+    }
+}
+
+/// Runs `transfers`, [`TRANSFERS_IN_FLIGHT`] at a time, recording each one done in `state`
+/// and `done`. After a failure no more start; the first failure is returned once the ones
+/// running have ended (and been recorded).
+async fn transfer(
+    c: &Client,
+    store: &str,
+    transfers: Vec<Transfer>,
+    state: &mut State,
+    done: &mut Round,
+) -> anyhow::Result<()> {
+    let mut pending = transfers.into_iter();
+    let mut running = tokio::task::JoinSet::new();
+    let mut failure = None;
+    loop {
+        while failure.is_none() && running.len() < TRANSFERS_IN_FLIGHT {
+            let Some(next) = pending.next() else { break };
+            running.spawn(next.run(c.clone(), store.to_string()));
+        }
+        let Some(joined) = running.join_next().await else {
+            break;
+        };
+        match joined {
+            Ok(Ok((path, base, up))) => {
+                state.entries.insert(path.clone(), base);
+                if up {
+                    done.up.push(path);
+                } else {
+                    done.down.push(path);
+                }
+            }
+            Ok(Err(e)) => {
+                failure.get_or_insert(e);
+            }
+            Err(e) => {
+                failure.get_or_insert(anyhow::anyhow!("a file copy stopped: {e}"));
+            }
+        }
+    }
+    failure.map_or(Ok(()), Err)
 }
 
 fn file_mode(sig_path: &Path) -> Option<u32> {
@@ -258,6 +356,14 @@ async fn round(
     let mut done = Round::default();
     // Directories to remove go last, deepest first, once what was in them is gone.
     let mut dirs_to_remove: Vec<(String, bool)> = Vec::new();
+    // Files to copy, after the pass, several at once.
+    let mut transfers = Vec::new();
+    // The store's directories as far as this round knows.
+    let mut dirs: BTreeSet<String> = remote
+        .iter()
+        .filter(|(_, r)| r.dir)
+        .map(|(p, _)| p.clone())
+        .collect();
     // Parents sort before their children ("a" < "a/b"), so directories are made first.
     for path in &paths {
         let l = local.get(path).cloned();
@@ -290,13 +396,18 @@ async fn round(
                     // A file became a directory or the other way round: replace the entry.
                     remove_remote(c, store, path, r.is_some_and(|r| r.dir)).await?;
                 }
-                mkdir_parents(c, store, path).await?;
-                if l.dir {
-                    if !r.is_some_and(|r| r.dir) {
-                        call(c, store, "mkdir", json!({ "path": path })).await?;
-                    }
-                } else {
-                    put(c, store, &at, path, file_mode(&at), out).await?;
+                mkdir_parents(c, store, path, &mut dirs).await?;
+                if !l.dir {
+                    transfers.push(Transfer::Up {
+                        path: path.clone(),
+                        at,
+                        sig: l,
+                    });
+                    continue;
+                }
+                if !r.is_some_and(|r| r.dir) {
+                    call(c, store, "mkdir", json!({ "path": path })).await?;
+                    dirs.insert(path.clone());
                 }
                 let version = remote_version(c, store, path).await?;
                 state.entries.insert(
@@ -338,6 +449,14 @@ async fn round(
                 let Some(r) = r else { continue };
                 if l.as_ref().is_some_and(|l| l.dir != r.dir) {
                     remove_local(&at)?;
+                }
+                if !r.dir {
+                    transfers.push(Transfer::Down {
+                        path: path.clone(),
+                        at,
+                        entry: r.clone(),
+                    });
+                    continue;
                 }
                 let sig = pull(c, store, path, &at, r, out).await?;
                 state.entries.insert(
@@ -403,6 +522,9 @@ async fn round(
             }
         }
     }
+    transfer(c, store, transfers, state, &mut done).await?;
+    done.up.sort();
+    done.down.sort();
     dirs_to_remove.sort();
     for (path, in_store) in dirs_to_remove.into_iter().rev() {
         let at = root.join(&path);
@@ -427,7 +549,7 @@ async fn round(
                 }
                 // Something new in it here: the directory goes back to the store with it.
                 Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
-                    mkdir_parents(c, store, &path).await?;
+                    mkdir_parents(c, store, &path, &mut dirs).await?;
                     call(c, store, "mkdir", json!({ "path": path })).await?;
                     let version = remote_version(c, store, &path).await?;
                     state.entries.insert(
@@ -471,7 +593,7 @@ async fn conflict_up(
         .with_context(|| format!("moving {} to {}", from.display(), to.display()))?;
     let sig = local_meta(&to)?;
     if !sig.dir {
-        mkdir_parents(c, store, &kept).await?;
+        mkdir_parents(c, store, &kept, &mut BTreeSet::new()).await?;
         put(c, store, &to, &kept, file_mode(&to), out).await?;
         let version = remote_version(c, store, &kept).await?;
         state.entries.insert(
