@@ -370,15 +370,17 @@ fn apply_one(
 /// The JSON a stat or listing shows for `item`.
 fn item_json(host: &dyn Host, item: &Item) -> Result<Value, StoreError> {
     let loc = &item.placed.loc;
-    let (size, blob, mtime) = match tree::content_of(host, item)? {
+    let placed = &item.placed.head;
+    let (size, blob, mtime, rev) = match tree::content_of(host, item)? {
         Some((content, head)) => (
             content.size(),
             content
                 .blob()
                 .map(|h| h.iter().map(|b| format!("{b:02x}")).collect::<String>()),
-            head.hlc.wall_ms.max(item.placed.head.hlc.wall_ms),
+            head.hlc.wall_ms.max(placed.hlc.wall_ms),
+            revision(&[&head.hash, &placed.hash]),
         ),
-        None => (0, None, item.placed.head.hlc.wall_ms),
+        None => (0, None, placed.hlc.wall_ms, revision(&[&placed.hash])),
     };
     let (id, copy) = match &item.target {
         Target::Entry(id) => (id, false),
@@ -391,6 +393,7 @@ fn item_json(host: &dyn Host, item: &Item) -> Result<Value, StoreError> {
         "mode": if copy { loc.mode & 0o7555 } else { loc.mode },
         "size": size,
         "mtime_ms": mtime,
+        "rev": rev,
         "id": model::id_hex(id),
         "blob": blob,
         "conflicted": conflicted,
@@ -399,8 +402,19 @@ fn item_json(host: &dyn Host, item: &Item) -> Result<Value, StoreError> {
     }))
 }
 
+/// An entry's revision: the first 8 bytes of each intention its content and place were last
+/// written by, in hex. Unlike `mtime_ms` (whose HLC wall part can stand still for a while
+/// behind a peer's faster clock), it changes with every write, move or mode change.
+fn revision(heads: &[&[u8]]) -> String {
+    heads
+        .iter()
+        .flat_map(|h| h.iter().take(8))
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 fn root_json() -> Value {
-    json!({"name": "", "kind": "dir", "mode": 0o755, "size": 0, "mtime_ms": 0,
+    json!({"name": "", "kind": "dir", "mode": 0o755, "size": 0, "mtime_ms": 0, "rev": "",
         "id": model::id_hex(&ROOT), "blob": null, "conflicted": false,
         "conflict_copy": false, "removed": false})
 }
@@ -533,9 +547,9 @@ impl StoreType for FsStore {
                 method(
                     "stat",
                     Query,
-                    "an entry's kind, mode, size, mtime, blob",
+                    "an entry's kind, mode, size, mtime, revision, blob",
                     vec![path()],
-                    "{\"name\", \"kind\", \"mode\", \"size\", \"mtime_ms\", \"id\", \"blob\", \"conflicted\", \"conflict_copy\", \"removed\"}",
+                    "{\"name\", \"kind\", \"mode\", \"size\", \"mtime_ms\", \"rev\", \"id\", \"blob\", \"conflicted\", \"conflict_copy\", \"removed\"}",
                 ),
                 method(
                     "readdir",

@@ -27,6 +27,9 @@ struct World {
     replicas: Vec<Replica>,
     log: Vec<Written>,
     clock: u64,
+    /// When set, every intention carries this wall time (a peer's clock ahead: the HLC's
+    /// wall part stands still and its counter moves).
+    frozen_wall: Option<u64>,
 }
 
 impl World {
@@ -42,6 +45,7 @@ impl World {
                 .collect(),
             log: Vec::new(),
             clock: 0,
+            frozen_wall: None,
         }
     }
 
@@ -57,8 +61,12 @@ impl World {
             hash: hash.clone(),
             author: vec![replica.author; 32],
             hlc: Hlc {
-                wall_ms: self.clock,
-                counter: 0,
+                wall_ms: self.frozen_wall.unwrap_or(self.clock),
+                counter: if self.frozen_wall.is_some() {
+                    u32::try_from(self.clock).unwrap_or(u32::MAX)
+                } else {
+                    0
+                },
             },
             deps: prepared.deps.clone(),
             ops: prepared.ops,
@@ -197,6 +205,28 @@ fn files_directories_and_symlinks_round_trip() -> Result<(), StoreError> {
     w.call(0, "unlink", json!({"path": "docs/a b ü.txt"}))?;
     w.call(0, "rmdir", json!({"path": "docs"}))?;
     assert_eq!(names(&w.replicas[0].host, "")?, vec!["link"]);
+    Ok(())
+}
+
+#[test]
+fn an_entrys_revision_changes_with_every_write_when_its_time_stands_still() -> Result<(), StoreError>
+{
+    let mut w = World::new(1);
+    w.frozen_wall = Some(1_000);
+    let mut seen = BTreeSet::new();
+    let stat = |w: &World| query(&w.replicas[0].host, "stat", json!({"path": "f"}));
+    w.call(0, "write", json!({"path": "f", "data": "one"}))?;
+    let first = stat(&w)?;
+    seen.insert(first["rev"].to_string());
+    w.call(0, "write", json!({"path": "f", "data": "two"}))?;
+    let second = stat(&w)?;
+    // Same size and same modified time: only the revision tells the two writes apart.
+    assert_eq!(first["size"], second["size"]);
+    assert_eq!(first["mtime_ms"], second["mtime_ms"]);
+    seen.insert(second["rev"].to_string());
+    w.call(0, "chmod", json!({"path": "f", "mode": 0o600}))?;
+    seen.insert(stat(&w)?["rev"].to_string());
+    assert_eq!(seen.len(), 3, "{seen:?}");
     Ok(())
 }
 

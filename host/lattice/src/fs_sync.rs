@@ -32,6 +32,34 @@ const STATE_FILE: &str = ".lattice-sync.json";
 /// Names with this prefix are the sync's own files (state, temporary downloads): never synced.
 const OWN_PREFIX: &str = ".lattice-";
 
+/// The temporary files of a sync (downloads, comparisons, the state being written), by
+/// prefix. One left by an interrupted run would keep its folder from being removed.
+const TEMP_PREFIXES: [&str; 4] = [
+    ".lattice-get-",
+    ".lattice-fs-",
+    ".lattice-compare-",
+    ".lattice-sync-",
+];
+
+/// How old a temporary file is before a round takes it for one an interrupted run left.
+const STALE_TEMP: Duration = Duration::from_secs(3600);
+
+/// Removes `path` when it is a temporary file of a sync older than [`STALE_TEMP`].
+fn remove_if_stale(path: &Path, name: &str) {
+    if !TEMP_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return;
+    }
+    let stale = std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| m.is_file())
+        .and_then(|m| m.modified().ok())
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|age| age > STALE_TEMP);
+    if stale {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
 /// An entry of the folder as a round saw it: enough to tell that it changed since.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct LocalSig {
@@ -44,11 +72,12 @@ struct LocalSig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 struct RemoteEntry {
     dir: bool,
-    /// Changes with every write or move of the entry: id, size, modified time and blob.
+    /// Changes with every write or move of the entry: id, revision, size and blob.
     version: String,
     /// A conflict copy (read-only; the store drops it).
     copy: bool,
     mode: u32,
+    size: u64,
 }
 
 /// What the last round left a path as on each side.
@@ -75,9 +104,17 @@ struct Round {
     down: Vec<String>,
     removed_down: Vec<String>,
     conflicts: Vec<String>,
+    /// Paths not synced because a symbolic link in the folder is in their way.
+    skipped: Vec<String>,
+    /// `path: why` for each path that failed (the round went on with the others).
+    failed: Vec<String>,
 }
 
 impl Round {
+    fn fail(&mut self, path: &str, error: &anyhow::Error) {
+        self.failed.push(format!("{path}: {error:#}"));
+    }
+
     fn is_empty(&self) -> bool {
         self.up.is_empty()
             && self.removed_up.is_empty()
@@ -93,6 +130,8 @@ impl Round {
             "to_folder": self.down,
             "removed_from_folder": self.removed_down,
             "conflicts": self.conflicts,
+            "skipped": self.skipped,
+            "failed": self.failed,
         })
     }
 
@@ -106,13 +145,19 @@ impl Round {
         add("↓", &self.down);
         add("↓ removed", &self.removed_down);
         add("⚠ conflict, both kept:", &self.conflicts);
+        add(
+            "skipped (a symbolic link in the folder is in its way):",
+            &self.skipped,
+        );
+        add("✗ failed (tried again next round):", &self.failed);
         lines.push(format!(
-            "synced: {} to the store, {} removed there, {} to the folder, {} removed here, {} conflicts",
+            "synced: {} to the store, {} removed there, {} to the folder, {} removed here, {} conflicts, {} failed",
             self.up.len(),
             self.removed_up.len(),
             self.down.len(),
             self.removed_down.len(),
-            self.conflicts.len()
+            self.conflicts.len(),
+            self.failed.len()
         ));
         lines.join("\n")
     }
@@ -146,6 +191,7 @@ fn walk_local(root: &Path) -> anyhow::Result<BTreeMap<String, LocalSig>> {
                 continue; // not UTF-8: the store's names are text
             };
             if name.starts_with(OWN_PREFIX) {
+                remove_if_stale(&entry.path(), name);
                 continue;
             }
             let meta = std::fs::symlink_metadata(entry.path())
@@ -173,7 +219,9 @@ async fn walk_store(c: &mut Client, store: &str) -> anyhow::Result<BTreeMap<Stri
             let (Some(name), Some(kind)) = (item["name"].as_str(), item["kind"].as_str()) else {
                 continue;
             };
-            if item["removed"] == true || kind == "symlink" {
+            // A directory removed while a peer added something into it is still listed
+            // (`removed`), with what it holds: it is synced like any other.
+            if kind == "symlink" || name.starts_with(OWN_PREFIX) {
                 continue;
             }
             let path = if dir.is_empty() {
@@ -184,10 +232,7 @@ async fn walk_store(c: &mut Client, store: &str) -> anyhow::Result<BTreeMap<Stri
             if kind == "dir" {
                 pending.push(path.clone());
             }
-            let version = format!(
-                "{}:{}:{}:{}",
-                item["id"], item["size"], item["mtime_ms"], item["blob"]
-            );
+            let version = entry_version(item);
             found.insert(
                 path,
                 RemoteEntry {
@@ -195,6 +240,7 @@ async fn walk_store(c: &mut Client, store: &str) -> anyhow::Result<BTreeMap<Stri
                     version,
                     copy: item["conflict_copy"] == true,
                     mode: u32::try_from(item["mode"].as_u64().unwrap_or(0o644)).unwrap_or(0o644),
+                    size: item["size"].as_u64().unwrap_or(0),
                 },
             );
         }
@@ -205,10 +251,16 @@ async fn walk_store(c: &mut Client, store: &str) -> anyhow::Result<BTreeMap<Stri
 /// The store's version of `path` now (after this round wrote it).
 async fn remote_version(c: &mut Client, store: &str, path: &str) -> anyhow::Result<String> {
     let s = call(c, store, "stat", json!({ "path": path })).await?;
-    Ok(format!(
-        "{}:{}:{}:{}",
-        s["id"], s["size"], s["mtime_ms"], s["blob"]
-    ))
+    Ok(entry_version(&s))
+}
+
+/// What tells a store entry's versions apart (`rev` changes with every write; the modified
+/// time stands in for it with a store type that does not give one).
+fn entry_version(item: &Value) -> String {
+    format!(
+        "{}:{}:{}:{}:{}",
+        item["id"], item["rev"], item["size"], item["mtime_ms"], item["blob"]
+    )
 }
 
 fn local_meta(path: &Path) -> anyhow::Result<LocalSig> {
@@ -263,8 +315,14 @@ enum Transfer {
 }
 
 impl Transfer {
-    /// Copies the file; returns its path, what both sides now hold, and whether it went up.
-    async fn run(self, mut c: Client, store: String) -> anyhow::Result<(String, Base, bool)> {
+    fn path(&self) -> &str {
+        match self {
+            Transfer::Up { path, .. } | Transfer::Down { path, .. } => path,
+        }
+    }
+
+    /// Copies the file; returns what both sides now hold, and whether it went up.
+    async fn run(self, mut c: Client, store: String) -> anyhow::Result<(Base, bool)> {
         // Concurrent copies show no progress meters (they would interleave).
         let quiet = Output::new(true);
         match self {
@@ -275,7 +333,7 @@ impl Transfer {
                     local: Some(sig),
                     remote: Some(version),
                 };
-                Ok((path, base, true))
+                Ok((base, true))
             }
             Transfer::Down { path, at, entry } => {
                 let sig = pull(&mut c, &store, &path, &at, &entry, &quiet).await?;
@@ -283,35 +341,37 @@ impl Transfer {
                     local: Some(sig),
                     remote: Some(entry.version),
                 };
-                Ok((path, base, false))
+                Ok((base, false))
             }
         }
     }
 }
 
 /// Runs `transfers`, [`TRANSFERS_IN_FLIGHT`] at a time, recording each one done in `state`
-/// and `done`. After a failure no more start; the first failure is returned once the ones
-/// running have ended (and been recorded).
+/// and `done`, and each one that failed in `done.failed` (the others go on).
 async fn transfer(
     c: &Client,
     store: &str,
     transfers: Vec<Transfer>,
     state: &mut State,
     done: &mut Round,
-) -> anyhow::Result<()> {
+) {
     let mut pending = transfers.into_iter();
     let mut running = tokio::task::JoinSet::new();
-    let mut failure = None;
     loop {
-        while failure.is_none() && running.len() < TRANSFERS_IN_FLIGHT {
+        while running.len() < TRANSFERS_IN_FLIGHT {
             let Some(next) = pending.next() else { break };
-            running.spawn(next.run(c.clone(), store.to_string()));
+            let (c, store) = (c.clone(), store.to_string());
+            running.spawn(async move {
+                let path = next.path().to_string();
+                (path, next.run(c, store).await)
+            });
         }
         let Some(joined) = running.join_next().await else {
             break;
         };
         match joined {
-            Ok(Ok((path, base, up))) => {
+            Ok((path, Ok((base, up)))) => {
                 state.entries.insert(path.clone(), base);
                 if up {
                     done.up.push(path);
@@ -319,25 +379,66 @@ async fn transfer(
                     done.down.push(path);
                 }
             }
-            Ok(Err(e)) => {
-                failure.get_or_insert(e);
-            }
-            Err(e) => {
-                failure.get_or_insert(anyhow::anyhow!("a file copy stopped: {e}"));
-            }
+            Ok((path, Err(e))) => done.fail(&path, &e),
+            Err(e) => done.failed.push(format!("a file copy stopped: {e}")),
         }
     }
-    failure.map_or(Ok(()), Err)
 }
 
 fn file_mode(sig_path: &Path) -> Option<u32> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::metadata(sig_path)
         .ok()
-        .map(|m| m.permissions().mode() & 0o7777)
+        .map(|m| m.permissions().mode() & 0o777)
 }
 
-/// One pass over both trees; returns what it did. `state` is updated as it goes.
+/// True when `path` is `dir` or inside it.
+fn is_under(path: &str, dir: &str) -> bool {
+    path.strip_prefix(dir)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// True when `path`, or a folder on the way to it, is a symbolic link in the folder at `root`:
+/// the sync neither writes nor removes through one (it could lead outside the folder).
+fn through_link(root: &Path, path: &str) -> bool {
+    let mut at = root.to_path_buf();
+    for part in path.split('/') {
+        at.push(part);
+        match std::fs::symlink_metadata(&at) {
+            Ok(meta) if meta.file_type().is_symlink() => return true,
+            Ok(_) => {}
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// One pass over both trees: what it has seen, what it has left to do after the pass, what
+/// it did.
+struct Pass<'a> {
+    c: &'a mut Client,
+    store: &'a str,
+    root: &'a Path,
+    state: &'a mut State,
+    out: &'a Output,
+    /// The folder as the pass found it.
+    local: &'a BTreeMap<String, LocalSig>,
+    done: Round,
+    /// Files to copy after the pass, several at once.
+    transfers: Vec<Transfer>,
+    /// The store's directories as far as this pass knows.
+    dirs: BTreeSet<String>,
+    /// Directories to remove once what was in them is gone (true: from the store).
+    dirs_to_remove: Vec<(String, bool)>,
+    /// Folder directories moved aside: what was in them goes up under the new name next round.
+    aside: Vec<String>,
+    /// Store directories the folder replaced with a file: removed after the pass (once what
+    /// was in them is), then the file goes up.
+    replacing: Vec<(String, LocalSig)>,
+}
+
+/// One pass over both trees; returns what it did, and the paths that failed (the others go
+/// on). `state` is updated as it goes.
 async fn round(
     c: &mut Client,
     store: &str,
@@ -353,224 +454,356 @@ async fn round(
         .chain(state.entries.keys())
         .cloned()
         .collect();
-    let mut done = Round::default();
-    // Directories to remove go last, deepest first, once what was in them is gone.
-    let mut dirs_to_remove: Vec<(String, bool)> = Vec::new();
-    // Files to copy, after the pass, several at once.
-    let mut transfers = Vec::new();
-    // The store's directories as far as this round knows.
-    let mut dirs: BTreeSet<String> = remote
+    let dirs = remote
         .iter()
         .filter(|(_, r)| r.dir)
         .map(|(p, _)| p.clone())
         .collect();
+    let mut pass = Pass {
+        c,
+        store,
+        root,
+        state,
+        out,
+        local: &local,
+        done: Round::default(),
+        transfers: Vec::new(),
+        dirs,
+        dirs_to_remove: Vec::new(),
+        aside: Vec::new(),
+        replacing: Vec::new(),
+    };
     // Parents sort before their children ("a" < "a/b"), so directories are made first.
     for path in &paths {
-        let l = local.get(path).cloned();
-        let r = remote.get(path);
-        let base = state.entries.get(path).cloned().unwrap_or_default();
+        if let Err(e) = pass
+            .path(path, local.get(path).cloned(), remote.get(path))
+            .await
+        {
+            pass.done.fail(path, &e);
+        }
+    }
+    pass.finish().await;
+    Ok(pass.done)
+}
+
+impl Pass<'_> {
+    /// Brings one path in step, or leaves work for [`Pass::finish`].
+    async fn path(
+        &mut self,
+        path: &str,
+        l: Option<LocalSig>,
+        r: Option<&RemoteEntry>,
+    ) -> anyhow::Result<()> {
+        if self.aside.iter().any(|d| is_under(path, d)) {
+            self.state.entries.remove(path);
+            return Ok(());
+        }
+        let base = self.state.entries.get(path).cloned().unwrap_or_default();
         let local_changed = l != base.local;
         let remote_changed = r.map(|r| &r.version) != base.remote.as_ref();
-        let at = root.join(path);
+        if !local_changed && !remote_changed {
+            return Ok(());
+        }
+        if through_link(self.root, path) {
+            self.done.skipped.push(path.to_string());
+            return Ok(());
+        }
+        let (c, store) = (&mut *self.c, self.store);
+        let at = self.root.join(path);
         match (local_changed, remote_changed) {
             (false, false) => {}
             // Only the folder changed, or the store removed what the folder changed: up.
             (true, false) | (true, true) if l.is_some() && (r.is_none() || !remote_changed) => {
-                let Some(l) = l.clone() else { continue };
+                let Some(l) = l else { return Ok(()) };
                 if let Some(r) = r.filter(|r| r.copy) {
                     // A conflict copy is read-only: the folder's edit goes to a file of its
                     // own, and the copy comes back as the store has it.
-                    let kept = conflict_up(c, store, root, path, &mut done, state, out).await?;
-                    let sig = pull(c, store, path, &at, r, out).await?;
-                    state.entries.insert(
-                        path.clone(),
-                        Base {
-                            local: Some(sig),
-                            remote: Some(r.version.clone()),
-                        },
-                    );
-                    done.conflicts.push(kept);
-                    continue;
+                    let kept = self.conflict_up(path, l.dir).await?;
+                    let sig = pull(self.c, store, path, &at, r, self.out).await?;
+                    self.record(path, sig, r);
+                    self.done.conflicts.push(kept);
+                    return Ok(());
                 }
-                if r.is_some_and(|r| r.dir != l.dir) {
-                    // A file became a directory or the other way round: replace the entry.
-                    remove_remote(c, store, path, r.is_some_and(|r| r.dir)).await?;
+                if r.is_some_and(|r| r.dir && !l.dir) {
+                    // A directory became a file: the directory goes once it is empty.
+                    self.replacing.push((path.to_string(), l));
+                    return Ok(());
                 }
-                mkdir_parents(c, store, path, &mut dirs).await?;
+                if r.is_some_and(|r| !r.dir && l.dir) {
+                    remove_remote(c, store, path, false).await?;
+                }
+                mkdir_parents(c, store, path, &mut self.dirs).await?;
                 if !l.dir {
-                    transfers.push(Transfer::Up {
-                        path: path.clone(),
+                    self.transfers.push(Transfer::Up {
+                        path: path.to_string(),
                         at,
                         sig: l,
                     });
-                    continue;
+                    return Ok(());
                 }
-                if !r.is_some_and(|r| r.dir) {
+                if !self.dirs.contains(path) {
                     call(c, store, "mkdir", json!({ "path": path })).await?;
-                    dirs.insert(path.clone());
+                    self.dirs.insert(path.to_string());
                 }
                 let version = remote_version(c, store, path).await?;
-                state.entries.insert(
-                    path.clone(),
+                self.state.entries.insert(
+                    path.to_string(),
                     Base {
                         local: Some(l),
                         remote: Some(version),
                     },
                 );
-                done.up.push(path.clone());
+                self.done.up.push(path.to_string());
             }
             // Removed from the folder, unchanged in the store: remove it there.
             (true, false) => {
                 let Some(r) = r else {
-                    state.entries.remove(path);
-                    continue;
+                    self.state.entries.remove(path);
+                    return Ok(());
                 };
                 if r.copy {
                     // Not the folder's to drop: keep it gone here until the store changes it.
-                    state.entries.insert(
-                        path.clone(),
+                    self.state.entries.insert(
+                        path.to_string(),
                         Base {
                             local: None,
                             remote: Some(r.version.clone()),
                         },
                     );
-                    continue;
-                }
-                if r.dir {
-                    dirs_to_remove.push((path.clone(), true));
+                } else if r.dir {
+                    self.dirs_to_remove.push((path.to_string(), true));
                 } else {
                     remove_remote(c, store, path, false).await?;
-                    state.entries.remove(path);
-                    done.removed_up.push(path.clone());
+                    self.state.entries.remove(path);
+                    self.done.removed_up.push(path.to_string());
                 }
             }
             // Only the store changed, or the folder removed what the store changed: down.
             (false, true) | (true, true) if r.is_some() && (l.is_none() || !local_changed) => {
-                let Some(r) = r else { continue };
-                if l.as_ref().is_some_and(|l| l.dir != r.dir) {
-                    remove_local(&at)?;
+                let Some(r) = r else { return Ok(()) };
+                if self.replacing.iter().any(|(d, _)| is_under(path, d)) {
+                    // The folder has a file where this goes: the next round, once this
+                    // pass has settled which of the two stays.
+                    return Ok(());
+                }
+                if let Some(l) = l.filter(|l| l.dir != r.dir) {
+                    if l.dir && !self.subtree_unchanged(path) {
+                        // A directory the store replaced with a file, with changes of the
+                        // folder's inside: moved aside, it goes up next round.
+                        let kept = self.conflict_up(path, true).await?;
+                        self.done.conflicts.push(kept);
+                    } else {
+                        remove_local(&at)?;
+                    }
                 }
                 if !r.dir {
-                    transfers.push(Transfer::Down {
-                        path: path.clone(),
+                    self.transfers.push(Transfer::Down {
+                        path: path.to_string(),
                         at,
                         entry: r.clone(),
                     });
-                    continue;
+                    return Ok(());
                 }
-                let sig = pull(c, store, path, &at, r, out).await?;
-                state.entries.insert(
-                    path.clone(),
-                    Base {
-                        local: Some(sig),
-                        remote: Some(r.version.clone()),
-                    },
-                );
-                done.down.push(path.clone());
+                let sig = pull(self.c, store, path, &at, r, self.out).await?;
+                self.record(path, sig, r);
+                self.done.down.push(path.to_string());
             }
             // Removed from the store, unchanged in the folder: remove it here.
             (false, true) => match l {
-                Some(l) if l.dir => dirs_to_remove.push((path.clone(), false)),
+                Some(l) if l.dir => self.dirs_to_remove.push((path.to_string(), false)),
                 Some(_) => {
                     remove_local(&at)?;
-                    state.entries.remove(path);
-                    done.removed_down.push(path.clone());
+                    self.state.entries.remove(path);
+                    self.done.removed_down.push(path.to_string());
                 }
                 None => {
-                    state.entries.remove(path);
+                    self.state.entries.remove(path);
                 }
             },
             // Changed on both sides, both still there.
             (true, true) => {
                 let (Some(l), Some(r)) = (l, r) else {
                     // Removed on both.
-                    state.entries.remove(path);
-                    continue;
+                    self.state.entries.remove(path);
+                    return Ok(());
                 };
                 if l.dir && r.dir {
-                    state.entries.insert(
-                        path.clone(),
-                        Base {
-                            local: Some(l),
-                            remote: Some(r.version.clone()),
-                        },
-                    );
-                    continue;
+                    self.record(path, l, r);
+                    return Ok(());
                 }
-                if !l.dir && !r.dir && same_content(c, store, path, &at, out).await? {
-                    state.entries.insert(
-                        path.clone(),
-                        Base {
-                            local: Some(local_meta(&at)?),
-                            remote: Some(r.version.clone()),
-                        },
-                    );
-                    continue;
+                if !l.dir
+                    && !r.dir
+                    && l.size == r.size
+                    && same_content(c, store, path, &at, self.out).await?
+                {
+                    let sig = local_meta(&at)?;
+                    self.record(path, sig, r);
+                    return Ok(());
                 }
                 // Two different edits: the folder's goes beside, the store's takes the name.
-                let kept = conflict_up(c, store, root, path, &mut done, state, out).await?;
-                let sig = pull(c, store, path, &at, r, out).await?;
-                state.entries.insert(
-                    path.clone(),
-                    Base {
-                        local: Some(sig),
-                        remote: Some(r.version.clone()),
-                    },
-                );
-                done.down.push(path.clone());
-                done.conflicts.push(kept);
+                let kept = self.conflict_up(path, l.dir).await?;
+                let sig = pull(self.c, store, path, &at, r, self.out).await?;
+                self.record(path, sig, r);
+                self.done.down.push(path.to_string());
+                self.done.conflicts.push(kept);
             }
         }
+        Ok(())
     }
-    transfer(c, store, transfers, state, &mut done).await?;
-    done.up.sort();
-    done.down.sort();
-    dirs_to_remove.sort();
-    for (path, in_store) in dirs_to_remove.into_iter().rev() {
-        let at = root.join(&path);
+
+    /// Records that both sides hold `path` as `local` and `remote` describe.
+    fn record(&mut self, path: &str, local: LocalSig, remote: &RemoteEntry) {
+        self.state.entries.insert(
+            path.to_string(),
+            Base {
+                local: Some(local),
+                remote: Some(remote.version.clone()),
+            },
+        );
+    }
+
+    /// True when nothing inside the folder's directory `dir` changed since the last round.
+    fn subtree_unchanged(&self, dir: &str) -> bool {
+        let prefix = format!("{dir}/");
+        let inside = self
+            .local
+            .range(prefix.clone()..)
+            .take_while(|(p, _)| p.starts_with(&prefix));
+        for (path, sig) in inside {
+            let base = self.state.entries.get(path).and_then(|b| b.local.as_ref());
+            if base != Some(sig) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Moves the folder's `path` aside (see [`conflict_up`]); a directory moved aside is not
+    /// looked into again this pass.
+    async fn conflict_up(&mut self, path: &str, dir: bool) -> anyhow::Result<String> {
+        let kept = conflict_up(
+            self.c,
+            self.store,
+            self.root,
+            path,
+            &mut self.done,
+            self.state,
+            self.out,
+        )
+        .await?;
+        if dir {
+            self.aside.push(path.to_string());
+        }
+        Ok(kept)
+    }
+
+    /// The work left after the pass: the copies, the directories to remove (deepest first),
+    /// then the store's directories the folder replaced with a file.
+    async fn finish(&mut self) {
+        let transfers = std::mem::take(&mut self.transfers);
+        transfer(self.c, self.store, transfers, self.state, &mut self.done).await;
+        self.done.up.sort();
+        self.done.down.sort();
+        let mut dirs_to_remove = std::mem::take(&mut self.dirs_to_remove);
+        dirs_to_remove.sort();
+        for (path, in_store) in dirs_to_remove.into_iter().rev() {
+            if let Err(e) = self.remove_dir(&path, in_store).await {
+                self.done.fail(&path, &e);
+            }
+        }
+        let mut ups = Vec::new();
+        for (path, sig) in std::mem::take(&mut self.replacing) {
+            match self.replace_dir(&path, sig).await {
+                Ok(Some(up)) => ups.push(up),
+                Ok(None) => {}
+                Err(e) => self.done.fail(&path, &e),
+            }
+        }
+        transfer(self.c, self.store, ups, self.state, &mut self.done).await;
+    }
+
+    /// Removes a directory whose entries were removed, from the store or from the folder —
+    /// unless something was added into it meanwhile.
+    async fn remove_dir(&mut self, path: &str, in_store: bool) -> anyhow::Result<()> {
+        let at = self.root.join(path);
         if in_store {
-            match remove_remote(c, store, &path, true).await {
+            return match remove_remote(self.c, self.store, path, true).await {
                 Ok(()) => {
-                    state.entries.remove(&path);
-                    done.removed_up.push(path);
+                    self.state.entries.remove(path);
+                    self.done.removed_up.push(path.to_string());
+                    Ok(())
                 }
                 // Something was added into it meanwhile on a peer: it stays (next round
                 // brings the new entries down, and the directory with them).
                 Err(e) if e.to_string().contains("ENOTEMPTY") => {
-                    state.entries.remove(&path);
+                    self.state.entries.remove(path);
+                    Ok(())
                 }
-                Err(e) => return Err(e),
+                Err(e) => Err(e),
+            };
+        }
+        match std::fs::remove_dir(&at) {
+            Ok(()) => {
+                self.state.entries.remove(path);
+                self.done.removed_down.push(path.to_string());
             }
-        } else {
-            match std::fs::remove_dir(&at) {
-                Ok(()) => {
-                    state.entries.remove(&path);
-                    done.removed_down.push(path);
-                }
-                // Something new in it here: the directory goes back to the store with it.
-                Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
-                    mkdir_parents(c, store, &path, &mut dirs).await?;
+            // Something new in it here: the directory goes back to the store with it.
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                let (c, store) = (&mut *self.c, self.store);
+                mkdir_parents(c, store, path, &mut self.dirs).await?;
+                if !self.dirs.contains(path) {
                     call(c, store, "mkdir", json!({ "path": path })).await?;
-                    let version = remote_version(c, store, &path).await?;
-                    state.entries.insert(
-                        path.clone(),
-                        Base {
-                            local: Some(local_meta(&at)?),
-                            remote: Some(version),
-                        },
-                    );
-                    done.up.push(path);
+                    self.dirs.insert(path.to_string());
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    state.entries.remove(&path);
-                }
-                Err(e) => {
-                    return Err(e).with_context(|| format!("removing {}", at.display()));
-                }
+                let version = remote_version(c, store, path).await?;
+                self.state.entries.insert(
+                    path.to_string(),
+                    Base {
+                        local: Some(local_meta(&at)?),
+                        remote: Some(version),
+                    },
+                );
+                self.done.up.push(path.to_string());
             }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                self.state.entries.remove(path);
+            }
+            Err(e) => return Err(e).with_context(|| format!("removing {}", at.display())),
+        }
+        Ok(())
+    }
+
+    /// The folder replaced the store's directory `path` with a file: the directory goes if
+    /// it is empty now, and the file is returned to be copied up. If a peer put something
+    /// into it meanwhile, the directory stays and the file goes beside it as a conflict.
+    async fn replace_dir(&mut self, path: &str, sig: LocalSig) -> anyhow::Result<Option<Transfer>> {
+        let at = self.root.join(path);
+        match remove_remote(self.c, self.store, path, true).await {
+            Ok(()) => {
+                self.dirs.remove(path);
+                Ok(Some(Transfer::Up {
+                    path: path.to_string(),
+                    at,
+                    sig,
+                }))
+            }
+            Err(e) if e.to_string().contains("ENOTEMPTY") => {
+                let kept = self.conflict_up(path, false).await?;
+                std::fs::create_dir_all(&at).with_context(|| format!("making {}", at.display()))?;
+                let version = remote_version(self.c, self.store, path).await?;
+                self.state.entries.insert(
+                    path.to_string(),
+                    Base {
+                        local: Some(local_meta(&at)?),
+                        remote: Some(version),
+                    },
+                );
+                self.done.conflicts.push(kept);
+                Ok(None)
+            }
+            Err(e) => Err(e),
         }
     }
-    Ok(done)
 }
 
 /// Moves the folder's version of `path` to `NAME.conflict-local-<ms>` and writes it to the
@@ -626,8 +859,13 @@ async fn pull(
     } else {
         get(c, store, path, Some(at), out).await?;
         use std::os::unix::fs::PermissionsExt as _;
-        // Copies are read-only in the store: show them so here too.
-        let mode = if r.copy { r.mode & 0o7555 } else { r.mode };
+        // Copies are read-only in the store: show them so here too. A peer's special bits
+        // (set-user-id and the like) are not taken.
+        let mode = if r.copy {
+            r.mode & 0o555
+        } else {
+            r.mode & 0o777
+        };
         std::fs::set_permissions(at, std::fs::Permissions::from_mode(mode | 0o400))
             .with_context(|| format!("setting the mode of {}", at.display()))?;
     }
@@ -751,6 +989,7 @@ pub(crate) async fn run(
     let state_path = root.join(STATE_FILE);
     let mut state = load_state(&state_path, store)?;
     let mut saved = Vec::new();
+    let mut last_failed = Vec::new();
     // Listening before the first round: a Ctrl-C that comes during a round ends the watch
     // once that round is saved.
     let mut interrupt = if watch {
@@ -775,15 +1014,24 @@ pub(crate) async fn run(
                 Round::default()
             }
         };
-        if !watch || !done.is_empty() {
+        // A watcher reports a round that did something, or whose failures are not the last
+        // round's (a failure that stays is said once).
+        if !watch || !done.is_empty() || done.failed != last_failed {
             let mut report = done.json();
             report["store"] = json!(store);
             report["dir"] = json!(root);
             out.record(&done.text(), report);
         }
         let Some(interrupt) = interrupt.as_mut() else {
+            if !done.failed.is_empty() {
+                anyhow::bail!(
+                    "{} of the paths were not synced (listed above); the rest were",
+                    done.failed.len()
+                );
+            }
             return Ok(());
         };
+        last_failed = done.failed;
         tokio::select! {
             _ = tokio::time::sleep(interval) => {}
             _ = interrupt.recv() => return Ok(()),

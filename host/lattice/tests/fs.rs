@@ -384,3 +384,134 @@ fn fs_sync_watch_keeps_a_folder_in_step_until_interrupted() -> TestResult {
     assert!(status.success(), "{status}");
     Ok(())
 }
+
+#[test]
+fn fs_sync_keeps_what_a_replaced_directory_held_and_writes_nothing_through_a_link() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let dir = temp.path().join("node");
+    let _daemon = Daemon(spawn_daemon(&dir, &[])?);
+    let store = text(
+        &json(
+            &dir,
+            &["store", "create", "--type", "fs", "--name", "files"],
+        )?,
+        "store",
+    )?;
+    // Two folders synced with one store stand for two people's copies.
+    let [one, two] = ["one", "two"].map(|n| temp.path().join(n));
+    let sync = |folder: &Path| json(&dir, &["fs", "sync", &store, &folder.to_string_lossy()]);
+    std::fs::create_dir_all(one.join("d"))?;
+    std::fs::write(one.join("d/x"), "x")?;
+    std::fs::create_dir_all(one.join("e"))?;
+    std::fs::write(one.join("e/y"), "y")?;
+    sync(&one)?;
+    sync(&two)?;
+    assert_eq!(std::fs::read(two.join("d/x"))?, b"x");
+
+    // Two replaces the directory d with a file while one adds a file into d: one's new file
+    // is kept (its folder moved aside and sent up), the store's file takes the name.
+    std::fs::remove_dir_all(two.join("d"))?;
+    std::fs::write(two.join("d"), "d is a file now")?;
+    sync(&two)?;
+    assert_eq!(
+        json(&dir, &["fs", "stat", &store, "d"])?["kind"],
+        "file",
+        "the folder's file replaced the store's directory"
+    );
+    std::fs::write(one.join("d/new"), "added in one")?;
+    let report = sync(&one)?;
+    assert_eq!(report["failed"], serde_json::json!([]), "{report}");
+    assert_eq!(std::fs::read(one.join("d"))?, b"d is a file now");
+    let kept = report["conflicts"][0]
+        .as_str()
+        .ok_or_else(|| format!("no conflict in {report}"))?
+        .to_string();
+    assert!(kept.starts_with("d.conflict-local-"), "{report}");
+    sync(&one)?;
+    sync(&two)?;
+    assert_eq!(std::fs::read(two.join(&kept).join("new"))?, b"added in one");
+    assert_eq!(std::fs::read(two.join(&kept).join("x"))?, b"x");
+
+    // One replaces the directory e with a file while two adds a file into e: e stays a
+    // directory with two's file, and one's file is kept beside it.
+    std::fs::write(two.join("e/z"), "added in two")?;
+    sync(&two)?;
+    std::fs::remove_dir_all(one.join("e"))?;
+    std::fs::write(one.join("e"), "e is a file in one")?;
+    let report = sync(&one)?;
+    assert_eq!(report["failed"], serde_json::json!([]), "{report}");
+    let kept = report["conflicts"][0]
+        .as_str()
+        .ok_or_else(|| format!("no conflict in {report}"))?
+        .to_string();
+    sync(&one)?;
+    assert_eq!(std::fs::read(one.join("e/z"))?, b"added in two");
+    assert_eq!(std::fs::read(one.join(&kept))?, b"e is a file in one");
+
+    // A name of the sync's own (`.lattice-…`) in the store is left alone, both ways.
+    let source = temp.path().join("source");
+    std::fs::write(&source, "not the sync's state")?;
+    json(
+        &dir,
+        &[
+            "fs",
+            "put",
+            &store,
+            &source.to_string_lossy(),
+            ".lattice-sync.json",
+        ],
+    )?;
+    sync(&one)?;
+    sync(&one)?;
+    assert!(names(&dir, &store, "/")?.contains(&".lattice-sync.json".to_string()));
+    assert_ne!(
+        std::fs::read(one.join(".lattice-sync.json"))?,
+        b"not the sync's state"
+    );
+
+    // A folder that is a symbolic link in one's folder: the store's files under that name
+    // are not written through it.
+    let outside = temp.path().join("outside");
+    std::fs::create_dir_all(&outside)?;
+    std::os::unix::fs::symlink(&outside, one.join("linked"))?;
+    json(&dir, &["fs", "mkdir", &store, "linked"])?;
+    json(
+        &dir,
+        &[
+            "fs",
+            "put",
+            &store,
+            &source.to_string_lossy(),
+            "linked/file",
+        ],
+    )?;
+    let report = sync(&one)?;
+    assert!(
+        report["skipped"]
+            .as_array()
+            .is_some_and(|s| s.contains(&serde_json::json!("linked"))),
+        "{report}"
+    );
+    assert_eq!(std::fs::read_dir(&outside)?.count(), 0, "{report}");
+
+    // A peer's set-user-id bit is not taken into the folder.
+    json(
+        &dir,
+        &[
+            "fs",
+            "put",
+            &store,
+            &source.to_string_lossy(),
+            "setuid",
+            "--mode",
+            "4755",
+        ],
+    )?;
+    sync(&two)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    assert_eq!(
+        std::fs::metadata(two.join("setuid"))?.permissions().mode() & 0o7777,
+        0o755
+    );
+    Ok(())
+}
