@@ -515,3 +515,63 @@ fn fs_sync_keeps_what_a_replaced_directory_held_and_writes_nothing_through_a_lin
     );
     Ok(())
 }
+
+#[test]
+fn fs_sync_keeps_a_file_added_into_a_directory_a_peer_removed_meanwhile() -> TestResult {
+    let temp = tempfile::tempdir()?;
+    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
+    let a = Daemon(spawn_daemon(&a_dir, &[])?);
+    let b = Daemon(spawn_daemon(&b_dir, &[])?);
+    let store = text(
+        &json(
+            &a_dir,
+            &["store", "create", "--type", "fs", "--name", "files"],
+        )?,
+        "store",
+    )?;
+    let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
+    json(&b_dir, &["store", "join", &token])?;
+    let [fa, fb] = ["folder-a", "folder-b"].map(|n| temp.path().join(n));
+    let sync =
+        |dir: &Path, folder: &Path| json(dir, &["fs", "sync", &store, &folder.to_string_lossy()]);
+    std::fs::create_dir_all(fa.join("d"))?;
+    std::fs::write(fa.join("d/x"), "x")?;
+    sync(&a_dir, &fa)?;
+    eventually("d/x in B's folder", || {
+        sync(&b_dir, &fb)?;
+        Ok(std::fs::read(fb.join("d/x")).is_ok_and(|b| b == b"x"))
+    })?;
+
+    // B is down: A removes the directory.
+    drop(b);
+    std::fs::remove_dir_all(fa.join("d"))?;
+    let report = sync(&a_dir, &fa)?;
+    assert_eq!(
+        report["removed_from_store"].as_array().map(Vec::len),
+        Some(2),
+        "{report}"
+    );
+    // A is down: B, not having seen that, adds a file into it.
+    drop(a);
+    let _b = Daemon(spawn_daemon(&b_dir, &[])?);
+    std::fs::write(fb.join("d/new"), "added on B")?;
+    sync(&b_dir, &fb)?;
+    let _a = Daemon(spawn_daemon(&a_dir, &[])?);
+
+    // Once each has the other's writes, the directory stays with B's file (it is listed as
+    // removed, holding what was added), and both folders hold that file.
+    eventually("B's file in A's folder", || {
+        sync(&a_dir, &fa)?;
+        Ok(std::fs::read(fa.join("d/new")).is_ok_and(|b| b == b"added on B"))
+    })?;
+    eventually("A's removal on B", || {
+        Ok(json(&b_dir, &["fs", "stat", &store, "d"])?["removed"] == true)
+    })?;
+    sync(&b_dir, &fb)?;
+    assert_eq!(std::fs::read(fb.join("d/new"))?, b"added on B");
+    assert!(
+        !fb.join("d/x").exists(),
+        "A's removal of d/x reached B's folder"
+    );
+    Ok(())
+}
