@@ -29,6 +29,9 @@ use crate::output::{CliError, Output};
 /// The state file in the synced folder.
 const STATE_FILE: &str = ".lattice-sync.json";
 
+/// Held locked by the sync running on the folder, so a second one refuses to start.
+const LOCK_FILE: &str = ".lattice-sync.lock";
+
 /// Names with this prefix are the sync's own files (state, temporary downloads): never synced.
 const OWN_PREFIX: &str = ".lattice-";
 
@@ -917,6 +920,31 @@ fn remove_local(at: &Path) -> anyhow::Result<()> {
     result.with_context(|| format!("removing {}", at.display()))
 }
 
+/// Takes the folder's lock (released when the returned file is dropped, or the process ends).
+fn lock_folder(root: &Path) -> anyhow::Result<std::fs::File> {
+    let path = root.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CliError::new(
+            "invalid_argument",
+            format!(
+                "another `lattice fs sync` is running on {}; wait for it or stop it",
+                root.display()
+            ),
+        )
+        .into()),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
 fn load_state(path: &Path, store: &str) -> anyhow::Result<State> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
@@ -986,6 +1014,7 @@ pub(crate) async fn run(
     let root: PathBuf = dir
         .canonicalize()
         .with_context(|| format!("the folder {}", dir.display()))?;
+    let _lock = lock_folder(&root)?;
     let state_path = root.join(STATE_FILE);
     let mut state = load_state(&state_path, store)?;
     let mut saved = Vec::new();

@@ -494,6 +494,19 @@ fn fs_sync_keeps_what_a_replaced_directory_held_and_writes_nothing_through_a_lin
     );
     assert_eq!(std::fs::read_dir(&outside)?.count(), 0, "{report}");
 
+    // A second sync of a folder while one runs is refused, and says why.
+    let held = std::fs::File::open(one.join(".lattice-sync.lock"))?;
+    held.try_lock()?;
+    let (code, error) = fails_json(&dir, &["fs", "sync", &store, &one.to_string_lossy()])?;
+    assert_ne!(code, 0);
+    assert!(
+        error["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("another `lattice fs sync` is running")),
+        "{error}"
+    );
+    drop(held);
+
     // A peer's set-user-id bit is not taken into the folder.
     json(
         &dir,
