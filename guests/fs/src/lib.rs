@@ -374,9 +374,7 @@ fn item_json(host: &dyn Host, item: &Item) -> Result<Value, StoreError> {
     let (size, blob, mtime, rev) = match tree::content_of(host, item)? {
         Some((content, head)) => (
             content.size(),
-            content
-                .blob()
-                .map(|h| h.iter().map(|b| format!("{b:02x}")).collect::<String>()),
+            content.blob().map(|h| model::hex(h)),
             head.hlc.wall_ms.max(placed.hlc.wall_ms),
             revision(&[&head.hash, &placed.hash]),
         ),
@@ -408,8 +406,7 @@ fn item_json(host: &dyn Host, item: &Item) -> Result<Value, StoreError> {
 fn revision(heads: &[&[u8]]) -> String {
     heads
         .iter()
-        .flat_map(|h| h.iter().take(8))
-        .map(|b| format!("{b:02x}"))
+        .map(|h| model::hex(&h[..h.len().min(8)]))
         .collect()
 }
 

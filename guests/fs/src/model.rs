@@ -367,7 +367,12 @@ pub fn rank(head: &Head) -> (u64, u32, &[u8], &[u8]) {
 
 /// An id as hex (32 characters).
 pub fn id_hex(id: &Id) -> String {
-    id.iter().map(|b| format!("{b:02x}")).collect()
+    hex(id)
+}
+
+/// Bytes in lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn id_from(bytes: &[u8]) -> Result<Id, StoreError> {

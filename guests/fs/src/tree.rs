@@ -290,12 +290,7 @@ pub struct Item {
 
 /// The name a losing head is shown under: `name.conflict-<author, 8 hex>-<wall ms>`.
 pub fn conflict_name(name: &[u8], head: &Head) -> Vec<u8> {
-    let author: String = head
-        .author
-        .iter()
-        .take(4)
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let author = crate::model::hex(&head.author[..head.author.len().min(4)]);
     let mut out = name.to_vec();
     out.extend_from_slice(format!(".conflict-{author}-{}", head.hlc.wall_ms).as_bytes());
     out

@@ -523,7 +523,7 @@ impl Pass<'_> {
                     // own, and the copy comes back as the store has it.
                     let kept = self.conflict_up(path, l.dir).await?;
                     let sig = pull(self.c, store, path, &at, r, self.out).await?;
-                    self.record(path, sig, r);
+                    self.record(path, sig, r.version.clone());
                     self.done.conflicts.push(kept);
                     return Ok(());
                 }
@@ -535,28 +535,15 @@ impl Pass<'_> {
                 if r.is_some_and(|r| !r.dir && l.dir) {
                     remove_remote(c, store, path, false).await?;
                 }
+                if l.dir {
+                    return self.dir_up(path, l).await;
+                }
                 mkdir_parents(c, store, path, &mut self.dirs).await?;
-                if !l.dir {
-                    self.transfers.push(Transfer::Up {
-                        path: path.to_string(),
-                        at,
-                        sig: l,
-                    });
-                    return Ok(());
-                }
-                if !self.dirs.contains(path) {
-                    call(c, store, "mkdir", json!({ "path": path })).await?;
-                    self.dirs.insert(path.to_string());
-                }
-                let version = remote_version(c, store, path).await?;
-                self.state.entries.insert(
-                    path.to_string(),
-                    Base {
-                        local: Some(l),
-                        remote: Some(version),
-                    },
-                );
-                self.done.up.push(path.to_string());
+                self.transfers.push(Transfer::Up {
+                    path: path.to_string(),
+                    at,
+                    sig: l,
+                });
             }
             // Removed from the folder, unchanged in the store: remove it there.
             (true, false) => {
@@ -608,7 +595,7 @@ impl Pass<'_> {
                     return Ok(());
                 }
                 let sig = pull(self.c, store, path, &at, r, self.out).await?;
-                self.record(path, sig, r);
+                self.record(path, sig, r.version.clone());
                 self.done.down.push(path.to_string());
             }
             // Removed from the store, unchanged in the folder: remove it here.
@@ -631,7 +618,7 @@ impl Pass<'_> {
                     return Ok(());
                 };
                 if l.dir && r.dir {
-                    self.record(path, l, r);
+                    self.record(path, l, r.version.clone());
                     return Ok(());
                 }
                 if !l.dir
@@ -640,13 +627,13 @@ impl Pass<'_> {
                     && same_content(c, store, path, &at, self.out).await?
                 {
                     let sig = local_meta(&at)?;
-                    self.record(path, sig, r);
+                    self.record(path, sig, r.version.clone());
                     return Ok(());
                 }
                 // Two different edits: the folder's goes beside, the store's takes the name.
                 let kept = self.conflict_up(path, l.dir).await?;
                 let sig = pull(self.c, store, path, &at, r, self.out).await?;
-                self.record(path, sig, r);
+                self.record(path, sig, r.version.clone());
                 self.done.down.push(path.to_string());
                 self.done.conflicts.push(kept);
             }
@@ -654,15 +641,31 @@ impl Pass<'_> {
         Ok(())
     }
 
-    /// Records that both sides hold `path` as `local` and `remote` describe.
-    fn record(&mut self, path: &str, local: LocalSig, remote: &RemoteEntry) {
+    /// Records that the folder holds `path` as `local` describes and the store as `remote`
+    /// (its version).
+    fn record(&mut self, path: &str, local: LocalSig, remote: String) {
         self.state.entries.insert(
             path.to_string(),
             Base {
                 local: Some(local),
-                remote: Some(remote.version.clone()),
+                remote: Some(remote),
             },
         );
+    }
+
+    /// Makes the folder's directory `path` in the store (and its parents, where missing) and
+    /// records it.
+    async fn dir_up(&mut self, path: &str, local: LocalSig) -> anyhow::Result<()> {
+        let (c, store) = (&mut *self.c, self.store);
+        mkdir_parents(c, store, path, &mut self.dirs).await?;
+        if !self.dirs.contains(path) {
+            call(c, store, "mkdir", json!({ "path": path })).await?;
+            self.dirs.insert(path.to_string());
+        }
+        let version = remote_version(c, store, path).await?;
+        self.record(path, local, version);
+        self.done.up.push(path.to_string());
+        Ok(())
     }
 
     /// True when nothing inside the folder's directory `dir` changed since the last round.
@@ -738,7 +741,7 @@ impl Pass<'_> {
                 }
                 // Something was added into it meanwhile on a peer: it stays (next round
                 // brings the new entries down, and the directory with them).
-                Err(e) if e.to_string().contains("ENOTEMPTY") => {
+                Err(e) if not_empty(&e) => {
                     self.state.entries.remove(path);
                     Ok(())
                 }
@@ -752,21 +755,7 @@ impl Pass<'_> {
             }
             // Something new in it here: the directory goes back to the store with it.
             Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
-                let (c, store) = (&mut *self.c, self.store);
-                mkdir_parents(c, store, path, &mut self.dirs).await?;
-                if !self.dirs.contains(path) {
-                    call(c, store, "mkdir", json!({ "path": path })).await?;
-                    self.dirs.insert(path.to_string());
-                }
-                let version = remote_version(c, store, path).await?;
-                self.state.entries.insert(
-                    path.to_string(),
-                    Base {
-                        local: Some(local_meta(&at)?),
-                        remote: Some(version),
-                    },
-                );
-                self.done.up.push(path.to_string());
+                self.dir_up(path, local_meta(&at)?).await?;
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 self.state.entries.remove(path);
@@ -790,17 +779,11 @@ impl Pass<'_> {
                     sig,
                 }))
             }
-            Err(e) if e.to_string().contains("ENOTEMPTY") => {
+            Err(e) if not_empty(&e) => {
                 let kept = self.conflict_up(path, false).await?;
                 std::fs::create_dir_all(&at).with_context(|| format!("making {}", at.display()))?;
                 let version = remote_version(self.c, self.store, path).await?;
-                self.state.entries.insert(
-                    path.to_string(),
-                    Base {
-                        local: Some(local_meta(&at)?),
-                        remote: Some(version),
-                    },
-                );
+                self.record(path, local_meta(&at)?, version);
                 self.done.conflicts.push(kept);
                 Ok(None)
             }
@@ -899,6 +882,11 @@ async fn same_content(
         Ok(hasher.finalize())
     };
     Ok(hash(tmp.path())? == hash(at)?)
+}
+
+/// True when the store refused to remove a directory because something is in it.
+fn not_empty(error: &anyhow::Error) -> bool {
+    error.to_string().contains("ENOTEMPTY")
 }
 
 /// Removes a file or an (empty) directory from the store.

@@ -3,7 +3,7 @@
 //! the other, concurrent edits of one file end with the same listing and both versions on
 //! both nodes, and the errors a script sees.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,9 @@ mod common;
 use common::{fails_json, json, spawn_daemon};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+/// Two running daemons, their data directories, and the store they share.
+type TwoNodes = ([Daemon; 2], [PathBuf; 2], String);
 
 struct Daemon(Child);
 
@@ -46,6 +49,35 @@ fn names(dir: &Path, store: &str, path: &str) -> Result<Vec<String>, Box<dyn std
         .collect())
 }
 
+/// Creates a filesystem store named `name` on the daemon at `dir`; returns its id.
+fn create_fs_store(dir: &Path, name: &str) -> Result<String, Box<dyn std::error::Error>> {
+    text(
+        &json(dir, &["store", "create", "--type", "fs", "--name", name])?,
+        "store",
+    )
+}
+
+/// A daemon in `root/node` with a filesystem store: the daemon, its data directory, the store.
+fn one_node(root: &Path) -> Result<(Daemon, PathBuf, String), Box<dyn std::error::Error>> {
+    let dir = root.join("node");
+    let daemon = Daemon(spawn_daemon(&dir, &[])?);
+    let store = create_fs_store(&dir, "files")?;
+    Ok((daemon, dir, store))
+}
+
+/// Daemons in `root/a` and `root/b`; A creates a filesystem store and B joins it.
+fn two_nodes(root: &Path) -> Result<TwoNodes, Box<dyn std::error::Error>> {
+    let dirs = ["a", "b"].map(|n| root.join(n));
+    let daemons = [
+        Daemon(spawn_daemon(&dirs[0], &[])?),
+        Daemon(spawn_daemon(&dirs[1], &[])?),
+    ];
+    let store = create_fs_store(&dirs[0], "files")?;
+    let token = text(&json(&dirs[0], &["store", "invite", &store])?, "token")?;
+    json(&dirs[1], &["store", "join", &token])?;
+    Ok((daemons, dirs, store))
+}
+
 /// Checks again until `check` holds (replication is asynchronous), for at most 30 s.
 fn eventually(
     what: &str,
@@ -64,18 +96,7 @@ fn eventually(
 #[test]
 fn files_put_on_one_daemon_read_back_identical_on_another_and_conflicts_keep_both() -> TestResult {
     let temp = tempfile::tempdir()?;
-    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
-    let _a = Daemon(spawn_daemon(&a_dir, &[])?);
-    let _b = Daemon(spawn_daemon(&b_dir, &[])?);
-    let store = text(
-        &json(
-            &a_dir,
-            &["store", "create", "--type", "fs", "--name", "files"],
-        )?,
-        "store",
-    )?;
-    let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
-    json(&b_dir, &["store", "join", &token])?;
+    let ([_a, _b], [a_dir, b_dir], store) = two_nodes(temp.path())?;
 
     let local = temp.path().join("local");
     std::fs::create_dir(&local)?;
@@ -216,18 +237,7 @@ fn tree(root: &Path) -> Result<Tree, Box<dyn std::error::Error>> {
 #[test]
 fn fs_sync_mirrors_folders_on_two_daemons_both_ways_and_keeps_both_edits() -> TestResult {
     let temp = tempfile::tempdir()?;
-    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
-    let _a = Daemon(spawn_daemon(&a_dir, &[])?);
-    let _b = Daemon(spawn_daemon(&b_dir, &[])?);
-    let store = text(
-        &json(
-            &a_dir,
-            &["store", "create", "--type", "fs", "--name", "files"],
-        )?,
-        "store",
-    )?;
-    let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
-    json(&b_dir, &["store", "join", &token])?;
+    let (_daemons, [a_dir, b_dir], store) = two_nodes(temp.path())?;
     let [fa, fb] = ["folder-a", "folder-b"].map(|n| temp.path().join(n));
     let sync =
         |dir: &Path, folder: &Path| json(dir, &["fs", "sync", &store, &folder.to_string_lossy()]);
@@ -311,13 +321,7 @@ fn fs_sync_mirrors_folders_on_two_daemons_both_ways_and_keeps_both_edits() -> Te
     })?;
 
     // A folder synced with one store refuses another.
-    let other = text(
-        &json(
-            &a_dir,
-            &["store", "create", "--type", "fs", "--name", "other"],
-        )?,
-        "store",
-    )?;
+    let other = create_fs_store(&a_dir, "other")?;
     let (_, error) = fails_json(&a_dir, &["fs", "sync", &other, &fa.to_string_lossy()])?;
     assert_eq!(error["code"], "invalid_argument", "{error}");
     assert!(
@@ -333,15 +337,7 @@ fn fs_sync_mirrors_folders_on_two_daemons_both_ways_and_keeps_both_edits() -> Te
 #[test]
 fn fs_sync_watch_keeps_a_folder_in_step_until_interrupted() -> TestResult {
     let temp = tempfile::tempdir()?;
-    let dir = temp.path().join("node");
-    let _daemon = Daemon(spawn_daemon(&dir, &[])?);
-    let store = text(
-        &json(
-            &dir,
-            &["store", "create", "--type", "fs", "--name", "files"],
-        )?,
-        "store",
-    )?;
+    let (_daemon, dir, store) = one_node(temp.path())?;
     let folder = temp.path().join("folder");
     let watcher = std::process::Command::new(env!("CARGO_BIN_EXE_lattice"))
         .arg("--data-dir")
@@ -388,15 +384,7 @@ fn fs_sync_watch_keeps_a_folder_in_step_until_interrupted() -> TestResult {
 #[test]
 fn fs_sync_keeps_what_a_replaced_directory_held_and_writes_nothing_through_a_link() -> TestResult {
     let temp = tempfile::tempdir()?;
-    let dir = temp.path().join("node");
-    let _daemon = Daemon(spawn_daemon(&dir, &[])?);
-    let store = text(
-        &json(
-            &dir,
-            &["store", "create", "--type", "fs", "--name", "files"],
-        )?,
-        "store",
-    )?;
+    let (_daemon, dir, store) = one_node(temp.path())?;
     // Two folders synced with one store stand for two people's copies.
     let [one, two] = ["one", "two"].map(|n| temp.path().join(n));
     let sync = |folder: &Path| json(&dir, &["fs", "sync", &store, &folder.to_string_lossy()]);
@@ -532,18 +520,7 @@ fn fs_sync_keeps_what_a_replaced_directory_held_and_writes_nothing_through_a_lin
 #[test]
 fn fs_sync_keeps_a_file_added_into_a_directory_a_peer_removed_meanwhile() -> TestResult {
     let temp = tempfile::tempdir()?;
-    let [a_dir, b_dir] = ["a", "b"].map(|n| temp.path().join(n));
-    let a = Daemon(spawn_daemon(&a_dir, &[])?);
-    let b = Daemon(spawn_daemon(&b_dir, &[])?);
-    let store = text(
-        &json(
-            &a_dir,
-            &["store", "create", "--type", "fs", "--name", "files"],
-        )?,
-        "store",
-    )?;
-    let token = text(&json(&a_dir, &["store", "invite", &store])?, "token")?;
-    json(&b_dir, &["store", "join", &token])?;
+    let ([a, b], [a_dir, b_dir], store) = two_nodes(temp.path())?;
     let [fa, fb] = ["folder-a", "folder-b"].map(|n| temp.path().join(n));
     let sync =
         |dir: &Path, folder: &Path| json(dir, &["fs", "sync", &store, &folder.to_string_lossy()]);
