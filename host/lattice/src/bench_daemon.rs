@@ -39,6 +39,8 @@ pub(crate) struct Daemon {
     /// A client of its API.
     pub(crate) client: Client,
     started: Instant,
+    /// Where its standard error goes (`DIR/daemon.log`), shown when a step fails.
+    log: PathBuf,
 }
 
 impl Daemon {
@@ -46,13 +48,20 @@ impl Daemon {
     pub(crate) async fn start(dir: &Path) -> anyhow::Result<Daemon> {
         let exe = std::env::current_exe().context("finding the lattice binary")?;
         let started = Instant::now();
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let log = dir.join("daemon.log");
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .with_context(|| format!("opening {}", log.display()))?;
         let mut child = Command::new(exe)
             .args(["--json", "--data-dir"])
             .arg(dir)
             .args(["daemon", "--listen", "127.0.0.1:0"])
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .context("starting `lattice daemon`")?;
         let stdout = child.stdout.take().context("the daemon's stdout")?;
@@ -82,7 +91,20 @@ impl Daemon {
             child: Some(child),
             client,
             started,
+            log,
         })
+    }
+
+    /// The last `lines` lines of the daemon's standard error, for an error message.
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        let tail = all[all.len().saturating_sub(lines)..].join("\n");
+        format!(
+            "{} (last {} lines):\n{tail}",
+            self.log.display(),
+            lines.min(all.len())
+        )
     }
 
     /// Asks the daemon to stop and waits for the process to exit.
@@ -171,6 +193,21 @@ async fn get(client: &mut Client, store: &str, i: u64) -> anyhow::Result<Value> 
 /// Has daemon `a` (a member of `store`) invite `b` and `b` join through its API; returns the
 /// seconds the join took and its last answer.
 pub(crate) async fn invite_and_join(
+    a: &mut Daemon,
+    b: &mut Daemon,
+    store: &str,
+) -> anyhow::Result<(f64, v1::JoinProgress)> {
+    match try_invite_and_join(a, b, store).await {
+        Ok(done) => Ok(done),
+        Err(e) => Err(e.context(format!(
+            "the join failed; inviter's log {}\njoiner's log {}",
+            a.log_tail(20),
+            b.log_tail(20)
+        ))),
+    }
+}
+
+async fn try_invite_and_join(
     a: &mut Daemon,
     b: &mut Daemon,
     store: &str,

@@ -191,8 +191,16 @@ impl Stream {
     }
 }
 
+/// The stream's error with its causes (a lost connection says why it was lost).
 fn link(e: std::io::Error) -> LinkError {
-    LinkError(e.to_string())
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    LinkError(text)
 }
 
 impl Frames for Stream {

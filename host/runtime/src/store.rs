@@ -741,6 +741,18 @@ impl StoreRuntime {
             None => (last, None),
         };
         self.commit_projected(last, &writes, &log_entries, &rejected, &host_ops, mark)?;
+        // Refusals by the author filter are expected (a revoked author, a member admitted in
+        // the same batch: membership is settled again and the batch replayed); the guest's
+        // own rejections are worth a warning.
+        let store = self.store_id.short();
+        if let Some(seq) = refused.first() {
+            debug!(%store, count = refused.len(), first = seq, "intentions of authors the filter refuses not projected");
+        }
+        let mut refused_by_guest = rejected.iter().filter(|(seq, _)| !refused.contains(seq));
+        if let Some((seq, reason)) = refused_by_guest.next() {
+            let count = 1 + refused_by_guest.count();
+            warn!(%store, count, first = seq, %reason, "guest rejected intentions");
+        }
         report.applied += applied;
         report.rejected += rejected.len() as u64;
         report.events.extend(events);
@@ -929,9 +941,6 @@ impl StoreRuntime {
                 let count = value.as_deref().map_or(0, crate::host::ref_count);
                 self.blob_refs.push((hash, count));
             }
-        }
-        if let Some((seq, reason)) = rejected.first() {
-            warn!(store = %self.store_id.short(), count = rejected.len(), first = seq, %reason, "guest rejected intentions");
         }
         self.cursor = last;
         self.log_count += log_entries.len() as u64;

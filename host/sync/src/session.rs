@@ -155,7 +155,16 @@ impl<F: Frames> Link<'_, F> {
     async fn send(&mut self, msg: &Msg) -> Result<(), SessionError> {
         let frame = msg.encode();
         self.sent += frame.len() as u64;
-        self.io.send(frame).await?;
+        if let Err(e) = self.io.send(frame).await {
+            // A peer that refused the session stops reading what follows (the client sends
+            // its first frames unanswered): its reason, when it came, is the error to report.
+            if let Ok(Some(frame)) = self.io.recv().await
+                && let Ok(Msg::Refused(reason)) = Msg::decode(&frame)
+            {
+                return Err(SessionError::Refused(reason));
+            }
+            return Err(e.into());
+        }
         Ok(())
     }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 use lattice_log::{Incoming, Log, SplitMix64, SyntheticDag};
 use lattice_model::{NodeKey, SignedIntention};
 use lattice_net::{
-    Gossip, Mesh, MeshTransport, ReplicaEvent, ReplicatorConfig, SimConfig, SimNetwork, Transport,
-    sim_transport, topic_of,
+    Gossip, Mesh, MeshTransport, ReplicaError, ReplicaEvent, ReplicatorConfig, SimConfig,
+    SimNetwork, Transport, sim_transport, topic_of,
 };
-use lattice_sync::{Frames, GossipMsg, Msg};
+use lattice_sync::{Frames, GossipMsg, Msg, SessionError};
 
 type TestResult = Result<(), Box<dyn std::error::Error>>;
 
@@ -109,6 +109,54 @@ async fn two_iroh_nodes_converge_and_a_third_bootstraps() -> TestResult {
         .write(b"hello from the joiner".to_vec())
         .await?;
     mesh.converged(&[0, 1, 2], Duration::from_secs(60)).await?;
+    mesh.stop().await;
+    Ok(())
+}
+
+/// A peer that refuses a session (it does not replicate the store yet) stops reading what the
+/// client sent after its opening. The client reports the refusal, not a broken link, and
+/// keeps the connection: the peer's own session on it (a bootstrap) goes on undisturbed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_session_leaves_the_connection_and_its_other_sessions_alone() -> TestResult {
+    let dir = tempfile::tempdir()?;
+    let mut dag = SyntheticDag::new(43, 4, 2, 60);
+    let all: Vec<SignedIntention> = (0..20_000).map(|_| dag.next_intention()).collect();
+    let mut mesh = Mesh::start(
+        dir.path(),
+        1,
+        MeshTransport::Iroh,
+        fast_config(),
+        dag.genesis().clone(),
+    )
+    .await?;
+    feed(&mesh.nodes[0].log, &all)?;
+    let joiner = mesh.add_empty_node().await?;
+    let store = mesh.store_id();
+    let (server, client) = (&mesh.nodes[0], &mesh.nodes[joiner]);
+    let from = [server.id()];
+    let (started_tx, started) = tokio::sync::oneshot::channel();
+    let mut started_tx = Some(started_tx);
+    let bootstrap = client.replicator.bootstrap(&client.log, &from, |_| {
+        if let Some(tx) = started_tx.take() {
+            let _ = tx.send(());
+        }
+    });
+    // Once the joiner's bootstrap runs on its connection, the server asks the joiner again
+    // and again to sync a store the joiner does not replicate.
+    let refusals = async {
+        started.await.map_err(|_| "the bootstrap never started")?;
+        for attempt in 0..30 {
+            match server.replicator.sync(&store, &client.id()).await {
+                Err(ReplicaError::Session(SessionError::Refused(_))) => {}
+                other => return Err(format!("sync {attempt}: expected a refusal, got {other:?}")),
+            }
+        }
+        Ok::<_, String>(())
+    };
+    let (booted, refused) = tokio::join!(bootstrap, refusals);
+    refused?;
+    let (_, report) = booted?;
+    assert_eq!(report.need, all.len() as u64 + 1);
     mesh.stop().await;
     Ok(())
 }

@@ -34,6 +34,8 @@ impl Replicator {
     /// there): the encoded snapshot, or `None` when `peer`'s log is whole (bootstrap from it
     /// instead). `progress` hears (bytes received, total).
     ///
+    /// A failure of the link is tried once more on a fresh connection (as a bootstrap is).
+    ///
     /// # Errors
     /// [`ReplicaError::Session`] with [`SessionError::Refused`] and the peer's reason (or when
     /// the snapshot is larger than [`ReplicatorConfig::max_snapshot`]); network errors.
@@ -45,10 +47,32 @@ impl Replicator {
     ) -> Result<Option<Vec<u8>>, ReplicaError> {
         let max = self.inner.config.max_snapshot;
         let store = *store;
-        self.session(peer, &store, async |s: &mut Stream| {
-            lattice_sync::fetch_snapshot(s, store, max, &mut progress).await
-        })
-        .await
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let got = self
+                .session(peer, &store, async |s: &mut Stream| {
+                    lattice_sync::fetch_snapshot(s, store, max, &mut progress).await
+                })
+                .await;
+            match got {
+                Err(e) if attempt == 1 && Self::worth_retrying(&e) => {
+                    debug!(peer = %peer.short(), "snapshot fetch failed, retrying once: {e}");
+                    self.succeeded(peer);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// True for a failure another attempt on a fresh connection may not meet: the link
+    /// failed or timed out (not a refusal, not bad data).
+    fn worth_retrying(e: &ReplicaError) -> bool {
+        match e {
+            ReplicaError::Session(e) => matches!(e, SessionError::Link(_)),
+            ReplicaError::Net(_) | ReplicaError::Timeout(_) => true,
+            _ => false,
+        }
     }
 
     /// Runs one client session on a new stream to `peer`, with timeout and accounting.
@@ -81,7 +105,10 @@ impl Replicator {
             Ok(Err(e)) => {
                 if e.is_misbehaviour() {
                     self.strike(peer, &e.to_string());
-                } else if matches!(e, SessionError::Link(_)) {
+                } else if matches!(e, SessionError::Link(_)) && conn.is_closed() {
+                    // Only a lost connection makes the peer unreachable: one stream's failure
+                    // (a peer that refused and stopped reading) must not close the connection
+                    // the peer's other sessions run on.
                     self.failed(peer);
                 }
                 self.emit(ReplicaEvent::SessionFailed {
@@ -174,7 +201,7 @@ impl Replicator {
     /// each attempt starts again from the first witness record. The store need not be added.
     ///
     /// # Errors
-    /// [`ReplicaError::NoPeer`] when every peer failed (the last error is logged).
+    /// The last peer's error when every peer failed; [`ReplicaError::NoPeer`] for no peers.
     pub async fn bootstrap(
         &self,
         log: &Arc<Log>,
@@ -183,6 +210,7 @@ impl Replicator {
     ) -> Result<(PubKey, SessionReport), ReplicaError> {
         let store = log.store_id();
         let options = self.inner.config.session.clone();
+        let mut last = ReplicaError::NoPeer("serve a bootstrap");
         for peer in peers {
             // A connection the peer dropped a moment ago fails the first attempt; the failure
             // discards it, so one more attempt runs on a fresh connection.
@@ -197,6 +225,7 @@ impl Replicator {
                     Ok(report) => return Ok((*peer, report)),
                     Err(ReplicaError::Session(e)) if e.is_misbehaviour() => {
                         warn!(peer = %peer.short(), "bootstrap refused the peer's data: {e}");
+                        last = ReplicaError::Session(e);
                         break;
                     }
                     Err(e) if attempt == 0 => {
@@ -204,11 +233,13 @@ impl Replicator {
                         self.succeeded(peer);
                     }
                     Err(e) => {
-                        warn!(peer = %peer.short(), "bootstrap failed, trying the next peer: {e}")
+                        warn!(peer = %peer.short(), "bootstrap failed, trying the next peer: {e}");
+                        last = e;
+                        break;
                     }
                 }
             }
         }
-        Err(ReplicaError::NoPeer("serve a bootstrap"))
+        Err(last)
     }
 }

@@ -234,11 +234,16 @@ impl StoreManager {
 
     /// Replicates a just-registered store and acts on its system table.
     pub(super) async fn activate(&self, id: StoreId, log: Arc<Log>) -> Result<(), NodeError> {
-        let members = self.members_of(&id).await;
-        self.inner
-            .replicator
-            .add_store_with(log, members, Access::Members)
-            .await?;
+        {
+            // A join answered meanwhile updates the peer set after this (not before the
+            // store is replicated, when the update would find no store and be lost).
+            let _consistent = self.inner.members.lock().await;
+            let members = self.members_of(&id).await;
+            self.inner
+                .replicator
+                .add_store_with(log, members, Access::Members)
+                .await?;
+        }
         if let Ok(Some(epoch)) = self.with_store(&id, |s| Ok(s.epoch_hash())).await {
             self.inner.replicator.set_epoch(&id, epoch);
         }
