@@ -156,9 +156,11 @@ impl<F: Frames> Link<'_, F> {
         let frame = msg.encode();
         self.sent += frame.len() as u64;
         if let Err(e) = self.io.send(frame).await {
-            // A peer that refused the session stops reading what follows (the client sends
-            // its first frames unanswered): its reason, when it came, is the error to report.
-            if let Ok(Some(frame)) = self.io.recv().await
+            // A peer that refused the session stops reading what follows (a client sends its
+            // first frames before any answer): its reason, when it came, is the error to
+            // report. Once the peer has answered, a failed send is the link's.
+            if self.received == 0
+                && let Ok(Some(frame)) = self.io.recv().await
                 && let Ok(Msg::Refused(reason)) = Msg::decode(&frame)
             {
                 return Err(SessionError::Refused(reason));

@@ -341,6 +341,30 @@ async fn a_dropped_link_is_an_error_on_both_sides() -> TestResult {
     Ok(())
 }
 
+/// A server that refuses stops reading: the client's next frame fails to send, and the client
+/// reports the refusal that came back, not a broken link.
+#[tokio::test]
+async fn a_refusal_that_stops_the_clients_sending_is_reported_as_the_refusal() -> TestResult {
+    let o = SessionOptions::default();
+    let f = fixture(27, 50);
+    let a = f.open("a.db", 1);
+    feed(&a, &f.all);
+    let (mut client, mut server) = pair();
+    // The client's second frame (its first reconcile message) finds the stream stopped.
+    client.cut_after = Some(1);
+    let refusing = async {
+        assert_eq!(accept(&mut server).await?, Opening::Session(a.store_id()));
+        refuse(&mut server, "not replicated here").await
+    };
+    let (c, s) = tokio::join!(reconcile(&mut client, &a, &o), refusing);
+    s?;
+    match c {
+        Err(SessionError::Refused(reason)) => assert_eq!(reason, "not replicated here"),
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    Ok(())
+}
+
 #[tokio::test]
 async fn forged_pushes_are_misbehaviour_and_not_stored() -> TestResult {
     let f = fixture(26, 50);
