@@ -34,7 +34,8 @@ impl Replicator {
     /// there): the encoded snapshot, or `None` when `peer`'s log is whole (bootstrap from it
     /// instead). `progress` hears (bytes received, total).
     ///
-    /// A failure of the link is tried once more on a fresh connection (as a bootstrap is).
+    /// A link failure is tried once more (on a fresh connection when the old one was lost),
+    /// as a bootstrap is.
     ///
     /// # Errors
     /// [`ReplicaError::Session`] with [`SessionError::Refused`] and the peer's reason (or when
@@ -65,8 +66,8 @@ impl Replicator {
         }
     }
 
-    /// True for a failure another attempt on a fresh connection may not meet: the link
-    /// failed or timed out (not a refusal, not bad data).
+    /// True for a failure another attempt may not meet: the link failed or timed out (not a
+    /// refusal, not bad data).
     fn worth_retrying(e: &ReplicaError) -> bool {
         match e {
             ReplicaError::Session(e) => matches!(e, SessionError::Link(_)),
