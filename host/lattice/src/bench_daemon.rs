@@ -197,14 +197,13 @@ pub(crate) async fn invite_and_join(
     b: &mut Daemon,
     store: &str,
 ) -> anyhow::Result<(f64, v1::JoinProgress)> {
-    match try_invite_and_join(a, b, store).await {
-        Ok(done) => Ok(done),
-        Err(e) => Err(e.context(format!(
+    try_invite_and_join(a, b, store).await.with_context(|| {
+        format!(
             "the join failed; inviter's log {}\njoiner's log {}",
             a.log_tail(20),
             b.log_tail(20)
-        ))),
-    }
+        )
+    })
 }
 
 async fn try_invite_and_join(

@@ -50,6 +50,27 @@ fn feed(log: &Log, items: &[SignedIntention]) -> TestResult {
     Ok(())
 }
 
+/// A mesh of `nodes` over iroh on loopback for a multi-author store, and `count` intentions of
+/// its history (seeded by `seed`) for the test to feed.
+async fn iroh_mesh(
+    dir: &std::path::Path,
+    nodes: usize,
+    seed: u64,
+    count: usize,
+) -> Result<(Mesh, Vec<SignedIntention>), Box<dyn std::error::Error>> {
+    let mut dag = SyntheticDag::new(seed, 4, 2, 60);
+    let all = (0..count).map(|_| dag.next_intention()).collect();
+    let mesh = Mesh::start(
+        dir,
+        nodes,
+        MeshTransport::Iroh,
+        fast_config(),
+        dag.genesis().clone(),
+    )
+    .await?;
+    Ok((mesh, all))
+}
+
 async fn wait_for(
     events: &mut lattice_net::Events,
     what: &str,
@@ -74,16 +95,7 @@ async fn wait_for(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_iroh_nodes_converge_and_a_third_bootstraps() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let mut dag = SyntheticDag::new(41, 4, 2, 60);
-    let all: Vec<SignedIntention> = (0..10_000).map(|_| dag.next_intention()).collect();
-    let mut mesh = Mesh::start(
-        dir.path(),
-        2,
-        MeshTransport::Iroh,
-        fast_config(),
-        dag.genesis().clone(),
-    )
-    .await?;
+    let (mut mesh, all) = iroh_mesh(dir.path(), 2, 41, 10_000).await?;
     // Node 0 holds the whole multi-author history, node 1 an early part; both write live.
     feed(&mesh.nodes[0].log, &all)?;
     feed(&mesh.nodes[1].log, &all[..3000])?;
@@ -119,16 +131,7 @@ async fn two_iroh_nodes_converge_and_a_third_bootstraps() -> TestResult {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_session_leaves_the_connection_and_its_other_sessions_alone() -> TestResult {
     let dir = tempfile::tempdir()?;
-    let mut dag = SyntheticDag::new(43, 4, 2, 60);
-    let all: Vec<SignedIntention> = (0..20_000).map(|_| dag.next_intention()).collect();
-    let mut mesh = Mesh::start(
-        dir.path(),
-        1,
-        MeshTransport::Iroh,
-        fast_config(),
-        dag.genesis().clone(),
-    )
-    .await?;
+    let (mut mesh, all) = iroh_mesh(dir.path(), 1, 43, 20_000).await?;
     feed(&mesh.nodes[0].log, &all)?;
     let joiner = mesh.add_empty_node().await?;
     let store = mesh.store_id();

@@ -69,11 +69,12 @@ impl Replicator {
     /// True for a failure another attempt may not meet: the link failed or timed out (not a
     /// refusal, not bad data).
     fn worth_retrying(e: &ReplicaError) -> bool {
-        match e {
-            ReplicaError::Session(e) => matches!(e, SessionError::Link(_)),
-            ReplicaError::Net(_) | ReplicaError::Timeout(_) => true,
-            _ => false,
-        }
+        matches!(
+            e,
+            ReplicaError::Session(SessionError::Link(_))
+                | ReplicaError::Net(_)
+                | ReplicaError::Timeout(_)
+        )
     }
 
     /// Runs one client session on a new stream to `peer`, with timeout and accounting.
